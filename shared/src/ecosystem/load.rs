@@ -1,0 +1,249 @@
+//! Reading `ecosystem.toml`: syntax through `toml`'s recoverable parser, types and values through serde,
+//! one key at a time, so that every problem in the file is reported at once with its own location
+//! (serde alone stops at the first error).
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeString, DeTable, DeValue};
+
+use super::issue::{ConfigErrors, ConfigIssue, Severity};
+use super::schema::{AppConfig, EnvValue, HealthConfig, NOT_YET_ENFORCED};
+use super::validate;
+
+/// A loaded, fully validated ecosystem file.
+#[derive(Clone, Debug)]
+pub struct Ecosystem {
+    pub file: PathBuf,
+    /// Directory of the file: relative `cwd`, `script` and log paths are resolved against it.
+    pub dir: PathBuf,
+    /// In file order (the order apps start in).
+    pub apps: Vec<AppEntry>,
+    /// Keys that are accepted but not acted upon yet, located.
+    pub warnings: Vec<ConfigIssue>,
+}
+
+#[derive(Clone, Debug)]
+pub struct AppEntry {
+    pub name: String,
+    pub base: AppConfig,
+    /// In file order.
+    pub profiles: Vec<(String, AppConfig)>,
+}
+
+impl Ecosystem {
+    /// Reads and validates `path`. An unreadable file is reported like any other problem.
+    pub fn load(path: &Path) -> Result<Ecosystem, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigErrors {
+            issues: vec![ConfigIssue::at(
+                Severity::Error,
+                path,
+                "",
+                0..0,
+                "",
+                format!("cannot read the ecosystem file: {err}"),
+            )],
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates `text` as the content of `file`.
+    pub fn parse(text: &str, file: &Path) -> Result<Ecosystem, ConfigErrors> {
+        let (doc, syntax_errors) = DeTable::parse_recoverable(text);
+        let mut walk = Walk { text, file, issues: Vec::new(), spans: BTreeMap::new() };
+        for err in syntax_errors {
+            let span = err.span().unwrap_or(0..0);
+            walk.error(span, "", format!("TOML syntax: {}", err.message()));
+        }
+        let mut apps = Vec::new();
+        for (key, value) in doc.get_ref() {
+            match key.get_ref().as_ref() {
+                "apps" => apps = walk.apps(value),
+                other => walk.error(
+                    key.span(),
+                    other,
+                    format!("unknown top-level key `{other}`: an ecosystem file holds `[apps.NAME]` tables"),
+                ),
+            }
+        }
+        if apps.is_empty() && walk.issues.is_empty() {
+            walk.error(0..0, "apps", "no apps defined: add an `[apps.NAME]` table with a `script`".to_owned());
+        }
+        for problem in validate::all_profiles(&apps) {
+            let span = walk.locate(&problem.key_candidates);
+            walk.error(span, &problem.key_candidates[0], problem.message);
+        }
+        let warnings = walk.warnings(&apps);
+        if walk.issues.iter().any(|i| i.severity == Severity::Error) {
+            walk.issues.extend(warnings);
+            return Err(ConfigErrors { issues: walk.issues });
+        }
+        let dir = file.parent().map(Path::to_owned).unwrap_or_default();
+        let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+        Ok(Ecosystem { file: file.to_owned(), dir, apps, warnings })
+    }
+}
+
+/// State of one pass over the document: the problems found so far and where every key was.
+struct Walk<'a> {
+    text: &'a str,
+    file: &'a Path,
+    issues: Vec<ConfigIssue>,
+    /// Dotted key path → span of the key, for semantic checks done after typing.
+    spans: BTreeMap<String, Range<usize>>,
+}
+
+type Entry<'i> = (&'i Spanned<DeString<'i>>, &'i Spanned<DeValue<'i>>);
+
+impl<'a> Walk<'a> {
+    fn error(&mut self, span: Range<usize>, key: &str, message: String) {
+        self.issues.push(ConfigIssue::at(Severity::Error, self.file, self.text, span, key, message));
+    }
+
+    /// The span of the first candidate key that exists (most specific first).
+    fn locate(&self, candidates: &[String]) -> Range<usize> {
+        candidates.iter().find_map(|key| self.spans.get(key).cloned()).unwrap_or(0..0)
+    }
+
+    fn apps<'i>(&mut self, value: &'i Spanned<DeValue<'i>>) -> Vec<AppEntry> {
+        let Some(table) = self.table(value, "apps") else { return Vec::new() };
+        let mut apps = Vec::new();
+        for (name, app) in table {
+            let path = format!("apps.{}", name.get_ref());
+            self.spans.insert(path.clone(), name.span());
+            if let Err(why) = validate::app_name(name.get_ref()) {
+                self.error(name.span(), &path, why);
+            }
+            if let Some(entry) = self.app(name.get_ref(), &path, app) {
+                apps.push(entry);
+            }
+        }
+        apps
+    }
+
+    fn app<'i>(&mut self, name: &str, path: &str, value: &'i Spanned<DeValue<'i>>) -> Option<AppEntry> {
+        let table = self.table(value, path)?;
+        let before = self.issues.len();
+        let mut base = DeTable::new();
+        let mut profiles = Vec::new();
+        for (key, value) in table {
+            if key.get_ref() == "profiles" {
+                let profiles_path = format!("{path}.profiles");
+                self.spans.insert(profiles_path.clone(), key.span());
+                profiles = self.profiles(&profiles_path, value);
+            } else {
+                self.app_key(path, (key, value));
+                base.insert(key.clone(), value.clone());
+            }
+        }
+        if self.issues.len() > before {
+            return None;
+        }
+        let base = typed::<AppConfig>(base, value.span()).ok()?;
+        let profiles = profiles
+            .into_iter()
+            .map(|(name, table, span)| typed::<AppConfig>(table, span).ok().map(|config| (name, config)))
+            .collect::<Option<Vec<_>>>()?;
+        Some(AppEntry { name: name.to_owned(), base, profiles })
+    }
+
+    fn profiles<'i>(&mut self, path: &str, value: &'i Spanned<DeValue<'i>>) -> Vec<(String, DeTable<'i>, Range<usize>)> {
+        let Some(table) = self.table(value, path) else { return Vec::new() };
+        let mut out = Vec::new();
+        for (name, profile) in table {
+            let profile_path = format!("{path}.{}", name.get_ref());
+            self.spans.insert(profile_path.clone(), name.span());
+            if let Err(why) = validate::profile_name(name.get_ref()) {
+                self.error(name.span(), &profile_path, why);
+            }
+            let Some(entries) = self.table(profile, &profile_path) else { continue };
+            for (key, value) in entries {
+                self.app_key(&profile_path, (key, value));
+            }
+            out.push((name.get_ref().to_string(), entries.clone(), profile.span()));
+        }
+        out
+    }
+
+    /// Checks one key of an app (or profile) table, descending into the tables whose keys are known.
+    fn app_key(&mut self, table_path: &str, (key, value): Entry<'_>) {
+        let path = format!("{table_path}.{}", key.get_ref());
+        self.spans.insert(path.clone(), key.span());
+        match (key.get_ref().as_ref(), value.get_ref()) {
+            ("health", DeValue::Table(health)) => {
+                for (sub, sub_value) in health {
+                    let sub_path = format!("{path}.{}", sub.get_ref());
+                    self.spans.insert(sub_path.clone(), sub.span());
+                    self.typed_key::<HealthConfig>(&sub_path, (sub, sub_value));
+                }
+            }
+            ("env", DeValue::Table(env)) => {
+                for (var, var_value) in env {
+                    let var_path = format!("{path}.{}", var.get_ref());
+                    self.spans.insert(var_path.clone(), var.span());
+                    if let Err(why) = validate::env_name(var.get_ref()) {
+                        self.error(var.span(), &var_path, why);
+                    }
+                    if let Err(err) = typed_value::<EnvValue>(var_value) {
+                        self.error(err.span().unwrap_or(var_value.span()), &var_path, err.message().to_owned());
+                    }
+                }
+            }
+            _ => self.typed_key::<AppConfig>(&path, (key, value)),
+        }
+    }
+
+    /// Deserializes a table holding only this key into `T`: either fine, or the error names this key.
+    fn typed_key<T: DeserializeOwned>(&mut self, path: &str, (key, value): Entry<'_>) {
+        let mut single = DeTable::new();
+        single.insert(key.clone(), value.clone());
+        if let Err(err) = typed::<T>(single, key.span().start..value.span().end) {
+            let message = err.message().to_owned();
+            let span = if message.starts_with("unknown field") {
+                key.span()
+            } else {
+                err.span().filter(|s| s.start >= key.span().start).unwrap_or(value.span())
+            };
+            self.error(span, path, message);
+        }
+    }
+
+    fn table<'i>(&mut self, value: &'i Spanned<DeValue<'i>>, path: &str) -> Option<&'i DeTable<'i>> {
+        match value.get_ref() {
+            DeValue::Table(table) => Some(table),
+            other => {
+                self.error(value.span(), path, format!("expected a table, found {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    fn warnings(&self, apps: &[AppEntry]) -> Vec<ConfigIssue> {
+        let mut out = Vec::new();
+        for app in apps {
+            let tables = std::iter::once((format!("apps.{}", app.name), &app.base))
+                .chain(app.profiles.iter().map(|(p, c)| (format!("apps.{}.profiles.{p}", app.name), c)));
+            for (path, config) in tables {
+                for key in config.unenforced_keys() {
+                    let key_path = format!("{path}.{key}");
+                    let span = self.spans.get(&key_path).cloned().unwrap_or(0..0);
+                    let why = NOT_YET_ENFORCED.iter().find(|(k, _)| *k == key).map_or("", |(_, why)| why);
+                    let message = format!("accepted but not enforced yet: {why}");
+                    out.push(ConfigIssue::at(Severity::Warning, self.file, self.text, span, &key_path, message));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn typed<T: DeserializeOwned>(table: DeTable<'_>, span: Range<usize>) -> Result<T, toml::de::Error> {
+    T::deserialize(toml::de::Deserializer::from(Spanned::new(span, table)))
+}
+
+fn typed_value<T: DeserializeOwned>(value: &Spanned<DeValue<'_>>) -> Result<T, toml::de::Error> {
+    T::deserialize(toml::de::ValueDeserializer::from(value.clone()))
+}

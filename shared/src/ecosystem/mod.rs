@@ -1,0 +1,23 @@
+//! The `ecosystem.toml` schema: what an operator may write, how it is checked, and how one profile of
+//! it becomes the [`AppSpec`](crate::spec::AppSpec)s the daemon runs.
+//!
+//! # Layout
+//! - `schema`: serde types of one app table (and of a profile's overrides).
+//! - `load`: parse, type-check key by key, collect every issue with its location.
+//! - `validate`: checks across keys and across apps (ports), for every profile.
+//! - `resolve`: defaults, profile overlay, absolute paths.
+//! - `issue`: located errors and warnings, rendered like a compiler's.
+
+mod issue;
+mod load;
+mod resolve;
+mod schema;
+mod validate;
+
+pub use issue::{ConfigErrors, ConfigIssue, Severity};
+pub use load::{AppEntry, Ecosystem};
+pub use resolve::{ResolveError, cpu_count};
+pub use schema::{AppConfig, EnvValue, ExecMode, HealthConfig, Instances, StopSignal, Watch};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+//! From a validated file to the [`AppSpec`]s one `chatctl start PROFILE` runs: profile overlay,
+//! defaults, absolute paths.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use super::load::Ecosystem;
+use super::schema::{ExecMode, StopSignal};
+use crate::spec::{AppSpec, HealthSpec, ListenSpec};
+use crate::units::HumanDuration;
+
+/// Fork mode is PM2's default too: one process per instance, no shared socket.
+pub(crate) const DEFAULT_EXEC_MODE: ExecMode = ExecMode::Fork;
+/// Loopback by default: a chat backend normally sits behind a reverse proxy; set `host` to expose it.
+pub(crate) const DEFAULT_HOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+pub(crate) const DEFAULT_KILL_TIMEOUT: HumanDuration = HumanDuration(Duration::from_secs(5));
+pub(crate) const DEFAULT_RESTART_DELAY: HumanDuration = HumanDuration(Duration::from_millis(100));
+pub(crate) const DEFAULT_LISTEN_TIMEOUT: HumanDuration = HumanDuration(Duration::from_secs(10));
+pub(crate) const DEFAULT_HEALTH_PATH: &str = "/health";
+pub(crate) const DEFAULT_HEALTH_INTERVAL: HumanDuration = HumanDuration(Duration::from_secs(30));
+pub(crate) const DEFAULT_HEALTH_TIMEOUT: HumanDuration = HumanDuration(Duration::from_secs(5));
+pub(crate) const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+pub(crate) const DEFAULT_HEALTH_GRACE: HumanDuration = HumanDuration(Duration::from_secs(5));
+
+/// CPUs this process may run on (cgroup and affinity aware), as `instances = "max"` counts them.
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResolveError {
+    #[error("no app defines profile `{profile}`; profiles in {file}: {known}")]
+    UnknownProfile { profile: String, file: String, known: String },
+    #[error("no app named `{name}` in {file}; apps: {known}")]
+    UnknownApp { name: String, file: String, known: String },
+}
+
+impl Ecosystem {
+    /// The specs to run for `profile` (base config where an app lacks it), restricted to `only`.
+    ///
+    /// `inherited_env` is the environment of the `chatctl` invocation, which apps receive as PM2's do,
+    /// under the file's `env`.
+    pub fn resolve(
+        &self,
+        profile: Option<&str>,
+        only: Option<&str>,
+        inherited_env: &BTreeMap<String, String>,
+    ) -> Result<Vec<AppSpec>, ResolveError> {
+        let file = self.file.display().to_string();
+        if let Some(p) = profile
+            && !self.apps.iter().any(|a| a.profiles.iter().any(|(n, _)| n == p))
+        {
+            let mut known: Vec<&str> =
+                self.apps.iter().flat_map(|a| a.profiles.iter().map(|(n, _)| n.as_str())).collect();
+            known.sort_unstable();
+            known.dedup();
+            let known = if known.is_empty() { "(none)".to_owned() } else { known.join(", ") };
+            return Err(ResolveError::UnknownProfile { profile: p.to_owned(), file, known });
+        }
+        if let Some(name) = only
+            && !self.apps.iter().any(|a| a.name == name)
+        {
+            let known = self.apps.iter().map(|a| a.name.as_str()).collect::<Vec<_>>().join(", ");
+            return Err(ResolveError::UnknownApp { name: name.to_owned(), file, known });
+        }
+        let cpus = cpu_count();
+        let specs = self
+            .apps
+            .iter()
+            .filter(|a| only.is_none_or(|n| a.name == n))
+            .map(|app| {
+                let over = profile.and_then(|p| app.profiles.iter().find(|(n, _)| n == p));
+                let c = match over {
+                    Some((_, over)) => app.base.overlay(over),
+                    None => app.base.clone(),
+                };
+                let cwd = match &c.cwd {
+                    Some(dir) => self.dir.join(dir),
+                    None => self.dir.clone(),
+                };
+                let cwd = std::path::absolute(&cwd).unwrap_or(cwd);
+                // Validation guarantees a script.
+                let script = c.script.clone().unwrap_or_default();
+                let script = if script.contains('/') {
+                    let path = cwd.join(&script);
+                    std::path::absolute(&path).unwrap_or(path).display().to_string()
+                } else {
+                    script
+                };
+                let mut env = inherited_env.clone();
+                env.extend(c.env.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())));
+                let listen = c.port.map(|port| ListenSpec {
+                    host: c.host.unwrap_or(DEFAULT_HOST),
+                    port,
+                    inherit: c.inherit_socket.unwrap_or(true),
+                });
+                let health = match (&c.health, &listen) {
+                    (Some(h), _) if h.enabled == Some(false) => None,
+                    (_, None) => None,
+                    (h, Some(_)) => {
+                        let h = h.clone().unwrap_or_default();
+                        Some(HealthSpec {
+                            path: h.path.unwrap_or_else(|| DEFAULT_HEALTH_PATH.to_owned()),
+                            interval: h.interval.unwrap_or(DEFAULT_HEALTH_INTERVAL),
+                            timeout: h.timeout.unwrap_or(DEFAULT_HEALTH_TIMEOUT),
+                            unhealthy_threshold: h.unhealthy_threshold.unwrap_or(DEFAULT_UNHEALTHY_THRESHOLD),
+                            grace: h.grace.unwrap_or(DEFAULT_HEALTH_GRACE),
+                        })
+                    }
+                };
+                let log_path = |p: &Option<std::path::PathBuf>| {
+                    p.as_ref().map(|p| {
+                        let path = self.dir.join(p);
+                        std::path::absolute(&path).unwrap_or(path)
+                    })
+                };
+                AppSpec {
+                    name: app.name.clone(),
+                    profile: over.map(|(n, _)| n.clone()),
+                    script,
+                    args: c.args.clone().unwrap_or_default(),
+                    cwd,
+                    env,
+                    instances: c.instances.map_or(1, |i| i.resolve(cpus)),
+                    exec_mode: c.exec_mode.unwrap_or(DEFAULT_EXEC_MODE),
+                    listen,
+                    increment_var: c.increment_var.clone().unwrap_or_else(|| "PORT".to_owned()),
+                    instance_var: c.instance_var.clone().unwrap_or_else(|| "INSTANCE_ID".to_owned()),
+                    kill_signal: c.kill_signal.unwrap_or(StopSignal::Term),
+                    kill_timeout: c.kill_timeout.unwrap_or(DEFAULT_KILL_TIMEOUT),
+                    restart_delay: c.restart_delay.unwrap_or(DEFAULT_RESTART_DELAY),
+                    autorestart: c.autorestart.unwrap_or(true),
+                    listen_timeout: c.listen_timeout.unwrap_or(DEFAULT_LISTEN_TIMEOUT),
+                    health,
+                    out_file: log_path(&c.out_file),
+                    error_file: log_path(&c.error_file),
+                }
+            })
+            .collect();
+        Ok(specs)
+    }
+}

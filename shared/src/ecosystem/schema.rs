@@ -1,0 +1,279 @@
+//! The typed shape of one app table in `ecosystem.toml` (and of a profile's overrides, which have the
+//! same keys). Every field is optional here so that a profile can override any subset; defaults are
+//! applied when a profile is resolved into an [`AppSpec`](crate::spec::AppSpec).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::units::{ByteSize, HumanDuration};
+
+/// One `[apps.NAME]` table, or one `[apps.NAME.profiles.PROFILE]` table of overrides.
+///
+/// `deny_unknown_fields` and no `flatten` (which would bypass it, serde-rs/serde#2283): a misspelt key
+/// is an error, never a silently ignored setting.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// Program to run: a path (relative to `cwd`) or a command looked up in `PATH`.
+    pub script: Option<String>,
+    pub args: Option<Vec<String>>,
+    /// Working directory, relative to the directory of `ecosystem.toml`.
+    pub cwd: Option<PathBuf>,
+    /// Added to the environment; a profile's `env` is merged key by key over the base `env`.
+    pub env: Option<BTreeMap<String, EnvValue>>,
+    pub instances: Option<Instances>,
+    pub exec_mode: Option<ExecMode>,
+    pub port: Option<u16>,
+    /// Address the supervisor binds `port` on.
+    pub host: Option<IpAddr>,
+    pub increment_var: Option<String>,
+    pub instance_var: Option<String>,
+    /// Pass the listening socket as an inherited fd (the default); `false` only sets the port variable
+    /// and lets the program bind it (fork mode only).
+    pub inherit_socket: Option<bool>,
+    pub kill_signal: Option<StopSignal>,
+    pub kill_timeout: Option<HumanDuration>,
+    pub restart_delay: Option<HumanDuration>,
+    pub autorestart: Option<bool>,
+    /// How long a new instance may take to pass its first health check.
+    pub listen_timeout: Option<HumanDuration>,
+    pub health: Option<HealthConfig>,
+    pub out_file: Option<PathBuf>,
+    pub error_file: Option<PathBuf>,
+    // Parsed and validated, enforced by later work; loading warns about each one that is set.
+    pub max_restarts: Option<u32>,
+    pub min_uptime: Option<HumanDuration>,
+    pub max_memory_restart: Option<ByteSize>,
+    pub watch: Option<Watch>,
+    pub ignore_watch: Option<Vec<String>>,
+    pub watch_delay: Option<HumanDuration>,
+}
+
+/// Keys that parse and validate but are not acted upon yet, with what the operator gets instead.
+pub(crate) const NOT_YET_ENFORCED: &[(&str, &str)] = &[
+    ("max_restarts", "a crashed instance is restarted after restart_delay, without a crash-loop limit"),
+    ("min_uptime", "a crashed instance is restarted after restart_delay, without a crash-loop limit"),
+    ("max_memory_restart", "memory is shown in `chatctl list` but no restart happens on the limit"),
+    ("watch", "file changes do not restart the app; use `chatctl restart`"),
+    ("ignore_watch", "file changes do not restart the app; use `chatctl restart`"),
+    ("watch_delay", "file changes do not restart the app; use `chatctl restart`"),
+];
+
+impl AppConfig {
+    /// Names of the not-yet-enforced keys this table sets.
+    pub fn unenforced_keys(&self) -> Vec<&'static str> {
+        let set = [
+            self.max_restarts.is_some(),
+            self.min_uptime.is_some(),
+            self.max_memory_restart.is_some(),
+            self.watch.as_ref().is_some_and(Watch::is_on),
+            self.ignore_watch.is_some(),
+            self.watch_delay.is_some(),
+        ];
+        NOT_YET_ENFORCED.iter().zip(set).filter(|(_, on)| *on).map(|((key, _), _)| *key).collect()
+    }
+
+    /// `self` with every key that `over` sets replaced; `env` is merged key by key.
+    pub fn overlay(&self, over: &AppConfig) -> AppConfig {
+        let mut env = self.env.clone();
+        if let Some(extra) = &over.env {
+            let merged = env.get_or_insert_with(BTreeMap::new);
+            merged.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        macro_rules! pick {
+            ($($field:ident),*) => {
+                AppConfig { env, $($field: over.$field.clone().or_else(|| self.$field.clone()),)* }
+            };
+        }
+        pick!(
+            script, args, cwd, instances, exec_mode, port, host, increment_var, instance_var, inherit_socket,
+            kill_signal, kill_timeout, restart_delay, autorestart, listen_timeout, health, out_file, error_file,
+            max_restarts, min_uptime, max_memory_restart, watch, ignore_watch, watch_delay
+        )
+    }
+}
+
+/// `instances`: a count, `"max"` (one per CPU), or a negative number (CPUs minus n). `0` means `"max"`,
+/// as in PM2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Instances {
+    Count(u32),
+    Max,
+    LessThanMax(u32),
+}
+
+impl Instances {
+    /// The number of instances on a machine with `cpus` CPUs: never below 1.
+    pub fn resolve(self, cpus: usize) -> usize {
+        let cpus = cpus.max(1);
+        match self {
+            Instances::Count(0) | Instances::Max => cpus,
+            Instances::Count(n) => n as usize,
+            Instances::LessThanMax(n) => cpus.saturating_sub(n as usize).max(1),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Instances {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct InstancesVisitor;
+        impl Visitor<'_> for InstancesVisitor {
+            type Value = Instances;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of instances, \"max\" (one per CPU) or a negative number (CPUs minus n)")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Instances, E> {
+                const LIMIT: i64 = 4096;
+                if !(-LIMIT..=LIMIT).contains(&v) {
+                    return Err(E::custom(format!("{v} instances is out of range (-{LIMIT}..={LIMIT})")));
+                }
+                // In range, so the casts are lossless.
+                Ok(if v >= 0 { Instances::Count(v as u32) } else { Instances::LessThanMax(v.unsigned_abs() as u32) })
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Instances, E> {
+                match v {
+                    "max" => Ok(Instances::Max),
+                    other => Err(E::custom(format!(
+                        "invalid instances {other:?}: expected a number, \"max\" or a negative number"
+                    ))),
+                }
+            }
+        }
+        deserializer.deserialize_any(InstancesVisitor)
+    }
+}
+
+impl Serialize for Instances {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Instances::Count(n) => s.serialize_i64(i64::from(*n)),
+            Instances::Max => s.serialize_str("max"),
+            Instances::LessThanMax(n) => s.serialize_i64(-i64::from(*n)),
+        }
+    }
+}
+
+/// How instances of an app receive connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecMode {
+    /// Every instance accepts on one listening socket that the supervisor bound once.
+    Cluster,
+    /// Instance `i` listens on `port + i`.
+    Fork,
+}
+
+/// The signal that asks an instance to stop; SIGKILL follows after `kill_timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+pub enum StopSignal {
+    #[serde(rename = "SIGTERM", alias = "TERM")]
+    Term,
+    #[serde(rename = "SIGINT", alias = "INT")]
+    Int,
+    #[serde(rename = "SIGQUIT", alias = "QUIT")]
+    Quit,
+    #[serde(rename = "SIGHUP", alias = "HUP")]
+    Hup,
+    #[serde(rename = "SIGUSR1", alias = "USR1")]
+    Usr1,
+    #[serde(rename = "SIGUSR2", alias = "USR2")]
+    Usr2,
+    #[serde(rename = "SIGKILL", alias = "KILL")]
+    Kill,
+}
+
+/// `health = { ... }`: the per-instance HTTP probe.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// `false` turns probing off: an instance is online as soon as it is spawned.
+    pub enabled: Option<bool>,
+    pub path: Option<String>,
+    pub interval: Option<HumanDuration>,
+    pub timeout: Option<HumanDuration>,
+    pub unhealthy_threshold: Option<u32>,
+    /// After an instance first passes, failures during this period are not counted.
+    pub grace: Option<HumanDuration>,
+}
+
+/// An environment value: TOML strings, integers, floats and booleans are all accepted, because PM2
+/// configs write `PORT: 3000` and operators expect that to work.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct EnvValue(pub String);
+
+impl<'de> Deserialize<'de> for EnvValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EnvVisitor;
+        impl Visitor<'_> for EnvVisitor {
+            type Value = EnvValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvValue, E> {
+                if v.contains('\0') {
+                    return Err(E::custom("an environment value cannot contain a NUL byte"));
+                }
+                Ok(EnvValue(v.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<EnvValue, E> {
+                Ok(EnvValue(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(EnvVisitor)
+    }
+}
+
+/// `watch = true | false | ["src", "config"]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Watch {
+    Enabled(bool),
+    Paths(Vec<String>),
+}
+
+impl Watch {
+    pub fn is_on(&self) -> bool {
+        match self {
+            Watch::Enabled(on) => *on,
+            Watch::Paths(paths) => !paths.is_empty(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Watch {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct WatchVisitor;
+        impl<'de> Visitor<'de> for WatchVisitor {
+            type Value = Watch;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false or a list of paths")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Watch, E> {
+                Ok(Watch::Enabled(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Watch, A::Error> {
+                let mut paths = Vec::new();
+                while let Some(path) = seq.next_element::<String>()? {
+                    paths.push(path);
+                }
+                Ok(Watch::Paths(paths))
+            }
+        }
+        deserializer.deserialize_any(WatchVisitor)
+    }
+}

@@ -1,0 +1,136 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::*;
+
+fn parse(text: &str) -> Result<Ecosystem, ConfigErrors> {
+    Ecosystem::parse(text, Path::new("eco.toml"))
+}
+
+/// (line, column, key) of every error, in report order.
+fn errors(text: &str) -> Vec<(usize, usize, String)> {
+    match parse(text) {
+        Ok(_) => panic!("expected errors for:\n{text}"),
+        Err(e) => e.errors().map(|i| (i.line, i.column, i.key.clone())).collect(),
+    }
+}
+
+const GOOD: &str = r#"
+[apps.chat]
+script = "bin/chat-worker"
+port = 3000
+exec_mode = "cluster"
+instances = "max"
+kill_timeout = "5s"
+max_memory_restart = "1G"
+env = { RUST_LOG = "info", WORKERS = 4 }
+health = { path = "/health", interval = "30s", timeout = "5s" }
+
+[apps.chat.profiles.development]
+instances = 1
+watch = true
+
+[apps.chat.profiles.loadbalanced]
+exec_mode = "fork"
+instances = 4
+port = 3001
+env = { MODE = "lb" }
+"#;
+
+#[test]
+fn a_good_file_resolves_with_profile_overlay() {
+    let eco = parse(GOOD).expect("valid");
+    let inherited = BTreeMap::from([("HOME".to_owned(), "/home/x".to_owned())]);
+    let base = eco.resolve(None, None, &inherited).expect("resolves");
+    assert_eq!(base[0].instances, cpu_count());
+    assert_eq!(base[0].exec_mode, ExecMode::Cluster);
+    assert_eq!(base[0].env["WORKERS"], "4");
+    assert_eq!(base[0].env["HOME"], "/home/x");
+    assert!(base[0].script.ends_with("/bin/chat-worker"), "{}", base[0].script);
+    let lb = eco.resolve(Some("loadbalanced"), Some("chat"), &inherited).expect("resolves");
+    assert_eq!((lb[0].instances, lb[0].exec_mode, lb[0].port_of(3)), (4, ExecMode::Fork, Some(3004)));
+    assert_eq!(lb[0].env["MODE"], "lb");
+    assert_eq!(lb[0].env["RUST_LOG"], "info", "profile env merges over base env");
+    assert_eq!(lb[0].health.as_ref().map(|h| h.path.as_str()), Some("/health"));
+    // Keys not enforced yet are reported as warnings, located.
+    let keys: Vec<&str> = eco.warnings.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(keys, ["apps.chat.max_memory_restart", "apps.chat.profiles.development.watch"]);
+    assert_eq!((eco.warnings[0].line, eco.warnings[0].column), (8, 1));
+}
+
+#[test]
+fn unknown_profile_and_app_are_refused_with_the_known_names() {
+    let eco = parse(GOOD).expect("valid");
+    let err = eco.resolve(Some("staging"), None, &BTreeMap::new()).expect_err("unknown profile");
+    assert!(err.to_string().contains("development, loadbalanced"), "{err}");
+    let err = eco.resolve(None, Some("api"), &BTreeMap::new()).expect_err("unknown app");
+    assert!(err.to_string().contains("apps: chat"), "{err}");
+}
+
+#[test]
+fn instances_resolve_never_below_one() {
+    assert_eq!(Instances::LessThanMax(1).resolve(4), 3);
+    assert_eq!(Instances::LessThanMax(9).resolve(4), 1);
+    assert_eq!(Instances::Max.resolve(2), 2);
+    assert_eq!(Instances::Count(0).resolve(2), 2);
+    assert_eq!(Instances::Count(3).resolve(2), 3);
+}
+
+#[test]
+fn broken_files_report_line_column_and_key() {
+    let table: &[(&str, &[(usize, usize, &str)])] = &[
+        // unknown key, located at the key
+        ("[apps.a]\nscript = \"x\"\nscirpt = \"y\"\n", &[(3, 1, "apps.a.scirpt")]),
+        // wrong type, located at the value
+        ("[apps.a]\nscript = \"x\"\ninstances = true\n", &[(3, 13, "apps.a.instances")]),
+        // bad human values
+        ("[apps.a]\nscript = \"x\"\nkill_timeout = \"5 sec\"\n", &[(3, 16, "apps.a.kill_timeout")]),
+        ("[apps.a]\nscript = \"x\"\nmax_memory_restart = \"1Q\"\n", &[(3, 22, "apps.a.max_memory_restart")]),
+        ("[apps.a]\nscript = \"x\"\nexec_mode = \"clustre\"\n", &[(3, 13, "apps.a.exec_mode")]),
+        ("[apps.a]\nscript = \"x\"\nport = 70000\n", &[(3, 8, "apps.a.port")]),
+        ("[apps.a]\nscript = \"x\"\ninstances = \"lots\"\n", &[(3, 13, "apps.a.instances")]),
+        // nested tables are checked key by key
+        (
+            "[apps.a]\nscript = \"x\"\nport = 1\nhealth = { path = \"/h\", intervall = \"1s\", timeout = 5 }\n",
+            &[(4, 25, "apps.a.health.intervall"), (4, 53, "apps.a.health.timeout")],
+        ),
+        // profiles are checked like apps
+        ("[apps.a]\nscript = \"x\"\n[apps.a.profiles.prod]\ninstances = \"many\"\n", &[(4, 13, "apps.a.profiles.prod.instances")]),
+        // semantic: missing script points at the app's name
+        ("[apps.a]\nport = 3000\n", &[(1, 7, "apps.a.script")]),
+        // semantic: fork ports past 65535
+        ("[apps.a]\nscript = \"x\"\nport = 65534\ninstances = 4\n", &[(3, 1, "apps.a.port")]),
+        // semantic: overlapping ports across apps
+        (
+            "[apps.a]\nscript = \"x\"\nport = 3001\ninstances = 4\n[apps.b]\nscript = \"y\"\nport = 3003\n",
+            &[(7, 1, "apps.b.port")],
+        ),
+        // semantic inside one profile only
+        (
+            "[apps.a]\nscript = \"x\"\nport = 3000\n[apps.a.profiles.lb]\nexec_mode = \"cluster\"\ninherit_socket = false\n",
+            &[(6, 1, "apps.a.profiles.lb.inherit_socket")],
+        ),
+        // several problems at once, in file order
+        (
+            "[apps.a]\nscript = 1\nport = \"x\"\n[apps.all]\nscript = \"y\"\n[top]\n",
+            &[(2, 10, "apps.a.script"), (3, 8, "apps.a.port"), (4, 7, "apps.all"), (6, 2, "top")],
+        ),
+        // syntax errors are located too
+        ("[apps.a]\nscript = \"x\nport = 1\n", &[(2, 12, "")]),
+    ];
+    for (text, expected) in table {
+        let got = errors(text);
+        let expected: Vec<(usize, usize, String)> =
+            expected.iter().map(|(l, c, k)| (*l, *c, (*k).to_owned())).collect();
+        assert_eq!(got, expected, "for:\n{text}\nreport:\n{}", parse(text).expect_err("errors"));
+    }
+}
+
+#[test]
+fn the_report_reads_like_a_compiler_message() {
+    let err = parse("[apps.a]\nscript = \"x\"\ninstances = true\n").expect_err("bad");
+    let text = err.to_string();
+    assert!(text.starts_with("eco.toml:3:13: error: apps.a.instances: invalid type: boolean `true`"), "{text}");
+    assert!(text.contains("3 | instances = true\n  |             ^"), "{text}");
+    assert!(text.ends_with("1 error in the ecosystem file; nothing was started or changed"), "{text}");
+}

@@ -1,0 +1,173 @@
+//! Checks that need more than one key, or the meaning of a value: run on the base table of every app
+//! and on every profile merged over it, so a broken `loadbalanced` profile is reported even by
+//! `chatctl start production`.
+
+use std::collections::BTreeSet;
+
+use super::load::AppEntry;
+use super::resolve::{self, cpu_count};
+use super::schema::{AppConfig, ExecMode};
+
+/// A semantic problem; `key_candidates` are dotted paths, most specific first, the first that exists
+/// in the file gives the location.
+pub(crate) struct Problem {
+    pub key_candidates: Vec<String>,
+    pub message: String,
+}
+
+/// Names are used in file names and as CLI targets, where `all` means every app.
+pub(crate) fn app_name(name: &str) -> Result<(), String> {
+    if name == "all" {
+        return Err("`all` is reserved: `chatctl stop all` means every app".to_owned());
+    }
+    simple_name(name, "app")
+}
+
+pub(crate) fn profile_name(name: &str) -> Result<(), String> {
+    simple_name(name, "profile")
+}
+
+fn simple_name(name: &str, what: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid {what} name {name:?}: use 1-64 letters, digits, '-', '_' or '.'"))
+    }
+}
+
+pub(crate) fn env_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty() && !name.contains('=') && !name.contains('\0');
+    if ok { Ok(()) } else { Err(format!("invalid environment variable name {name:?}")) }
+}
+
+/// Every semantic problem of every app under every profile (and without one).
+pub(crate) fn all_profiles(apps: &[AppEntry]) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut seen = BTreeSet::new();
+    let profile_names: BTreeSet<&str> =
+        apps.iter().flat_map(|a| a.profiles.iter().map(|(p, _)| p.as_str())).collect();
+    for profile in std::iter::once(None).chain(profile_names.iter().copied().map(Some)) {
+        let mut claimed: Vec<(String, std::net::IpAddr, u32, u32)> = Vec::new();
+        for app in apps {
+            let (merged, prefix) = match profile.and_then(|p| app.profiles.iter().find(|(n, _)| n == p)) {
+                Some((name, over)) => (app.base.overlay(over), Some(name.as_str())),
+                None => (app.base.clone(), None),
+            };
+            for problem in one(&app.name, prefix, &merged) {
+                // The same base problem would otherwise be reported once per profile.
+                if seen.insert((problem.key_candidates[0].clone(), problem.message.clone())) {
+                    problems.push(problem);
+                }
+            }
+            if let Some(range) = port_range(&merged) {
+                if let Some((other, ..)) =
+                    claimed.iter().find(|(_, host, lo, hi)| *host == range.0 && range.1 <= *hi && *lo <= range.2)
+                {
+                    let key = keys(&app.name, prefix, "port");
+                    let message = format!(
+                        "ports {}-{} overlap those of app `{other}`{}",
+                        range.1,
+                        range.2,
+                        profile.map(|p| format!(" in profile `{p}`")).unwrap_or_default()
+                    );
+                    if seen.insert((key[0].clone(), message.clone())) {
+                        problems.push(Problem { key_candidates: key, message });
+                    }
+                }
+                claimed.push((app.name.clone(), range.0, range.1, range.2));
+            }
+        }
+    }
+    problems
+}
+
+/// Ports an app occupies under a config, for conflict detection (port 0 claims nothing).
+fn port_range(config: &AppConfig) -> Option<(std::net::IpAddr, u32, u32)> {
+    let port = u32::from(config.port.filter(|p| *p != 0)?);
+    let host = config.host.unwrap_or(resolve::DEFAULT_HOST);
+    let count = match config.exec_mode.unwrap_or(resolve::DEFAULT_EXEC_MODE) {
+        ExecMode::Cluster => 1,
+        ExecMode::Fork => config.instances.map_or(1, |i| i.resolve(cpu_count())) as u32,
+    };
+    Some((host, port, port + count - 1))
+}
+
+fn keys(app: &str, profile: Option<&str>, key: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(p) = profile {
+        out.push(format!("apps.{app}.profiles.{p}.{key}"));
+    }
+    out.push(format!("apps.{app}.{key}"));
+    if let Some(p) = profile {
+        out.push(format!("apps.{app}.profiles.{p}"));
+    }
+    out.push(format!("apps.{app}"));
+    out
+}
+
+fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut problem = |key: &str, message: String| out.push(Problem { key_candidates: keys(app, profile, key), message });
+    let within = profile.map(|p| format!(" (profile `{p}`)")).unwrap_or_default();
+
+    match c.script.as_deref() {
+        None => problem("script", format!("missing `script`: the program to run{within}")),
+        Some(s) if s.trim().is_empty() => problem("script", "`script` is empty".to_owned()),
+        _ => {}
+    }
+    let mode = c.exec_mode.unwrap_or(resolve::DEFAULT_EXEC_MODE);
+    let instances = c.instances.map_or(1, |i| i.resolve(cpu_count()));
+    if mode == ExecMode::Cluster && c.inherit_socket == Some(false) && c.port.is_some() {
+        problem(
+            "inherit_socket",
+            format!("cluster mode shares one socket the supervisor binds: `inherit_socket = false` needs exec_mode = \"fork\"{within}"),
+        );
+    }
+    if let Some(port) = c.port {
+        if mode == ExecMode::Fork && port != 0 && usize::from(port) + instances - 1 > usize::from(u16::MAX) {
+            problem("port", format!("port {port} + {instances} instances runs past 65535{within}"));
+        }
+        if mode == ExecMode::Fork && port == 0 && c.inherit_socket == Some(false) {
+            problem("port", "port 0 (any free port) needs the supervisor to bind it: leave inherit_socket on".to_owned());
+        }
+    }
+    for (key, value) in [("increment_var", &c.increment_var), ("instance_var", &c.instance_var)] {
+        if let Some(Err(why)) = value.as_deref().map(env_name) {
+            problem(key, why);
+        }
+    }
+    if let Some(h) = &c.health {
+        if h.enabled != Some(false) {
+            if c.port.is_none() {
+                problem("health", format!("an HTTP health check needs `port`; set `health = {{ enabled = false }}` or a port{within}"));
+            }
+            if let Some(path) = &h.path
+                && !path.starts_with('/')
+            {
+                problem("health.path", format!("health path {path:?} must start with '/'"));
+            }
+            if h.unhealthy_threshold == Some(0) {
+                problem("health.unhealthy_threshold", "must be at least 1".to_owned());
+            }
+            let interval = h.interval.unwrap_or(resolve::DEFAULT_HEALTH_INTERVAL);
+            if interval.0.is_zero() {
+                problem("health.interval", "must be more than 0s".to_owned());
+            }
+            if let Some(timeout) = h.timeout
+                && (timeout.0.is_zero() || timeout > interval)
+            {
+                problem("health.timeout", format!("must be more than 0s and at most the interval ({interval})"));
+            }
+        }
+    }
+    if let Some(t) = c.listen_timeout
+        && t.0.is_zero()
+    {
+        problem("listen_timeout", "must be more than 0s".to_owned());
+    }
+    out
+}

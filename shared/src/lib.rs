@@ -1,0 +1,19 @@
+//! The contract between `chatctl` and `chat-worker`: what both sides must agree on and nothing else
+//! (no runtime, no I/O beyond the framing helpers).
+//!
+//! # Layout
+//! - [`ecosystem`]: the `ecosystem.toml` schema, its validation and its resolution into specs.
+//! - [`spec`]: an app as the daemon runs it.
+//! - [`ipc`]: the CLI ↔ daemon protocol and its framing.
+//! - [`status`]: what `chatctl list` shows.
+//! - [`worker_env`]: environment variables the supervisor sets for its programs.
+//! - [`health`]: the `/health` body.
+//! - [`units`]: human durations and sizes.
+
+pub mod ecosystem;
+pub mod health;
+pub mod ipc;
+pub mod spec;
+pub mod status;
+pub mod units;
+pub mod worker_env;

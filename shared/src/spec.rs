@@ -1,0 +1,72 @@
+//! An app as the daemon runs it: one profile of one `ecosystem.toml` app, with every default applied
+//! and every path made absolute. The CLI resolves it (so errors are reported where the user typed the
+//! command) and sends it to the daemon, which needs no access to the file.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ecosystem::{ExecMode, StopSignal};
+use crate::units::HumanDuration;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppSpec {
+    pub name: String,
+    /// The profile this spec was resolved with, if any.
+    pub profile: Option<String>,
+    /// An absolute path, or a bare command name looked up in the app's `PATH`.
+    pub script: String,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    /// The complete environment: the environment `chatctl start` ran in, then the file's `env`.
+    pub env: BTreeMap<String, String>,
+    pub instances: usize,
+    pub exec_mode: ExecMode,
+    pub listen: Option<ListenSpec>,
+    pub increment_var: String,
+    pub instance_var: String,
+    pub kill_signal: StopSignal,
+    pub kill_timeout: HumanDuration,
+    pub restart_delay: HumanDuration,
+    pub autorestart: bool,
+    pub listen_timeout: HumanDuration,
+    pub health: Option<HealthSpec>,
+    /// Merged stdout of all instances; `None` = the daemon's default `<home>/logs/<name>-out.log`.
+    pub out_file: Option<PathBuf>,
+    pub error_file: Option<PathBuf>,
+}
+
+/// Where an app's instances receive connections.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenSpec {
+    pub host: IpAddr,
+    /// Cluster: the one shared port. Fork: the port of instance 0; instance i gets `port + i`.
+    /// `0` asks the kernel for a free port (cluster mode; tests use it).
+    pub port: u16,
+    /// The supervisor binds and passes the socket (fd 3); otherwise the program binds the port itself.
+    pub inherit: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthSpec {
+    pub path: String,
+    pub interval: HumanDuration,
+    pub timeout: HumanDuration,
+    pub unhealthy_threshold: u32,
+    pub grace: HumanDuration,
+}
+
+impl AppSpec {
+    /// The port instance `index` serves on, if the app listens.
+    pub fn port_of(&self, index: usize) -> Option<u16> {
+        let listen = self.listen.as_ref()?;
+        match self.exec_mode {
+            ExecMode::Cluster => Some(listen.port),
+            ExecMode::Fork if listen.port == 0 => Some(0),
+            // Validation guarantees port + instances - 1 fits in a u16.
+            ExecMode::Fork => u16::try_from(usize::from(listen.port) + index).ok(),
+        }
+    }
+}

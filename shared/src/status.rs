@@ -1,0 +1,79 @@
+//! Serializable views of what the daemon runs, for `chatctl list` and `chatctl list --json`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ecosystem::ExecMode;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub name: String,
+    pub profile: Option<String>,
+    pub exec_mode: ExecMode,
+    pub script: String,
+    /// The port the supervisor bound (cluster), or instance 0's port (fork); the real port when the
+    /// config asked for port 0.
+    pub port: Option<u16>,
+    pub instances: Vec<InstanceStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub index: usize,
+    pub status: Phase,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    /// Address of the private health listener in cluster mode (`127.0.0.1:N`).
+    pub admin_addr: Option<String>,
+    /// Milliseconds since the current process was spawned.
+    pub uptime_ms: Option<u64>,
+    /// Times this slot was started again after the first start (crashes and restarts).
+    pub restarts: u32,
+    pub memory_bytes: Option<u64>,
+    pub cpu_percent: Option<f32>,
+    pub last_exit: Option<ExitKind>,
+    /// Why the last restart or stop happened, for operators reading `list`.
+    pub note: Option<String>,
+}
+
+/// The externally visible phase of an instance (the daemon's state machine has more detail).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Stopped,
+    /// Waiting out `restart_delay` before the next spawn.
+    Waiting,
+    Starting,
+    Online,
+    Stopping,
+    Errored,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Stopped => "stopped",
+            Phase::Waiting => "waiting",
+            Phase::Starting => "starting",
+            Phase::Online => "online",
+            Phase::Stopping => "stopping",
+            Phase::Errored => "errored",
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExitKind {
+    Code(i32),
+    Signal(i32),
+}
+
+impl std::fmt::Display for ExitKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitKind::Code(c) => write!(f, "exit {c}"),
+            ExitKind::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! `list`, `stop`, `restart`, `delete`, `kill`.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use chat_shared::ipc::{Request, Response};
+
+use super::Target;
+use super::start::wait_online;
+use super::table;
+use crate::client::{Client, ClientError};
+use crate::home::Home;
+
+pub(super) async fn list(json: bool, home: &Home) -> anyhow::Result<ExitCode> {
+    let apps = match Client::connect(home).await {
+        Ok(mut client) => match client.request(&Request::List).await? {
+            Response::List { apps } => apps,
+            other => bail!("unexpected answer: {other:?}"),
+        },
+        // No daemon: nothing runs, which is an answer, not an error.
+        Err(ClientError::NotRunning(_)) => Vec::new(),
+        Err(e) => return Err(e).context("cannot reach the daemon"),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&apps)?);
+    } else {
+        print!("{}", table::render(&apps));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn act(request: Request, home: &Home) -> anyhow::Result<Vec<String>> {
+    let mut client = Client::connect(home).await.context("cannot reach the daemon")?;
+    match client.request(&request).await? {
+        Response::Done { apps } => Ok(apps),
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+pub(super) async fn stop(target: Target, home: &Home) -> anyhow::Result<ExitCode> {
+    let apps = act(Request::Stop { app: target.app() }, home).await?;
+    println!("stopped: {}", names(&apps));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn restart(target: Target, home: &Home) -> anyhow::Result<ExitCode> {
+    let apps = act(Request::Restart { app: target.app() }, home).await?;
+    let mut client = Client::connect(home).await?;
+    wait_online(&mut client, &apps, false).await
+}
+
+pub(super) async fn delete(target: Target, home: &Home) -> anyhow::Result<ExitCode> {
+    let apps = act(Request::Delete { app: target.app() }, home).await?;
+    println!("deleted: {}", names(&apps));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn kill(home: &Home) -> anyhow::Result<ExitCode> {
+    let mut client = match Client::connect(home).await {
+        Ok(client) => client,
+        Err(ClientError::NotRunning(_)) => {
+            println!("no daemon running");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e).context("cannot reach the daemon"),
+    };
+    let pid = client.daemon_pid;
+    match client.request(&Request::Kill).await? {
+        Response::Killed { instances_stopped, forced } => {
+            println!("stopped {instances_stopped} instance(s){}; daemon (pid {pid}) exiting", forced_note(forced));
+        }
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+    // The reply comes just before the daemon exits; wait for the socket to go so that a `start`
+    // right after this does not reach the dying daemon.
+    for _ in 0..200 {
+        if matches!(Client::connect(home).await, Err(ClientError::NotRunning(_))) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    bail!("the daemon (pid {pid}) answered but did not exit")
+}
+
+fn forced_note(forced: usize) -> String {
+    if forced == 0 { String::new() } else { format!(", {forced} killed after kill_timeout") }
+}
+
+fn names(apps: &[String]) -> String {
+    if apps.is_empty() { "(none)".to_owned() } else { apps.join(", ") }
+}

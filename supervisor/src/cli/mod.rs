@@ -1,0 +1,103 @@
+//! The command line: clap definitions and one function per verb.
+
+mod control;
+mod start;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use start::run_foreground;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chatctl",
+    version,
+    about = "Process manager for realtime chat backends: a cluster on one shared socket, per-instance health checks, restarts.",
+    long_about = None,
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the apps of the ecosystem file (starting the daemon if needed) and wait until they are online.
+    Start(StartArgs),
+    /// Run the apps in the foreground, without a daemon (containers, systemd units). SIGTERM or Ctrl-C stops everything.
+    Run(RunArgs),
+    /// Show every app and instance.
+    #[command(alias = "ls", alias = "status")]
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop an app's instances (stop signal to each process group, SIGKILL after kill_timeout).
+    Stop(Target),
+    /// Stop then start an app's instances.
+    Restart(Target),
+    /// Stop an app and forget it.
+    #[command(alias = "del")]
+    Delete(Target),
+    /// Stop every app, then the daemon.
+    Kill,
+    /// Run the daemon itself (started on demand by the other commands).
+    #[command(hide = true)]
+    Daemon,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Profile of the ecosystem file to apply (e.g. development, production, loadbalanced).
+    pub profile: Option<String>,
+    /// Start only this app.
+    #[arg(long, value_name = "APP")]
+    pub only: Option<String>,
+    /// The ecosystem file.
+    #[arg(short = 'c', long = "config", value_name = "FILE", default_value = "ecosystem.toml")]
+    pub config: PathBuf,
+    /// Return once the daemon has the apps, without waiting for them to be online.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Print the resulting status as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    pub profile: Option<String>,
+    #[arg(long, value_name = "APP")]
+    pub only: Option<String>,
+    #[arg(short = 'c', long = "config", value_name = "FILE", default_value = "ecosystem.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct Target {
+    /// An app name, or `all`.
+    pub app: String,
+}
+
+impl Target {
+    pub(crate) fn app(&self) -> Option<String> {
+        (self.app != "all").then(|| self.app.clone())
+    }
+}
+
+/// Runs a client command (everything but `daemon` and `run`).
+pub async fn client_command(command: Command, home: &crate::home::Home) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Start(args) => start::start(args, home).await,
+        Command::List { json } => control::list(json, home).await,
+        Command::Stop(target) => control::stop(target, home).await,
+        Command::Restart(target) => control::restart(target, home).await,
+        Command::Delete(target) => control::delete(target, home).await,
+        Command::Kill => control::kill(home).await,
+        Command::Run(_) | Command::Daemon => unreachable!("UNWRAP: main dispatches run and daemon itself"),
+    }
+}

@@ -1,0 +1,144 @@
+//! `start` (through the daemon) and `run` (in the foreground): read and validate the ecosystem file
+//! here, where the user typed the command, then hand resolved specs over.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chat_shared::ecosystem::Ecosystem;
+use chat_shared::ipc::{Request, Response};
+use chat_shared::spec::AppSpec;
+use chat_shared::status::{AppStatus, Phase};
+
+use super::{RunArgs, StartArgs, table};
+use crate::client::Client;
+use crate::home::Home;
+use crate::process;
+
+/// Exit codes of `chatctl run` (and of `start` where they apply), for scripts and unit files.
+pub(crate) mod exit {
+    /// The ecosystem file is invalid, or the apps could not be started (a port in use).
+    pub(crate) const CONFIG: u8 = 1;
+    /// Stopped on request, but some instance had to be SIGKILLed after kill_timeout.
+    pub(crate) const FORCED: u8 = 3;
+    /// Every instance ended up errored or stopped: nothing left to supervise.
+    pub(crate) const NOTHING_LEFT: u8 = 4;
+    /// `start`: some instance did not come online in time.
+    pub(crate) const NOT_ONLINE: u8 = 5;
+}
+
+fn load(config: &std::path::Path, profile: Option<&str>, only: Option<&str>) -> Result<Vec<AppSpec>, ExitCode> {
+    let eco = match Ecosystem::load(config) {
+        Ok(eco) => eco,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Err(ExitCode::from(exit::CONFIG));
+        }
+    };
+    for warning in &eco.warnings {
+        eprintln!("{warning}");
+    }
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    eco.resolve(profile, only, &env).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(exit::CONFIG)
+    })
+}
+
+pub(super) async fn start(args: StartArgs, home: &Home) -> anyhow::Result<ExitCode> {
+    let specs = match load(&args.config, args.profile.as_deref(), args.only.as_deref()) {
+        Ok(specs) => specs,
+        Err(code) => return Ok(code),
+    };
+    let mut client = process::connect_or_start(home).await?;
+    let (started, already) = match client.request(&Request::Start { apps: specs }).await? {
+        Response::Started { started, already_running } => (started, already_running),
+        Response::Error { message } => {
+            eprintln!("error: {message}\nnothing was started");
+            return Ok(ExitCode::from(exit::CONFIG));
+        }
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    for name in &already {
+        eprintln!("{name}: already running (use `chatctl restart {name}` to restart it)");
+    }
+    if args.no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut all = started;
+    all.extend(already);
+    wait_online(&mut client, &all, args.json).await
+}
+
+/// Polls the daemon until every instance of `apps` is online, one is errored, or the apps'
+/// `listen_timeout` (plus a margin) has passed; prints the table and the time it took.
+pub(super) async fn wait_online(client: &mut Client, apps: &[String], json: bool) -> anyhow::Result<ExitCode> {
+    let begun = Instant::now();
+    // Poll fast: readiness takes tens of milliseconds; a list request costs well under a millisecond.
+    let every = Duration::from_millis(10);
+    // The daemon enforces listen_timeout itself (and restarts a laggard); the CLI gives up after it.
+    let give_up = Duration::from_secs(30);
+    loop {
+        let statuses = match client.request(&Request::List).await? {
+            Response::List { apps: all } => all.into_iter().filter(|a| apps.contains(&a.name)).collect::<Vec<_>>(),
+            other => bail!("unexpected answer: {other:?}"),
+        };
+        let instances = || statuses.iter().flat_map(|a| a.instances.iter());
+        let online = instances().filter(|i| i.status == Phase::Online).count();
+        let total = instances().count();
+        let errored = instances().any(|i| i.status == Phase::Errored);
+        if online == total || errored || begun.elapsed() > give_up {
+            print_status(&statuses, json)?;
+            let ms = begun.elapsed().as_millis();
+            if online == total {
+                eprintln!("{online}/{total} instance(s) online after {ms} ms");
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!("{online}/{total} instance(s) online after {ms} ms; see the notes above and `<home>/logs`");
+            return Ok(ExitCode::from(exit::NOT_ONLINE));
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+fn print_status(apps: &[AppStatus], json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(apps)?);
+    } else {
+        print!("{}", table::render(apps));
+    }
+    Ok(())
+}
+
+/// `chatctl run`: the daemon in this process, logging to stderr, until SIGTERM/SIGINT.
+pub fn run_foreground(args: RunArgs, home: &Home) -> anyhow::Result<ExitCode> {
+    let specs = match load(&args.config, args.profile.as_deref(), args.only.as_deref()) {
+        Ok(specs) => specs,
+        Err(code) => return Ok(code),
+    };
+    let lock = process::lock(home)?;
+    // One thread: every child is forked from it, so PR_SET_PDEATHSIG ties children to our life.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
+    let result = runtime.block_on(async {
+        let control = process::bind_control(home, &lock)?;
+        let outcome = crate::daemon::run(home.clone(), control, specs, process::stop_signal(), true).await;
+        anyhow::Ok(outcome)
+    });
+    let _ = std::fs::remove_file(home.socket());
+    let outcome = match result? {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            eprintln!("error: {}\nnothing was started", e.chain());
+            return Ok(ExitCode::from(exit::CONFIG));
+        }
+    };
+    tracing::info!(?outcome, "stopped");
+    Ok(if outcome.nothing_left {
+        ExitCode::from(exit::NOTHING_LEFT)
+    } else if outcome.forced > 0 {
+        ExitCode::from(exit::FORCED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

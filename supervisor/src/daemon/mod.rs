@@ -1,0 +1,210 @@
+//! The daemon: one task owns every app and instance; everything else sends it messages.
+//!
+//! IPC connections send `(Request, reply)`; exit waiters (one per child) send `Exited`; probe tasks
+//! send `Probe`. Between messages the loop sleeps until the nearest instance deadline (restart delay,
+//! probe, readiness timeout, SIGKILL), so nothing polls. Requests that take time (stop, restart,
+//! delete, kill) park their reply in a [`Waiter`] that is answered when its condition holds.
+
+mod app;
+mod requests;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use chat_shared::ipc::{Request, Response};
+use chat_shared::spec::AppSpec;
+use chat_shared::status::ExitKind;
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::home::Home;
+use crate::instance::Input;
+use crate::metrics::{Sampler, Usage};
+use crate::probe::Prober;
+use app::{App, Env};
+pub use requests::StartError;
+
+/// How often memory and CPU are sampled for `list`.
+const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
+pub(crate) enum Msg {
+    Request(Request, oneshot::Sender<Response>),
+    Exited { app_id: u64, index: usize, pid: u32, status: ExitKind },
+    Probe { app_id: u64, index: usize, pid: u32, result: Result<(), String> },
+}
+
+/// How the daemon ended, for `chatctl run`'s exit code.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub instances_stopped: usize,
+    /// Instances that had to be SIGKILLed after `kill_timeout`.
+    pub forced: usize,
+    /// `chatctl run` only: every instance is errored or stopped, nothing is left to supervise.
+    pub nothing_left: bool,
+}
+
+/// A reply parked until a condition over some apps holds.
+struct Waiter {
+    app_ids: Vec<u64>,
+    until: Until,
+    reply: oneshot::Sender<Response>,
+    response: Response,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Until {
+    /// Every instance stopped or errored.
+    Down,
+    /// No instance stopping any more (a restart has spawned the new processes).
+    Restarted,
+}
+
+pub(crate) struct Daemon {
+    home: Home,
+    apps: Vec<App>,
+    next_app_id: u64,
+    tx: mpsc::UnboundedSender<Msg>,
+    prober: Prober,
+    sampler: Sampler,
+    usage: HashMap<u32, Usage>,
+    next_sample: Instant,
+    waiters: Vec<Waiter>,
+    /// Set once a kill (request or signal) began; the reply goes out when everything is down.
+    killing: Option<Option<oneshot::Sender<Response>>>,
+    forced: usize,
+}
+
+/// Runs the daemon until `chatctl kill`, `shutdown` resolving, or (with `exit_when_idle`) nothing
+/// left to run. `initial` apps are started first; if they cannot be, nothing runs and the error is
+/// returned.
+pub async fn run(
+    home: Home,
+    control: UnixListener,
+    initial: Vec<AppSpec>,
+    shutdown: impl Future<Output = ()>,
+    exit_when_idle: bool,
+) -> Result<Outcome, StartError> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut daemon = Daemon::new(home, tx.clone());
+    if !initial.is_empty() {
+        daemon.start(initial, Instant::now())?;
+    }
+    let server = tokio::spawn(crate::ipc_server::serve(control, tx));
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut signalled = false;
+    let outcome = loop {
+        let wake = daemon.next_deadline();
+        tokio::select! {
+            msg = rx.recv() => match msg {
+                Some(msg) => daemon.handle(msg),
+                None => break daemon.outcome(false),
+            },
+            () = tokio::time::sleep_until(wake.into()) => {}
+            () = &mut shutdown, if !signalled => {
+                signalled = true;
+                tracing::info!("stop requested by signal: stopping every app");
+                daemon.begin_kill(None);
+            }
+        }
+        let now = Instant::now();
+        daemon.tick(now);
+        daemon.answer_waiters();
+        if daemon.finished_killing() {
+            break daemon.outcome(false);
+        }
+        if exit_when_idle && !daemon.apps.is_empty() && daemon.apps.iter().all(App::is_down) && daemon.killing.is_none() {
+            tracing::error!("every instance is stopped or errored: nothing left to supervise");
+            break daemon.outcome(true);
+        }
+    };
+    server.abort();
+    Ok(outcome)
+}
+
+impl Daemon {
+    fn new(home: Home, tx: mpsc::UnboundedSender<Msg>) -> Daemon {
+        Daemon {
+            home,
+            apps: Vec::new(),
+            next_app_id: 1,
+            tx,
+            prober: Prober::new(),
+            sampler: Sampler::new(),
+            usage: HashMap::new(),
+            next_sample: Instant::now(),
+            waiters: Vec::new(),
+            killing: None,
+            forced: 0,
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        let now = Instant::now();
+        match msg {
+            Msg::Request(request, reply) => self.request(request, reply, now),
+            Msg::Exited { app_id, index, pid, status } => {
+                let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
+                // A stale exit (the slot already moved on to another pid) changes nothing.
+                if app.slots.get(index).and_then(|s| s.instance.pid()) != Some(pid) {
+                    return;
+                }
+                let killed = matches!(
+                    app.slots[index].instance.state,
+                    crate::instance::State::Stopping { killed: true, .. }
+                );
+                if killed {
+                    self.forced += 1;
+                }
+                match status {
+                    ExitKind::Code(0) => tracing::info!(app = %app.spec.name, index, pid, "exited with code 0"),
+                    other => tracing::info!(app = %app.spec.name, index, pid, exit = %other, "exited"),
+                }
+                let env = Env { tx: &self.tx, prober: &self.prober };
+                app.drive(index, Input::Exited(status), now, &env);
+            }
+            Msg::Probe { app_id, index, pid, result } => {
+                let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
+                if app.slots.get(index).and_then(|s| s.instance.pid()) != Some(pid) {
+                    return;
+                }
+                let input = match result {
+                    Ok(()) => Input::ProbePassed,
+                    Err(why) => {
+                        if matches!(app.slots[index].instance.state, crate::instance::State::Online { .. }) {
+                            tracing::warn!(app = %app.spec.name, index, pid, why, "health check failed");
+                        }
+                        Input::ProbeFailed(why)
+                    }
+                };
+                let env = Env { tx: &self.tx, prober: &self.prober };
+                app.drive(index, input, now, &env);
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        self.apps.iter().filter_map(App::next_deadline).min().map_or(self.next_sample, |d| d.min(self.next_sample))
+    }
+
+    /// Gives every instance whose deadline passed a `Tick`; samples usage when due.
+    fn tick(&mut self, now: Instant) {
+        let env = Env { tx: &self.tx, prober: &self.prober };
+        for app in &mut self.apps {
+            for index in 0..app.slots.len() {
+                if app.slots[index].instance.next_deadline().is_some_and(|d| d <= now) {
+                    app.drive(index, Input::Tick, now, &env);
+                }
+            }
+        }
+        if now >= self.next_sample {
+            let pids: Vec<u32> = self.apps.iter().flat_map(|a| a.slots.iter().filter_map(|s| s.instance.pid())).collect();
+            self.usage = if pids.is_empty() { HashMap::new() } else { self.sampler.sample(&pids) };
+            self.next_sample = now + SAMPLE_EVERY;
+        }
+    }
+
+    fn outcome(&self, nothing_left: bool) -> Outcome {
+        let instances_stopped = self.apps.iter().map(|a| a.slots.len()).sum();
+        Outcome { instances_stopped, forced: self.forced, nothing_left }
+    }
+}

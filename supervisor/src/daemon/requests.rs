@@ -1,0 +1,199 @@
+//! What the daemon does for each [`Request`].
+
+use std::time::Instant;
+
+use chat_shared::ipc::{Request, Response};
+use chat_shared::spec::AppSpec;
+use chat_shared::status::Phase;
+use tokio::sync::oneshot;
+
+use super::app::{App, AppError, Env};
+use super::{Daemon, Until, Waiter};
+use crate::instance::Input;
+use crate::logs::LogPaths;
+
+/// Starting apps failed before anything was spawned.
+#[derive(Debug, thiserror::Error)]
+#[error("app {app}: {source}")]
+pub struct StartError {
+    app: String,
+    #[source]
+    source: AppError,
+}
+
+impl StartError {
+    /// The error with its causes, on one line, for the CLI.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(&self.source);
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        text
+    }
+}
+
+impl Daemon {
+    pub(super) fn request(&mut self, request: Request, reply: oneshot::Sender<Response>, now: Instant) {
+        if self.killing.is_some() && !matches!(request, Request::List) {
+            let _ = reply.send(Response::Error { message: "the daemon is shutting down".into() });
+            return;
+        }
+        tracing::debug!(?request, "request");
+        let response = match request {
+            Request::Start { apps } => match self.start(apps, now) {
+                Ok(response) => response,
+                Err(e) => Response::Error { message: e.chain() },
+            },
+            Request::List => Response::List { apps: self.apps.iter().map(|a| a.status(now, &self.usage)).collect() },
+            Request::Stop { app } => return self.act(app.as_deref(), Input::Stop, Until::Down, false, reply, now),
+            Request::Restart { app } => {
+                return self.act(app.as_deref(), Input::Restart, Until::Restarted, false, reply, now);
+            }
+            Request::Delete { app } => return self.act(app.as_deref(), Input::Stop, Until::Down, true, reply, now),
+            Request::Kill => {
+                self.begin_kill(Some(reply));
+                return;
+            }
+        };
+        let _ = reply.send(response);
+    }
+
+    /// Creates (binding every socket first, all or nothing) and starts the apps not yet running.
+    ///
+    /// An app that is known but stopped is started again; with a changed spec it is replaced, its
+    /// sockets released before the new ones are bound.
+    pub(super) fn start(&mut self, specs: Vec<AppSpec>, now: Instant) -> Result<Response, StartError> {
+        let mut already_running = Vec::new();
+        let mut again = Vec::new();
+        let mut fresh = Vec::new();
+        for spec in specs {
+            match self.apps.iter().find(|a| a.spec.name == spec.name) {
+                Some(app) if !app.is_down() => already_running.push(spec.name),
+                Some(app) if app.spec == spec => again.push(app.id),
+                Some(_) => {
+                    self.apps.retain(|a| a.spec.name != spec.name);
+                    fresh.push(spec);
+                }
+                None => fresh.push(spec),
+            }
+        }
+        // Bind everything before starting anything: a port in use changes nothing that runs.
+        let mut built = Vec::with_capacity(fresh.len());
+        for spec in fresh {
+            let paths = self.log_paths(&spec);
+            let name = spec.name.clone();
+            built.push(App::new(self.next_app_id, spec, &paths).map_err(|source| StartError { app: name, source })?);
+            self.next_app_id += 1;
+        }
+        again.extend(built.iter().map(|a| a.id));
+        self.apps.extend(built);
+        let env = Env { tx: &self.tx, prober: &self.prober };
+        let mut started = Vec::new();
+        for app in self.apps.iter_mut().filter(|a| again.contains(&a.id)) {
+            tracing::info!(app = %app.spec.name, instances = app.slots.len(), mode = ?app.spec.exec_mode, "starting");
+            app.deleting = false;
+            for slot in 0..app.slots.len() {
+                app.drive(slot, Input::Start, now, &env);
+            }
+            started.push(app.spec.name.clone());
+        }
+        Ok(Response::Started { started, already_running })
+    }
+
+    fn log_paths(&self, spec: &AppSpec) -> LogPaths {
+        let dir = self.home.logs_dir();
+        LogPaths {
+            out: spec.out_file.clone().unwrap_or_else(|| dir.join(format!("{}-out.log", spec.name))),
+            err: spec.error_file.clone().unwrap_or_else(|| dir.join(format!("{}-error.log", spec.name))),
+        }
+    }
+
+    /// Stop, restart or delete `target` (every app when `None`), answering once `until` holds.
+    fn act(
+        &mut self,
+        target: Option<&str>,
+        input: Input,
+        until: Until,
+        delete: bool,
+        reply: oneshot::Sender<Response>,
+        now: Instant,
+    ) {
+        let chosen: Vec<usize> = match target {
+            Some(name) => match self.apps.iter().position(|a| a.spec.name == name) {
+                Some(i) => vec![i],
+                None => {
+                    let known: Vec<&str> = self.apps.iter().map(|a| a.spec.name.as_str()).collect();
+                    let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+                    let _ = reply.send(Response::Error { message: format!("no app named `{name}` (running apps: {known})") });
+                    return;
+                }
+            },
+            None => (0..self.apps.len()).collect(),
+        };
+        let env = Env { tx: &self.tx, prober: &self.prober };
+        let mut names = Vec::new();
+        let mut app_ids = Vec::new();
+        for i in chosen {
+            let app = &mut self.apps[i];
+            app.deleting |= delete;
+            names.push(app.spec.name.clone());
+            app_ids.push(app.id);
+            for slot in 0..app.slots.len() {
+                app.drive(slot, input.clone(), now, &env);
+            }
+        }
+        self.waiters.push(Waiter { app_ids, until, reply, response: Response::Done { apps: names } });
+    }
+
+    /// Stops every app; the daemon exits once all are down, answering `reply` first.
+    pub(super) fn begin_kill(&mut self, reply: Option<oneshot::Sender<Response>>) {
+        let now = Instant::now();
+        let env = Env { tx: &self.tx, prober: &self.prober };
+        for app in &mut self.apps {
+            for slot in 0..app.slots.len() {
+                app.drive(slot, Input::Stop, now, &env);
+            }
+        }
+        self.killing = Some(reply);
+    }
+
+    /// Answers every waiter whose condition holds; removes deleted apps that are down.
+    pub(super) fn answer_waiters(&mut self) {
+        let mut i = 0;
+        while i < self.waiters.len() {
+            let waiter = &self.waiters[i];
+            let done = waiter.app_ids.iter().all(|id| match self.apps.iter().find(|a| a.id == *id) {
+                None => true,
+                Some(app) => match waiter.until {
+                    Until::Down => app.is_down(),
+                    Until::Restarted => app.slots.iter().all(|s| s.instance.phase() != Phase::Stopping),
+                },
+            });
+            if done {
+                let waiter = self.waiters.swap_remove(i);
+                let _ = waiter.reply.send(waiter.response);
+            } else {
+                i += 1;
+            }
+        }
+        let before = self.apps.len();
+        self.apps.retain(|a| !(a.deleting && a.is_down()));
+        if self.apps.len() != before {
+            tracing::info!(removed = before - self.apps.len(), "deleted apps");
+        }
+    }
+
+    /// True once a kill is under way and every instance is down; sends the kill's reply.
+    pub(super) fn finished_killing(&mut self) -> bool {
+        if self.killing.is_none() || !self.apps.iter().all(App::is_down) {
+            return false;
+        }
+        let outcome = self.outcome(false);
+        if let Some(Some(reply)) = self.killing.take() {
+            let _ = reply.send(Response::Killed { instances_stopped: outcome.instances_stopped, forced: outcome.forced });
+        }
+        true
+    }
+}

@@ -1,0 +1,310 @@
+//! The lifecycle of one instance slot as a pure state machine: `step(input, now)` returns what to do,
+//! and the daemon does it. No clock, no I/O here, so every transition is tested with a table.
+//!
+//! ```text
+//!            Start                 Spawned              probe passed
+//!  Stopped ─────────► Launching ─────────► Starting ──────────────► Online
+//!     ▲                  │ SpawnFailed        │ not ready in           │ N failed probes /
+//!     │ exit (Stay)      ▼                    │ listen_timeout         │ Stop / Restart
+//!     │               Errored                 ▼                        ▼
+//!     └──────────────────────────────── Stopping ◄─────────────────────┘
+//!                                      (signal, then SIGKILL at kill_at)
+//!  Starting/Online ── exit ──► Waiting (restart_delay) ── Tick ──► Launching
+//! ```
+
+use std::time::{Duration, Instant};
+
+use chat_shared::ecosystem::StopSignal;
+use chat_shared::spec::AppSpec;
+use chat_shared::status::{ExitKind, Phase};
+
+/// How often a starting instance is probed until its first success: readiness in tens of ms.
+pub(crate) const READY_PROBE_EVERY: Duration = Duration::from_millis(20);
+
+/// The parts of an [`AppSpec`] the state machine needs.
+#[derive(Clone, Debug)]
+pub(crate) struct Policy {
+    pub(crate) autorestart: bool,
+    pub(crate) restart_delay: Duration,
+    pub(crate) kill_signal: StopSignal,
+    pub(crate) kill_timeout: Duration,
+    pub(crate) listen_timeout: Duration,
+    pub(crate) health: Option<HealthPolicy>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct HealthPolicy {
+    pub(crate) interval: Duration,
+    pub(crate) threshold: u32,
+    pub(crate) grace: Duration,
+}
+
+impl Policy {
+    pub(crate) fn of(spec: &AppSpec) -> Policy {
+        Policy {
+            autorestart: spec.autorestart,
+            restart_delay: spec.restart_delay.0,
+            kill_signal: spec.kill_signal,
+            kill_timeout: spec.kill_timeout.0,
+            listen_timeout: spec.listen_timeout.0,
+            health: spec.health.as_ref().map(|h| HealthPolicy {
+                interval: h.interval.0,
+                threshold: h.unhealthy_threshold,
+                grace: h.grace.0,
+            }),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Not running and not wanted.
+    Stopped,
+    /// Wanted; the next spawn happens at `until`.
+    Waiting { until: Instant },
+    /// The daemon is spawning the process right now (transient within one daemon turn).
+    Launching,
+    /// Running; not ready until a probe passes (or `deadline` passes, which restarts it).
+    Starting { pid: u32, since: Instant, deadline: Instant, probe: Probe },
+    Online { pid: u32, since: Instant, ready_at: Instant, failures: u32, probe: Probe },
+    /// Asked to stop; SIGKILL to the group at `kill_at` unless it has exited by then.
+    Stopping { pid: u32, since: Instant, kill_at: Instant, killed: bool, then: AfterStop },
+    /// Cannot run as configured (the spawn itself failed); needs an explicit start or restart.
+    Errored,
+}
+
+/// Probe scheduling: the next probe is due at `next` unless one is already `in_flight`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Probe {
+    pub(crate) next: Instant,
+    pub(crate) in_flight: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AfterStop {
+    Stay,
+    Restart,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Input {
+    Start,
+    Stop,
+    Restart,
+    Spawned { pid: u32 },
+    SpawnFailed(String),
+    Exited(ExitKind),
+    ProbePassed,
+    ProbeFailed(String),
+    /// Time has passed; deadlines at or before `now` are due.
+    Tick,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Effect {
+    Spawn,
+    /// The stop signal to the process group.
+    Signal { pid: u32, signal: StopSignal },
+    /// SIGKILL to the process group (also sweeps what is left of a group whose leader exited).
+    KillGroup { pid: u32 },
+    Probe { pid: u32 },
+}
+
+/// One instance slot: its state plus what `chatctl list` reports about its history.
+#[derive(Clone, Debug)]
+pub(crate) struct Instance {
+    pub(crate) state: State,
+    /// Spawns after the first one.
+    pub(crate) restarts: u32,
+    spawned_once: bool,
+    pub(crate) last_exit: Option<ExitKind>,
+    /// Why the last unplanned restart, stop or error happened.
+    pub(crate) note: Option<String>,
+}
+
+impl Instance {
+    pub(crate) fn new() -> Self {
+        Instance { state: State::Stopped, restarts: 0, spawned_once: false, last_exit: None, note: None }
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        match self.state {
+            State::Starting { pid, .. } | State::Online { pid, .. } | State::Stopping { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+
+    /// When the process started, for uptime.
+    pub(crate) fn since(&self) -> Option<Instant> {
+        match self.state {
+            State::Starting { since, .. } | State::Online { since, .. } => Some(since),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        match self.state {
+            State::Stopped => Phase::Stopped,
+            State::Waiting { .. } | State::Launching => Phase::Waiting,
+            State::Starting { .. } => Phase::Starting,
+            State::Online { .. } => Phase::Online,
+            State::Stopping { .. } => Phase::Stopping,
+            State::Errored => Phase::Errored,
+        }
+    }
+
+    /// The earliest moment a `Tick` would change something.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        match &self.state {
+            State::Waiting { until } => Some(*until),
+            State::Starting { deadline, probe, .. } => {
+                Some(if probe.in_flight { *deadline } else { (*deadline).min(probe.next) })
+            }
+            State::Online { probe, .. } if !probe.in_flight => Some(probe.next),
+            State::Stopping { kill_at, killed: false, .. } => Some(*kill_at),
+            _ => None,
+        }
+    }
+
+    /// Applies `input` at `now`; returns the effects for the daemon to carry out, in order.
+    pub(crate) fn step(&mut self, input: Input, now: Instant, policy: &Policy) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let state = std::mem::replace(&mut self.state, State::Stopped);
+        self.state = match (state, input) {
+            // Wanting it to run.
+            (State::Stopped | State::Errored | State::Waiting { .. }, Input::Start | Input::Restart) => {
+                self.launch(&mut effects)
+            }
+            (State::Waiting { until }, Input::Tick) if now >= until => self.launch(&mut effects),
+            (State::Launching, Input::Spawned { pid }) => match &policy.health {
+                Some(_) => State::Starting {
+                    pid,
+                    since: now,
+                    deadline: now + policy.listen_timeout,
+                    probe: Probe { next: now, in_flight: false },
+                },
+                // Nothing to probe: running is all "online" can mean.
+                None => State::Online { pid, since: now, ready_at: now, failures: 0, probe: idle_probe(now) },
+            },
+            (State::Launching, Input::SpawnFailed(why)) => {
+                self.note = Some(format!("spawn failed: {why}"));
+                State::Errored
+            }
+
+            // Readiness and liveness.
+            (State::Starting { pid, since, deadline, probe }, Input::Tick) => {
+                if now >= deadline {
+                    self.note = Some(format!("not ready within listen_timeout ({} ms)", policy.listen_timeout.as_millis()));
+                    self.stop(pid, now, AfterStop::Restart, policy, &mut effects)
+                } else {
+                    State::Starting { pid, since, deadline, probe: probe_if_due(probe, pid, now, &mut effects) }
+                }
+            }
+            (State::Starting { pid, since, .. }, Input::ProbePassed) => {
+                let interval = policy.health.as_ref().map_or(NEVER, |h| h.interval);
+                State::Online { pid, since, ready_at: now, failures: 0, probe: Probe { next: now + interval, in_flight: false } }
+            }
+            (State::Starting { pid, since, deadline, .. }, Input::ProbeFailed(_)) => {
+                State::Starting { pid, since, deadline, probe: Probe { next: now + READY_PROBE_EVERY, in_flight: false } }
+            }
+            (State::Online { pid, since, ready_at, failures, probe }, Input::Tick) => {
+                State::Online { pid, since, ready_at, failures, probe: probe_if_due(probe, pid, now, &mut effects) }
+            }
+            (State::Online { pid, since, ready_at, .. }, Input::ProbePassed) => {
+                let next = now + policy.health.as_ref().map_or(NEVER, |h| h.interval);
+                State::Online { pid, since, ready_at, failures: 0, probe: Probe { next, in_flight: false } }
+            }
+            (State::Online { pid, since, ready_at, failures, .. }, Input::ProbeFailed(why)) => {
+                let Some(health) = &policy.health else {
+                    return effects;
+                };
+                let in_grace = now < ready_at + health.grace;
+                let failures = if in_grace { failures } else { failures + 1 };
+                if failures >= health.threshold {
+                    self.note = Some(format!("{failures} health checks failed in a row, last: {why}"));
+                    self.stop(pid, now, AfterStop::Restart, policy, &mut effects)
+                } else {
+                    State::Online { pid, since, ready_at, failures, probe: Probe { next: now + health.interval, in_flight: false } }
+                }
+            }
+
+            // Exits.
+            (State::Starting { pid, .. } | State::Online { pid, .. }, Input::Exited(kind)) => {
+                self.last_exit = Some(kind);
+                self.note = Some(format!("exited unexpectedly ({kind})"));
+                effects.push(Effect::KillGroup { pid });
+                if policy.autorestart {
+                    State::Waiting { until: now + policy.restart_delay }
+                } else {
+                    State::Stopped
+                }
+            }
+            (State::Stopping { pid, then, .. }, Input::Exited(kind)) => {
+                self.last_exit = Some(kind);
+                effects.push(Effect::KillGroup { pid });
+                match then {
+                    AfterStop::Stay => State::Stopped,
+                    AfterStop::Restart => self.launch(&mut effects),
+                }
+            }
+            (State::Stopping { pid, since, kill_at, killed: false, then }, Input::Tick) if now >= kill_at => {
+                self.note = Some(format!("did not stop within kill_timeout ({} ms): killed", policy.kill_timeout.as_millis()));
+                effects.push(Effect::KillGroup { pid });
+                State::Stopping { pid, since, kill_at, killed: true, then }
+            }
+
+            // Operator requests while running or stopping.
+            (State::Starting { pid, .. } | State::Online { pid, .. }, Input::Stop) => {
+                self.stop(pid, now, AfterStop::Stay, policy, &mut effects)
+            }
+            (State::Starting { pid, .. } | State::Online { pid, .. }, Input::Restart) => {
+                self.stop(pid, now, AfterStop::Restart, policy, &mut effects)
+            }
+            (State::Stopping { pid, since, kill_at, killed, .. }, Input::Stop) => {
+                State::Stopping { pid, since, kill_at, killed, then: AfterStop::Stay }
+            }
+            (State::Stopping { pid, since, kill_at, killed, .. }, Input::Start | Input::Restart) => {
+                State::Stopping { pid, since, kill_at, killed, then: AfterStop::Restart }
+            }
+            (State::Waiting { .. } | State::Errored, Input::Stop) => State::Stopped,
+
+            // Anything else changes nothing: a late probe result, a Tick before a deadline, Start
+            // on a running instance.
+            (state, _) => state,
+        };
+        effects
+    }
+
+    fn launch(&mut self, effects: &mut Vec<Effect>) -> State {
+        if self.spawned_once {
+            self.restarts += 1;
+        }
+        self.spawned_once = true;
+        effects.push(Effect::Spawn);
+        State::Launching
+    }
+
+    fn stop(&mut self, pid: u32, now: Instant, then: AfterStop, policy: &Policy, effects: &mut Vec<Effect>) -> State {
+        effects.push(Effect::Signal { pid, signal: policy.kill_signal });
+        State::Stopping { pid, since: now, kill_at: now + policy.kill_timeout, killed: false, then }
+    }
+}
+
+/// "Not in this process's lifetime", without the overflow `Duration::MAX` would cause on an `Instant`.
+const NEVER: Duration = Duration::from_secs(86_400 * 365);
+
+/// Probe state of an instance that is never probed.
+fn idle_probe(now: Instant) -> Probe {
+    Probe { next: now + NEVER, in_flight: true }
+}
+
+fn probe_if_due(probe: Probe, pid: u32, now: Instant, effects: &mut Vec<Effect>) -> Probe {
+    if probe.in_flight || now < probe.next {
+        return probe;
+    }
+    effects.push(Effect::Probe { pid });
+    Probe { next: probe.next, in_flight: true }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,75 @@
+//! The control socket's accept loop: one task per connection, handshake first, then requests
+//! forwarded to the daemon task one at a time.
+
+use std::time::Duration;
+
+use chat_shared::ipc::{self, Hello, PROTOCOL_VERSION, Request, Response, Welcome};
+use tokio::io::BufReader;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::daemon::Msg;
+
+/// A client that connects and says nothing is dropped after this long.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Msg>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream, tx.clone()));
+            }
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "accepting a control connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>) {
+    let (read, mut write) = stream.into_split();
+    let mut read = BufReader::new(read);
+    let mut buf = Vec::new();
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, ipc::read_frame::<_, Hello>(&mut read, &mut buf)).await;
+    let version = env!("CARGO_PKG_VERSION").to_owned();
+    let pid = std::process::id();
+    match hello {
+        Ok(Ok(Some(hello))) if hello.protocol == PROTOCOL_VERSION => {
+            let welcome = Welcome::Accepted { protocol: PROTOCOL_VERSION, version, pid };
+            if ipc::write_frame(&mut write, &welcome).await.is_err() {
+                return;
+            }
+        }
+        Ok(Ok(Some(hello))) => {
+            tracing::warn!(client_protocol = hello.protocol, client_version = hello.version, "refused a client of another version");
+            let _ = ipc::write_frame(&mut write, &Welcome::Refused { protocol: PROTOCOL_VERSION, version, pid }).await;
+            return;
+        }
+        // Not our protocol at all (or an older Hello shape): say who we are and hang up.
+        Ok(Err(_)) => {
+            let _ = ipc::write_frame(&mut write, &Welcome::Refused { protocol: PROTOCOL_VERSION, version, pid }).await;
+            return;
+        }
+        Ok(Ok(None)) | Err(_) => return,
+    }
+    loop {
+        let request: Request = match ipc::read_frame(&mut read, &mut buf).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return,
+            Err(e) => {
+                let _ = ipc::write_frame(&mut write, &Response::Error { message: format!("bad request: {e}") }).await;
+                return;
+            }
+        };
+        let (reply_tx, reply_rx) = oneshot::channel();
+        if tx.send(Msg::Request(request, reply_tx)).is_err() {
+            return;
+        }
+        let response = reply_rx.await.unwrap_or(Response::Error { message: "the daemon stopped".into() });
+        if ipc::write_frame(&mut write, &response).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! `chatctl`: a process manager for realtime chat backends.
+//!
+//! # Theory of operation
+//! One binary. `chatctl daemon` (started on demand, detached) or `chatctl run` (foreground) is the
+//! supervisor; every other subcommand is a client that talks to it over a Unix socket in
+//! `$CHATCTL_HOME` (newline-delimited JSON, version handshake first; see `chat_shared::ipc`).
+//!
+//! Inside the daemon one task owns all state (`daemon`). Each instance slot is a pure state machine
+//! (`instance`) whose effects — spawn, signal the group, kill the group, probe — the daemon carries
+//! out. Child-exit waiters, probe tasks and IPC connections send the owner messages; the owner sleeps
+//! until the next message or the nearest deadline. Nothing polls.
+//!
+//! Sockets are bound by the supervisor (`listen`) and inherited by instances (`spawn`): in cluster
+//! mode one port for all instances plus a private loopback listener per instance for its health
+//! probe; in fork mode one port per instance. Children are process-group leaders with
+//! `PR_SET_PDEATHSIG`, forked from the runtime's only thread, so they die with the daemon.
+//!
+//! # Layout
+//! - `cli`: argument parsing and one function per verb; `client`: the CLI end of the socket.
+//! - `process`: being the daemon process (lock, control socket, detached start).
+//! - `daemon`: the owner loop, apps and slots, request handling.
+//! - `instance`: the per-instance state machine (pure).
+//! - `spawn`, `listen`, `probe`, `logs`, `metrics`: the effects' machinery.
+
+pub mod cli;
+pub mod client;
+mod daemon;
+pub mod home;
+mod instance;
+mod ipc_server;
+mod listen;
+mod logs;
+mod metrics;
+mod probe;
+pub mod process;
+mod spawn;
+
+pub use daemon::{Outcome, StartError, run as run_daemon};

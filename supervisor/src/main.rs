@@ -1,0 +1,67 @@
+//! `chatctl` entry point: parse, set up logging, dispatch, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use chatctl::cli::{Cli, Command};
+use chatctl::home::Home;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    let home = Home::from_env().context("cannot find the chatctl home")?;
+    let filter = |default: &str| EnvFilter::try_from_env("CHATCTL_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    match cli.command {
+        Command::Daemon => daemon(&home),
+        Command::Run(args) => {
+            tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter("info")).init();
+            chatctl::cli::run_foreground(args, &home)
+        }
+        command => {
+            tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter("warn")).init();
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(chatctl::cli::client_command(command, &home))
+        }
+    }
+}
+
+/// The detached daemon: its own log file, one runtime thread (every child is forked from it, which
+/// `PR_SET_PDEATHSIG` needs), until `chatctl kill` or SIGTERM.
+fn daemon(home: &Home) -> anyhow::Result<ExitCode> {
+    let lock = chatctl::process::lock(home)?;
+    let appender = tracing_appender::rolling::never(home.dir(), "daemon.log");
+    let (writer, _guard) = tracing_appender::non_blocking(appender);
+    tracing_subscriber::fmt().with_writer(writer).with_ansi(false).with_env_filter(
+        EnvFilter::try_from_env("CHATCTL_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+    ).init();
+    tracing::info!(pid = std::process::id(), home = %home.dir().display(), version = env!("CARGO_PKG_VERSION"), "daemon starting");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = runtime.block_on(async {
+        let control = chatctl::process::bind_control(home, &lock)?;
+        let outcome = chatctl::run_daemon(home.clone(), control, Vec::new(), chatctl::process::stop_signal(), false).await;
+        anyhow::Ok(outcome)
+    });
+    let _ = std::fs::remove_file(home.socket());
+    match result {
+        Ok(Ok(outcome)) => {
+            tracing::info!(?outcome, "daemon exiting");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Err(e)) => Err(anyhow::anyhow!(e.chain())),
+        Err(e) => {
+            tracing::error!(error = %e, "daemon failed");
+            Err(e)
+        }
+    }
+}

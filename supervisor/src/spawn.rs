@@ -1,0 +1,83 @@
+//! Starting one instance: environment, working directory, captured output, its own process group,
+//! inherited sockets, and death with the daemon.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::process::Stdio;
+
+use chat_shared::spec::AppSpec;
+use chat_shared::worker_env;
+use tokio::process::{Child, Command};
+
+/// A socket passed to the child, in order from fd 3, with its `LISTEN_FDNAMES` name.
+pub(crate) struct PassedFd<'a> {
+    pub(crate) fd: &'a dyn AsRawFd,
+    pub(crate) name: &'static str,
+}
+
+/// Spawns instance `index` of `spec`.
+///
+/// Must be called from the daemon's own thread (the runtime's only thread): `PR_SET_PDEATHSIG`
+/// fires when the *thread* that forked exits, so a short-lived blocking-pool thread would kill the
+/// child early.
+pub(crate) fn spawn(spec: &AppSpec, index: usize, port: Option<u16>, fds: &[PassedFd<'_>]) -> io::Result<Child> {
+    let mut command = Command::new(&spec.script);
+    command
+        .args(&spec.args)
+        .current_dir(&spec.cwd)
+        .env_clear()
+        .envs(&spec.env)
+        .env(&spec.instance_var, index.to_string())
+        .env(worker_env::INSTANCE, index.to_string())
+        .env(worker_env::APP_NAME, &spec.name)
+        .env(worker_env::KILL_TIMEOUT_MS, spec.kill_timeout.0.as_millis().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group: a stop signals the whole group, grandchildren included.
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(port) = port {
+        command.env(&spec.increment_var, port.to_string());
+    }
+    if !fds.is_empty() {
+        let names: Vec<&str> = fds.iter().map(|f| f.name).collect();
+        command.env(worker_env::LISTEN_FDS, fds.len().to_string()).env(worker_env::LISTEN_FDNAMES, names.join(":"));
+    }
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.fd.as_raw_fd()).collect();
+    if raw.len() > 8 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "at most 8 sockets can be passed"));
+    }
+    let parent = std::process::id() as libc::pid_t;
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the child between fork and exec and calls only async-signal-safe
+    // functions (prctl, getppid, fcntl, dup2, _exit) on plain integers captured by value; it
+    // allocates nothing (`raw` was allocated before the fork and is only read).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The daemon may have died between fork and prctl; then nobody would ever stop us.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            // Move every fd above the target range first, so no dup2 overwrites a source that is
+            // still to be copied; dup2 onto a different fd clears FD_CLOEXEC, as exec needs.
+            let mut high = [0 as RawFd; 8];
+            for (slot, fd) in high.iter_mut().zip(&raw) {
+                *slot = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 16);
+                if *slot < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for (i, fd) in high.iter().take(raw.len()).enumerate() {
+                if libc::dup2(*fd, worker_env::LISTEN_FDS_START + i as RawFd) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    command.spawn()
+}

@@ -1,0 +1,90 @@
+// Wire-compatibility check with the real socket.io-client v4: COUNT guests on one worker instance
+// join ROOM, each sends one message, and every guest must receive every message and see the full
+// member list. Prints one JSON line with what happened; exits 1 with a reason on any failure.
+//
+// usage: node chat.mjs URL COUNT ROOM
+// Cluster mode spreads connections over instances and rooms are per instance for now, so clients
+// that land on another instance than the first one are closed and retried (bounded).
+import { io } from "socket.io-client";
+
+const [url, countArg, room] = process.argv.slice(2);
+const count = Number(countArg ?? 2);
+const deadline = setTimeout(() => fail("timed out after 15 s"), 15_000);
+
+function fail(reason) {
+  console.log(JSON.stringify({ ok: false, reason }));
+  process.exit(1);
+}
+
+function connect(name) {
+  return new Promise((resolve, reject) => {
+    // websocket only: without sticky sessions, long-polling cannot work across instances.
+    const socket = io(url, { transports: ["websocket"], reconnection: false, timeout: 5000 });
+    socket.on("connect_error", (e) => reject(new Error(`connect_error: ${e.message}`)));
+    socket.on("connect", () => {
+      socket.timeout(5000).emit("guest:join", { name }, (err, reply) => {
+        if (err || !reply?.ok) return reject(new Error(`guest:join failed: ${err ?? JSON.stringify(reply)}`));
+        resolve({ socket, guest: reply.guest, instance: reply.instance });
+      });
+    });
+  });
+}
+
+const clients = [];
+let tries = 0;
+while (clients.length < count) {
+  if (++tries > 40) fail(`could not place ${count} clients on one instance in 40 tries`);
+  const client = await connect(`guest-${clients.length}`).catch((e) => fail(e.message));
+  if (clients.length > 0 && client.instance !== clients[0].instance) {
+    client.socket.disconnect();
+    continue;
+  }
+  client.received = [];
+  client.socket.on("message", (m) => client.received.push(m));
+  clients.push(client);
+}
+
+for (const c of clients) {
+  const reply = await c.socket.timeout(5000).emitWithAck("room:join", { room }).catch((e) => fail(`room:join: ${e}`));
+  if (!reply.ok) fail(`room:join refused: ${reply.error}`);
+  c.members = reply.members.map((m) => m.id);
+}
+const last = clients[clients.length - 1];
+if (last.members.length !== count) fail(`last joiner saw ${last.members.length} members, expected ${count}`);
+
+const sent = [];
+for (const c of clients) {
+  const text = `hello from ${c.guest.name}`;
+  const ack = await c.socket.timeout(5000).emitWithAck("message", { room, text }).catch((e) => fail(`message: ${e}`));
+  if (!ack.ok || !ack.id) fail(`message not acknowledged: ${JSON.stringify(ack)}`);
+  sent.push({ id: ack.id, from: c.guest.id, text });
+}
+
+// Every client must receive every message (its own included), with sender and text intact.
+const until = Date.now() + 5000;
+while (clients.some((c) => c.received.length < sent.length) && Date.now() < until) {
+  await new Promise((r) => setTimeout(r, 20));
+}
+for (const c of clients) {
+  for (const s of sent) {
+    const got = c.received.find((m) => m.id === s.id);
+    if (!got) fail(`${c.guest.name} did not receive ${s.id}`);
+    if (got.text !== s.text || got.from.id !== s.from || got.room !== room || typeof got.time !== "number") {
+      fail(`${c.guest.name} received a wrong message: ${JSON.stringify(got)}`);
+    }
+  }
+}
+
+// Bad input closes nothing: an invalid message gets an error ack and the socket stays connected.
+const bad = await clients[0].socket.timeout(5000).emitWithAck("message", { room: 42 }).catch((e) => fail(`bad message: ${e}`));
+if (bad.ok !== false || !clients[0].socket.connected) fail(`invalid payload was not refused cleanly: ${JSON.stringify(bad)}`);
+
+console.log(JSON.stringify({
+  ok: true,
+  instance: clients[0].instance,
+  clients: clients.map((c) => ({ id: c.guest.id, received: c.received.length })),
+  tries,
+}));
+clearTimeout(deadline);
+for (const c of clients) c.socket.disconnect();
+process.exit(0);

@@ -1,0 +1,94 @@
+//! The worker's configuration, from environment variables only (the supervisor's contract, plus the
+//! app's own settings). A bad value is refused with the variable's name.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use chat_shared::units::HumanDuration;
+use chat_shared::worker_env;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Used only when no socket is inherited.
+    pub host: IpAddr,
+    pub port: u16,
+    pub instance: Option<String>,
+    /// How long a graceful stop may take before the worker exits anyway.
+    pub shutdown_timeout: Duration,
+    /// Tokio worker threads; 1 (the default) runs one event loop per process, as Node does, which is
+    /// what a cluster of one process per core wants.
+    pub threads: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {name}={value:?}: {why}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub value: String,
+    pub why: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// `lookup` stands in for the process environment, so tests need not mutate it.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        fn parse<T: std::str::FromStr>(
+            lookup: &impl Fn(&str) -> Option<String>,
+            name: &'static str,
+            default: T,
+        ) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            match lookup(name) {
+                None => Ok(default),
+                Some(value) => value.trim().parse().map_err(|e: T::Err| ConfigError { name, why: e.to_string(), value }),
+            }
+        }
+        let kill_timeout_ms: Option<u64> = match lookup(worker_env::KILL_TIMEOUT_MS) {
+            None => None,
+            Some(_) => Some(parse(&lookup, worker_env::KILL_TIMEOUT_MS, 0u64)?),
+        };
+        // Leave a fifth of the supervisor's kill_timeout for the process to exit after draining.
+        let default_shutdown = kill_timeout_ms.map_or(Duration::from_secs(10), |ms| Duration::from_millis(ms * 4 / 5));
+        let threads = parse(&lookup, "CHAT_WORKER_THREADS", 1usize)?;
+        if threads == 0 {
+            return Err(ConfigError { name: "CHAT_WORKER_THREADS", value: "0".into(), why: "must be at least 1".into() });
+        }
+        Ok(Config {
+            host: parse(&lookup, "HOST", IpAddr::from([127, 0, 0, 1]))?,
+            port: parse(&lookup, worker_env::DEFAULT_PORT_VAR, 3000u16)?,
+            instance: lookup(worker_env::INSTANCE).or_else(|| lookup(worker_env::DEFAULT_INSTANCE_VAR)),
+            shutdown_timeout: parse(&lookup, "SHUTDOWN_TIMEOUT", HumanDuration(default_shutdown))?.0,
+            threads,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned()))
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = with(&[]).expect("defaults are valid");
+        assert_eq!((c.port, c.threads, c.shutdown_timeout), (3000, 1, Duration::from_secs(10)));
+        let c = with(&[("PORT", "3004"), ("CHATCTL_KILL_TIMEOUT_MS", "5000"), ("INSTANCE_ID", "3")]).expect("valid");
+        assert_eq!((c.port, c.shutdown_timeout, c.instance.as_deref()), (3004, Duration::from_secs(4), Some("3")));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (name, value) in [("PORT", "70000"), ("HOST", "nowhere"), ("SHUTDOWN_TIMEOUT", "5"), ("CHAT_WORKER_THREADS", "0")] {
+            let err = with(&[(name, value)]).expect_err("refused").to_string();
+            assert!(err.starts_with(&format!("environment variable {name}=")), "{err}");
+        }
+    }
+}

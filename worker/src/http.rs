@@ -1,0 +1,63 @@
+//! Plain HTTP routes: `/health` (what the supervisor probes) and `/api/socket/stats`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use chat_shared::health::{HealthBody, HealthStatus};
+use serde_json::{Value, json};
+
+use crate::WorkerState;
+
+/// Routes served on the public port (with the Socket.IO layer added by the caller).
+pub fn router(state: Arc<WorkerState>) -> Router {
+    admin_router(state.clone()).route("/api/socket/stats", get(stats)).with_state(state)
+}
+
+/// Routes served on the private admin listener: only what the supervisor reads.
+pub fn admin_router(state: Arc<WorkerState>) -> Router<Arc<WorkerState>> {
+    let _ = state;
+    Router::new().route("/health", get(health))
+}
+
+async fn health(State(state): State<Arc<WorkerState>>) -> (StatusCode, Json<HealthBody>) {
+    let draining = state.draining.load(Ordering::SeqCst);
+    let body = HealthBody {
+        status: if draining { HealthStatus::Draining } else { HealthStatus::Ok },
+        uptime_ms: state.started.elapsed().as_millis() as u64,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pid: std::process::id(),
+        instance: state.instance.clone(),
+        connections: state.io.sockets().len(),
+    };
+    // 503 while draining, so a load balancer probing the same path takes this instance out too.
+    let code = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    (code, Json(body))
+}
+
+async fn stats(State(state): State<Arc<WorkerState>>) -> Json<Value> {
+    let mut rooms: Vec<Value> = match state.io.rooms().await {
+        Ok(rooms) => rooms
+            .into_iter()
+            .map(|room| {
+                let members = state.io.within(room.clone()).sockets().len();
+                json!({ "name": room, "members": members })
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "listing rooms failed");
+            Vec::new()
+        }
+    };
+    rooms.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    Json(json!({
+        "sockets": state.io.sockets().len(),
+        "rooms": rooms,
+        "namespaces": state.io.nsps().iter().map(|ns| ns.ns_path().to_string()).collect::<Vec<_>>(),
+        "instance": state.instance,
+        "pid": std::process::id(),
+    }))
+}

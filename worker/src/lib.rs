@@ -1,0 +1,120 @@
+//! `chat-worker`: the chat server that `chatctl` runs, wire-compatible with socket.io-client v4.
+//!
+//! # Theory of operation
+//! `main` reads the configuration from the environment and adopts the listening sockets (inherited
+//! from the supervisor, or bound) before the runtime starts, then calls [`serve`] with a shutdown
+//! future. [`serve`] runs the public listener (HTTP routes + Socket.IO) and, when supervised, the
+//! private admin listener on which the supervisor probes this instance's `/health`.
+//!
+//! On shutdown the worker reports `draining` on `/health`, stops accepting (the supervisor's shared
+//! socket stays open, so new connections wait for the other instances), closes every Socket.IO
+//! session (clients reconnect, landing on another instance), lets in-flight HTTP requests finish, and
+//! returns when all is done or when the drain deadline passes, whichever comes first.
+//!
+//! # Layout
+//! - `config`: environment variables → [`Config`].
+//! - `listeners`: inherited fds (`LISTEN_FDS`) or a bound port.
+//! - `http`: `/health`, `/api/socket/stats`.
+//! - `realtime`: Socket.IO guests, rooms and messages.
+
+pub mod config;
+pub mod http;
+pub mod listeners;
+pub mod realtime;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::serve::ListenerExt;
+use socketioxide::SocketIo;
+use tokio::sync::watch;
+
+pub use config::Config;
+pub use listeners::Listeners;
+
+/// What every handler may read. Owned by an `Arc`; only `draining` ever changes.
+pub struct WorkerState {
+    pub started: Instant,
+    pub draining: AtomicBool,
+    pub instance: Option<String>,
+    pub io: SocketIo,
+}
+
+/// Serves until `shutdown` resolves, then drains within `config.shutdown_timeout`.
+pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let (layer, io) = SocketIo::builder().build_layer();
+    realtime::register(&io, config.instance.as_deref());
+    let state = Arc::new(WorkerState {
+        started: Instant::now(),
+        draining: AtomicBool::new(false),
+        instance: config.instance.clone(),
+        io: io.clone(),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            // An error means the sender is gone, which only happens once we are shutting down anyway.
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    // Nagle off: socketioxide's small frames otherwise wait for ACKs (p99 29 ms instead of 2.8 ms).
+    let public = tokio::net::TcpListener::from_std(listeners.public)?;
+    tracing::info!(addr = ?public.local_addr().ok(), inherited = listeners.inherited, "serving");
+    let public = public.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let router = http::router(state.clone()).layer(layer);
+    let public_task = tokio::spawn(axum::serve(public, router).with_graceful_shutdown(stopped()).into_future());
+    let admin_task = match listeners.admin {
+        Some(admin) => {
+            let admin = tokio::net::TcpListener::from_std(admin)?;
+            let router = http::admin_router(state.clone()).with_state(state.clone());
+            Some(tokio::spawn(axum::serve(admin, router).with_graceful_shutdown(stopped()).into_future()))
+        }
+        None => None,
+    };
+
+    shutdown.await;
+    let begun = Instant::now();
+    state.draining.store(true, Ordering::SeqCst);
+    let open = io.sockets().len();
+    tracing::info!(sockets = open, deadline_ms = config.shutdown_timeout.as_millis() as u64, "draining");
+    let _ = stop_tx.send(true);
+    let drain = async {
+        // Clients told to go reconnect; with the shared socket they land on another instance.
+        io.close().await;
+        if let Err(e) = public_task.await {
+            tracing::error!(error = %e, "public listener task failed");
+        }
+        if let Some(task) = admin_task {
+            let _ = task.await;
+        }
+    };
+    match tokio::time::timeout(config.shutdown_timeout, drain).await {
+        Ok(()) => tracing::info!(elapsed_ms = begun.elapsed().as_millis() as u64, "drained"),
+        Err(_) => tracing::warn!(
+            deadline_ms = config.shutdown_timeout.as_millis() as u64,
+            "drain deadline passed; exiting with connections still open"
+        ),
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; the worker will only stop when killed");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "stop requested"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "stop requested"),
+    }
+}
+
+/// Upper bound on a drain, whatever the configuration says.
+pub const MAX_SHUTDOWN: Duration = Duration::from_secs(300);
