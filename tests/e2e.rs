@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `chatctl` and `chat-worker` binaries, real sockets, the real npm
+//! socket.io-client. Build first: `cargo build --workspace` (the README's test command does).
+
+mod support;
+
+mod cluster;
+mod config_errors;
+mod fork;
+mod lifecycle;

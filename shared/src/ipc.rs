@@ -29,9 +29,17 @@ pub struct Hello {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Welcome {
-    Accepted { protocol: u32, version: String, pid: u32 },
+    Accepted {
+        protocol: u32,
+        version: String,
+        pid: u32,
+    },
     /// The daemon speaks another protocol version; it closes the connection after this frame.
-    Refused { protocol: u32, version: String, pid: u32 },
+    Refused {
+        protocol: u32,
+        version: String,
+        pid: u32,
+    },
 }
 
 /// What the CLI asks. `app: None` means every app.
@@ -55,13 +63,25 @@ pub enum Request {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Response {
-    Started { started: Vec<String>, already_running: Vec<String> },
-    List { apps: Vec<AppStatus> },
+    Started {
+        started: Vec<String>,
+        already_running: Vec<String>,
+    },
+    List {
+        apps: Vec<AppStatus>,
+    },
     /// Stop, restart and delete: the apps acted upon (after every instance of them has stopped).
-    Done { apps: Vec<String> },
+    Done {
+        apps: Vec<String>,
+    },
     /// Sent once everything is stopped, just before the daemon exits.
-    Killed { instances_stopped: usize, forced: usize },
-    Error { message: String },
+    Killed {
+        instances_stopped: usize,
+        forced: usize,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -26,7 +26,9 @@ impl FromStr for HumanDuration {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let expected = || {
-            format!("invalid duration {text:?}: expected e.g. \"500ms\", \"5s\", \"1m30s\", \"2h\" (units ms, s, m, h, d)")
+            format!(
+                "invalid duration {text:?}: expected e.g. \"500ms\", \"5s\", \"1m30s\", \"2h\" (units ms, s, m, h, d)"
+            )
         };
         let mut rest = text.trim();
         if rest.is_empty() {
@@ -65,7 +67,7 @@ impl fmt::Display for HumanDuration {
             return write!(f, "0s");
         }
         for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-            if ms % size == 0 {
+            if ms.is_multiple_of(size) {
                 return write!(f, "{}{unit}", ms / size);
             }
         }
@@ -102,7 +104,7 @@ impl FromStr for ByteSize {
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
-            if self.0 >= 1 << shift && self.0 % (1 << shift) == 0 {
+            if self.0 >= 1 << shift && self.0.is_multiple_of(1 << shift) {
                 return write!(f, "{}{unit}", self.0 >> shift);
             }
         }

@@ -19,9 +19,9 @@ impl Home {
         if let Some(dir) = std::env::var_os(HOME_VAR).filter(|d| !d.is_empty()) {
             return Ok(Home { dir: std::path::absolute(PathBuf::from(dir))? });
         }
-        let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).ok_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, format!("neither {HOME_VAR} nor HOME is set"))
-        })?;
+        let home = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("neither {HOME_VAR} nor HOME is set")))?;
         Ok(Home { dir: PathBuf::from(home).join(".chatctl") })
     }
 

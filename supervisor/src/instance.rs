@@ -61,14 +61,33 @@ pub(crate) enum State {
     /// Not running and not wanted.
     Stopped,
     /// Wanted; the next spawn happens at `until`.
-    Waiting { until: Instant },
+    Waiting {
+        until: Instant,
+    },
     /// The daemon is spawning the process right now (transient within one daemon turn).
     Launching,
     /// Running; not ready until a probe passes (or `deadline` passes, which restarts it).
-    Starting { pid: u32, since: Instant, deadline: Instant, probe: Probe },
-    Online { pid: u32, since: Instant, ready_at: Instant, failures: u32, probe: Probe },
+    Starting {
+        pid: u32,
+        since: Instant,
+        deadline: Instant,
+        probe: Probe,
+    },
+    Online {
+        pid: u32,
+        since: Instant,
+        ready_at: Instant,
+        failures: u32,
+        probe: Probe,
+    },
     /// Asked to stop; SIGKILL to the group at `kill_at` unless it has exited by then.
-    Stopping { pid: u32, since: Instant, kill_at: Instant, killed: bool, then: AfterStop },
+    Stopping {
+        pid: u32,
+        since: Instant,
+        kill_at: Instant,
+        killed: bool,
+        then: AfterStop,
+    },
     /// Cannot run as configured (the spawn itself failed); needs an explicit start or restart.
     Errored,
 }
@@ -91,7 +110,9 @@ pub(crate) enum Input {
     Start,
     Stop,
     Restart,
-    Spawned { pid: u32 },
+    Spawned {
+        pid: u32,
+    },
     SpawnFailed(String),
     Exited(ExitKind),
     ProbePassed,
@@ -104,10 +125,17 @@ pub(crate) enum Input {
 pub(crate) enum Effect {
     Spawn,
     /// The stop signal to the process group.
-    Signal { pid: u32, signal: StopSignal },
+    Signal {
+        pid: u32,
+        signal: StopSignal,
+    },
     /// SIGKILL to the process group (also sweeps what is left of a group whose leader exited).
-    KillGroup { pid: u32 },
-    Probe { pid: u32 },
+    KillGroup {
+        pid: u32,
+    },
+    Probe {
+        pid: u32,
+    },
 }
 
 /// One instance slot: its state plus what `chatctl list` reports about its history.
@@ -194,7 +222,8 @@ impl Instance {
             // Readiness and liveness.
             (State::Starting { pid, since, deadline, probe }, Input::Tick) => {
                 if now >= deadline {
-                    self.note = Some(format!("not ready within listen_timeout ({} ms)", policy.listen_timeout.as_millis()));
+                    self.note =
+                        Some(format!("not ready within listen_timeout ({} ms)", policy.listen_timeout.as_millis()));
                     self.stop(pid, now, AfterStop::Restart, policy, &mut effects)
                 } else {
                     State::Starting { pid, since, deadline, probe: probe_if_due(probe, pid, now, &mut effects) }
@@ -202,11 +231,20 @@ impl Instance {
             }
             (State::Starting { pid, since, .. }, Input::ProbePassed) => {
                 let interval = policy.health.as_ref().map_or(NEVER, |h| h.interval);
-                State::Online { pid, since, ready_at: now, failures: 0, probe: Probe { next: now + interval, in_flight: false } }
+                State::Online {
+                    pid,
+                    since,
+                    ready_at: now,
+                    failures: 0,
+                    probe: Probe { next: now + interval, in_flight: false },
+                }
             }
-            (State::Starting { pid, since, deadline, .. }, Input::ProbeFailed(_)) => {
-                State::Starting { pid, since, deadline, probe: Probe { next: now + READY_PROBE_EVERY, in_flight: false } }
-            }
+            (State::Starting { pid, since, deadline, .. }, Input::ProbeFailed(_)) => State::Starting {
+                pid,
+                since,
+                deadline,
+                probe: Probe { next: now + READY_PROBE_EVERY, in_flight: false },
+            },
             (State::Online { pid, since, ready_at, failures, probe }, Input::Tick) => {
                 State::Online { pid, since, ready_at, failures, probe: probe_if_due(probe, pid, now, &mut effects) }
             }
@@ -224,7 +262,13 @@ impl Instance {
                     self.note = Some(format!("{failures} health checks failed in a row, last: {why}"));
                     self.stop(pid, now, AfterStop::Restart, policy, &mut effects)
                 } else {
-                    State::Online { pid, since, ready_at, failures, probe: Probe { next: now + health.interval, in_flight: false } }
+                    State::Online {
+                        pid,
+                        since,
+                        ready_at,
+                        failures,
+                        probe: Probe { next: now + health.interval, in_flight: false },
+                    }
                 }
             }
 
@@ -233,11 +277,7 @@ impl Instance {
                 self.last_exit = Some(kind);
                 self.note = Some(format!("exited unexpectedly ({kind})"));
                 effects.push(Effect::KillGroup { pid });
-                if policy.autorestart {
-                    State::Waiting { until: now + policy.restart_delay }
-                } else {
-                    State::Stopped
-                }
+                if policy.autorestart { State::Waiting { until: now + policy.restart_delay } } else { State::Stopped }
             }
             (State::Stopping { pid, then, .. }, Input::Exited(kind)) => {
                 self.last_exit = Some(kind);
@@ -248,7 +288,8 @@ impl Instance {
                 }
             }
             (State::Stopping { pid, since, kill_at, killed: false, then }, Input::Tick) if now >= kill_at => {
-                self.note = Some(format!("did not stop within kill_timeout ({} ms): killed", policy.kill_timeout.as_millis()));
+                self.note =
+                    Some(format!("did not stop within kill_timeout ({} ms): killed", policy.kill_timeout.as_millis()));
                 effects.push(Effect::KillGroup { pid });
                 State::Stopping { pid, since, kill_at, killed: true, then }
             }

@@ -43,7 +43,11 @@ async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>) {
             }
         }
         Ok(Ok(Some(hello))) => {
-            tracing::warn!(client_protocol = hello.protocol, client_version = hello.version, "refused a client of another version");
+            tracing::warn!(
+                client_protocol = hello.protocol,
+                client_version = hello.version,
+                "refused a client of another version"
+            );
             let _ = ipc::write_frame(&mut write, &Welcome::Refused { protocol: PROTOCOL_VERSION, version, pid }).await;
             return;
         }

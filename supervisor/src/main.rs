@@ -42,14 +42,17 @@ fn daemon(home: &Home) -> anyhow::Result<ExitCode> {
     let lock = chatctl::process::lock(home)?;
     let appender = tracing_appender::rolling::never(home.dir(), "daemon.log");
     let (writer, _guard) = tracing_appender::non_blocking(appender);
-    tracing_subscriber::fmt().with_writer(writer).with_ansi(false).with_env_filter(
-        EnvFilter::try_from_env("CHATCTL_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-    ).init();
+    tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_ansi(false)
+        .with_env_filter(EnvFilter::try_from_env("CHATCTL_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
     tracing::info!(pid = std::process::id(), home = %home.dir().display(), version = env!("CARGO_PKG_VERSION"), "daemon starting");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let result = runtime.block_on(async {
         let control = chatctl::process::bind_control(home, &lock)?;
-        let outcome = chatctl::run_daemon(home.clone(), control, Vec::new(), chatctl::process::stop_signal(), false).await;
+        let outcome =
+            chatctl::run_daemon(home.clone(), control, Vec::new(), chatctl::process::stop_signal(), false).await;
         anyhow::Ok(outcome)
     });
     let _ = std::fs::remove_file(home.socket());

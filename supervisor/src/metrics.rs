@@ -21,7 +21,8 @@ pub(crate) struct Sampler {
 
 impl Sampler {
     pub(crate) fn new() -> Sampler {
-        let system = System::new().inspect_err(|e| tracing::warn!(error = %e, "memory and CPU sampling unavailable")).ok();
+        let system =
+            System::new().inspect_err(|e| tracing::warn!(error = %e, "memory and CPU sampling unavailable")).ok();
         Sampler { system }
     }
 

@@ -21,7 +21,11 @@ pub enum ProcessError {
     #[error("another chatctl daemon already runs for {home} (pid {pid})")]
     AlreadyRunning { home: String, pid: String },
     #[error("{about}")]
-    Io { about: String, #[source] source: io::Error },
+    Io {
+        about: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("the daemon did not come up within {timeout:?}; its log {log} ends with:\n{tail}")]
     DaemonDidNotStart { timeout: Duration, log: String, tail: String },
     #[error(transparent)]
@@ -125,7 +129,11 @@ pub async fn connect_or_start(home: &Home) -> Result<Client, ProcessError> {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(10).collect();
             let tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
-            return Err(ProcessError::DaemonDidNotStart { timeout: DAEMON_START_TIMEOUT, log: log_path.display().to_string(), tail });
+            return Err(ProcessError::DaemonDidNotStart {
+                timeout: DAEMON_START_TIMEOUT,
+                log: log_path.display().to_string(),
+                tail,
+            });
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -134,7 +142,9 @@ pub async fn connect_or_start(home: &Home) -> Result<Client, ProcessError> {
 /// Resolves on SIGTERM or SIGINT (and ignores SIGHUP, which a detached daemon may still get).
 pub async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), hup) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) else {
+    let (Ok(mut term), Ok(mut int), hup) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
         tracing::error!("cannot install signal handlers");
         return std::future::pending().await;
     };

@@ -45,7 +45,9 @@ impl Config {
         {
             match lookup(name) {
                 None => Ok(default),
-                Some(value) => value.trim().parse().map_err(|e: T::Err| ConfigError { name, why: e.to_string(), value }),
+                Some(value) => {
+                    value.trim().parse().map_err(|e: T::Err| ConfigError { name, why: e.to_string(), value })
+                }
             }
         }
         let kill_timeout_ms: Option<u64> = match lookup(worker_env::KILL_TIMEOUT_MS) {
@@ -56,7 +58,11 @@ impl Config {
         let default_shutdown = kill_timeout_ms.map_or(Duration::from_secs(10), |ms| Duration::from_millis(ms * 4 / 5));
         let threads = parse(&lookup, "CHAT_WORKER_THREADS", 1usize)?;
         if threads == 0 {
-            return Err(ConfigError { name: "CHAT_WORKER_THREADS", value: "0".into(), why: "must be at least 1".into() });
+            return Err(ConfigError {
+                name: "CHAT_WORKER_THREADS",
+                value: "0".into(),
+                why: "must be at least 1".into(),
+            });
         }
         Ok(Config {
             host: parse(&lookup, "HOST", IpAddr::from([127, 0, 0, 1]))?,
@@ -86,7 +92,9 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable() {
-        for (name, value) in [("PORT", "70000"), ("HOST", "nowhere"), ("SHUTDOWN_TIMEOUT", "5"), ("CHAT_WORKER_THREADS", "0")] {
+        for (name, value) in
+            [("PORT", "70000"), ("HOST", "nowhere"), ("SHUTDOWN_TIMEOUT", "5"), ("CHAT_WORKER_THREADS", "0")]
+        {
             let err = with(&[(name, value)]).expect_err("refused").to_string();
             assert!(err.starts_with(&format!("environment variable {name}=")), "{err}");
         }

@@ -30,11 +30,20 @@ pub enum ListenError {
     #[error("inherited fd {fd} ({name}) is not a socket")]
     NotASocket { fd: RawFd, name: String },
     #[error("inherited fd {fd} ({name})")]
-    Fd { fd: RawFd, name: String, #[source] source: std::io::Error },
+    Fd {
+        fd: RawFd,
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{LISTEN_FDS} is set but no fd is named {FD_NAME_HTTP:?} in {LISTEN_FDNAMES}={names:?}")]
     NoHttp { names: String },
     #[error("cannot bind {addr}")]
-    Bind { addr: String, #[source] source: std::io::Error },
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Listeners {
@@ -42,7 +51,8 @@ impl Listeners {
     pub fn from_env(config: &Config) -> Result<Listeners, ListenError> {
         let Some(count) = std::env::var(LISTEN_FDS).ok() else {
             let addr = std::net::SocketAddr::new(config.host, config.port);
-            let public = TcpListener::bind(addr).map_err(|source| ListenError::Bind { addr: addr.to_string(), source })?;
+            let public =
+                TcpListener::bind(addr).map_err(|source| ListenError::Bind { addr: addr.to_string(), source })?;
             public.set_nonblocking(true).map_err(|source| ListenError::Bind { addr: addr.to_string(), source })?;
             return Ok(Listeners { public, admin: None, inherited: false });
         };

@@ -16,9 +16,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use socketioxide::{ParserError, SocketIo};
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::socket::DisconnectReason;
+use socketioxide::{ParserError, SocketIo};
 
 const MAX_NAME_CHARS: usize = 32;
 const MAX_ROOM_CHARS: usize = 64;
@@ -90,7 +90,8 @@ pub fn register(io: &SocketIo, instance: Option<&str>) {
                 async move {
                     let reply = match data {
                         // `instance` tells the client (and tests) which worker of a cluster serves it.
-                        Ok(join) => join_guest(&socket, join).map(|g| json!({ "ok": true, "guest": g, "instance": instance.as_deref() })),
+                        Ok(join) => join_guest(&socket, join)
+                            .map(|g| json!({ "ok": true, "guest": g, "instance": instance.as_deref() })),
                         Err(e) => Err(format!("expected {{name}}: {e}")),
                     };
                     answer(ack, reply);
@@ -118,7 +119,10 @@ pub fn register(io: &SocketIo, instance: Option<&str>) {
                 tracing::debug!(sid = %socket.id, ?reason, "socket disconnected");
                 for room in socket.rooms() {
                     let members = members(&socket, &room);
-                    let _ = socket.to(room.clone()).emit("room:members", &json!({ "room": room, "members": members })).await;
+                    let _ = socket
+                        .to(room.clone())
+                        .emit("room:members", &json!({ "room": room, "members": members }))
+                        .await;
                 }
             });
         }

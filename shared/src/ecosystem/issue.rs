@@ -28,7 +28,14 @@ pub struct ConfigIssue {
 }
 
 impl ConfigIssue {
-    pub(crate) fn at(severity: Severity, file: &Path, text: &str, span: Range<usize>, key: &str, message: String) -> Self {
+    pub(crate) fn at(
+        severity: Severity,
+        file: &Path,
+        text: &str,
+        span: Range<usize>,
+        key: &str,
+        message: String,
+    ) -> Self {
         let start = span.start.min(text.len());
         let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
         let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
@@ -87,6 +94,10 @@ impl fmt::Display for ConfigErrors {
         for issue in &self.issues {
             writeln!(f, "{issue}")?;
         }
-        write!(f, "{count} error{} in the ecosystem file; nothing was started or changed", if count == 1 { "" } else { "s" })
+        write!(
+            f,
+            "{count} error{} in the ecosystem file; nothing was started or changed",
+            if count == 1 { "" } else { "s" }
+        )
     }
 }

@@ -54,9 +54,13 @@ impl Ecosystem {
     pub fn parse(text: &str, file: &Path) -> Result<Ecosystem, ConfigErrors> {
         let (doc, syntax_errors) = DeTable::parse_recoverable(text);
         let mut walk = Walk { text, file, issues: Vec::new(), spans: BTreeMap::new() };
-        for err in syntax_errors {
-            let span = err.span().unwrap_or(0..0);
-            walk.error(span, "", format!("TOML syntax: {}", err.message()));
+        if !syntax_errors.is_empty() {
+            // Every syntax error, but no schema checks on a half-parsed document: they would report
+            // the parser's recovery guesses, not the operator's mistakes.
+            for err in syntax_errors {
+                walk.error(err.span().unwrap_or(0..0), "", format!("TOML syntax: {}", err.message()));
+            }
+            return Err(ConfigErrors { issues: walk.issues });
         }
         let mut apps = Vec::new();
         for (key, value) in doc.get_ref() {
@@ -76,7 +80,8 @@ impl Ecosystem {
             let span = walk.locate(&problem.key_candidates);
             walk.error(span, &problem.key_candidates[0], problem.message);
         }
-        let warnings = walk.warnings(&apps);
+        let mut warnings = walk.warnings(&apps);
+        warnings.sort_by_key(|w| (w.line, w.column));
         if walk.issues.iter().any(|i| i.severity == Severity::Error) {
             walk.issues.extend(warnings);
             return Err(ConfigErrors { issues: walk.issues });
@@ -150,7 +155,11 @@ impl<'a> Walk<'a> {
         Some(AppEntry { name: name.to_owned(), base, profiles })
     }
 
-    fn profiles<'i>(&mut self, path: &str, value: &'i Spanned<DeValue<'i>>) -> Vec<(String, DeTable<'i>, Range<usize>)> {
+    fn profiles<'i>(
+        &mut self,
+        path: &str,
+        value: &'i Spanned<DeValue<'i>>,
+    ) -> Vec<(String, DeTable<'i>, Range<usize>)> {
         let Some(table) = self.table(value, path) else { return Vec::new() };
         let mut out = Vec::new();
         for (name, profile) in table {

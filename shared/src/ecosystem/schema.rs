@@ -91,9 +91,30 @@ impl AppConfig {
             };
         }
         pick!(
-            script, args, cwd, instances, exec_mode, port, host, increment_var, instance_var, inherit_socket,
-            kill_signal, kill_timeout, restart_delay, autorestart, listen_timeout, health, out_file, error_file,
-            max_restarts, min_uptime, max_memory_restart, watch, ignore_watch, watch_delay
+            script,
+            args,
+            cwd,
+            instances,
+            exec_mode,
+            port,
+            host,
+            increment_var,
+            instance_var,
+            inherit_socket,
+            kill_signal,
+            kill_timeout,
+            restart_delay,
+            autorestart,
+            listen_timeout,
+            health,
+            out_file,
+            error_file,
+            max_restarts,
+            min_uptime,
+            max_memory_restart,
+            watch,
+            ignore_watch,
+            watch_delay
         )
     }
 }

@@ -78,7 +78,8 @@ fn instances_resolve_never_below_one() {
 
 #[test]
 fn broken_files_report_line_column_and_key() {
-    let table: &[(&str, &[(usize, usize, &str)])] = &[
+    type Case<'a> = (&'a str, &'a [(usize, usize, &'a str)]);
+    let table: &[Case<'_>] = &[
         // unknown key, located at the key
         ("[apps.a]\nscript = \"x\"\nscirpt = \"y\"\n", &[(3, 1, "apps.a.scirpt")]),
         // wrong type, located at the value
@@ -95,7 +96,10 @@ fn broken_files_report_line_column_and_key() {
             &[(4, 25, "apps.a.health.intervall"), (4, 53, "apps.a.health.timeout")],
         ),
         // profiles are checked like apps
-        ("[apps.a]\nscript = \"x\"\n[apps.a.profiles.prod]\ninstances = \"many\"\n", &[(4, 13, "apps.a.profiles.prod.instances")]),
+        (
+            "[apps.a]\nscript = \"x\"\n[apps.a.profiles.prod]\ninstances = \"many\"\n",
+            &[(4, 13, "apps.a.profiles.prod.instances")],
+        ),
         // semantic: missing script points at the app's name
         ("[apps.a]\nport = 3000\n", &[(1, 7, "apps.a.script")]),
         // semantic: fork ports past 65535

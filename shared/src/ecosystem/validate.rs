@@ -32,11 +32,7 @@ fn simple_name(name: &str, what: &str) -> Result<(), String> {
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !name.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("invalid {what} name {name:?}: use 1-64 letters, digits, '-', '_' or '.'"))
-    }
+    if ok { Ok(()) } else { Err(format!("invalid {what} name {name:?}: use 1-64 letters, digits, '-', '_' or '.'")) }
 }
 
 pub(crate) fn env_name(name: &str) -> Result<(), String> {
@@ -48,8 +44,7 @@ pub(crate) fn env_name(name: &str) -> Result<(), String> {
 pub(crate) fn all_profiles(apps: &[AppEntry]) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut seen = BTreeSet::new();
-    let profile_names: BTreeSet<&str> =
-        apps.iter().flat_map(|a| a.profiles.iter().map(|(p, _)| p.as_str())).collect();
+    let profile_names: BTreeSet<&str> = apps.iter().flat_map(|a| a.profiles.iter().map(|(p, _)| p.as_str())).collect();
     for profile in std::iter::once(None).chain(profile_names.iter().copied().map(Some)) {
         let mut claimed: Vec<(String, std::net::IpAddr, u32, u32)> = Vec::new();
         for app in apps {
@@ -111,7 +106,8 @@ fn keys(app: &str, profile: Option<&str>, key: &str) -> Vec<String> {
 
 fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
     let mut out = Vec::new();
-    let mut problem = |key: &str, message: String| out.push(Problem { key_candidates: keys(app, profile, key), message });
+    let mut problem =
+        |key: &str, message: String| out.push(Problem { key_candidates: keys(app, profile, key), message });
     let within = profile.map(|p| format!(" (profile `{p}`)")).unwrap_or_default();
 
     match c.script.as_deref() {
@@ -124,7 +120,9 @@ fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
     if mode == ExecMode::Cluster && c.inherit_socket == Some(false) && c.port.is_some() {
         problem(
             "inherit_socket",
-            format!("cluster mode shares one socket the supervisor binds: `inherit_socket = false` needs exec_mode = \"fork\"{within}"),
+            format!(
+                "cluster mode shares one socket the supervisor binds: `inherit_socket = false` needs exec_mode = \"fork\"{within}"
+            ),
         );
     }
     if let Some(port) = c.port {
@@ -132,7 +130,10 @@ fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
             problem("port", format!("port {port} + {instances} instances runs past 65535{within}"));
         }
         if mode == ExecMode::Fork && port == 0 && c.inherit_socket == Some(false) {
-            problem("port", "port 0 (any free port) needs the supervisor to bind it: leave inherit_socket on".to_owned());
+            problem(
+                "port",
+                "port 0 (any free port) needs the supervisor to bind it: leave inherit_socket on".to_owned(),
+            );
         }
     }
     for (key, value) in [("increment_var", &c.increment_var), ("instance_var", &c.instance_var)] {
@@ -140,28 +141,31 @@ fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
             problem(key, why);
         }
     }
-    if let Some(h) = &c.health {
-        if h.enabled != Some(false) {
-            if c.port.is_none() {
-                problem("health", format!("an HTTP health check needs `port`; set `health = {{ enabled = false }}` or a port{within}"));
-            }
-            if let Some(path) = &h.path
-                && !path.starts_with('/')
-            {
-                problem("health.path", format!("health path {path:?} must start with '/'"));
-            }
-            if h.unhealthy_threshold == Some(0) {
-                problem("health.unhealthy_threshold", "must be at least 1".to_owned());
-            }
-            let interval = h.interval.unwrap_or(resolve::DEFAULT_HEALTH_INTERVAL);
-            if interval.0.is_zero() {
-                problem("health.interval", "must be more than 0s".to_owned());
-            }
-            if let Some(timeout) = h.timeout
-                && (timeout.0.is_zero() || timeout > interval)
-            {
-                problem("health.timeout", format!("must be more than 0s and at most the interval ({interval})"));
-            }
+    if let Some(h) = &c.health
+        && h.enabled != Some(false)
+    {
+        if c.port.is_none() {
+            problem(
+                "health",
+                format!("an HTTP health check needs `port`; set `health = {{ enabled = false }}` or a port{within}"),
+            );
+        }
+        if let Some(path) = &h.path
+            && !path.starts_with('/')
+        {
+            problem("health.path", format!("health path {path:?} must start with '/'"));
+        }
+        if h.unhealthy_threshold == Some(0) {
+            problem("health.unhealthy_threshold", "must be at least 1".to_owned());
+        }
+        let interval = h.interval.unwrap_or(resolve::DEFAULT_HEALTH_INTERVAL);
+        if interval.0.is_zero() {
+            problem("health.interval", "must be more than 0s".to_owned());
+        }
+        if let Some(timeout) = h.timeout
+            && (timeout.0.is_zero() || timeout > interval)
+        {
+            problem("health.timeout", format!("must be more than 0s and at most the interval ({interval})"));
         }
     }
     if let Some(t) = c.listen_timeout

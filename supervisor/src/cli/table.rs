@@ -7,7 +7,8 @@ pub(super) fn render(apps: &[AppStatus]) -> String {
     if apps.is_empty() {
         return "no apps running\n".to_owned();
     }
-    let header = ["app", "#", "mode", "pid", "status", "uptime", "restarts", "memory", "cpu", "port", "last exit / note"];
+    let header =
+        ["app", "#", "mode", "pid", "status", "uptime", "restarts", "memory", "cpu", "port", "last exit / note"];
     let mut rows: Vec<[String; 11]> = Vec::new();
     for app in apps {
         for i in &app.instances {

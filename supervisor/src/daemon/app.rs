@@ -52,12 +52,17 @@ impl App {
         let mut shared = None;
         let mut port = None;
         let mut slots = Vec::with_capacity(spec.instances);
-        if let Some(l) = &spec.listen {
-            if spec.exec_mode == ExecMode::Cluster {
-                let socket = listen::bind(l.host, l.port)?;
-                port = Some(socket.local_addr().map_err(|source| BindError { addr: SocketAddr::new(l.host, l.port), source })?.port());
-                shared = Some(socket);
-            }
+        if let Some(l) = &spec.listen
+            && spec.exec_mode == ExecMode::Cluster
+        {
+            let socket = listen::bind(l.host, l.port)?;
+            port = Some(
+                socket
+                    .local_addr()
+                    .map_err(|source| BindError { addr: SocketAddr::new(l.host, l.port), source })?
+                    .port(),
+            );
+            shared = Some(socket);
         }
         for index in 0..spec.instances {
             slots.push(Slot::new(&spec, index, port)?);
@@ -65,7 +70,8 @@ impl App {
         if spec.exec_mode == ExecMode::Fork {
             port = slots.first().and_then(|s| s.port);
         }
-        let logs = LogSink::open(&spec.name, log_paths).map_err(|source| AppError::Logs { path: log_paths.out.clone(), source })?;
+        let logs = LogSink::open(&spec.name, log_paths)
+            .map_err(|source| AppError::Logs { path: log_paths.out.clone(), source })?;
         Ok(App { id, policy: Policy::of(&spec), spec, shared, port, slots, logs, deleting: false })
     }
 
@@ -209,7 +215,8 @@ impl App {
 
 impl Slot {
     fn new(spec: &AppSpec, index: usize, shared_port: Option<u16>) -> Result<Slot, AppError> {
-        let mut slot = Slot { instance: Instance::new(), admin: None, own: None, port: spec.port_of(index), probe_addr: None };
+        let mut slot =
+            Slot { instance: Instance::new(), admin: None, own: None, port: spec.port_of(index), probe_addr: None };
         let Some(l) = &spec.listen else { return Ok(slot) };
         match spec.exec_mode {
             ExecMode::Cluster => {
@@ -221,7 +228,10 @@ impl Slot {
             ExecMode::Fork if l.inherit => {
                 let port = slot.port.unwrap_or(0);
                 let own = listen::bind(l.host, port)?;
-                let bound = own.local_addr().map_err(|source| BindError { addr: SocketAddr::new(l.host, port), source })?.port();
+                let bound = own
+                    .local_addr()
+                    .map_err(|source| BindError { addr: SocketAddr::new(l.host, port), source })?
+                    .port();
                 slot.port = Some(bound);
                 slot.probe_addr = Some(listen::probe_target(l.host, bound));
                 slot.own = Some(own);
@@ -243,7 +253,11 @@ pub(super) enum AppError {
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error("cannot open log file {path}")]
-    Logs { path: std::path::PathBuf, #[source] source: std::io::Error },
+    Logs {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn signal_group(app: &str, pid: u32, signal: Signal) {

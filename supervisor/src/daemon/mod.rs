@@ -26,6 +26,9 @@ pub use requests::StartError;
 
 /// How often memory and CPU are sampled for `list`.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// A `list` that finds a pid without usage samples at once unless the last sample is this recent
+/// (a CLI polling for readiness must not turn into a sampling loop).
+const FRESH_ENOUGH: Duration = Duration::from_millis(250);
 
 pub(crate) enum Msg {
     Request(Request, oneshot::Sender<Response>),
@@ -112,12 +115,19 @@ pub async fn run(
         if daemon.finished_killing() {
             break daemon.outcome(false);
         }
-        if exit_when_idle && !daemon.apps.is_empty() && daemon.apps.iter().all(App::is_down) && daemon.killing.is_none() {
+        if exit_when_idle && !daemon.apps.is_empty() && daemon.apps.iter().all(App::is_down) && daemon.killing.is_none()
+        {
             tracing::error!("every instance is stopped or errored: nothing left to supervise");
             break daemon.outcome(true);
         }
     };
     server.abort();
+    // Replies already handed to connection tasks (the kill's) are written when those tasks next run;
+    // on this single-threaded runtime, yielding lets every ready task run before we return and the
+    // runtime is dropped.
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
     Ok(outcome)
 }
 
@@ -148,10 +158,8 @@ impl Daemon {
                 if app.slots.get(index).and_then(|s| s.instance.pid()) != Some(pid) {
                     return;
                 }
-                let killed = matches!(
-                    app.slots[index].instance.state,
-                    crate::instance::State::Stopping { killed: true, .. }
-                );
+                let killed =
+                    matches!(app.slots[index].instance.state, crate::instance::State::Stopping { killed: true, .. });
                 if killed {
                     self.forced += 1;
                 }
@@ -197,10 +205,27 @@ impl Daemon {
             }
         }
         if now >= self.next_sample {
-            let pids: Vec<u32> = self.apps.iter().flat_map(|a| a.slots.iter().filter_map(|s| s.instance.pid())).collect();
-            self.usage = if pids.is_empty() { HashMap::new() } else { self.sampler.sample(&pids) };
-            self.next_sample = now + SAMPLE_EVERY;
+            self.sample(now);
         }
+    }
+
+    /// Samples now unless a sample covering every running pid is recent enough for `list`.
+    fn refresh_usage(&mut self, now: Instant) {
+        let missing = self
+            .apps
+            .iter()
+            .flat_map(|a| a.slots.iter().filter_map(|s| s.instance.pid()))
+            .any(|p| !self.usage.contains_key(&p));
+        let recent = self.next_sample.saturating_duration_since(now) > SAMPLE_EVERY - FRESH_ENOUGH;
+        if missing && !recent {
+            self.sample(now);
+        }
+    }
+
+    fn sample(&mut self, now: Instant) {
+        let pids: Vec<u32> = self.apps.iter().flat_map(|a| a.slots.iter().filter_map(|s| s.instance.pid())).collect();
+        self.usage = if pids.is_empty() { HashMap::new() } else { self.sampler.sample(&pids) };
+        self.next_sample = now + SAMPLE_EVERY;
     }
 
     fn outcome(&self, nothing_left: bool) -> Outcome {

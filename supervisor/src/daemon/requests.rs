@@ -46,7 +46,10 @@ impl Daemon {
                 Ok(response) => response,
                 Err(e) => Response::Error { message: e.chain() },
             },
-            Request::List => Response::List { apps: self.apps.iter().map(|a| a.status(now, &self.usage)).collect() },
+            Request::List => {
+                self.refresh_usage(now);
+                Response::List { apps: self.apps.iter().map(|a| a.status(now, &self.usage)).collect() }
+            }
             Request::Stop { app } => return self.act(app.as_deref(), Input::Stop, Until::Down, false, reply, now),
             Request::Restart { app } => {
                 return self.act(app.as_deref(), Input::Restart, Until::Restarted, false, reply, now);
@@ -126,7 +129,8 @@ impl Daemon {
                 None => {
                     let known: Vec<&str> = self.apps.iter().map(|a| a.spec.name.as_str()).collect();
                     let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
-                    let _ = reply.send(Response::Error { message: format!("no app named `{name}` (running apps: {known})") });
+                    let _ = reply
+                        .send(Response::Error { message: format!("no app named `{name}` (running apps: {known})") });
                     return;
                 }
             },
@@ -192,7 +196,8 @@ impl Daemon {
         }
         let outcome = self.outcome(false);
         if let Some(Some(reply)) = self.killing.take() {
-            let _ = reply.send(Response::Killed { instances_stopped: outcome.instances_stopped, forced: outcome.forced });
+            let _ =
+                reply.send(Response::Killed { instances_stopped: outcome.instances_stopped, forced: outcome.forced });
         }
         true
     }

@@ -7,7 +7,11 @@ fn policy(health: bool) -> Policy {
         kill_signal: StopSignal::Term,
         kill_timeout: Duration::from_secs(5),
         listen_timeout: Duration::from_secs(10),
-        health: health.then_some(HealthPolicy { interval: Duration::from_secs(30), threshold: 3, grace: Duration::from_secs(5) }),
+        health: health.then_some(HealthPolicy {
+            interval: Duration::from_secs(30),
+            threshold: 3,
+            grace: Duration::from_secs(5),
+        }),
     }
 }
 

@@ -1,0 +1,173 @@
+//! Cluster mode: one shared socket, per-instance health, chat through it, crash recovery.
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use chat_shared::status::Phase;
+
+use crate::support::{Env, alive, bin, http_get, node, sigkill, wait_until};
+
+/// The repo's ecosystem.toml shape, pointed at this build and a free port.
+fn production_config(port: u16) -> String {
+    format!(
+        r#"
+[apps.chat]
+script = "{worker}"
+port = {port}
+instances = 1
+exec_mode = "fork"
+kill_timeout = "5s"
+health = {{ path = "/health", interval = "30s", timeout = "5s" }}
+env = {{ RUST_LOG = "info" }}
+
+[apps.chat.profiles.production]
+exec_mode = "cluster"
+instances = "max"
+"#,
+        worker = bin("chat-worker").display()
+    )
+}
+
+#[test]
+fn production_cluster_chats_with_socket_io_client_and_kill_leaves_nothing() {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    env.write("ecosystem.toml", &production_config(port));
+    let out = env.ok(&["start", "production"]);
+    assert!(out.contains("online"), "{out}");
+
+    let cpus = chat_shared::ecosystem::cpu_count();
+    let pids = env.online_pids("chat", cpus);
+    let apps = env.list();
+    let app = &apps[0];
+    assert_eq!((app.port, app.instances.len()), (Some(port), cpus));
+    // Every instance answers its own health probe on its private listener, with its own pid.
+    for instance in &app.instances {
+        let admin: SocketAddr = instance.admin_addr.as_deref().expect("admin address").parse().expect("addr");
+        let (status, body) = http_get(admin, "/health").expect("admin health");
+        let health: chat_shared::health::HealthBody = serde_json::from_str(&body).expect("health json");
+        assert_eq!((status, Some(health.pid)), (200, instance.pid), "{body}");
+    }
+
+    let out = node("chat.mjs", &[&format!("http://127.0.0.1:{port}"), "2", "lobby"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "chat failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("chat report");
+    assert_eq!(report["clients"].as_array().map(Vec::len), Some(2), "{report}");
+
+    let daemon = env.daemon_pid().expect("daemon pid");
+    let out = env.ok(&["kill"]);
+    assert!(out.contains(&format!("stopped {cpus} instance(s)")), "{out}");
+    wait_until("every worker and the daemon gone", Duration::from_secs(10), || {
+        (!pids.iter().any(|p| alive(*p)) && !alive(daemon)).then_some(())
+    });
+}
+
+/// Sends requests on new connections until `stop`; counts answers, refusals and other failures.
+struct Load {
+    ok: AtomicU64,
+    refused: AtomicU64,
+    failed: AtomicU64,
+    stop: AtomicBool,
+}
+
+fn load(addr: SocketAddr, stats: Arc<Load>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        // Bounded in count as well as by `stop`.
+        for _ in 0..200_000 {
+            if stats.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    stats.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(stream) => {
+                    let answered = request(stream);
+                    let counter = if answered { &stats.ok } else { &stats.failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    })
+}
+
+fn request(mut stream: TcpStream) -> bool {
+    use std::io::{Read, Write};
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    if stream.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).is_ok() && response.starts_with(b"HTTP/1.1 200")
+}
+
+#[test]
+fn kill_9_of_one_instance_under_load_refuses_nothing_and_it_comes_back() {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    env.write(
+        "ecosystem.toml",
+        &format!(
+            "[apps.chat]\nscript = \"{}\"\nport = {port}\ninstances = 2\nexec_mode = \"cluster\"\nrestart_delay = \"50ms\"\n",
+            bin("chat-worker").display()
+        ),
+    );
+    env.ok(&["start"]);
+    let pids = env.online_pids("chat", 2);
+
+    let stats = Arc::new(Load { ok: 0.into(), refused: 0.into(), failed: 0.into(), stop: false.into() });
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let workers: Vec<_> = (0..2).map(|_| load(addr, stats.clone())).collect();
+    wait_until("load under way", Duration::from_secs(10), || (stats.ok.load(Ordering::Relaxed) > 200).then_some(()));
+
+    sigkill(pids[0]);
+    let new_pid = wait_until("instance 0 back online with a new pid", Duration::from_secs(20), || {
+        let apps = env.list();
+        let i = &apps[0].instances[0];
+        (i.status == Phase::Online && i.pid.is_some_and(|p| p != pids[0])).then_some(i.pid)
+    });
+    let ok_at_recovery = stats.ok.load(Ordering::Relaxed);
+    wait_until("load continues after recovery", Duration::from_secs(10), || {
+        (stats.ok.load(Ordering::Relaxed) > ok_at_recovery + 200).then_some(())
+    });
+    stats.stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().expect("load thread");
+    }
+    let (ok, refused, failed) =
+        (stats.ok.load(Ordering::Relaxed), stats.refused.load(Ordering::Relaxed), stats.failed.load(Ordering::Relaxed));
+    eprintln!("kill -9 under load: {ok} ok, {refused} refused, {failed} failed in flight; new pid {new_pid:?}");
+    assert_eq!(refused, 0, "the shared port must never refuse a connection");
+    let apps = env.list();
+    assert_eq!(apps[0].instances[0].restarts, 1);
+    assert!(apps[0].instances[0].note.as_deref().is_some_and(|n| n.contains("signal 9")), "{:?}", apps[0].instances[0]);
+}
+
+#[test]
+fn workers_do_not_outlive_a_daemon_killed_with_sigkill() {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    env.write(
+        "ecosystem.toml",
+        &format!(
+            "[apps.chat]\nscript = \"{}\"\nport = {port}\ninstances = 2\nexec_mode = \"cluster\"\n",
+            bin("chat-worker").display()
+        ),
+    );
+    env.ok(&["start"]);
+    let pids = env.online_pids("chat", 2);
+    let daemon = env.daemon_pid().expect("daemon pid");
+    sigkill(daemon);
+    wait_until("workers gone after the daemon was SIGKILLed", Duration::from_secs(10), || {
+        (!pids.iter().any(|p| alive(*p))).then_some(())
+    });
+    // A new daemon takes over the home: the stale socket and lock are handled.
+    env.ok(&["start"]);
+    env.online_pids("chat", 2);
+}

@@ -1,0 +1,65 @@
+//! Broken ecosystem files are refused before anything starts, each problem located.
+
+use crate::support::{Env, bin, stderr};
+
+#[test]
+fn broken_files_are_refused_with_line_column_and_key_and_nothing_starts() {
+    let worker = bin("chat-worker");
+    let w = worker.display();
+    // (file, [(line, column, key)] every error expected, in order)
+    type Expected = Vec<(usize, usize, &'static str)>;
+    let table: Vec<(String, Expected)> = vec![
+        (format!("[apps.chat]\nscript = \"{w}\"\nport = 3000\ninstance = 2\n"), vec![(4, 1, "apps.chat.instance")]),
+        (format!("[apps.chat]\nscript = \"{w}\"\nkill_timeout = 5000\n"), vec![(3, 16, "apps.chat.kill_timeout")]),
+        (format!("[apps.chat]\nscript = \"{w}\"\nexec_mode = \"clusterr\"\n"), vec![(3, 13, "apps.chat.exec_mode")]),
+        (
+            format!("[apps.chat]\nscript = \"{w}\"\nmax_memory_restart = \"1 gig\"\n"),
+            vec![(3, 22, "apps.chat.max_memory_restart")],
+        ),
+        (
+            format!(
+                "[apps.chat]\nscript = \"{w}\"\nport = 99999\ninstances = \"all\"\n[apps.chat.profiles.production]\nwatch = 3\n"
+            ),
+            vec![
+                (3, 8, "apps.chat.port"),
+                (4, 13, "apps.chat.instances"),
+                (6, 9, "apps.chat.profiles.production.watch"),
+            ],
+        ),
+        ("[apps.chat]\nport = 3000\n".to_owned(), vec![(1, 7, "apps.chat.script")]),
+        (format!("[apps.chat]\nscript = \"{w}\"\nport = [3000\n"), vec![(3, 13, "")]),
+    ];
+    for (text, expected) in table {
+        let env = Env::new();
+        env.write("ecosystem.toml", &text);
+        let out = env.chatctl(&["start"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "should be refused:\n{text}\n{err}");
+        let reported: Vec<&str> = err.lines().filter(|l| l.contains(": error")).collect();
+        assert_eq!(reported.len(), expected.len(), "one line per problem:\n{err}");
+        for ((line, column, key), got) in expected.iter().zip(&reported) {
+            let key = if key.is_empty() { String::new() } else { format!(": {key}") };
+            let want = format!("ecosystem.toml:{line}:{column}: error{key}");
+            assert!(got.starts_with(&want), "expected `{want}...`, got `{got}`\nfull report:\n{err}");
+        }
+        assert!(err.contains("nothing was started or changed"), "{err}");
+        assert!(!env.home().join("daemon.sock").exists(), "no daemon may start for a bad file");
+    }
+}
+
+#[test]
+fn a_bad_file_changes_nothing_that_runs() {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    let good = format!("[apps.chat]\nscript = \"{}\"\nport = {port}\n", bin("chat-worker").display());
+    env.write("ecosystem.toml", &good);
+    env.ok(&["start"]);
+    let before = env.online_pids("chat", 1);
+
+    env.write("ecosystem.toml", &format!("{good}instances = \"many\"\n"));
+    for verb in [&["start"][..], &["run"][..]] {
+        let out = env.chatctl(verb);
+        assert_eq!(out.status.code(), Some(1), "{verb:?} with a bad file: {}", stderr(&out));
+    }
+    assert_eq!(env.online_pids("chat", 1), before, "the running instance is untouched");
+}

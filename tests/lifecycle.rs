@@ -1,0 +1,124 @@
+//! Process lifecycle through the CLI: group stop with SIGKILL escalation, crash restarts, restart,
+//! delete, the foreground `run`, and the control protocol's version check.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Stdio;
+use std::time::Duration;
+
+use chat_shared::status::{ExitKind, Phase};
+
+use crate::support::{Env, alive, bin, wait_until};
+
+fn fixture_config(name: &str, args: &[&str], extra: &str) -> String {
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    format!("[apps.{name}]\nscript = \"{}\"\nargs = [{}]\n{extra}\n", bin("fixture-app").display(), args.join(", "))
+}
+
+#[test]
+fn stop_kills_a_term_ignoring_worker_and_its_grandchild_after_kill_timeout() {
+    let env = Env::new();
+    let pid_file = env.path("pids");
+    let pid_arg = pid_file.to_str().expect("utf-8");
+    env.write(
+        "ecosystem.toml",
+        &fixture_config(
+            "stubborn",
+            &["--ignore-term", "--grandchild", "--pid-file", pid_arg],
+            "kill_timeout = \"700ms\"",
+        ),
+    );
+    env.ok(&["start"]);
+    env.online_pids("stubborn", 1);
+    let pids: Vec<u32> = wait_until("pid file", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&pid_file).ok()?;
+        let pids: Vec<u32> = text.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        (pids.len() == 2).then_some(pids)
+    });
+    for pid in &pids {
+        env.remember(*pid);
+    }
+    let begun = std::time::Instant::now();
+    env.ok(&["stop", "stubborn"]);
+    let took = begun.elapsed();
+    wait_until("worker and grandchild gone", Duration::from_secs(5), || {
+        (!pids.iter().any(|p| alive(*p))).then_some(())
+    });
+    assert!(took >= Duration::from_millis(700), "SIGKILL only after kill_timeout, took {took:?}");
+    let apps = env.list();
+    let instance = &apps[0].instances[0];
+    assert_eq!((instance.status, instance.last_exit), (Phase::Stopped, Some(ExitKind::Signal(9))));
+}
+
+#[test]
+fn a_crashing_instance_is_restarted_and_its_exit_reported() {
+    let env = Env::new();
+    env.write(
+        "ecosystem.toml",
+        &fixture_config("crashy", &["--exit-after", "300", "--code", "3"], "restart_delay = \"100ms\""),
+    );
+    env.ok(&["start", "--no-wait"]);
+    let apps = wait_until("two restarts", Duration::from_secs(20), || {
+        let apps = env.list();
+        (apps[0].instances[0].restarts >= 2).then_some(apps)
+    });
+    assert_eq!(apps[0].instances[0].last_exit, Some(ExitKind::Code(3)));
+}
+
+#[test]
+fn restart_replaces_pids_and_delete_forgets_the_app() {
+    let env = Env::new();
+    env.write("ecosystem.toml", &fixture_config("steady", &[], ""));
+    env.ok(&["start"]);
+    let before = env.online_pids("steady", 1);
+    env.ok(&["restart", "steady"]);
+    let after = env.online_pids("steady", 1);
+    assert_ne!(before, after);
+    assert!(!alive(before[0]));
+    let out = env.ok(&["delete", "all"]);
+    assert!(out.contains("steady"), "{out}");
+    assert!(env.list().is_empty());
+    assert!(!alive(after[0]));
+    let out = env.chatctl(&["stop", "nosuch"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no app named `nosuch`"));
+}
+
+#[test]
+fn run_in_the_foreground_stops_everything_on_sigterm_with_exit_code_0() {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    env.write(
+        "ecosystem.toml",
+        &format!(
+            "[apps.chat]\nscript = \"{}\"\nport = {port}\ninstances = 2\nexec_mode = \"cluster\"\n",
+            bin("chat-worker").display()
+        ),
+    );
+    let mut run = env.command().arg("run").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("chatctl run");
+    env.remember(run.id());
+    let pids = env.online_pids("chat", 2);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(run.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    let status = wait_until("chatctl run exits", Duration::from_secs(15), || run.try_wait().expect("try_wait"));
+    assert_eq!(status.code(), Some(0), "clean stop");
+    assert!(!pids.iter().any(|p| alive(*p)));
+    assert!(!env.home().join("daemon.sock").exists(), "control socket removed");
+}
+
+#[test]
+fn a_client_of_another_protocol_version_is_refused_not_left_hanging() {
+    let env = Env::new();
+    env.write("ecosystem.toml", &fixture_config("steady", &[], ""));
+    env.ok(&["start"]);
+    let mut stream = UnixStream::connect(env.home().join("daemon.sock")).expect("control socket");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    stream.write_all(b"{\"protocol\":999,\"version\":\"9.9.9\"}\n").expect("hello");
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).expect("an answer, not a hang");
+    let welcome: chat_shared::ipc::Welcome = serde_json::from_str(&line).expect("welcome");
+    assert!(matches!(welcome, chat_shared::ipc::Welcome::Refused { protocol: 1, .. }), "{line}");
+    // The socket is private to its user.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(env.home().join("daemon.sock")).expect("socket").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}

@@ -1,0 +1,233 @@
+//! Test harness: the real binaries, a private `CHATCTL_HOME` per test, free ports, bounded waits,
+//! and cleanup of every process a test started (by pid).
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use chat_shared::status::{AppStatus, Phase};
+
+/// A binary of this workspace, built next to the test executable (`cargo build --workspace`).
+pub(crate) fn bin(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().expect("test executable path");
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: build first with `cargo build --workspace`", path.display());
+    path
+}
+
+/// The directory of this test crate (where `package.json` and `clients/` live).
+pub(crate) fn tests_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, panicking with `what` after `timeout`.
+#[track_caller]
+pub(crate) fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let begun = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(begun.elapsed() < timeout, "timed out after {timeout:?} waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("ephemeral port").port()
+}
+
+/// `n` consecutive ports that were free a moment ago.
+pub(crate) fn free_ports(n: u16) -> u16 {
+    for _ in 0..200 {
+        let base = free_port();
+        if base.checked_add(n).is_none() {
+            continue;
+        }
+        let held: Vec<_> = (base..base + n).map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok()).collect();
+        if held.len() == usize::from(n) {
+            return base;
+        }
+    }
+    panic!("no {n} consecutive free ports found");
+}
+
+/// True while `pid` exists and is not a zombie.
+pub(crate) fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next()) != Some("Z"),
+        Err(_) => false,
+    }
+}
+
+pub(crate) fn sigkill(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// A plain HTTP/1.1 GET with `Connection: close`: status code and body.
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Runs a command to completion, killing it (and failing the test) after `timeout`.
+#[track_caller]
+pub(crate) fn run_bounded(command: &mut Command, timeout: Duration) -> Output {
+    let mut child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let begun = Instant::now();
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if begun.elapsed() > timeout {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{command:?} did not finish within {timeout:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One test's world: a temp dir holding `CHATCTL_HOME`, config files and logs.
+pub(crate) struct Env {
+    pub(crate) dir: tempfile::TempDir,
+    /// Every pid seen in `list` output, killed on drop in case the test failed half-way.
+    pids: RefCell<Vec<u32>>,
+}
+
+impl Env {
+    pub(crate) fn new() -> Env {
+        Env { dir: tempfile::tempdir().expect("temp dir"), pids: RefCell::new(Vec::new()) }
+    }
+
+    pub(crate) fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, text).expect("write file");
+        path
+    }
+
+    pub(crate) fn command(&self) -> Command {
+        let mut command = Command::new(bin("chatctl"));
+        command.env("CHATCTL_HOME", self.home()).current_dir(self.dir.path());
+        command
+    }
+
+    /// `chatctl ARGS`, bounded to 60 s.
+    #[track_caller]
+    pub(crate) fn chatctl(&self, args: &[&str]) -> Output {
+        run_bounded(self.command().args(args), Duration::from_secs(60))
+    }
+
+    /// `chatctl ARGS`, which must succeed; returns stdout.
+    #[track_caller]
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
+        let out = self.chatctl(args);
+        assert!(
+            out.status.success(),
+            "chatctl {args:?} failed ({})\nstdout: {}\nstderr: {}\ndaemon log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.daemon_log()
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    pub(crate) fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.home().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// `chatctl list --json`, remembering every pid for cleanup.
+    #[track_caller]
+    pub(crate) fn list(&self) -> Vec<AppStatus> {
+        let apps: Vec<AppStatus> = serde_json::from_str(&self.ok(&["list", "--json"])).expect("list --json parses");
+        let mut pids = self.pids.borrow_mut();
+        pids.extend(apps.iter().flat_map(|a| a.instances.iter().filter_map(|i| i.pid)));
+        apps
+    }
+
+    /// Pids of `app`'s instances once all are online.
+    #[track_caller]
+    pub(crate) fn online_pids(&self, app: &str, count: usize) -> Vec<u32> {
+        wait_until(&format!("{count} instance(s) of {app} online"), Duration::from_secs(30), || {
+            let apps = self.list();
+            let app = apps.iter().find(|a| a.name == app)?;
+            let pids: Vec<u32> =
+                app.instances.iter().filter(|i| i.status == Phase::Online).filter_map(|i| i.pid).collect();
+            (pids.len() == count && app.instances.len() == count).then_some(pids)
+        })
+    }
+
+    pub(crate) fn daemon_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.home().join("daemon.pid")).ok()?.trim().parse().ok()
+    }
+
+    pub(crate) fn remember(&self, pid: u32) {
+        self.pids.borrow_mut().push(pid);
+    }
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Env::new()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if self.home().join("daemon.sock").exists() {
+            let _ = self.command().arg("kill").stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+        for pid in self.pids.borrow().iter().copied().chain(self.daemon_pid()) {
+            if alive(pid) {
+                sigkill(pid);
+            }
+        }
+    }
+}
+
+/// Runs a Node script from `tests/clients` with the real npm socket.io-client.
+#[track_caller]
+pub(crate) fn node(script: &str, args: &[&str]) -> Output {
+    let dir = tests_dir();
+    assert!(
+        dir.join("node_modules/socket.io-client").exists(),
+        "socket.io-client is not installed: run `npm ci --prefix tests` (the README's test command does)"
+    );
+    run_bounded(
+        Command::new("node").arg(dir.join("clients").join(script)).args(args).current_dir(&dir),
+        Duration::from_secs(30),
+    )
+}
+
+pub(crate) fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
