@@ -148,11 +148,13 @@ pub(crate) struct Instance {
     pub(crate) last_exit: Option<ExitKind>,
     /// Why the last unplanned restart, stop or error happened.
     pub(crate) note: Option<String>,
+    /// Unplanned events so far (crashes, failed readiness or health, forced kills, spawn failures).
+    pub(crate) incidents: u64,
 }
 
 impl Instance {
     pub(crate) fn new() -> Self {
-        Instance { state: State::Stopped, restarts: 0, spawned_once: false, last_exit: None, note: None }
+        Instance { state: State::Stopped, restarts: 0, spawned_once: false, last_exit: None, note: None, incidents: 0 }
     }
 
     pub(crate) fn pid(&self) -> Option<u32> {
@@ -215,15 +217,14 @@ impl Instance {
                 None => State::Online { pid, since: now, ready_at: now, failures: 0, probe: idle_probe(now) },
             },
             (State::Launching, Input::SpawnFailed(why)) => {
-                self.note = Some(format!("spawn failed: {why}"));
+                self.incident(format!("spawn failed: {why}"));
                 State::Errored
             }
 
             // Readiness and liveness.
             (State::Starting { pid, since, deadline, probe }, Input::Tick) => {
                 if now >= deadline {
-                    self.note =
-                        Some(format!("not ready within listen_timeout ({} ms)", policy.listen_timeout.as_millis()));
+                    self.incident(format!("not ready within listen_timeout ({} ms)", policy.listen_timeout.as_millis()));
                     self.stop(pid, now, AfterStop::Restart, policy, &mut effects)
                 } else {
                     State::Starting { pid, since, deadline, probe: probe_if_due(probe, pid, now, &mut effects) }
@@ -259,7 +260,7 @@ impl Instance {
                 let in_grace = now < ready_at + health.grace;
                 let failures = if in_grace { failures } else { failures + 1 };
                 if failures >= health.threshold {
-                    self.note = Some(format!("{failures} health checks failed in a row, last: {why}"));
+                    self.incident(format!("{failures} health checks failed in a row, last: {why}"));
                     self.stop(pid, now, AfterStop::Restart, policy, &mut effects)
                 } else {
                     State::Online {
@@ -275,7 +276,7 @@ impl Instance {
             // Exits.
             (State::Starting { pid, .. } | State::Online { pid, .. }, Input::Exited(kind)) => {
                 self.last_exit = Some(kind);
-                self.note = Some(format!("exited unexpectedly ({kind})"));
+                self.incident(format!("exited unexpectedly ({kind})"));
                 effects.push(Effect::KillGroup { pid });
                 if policy.autorestart { State::Waiting { until: now + policy.restart_delay } } else { State::Stopped }
             }
@@ -288,8 +289,7 @@ impl Instance {
                 }
             }
             (State::Stopping { pid, since, kill_at, killed: false, then }, Input::Tick) if now >= kill_at => {
-                self.note =
-                    Some(format!("did not stop within kill_timeout ({} ms): killed", policy.kill_timeout.as_millis()));
+                self.incident(format!("did not stop within kill_timeout ({} ms): killed", policy.kill_timeout.as_millis()));
                 effects.push(Effect::KillGroup { pid });
                 State::Stopping { pid, since, kill_at, killed: true, then }
             }
@@ -314,6 +314,11 @@ impl Instance {
             (state, _) => state,
         };
         effects
+    }
+
+    fn incident(&mut self, why: String) {
+        self.note = Some(why);
+        self.incidents += 1;
     }
 
     fn launch(&mut self, effects: &mut Vec<Effect>) -> State {

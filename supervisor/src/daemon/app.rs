@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use chat_shared::ecosystem::{ExecMode, StopSignal};
 use chat_shared::spec::AppSpec;
-use chat_shared::status::{AppStatus, ExitKind, InstanceStatus};
+use chat_shared::status::{AppStatus, ExitKind, InstanceStatus, Phase};
 use chat_shared::worker_env::{FD_NAME_ADMIN, FD_NAME_HTTP};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -82,13 +82,22 @@ impl App {
         while let Some(input) = queue.pop_front() {
             let Some(slot) = self.slots.get_mut(index) else { return };
             let before = slot.instance.phase();
+            let incidents = slot.instance.incidents;
             let effects = slot.instance.step(input, now, &self.policy);
             let after = slot.instance.phase();
-            if before != after {
+            let incident = slot.instance.incidents != incidents;
+            if before != after || incident {
                 let span = tracing::info_span!("instance", app = %self.spec.name, index);
                 let _enter = span.enter();
                 let note = slot.instance.note.as_deref().unwrap_or("");
-                tracing::info!(from = before.as_str(), to = after.as_str(), pid = slot.instance.pid(), note, "state");
+                let (from, to, pid) = (before.as_str(), after.as_str(), slot.instance.pid());
+                // The machine writes a note exactly when something unplanned happened (a crash, a
+                // failed probe, a timeout): that is what an operator must hear about.
+                if incident {
+                    tracing::warn!(from, to, pid, note, "state");
+                } else {
+                    tracing::info!(from, to, pid, "state");
+                }
             }
             for effect in effects {
                 if let Some(next) = self.apply(index, effect, env) {
@@ -175,7 +184,6 @@ impl App {
 
     /// Every slot stopped (or errored): nothing running, nothing about to run.
     pub(super) fn is_down(&self) -> bool {
-        use chat_shared::status::Phase;
         self.slots.iter().all(|s| matches!(s.instance.phase(), Phase::Stopped | Phase::Errored))
     }
 
