@@ -51,18 +51,42 @@ fn stop_kills_a_term_ignoring_worker_and_its_grandchild_after_kill_timeout() {
 }
 
 #[test]
-fn a_crashing_instance_is_restarted_and_its_exit_reported() {
+fn a_crash_loop_backs_off_then_stays_errored_until_restarted() {
     let env = Env::new();
     env.write(
         "ecosystem.toml",
-        &fixture_config("crashy", &["--exit-after", "300", "--code", "3"], "restart_delay = \"100ms\""),
+        &fixture_config(
+            "crashy",
+            &["--exit-after", "100", "--code", "3"],
+            "restart_delay = \"100ms\"\nmin_uptime = \"5s\"\nmax_restarts = 2",
+        ),
     );
     env.ok(&["start", "--no-wait"]);
-    let apps = wait_until("two restarts", Duration::from_secs(20), || {
+    let apps = wait_until("crash loop detected", Duration::from_secs(20), || {
         let apps = env.list();
-        (apps[0].instances[0].restarts >= 2).then_some(apps)
+        (apps[0].instances[0].status == Phase::Errored).then_some(apps)
     });
-    assert_eq!(apps[0].instances[0].last_exit, Some(ExitKind::Code(3)));
+    let instance = &apps[0].instances[0];
+    assert_eq!((instance.restarts, instance.last_exit, instance.pid), (2, Some(ExitKind::Code(3)), None));
+    assert!(instance.note.as_deref().is_some_and(|n| n.contains("crash loop")), "{instance:?}");
+    // It stays errored: no more spawns.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(env.list()[0].instances[0].restarts, 2);
+    // An explicit restart tries again with a fresh budget.
+    env.chatctl(&["restart", "crashy"]);
+    wait_until("restarted after errored", Duration::from_secs(10), || (env.list()[0].instances[0].restarts >= 3).then_some(()));
+}
+
+#[test]
+fn a_stop_exit_code_is_not_restarted() {
+    let env = Env::new();
+    env.write("ecosystem.toml", &fixture_config("oneshot", &["--exit-after", "50", "--code", "0"], "stop_exit_codes = [0]"));
+    env.ok(&["start", "--no-wait"]);
+    let instance = wait_until("stopped", Duration::from_secs(10), || {
+        let apps = env.list();
+        (apps[0].instances[0].status == Phase::Stopped).then(|| apps[0].instances[0].clone())
+    });
+    assert_eq!((instance.restarts, instance.last_exit), (0, Some(ExitKind::Code(0))));
 }
 
 #[test]
@@ -121,4 +145,15 @@ fn a_client_of_another_protocol_version_is_refused_not_left_hanging() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(env.home().join("daemon.sock")).expect("socket").permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn run_exits_4_when_everything_ends_errored() {
+    let env = Env::new();
+    env.write(
+        "ecosystem.toml",
+        &fixture_config("crashy", &["--exit-after", "20", "--code", "1"], "max_restarts = 0\nrestart_delay = \"10ms\""),
+    );
+    let out = crate::support::run_bounded(env.command().arg("run"), Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(4), "{}", crate::support::stderr(&out));
 }

@@ -30,7 +30,11 @@ pub struct AppSpec {
     pub kill_signal: StopSignal,
     pub kill_timeout: HumanDuration,
     pub restart_delay: HumanDuration,
+    pub max_restart_delay: HumanDuration,
     pub autorestart: bool,
+    pub stop_exit_codes: Vec<i32>,
+    pub min_uptime: HumanDuration,
+    pub max_restarts: u32,
     pub listen_timeout: HumanDuration,
     pub health: Option<HealthSpec>,
     /// Merged stdout of all instances; `None` = the daemon's default `<home>/logs/<name>-out.log`.

@@ -26,6 +26,10 @@ pub(crate) const READY_PROBE_EVERY: Duration = Duration::from_millis(20);
 pub(crate) struct Policy {
     pub(crate) autorestart: bool,
     pub(crate) restart_delay: Duration,
+    pub(crate) max_restart_delay: Duration,
+    pub(crate) stop_exit_codes: Vec<i32>,
+    pub(crate) min_uptime: Duration,
+    pub(crate) max_restarts: u32,
     pub(crate) kill_signal: StopSignal,
     pub(crate) kill_timeout: Duration,
     pub(crate) listen_timeout: Duration,
@@ -44,6 +48,10 @@ impl Policy {
         Policy {
             autorestart: spec.autorestart,
             restart_delay: spec.restart_delay.0,
+            max_restart_delay: spec.max_restart_delay.0,
+            stop_exit_codes: spec.stop_exit_codes.clone(),
+            min_uptime: spec.min_uptime.0,
+            max_restarts: spec.max_restarts,
             kill_signal: spec.kill_signal,
             kill_timeout: spec.kill_timeout.0,
             listen_timeout: spec.listen_timeout.0,
@@ -103,6 +111,8 @@ pub(crate) struct Probe {
 pub(crate) enum AfterStop {
     Stay,
     Restart,
+    /// Gave up (crash loop): `errored` once it has exited.
+    GiveUp,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,11 +160,13 @@ pub(crate) struct Instance {
     pub(crate) note: Option<String>,
     /// Unplanned events so far (crashes, failed readiness or health, forced kills, spawn failures).
     pub(crate) incidents: u64,
+    /// Consecutive unstable starts: runs that ended (or never got ready) before `min_uptime`.
+    pub(crate) unstable: u32,
 }
 
 impl Instance {
     pub(crate) fn new() -> Self {
-        Instance { state: State::Stopped, restarts: 0, spawned_once: false, last_exit: None, note: None, incidents: 0 }
+        Instance { state: State::Stopped, restarts: 0, spawned_once: false, last_exit: None, note: None, incidents: 0, unstable: 0 }
     }
 
     pub(crate) fn pid(&self) -> Option<u32> {
@@ -203,6 +215,8 @@ impl Instance {
         self.state = match (state, input) {
             // Wanting it to run.
             (State::Stopped | State::Errored | State::Waiting { .. }, Input::Start | Input::Restart) => {
+                // An operator asking again starts a fresh crash-loop budget.
+                self.unstable = 0;
                 self.launch(&mut effects)
             }
             (State::Waiting { until }, Input::Tick) if now >= until => self.launch(&mut effects),
@@ -224,8 +238,14 @@ impl Instance {
             // Readiness and liveness.
             (State::Starting { pid, since, deadline, probe }, Input::Tick) => {
                 if now >= deadline {
-                    self.incident(format!("not ready within listen_timeout ({} ms)", policy.listen_timeout.as_millis()));
-                    self.stop(pid, now, AfterStop::Restart, policy, &mut effects)
+                    self.unstable += 1;
+                    let then = if self.unstable > policy.max_restarts { AfterStop::GiveUp } else { AfterStop::Restart };
+                    self.incident(format!(
+                        "not ready within listen_timeout ({} ms){}",
+                        policy.listen_timeout.as_millis(),
+                        self.crash_loop_note(then, policy)
+                    ));
+                    self.stop(pid, now, then, policy, &mut effects)
                 } else {
                     State::Starting { pid, since, deadline, probe: probe_if_due(probe, pid, now, &mut effects) }
                 }
@@ -274,11 +294,27 @@ impl Instance {
             }
 
             // Exits.
-            (State::Starting { pid, .. } | State::Online { pid, .. }, Input::Exited(kind)) => {
+            (State::Starting { pid, since, .. } | State::Online { pid, since, .. }, Input::Exited(kind)) => {
                 self.last_exit = Some(kind);
-                self.incident(format!("exited unexpectedly ({kind})"));
                 effects.push(Effect::KillGroup { pid });
-                if policy.autorestart { State::Waiting { until: now + policy.restart_delay } } else { State::Stopped }
+                let ran = now.saturating_duration_since(since);
+                let done = matches!(kind, ExitKind::Code(code) if policy.stop_exit_codes.contains(&code));
+                self.unstable = if ran < policy.min_uptime { self.unstable + 1 } else { 0 };
+                if done {
+                    // The program said it is finished: not an incident, not restarted.
+                    self.note = Some(format!("{kind}: a stop_exit_code, not restarted"));
+                    State::Stopped
+                } else if !policy.autorestart {
+                    self.incident(format!("exited unexpectedly ({kind}); autorestart is off"));
+                    State::Stopped
+                } else if self.unstable > policy.max_restarts {
+                    self.incident(format!("exited unexpectedly ({kind}){}", self.crash_loop_note(AfterStop::GiveUp, policy)));
+                    State::Errored
+                } else {
+                    let delay = self.backoff(pid, policy);
+                    self.incident(format!("exited unexpectedly ({kind}) after {} ms; restart in {} ms", ran.as_millis(), delay.as_millis()));
+                    State::Waiting { until: now + delay }
+                }
             }
             (State::Stopping { pid, then, .. }, Input::Exited(kind)) => {
                 self.last_exit = Some(kind);
@@ -286,6 +322,7 @@ impl Instance {
                 match then {
                     AfterStop::Stay => State::Stopped,
                     AfterStop::Restart => self.launch(&mut effects),
+                    AfterStop::GiveUp => State::Errored,
                 }
             }
             (State::Stopping { pid, since, kill_at, killed: false, then }, Input::Tick) if now >= kill_at => {
@@ -314,6 +351,32 @@ impl Instance {
             (state, _) => state,
         };
         effects
+    }
+
+    /// The restart delay after `self.unstable` consecutive unstable starts: `restart_delay`
+    /// doubled per unstable start, capped, with ±25 % jitter so a crashing cluster does not restart
+    /// in lockstep. The jitter is derived from the pid: deterministic, so tests need no clock or RNG.
+    fn backoff(&self, pid: u32, policy: &Policy) -> Duration {
+        let doublings = self.unstable.saturating_sub(1).min(20);
+        let base = policy.restart_delay.saturating_mul(1 << doublings).min(policy.max_restart_delay);
+        if self.unstable == 0 {
+            return base;
+        }
+        let hash = u64::from(pid).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(self.unstable);
+        let permille = 750 + (hash >> 32) % 500;
+        base.mul_f64(permille as f64 / 1000.0)
+    }
+
+    fn crash_loop_note(&self, then: AfterStop, policy: &Policy) -> String {
+        match then {
+            AfterStop::GiveUp => format!(
+                "; crash loop: {} consecutive starts ended within min_uptime ({} ms), over max_restarts ({}): errored until `chatctl restart`",
+                self.unstable,
+                policy.min_uptime.as_millis(),
+                policy.max_restarts
+            ),
+            _ => String::new(),
+        }
     }
 
     fn incident(&mut self, why: String) {

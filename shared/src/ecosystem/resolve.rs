@@ -16,6 +16,9 @@ pub(crate) const DEFAULT_EXEC_MODE: ExecMode = ExecMode::Fork;
 pub(crate) const DEFAULT_HOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 pub(crate) const DEFAULT_KILL_TIMEOUT: HumanDuration = HumanDuration(Duration::from_secs(5));
 pub(crate) const DEFAULT_RESTART_DELAY: HumanDuration = HumanDuration(Duration::from_millis(100));
+pub(crate) const DEFAULT_MAX_RESTART_DELAY: HumanDuration = HumanDuration(Duration::from_secs(15));
+pub(crate) const DEFAULT_MIN_UPTIME: HumanDuration = HumanDuration(Duration::from_secs(10));
+pub(crate) const DEFAULT_MAX_RESTARTS: u32 = 5;
 pub(crate) const DEFAULT_LISTEN_TIMEOUT: HumanDuration = HumanDuration(Duration::from_secs(10));
 pub(crate) const DEFAULT_HEALTH_PATH: &str = "/health";
 pub(crate) const DEFAULT_HEALTH_INTERVAL: HumanDuration = HumanDuration(Duration::from_secs(30));
@@ -130,6 +133,10 @@ impl Ecosystem {
                     kill_signal: c.kill_signal.unwrap_or(StopSignal::Term),
                     kill_timeout: c.kill_timeout.unwrap_or(DEFAULT_KILL_TIMEOUT),
                     restart_delay: c.restart_delay.unwrap_or(DEFAULT_RESTART_DELAY),
+                    max_restart_delay: c.max_restart_delay.unwrap_or(DEFAULT_MAX_RESTART_DELAY),
+                    stop_exit_codes: c.stop_exit_codes.clone().unwrap_or_default(),
+                    min_uptime: c.min_uptime.unwrap_or(DEFAULT_MIN_UPTIME),
+                    max_restarts: c.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS),
                     autorestart: c.autorestart.unwrap_or(true),
                     listen_timeout: c.listen_timeout.unwrap_or(DEFAULT_LISTEN_TIMEOUT),
                     health,

@@ -38,16 +38,23 @@ pub struct AppConfig {
     pub inherit_socket: Option<bool>,
     pub kill_signal: Option<StopSignal>,
     pub kill_timeout: Option<HumanDuration>,
+    /// First delay before restarting a crashed instance; doubles with each consecutive unstable start.
     pub restart_delay: Option<HumanDuration>,
+    /// Cap of the doubling restart delay.
+    pub max_restart_delay: Option<HumanDuration>,
     pub autorestart: Option<bool>,
+    /// Exit codes that mean "done": the instance is not restarted.
+    pub stop_exit_codes: Option<Vec<i32>>,
+    /// A run shorter than this is an unstable start.
+    pub min_uptime: Option<HumanDuration>,
+    /// Restarts allowed after consecutive unstable starts before the instance is `errored`.
+    pub max_restarts: Option<u32>,
     /// How long a new instance may take to pass its first health check.
     pub listen_timeout: Option<HumanDuration>,
     pub health: Option<HealthConfig>,
     pub out_file: Option<PathBuf>,
     pub error_file: Option<PathBuf>,
     // Parsed and validated, enforced by later work; loading warns about each one that is set.
-    pub max_restarts: Option<u32>,
-    pub min_uptime: Option<HumanDuration>,
     pub max_memory_restart: Option<ByteSize>,
     pub watch: Option<Watch>,
     pub ignore_watch: Option<Vec<String>>,
@@ -56,8 +63,6 @@ pub struct AppConfig {
 
 /// Keys that parse and validate but are not acted upon yet, with what the operator gets instead.
 pub(crate) const NOT_YET_ENFORCED: &[(&str, &str)] = &[
-    ("max_restarts", "a crashed instance is restarted after restart_delay, without a crash-loop limit"),
-    ("min_uptime", "a crashed instance is restarted after restart_delay, without a crash-loop limit"),
     ("max_memory_restart", "memory is shown in `chatctl list` but no restart happens on the limit"),
     ("watch", "file changes do not restart the app; use `chatctl restart`"),
     ("ignore_watch", "file changes do not restart the app; use `chatctl restart`"),
@@ -68,8 +73,6 @@ impl AppConfig {
     /// Names of the not-yet-enforced keys this table sets.
     pub fn unenforced_keys(&self) -> Vec<&'static str> {
         let set = [
-            self.max_restarts.is_some(),
-            self.min_uptime.is_some(),
             self.max_memory_restart.is_some(),
             self.watch.as_ref().is_some_and(Watch::is_on),
             self.ignore_watch.is_some(),
@@ -104,7 +107,9 @@ impl AppConfig {
             kill_signal,
             kill_timeout,
             restart_delay,
+            max_restart_delay,
             autorestart,
+            stop_exit_codes,
             listen_timeout,
             health,
             out_file,

@@ -22,8 +22,8 @@ pub(crate) mod exit {
     pub(crate) const CONFIG: u8 = 1;
     /// Stopped on request, but some instance had to be SIGKILLed after kill_timeout.
     pub(crate) const FORCED: u8 = 3;
-    /// Every instance ended up errored or stopped: nothing left to supervise.
-    pub(crate) const NOTHING_LEFT: u8 = 4;
+    /// Nothing left to supervise and some instance is errored (crash loop, failed spawn).
+    pub(crate) const ERRORED: u8 = 4;
     /// `start`: some instance did not come online in time.
     pub(crate) const NOT_ONLINE: u8 = 5;
 }
@@ -134,8 +134,9 @@ pub fn run_foreground(args: RunArgs, home: &Home) -> anyhow::Result<ExitCode> {
         }
     };
     tracing::info!(?outcome, "stopped");
-    Ok(if outcome.nothing_left {
-        ExitCode::from(exit::NOTHING_LEFT)
+    // Every instance finished on its own (stop_exit_codes) is a success; an errored one is not.
+    Ok(if outcome.nothing_left && outcome.errored {
+        ExitCode::from(exit::ERRORED)
     } else if outcome.forced > 0 {
         ExitCode::from(exit::FORCED)
     } else {

@@ -44,6 +44,8 @@ pub struct Outcome {
     pub forced: usize,
     /// `chatctl run` only: every instance is errored or stopped, nothing is left to supervise.
     pub nothing_left: bool,
+    /// Some instance ended `errored` (a crash loop, a failed spawn).
+    pub errored: bool,
 }
 
 /// A reply parked until a condition over some apps holds.
@@ -117,7 +119,7 @@ pub async fn run(
         }
         if exit_when_idle && !daemon.apps.is_empty() && daemon.apps.iter().all(App::is_down) && daemon.killing.is_none()
         {
-            tracing::error!("every instance is stopped or errored: nothing left to supervise");
+            tracing::warn!("every instance is stopped or errored: nothing left to supervise");
             break daemon.outcome(true);
         }
     };
@@ -230,6 +232,7 @@ impl Daemon {
 
     fn outcome(&self, nothing_left: bool) -> Outcome {
         let instances_stopped = self.apps.iter().map(|a| a.slots.len()).sum();
-        Outcome { instances_stopped, forced: self.forced, nothing_left }
+        let errored = self.apps.iter().flat_map(|a| &a.slots).any(|s| s.instance.phase() == chat_shared::status::Phase::Errored);
+        Outcome { instances_stopped, forced: self.forced, nothing_left, errored }
     }
 }

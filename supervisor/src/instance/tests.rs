@@ -4,6 +4,10 @@ fn policy(health: bool) -> Policy {
     Policy {
         autorestart: true,
         restart_delay: Duration::from_millis(100),
+        max_restart_delay: Duration::from_millis(1_000),
+        stop_exit_codes: vec![0],
+        min_uptime: Duration::from_secs(10),
+        max_restarts: 3,
         kill_signal: StopSignal::Term,
         kill_timeout: Duration::from_secs(5),
         listen_timeout: Duration::from_secs(10),
@@ -66,12 +70,13 @@ fn a_crash_waits_restart_delay_then_respawns() {
             (1, Input::Spawned { pid: PID }, Phase::Starting, &[]),
             (5, Input::Exited(ExitKind::Signal(9)), Phase::Waiting, &[KILL]),
             (50, Input::Tick, Phase::Waiting, &[]),
-            (105, Input::Tick, Phase::Waiting, &[Effect::Spawn]),
-            (106, Input::Spawned { pid: PID }, Phase::Starting, &[]),
+            (130, Input::Tick, Phase::Waiting, &[Effect::Spawn]),
+            (131, Input::Spawned { pid: PID }, Phase::Starting, &[]),
         ],
     );
-    assert_eq!(inst.restarts, 1);
-    assert_eq!(inst.note.as_deref(), Some("exited unexpectedly (signal 9)"));
+    assert_eq!((inst.restarts, inst.unstable), (1, 1));
+    let note = inst.note.as_deref().unwrap_or_default();
+    assert!(note.starts_with("exited unexpectedly (signal 9) after 4 ms; restart in "), "{note}");
 }
 
 #[test]
@@ -99,7 +104,7 @@ fn not_ready_within_listen_timeout_is_restarted() {
             (0, Input::Start, Phase::Waiting, &[Effect::Spawn]),
             (0, Input::Spawned { pid: PID }, Phase::Starting, &[]),
             (10_000, Input::Tick, Phase::Stopping, &[TERM]),
-            (10_050, Input::Exited(ExitKind::Code(0)), Phase::Waiting, &[KILL, Effect::Spawn]),
+            (10_050, Input::Exited(ExitKind::Code(1)), Phase::Waiting, &[KILL, Effect::Spawn]),
         ],
     );
 }
@@ -152,7 +157,7 @@ fn restart_and_stop_while_stopping_change_what_follows() {
             (0, Input::Spawned { pid: PID }, Phase::Online, &[]),
             (1, Input::Restart, Phase::Stopping, &[TERM]),
             (2, Input::Stop, Phase::Stopping, &[]),
-            (3, Input::Exited(ExitKind::Code(0)), Phase::Stopped, &[KILL]),
+            (3, Input::Exited(ExitKind::Code(143)), Phase::Stopped, &[KILL]),
             (4, Input::Start, Phase::Waiting, &[Effect::Spawn]),
             (4, Input::Spawned { pid: PID }, Phase::Online, &[]),
             (5, Input::Stop, Phase::Stopping, &[TERM]),
@@ -172,4 +177,82 @@ fn no_autorestart_stays_stopped_after_a_crash() {
     assert_eq!(inst.step(Input::Exited(ExitKind::Code(1)), t0, &p), vec![KILL]);
     assert_eq!(inst.phase(), Phase::Stopped);
     assert_eq!(inst.next_deadline(), None);
+}
+
+/// Crash after `ran_ms`, wait out the backoff, respawn; returns the backoff seen.
+fn crash(inst: &mut Instance, p: &Policy, t: &mut Instant, ran_ms: u64) -> Option<Duration> {
+    inst.step(Input::Spawned { pid: PID }, *t, p);
+    *t += Duration::from_millis(ran_ms);
+    inst.step(Input::Exited(ExitKind::Code(1)), *t, p);
+    let State::Waiting { until } = inst.state else { return None };
+    let delay = until - *t;
+    *t = until;
+    assert_eq!(inst.step(Input::Tick, *t, p), vec![Effect::Spawn]);
+    Some(delay)
+}
+
+#[test]
+fn unstable_starts_back_off_exponentially_with_jitter_then_error() {
+    let p = policy(false);
+    let mut t = Instant::now();
+    let mut inst = Instance::new();
+    inst.step(Input::Start, t, &p);
+    let delays: Vec<Duration> = (0..3).map(|_| crash(&mut inst, &p, &mut t, 50).expect("restarted")).collect();
+    // 100, 200, 400 ms, each within ±25 %.
+    for (delay, base) in delays.iter().zip([100u64, 200, 400]) {
+        let ms = delay.as_millis() as u64;
+        assert!((base * 3 / 4..=base * 5 / 4).contains(&ms), "{ms} ms for base {base}");
+    }
+    // The fourth unstable start is over max_restarts (3): errored, no more spawns.
+    assert_eq!(crash(&mut inst, &p, &mut t, 50), None);
+    assert_eq!(inst.phase(), Phase::Errored);
+    assert!(inst.note.as_deref().unwrap_or_default().contains("crash loop: 4 consecutive starts"), "{:?}", inst.note);
+    assert_eq!(inst.next_deadline(), None);
+    // An operator restart gives a fresh budget.
+    assert_eq!(inst.step(Input::Restart, t, &p), vec![Effect::Spawn]);
+    assert_eq!(inst.unstable, 0);
+}
+
+#[test]
+fn a_run_longer_than_min_uptime_resets_the_count_and_the_delay_is_capped() {
+    let p = Policy { max_restarts: 100, ..policy(false) };
+    let mut t = Instant::now();
+    let mut inst = Instance::new();
+    inst.step(Input::Start, t, &p);
+    for _ in 0..8 {
+        crash(&mut inst, &p, &mut t, 10);
+    }
+    assert_eq!(inst.unstable, 8);
+    let capped = crash(&mut inst, &p, &mut t, 10).expect("restarted");
+    assert!(capped <= Duration::from_millis(1_250), "capped at max_restart_delay ±25 %: {capped:?}");
+    let after_long_run = crash(&mut inst, &p, &mut t, 10_000).expect("restarted");
+    assert_eq!((inst.unstable, after_long_run), (0, Duration::from_millis(100)));
+}
+
+#[test]
+fn a_stop_exit_code_means_done() {
+    let p = policy(false);
+    let t = Instant::now();
+    let mut inst = Instance::new();
+    inst.step(Input::Start, t, &p);
+    inst.step(Input::Spawned { pid: PID }, t, &p);
+    assert_eq!(inst.step(Input::Exited(ExitKind::Code(0)), t, &p), vec![KILL]);
+    assert_eq!((inst.phase(), inst.incidents), (Phase::Stopped, 0));
+}
+
+#[test]
+fn never_ready_counts_as_unstable_and_ends_errored() {
+    let p = Policy { max_restarts: 1, ..policy(true) };
+    let mut t = Instant::now();
+    let mut inst = Instance::new();
+    inst.step(Input::Start, t, &p);
+    for round in 0..2 {
+        inst.step(Input::Spawned { pid: PID }, t, &p);
+        t += p.listen_timeout;
+        assert_eq!(inst.step(Input::Tick, t, &p), vec![TERM], "round {round}");
+        let effects = inst.step(Input::Exited(ExitKind::Signal(15)), t, &p);
+        let expected: &[Effect] = if round == 0 { &[KILL, Effect::Spawn] } else { &[KILL] };
+        assert_eq!(effects, expected, "round {round}");
+    }
+    assert_eq!(inst.phase(), Phase::Errored);
 }
