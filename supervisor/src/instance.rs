@@ -20,6 +20,8 @@ use chat_shared::status::{ExitKind, Phase};
 
 /// How often a starting instance is probed until its first success: readiness in tens of ms.
 pub(crate) const READY_PROBE_EVERY: Duration = Duration::from_millis(20);
+/// Smallest first delay of a crash loop's backoff, however small `restart_delay` is.
+const BACKOFF_FLOOR: Duration = Duration::from_millis(100);
 
 /// The parts of an [`AppSpec`] the state machine needs.
 #[derive(Clone, Debug)]
@@ -353,15 +355,17 @@ impl Instance {
         effects
     }
 
-    /// The restart delay after `self.unstable` consecutive unstable starts: `restart_delay`
-    /// doubled per unstable start, capped, with ±25 % jitter so a crashing cluster does not restart
+    /// The restart delay after `self.unstable` consecutive unstable starts: `restart_delay` (at
+    /// least [`BACKOFF_FLOOR`]) doubled per unstable start, capped, with ±25 % jitter so a crashing cluster does not restart
     /// in lockstep. The jitter is derived from the pid: deterministic, so tests need no clock or RNG.
     fn backoff(&self, pid: u32, policy: &Policy) -> Duration {
-        let doublings = self.unstable.saturating_sub(1).min(20);
-        let base = policy.restart_delay.saturating_mul(1 << doublings).min(policy.max_restart_delay);
         if self.unstable == 0 {
-            return base;
+            // A crash after a stable run: replace it at once (the default delay is 0).
+            return policy.restart_delay;
         }
+        let doublings = self.unstable.saturating_sub(1).min(20);
+        let first = policy.restart_delay.max(BACKOFF_FLOOR);
+        let base = first.saturating_mul(1 << doublings).min(policy.max_restart_delay);
         let hash = u64::from(pid).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(self.unstable);
         let permille = 750 + (hash >> 32) % 500;
         base.mul_f64(permille as f64 / 1000.0)

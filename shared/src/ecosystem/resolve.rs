@@ -15,7 +15,7 @@ pub(crate) const DEFAULT_EXEC_MODE: ExecMode = ExecMode::Fork;
 /// Loopback by default: a chat backend normally sits behind a reverse proxy; set `host` to expose it.
 pub(crate) const DEFAULT_HOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 pub(crate) const DEFAULT_KILL_TIMEOUT: HumanDuration = HumanDuration(Duration::from_secs(5));
-pub(crate) const DEFAULT_RESTART_DELAY: HumanDuration = HumanDuration(Duration::from_millis(100));
+pub(crate) const DEFAULT_RESTART_DELAY: HumanDuration = HumanDuration(Duration::ZERO);
 pub(crate) const DEFAULT_MAX_RESTART_DELAY: HumanDuration = HumanDuration(Duration::from_secs(15));
 pub(crate) const DEFAULT_MIN_UPTIME: HumanDuration = HumanDuration(Duration::from_secs(10));
 pub(crate) const DEFAULT_MAX_RESTARTS: u32 = 5;
