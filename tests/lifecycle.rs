@@ -157,3 +157,45 @@ fn run_exits_4_when_everything_ends_errored() {
     let out = crate::support::run_bounded(env.command().arg("run"), Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(4), "{}", crate::support::stderr(&out));
 }
+
+fn start_with_grandchild(env: &Env) -> Vec<u32> {
+    let pid_file = env.path("pids");
+    let pid_arg = pid_file.to_str().expect("utf-8").to_owned();
+    env.write("ecosystem.toml", &fixture_config("family", &["--grandchild", "--pid-file", &pid_arg], ""));
+    env.ok(&["start"]);
+    env.online_pids("family", 1);
+    let pids: Vec<u32> = wait_until("pid file", Duration::from_secs(10), || {
+        let pids: Vec<u32> =
+            std::fs::read_to_string(&pid_file).ok()?.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        (pids.len() == 2).then_some(pids)
+    });
+    for pid in &pids {
+        env.remember(*pid);
+    }
+    pids
+}
+
+#[test]
+fn a_daemon_killed_with_sigkill_leaves_no_worker_and_no_grandchild() {
+    let env = Env::new();
+    let pids = start_with_grandchild(&env);
+    crate::support::sigkill(env.daemon_pid().expect("daemon pid"));
+    wait_until("worker and grandchild gone", Duration::from_secs(10), || (!pids.iter().any(|p| alive(*p))).then_some(()));
+}
+
+#[test]
+fn a_new_daemon_ends_leftovers_of_a_previous_one() {
+    let env = Env::new();
+    let pids = start_with_grandchild(&env);
+    // Take the reaper down first, so that only the next daemon can clean up.
+    let reaper: u32 = std::fs::read_to_string(env.home().join("reaper.pid")).expect("reaper.pid").trim().parse().expect("pid");
+    crate::support::sigkill(reaper);
+    wait_until("reaper gone", Duration::from_secs(5), || (!alive(reaper)).then_some(()));
+    crate::support::sigkill(env.daemon_pid().expect("daemon pid"));
+    wait_until("worker gone with the daemon", Duration::from_secs(10), || (!alive(pids[0])).then_some(()));
+    assert!(alive(pids[1]), "without the reaper the grandchild is orphaned (the case under test)");
+    env.ok(&["list"]);
+    env.ok(&["start"]);
+    assert!(!alive(pids[1]), "the new daemon ended the leftover before starting");
+    assert!(env.daemon_log().contains("ending processes left by a previous daemon"));
+}

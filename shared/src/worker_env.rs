@@ -28,3 +28,6 @@ pub const INSTANCE: &str = "CHATCTL_INSTANCE";
 pub const APP_NAME: &str = "CHATCTL_APP";
 /// The app's `kill_timeout` in milliseconds, always set: a worker can finish its drain before SIGKILL.
 pub const KILL_TIMEOUT_MS: &str = "CHATCTL_KILL_TIMEOUT_MS";
+/// Set to the supervisor's home directory in every instance's environment (and so, usually, in
+/// their children's): a new daemon ends processes that carry its home's mark but are not its own.
+pub const SUPERVISOR_MARK: &str = "CHATCTL_SUPERVISOR";

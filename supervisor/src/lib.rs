@@ -21,6 +21,7 @@
 //! - `daemon`: the owner loop, apps and slots, request handling.
 //! - `instance`: the per-instance state machine (pure).
 //! - `spawn`, `listen`, `probe`, `logs`, `metrics`: the effects' machinery.
+//! - `reaper`, `leftovers`: no process outlives the daemon, however it dies.
 
 pub mod cli;
 pub mod client;
@@ -28,11 +29,13 @@ mod daemon;
 pub mod home;
 mod instance;
 mod ipc_server;
+mod leftovers;
 mod listen;
 mod logs;
 mod metrics;
 mod probe;
 pub mod process;
+pub mod reaper;
 mod spawn;
 
 pub use daemon::{Outcome, StartError, run as run_daemon};

@@ -9,6 +9,10 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // The reaper is started by the daemon and never by a person: kept out of clap's help.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__reaper") {
+        return chatctl::reaper::main();
+    }
     let cli = Cli::parse();
     match real_main(cli) {
         Ok(code) => code,

@@ -20,7 +20,13 @@ pub(crate) struct PassedFd<'a> {
 /// Must be called from the daemon's own thread (the runtime's only thread): `PR_SET_PDEATHSIG`
 /// fires when the *thread* that forked exits, so a short-lived blocking-pool thread would kill the
 /// child early.
-pub(crate) fn spawn(spec: &AppSpec, index: usize, port: Option<u16>, fds: &[PassedFd<'_>]) -> io::Result<Child> {
+pub(crate) fn spawn(
+    spec: &AppSpec,
+    index: usize,
+    port: Option<u16>,
+    fds: &[PassedFd<'_>],
+    home: &std::path::Path,
+) -> io::Result<Child> {
     let mut command = Command::new(&spec.script);
     command
         .args(&spec.args)
@@ -31,6 +37,7 @@ pub(crate) fn spawn(spec: &AppSpec, index: usize, port: Option<u16>, fds: &[Pass
         .env(worker_env::INSTANCE, index.to_string())
         .env(worker_env::APP_NAME, &spec.name)
         .env(worker_env::KILL_TIMEOUT_MS, spec.kill_timeout.0.as_millis().to_string())
+        .env(worker_env::SUPERVISOR_MARK, home)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

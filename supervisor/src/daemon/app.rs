@@ -18,6 +18,7 @@ use crate::listen::{self, BindError};
 use crate::logs::{LogPaths, LogSink, Stream};
 use crate::metrics::Usage;
 use crate::probe::Prober;
+use crate::reaper::Reaper;
 use crate::spawn::{self, PassedFd};
 
 pub(super) struct App {
@@ -147,7 +148,7 @@ impl App {
         if let Some(admin) = &slot.admin {
             fds.push(PassedFd { fd: admin, name: FD_NAME_ADMIN });
         }
-        let mut child = match spawn::spawn(&self.spec, index, slot.port, &fds) {
+        let mut child = match spawn::spawn(&self.spec, index, slot.port, &fds, env.home) {
             Ok(child) => child,
             Err(e) => {
                 tracing::error!(app = %self.spec.name, index, script = %self.spec.script, error = %e, "spawn failed");
@@ -174,6 +175,9 @@ impl App {
             };
             let _ = tx.send(Msg::Exited { app_id, index, pid, status });
         });
+        if let Some(reaper) = env.reaper {
+            reaper.borrow_mut().watch(pid);
+        }
         tracing::debug!(app = %self.spec.name, index, pid, "spawned");
         Input::Spawned { pid }
     }
@@ -254,6 +258,10 @@ impl Slot {
 pub(super) struct Env<'a> {
     pub(super) tx: &'a mpsc::UnboundedSender<Msg>,
     pub(super) prober: &'a Prober,
+    /// Marks every instance as this home's (see `leftovers`).
+    pub(super) home: &'a std::path::Path,
+    /// Told about every process group, so they die with the daemon.
+    pub(super) reaper: Option<&'a std::cell::RefCell<Reaper>>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -21,8 +21,18 @@ use crate::home::Home;
 use crate::instance::Input;
 use crate::metrics::{Sampler, Usage};
 use crate::probe::Prober;
+use crate::reaper::Reaper;
 use app::{App, Env};
 pub use requests::StartError;
+
+/// What carrying out effects needs, as a macro so that it borrows only these fields of the daemon
+/// while `apps` is borrowed mutably.
+macro_rules! effect_env {
+    ($daemon:expr) => {
+        Env { tx: &$daemon.tx, prober: &$daemon.prober, home: $daemon.home.dir(), reaper: $daemon.reaper.as_ref() }
+    };
+}
+use effect_env;
 
 /// How often memory and CPU are sampled for `list`.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
@@ -74,6 +84,7 @@ pub(crate) struct Daemon {
     usage: HashMap<u32, Usage>,
     next_sample: Instant,
     waiters: Vec<Waiter>,
+    reaper: Option<std::cell::RefCell<Reaper>>,
     /// Set once a kill (request or signal) began; the reply goes out when everything is down.
     killing: Option<Option<oneshot::Sender<Response>>>,
     forced: usize,
@@ -90,7 +101,18 @@ pub async fn run(
     exit_when_idle: bool,
 ) -> Result<Outcome, StartError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
+    let ended = crate::leftovers::end(home.dir());
+    if ended > 0 {
+        tracing::warn!(ended, "ended leftovers of a previous daemon");
+    }
     let mut daemon = Daemon::new(home, tx.clone());
+    match Reaper::start(std::process::Stdio::inherit()) {
+        Ok(reaper) => {
+            let _ = std::fs::write(daemon.home.dir().join("reaper.pid"), format!("{}\n", reaper.pid()));
+            daemon.reaper = Some(std::cell::RefCell::new(reaper));
+        }
+        Err(e) => tracing::error!(error = %e, "cannot start the reaper: grandchildren may outlive a killed daemon"),
+    }
     if !initial.is_empty() {
         daemon.start(initial, Instant::now())?;
     }
@@ -145,6 +167,7 @@ impl Daemon {
             usage: HashMap::new(),
             next_sample: Instant::now(),
             waiters: Vec::new(),
+            reaper: None,
             killing: None,
             forced: 0,
         }
@@ -169,8 +192,11 @@ impl Daemon {
                     ExitKind::Code(0) => tracing::info!(app = %app.spec.name, index, pid, "exited with code 0"),
                     other => tracing::info!(app = %app.spec.name, index, pid, exit = %other, "exited"),
                 }
-                let env = Env { tx: &self.tx, prober: &self.prober };
+                let env = effect_env!(self);
                 app.drive(index, Input::Exited(status), now, &env);
+                if let Some(reaper) = &self.reaper {
+                    reaper.borrow_mut().forget(pid);
+                }
             }
             Msg::Probe { app_id, index, pid, result } => {
                 let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
@@ -186,7 +212,7 @@ impl Daemon {
                         Input::ProbeFailed(why)
                     }
                 };
-                let env = Env { tx: &self.tx, prober: &self.prober };
+                let env = effect_env!(self);
                 app.drive(index, input, now, &env);
             }
         }
@@ -198,7 +224,7 @@ impl Daemon {
 
     /// Gives every instance whose deadline passed a `Tick`; samples usage when due.
     fn tick(&mut self, now: Instant) {
-        let env = Env { tx: &self.tx, prober: &self.prober };
+        let env = effect_env!(self);
         for app in &mut self.apps {
             for index in 0..app.slots.len() {
                 if app.slots[index].instance.next_deadline().is_some_and(|d| d <= now) {

@@ -8,7 +8,7 @@ use chat_shared::status::Phase;
 use tokio::sync::oneshot;
 
 use super::app::{App, AppError, Env};
-use super::{Daemon, Until, Waiter};
+use super::{Daemon, Until, Waiter, effect_env};
 use crate::instance::Input;
 use crate::logs::LogPaths;
 
@@ -92,7 +92,7 @@ impl Daemon {
         }
         again.extend(built.iter().map(|a| a.id));
         self.apps.extend(built);
-        let env = Env { tx: &self.tx, prober: &self.prober };
+        let env = effect_env!(self);
         let mut started = Vec::new();
         for app in self.apps.iter_mut().filter(|a| again.contains(&a.id)) {
             tracing::info!(app = %app.spec.name, instances = app.slots.len(), mode = ?app.spec.exec_mode, "starting");
@@ -136,7 +136,7 @@ impl Daemon {
             },
             None => (0..self.apps.len()).collect(),
         };
-        let env = Env { tx: &self.tx, prober: &self.prober };
+        let env = effect_env!(self);
         let mut names = Vec::new();
         let mut app_ids = Vec::new();
         for i in chosen {
@@ -154,7 +154,7 @@ impl Daemon {
     /// Stops every app; the daemon exits once all are down, answering `reply` first.
     pub(super) fn begin_kill(&mut self, reply: Option<oneshot::Sender<Response>>) {
         let now = Instant::now();
-        let env = Env { tx: &self.tx, prober: &self.prober };
+        let env = effect_env!(self);
         for app in &mut self.apps {
             for slot in 0..app.slots.len() {
                 app.drive(slot, Input::Stop, now, &env);
