@@ -6,4 +6,5 @@ mod support;
 mod cluster;
 mod config_errors;
 mod fork;
+mod health;
 mod lifecycle;

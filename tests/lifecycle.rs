@@ -74,13 +74,18 @@ fn a_crash_loop_backs_off_then_stays_errored_until_restarted() {
     assert_eq!(env.list()[0].instances[0].restarts, 2);
     // An explicit restart tries again with a fresh budget.
     env.chatctl(&["restart", "crashy"]);
-    wait_until("restarted after errored", Duration::from_secs(10), || (env.list()[0].instances[0].restarts >= 3).then_some(()));
+    wait_until("restarted after errored", Duration::from_secs(10), || {
+        (env.list()[0].instances[0].restarts >= 3).then_some(())
+    });
 }
 
 #[test]
 fn a_stop_exit_code_is_not_restarted() {
     let env = Env::new();
-    env.write("ecosystem.toml", &fixture_config("oneshot", &["--exit-after", "50", "--code", "0"], "stop_exit_codes = [0]"));
+    env.write(
+        "ecosystem.toml",
+        &fixture_config("oneshot", &["--exit-after", "50", "--code", "0"], "stop_exit_codes = [0]"),
+    );
     env.ok(&["start", "--no-wait"]);
     let instance = wait_until("stopped", Duration::from_secs(10), || {
         let apps = env.list();
@@ -180,7 +185,9 @@ fn a_daemon_killed_with_sigkill_leaves_no_worker_and_no_grandchild() {
     let env = Env::new();
     let pids = start_with_grandchild(&env);
     crate::support::sigkill(env.daemon_pid().expect("daemon pid"));
-    wait_until("worker and grandchild gone", Duration::from_secs(10), || (!pids.iter().any(|p| alive(*p))).then_some(()));
+    wait_until("worker and grandchild gone", Duration::from_secs(10), || {
+        (!pids.iter().any(|p| alive(*p))).then_some(())
+    });
 }
 
 #[test]
@@ -188,7 +195,8 @@ fn a_new_daemon_ends_leftovers_of_a_previous_one() {
     let env = Env::new();
     let pids = start_with_grandchild(&env);
     // Take the reaper down first, so that only the next daemon can clean up.
-    let reaper: u32 = std::fs::read_to_string(env.home().join("reaper.pid")).expect("reaper.pid").trim().parse().expect("pid");
+    let reaper: u32 =
+        std::fs::read_to_string(env.home().join("reaper.pid")).expect("reaper.pid").trim().parse().expect("pid");
     crate::support::sigkill(reaper);
     wait_until("reaper gone", Duration::from_secs(5), || (!alive(reaper)).then_some(()));
     crate::support::sigkill(env.daemon_pid().expect("daemon pid"));

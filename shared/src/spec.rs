@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ecosystem::{ExecMode, StopSignal};
+use crate::ecosystem::{ExecMode, Readiness, StopSignal};
 use crate::units::HumanDuration;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +36,8 @@ pub struct AppSpec {
     pub min_uptime: HumanDuration,
     pub max_restarts: u32,
     pub listen_timeout: HumanDuration,
+    /// `None`: online as soon as it runs (no health check, no notify).
+    pub readiness: Option<Readiness>,
     pub health: Option<HealthSpec>,
     /// Merged stdout of all instances; `None` = the daemon's default `<home>/logs/<name>-out.log`.
     pub out_file: Option<PathBuf>,

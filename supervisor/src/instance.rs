@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use chat_shared::ecosystem::StopSignal;
+use chat_shared::ecosystem::{Readiness, StopSignal};
 use chat_shared::spec::AppSpec;
 use chat_shared::status::{ExitKind, Phase};
 
@@ -36,6 +36,7 @@ pub(crate) struct Policy {
     pub(crate) kill_timeout: Duration,
     pub(crate) listen_timeout: Duration,
     pub(crate) health: Option<HealthPolicy>,
+    pub(crate) readiness: Option<Readiness>,
 }
 
 #[derive(Clone, Debug)]
@@ -57,6 +58,7 @@ impl Policy {
             kill_signal: spec.kill_signal,
             kill_timeout: spec.kill_timeout.0,
             listen_timeout: spec.listen_timeout.0,
+            readiness: spec.readiness,
             health: spec.health.as_ref().map(|h| HealthPolicy {
                 interval: h.interval.0,
                 threshold: h.unhealthy_threshold,
@@ -97,6 +99,8 @@ pub(crate) enum State {
         kill_at: Instant,
         killed: bool,
         then: AfterStop,
+        /// Stopped because of an incident (not an operator): a forced kill adds to that note.
+        unplanned: bool,
     },
     /// Cannot run as configured (the spawn itself failed); needs an explicit start or restart.
     Errored,
@@ -129,6 +133,8 @@ pub(crate) enum Input {
     Exited(ExitKind),
     ProbePassed,
     ProbeFailed(String),
+    /// `READY=1` arrived on the instance's notify socket.
+    Ready,
     /// Time has passed; deadlines at or before `now` are due.
     Tick,
 }
@@ -168,7 +174,15 @@ pub(crate) struct Instance {
 
 impl Instance {
     pub(crate) fn new() -> Self {
-        Instance { state: State::Stopped, restarts: 0, spawned_once: false, last_exit: None, note: None, incidents: 0, unstable: 0 }
+        Instance {
+            state: State::Stopped,
+            restarts: 0,
+            spawned_once: false,
+            last_exit: None,
+            note: None,
+            incidents: 0,
+            unstable: 0,
+        }
     }
 
     pub(crate) fn pid(&self) -> Option<u32> {
@@ -222,15 +236,19 @@ impl Instance {
                 self.launch(&mut effects)
             }
             (State::Waiting { until }, Input::Tick) if now >= until => self.launch(&mut effects),
-            (State::Launching, Input::Spawned { pid }) => match &policy.health {
-                Some(_) => State::Starting {
+            (State::Launching, Input::Spawned { pid }) => match policy.readiness {
+                Some(readiness) => State::Starting {
                     pid,
                     since: now,
                     deadline: now + policy.listen_timeout,
-                    probe: Probe { next: now, in_flight: false },
+                    // A notifying instance is not probed until it has said it is ready.
+                    probe: match readiness {
+                        Readiness::Probe => Probe { next: now, in_flight: false },
+                        Readiness::Notify => idle_probe(now),
+                    },
                 },
-                // Nothing to probe: running is all "online" can mean.
-                None => State::Online { pid, since: now, ready_at: now, failures: 0, probe: idle_probe(now) },
+                // Nothing to wait for: running is all "online" can mean.
+                None => self.online(pid, now, now, policy),
             },
             (State::Launching, Input::SpawnFailed(why)) => {
                 self.incident(format!("spawn failed: {why}"));
@@ -247,21 +265,15 @@ impl Instance {
                         policy.listen_timeout.as_millis(),
                         self.crash_loop_note(then, policy)
                     ));
-                    self.stop(pid, now, then, policy, &mut effects)
+                    self.stop(pid, now, then, true, policy, &mut effects)
                 } else {
                     State::Starting { pid, since, deadline, probe: probe_if_due(probe, pid, now, &mut effects) }
                 }
             }
-            (State::Starting { pid, since, .. }, Input::ProbePassed) => {
-                let interval = policy.health.as_ref().map_or(NEVER, |h| h.interval);
-                State::Online {
-                    pid,
-                    since,
-                    ready_at: now,
-                    failures: 0,
-                    probe: Probe { next: now + interval, in_flight: false },
-                }
+            (State::Starting { pid, since, .. }, Input::ProbePassed) if policy.readiness == Some(Readiness::Probe) => {
+                self.online(pid, since, now, policy)
             }
+            (State::Starting { pid, since, .. }, Input::Ready) => self.online(pid, since, now, policy),
             (State::Starting { pid, since, deadline, .. }, Input::ProbeFailed(_)) => State::Starting {
                 pid,
                 since,
@@ -283,7 +295,7 @@ impl Instance {
                 let failures = if in_grace { failures } else { failures + 1 };
                 if failures >= health.threshold {
                     self.incident(format!("{failures} health checks failed in a row, last: {why}"));
-                    self.stop(pid, now, AfterStop::Restart, policy, &mut effects)
+                    self.stop(pid, now, AfterStop::Restart, true, policy, &mut effects)
                 } else {
                     State::Online {
                         pid,
@@ -310,11 +322,18 @@ impl Instance {
                     self.incident(format!("exited unexpectedly ({kind}); autorestart is off"));
                     State::Stopped
                 } else if self.unstable > policy.max_restarts {
-                    self.incident(format!("exited unexpectedly ({kind}){}", self.crash_loop_note(AfterStop::GiveUp, policy)));
+                    self.incident(format!(
+                        "exited unexpectedly ({kind}){}",
+                        self.crash_loop_note(AfterStop::GiveUp, policy)
+                    ));
                     State::Errored
                 } else {
                     let delay = self.backoff(pid, policy);
-                    self.incident(format!("exited unexpectedly ({kind}) after {} ms; restart in {} ms", ran.as_millis(), delay.as_millis()));
+                    self.incident(format!(
+                        "exited unexpectedly ({kind}) after {} ms; restart in {} ms",
+                        ran.as_millis(),
+                        delay.as_millis()
+                    ));
                     State::Waiting { until: now + delay }
                 }
             }
@@ -327,24 +346,32 @@ impl Instance {
                     AfterStop::GiveUp => State::Errored,
                 }
             }
-            (State::Stopping { pid, since, kill_at, killed: false, then }, Input::Tick) if now >= kill_at => {
-                self.incident(format!("did not stop within kill_timeout ({} ms): killed", policy.kill_timeout.as_millis()));
+            (State::Stopping { pid, since, kill_at, killed: false, then, unplanned }, Input::Tick)
+                if now >= kill_at =>
+            {
+                let killed =
+                    format!("did not stop within kill_timeout ({} ms): killed", policy.kill_timeout.as_millis());
+                let why = match (&self.note, unplanned) {
+                    (Some(cause), true) => format!("{cause}; {killed}"),
+                    _ => killed,
+                };
+                self.incident(why);
                 effects.push(Effect::KillGroup { pid });
-                State::Stopping { pid, since, kill_at, killed: true, then }
+                State::Stopping { pid, since, kill_at, killed: true, then, unplanned }
             }
 
             // Operator requests while running or stopping.
             (State::Starting { pid, .. } | State::Online { pid, .. }, Input::Stop) => {
-                self.stop(pid, now, AfterStop::Stay, policy, &mut effects)
+                self.stop(pid, now, AfterStop::Stay, false, policy, &mut effects)
             }
             (State::Starting { pid, .. } | State::Online { pid, .. }, Input::Restart) => {
-                self.stop(pid, now, AfterStop::Restart, policy, &mut effects)
+                self.stop(pid, now, AfterStop::Restart, false, policy, &mut effects)
             }
-            (State::Stopping { pid, since, kill_at, killed, .. }, Input::Stop) => {
-                State::Stopping { pid, since, kill_at, killed, then: AfterStop::Stay }
+            (State::Stopping { pid, since, kill_at, killed, unplanned, .. }, Input::Stop) => {
+                State::Stopping { pid, since, kill_at, killed, then: AfterStop::Stay, unplanned }
             }
-            (State::Stopping { pid, since, kill_at, killed, .. }, Input::Start | Input::Restart) => {
-                State::Stopping { pid, since, kill_at, killed, then: AfterStop::Restart }
+            (State::Stopping { pid, since, kill_at, killed, unplanned, .. }, Input::Start | Input::Restart) => {
+                State::Stopping { pid, since, kill_at, killed, then: AfterStop::Restart, unplanned }
             }
             (State::Waiting { .. } | State::Errored, Input::Stop) => State::Stopped,
 
@@ -388,6 +415,15 @@ impl Instance {
         self.incidents += 1;
     }
 
+    /// Online since `ready_at`; the first health probe (if any) one interval later.
+    fn online(&self, pid: u32, since: Instant, ready_at: Instant, policy: &Policy) -> State {
+        let probe = match &policy.health {
+            Some(h) => Probe { next: ready_at + h.interval, in_flight: false },
+            None => idle_probe(ready_at),
+        };
+        State::Online { pid, since, ready_at, failures: 0, probe }
+    }
+
     fn launch(&mut self, effects: &mut Vec<Effect>) -> State {
         if self.spawned_once {
             self.restarts += 1;
@@ -397,9 +433,19 @@ impl Instance {
         State::Launching
     }
 
-    fn stop(&mut self, pid: u32, now: Instant, then: AfterStop, policy: &Policy, effects: &mut Vec<Effect>) -> State {
+    /// Stop signal now, SIGKILL at `kill_timeout`. An operator's stop passes `Stay`/`Restart` from a
+    /// request; the machine's own stops (health, readiness) are `unplanned`.
+    fn stop(
+        &mut self,
+        pid: u32,
+        now: Instant,
+        then: AfterStop,
+        unplanned: bool,
+        policy: &Policy,
+        effects: &mut Vec<Effect>,
+    ) -> State {
         effects.push(Effect::Signal { pid, signal: policy.kill_signal });
-        State::Stopping { pid, since: now, kill_at: now + policy.kill_timeout, killed: false, then }
+        State::Stopping { pid, since: now, kill_at: now + policy.kill_timeout, killed: false, then, unplanned }
     }
 }
 

@@ -33,6 +33,7 @@ mod leftovers;
 mod listen;
 mod logs;
 mod metrics;
+mod notify;
 mod probe;
 pub mod process;
 pub mod reaper;

@@ -15,18 +15,25 @@ pub(crate) struct PassedFd<'a> {
     pub(crate) name: &'static str,
 }
 
+/// Everything that differs between two spawns of one app.
+pub(crate) struct Launch<'a> {
+    pub(crate) spec: &'a AppSpec,
+    pub(crate) index: usize,
+    pub(crate) port: Option<u16>,
+    pub(crate) fds: &'a [PassedFd<'a>],
+    /// The daemon's home, the mark of every instance (see `leftovers`).
+    pub(crate) home: &'a std::path::Path,
+    /// `NOTIFY_SOCKET` for instances that report readiness themselves.
+    pub(crate) notify: Option<&'a std::path::Path>,
+}
+
 /// Spawns instance `index` of `spec`.
 ///
 /// Must be called from the daemon's own thread (the runtime's only thread): `PR_SET_PDEATHSIG`
 /// fires when the *thread* that forked exits, so a short-lived blocking-pool thread would kill the
 /// child early.
-pub(crate) fn spawn(
-    spec: &AppSpec,
-    index: usize,
-    port: Option<u16>,
-    fds: &[PassedFd<'_>],
-    home: &std::path::Path,
-) -> io::Result<Child> {
+pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
+    let Launch { spec, index, port, fds, home, notify } = *launch;
     let mut command = Command::new(&spec.script);
     command
         .args(&spec.args)
@@ -44,6 +51,9 @@ pub(crate) fn spawn(
         // Its own group: a stop signals the whole group, grandchildren included.
         .process_group(0)
         .kill_on_drop(false);
+    if let Some(path) = notify {
+        command.env(worker_env::NOTIFY_SOCKET, path);
+    }
     if let Some(port) = port {
         command.env(&spec.increment_var, port.to_string());
     }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use super::load::Ecosystem;
-use super::schema::{ExecMode, StopSignal};
+use super::schema::{ExecMode, Readiness, StopSignal};
 use crate::spec::{AppSpec, HealthSpec, ListenSpec};
 use crate::units::HumanDuration;
 
@@ -118,6 +118,7 @@ impl Ecosystem {
                         std::path::absolute(&path).unwrap_or(path)
                     })
                 };
+                let readiness = c.readiness.or(health.as_ref().map(|_| Readiness::Probe));
                 AppSpec {
                     name: app.name.clone(),
                     profile: over.map(|(n, _)| n.clone()),
@@ -139,6 +140,7 @@ impl Ecosystem {
                     max_restarts: c.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS),
                     autorestart: c.autorestart.unwrap_or(true),
                     listen_timeout: c.listen_timeout.unwrap_or(DEFAULT_LISTEN_TIMEOUT),
+                    readiness,
                     health,
                     out_file: log_path(&c.out_file),
                     error_file: log_path(&c.error_file),

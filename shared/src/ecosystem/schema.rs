@@ -49,8 +49,11 @@ pub struct AppConfig {
     pub min_uptime: Option<HumanDuration>,
     /// Restarts allowed after consecutive unstable starts before the instance is `errored`.
     pub max_restarts: Option<u32>,
-    /// How long a new instance may take to pass its first health check.
+    /// How long a new instance may take to become ready.
     pub listen_timeout: Option<HumanDuration>,
+    /// How an instance says it is ready: its first passing health probe, or `READY=1` on
+    /// `NOTIFY_SOCKET` (systemd's sd_notify protocol).
+    pub readiness: Option<Readiness>,
     pub health: Option<HealthConfig>,
     pub out_file: Option<PathBuf>,
     pub error_file: Option<PathBuf>,
@@ -111,6 +114,7 @@ impl AppConfig {
             autorestart,
             stop_exit_codes,
             listen_timeout,
+            readiness,
             health,
             out_file,
             error_file,
@@ -211,6 +215,16 @@ pub enum StopSignal {
     Usr2,
     #[serde(rename = "SIGKILL", alias = "KILL")]
     Kill,
+}
+
+/// How readiness is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Readiness {
+    /// The first passing health probe (needs `port`).
+    Probe,
+    /// `READY=1` sent to `NOTIFY_SOCKET`.
+    Notify,
 }
 
 /// `health = { ... }`: the per-instance HTTP probe.

@@ -168,6 +168,10 @@ fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
             problem("health.timeout", format!("must be more than 0s and at most the interval ({interval})"));
         }
     }
+    let health_on = c.port.is_some() && c.health.as_ref().is_none_or(|h| h.enabled != Some(false));
+    if c.readiness == Some(super::schema::Readiness::Probe) && !health_on {
+        problem("readiness", format!("readiness = \"probe\" needs a health check, so a `port`{within}"));
+    }
     if let Some(t) = c.listen_timeout
         && t.0.is_zero()
     {

@@ -4,7 +4,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::Instant;
 
-use chat_shared::ecosystem::{ExecMode, StopSignal};
+use chat_shared::ecosystem::{ExecMode, Readiness, StopSignal};
 use chat_shared::spec::AppSpec;
 use chat_shared::status::{AppStatus, ExitKind, InstanceStatus, Phase};
 use chat_shared::worker_env::{FD_NAME_ADMIN, FD_NAME_HTTP};
@@ -17,9 +17,10 @@ use crate::instance::{Effect, Input, Instance, Policy};
 use crate::listen::{self, BindError};
 use crate::logs::{LogPaths, LogSink, Stream};
 use crate::metrics::Usage;
+use crate::notify::NotifySocket;
 use crate::probe::Prober;
 use crate::reaper::Reaper;
-use crate::spawn::{self, PassedFd};
+use crate::spawn::{self, Launch, PassedFd};
 
 pub(super) struct App {
     /// Unique for the daemon's life, so messages about a deleted app cannot reach a new one of the
@@ -45,11 +46,13 @@ pub(super) struct Slot {
     own: Option<TcpListener>,
     port: Option<u16>,
     probe_addr: Option<SocketAddr>,
+    /// `readiness = "notify"`: this slot's `NOTIFY_SOCKET`.
+    notify: Option<NotifySocket>,
 }
 
 impl App {
     /// Binds every socket the app needs; nothing is spawned yet. Fails as a whole.
-    pub(super) fn new(id: u64, spec: AppSpec, log_paths: &LogPaths) -> Result<App, AppError> {
+    pub(super) fn new(id: u64, spec: AppSpec, log_paths: &LogPaths, env: &Env<'_>) -> Result<App, AppError> {
         let mut shared = None;
         let mut port = None;
         let mut slots = Vec::with_capacity(spec.instances);
@@ -66,7 +69,18 @@ impl App {
             shared = Some(socket);
         }
         for index in 0..spec.instances {
-            slots.push(Slot::new(&spec, index, port)?);
+            let mut slot = Slot::new(&spec, index, port)?;
+            if spec.readiness == Some(Readiness::Notify) {
+                let path = env.home.join("notify").join(format!("{id}.{index}.sock"));
+                let tx = env.tx.clone();
+                let on_notice = move |notice| {
+                    let _ = tx.send(Msg::Notify { app_id: id, index, notice });
+                };
+                let socket =
+                    NotifySocket::bind(path.clone(), on_notice).map_err(|source| AppError::Notify { path, source })?;
+                slot.notify = Some(socket);
+            }
+            slots.push(slot);
         }
         if spec.exec_mode == ExecMode::Fork {
             port = slots.first().and_then(|s| s.port);
@@ -148,7 +162,15 @@ impl App {
         if let Some(admin) = &slot.admin {
             fds.push(PassedFd { fd: admin, name: FD_NAME_ADMIN });
         }
-        let mut child = match spawn::spawn(&self.spec, index, slot.port, &fds, env.home) {
+        let launch = Launch {
+            spec: &self.spec,
+            index,
+            port: slot.port,
+            fds: &fds,
+            home: env.home,
+            notify: slot.notify.as_ref().map(NotifySocket::path),
+        };
+        let mut child = match spawn::spawn(&launch) {
             Ok(child) => child,
             Err(e) => {
                 tracing::error!(app = %self.spec.name, index, script = %self.spec.script, error = %e, "spawn failed");
@@ -227,8 +249,14 @@ impl App {
 
 impl Slot {
     fn new(spec: &AppSpec, index: usize, shared_port: Option<u16>) -> Result<Slot, AppError> {
-        let mut slot =
-            Slot { instance: Instance::new(), admin: None, own: None, port: spec.port_of(index), probe_addr: None };
+        let mut slot = Slot {
+            instance: Instance::new(),
+            admin: None,
+            own: None,
+            port: spec.port_of(index),
+            probe_addr: None,
+            notify: None,
+        };
         let Some(l) = &spec.listen else { return Ok(slot) };
         match spec.exec_mode {
             ExecMode::Cluster => {
@@ -268,6 +296,12 @@ pub(super) struct Env<'a> {
 pub(super) enum AppError {
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error("cannot bind the notify socket {path}")]
+    Notify {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open log file {path}")]
     Logs {
         path: std::path::PathBuf,

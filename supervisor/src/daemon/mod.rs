@@ -44,6 +44,7 @@ pub(crate) enum Msg {
     Request(Request, oneshot::Sender<Response>),
     Exited { app_id: u64, index: usize, pid: u32, status: ExitKind },
     Probe { app_id: u64, index: usize, pid: u32, result: Result<(), String> },
+    Notify { app_id: u64, index: usize, notice: crate::notify::Notice },
 }
 
 /// How the daemon ended, for `chatctl run`'s exit code.
@@ -198,6 +199,16 @@ impl Daemon {
                     reaper.borrow_mut().forget(pid);
                 }
             }
+            Msg::Notify { app_id, index, notice } => {
+                let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
+                if let Some(status) = &notice.status {
+                    tracing::info!(app = %app.spec.name, index, status, "instance status");
+                }
+                if notice.ready {
+                    let env = effect_env!(self);
+                    app.drive(index, Input::Ready, now, &env);
+                }
+            }
             Msg::Probe { app_id, index, pid, result } => {
                 let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
                 if app.slots.get(index).and_then(|s| s.instance.pid()) != Some(pid) {
@@ -258,7 +269,8 @@ impl Daemon {
 
     fn outcome(&self, nothing_left: bool) -> Outcome {
         let instances_stopped = self.apps.iter().map(|a| a.slots.len()).sum();
-        let errored = self.apps.iter().flat_map(|a| &a.slots).any(|s| s.instance.phase() == chat_shared::status::Phase::Errored);
+        let errored =
+            self.apps.iter().flat_map(|a| &a.slots).any(|s| s.instance.phase() == chat_shared::status::Phase::Errored);
         Outcome { instances_stopped, forced: self.forced, nothing_left, errored }
     }
 }

@@ -87,7 +87,10 @@ impl Daemon {
         for spec in fresh {
             let paths = self.log_paths(&spec);
             let name = spec.name.clone();
-            built.push(App::new(self.next_app_id, spec, &paths).map_err(|source| StartError { app: name, source })?);
+            let env = effect_env!(self);
+            built.push(
+                App::new(self.next_app_id, spec, &paths, &env).map_err(|source| StartError { app: name, source })?,
+            );
             self.next_app_id += 1;
         }
         again.extend(built.iter().map(|a| a.id));

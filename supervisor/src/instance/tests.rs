@@ -1,4 +1,5 @@
 use super::*;
+use chat_shared::ecosystem::Readiness;
 
 fn policy(health: bool) -> Policy {
     Policy {
@@ -11,6 +12,7 @@ fn policy(health: bool) -> Policy {
         kill_signal: StopSignal::Term,
         kill_timeout: Duration::from_secs(5),
         listen_timeout: Duration::from_secs(10),
+        readiness: health.then_some(Readiness::Probe),
         health: health.then_some(HealthPolicy {
             interval: Duration::from_secs(30),
             threshold: 3,
@@ -255,4 +257,19 @@ fn never_ready_counts_as_unstable_and_ends_errored() {
         assert_eq!(effects, expected, "round {round}");
     }
     assert_eq!(inst.phase(), Phase::Errored);
+}
+
+#[test]
+fn notify_readiness_waits_for_ready_1_and_probes_only_after() {
+    let t0 = Instant::now();
+    let p = Policy { readiness: Some(Readiness::Notify), ..policy(true) };
+    let mut inst = Instance::new();
+    inst.step(Input::Start, t0, &p);
+    inst.step(Input::Spawned { pid: PID }, t0, &p);
+    assert_eq!(inst.step(Input::Tick, ms(t0, 100), &p), vec![], "no probe before READY=1");
+    assert_eq!(inst.step(Input::ProbePassed, ms(t0, 100), &p), vec![], "a probe result does not make it ready");
+    assert_eq!(inst.phase(), Phase::Starting);
+    inst.step(Input::Ready, ms(t0, 200), &p);
+    assert_eq!(inst.phase(), Phase::Online);
+    assert_eq!(inst.next_deadline(), Some(ms(t0, 30_200)), "liveness probes start one interval later");
 }
