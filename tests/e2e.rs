@@ -8,3 +8,4 @@ mod config_errors;
 mod fork;
 mod health;
 mod lifecycle;
+mod logs;

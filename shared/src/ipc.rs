@@ -58,6 +58,52 @@ pub enum Request {
     Delete { app: Option<String> },
     /// Stop every app, then the daemon exits.
     Kill,
+    /// The last `lines` lines of the apps' current log files; with `follow`, the connection then
+    /// carries an [`Event`] per new line until the client closes it.
+    Logs { app: Option<String>, lines: usize, stream: Option<LogStream>, follow: bool },
+    /// Empty the apps' current log files.
+    Flush { app: Option<String> },
+    /// Reopen every log file (after an external logrotate moved them).
+    ReloadLogs,
+}
+
+/// Which output of an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Out,
+    Err,
+}
+
+/// One captured line, as `--json` prints it and as `log_type = "json"` files hold it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// RFC 3339, local time, milliseconds.
+    pub time: String,
+    pub app: String,
+    pub instance: usize,
+    pub stream: LogStream,
+    pub message: String,
+}
+
+/// The tail of one log file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogTail {
+    pub app: String,
+    pub stream: LogStream,
+    /// `None` for a file merged across instances.
+    pub instance: Option<usize>,
+    pub path: String,
+    pub lines: Vec<String>,
+}
+
+/// Frames the daemon sends on a subscribed connection (after the subscription's [`Response`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Log(LogRecord),
+    /// This follower fell behind and lost `count` lines (the files have them).
+    Skipped { count: u64 },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -78,6 +124,10 @@ pub enum Response {
     Killed {
         instances_stopped: usize,
         forced: usize,
+    },
+    /// The tails asked for; a follow subscription's events come after this.
+    Logs {
+        files: Vec<LogTail>,
     },
     Error {
         message: String,
@@ -157,6 +207,9 @@ mod tests {
             Request::Restart { app: Some("chat".into()) },
             Request::Delete { app: Some("line\nbreak".into()) },
             Request::Kill,
+            Request::Logs { app: None, lines: 15, stream: Some(LogStream::Err), follow: true },
+            Request::Flush { app: Some("chat".into()) },
+            Request::ReloadLogs,
         ] {
             round_trip(request).await;
         }
@@ -166,9 +219,21 @@ mod tests {
             Response::Done { apps: vec!["a".into()] },
             Response::Killed { instances_stopped: 3, forced: 1 },
             Response::Error { message: "no".into() },
+            Response::Logs {
+                files: vec![LogTail {
+                    app: "a".into(),
+                    stream: LogStream::Out,
+                    instance: Some(1),
+                    path: "/x".into(),
+                    lines: vec!["l".into()],
+                }],
+            },
         ] {
             round_trip(response).await;
         }
+        let record = LogRecord { time: "t".into(), app: "a".into(), instance: 0, stream: LogStream::Out, message: "m".into() };
+        round_trip(Event::Log(record)).await;
+        round_trip(Event::Skipped { count: 3 }).await;
     }
 
     #[tokio::test]

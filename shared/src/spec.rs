@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::ecosystem::{ExecMode, Readiness, StopSignal};
-use crate::units::HumanDuration;
+use crate::units::{ByteSize, HumanDuration};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppSpec {
@@ -39,9 +39,24 @@ pub struct AppSpec {
     /// `None`: online as soon as it runs (no health check, no notify).
     pub readiness: Option<Readiness>,
     pub health: Option<HealthSpec>,
-    /// Merged stdout of all instances; `None` = the daemon's default `<home>/logs/<name>-out.log`.
+    pub logs: LogSpec,
+}
+
+/// Where and how an app's output is written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogSpec {
+    /// stdout; `None` = the daemon's default `<home>/logs/<name>-out.log`.
     pub out_file: Option<PathBuf>,
+    /// stderr; `None` = `<home>/logs/<name>-error.log`. May equal `out_file` (one file).
     pub error_file: Option<PathBuf>,
+    /// One file for all instances, or `-<index>` before the extension per instance.
+    pub merge: bool,
+    pub date_format: Option<String>,
+    pub json: bool,
+    pub max_size: ByteSize,
+    pub retain: u32,
+    pub compress: bool,
+    pub daily: bool,
 }
 
 /// Where an app's instances receive connections.

@@ -3,7 +3,7 @@
 use std::io;
 use std::time::Duration;
 
-use chat_shared::ipc::{self, FrameError, Hello, PROTOCOL_VERSION, Request, Response, Welcome};
+use chat_shared::ipc::{self, Event, FrameError, Hello, PROTOCOL_VERSION, Request, Response, Welcome};
 use tokio::io::BufReader;
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -65,6 +65,11 @@ impl Client {
             }
             None => Err(ClientError::Closed),
         }
+    }
+
+    /// The next event of a subscription; `None` when the daemon closed the connection.
+    pub async fn next_event(&mut self) -> Result<Option<Event>, ClientError> {
+        Ok(ipc::read_frame(&mut self.read, &mut self.buf).await?)
     }
 
     pub async fn request(&mut self, request: &Request) -> Result<Response, ClientError> {

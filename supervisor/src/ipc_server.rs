@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use chat_shared::ipc::{self, Hello, PROTOCOL_VERSION, Request, Response, Welcome};
-use tokio::io::BufReader;
+use std::sync::Arc;
+
+use chat_shared::ipc::{self, Event, Hello, LogRecord, LogStream, PROTOCOL_VERSION, Request, Response, Welcome};
+use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::daemon::Msg;
 
@@ -67,12 +69,63 @@ async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>) {
                 return;
             }
         };
+        let follow = match &request {
+            Request::Logs { app, stream, follow: true, .. } => Some((app.clone(), *stream)),
+            _ => None,
+        };
+        // Subscribe before the tail is read: a line may then be shown twice, but none is missed.
+        let subscription = match follow {
+            Some(_) => {
+                let (sub_tx, sub_rx) = oneshot::channel();
+                if tx.send(Msg::Follow(sub_tx)).is_err() {
+                    return;
+                }
+                sub_rx.await.ok()
+            }
+            None => None,
+        };
         let (reply_tx, reply_rx) = oneshot::channel();
         if tx.send(Msg::Request(request, reply_tx)).is_err() {
             return;
         }
         let response = reply_rx.await.unwrap_or(Response::Error { message: "the daemon stopped".into() });
+        let failed = matches!(response, Response::Error { .. });
         if ipc::write_frame(&mut write, &response).await.is_err() {
+            return;
+        }
+        if let (Some((app, stream)), Some(receiver), false) = (follow, subscription, failed) {
+            stream_logs(&mut read, &mut write, receiver, app, stream).await;
+            return;
+        }
+    }
+}
+
+/// Forwards captured lines of `app` (every app when `None`) until the client hangs up.
+async fn stream_logs(
+    read: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    mut lines: broadcast::Receiver<Arc<LogRecord>>,
+    app: Option<String>,
+    stream: Option<LogStream>,
+) {
+    let mut probe = [0u8; 1];
+    loop {
+        let event = tokio::select! {
+            // The client sends nothing more; a read returning means it closed the connection.
+            _ = read.read(&mut probe) => return,
+            received = lines.recv() => match received {
+                Ok(record) => {
+                    let wanted = app.as_deref().is_none_or(|a| a == record.app) && stream.is_none_or(|s| s == record.stream);
+                    if !wanted {
+                        continue;
+                    }
+                    Event::Log(LogRecord::clone(&record))
+                }
+                Err(broadcast::error::RecvError::Lagged(count)) => Event::Skipped { count },
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        if ipc::write_frame(write, &event).await.is_err() {
             return;
         }
     }

@@ -17,7 +17,7 @@ mod validate;
 pub use issue::{ConfigErrors, ConfigIssue, Severity};
 pub use load::{AppEntry, Ecosystem};
 pub use resolve::{ResolveError, cpu_count};
-pub use schema::{AppConfig, EnvValue, ExecMode, HealthConfig, Instances, Readiness, StopSignal, Watch};
+pub use schema::{AppConfig, EnvValue, ExecMode, HealthConfig, Instances, LogType, Readiness, StopSignal, Watch};
 
 #[cfg(test)]
 mod tests;

@@ -6,9 +6,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use super::load::Ecosystem;
-use super::schema::{ExecMode, Readiness, StopSignal};
-use crate::spec::{AppSpec, HealthSpec, ListenSpec};
-use crate::units::HumanDuration;
+use super::schema::{ExecMode, LogType, Readiness, StopSignal};
+use crate::spec::{AppSpec, HealthSpec, ListenSpec, LogSpec};
+use crate::units::{ByteSize, HumanDuration};
 
 /// Fork mode is PM2's default too: one process per instance, no shared socket.
 pub(crate) const DEFAULT_EXEC_MODE: ExecMode = ExecMode::Fork;
@@ -20,6 +20,8 @@ pub(crate) const DEFAULT_MAX_RESTART_DELAY: HumanDuration = HumanDuration(Durati
 pub(crate) const DEFAULT_MIN_UPTIME: HumanDuration = HumanDuration(Duration::from_secs(10));
 pub(crate) const DEFAULT_MAX_RESTARTS: u32 = 5;
 pub(crate) const DEFAULT_LISTEN_TIMEOUT: HumanDuration = HumanDuration(Duration::from_secs(10));
+pub(crate) const DEFAULT_LOG_MAX_SIZE: ByteSize = ByteSize(10 << 20);
+pub(crate) const DEFAULT_LOG_RETAIN: u32 = 30;
 pub(crate) const DEFAULT_HEALTH_PATH: &str = "/health";
 pub(crate) const DEFAULT_HEALTH_INTERVAL: HumanDuration = HumanDuration(Duration::from_secs(30));
 pub(crate) const DEFAULT_HEALTH_TIMEOUT: HumanDuration = HumanDuration(Duration::from_secs(5));
@@ -142,8 +144,17 @@ impl Ecosystem {
                     listen_timeout: c.listen_timeout.unwrap_or(DEFAULT_LISTEN_TIMEOUT),
                     readiness,
                     health,
-                    out_file: log_path(&c.out_file),
-                    error_file: log_path(&c.error_file),
+                    logs: LogSpec {
+                        out_file: log_path(&c.out_file),
+                        error_file: log_path(&c.error_file),
+                        merge: c.merge_logs.unwrap_or(true),
+                        date_format: c.log_date_format.clone(),
+                        json: c.log_type == Some(LogType::Json),
+                        max_size: c.max_size.unwrap_or(DEFAULT_LOG_MAX_SIZE),
+                        retain: c.retain.unwrap_or(DEFAULT_LOG_RETAIN),
+                        compress: c.compress.unwrap_or(false),
+                        daily: c.rotate_daily.unwrap_or(true),
+                    },
                 }
             })
             .collect();

@@ -57,6 +57,20 @@ pub struct AppConfig {
     pub health: Option<HealthConfig>,
     pub out_file: Option<PathBuf>,
     pub error_file: Option<PathBuf>,
+    /// One file for all instances (`true`), or one per instance (`NAME-out-3.log`).
+    pub merge_logs: Option<bool>,
+    /// Prefix every line with the time it was read, in this strftime format (local time).
+    pub log_date_format: Option<String>,
+    /// `"raw"` lines as written, or `"json"` records `{time, app, instance, stream, message}`.
+    pub log_type: Option<LogType>,
+    /// Rotate a log file when it would grow past this size.
+    pub max_size: Option<ByteSize>,
+    /// Rotated files kept per log file; older ones are deleted.
+    pub retain: Option<u32>,
+    /// Gzip rotated files, off the write path.
+    pub compress: Option<bool>,
+    /// Also rotate at the first write of every new (local) day.
+    pub rotate_daily: Option<bool>,
     // Parsed and validated, enforced by later work; loading warns about each one that is set.
     pub max_memory_restart: Option<ByteSize>,
     pub watch: Option<Watch>,
@@ -118,6 +132,13 @@ impl AppConfig {
             health,
             out_file,
             error_file,
+            merge_logs,
+            log_date_format,
+            log_type,
+            max_size,
+            retain,
+            compress,
+            rotate_daily,
             max_restarts,
             min_uptime,
             max_memory_restart,
@@ -215,6 +236,14 @@ pub enum StopSignal {
     Usr2,
     #[serde(rename = "SIGKILL", alias = "KILL")]
     Kill,
+}
+
+/// How captured lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogType {
+    Raw,
+    Json,
 }
 
 /// How readiness is known.

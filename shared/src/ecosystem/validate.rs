@@ -168,6 +168,15 @@ fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
             problem("health.timeout", format!("must be more than 0s and at most the interval ({interval})"));
         }
     }
+    if let Some(format) = &c.log_date_format {
+        use chrono::format::{Item, StrftimeItems};
+        if StrftimeItems::new(format).any(|item| matches!(item, Item::Error)) {
+            problem("log_date_format", format!("invalid strftime format {format:?} (e.g. \"%Y-%m-%d %H:%M:%S%.3f\")"));
+        }
+    }
+    if c.max_size.is_some_and(|s| s.0 < 4096) {
+        problem("max_size", "a log file of less than 4K would rotate on nearly every line".to_owned());
+    }
     let health_on = c.port.is_some() && c.health.as_ref().is_none_or(|h| h.enabled != Some(false));
     if c.readiness == Some(super::schema::Readiness::Probe) && !health_on {
         problem("readiness", format!("readiness = \"probe\" needs a health check, so a `port`{within}"));

@@ -1,6 +1,7 @@
 //! The command line: clap definitions and one function per verb.
 
 mod control;
+mod logs;
 mod start;
 mod table;
 
@@ -45,6 +46,15 @@ pub enum Command {
     Delete(Target),
     /// Stop every app, then the daemon.
     Kill,
+    /// Show the last lines of the apps' logs, and with --follow every new line.
+    Logs(LogsArgs),
+    /// Empty the apps' current log files.
+    Flush {
+        /// An app name; every app when omitted.
+        app: Option<String>,
+    },
+    /// Reopen every log file (after an external logrotate moved them away).
+    ReloadLogs,
     /// Run the daemon itself (started on demand by the other commands).
     #[command(hide = true)]
     Daemon,
@@ -78,6 +88,27 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// An app name; every app when omitted.
+    pub app: Option<String>,
+    /// Lines of each file to show first.
+    #[arg(long, short = 'n', default_value_t = 15)]
+    pub lines: usize,
+    /// Keep streaming new lines until interrupted.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Only stderr.
+    #[arg(long, conflicts_with = "out")]
+    pub err: bool,
+    /// Only stdout.
+    #[arg(long)]
+    pub out: bool,
+    /// One JSON object per line: file tails, then `{time, app, instance, stream, message}` records.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct Target {
     /// An app name, or `all`.
     pub app: String,
@@ -98,6 +129,9 @@ pub async fn client_command(command: Command, home: &crate::home::Home) -> anyho
         Command::Restart(target) => control::restart(target, home).await,
         Command::Delete(target) => control::delete(target, home).await,
         Command::Kill => control::kill(home).await,
+        Command::Logs(args) => logs::logs(args, home).await,
+        Command::Flush { app } => logs::flush(app, home).await,
+        Command::ReloadLogs => logs::reload(home).await,
         Command::Run(_) | Command::Daemon => unreachable!("UNWRAP: main dispatches run and daemon itself"),
     }
 }

@@ -15,7 +15,9 @@ use tokio::sync::mpsc;
 use super::Msg;
 use crate::instance::{Effect, Input, Instance, Policy};
 use crate::listen::{self, BindError};
-use crate::logs::{LogPaths, LogSink, Stream};
+use chat_shared::ipc::LogStream;
+
+use crate::logs::{LogPaths, LogSink};
 use crate::metrics::Usage;
 use crate::notify::NotifySocket;
 use crate::probe::Prober;
@@ -33,7 +35,7 @@ pub(super) struct App {
     /// The port actually bound (differs from the spec for port 0).
     port: Option<u16>,
     pub(super) slots: Vec<Slot>,
-    logs: LogSink,
+    pub(super) logs: LogSink,
     /// Set by `delete`: the app is removed once every instance has stopped.
     pub(super) deleting: bool,
 }
@@ -85,7 +87,7 @@ impl App {
         if spec.exec_mode == ExecMode::Fork {
             port = slots.first().and_then(|s| s.port);
         }
-        let logs = LogSink::open(&spec.name, log_paths)
+        let logs = LogSink::open(&spec.name, log_paths.clone(), &spec.logs, spec.instances, env.follow.clone())
             .map_err(|source| AppError::Logs { path: log_paths.out.clone(), source })?;
         Ok(App { id, policy: Policy::of(&spec), spec, shared, port, slots, logs, deleting: false })
     }
@@ -181,10 +183,10 @@ impl App {
             return Input::SpawnFailed("the process exited before its pid could be read".into());
         };
         if let Some(out) = child.stdout.take() {
-            self.logs.capture(out, Stream::Out);
+            self.logs.capture(out, LogStream::Out, index);
         }
         if let Some(err) = child.stderr.take() {
-            self.logs.capture(err, Stream::Err);
+            self.logs.capture(err, LogStream::Err, index);
         }
         let (tx, app_id) = (env.tx.clone(), self.id);
         tokio::spawn(async move {
@@ -288,6 +290,8 @@ pub(super) struct Env<'a> {
     pub(super) prober: &'a Prober,
     /// Marks every instance as this home's (see `leftovers`).
     pub(super) home: &'a std::path::Path,
+    /// Where captured lines go for `chatctl logs --follow`.
+    pub(super) follow: &'a tokio::sync::broadcast::Sender<std::sync::Arc<chat_shared::ipc::LogRecord>>,
     /// Told about every process group, so they die with the daemon.
     pub(super) reaper: Option<&'a std::cell::RefCell<Reaper>>,
 }

@@ -15,7 +15,10 @@ use chat_shared::ipc::{Request, Response};
 use chat_shared::spec::AppSpec;
 use chat_shared::status::ExitKind;
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use chat_shared::ipc::LogRecord;
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::home::Home;
 use crate::instance::Input;
@@ -29,10 +32,19 @@ pub use requests::StartError;
 /// while `apps` is borrowed mutably.
 macro_rules! effect_env {
     ($daemon:expr) => {
-        Env { tx: &$daemon.tx, prober: &$daemon.prober, home: $daemon.home.dir(), reaper: $daemon.reaper.as_ref() }
+        Env {
+            tx: &$daemon.tx,
+            prober: &$daemon.prober,
+            home: $daemon.home.dir(),
+            follow: &$daemon.follow,
+            reaper: $daemon.reaper.as_ref(),
+        }
     };
 }
 use effect_env;
+
+/// Lines a follower may fall behind by before it loses some (and is told how many).
+const FOLLOW_BUFFER: usize = 8192;
 
 /// How often memory and CPU are sampled for `list`.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
@@ -45,6 +57,8 @@ pub(crate) enum Msg {
     Exited { app_id: u64, index: usize, pid: u32, status: ExitKind },
     Probe { app_id: u64, index: usize, pid: u32, result: Result<(), String> },
     Notify { app_id: u64, index: usize, notice: crate::notify::Notice },
+    /// A `logs --follow` connection subscribing to captured lines.
+    Follow(oneshot::Sender<broadcast::Receiver<Arc<LogRecord>>>),
 }
 
 /// How the daemon ended, for `chatctl run`'s exit code.
@@ -86,6 +100,8 @@ pub(crate) struct Daemon {
     next_sample: Instant,
     waiters: Vec<Waiter>,
     reaper: Option<std::cell::RefCell<Reaper>>,
+    /// Every captured line, for followers; costs nothing while nobody follows.
+    follow: broadcast::Sender<Arc<LogRecord>>,
     /// Set once a kill (request or signal) began; the reply goes out when everything is down.
     killing: Option<Option<oneshot::Sender<Response>>>,
     forced: usize,
@@ -169,6 +185,7 @@ impl Daemon {
             next_sample: Instant::now(),
             waiters: Vec::new(),
             reaper: None,
+            follow: broadcast::channel(FOLLOW_BUFFER).0,
             killing: None,
             forced: 0,
         }
@@ -198,6 +215,9 @@ impl Daemon {
                 if let Some(reaper) = &self.reaper {
                     reaper.borrow_mut().forget(pid);
                 }
+            }
+            Msg::Follow(reply) => {
+                let _ = reply.send(self.follow.subscribe());
             }
             Msg::Notify { app_id, index, notice } => {
                 let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use chat_shared::ipc::{Request, Response};
+use chat_shared::ipc::{LogStream, LogTail, Request, Response};
 use chat_shared::spec::AppSpec;
 use chat_shared::status::Phase;
 use tokio::sync::oneshot;
@@ -59,6 +59,12 @@ impl Daemon {
                 self.begin_kill(Some(reply));
                 return;
             }
+            Request::Logs { app, lines, stream, follow: _ } => match self.chosen(app.as_deref()) {
+                Ok(chosen) => Response::Logs { files: self.tails(&chosen, lines, stream) },
+                Err(message) => Response::Error { message },
+            },
+            Request::Flush { app } => return self.log_control(app.as_deref(), false, reply),
+            Request::ReloadLogs => return self.log_control(None, true, reply),
         };
         let _ = reply.send(response);
     }
@@ -111,9 +117,64 @@ impl Daemon {
     fn log_paths(&self, spec: &AppSpec) -> LogPaths {
         let dir = self.home.logs_dir();
         LogPaths {
-            out: spec.out_file.clone().unwrap_or_else(|| dir.join(format!("{}-out.log", spec.name))),
-            err: spec.error_file.clone().unwrap_or_else(|| dir.join(format!("{}-error.log", spec.name))),
+            out: spec.logs.out_file.clone().unwrap_or_else(|| dir.join(format!("{}-out.log", spec.name))),
+            err: spec.logs.error_file.clone().unwrap_or_else(|| dir.join(format!("{}-error.log", spec.name))),
         }
+    }
+
+    /// Indices of the app named `target`, or of every app; an unknown name is an error message.
+    fn chosen(&self, target: Option<&str>) -> Result<Vec<usize>, String> {
+        match target {
+            None => Ok((0..self.apps.len()).collect()),
+            Some(name) => match self.apps.iter().position(|a| a.spec.name == name) {
+                Some(i) => Ok(vec![i]),
+                None => {
+                    let known: Vec<&str> = self.apps.iter().map(|a| a.spec.name.as_str()).collect();
+                    let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+                    Err(format!("no app named `{name}` (running apps: {known})"))
+                }
+            },
+        }
+    }
+
+    /// The last `lines` lines of every current log file of `chosen` apps.
+    fn tails(&self, chosen: &[usize], lines: usize, stream: Option<LogStream>) -> Vec<LogTail> {
+        let mut out = Vec::new();
+        for app in chosen.iter().map(|i| &self.apps[*i]) {
+            for (file_stream, instance, path) in app.logs.current_files(app.slots.len()) {
+                if stream.is_some_and(|s| s != file_stream) {
+                    continue;
+                }
+                let lines = crate::logs::tail(&path, lines).unwrap_or_else(|e| vec![format!("(cannot read {}: {e})", path.display())]);
+                out.push(LogTail { app: app.spec.name.clone(), stream: file_stream, instance, path: path.display().to_string(), lines });
+            }
+        }
+        out
+    }
+
+    /// `flush` (truncate) or `reload-logs` (reopen) on the writers; answered when all are done.
+    fn log_control(&mut self, target: Option<&str>, reopen: bool, reply: oneshot::Sender<Response>) {
+        let chosen = match self.chosen(target) {
+            Ok(chosen) => chosen,
+            Err(message) => {
+                let _ = reply.send(Response::Error { message });
+                return;
+            }
+        };
+        let sinks: Vec<(String, crate::logs::LogSink)> =
+            chosen.iter().map(|i| (self.apps[*i].spec.name.clone(), self.apps[*i].logs.clone())).collect();
+        tokio::spawn(async move {
+            let mut names = Vec::new();
+            for (name, sink) in sinks {
+                let result = if reopen { sink.reopen().await } else { sink.truncate().await };
+                if let Err(e) = result {
+                    let _ = reply.send(Response::Error { message: format!("{name}: {e}") });
+                    return;
+                }
+                names.push(name);
+            }
+            let _ = reply.send(Response::Done { apps: names });
+        });
     }
 
     /// Stop, restart or delete `target` (every app when `None`), answering once `until` holds.

@@ -1,0 +1,315 @@
+//! Capturing instances' stdout and stderr into the app's log files.
+//!
+//! One reader task per pipe cuts the stream into chunks of whole lines and sends them, over a
+//! bounded channel, to the app's one writer task, which owns the app's files. Whole lines mean lines
+//! of different instances never interleave mid-line; the bounded channel means a worker that writes
+//! faster than the disk is slowed down (its pipe fills and its `write` blocks), never silently
+//! dropped. Followers (`chatctl logs --follow`) get the lines through a broadcast channel; one that
+//! falls behind loses lines and is told how many.
+//!
+//! Writes are plain blocking `write`s into the page cache, as nginx does for its logs; `tokio::fs`
+//! would cost a thread hop per write. Rotation (`rotate`) renames and reopens; compression runs on
+//! the blocking pool.
+
+pub(crate) mod rotate;
+mod tail;
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chat_shared::ipc::{LogRecord, LogStream};
+use chat_shared::spec::LogSpec;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use rotate::{RotatePolicy, RotatingFile};
+pub(crate) use tail::tail;
+
+/// A line longer than this is cut, each piece written as a line.
+const MAX_LINE: usize = 64 * 1024;
+/// Chunks buffered per app between the pipes and the files.
+const QUEUE: usize = 1024;
+
+/// Where an app's output goes, defaults resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LogPaths {
+    pub(crate) out: PathBuf,
+    pub(crate) err: PathBuf,
+}
+
+impl LogPaths {
+    /// The file of `stream` for `instance` (per-instance files insert `-N` before the extension).
+    pub(crate) fn file(&self, stream: LogStream, instance: Option<usize>) -> PathBuf {
+        let base = match stream {
+            LogStream::Out => &self.out,
+            LogStream::Err => &self.err,
+        };
+        match instance {
+            None => base.clone(),
+            Some(i) => per_instance(base, i),
+        }
+    }
+}
+
+fn per_instance(path: &Path, index: usize) -> PathBuf {
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("log");
+    let name = match path.extension().and_then(|e| e.to_str()) {
+        Some(ext) => format!("{stem}-{index}.{ext}"),
+        None => format!("{stem}-{index}"),
+    };
+    path.with_file_name(name)
+}
+
+struct Chunk {
+    stream: LogStream,
+    instance: usize,
+    /// One or more whole lines, each ending in `\n`.
+    bytes: Vec<u8>,
+}
+
+enum Control {
+    Reopen(oneshot::Sender<io::Result<()>>),
+    Truncate(oneshot::Sender<io::Result<()>>),
+}
+
+/// Handle to an app's log writer; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct LogSink {
+    chunks: mpsc::Sender<Chunk>,
+    control: mpsc::UnboundedSender<Control>,
+    pub(crate) paths: LogPaths,
+    pub(crate) merge: bool,
+}
+
+impl LogSink {
+    /// Opens (appending) the app's files and starts its writer task.
+    pub(crate) fn open(
+        app: &str,
+        paths: LogPaths,
+        spec: &LogSpec,
+        instances: usize,
+        follow: broadcast::Sender<Arc<LogRecord>>,
+    ) -> io::Result<LogSink> {
+        let policy = RotatePolicy { max_size: spec.max_size.0, retain: spec.retain, compress: spec.compress, daily: spec.daily };
+        let mut files = HashMap::new();
+        let same = paths.out == paths.err;
+        for stream in [LogStream::Out, LogStream::Err] {
+            for instance in instance_keys(spec.merge, instances) {
+                let key = FileKey { stream: if same { LogStream::Out } else { stream }, instance };
+                if let std::collections::hash_map::Entry::Vacant(slot) = files.entry(key) {
+                    slot.insert(RotatingFile::open(paths.file(key.stream, instance), policy.clone())?);
+                }
+            }
+        }
+        let (chunks, rx) = mpsc::channel(QUEUE);
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let writer = Writer { app: app.into(), files, same, merge: spec.merge, format: Format::of(spec), follow };
+        tokio::spawn(writer.run(rx, control_rx));
+        Ok(LogSink { chunks, control, paths, merge: spec.merge })
+    }
+
+    /// Reads `pipe` to its end, forwarding whole lines.
+    pub(crate) fn capture(&self, pipe: impl AsyncRead + Unpin + Send + 'static, stream: LogStream, instance: usize) {
+        let tx = self.chunks.clone();
+        tokio::spawn(async move {
+            let mut pipe = pipe;
+            let mut pending: Vec<u8> = Vec::with_capacity(MAX_LINE);
+            loop {
+                if pending.capacity() - pending.len() < 4096 {
+                    pending.reserve(MAX_LINE);
+                }
+                let n = match pipe.read_buf(&mut pending).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading an instance's output failed");
+                        0
+                    }
+                };
+                let ready = if n == 0 {
+                    // End of the stream: a last line without its newline still counts.
+                    if pending.is_empty() {
+                        return;
+                    }
+                    pending.push(b'\n');
+                    std::mem::take(&mut pending)
+                } else if let Some(last) = pending.iter().rposition(|b| *b == b'\n') {
+                    let rest = pending.split_off(last + 1);
+                    std::mem::replace(&mut pending, rest)
+                } else if pending.len() >= MAX_LINE {
+                    pending.push(b'\n');
+                    std::mem::take(&mut pending)
+                } else {
+                    continue;
+                };
+                if tx.send(Chunk { stream, instance, bytes: ready }).await.is_err() || n == 0 {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Reopens every file (after an external logrotate moved them).
+    pub(crate) async fn reopen(&self) -> io::Result<()> {
+        self.ask(Control::Reopen).await
+    }
+
+    /// Empties every current file.
+    pub(crate) async fn truncate(&self) -> io::Result<()> {
+        self.ask(Control::Truncate).await
+    }
+
+    async fn ask(&self, make: fn(oneshot::Sender<io::Result<()>>) -> Control) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || io::Error::other("the log writer stopped");
+        self.control.send(make(tx)).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Current files, for `chatctl logs`: (stream, instance, path).
+    pub(crate) fn current_files(&self, instances: usize) -> Vec<(LogStream, Option<usize>, PathBuf)> {
+        let mut out = Vec::new();
+        for stream in [LogStream::Out, LogStream::Err] {
+            if stream == LogStream::Err && self.paths.err == self.paths.out {
+                continue;
+            }
+            for instance in instance_keys(self.merge, instances) {
+                out.push((stream, instance, self.paths.file(stream, instance)));
+            }
+        }
+        out
+    }
+}
+
+fn instance_keys(merge: bool, instances: usize) -> Vec<Option<usize>> {
+    if merge { vec![None] } else { (0..instances).map(Some).collect() }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct FileKey {
+    stream: LogStream,
+    instance: Option<usize>,
+}
+
+/// How a line is written.
+enum Format {
+    Raw,
+    Stamped(String),
+    Json,
+}
+
+impl Format {
+    fn of(spec: &LogSpec) -> Format {
+        match (&spec.date_format, spec.json) {
+            (_, true) => Format::Json,
+            (Some(format), false) => Format::Stamped(format.clone()),
+            (None, false) => Format::Raw,
+        }
+    }
+}
+
+struct Writer {
+    app: Arc<str>,
+    files: HashMap<FileKey, RotatingFile>,
+    same: bool,
+    merge: bool,
+    format: Format,
+    follow: broadcast::Sender<Arc<LogRecord>>,
+}
+
+impl Writer {
+    async fn run(mut self, mut chunks: mpsc::Receiver<Chunk>, mut control: mpsc::UnboundedReceiver<Control>) {
+        let mut scratch = Vec::with_capacity(64 * 1024);
+        loop {
+            tokio::select! {
+                chunk = chunks.recv() => {
+                    let Some(first) = chunk else { break };
+                    // Write everything queued, then flush once: few syscalls under load, nothing held
+                    // back when idle.
+                    let mut next = Some(first);
+                    while let Some(chunk) = next {
+                        self.write(&chunk, &mut scratch);
+                        next = chunks.try_recv().ok();
+                    }
+                    self.flush();
+                }
+                Some(request) = control.recv() => self.control(request),
+            }
+        }
+        self.flush();
+    }
+
+    fn write(&mut self, chunk: &Chunk, scratch: &mut Vec<u8>) {
+        let key = FileKey {
+            stream: if self.same { LogStream::Out } else { chunk.stream },
+            instance: if self.merge { None } else { Some(chunk.instance) },
+        };
+        let following = self.follow.receiver_count() > 0;
+        let now = (following || !matches!(self.format, Format::Raw)).then(chrono::Local::now);
+        let bytes: &[u8] = match (&self.format, now) {
+            (Format::Raw, _) | (_, None) => &chunk.bytes,
+            (Format::Stamped(format), Some(now)) => {
+                scratch.clear();
+                let stamp = now.format(format).to_string();
+                for line in chunk.bytes.split_inclusive(|b| *b == b'\n') {
+                    scratch.extend_from_slice(stamp.as_bytes());
+                    scratch.extend_from_slice(b": ");
+                    scratch.extend_from_slice(line);
+                }
+                scratch
+            }
+            (Format::Json, Some(now)) => {
+                scratch.clear();
+                for line in chunk.bytes.split_inclusive(|b| *b == b'\n') {
+                    let record = self.record(now, chunk, line);
+                    // Serializing a struct of strings and integers cannot fail.
+                    let _ = serde_json::to_writer(&mut *scratch, &record);
+                    scratch.push(b'\n');
+                }
+                scratch
+            }
+        };
+        match self.files.get_mut(&key) {
+            Some(file) => {
+                if let Err(e) = file.write(bytes) {
+                    tracing::error!(app = %self.app, path = %file.path().display(), error = %e, "writing a log file failed");
+                }
+            }
+            None => tracing::error!(app = %self.app, instance = chunk.instance, "no log file for this instance"),
+        }
+        if let Some(now) = now.filter(|_| following) {
+            for line in chunk.bytes.split_inclusive(|b| *b == b'\n') {
+                // No follower left is not an error.
+                let _ = self.follow.send(Arc::new(self.record(now, chunk, line)));
+            }
+        }
+    }
+
+    fn record(&self, now: chrono::DateTime<chrono::Local>, chunk: &Chunk, line: &[u8]) -> LogRecord {
+        let text = line.strip_suffix(b"\n").unwrap_or(line);
+        LogRecord {
+            time: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
+            app: self.app.to_string(),
+            instance: chunk.instance,
+            stream: chunk.stream,
+            message: String::from_utf8_lossy(text).into_owned(),
+        }
+    }
+
+    fn flush(&mut self) {
+        for file in self.files.values_mut() {
+            if let Err(e) = file.flush() {
+                tracing::error!(app = %self.app, path = %file.path().display(), error = %e, "flushing a log file failed");
+            }
+        }
+    }
+
+    fn control(&mut self, request: Control) {
+        let (result, reply) = match request {
+            Control::Reopen(reply) => (self.files.values_mut().try_for_each(RotatingFile::reopen), reply),
+            Control::Truncate(reply) => (self.files.values_mut().try_for_each(RotatingFile::truncate), reply),
+        };
+        let _ = reply.send(result);
+    }
+}
