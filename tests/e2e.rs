@@ -9,3 +9,4 @@ mod fork;
 mod health;
 mod lifecycle;
 mod logs;
+mod watch;

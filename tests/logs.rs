@@ -34,7 +34,10 @@ fn log_files(path: &std::path::Path) -> Vec<std::path::PathBuf> {
 }
 
 fn all_lines(path: &std::path::Path) -> Vec<String> {
-    log_files(path).iter().flat_map(|f| std::fs::read_to_string(f).expect("log file").lines().map(str::to_owned).collect::<Vec<_>>()).collect()
+    log_files(path)
+        .iter()
+        .flat_map(|f| std::fs::read_to_string(f).expect("log file").lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect()
 }
 
 #[test]
@@ -43,7 +46,11 @@ fn a_million_lines_from_two_instances_arrive_once_whole_and_in_order_through_rot
     let env = Env::new();
     env.write(
         "ecosystem.toml",
-        &app("loud", &["--lines", &PER_INSTANCE.to_string(), "--exit-after", "0"], "instances = 2\nmax_size = \"1M\"\nretain = 1000"),
+        &app(
+            "loud",
+            &["--lines", &PER_INSTANCE.to_string(), "--exit-after", "0"],
+            "instances = 2\nmax_size = \"1M\"\nretain = 1000",
+        ),
     );
     env.ok(&["start", "--no-wait"]);
     let out = env.home().join("logs/loud-out.log");
@@ -57,7 +64,8 @@ fn a_million_lines_from_two_instances_arrive_once_whole_and_in_order_through_rot
     let mut next: HashMap<&str, u64> = HashMap::new();
     for line in &lines {
         let mut parts = line.split(' ');
-        let (Some("L"), Some(instance), Some(seq), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some("L"), Some(instance), Some(seq), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             panic!("a broken line: {line:?}");
         };
         let expected = next.entry(instance).or_insert(0);
@@ -78,7 +86,10 @@ fn a_million_lines_from_two_instances_arrive_once_whole_and_in_order_through_rot
 #[test]
 fn retain_bounds_the_number_of_rotated_files() {
     let env = Env::new();
-    env.write("ecosystem.toml", &app("loud", &["--lines", "200000"], "max_size = \"64K\"\nretain = 3\nmerge_logs = false"));
+    env.write(
+        "ecosystem.toml",
+        &app("loud", &["--lines", "200000"], "max_size = \"64K\"\nretain = 3\nmerge_logs = false"),
+    );
     env.ok(&["start", "--no-wait"]);
     let out = env.home().join("logs/loud-out-0.log");
     wait_until("the last line written", Duration::from_secs(60), || {
@@ -94,7 +105,9 @@ fn logs_command_tails_follows_and_flush_and_reopen_work() {
     env.write("ecosystem.toml", &app("ticker", &["--tick", "20"], "log_type = \"json\""));
     env.ok(&["start"]);
     let path = env.home().join("logs/ticker-out.log");
-    wait_until("ticks written", Duration::from_secs(10), || (std::fs::read_to_string(&path).ok()?.lines().count() >= 5).then_some(()));
+    wait_until("ticks written", Duration::from_secs(10), || {
+        (std::fs::read_to_string(&path).ok()?.lines().count() >= 5).then_some(())
+    });
 
     // JSON records in the file.
     let first = std::fs::read_to_string(&path).expect("log").lines().next().expect("a line").to_owned();
@@ -145,7 +158,10 @@ fn logs_command_tails_follows_and_flush_and_reopen_work() {
 #[test]
 fn a_date_format_prefixes_every_line() {
     let env = Env::new();
-    env.write("ecosystem.toml", &app("dated", &["--lines", "3", "--exit-after", "0"], "log_date_format = \"%Y-%m-%d\""));
+    env.write(
+        "ecosystem.toml",
+        &app("dated", &["--lines", "3", "--exit-after", "0"], "log_date_format = \"%Y-%m-%d\""),
+    );
     env.ok(&["start", "--no-wait"]);
     let path = env.home().join("logs/dated-out.log");
     let text = wait_until("lines written", Duration::from_secs(10), || {

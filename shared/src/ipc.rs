@@ -103,7 +103,9 @@ pub struct LogTail {
 pub enum Event {
     Log(LogRecord),
     /// This follower fell behind and lost `count` lines (the files have them).
-    Skipped { count: u64 },
+    Skipped {
+        count: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -231,7 +233,8 @@ mod tests {
         ] {
             round_trip(response).await;
         }
-        let record = LogRecord { time: "t".into(), app: "a".into(), instance: 0, stream: LogStream::Out, message: "m".into() };
+        let record =
+            LogRecord { time: "t".into(), app: "a".into(), instance: 0, stream: LogStream::Out, message: "m".into() };
         round_trip(Event::Log(record)).await;
         round_trip(Event::Skipped { count: 3 }).await;
     }

@@ -40,6 +40,19 @@ pub struct AppSpec {
     pub readiness: Option<Readiness>,
     pub health: Option<HealthSpec>,
     pub logs: LogSpec,
+    /// Restart on file changes (development).
+    pub watch: Option<WatchSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchSpec {
+    /// Absolute paths, watched recursively.
+    pub paths: Vec<PathBuf>,
+    /// Glob patterns: without a `/` they match any file or directory name (`*.tmp`, `cache`); with
+    /// one, a path relative to `cwd` (`public/uploads`). Matching a directory ignores what is in it.
+    pub ignore: Vec<String>,
+    /// Changes are gathered for this long after the last one, then restart once.
+    pub delay: HumanDuration,
 }
 
 /// Where and how an app's output is written.

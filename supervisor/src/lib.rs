@@ -38,5 +38,6 @@ mod probe;
 pub mod process;
 pub mod reaper;
 mod spawn;
+mod watch;
 
 pub use daemon::{Outcome, StartError, run as run_daemon};

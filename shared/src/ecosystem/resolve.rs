@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use super::load::Ecosystem;
-use super::schema::{ExecMode, LogType, Readiness, StopSignal};
-use crate::spec::{AppSpec, HealthSpec, ListenSpec, LogSpec};
+use super::schema::{ExecMode, LogType, Readiness, StopSignal, Watch};
+use crate::spec::{AppSpec, HealthSpec, ListenSpec, LogSpec, WatchSpec};
 use crate::units::{ByteSize, HumanDuration};
 
 /// Fork mode is PM2's default too: one process per instance, no shared socket.
@@ -22,6 +22,7 @@ pub(crate) const DEFAULT_MAX_RESTARTS: u32 = 5;
 pub(crate) const DEFAULT_LISTEN_TIMEOUT: HumanDuration = HumanDuration(Duration::from_secs(10));
 pub(crate) const DEFAULT_LOG_MAX_SIZE: ByteSize = ByteSize(10 << 20);
 pub(crate) const DEFAULT_LOG_RETAIN: u32 = 30;
+pub(crate) const DEFAULT_WATCH_DELAY: HumanDuration = HumanDuration(Duration::from_millis(500));
 pub(crate) const DEFAULT_HEALTH_PATH: &str = "/health";
 pub(crate) const DEFAULT_HEALTH_INTERVAL: HumanDuration = HumanDuration(Duration::from_secs(30));
 pub(crate) const DEFAULT_HEALTH_TIMEOUT: HumanDuration = HumanDuration(Duration::from_secs(5));
@@ -120,6 +121,16 @@ impl Ecosystem {
                         std::path::absolute(&path).unwrap_or(path)
                     })
                 };
+                let watch = match &c.watch {
+                    Some(Watch::Enabled(true)) => Some(vec![cwd.clone()]),
+                    Some(Watch::Paths(paths)) if !paths.is_empty() => Some(paths.iter().map(|p| cwd.join(p)).collect()),
+                    _ => None,
+                }
+                .map(|paths| WatchSpec {
+                    paths,
+                    ignore: c.ignore_watch.clone().unwrap_or_default(),
+                    delay: c.watch_delay.unwrap_or(DEFAULT_WATCH_DELAY),
+                });
                 let readiness = c.readiness.or(health.as_ref().map(|_| Readiness::Probe));
                 AppSpec {
                     name: app.name.clone(),
@@ -144,6 +155,7 @@ impl Ecosystem {
                     listen_timeout: c.listen_timeout.unwrap_or(DEFAULT_LISTEN_TIMEOUT),
                     readiness,
                     health,
+                    watch,
                     logs: LogSpec {
                         out_file: log_path(&c.out_file),
                         error_file: log_path(&c.error_file),

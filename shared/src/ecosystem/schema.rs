@@ -79,22 +79,13 @@ pub struct AppConfig {
 }
 
 /// Keys that parse and validate but are not acted upon yet, with what the operator gets instead.
-pub(crate) const NOT_YET_ENFORCED: &[(&str, &str)] = &[
-    ("max_memory_restart", "memory is shown in `chatctl list` but no restart happens on the limit"),
-    ("watch", "file changes do not restart the app; use `chatctl restart`"),
-    ("ignore_watch", "file changes do not restart the app; use `chatctl restart`"),
-    ("watch_delay", "file changes do not restart the app; use `chatctl restart`"),
-];
+pub(crate) const NOT_YET_ENFORCED: &[(&str, &str)] =
+    &[("max_memory_restart", "memory is shown in `chatctl list` but no restart happens on the limit")];
 
 impl AppConfig {
     /// Names of the not-yet-enforced keys this table sets.
     pub fn unenforced_keys(&self) -> Vec<&'static str> {
-        let set = [
-            self.max_memory_restart.is_some(),
-            self.watch.as_ref().is_some_and(Watch::is_on),
-            self.ignore_watch.is_some(),
-            self.watch_delay.is_some(),
-        ];
+        let set = [self.max_memory_restart.is_some()];
         NOT_YET_ENFORCED.iter().zip(set).filter(|(_, on)| *on).map(|((key, _), _)| *key).collect()
     }
 

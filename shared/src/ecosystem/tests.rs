@@ -52,9 +52,12 @@ fn a_good_file_resolves_with_profile_overlay() {
     assert_eq!(lb[0].env["MODE"], "lb");
     assert_eq!(lb[0].env["RUST_LOG"], "info", "profile env merges over base env");
     assert_eq!(lb[0].health.as_ref().map(|h| h.path.as_str()), Some("/health"));
+    let dev = eco.resolve(Some("development"), None, &inherited).expect("resolves");
+    let watch = dev[0].watch.as_ref().expect("watch on in development");
+    assert_eq!(watch.paths, vec![std::path::absolute(".").expect("cwd")]);
     // Keys not enforced yet are reported as warnings, located.
     let keys: Vec<&str> = eco.warnings.iter().map(|w| w.key.as_str()).collect();
-    assert_eq!(keys, ["apps.chat.max_memory_restart", "apps.chat.profiles.development.watch"]);
+    assert_eq!(keys, ["apps.chat.max_memory_restart"]);
     assert_eq!((eco.warnings[0].line, eco.warnings[0].column), (8, 1));
 }
 

@@ -174,6 +174,11 @@ fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
             problem("log_date_format", format!("invalid strftime format {format:?} (e.g. \"%Y-%m-%d %H:%M:%S%.3f\")"));
         }
     }
+    for pattern in c.ignore_watch.iter().flatten() {
+        if let Err(e) = globset::Glob::new(pattern) {
+            problem("ignore_watch", format!("invalid glob {pattern:?}: {}", e.kind()));
+        }
+    }
     if c.max_size.is_some_and(|s| s.0 < 4096) {
         problem("max_size", "a log file of less than 4K would rotate on nearly every line".to_owned());
     }

@@ -42,7 +42,9 @@ pub(super) async fn logs(args: LogsArgs, home: &Home) -> anyhow::Result<ExitCode
                 let mark = if record.stream == LogStream::Err { " err" } else { "" };
                 println!("{}[{}]{mark} | {}", record.app, record.instance, record.message);
             }
-            Event::Skipped { count } => eprintln!("chatctl: {count} line(s) skipped: this terminal fell behind (they are in the files)"),
+            Event::Skipped { count } => {
+                eprintln!("chatctl: {count} line(s) skipped: this terminal fell behind (they are in the files)")
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -23,6 +23,7 @@ use crate::notify::NotifySocket;
 use crate::probe::Prober;
 use crate::reaper::Reaper;
 use crate::spawn::{self, Launch, PassedFd};
+use crate::watch::{AppWatcher, Ignore, WatchError};
 
 pub(super) struct App {
     /// Unique for the daemon's life, so messages about a deleted app cannot reach a new one of the
@@ -38,6 +39,8 @@ pub(super) struct App {
     pub(super) logs: LogSink,
     /// Set by `delete`: the app is removed once every instance has stopped.
     pub(super) deleting: bool,
+    /// Watch mode: restarts the app on file changes while it lives.
+    _watcher: Option<AppWatcher>,
 }
 
 pub(super) struct Slot {
@@ -89,7 +92,23 @@ impl App {
         }
         let logs = LogSink::open(&spec.name, log_paths.clone(), &spec.logs, spec.instances, env.follow.clone())
             .map_err(|source| AppError::Logs { path: log_paths.out.clone(), source })?;
-        Ok(App { id, policy: Policy::of(&spec), spec, shared, port, slots, logs, deleting: false })
+        let watcher = match &spec.watch {
+            Some(watch) => {
+                // Logs never restart the app: the daemon's whole home (its own log, sockets) and the
+                // directories of the app's log files.
+                let mut dirs = vec![env.home.to_owned()];
+                dirs.extend(
+                    [&log_paths.out, &log_paths.err].iter().filter_map(|p| p.parent()).map(std::path::Path::to_owned),
+                );
+                let ignore = Ignore::new(&watch.ignore, dirs, &spec.cwd)?;
+                let tx = env.tx.clone();
+                Some(AppWatcher::start(watch, ignore, move |paths| {
+                    let _ = tx.send(Msg::Changed { app_id: id, paths });
+                })?)
+            }
+            None => None,
+        };
+        Ok(App { id, policy: Policy::of(&spec), spec, shared, port, slots, logs, deleting: false, _watcher: watcher })
     }
 
     /// Feeds `input` to slot `index` and carries out the effects, including those that follow from
@@ -300,6 +319,8 @@ pub(super) struct Env<'a> {
 pub(super) enum AppError {
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
     #[error("cannot bind the notify socket {path}")]
     Notify {
         path: std::path::PathBuf,

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use chat_shared::ipc::{Request, Response};
 use chat_shared::spec::AppSpec;
 use chat_shared::status::ExitKind;
-use tokio::net::UnixListener;
 use std::sync::Arc;
+use tokio::net::UnixListener;
 
 use chat_shared::ipc::LogRecord;
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -54,9 +54,28 @@ const FRESH_ENOUGH: Duration = Duration::from_millis(250);
 
 pub(crate) enum Msg {
     Request(Request, oneshot::Sender<Response>),
-    Exited { app_id: u64, index: usize, pid: u32, status: ExitKind },
-    Probe { app_id: u64, index: usize, pid: u32, result: Result<(), String> },
-    Notify { app_id: u64, index: usize, notice: crate::notify::Notice },
+    Exited {
+        app_id: u64,
+        index: usize,
+        pid: u32,
+        status: ExitKind,
+    },
+    Probe {
+        app_id: u64,
+        index: usize,
+        pid: u32,
+        result: Result<(), String>,
+    },
+    Notify {
+        app_id: u64,
+        index: usize,
+        notice: crate::notify::Notice,
+    },
+    /// Watch mode saw these files change (after the debounce).
+    Changed {
+        app_id: u64,
+        paths: Vec<std::path::PathBuf>,
+    },
     /// A `logs --follow` connection subscribing to captured lines.
     Follow(oneshot::Sender<broadcast::Receiver<Arc<LogRecord>>>),
 }
@@ -214,6 +233,18 @@ impl Daemon {
                 app.drive(index, Input::Exited(status), now, &env);
                 if let Some(reaper) = &self.reaper {
                     reaper.borrow_mut().forget(pid);
+                }
+            }
+            Msg::Changed { app_id, paths } => {
+                let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
+                let first = paths.first().map(|p| p.display().to_string()).unwrap_or_default();
+                tracing::info!(app = %app.spec.name, changed = paths.len(), first, "files changed: restarting");
+                let env = effect_env!(self);
+                for index in 0..app.slots.len() {
+                    // An instance an operator stopped stays stopped; a crash-looping one gets a new try.
+                    if app.slots[index].instance.phase() != chat_shared::status::Phase::Stopped {
+                        app.drive(index, Input::Restart, now, &env);
+                    }
                 }
             }
             Msg::Follow(reply) => {

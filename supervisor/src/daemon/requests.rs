@@ -145,8 +145,15 @@ impl Daemon {
                 if stream.is_some_and(|s| s != file_stream) {
                     continue;
                 }
-                let lines = crate::logs::tail(&path, lines).unwrap_or_else(|e| vec![format!("(cannot read {}: {e})", path.display())]);
-                out.push(LogTail { app: app.spec.name.clone(), stream: file_stream, instance, path: path.display().to_string(), lines });
+                let lines = crate::logs::tail(&path, lines)
+                    .unwrap_or_else(|e| vec![format!("(cannot read {}: {e})", path.display())]);
+                out.push(LogTail {
+                    app: app.spec.name.clone(),
+                    stream: file_stream,
+                    instance,
+                    path: path.display().to_string(),
+                    lines,
+                });
             }
         }
         out

@@ -92,7 +92,8 @@ impl LogSink {
         instances: usize,
         follow: broadcast::Sender<Arc<LogRecord>>,
     ) -> io::Result<LogSink> {
-        let policy = RotatePolicy { max_size: spec.max_size.0, retain: spec.retain, compress: spec.compress, daily: spec.daily };
+        let policy =
+            RotatePolicy { max_size: spec.max_size.0, retain: spec.retain, compress: spec.compress, daily: spec.daily };
         let mut files = HashMap::new();
         let same = paths.out == paths.err;
         for stream in [LogStream::Out, LogStream::Err] {

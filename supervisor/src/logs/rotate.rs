@@ -31,7 +31,14 @@ pub(crate) struct RotatingFile {
 }
 
 /// Why a write rotates first, if it does. Pure, for tests.
-pub(crate) fn must_rotate(size: u64, incoming: u64, max_size: u64, opened: NaiveDate, today: NaiveDate, daily: bool) -> bool {
+pub(crate) fn must_rotate(
+    size: u64,
+    incoming: u64,
+    max_size: u64,
+    opened: NaiveDate,
+    today: NaiveDate,
+    daily: bool,
+) -> bool {
     (size > 0 && size + incoming > max_size) || (daily && size > 0 && today != opened)
 }
 
@@ -165,13 +172,15 @@ pub(crate) fn rotated_files(path: &Path) -> Vec<PathBuf> {
         .filter(|e| {
             e.file_name().to_str().is_some_and(|n| {
                 // A stamp starts with a digit: `chat-out.log.2026...`, never `chat-out.log.lock`.
-                n.strip_prefix(&prefix).is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()) && !rest.ends_with(".tmp"))
+                n.strip_prefix(&prefix)
+                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()) && !rest.ends_with(".tmp"))
             })
         })
         .map(|e| e.path())
         .collect();
     // While a file is being compressed, `X` and `X.gz` exist together for a moment: count it once.
-    let plain: std::collections::HashSet<PathBuf> = files.iter().filter(|p| p.extension().is_none_or(|e| e != "gz")).cloned().collect();
+    let plain: std::collections::HashSet<PathBuf> =
+        files.iter().filter(|p| p.extension().is_none_or(|e| e != "gz")).cloned().collect();
     files.retain(|p| !(p.extension().is_some_and(|e| e == "gz") && plain.contains(&p.with_extension(""))));
     files.sort();
     files
@@ -193,7 +202,8 @@ fn gzip(path: &Path) -> io::Result<()> {
     let gz = with_gz(path);
     let tmp = PathBuf::from(format!("{}.tmp", gz.display()));
     let mut input = File::open(path)?;
-    let mut encoder = flate2::write::GzEncoder::new(BufWriter::new(File::create(&tmp)?), flate2::Compression::default());
+    let mut encoder =
+        flate2::write::GzEncoder::new(BufWriter::new(File::create(&tmp)?), flate2::Compression::default());
     io::copy(&mut input, &mut encoder)?;
     encoder.finish()?.flush()?;
     std::fs::rename(&tmp, &gz)?;
@@ -218,7 +228,11 @@ mod tests {
             (0, 10, 50, d1, d2, true, false), // nothing to rotate on a new day
         ];
         for (size, incoming, max, opened, today, daily, expected) in cases {
-            assert_eq!(must_rotate(size, incoming, max, opened, today, daily), expected, "{size}+{incoming}/{max} daily={daily}");
+            assert_eq!(
+                must_rotate(size, incoming, max, opened, today, daily),
+                expected,
+                "{size}+{incoming}/{max} daily={daily}"
+            );
         }
     }
 
@@ -248,9 +262,15 @@ mod tests {
                 std::thread::sleep(std::time::Duration::from_millis(10));
                 rotated_files(&path).into_iter().find(|p| p.extension().is_some_and(|e| e == "gz"))
             })
-            .unwrap_or_else(|| panic!("a gzipped rotation among {:?}", std::fs::read_dir(dir.path()).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())));
+            .unwrap_or_else(|| {
+                panic!(
+                    "a gzipped rotation among {:?}",
+                    std::fs::read_dir(dir.path()).map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+                )
+            });
         let mut text = String::new();
-        io::Read::read_to_string(&mut flate2::read::GzDecoder::new(File::open(gz).expect("gz")), &mut text).expect("gunzip");
+        io::Read::read_to_string(&mut flate2::read::GzDecoder::new(File::open(gz).expect("gz")), &mut text)
+            .expect("gunzip");
         assert!(text.starts_with("line 08 ") && text.ends_with("line 09 ............................\n"), "{text}");
     }
 }
