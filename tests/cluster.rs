@@ -1,12 +1,11 @@
 //! Cluster mode: one shared socket, per-instance health, chat through it, crash recovery.
 
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use chat_shared::status::Phase;
 
+use crate::support::load::Load;
 use crate::support::{Env, alive, bin, http_get, node, sigkill, wait_until};
 
 /// The repo's ecosystem.toml shape, pointed at this build and a free port.
@@ -65,48 +64,6 @@ fn production_cluster_chats_with_socket_io_client_and_kill_leaves_nothing() {
     });
 }
 
-/// Sends requests on new connections until `stop`; counts answers, refusals and other failures.
-struct Load {
-    ok: AtomicU64,
-    refused: AtomicU64,
-    failed: AtomicU64,
-    stop: AtomicBool,
-}
-
-fn load(addr: SocketAddr, stats: Arc<Load>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        // Bounded in count as well as by `stop`.
-        for _ in 0..200_000 {
-            if stats.stop.load(Ordering::Relaxed) {
-                return;
-            }
-            match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    stats.refused.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(_) => {
-                    stats.failed.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(stream) => {
-                    let answered = request(stream);
-                    let counter = if answered { &stats.ok } else { &stats.failed };
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    })
-}
-
-fn request(mut stream: TcpStream) -> bool {
-    use std::io::{Read, Write};
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    if stream.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).is_ok() && response.starts_with(b"HTTP/1.1 200")
-}
-
 #[test]
 fn kill_9_of_one_instance_under_load_refuses_nothing_and_it_comes_back() {
     let env = Env::new();
@@ -121,10 +78,8 @@ fn kill_9_of_one_instance_under_load_refuses_nothing_and_it_comes_back() {
     env.ok(&["start"]);
     let pids = env.online_pids("chat", 2);
 
-    let stats = Arc::new(Load { ok: 0.into(), refused: 0.into(), failed: 0.into(), stop: false.into() });
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let workers: Vec<_> = (0..2).map(|_| load(addr, stats.clone())).collect();
-    wait_until("load under way", Duration::from_secs(10), || (stats.ok.load(Ordering::Relaxed) > 200).then_some(()));
+    let load = Load::start(([127, 0, 0, 1], port).into(), 2);
+    load.wait_for(200);
 
     sigkill(pids[0]);
     let new_pid = wait_until("instance 0 back online with a new pid", Duration::from_secs(20), || {
@@ -132,16 +87,8 @@ fn kill_9_of_one_instance_under_load_refuses_nothing_and_it_comes_back() {
         let i = &apps[0].instances[0];
         (i.status == Phase::Online && i.pid.is_some_and(|p| p != pids[0])).then_some(i.pid)
     });
-    let ok_at_recovery = stats.ok.load(Ordering::Relaxed);
-    wait_until("load continues after recovery", Duration::from_secs(10), || {
-        (stats.ok.load(Ordering::Relaxed) > ok_at_recovery + 200).then_some(())
-    });
-    stats.stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().expect("load thread");
-    }
-    let (ok, refused, failed) =
-        (stats.ok.load(Ordering::Relaxed), stats.refused.load(Ordering::Relaxed), stats.failed.load(Ordering::Relaxed));
+    load.wait_for(200);
+    let (ok, refused, failed) = load.stop();
     eprintln!("kill -9 under load: {ok} ok, {refused} refused, {failed} failed in flight; new pid {new_pid:?}");
     assert_eq!(refused, 0, "the shared port must never refuse a connection");
     let apps = env.list();

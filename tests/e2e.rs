@@ -9,4 +9,5 @@ mod fork;
 mod health;
 mod lifecycle;
 mod logs;
+mod memory;
 mod watch;

@@ -40,6 +40,9 @@ pub struct AppSpec {
     pub readiness: Option<Readiness>,
     pub health: Option<HealthSpec>,
     pub logs: LogSpec,
+    /// Replace an instance whose process group uses more resident memory than this.
+    pub max_memory: Option<ByteSize>,
+    pub memory_check_interval: HumanDuration,
     /// Restart on file changes (development).
     pub watch: Option<WatchSpec>,
 }

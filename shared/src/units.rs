@@ -112,6 +112,18 @@ impl fmt::Display for ByteSize {
     }
 }
 
+impl ByteSize {
+    /// For messages: one decimal in the largest unit that fits (`1.2G`), where `Display` is exact.
+    pub fn to_string_rounded(self) -> String {
+        for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
+            if self.0 >= 1 << shift {
+                return format!("{:.1}{unit}", self.0 as f64 / (1u64 << shift) as f64);
+            }
+        }
+        format!("{}B", self.0)
+    }
+}
+
 /// Serde glue shared by both types: a string parsed with `FromStr`, written back with `Display`.
 macro_rules! human_serde {
     ($ty:ty, $what:literal) => {

@@ -11,7 +11,7 @@ use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
 use super::issue::{ConfigErrors, ConfigIssue, Severity};
-use super::schema::{AppConfig, EnvValue, HealthConfig, NOT_YET_ENFORCED};
+use super::schema::{AppConfig, EnvValue, HealthConfig};
 use super::validate;
 
 /// A loaded, fully validated ecosystem file.
@@ -22,8 +22,6 @@ pub struct Ecosystem {
     pub dir: PathBuf,
     /// In file order (the order apps start in).
     pub apps: Vec<AppEntry>,
-    /// Keys that are accepted but not acted upon yet, located.
-    pub warnings: Vec<ConfigIssue>,
 }
 
 #[derive(Clone, Debug)]
@@ -80,15 +78,12 @@ impl Ecosystem {
             let span = walk.locate(&problem.key_candidates);
             walk.error(span, &problem.key_candidates[0], problem.message);
         }
-        let mut warnings = walk.warnings(&apps);
-        warnings.sort_by_key(|w| (w.line, w.column));
         if walk.issues.iter().any(|i| i.severity == Severity::Error) {
-            walk.issues.extend(warnings);
             return Err(ConfigErrors { issues: walk.issues });
         }
         let dir = file.parent().map(Path::to_owned).unwrap_or_default();
         let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
-        Ok(Ecosystem { file: file.to_owned(), dir, apps, warnings })
+        Ok(Ecosystem { file: file.to_owned(), dir, apps })
     }
 }
 
@@ -228,24 +223,6 @@ impl<'a> Walk<'a> {
                 None
             }
         }
-    }
-
-    fn warnings(&self, apps: &[AppEntry]) -> Vec<ConfigIssue> {
-        let mut out = Vec::new();
-        for app in apps {
-            let tables = std::iter::once((format!("apps.{}", app.name), &app.base))
-                .chain(app.profiles.iter().map(|(p, c)| (format!("apps.{}.profiles.{p}", app.name), c)));
-            for (path, config) in tables {
-                for key in config.unenforced_keys() {
-                    let key_path = format!("{path}.{key}");
-                    let span = self.spans.get(&key_path).cloned().unwrap_or(0..0);
-                    let why = NOT_YET_ENFORCED.iter().find(|(k, _)| *k == key).map_or("", |(_, why)| why);
-                    let message = format!("accepted but not enforced yet: {why}");
-                    out.push(ConfigIssue::at(Severity::Warning, self.file, self.text, span, &key_path, message));
-                }
-            }
-        }
-        out
     }
 }
 

@@ -22,6 +22,7 @@ pub(crate) const DEFAULT_MAX_RESTARTS: u32 = 5;
 pub(crate) const DEFAULT_LISTEN_TIMEOUT: HumanDuration = HumanDuration(Duration::from_secs(10));
 pub(crate) const DEFAULT_LOG_MAX_SIZE: ByteSize = ByteSize(10 << 20);
 pub(crate) const DEFAULT_LOG_RETAIN: u32 = 30;
+pub(crate) const DEFAULT_MEMORY_CHECK_INTERVAL: HumanDuration = HumanDuration(Duration::from_secs(2));
 pub(crate) const DEFAULT_WATCH_DELAY: HumanDuration = HumanDuration(Duration::from_millis(500));
 pub(crate) const DEFAULT_HEALTH_PATH: &str = "/health";
 pub(crate) const DEFAULT_HEALTH_INTERVAL: HumanDuration = HumanDuration(Duration::from_secs(30));
@@ -155,6 +156,8 @@ impl Ecosystem {
                     listen_timeout: c.listen_timeout.unwrap_or(DEFAULT_LISTEN_TIMEOUT),
                     readiness,
                     health,
+                    max_memory: c.max_memory_restart,
+                    memory_check_interval: c.memory_check_interval.unwrap_or(DEFAULT_MEMORY_CHECK_INTERVAL),
                     watch,
                     logs: LogSpec {
                         out_file: log_path(&c.out_file),

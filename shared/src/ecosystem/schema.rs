@@ -71,24 +71,16 @@ pub struct AppConfig {
     pub compress: Option<bool>,
     /// Also rotate at the first write of every new (local) day.
     pub rotate_daily: Option<bool>,
-    // Parsed and validated, enforced by later work; loading warns about each one that is set.
+    /// Replace an instance whose process group's RSS passes this.
     pub max_memory_restart: Option<ByteSize>,
+    /// How often memory is sampled.
+    pub memory_check_interval: Option<HumanDuration>,
     pub watch: Option<Watch>,
     pub ignore_watch: Option<Vec<String>>,
     pub watch_delay: Option<HumanDuration>,
 }
 
-/// Keys that parse and validate but are not acted upon yet, with what the operator gets instead.
-pub(crate) const NOT_YET_ENFORCED: &[(&str, &str)] =
-    &[("max_memory_restart", "memory is shown in `chatctl list` but no restart happens on the limit")];
-
 impl AppConfig {
-    /// Names of the not-yet-enforced keys this table sets.
-    pub fn unenforced_keys(&self) -> Vec<&'static str> {
-        let set = [self.max_memory_restart.is_some()];
-        NOT_YET_ENFORCED.iter().zip(set).filter(|(_, on)| *on).map(|((key, _), _)| *key).collect()
-    }
-
     /// `self` with every key that `over` sets replaced; `env` is merged key by key.
     pub fn overlay(&self, over: &AppConfig) -> AppConfig {
         let mut env = self.env.clone();
@@ -133,6 +125,7 @@ impl AppConfig {
             max_restarts,
             min_uptime,
             max_memory_restart,
+            memory_check_interval,
             watch,
             ignore_watch,
             watch_delay

@@ -55,10 +55,6 @@ fn a_good_file_resolves_with_profile_overlay() {
     let dev = eco.resolve(Some("development"), None, &inherited).expect("resolves");
     let watch = dev[0].watch.as_ref().expect("watch on in development");
     assert_eq!(watch.paths, vec![std::path::absolute(".").expect("cwd")]);
-    // Keys not enforced yet are reported as warnings, located.
-    let keys: Vec<&str> = eco.warnings.iter().map(|w| w.key.as_str()).collect();
-    assert_eq!(keys, ["apps.chat.max_memory_restart"]);
-    assert_eq!((eco.warnings[0].line, eco.warnings[0].column), (8, 1));
 }
 
 #[test]

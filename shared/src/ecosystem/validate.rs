@@ -179,6 +179,9 @@ fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
             problem("ignore_watch", format!("invalid glob {pattern:?}: {}", e.kind()));
         }
     }
+    if c.memory_check_interval.is_some_and(|i| i.0 < std::time::Duration::from_millis(100)) {
+        problem("memory_check_interval", "must be at least 100ms".to_owned());
+    }
     if c.max_size.is_some_and(|s| s.0 < 4096) {
         problem("max_size", "a log file of less than 4K would rotate on nearly every line".to_owned());
     }

@@ -36,9 +36,6 @@ fn load(config: &std::path::Path, profile: Option<&str>, only: Option<&str>) -> 
             return Err(ExitCode::from(exit::CONFIG));
         }
     };
-    for warning in &eco.warnings {
-        eprintln!("{warning}");
-    }
     let env: BTreeMap<String, String> = std::env::vars().collect();
     eco.resolve(profile, only, &env).map_err(|e| {
         eprintln!("error: {e}");

@@ -13,6 +13,7 @@ use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
 use super::Msg;
+use super::slot::{Next, OnFailure, Proc, Slot, Successor, Which};
 use crate::instance::{Effect, Input, Instance, Policy};
 use crate::listen::{self, BindError};
 use chat_shared::ipc::LogStream;
@@ -41,18 +42,8 @@ pub(super) struct App {
     pub(super) deleting: bool,
     /// Watch mode: restarts the app on file changes while it lives.
     _watcher: Option<AppWatcher>,
-}
-
-pub(super) struct Slot {
-    pub(super) instance: Instance,
-    /// Cluster mode: private loopback listener for this instance's health probes.
-    admin: Option<TcpListener>,
-    /// Fork mode with `inherit_socket`: this instance's own `port + i`.
-    own: Option<TcpListener>,
-    port: Option<u16>,
-    probe_addr: Option<SocketAddr>,
-    /// `readiness = "notify"`: this slot's `NOTIFY_SOCKET`.
-    notify: Option<NotifySocket>,
+    /// Last process key handed out (see `Proc::key`).
+    next_key: u64,
 }
 
 impl App {
@@ -73,19 +64,13 @@ impl App {
             );
             shared = Some(socket);
         }
+        let mut next_key = 0;
         for index in 0..spec.instances {
-            let mut slot = Slot::new(&spec, index, port)?;
-            if spec.readiness == Some(Readiness::Notify) {
-                let path = env.home.join("notify").join(format!("{id}.{index}.sock"));
-                let tx = env.tx.clone();
-                let on_notice = move |notice| {
-                    let _ = tx.send(Msg::Notify { app_id: id, index, notice });
-                };
-                let socket =
-                    NotifySocket::bind(path.clone(), on_notice).map_err(|source| AppError::Notify { path, source })?;
-                slot.notify = Some(socket);
-            }
-            slots.push(slot);
+            let own = Self::own_socket(&spec, index)?;
+            let slot_port = own.as_ref().map(|(_, p)| *p).or(port).or_else(|| spec.port_of(index));
+            next_key += 1;
+            let current = Self::new_proc(id, next_key, &spec, slot_port, env)?;
+            slots.push(Slot { current, successor: None, own: own.map(|(socket, _)| socket), port: slot_port });
         }
         if spec.exec_mode == ExecMode::Fork {
             port = slots.first().and_then(|s| s.port);
@@ -108,25 +93,187 @@ impl App {
             }
             None => None,
         };
-        Ok(App { id, policy: Policy::of(&spec), spec, shared, port, slots, logs, deleting: false, _watcher: watcher })
+        Ok(App {
+            id,
+            policy: Policy::of(&spec),
+            spec,
+            shared,
+            port,
+            slots,
+            logs,
+            deleting: false,
+            _watcher: watcher,
+            next_key,
+        })
     }
 
-    /// Feeds `input` to slot `index` and carries out the effects, including those that follow from
-    /// them (a spawn's outcome is itself an input).
-    pub(super) fn drive(&mut self, index: usize, input: Input, now: Instant, env: &Env<'_>) {
+    /// Fork mode with `inherit_socket`: the slot's own `port + i`, bound, and its real port.
+    fn own_socket(spec: &AppSpec, index: usize) -> Result<Option<(TcpListener, u16)>, AppError> {
+        let (Some(l), ExecMode::Fork) = (&spec.listen, spec.exec_mode) else { return Ok(None) };
+        if !l.inherit {
+            return Ok(None);
+        }
+        let port = spec.port_of(index).unwrap_or(0);
+        let own = listen::bind(l.host, port)?;
+        let bound =
+            own.local_addr().map_err(|source| BindError { addr: SocketAddr::new(l.host, port), source })?.port();
+        Ok(Some((own, bound)))
+    }
+
+    /// A process of a slot, with its own admin listener (cluster) and notify socket.
+    fn new_proc(app_id: u64, key: u64, spec: &AppSpec, port: Option<u16>, env: &Env<'_>) -> Result<Proc, AppError> {
+        let mut proc = Proc { instance: Instance::new(), key, admin: None, probe_addr: None, notify: None };
+        if let Some(l) = &spec.listen {
+            match spec.exec_mode {
+                ExecMode::Cluster => {
+                    let admin = listen::admin()?;
+                    proc.probe_addr = admin.local_addr().ok();
+                    proc.admin = Some(admin);
+                }
+                ExecMode::Fork => proc.probe_addr = port.map(|p| listen::probe_target(l.host, p)),
+            }
+        }
+        if spec.readiness == Some(Readiness::Notify) {
+            let path = env.home.join("notify").join(format!("{app_id}.{key}.sock"));
+            let tx = env.tx.clone();
+            let on_notice = move |notice| {
+                let _ = tx.send(Msg::Notify { app_id, key, notice });
+            };
+            let socket =
+                NotifySocket::bind(path.clone(), on_notice).map_err(|source| AppError::Notify { path, source })?;
+            proc.notify = Some(socket);
+        }
+        Ok(proc)
+    }
+
+    /// Where the process with `pid` is.
+    pub(super) fn find_pid(&self, pid: u32) -> Option<(usize, Which)> {
+        self.find(|p| p.instance.pid() == Some(pid))
+    }
+
+    /// Where the process with notify `key` is.
+    pub(super) fn find_key(&self, key: u64) -> Option<(usize, Which)> {
+        self.find(|p| p.key == key)
+    }
+
+    fn find(&self, wanted: impl Fn(&Proc) -> bool) -> Option<(usize, Which)> {
+        self.slots.iter().enumerate().find_map(|(index, slot)| {
+            [Which::Current, Which::Successor]
+                .into_iter()
+                .find(|w| slot.proc(*w).is_some_and(&wanted))
+                .map(|which| (index, which))
+        })
+    }
+
+    /// Starts replacing slot `index` surge-first (see `slot`): a successor on the same socket, then
+    /// the current process stops once the successor is online. Where two processes cannot share the
+    /// slot (fork mode where the program binds its own port), the current one restarts in place.
+    pub(super) fn replace(&mut self, index: usize, reason: String, on_failure: OnFailure, now: Instant, env: &Env<'_>) {
+        let Some(slot) = self.slots.get(index) else { return };
+        if slot.successor.is_some() {
+            return;
+        }
+        let surge = !matches!((&self.spec.listen, self.spec.exec_mode), (Some(l), ExecMode::Fork) if !l.inherit);
+        if !surge {
+            tracing::warn!(app = %self.spec.name, index, reason, "restarting in place (the program binds its own port)");
+            self.slots[index].current.instance.note = Some(format!("restarted: {reason}"));
+            self.drive(index, Which::Current, Input::Restart, now, env);
+            return;
+        }
+        self.next_key += 1;
+        let proc = match Self::new_proc(self.id, self.next_key, &self.spec, slot.port, env) {
+            Ok(proc) => proc,
+            Err(e) => {
+                tracing::error!(app = %self.spec.name, index, error = %e, "cannot prepare a replacement");
+                return;
+            }
+        };
+        tracing::warn!(app = %self.spec.name, index, reason, "replacing: starting a successor first");
+        self.slots[index].successor = Some(Successor { proc, reason, on_failure });
+        self.drive(index, Which::Successor, Input::Start, now, env);
+    }
+
+    /// Cancels a replacement in progress (an operator's stop, restart or delete wins).
+    pub(super) fn cancel_successor(&mut self, index: usize, now: Instant, env: &Env<'_>) {
+        if let Some(successor) = self.slots.get_mut(index).and_then(|s| s.successor.as_mut()) {
+            successor.on_failure = OnFailure::KeepCurrent;
+            self.drive(index, Which::Successor, Input::Stop, now, env);
+        }
+    }
+
+    /// Carries a replacement forward after one of the slot's processes changed.
+    fn advance(&mut self, index: usize, now: Instant, env: &Env<'_>) {
+        // Each step changes a phase, so this ends; the bound documents it.
+        for _ in 0..4 {
+            let Some(slot) = self.slots.get_mut(index) else { return };
+            match slot.next() {
+                Next::Nothing => return,
+                Next::StopCurrent => {
+                    let reason = slot.successor.as_ref().map(|s| s.reason.clone()).unwrap_or_default();
+                    tracing::info!(app = %self.spec.name, index, reason, "successor online: stopping the process it replaces");
+                    self.drive_one(index, Which::Current, Input::Stop, now, env);
+                }
+                Next::HoldCurrent => self.drive_one(index, Which::Current, Input::Stop, now, env),
+                Next::Promote => {
+                    slot.promote();
+                    tracing::info!(app = %self.spec.name, index, pid = slot.current.instance.pid(), "replacement done");
+                    return;
+                }
+                Next::Abandon => {
+                    let Some(successor) = slot.successor.as_ref() else { return };
+                    let running = successor.proc.instance.pid().is_some();
+                    let on_failure = successor.on_failure;
+                    if running {
+                        // Let it stop; the next change of its phase comes back here.
+                        self.drive_one(index, Which::Successor, Input::Stop, now, env);
+                        if self.slots[index].successor.as_ref().is_some_and(|s| s.proc.instance.pid().is_some()) {
+                            return;
+                        }
+                    }
+                    let slot = &mut self.slots[index];
+                    let failed =
+                        slot.successor.take().map(|s| s.proc.instance.note.unwrap_or_default()).unwrap_or_default();
+                    tracing::warn!(app = %self.spec.name, index, failed, ?on_failure, "replacement abandoned");
+                    let current_down = matches!(slot.current.instance.phase(), Phase::Stopped | Phase::Errored);
+                    match on_failure {
+                        OnFailure::RestartCurrent => self.drive_one(index, Which::Current, Input::Restart, now, env),
+                        // Held back for the successor: it must serve again.
+                        OnFailure::KeepCurrent if current_down => {
+                            self.drive_one(index, Which::Current, Input::Start, now, env)
+                        }
+                        OnFailure::KeepCurrent => {}
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Feeds `input` to a process of slot `index`, carries out the effects, and moves a
+    /// replacement in progress along.
+    pub(super) fn drive(&mut self, index: usize, which: Which, input: Input, now: Instant, env: &Env<'_>) {
+        self.drive_one(index, which, input, now, env);
+        self.advance(index, now, env);
+    }
+
+    /// Feeds `input` and carries out the effects, including those that follow from them (a spawn's
+    /// outcome is itself an input).
+    fn drive_one(&mut self, index: usize, which: Which, input: Input, now: Instant, env: &Env<'_>) {
         let mut queue = std::collections::VecDeque::from([input]);
         while let Some(input) = queue.pop_front() {
-            let Some(slot) = self.slots.get_mut(index) else { return };
-            let before = slot.instance.phase();
-            let incidents = slot.instance.incidents;
-            let effects = slot.instance.step(input, now, &self.policy);
-            let after = slot.instance.phase();
-            let incident = slot.instance.incidents != incidents;
+            let Some(proc) = self.slots.get_mut(index).and_then(|s| s.proc_mut(which)) else { return };
+            let instance = &mut proc.instance;
+            let before = instance.phase();
+            let incidents = instance.incidents;
+            let effects = instance.step(input, now, &self.policy);
+            let after = instance.phase();
+            let incident = instance.incidents != incidents;
             if before != after || incident {
-                let span = tracing::info_span!("instance", app = %self.spec.name, index);
+                let successor = which == Which::Successor;
+                let span = tracing::info_span!("instance", app = %self.spec.name, index, successor);
                 let _enter = span.enter();
-                let note = slot.instance.note.as_deref().unwrap_or("");
-                let (from, to, pid) = (before.as_str(), after.as_str(), slot.instance.pid());
+                let note = instance.note.as_deref().unwrap_or("");
+                let (from, to, pid) = (before.as_str(), after.as_str(), instance.pid());
                 // The machine writes a note exactly when something unplanned happened (a crash, a
                 // failed probe, a timeout): that is what an operator must hear about.
                 if incident {
@@ -136,17 +283,17 @@ impl App {
                 }
             }
             for effect in effects {
-                if let Some(next) = self.apply(index, effect, env) {
+                if let Some(next) = self.apply(index, which, effect, env) {
                     queue.push_back(next);
                 }
             }
         }
     }
 
-    fn apply(&mut self, index: usize, effect: Effect, env: &Env<'_>) -> Option<Input> {
+    fn apply(&mut self, index: usize, which: Which, effect: Effect, env: &Env<'_>) -> Option<Input> {
         let name = self.spec.name.clone();
         match effect {
-            Effect::Spawn => Some(self.spawn(index, env)),
+            Effect::Spawn => Some(self.spawn(index, which, env)),
             Effect::Signal { pid, signal } => {
                 signal_group(&name, pid, to_nix(signal));
                 None
@@ -156,23 +303,24 @@ impl App {
                 None
             }
             Effect::Probe { pid } => {
-                let slot = &self.slots[index];
-                let (Some(addr), Some(health)) = (slot.probe_addr, self.spec.health.as_ref()) else {
+                let proc = self.slots[index].proc(which)?;
+                let (Some(addr), Some(health)) = (proc.probe_addr, self.spec.health.as_ref()) else {
                     return Some(Input::ProbePassed);
                 };
                 let (prober, tx, app_id) = (env.prober.clone(), env.tx.clone(), self.id);
                 let (path, timeout) = (health.path.clone(), health.timeout.0);
                 tokio::spawn(async move {
                     let result = prober.probe(addr, &path, timeout).await;
-                    let _ = tx.send(Msg::Probe { app_id, index, pid, result });
+                    let _ = tx.send(Msg::Probe { app_id, pid, result });
                 });
                 None
             }
         }
     }
 
-    fn spawn(&mut self, index: usize, env: &Env<'_>) -> Input {
+    fn spawn(&mut self, index: usize, which: Which, env: &Env<'_>) -> Input {
         let slot = &self.slots[index];
+        let Some(proc) = slot.proc(which) else { return Input::SpawnFailed("no such process".into()) };
         let mut fds: Vec<PassedFd<'_>> = Vec::new();
         if let Some(shared) = &self.shared {
             fds.push(PassedFd { fd: shared, name: FD_NAME_HTTP });
@@ -180,7 +328,7 @@ impl App {
         if let Some(own) = &slot.own {
             fds.push(PassedFd { fd: own, name: FD_NAME_HTTP });
         }
-        if let Some(admin) = &slot.admin {
+        if let Some(admin) = &proc.admin {
             fds.push(PassedFd { fd: admin, name: FD_NAME_ADMIN });
         }
         let launch = Launch {
@@ -189,7 +337,7 @@ impl App {
             port: slot.port,
             fds: &fds,
             home: env.home,
-            notify: slot.notify.as_ref().map(NotifySocket::path),
+            notify: proc.notify.as_ref().map(NotifySocket::path),
         };
         let mut child = match spawn::spawn(&launch) {
             Ok(child) => child,
@@ -216,7 +364,7 @@ impl App {
                     ExitKind::Code(-1)
                 }
             };
-            let _ = tx.send(Msg::Exited { app_id, index, pid, status });
+            let _ = tx.send(Msg::Exited { app_id, pid, status });
         });
         if let Some(reaper) = env.reaper {
             reaper.borrow_mut().watch(pid);
@@ -226,12 +374,19 @@ impl App {
     }
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {
-        self.slots.iter().filter_map(|s| s.instance.next_deadline()).min()
+        self.procs().filter_map(|(_, _, p)| p.instance.next_deadline()).min()
+    }
+
+    /// Every process of every slot, with where it is.
+    pub(super) fn procs(&self) -> impl Iterator<Item = (usize, Which, &Proc)> {
+        self.slots.iter().enumerate().flat_map(|(index, slot)| {
+            [Which::Current, Which::Successor].into_iter().filter_map(move |w| slot.proc(w).map(|p| (index, w, p)))
+        })
     }
 
     /// Every slot stopped (or errored): nothing running, nothing about to run.
     pub(super) fn is_down(&self) -> bool {
-        self.slots.iter().all(|s| matches!(s.instance.phase(), Phase::Stopped | Phase::Errored))
+        self.slots.iter().all(Slot::is_down)
     }
 
     pub(super) fn status(&self, now: Instant, usage: &std::collections::HashMap<u32, Usage>) -> AppStatus {
@@ -240,20 +395,30 @@ impl App {
             .iter()
             .enumerate()
             .map(|(index, slot)| {
-                let pid = slot.instance.pid();
+                let current = &slot.current;
+                let pid = current.instance.pid();
                 let use_ = pid.and_then(|p| usage.get(&p));
+                let note = match &slot.successor {
+                    Some(s) => Some(format!(
+                        "replacing ({}): successor pid {} {}",
+                        s.reason,
+                        s.proc.instance.pid().map_or("-".into(), |p| p.to_string()),
+                        s.proc.instance.phase().as_str()
+                    )),
+                    None => current.instance.note.clone(),
+                };
                 InstanceStatus {
                     index,
-                    status: slot.instance.phase(),
+                    status: current.instance.phase(),
                     pid,
                     port: slot.port,
-                    admin_addr: slot.admin.as_ref().and_then(|a| a.local_addr().ok()).map(|a| a.to_string()),
-                    uptime_ms: slot.instance.since().map(|s| now.saturating_duration_since(s).as_millis() as u64),
-                    restarts: slot.instance.restarts,
+                    admin_addr: current.admin.as_ref().and_then(|a| a.local_addr().ok()).map(|a| a.to_string()),
+                    uptime_ms: current.instance.since().map(|s| now.saturating_duration_since(s).as_millis() as u64),
+                    restarts: current.instance.restarts,
                     memory_bytes: use_.map(|u| u.memory_bytes),
                     cpu_percent: use_.map(|u| u.cpu_percent),
-                    last_exit: slot.instance.last_exit,
-                    note: slot.instance.note.clone(),
+                    last_exit: current.instance.last_exit,
+                    note,
                 }
             })
             .collect();
@@ -265,41 +430,6 @@ impl App {
             port: self.port,
             instances,
         }
-    }
-}
-
-impl Slot {
-    fn new(spec: &AppSpec, index: usize, shared_port: Option<u16>) -> Result<Slot, AppError> {
-        let mut slot = Slot {
-            instance: Instance::new(),
-            admin: None,
-            own: None,
-            port: spec.port_of(index),
-            probe_addr: None,
-            notify: None,
-        };
-        let Some(l) = &spec.listen else { return Ok(slot) };
-        match spec.exec_mode {
-            ExecMode::Cluster => {
-                let admin = listen::admin()?;
-                slot.probe_addr = admin.local_addr().ok();
-                slot.admin = Some(admin);
-                slot.port = shared_port;
-            }
-            ExecMode::Fork if l.inherit => {
-                let port = slot.port.unwrap_or(0);
-                let own = listen::bind(l.host, port)?;
-                let bound = own
-                    .local_addr()
-                    .map_err(|source| BindError { addr: SocketAddr::new(l.host, port), source })?
-                    .port();
-                slot.port = Some(bound);
-                slot.probe_addr = Some(listen::probe_target(l.host, bound));
-                slot.own = Some(own);
-            }
-            ExecMode::Fork => slot.probe_addr = slot.port.map(|p| listen::probe_target(l.host, p)),
-        }
-        Ok(slot)
     }
 }
 

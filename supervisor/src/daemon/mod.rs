@@ -7,6 +7,7 @@
 
 mod app;
 mod requests;
+mod slot;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ use crate::probe::Prober;
 use crate::reaper::Reaper;
 use app::{App, Env};
 pub use requests::StartError;
+use slot::Which;
 
 /// What carrying out effects needs, as a macro so that it borrows only these fields of the daemon
 /// while `apps` is borrowed mutably.
@@ -54,21 +56,21 @@ const FRESH_ENOUGH: Duration = Duration::from_millis(250);
 
 pub(crate) enum Msg {
     Request(Request, oneshot::Sender<Response>),
+    /// Processes are found by pid: a slot may hold two (a replacement), and slots move on.
     Exited {
         app_id: u64,
-        index: usize,
         pid: u32,
         status: ExitKind,
     },
     Probe {
         app_id: u64,
-        index: usize,
         pid: u32,
         result: Result<(), String>,
     },
+    /// `key` names the process (see `slot::Proc::key`): a notify socket belongs to one process.
     Notify {
         app_id: u64,
-        index: usize,
+        key: u64,
         notice: crate::notify::Notice,
     },
     /// Watch mode saw these files change (after the debounce).
@@ -214,15 +216,12 @@ impl Daemon {
         let now = Instant::now();
         match msg {
             Msg::Request(request, reply) => self.request(request, reply, now),
-            Msg::Exited { app_id, index, pid, status } => {
+            Msg::Exited { app_id, pid, status } => {
                 let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
-                // A stale exit (the slot already moved on to another pid) changes nothing.
-                if app.slots.get(index).and_then(|s| s.instance.pid()) != Some(pid) {
-                    return;
-                }
-                let killed =
-                    matches!(app.slots[index].instance.state, crate::instance::State::Stopping { killed: true, .. });
-                if killed {
+                // A stale exit (no process of this app has that pid any more) changes nothing.
+                let Some((index, which)) = app.find_pid(pid) else { return };
+                let state = app.slots[index].proc(which).map(|p| &p.instance.state);
+                if matches!(state, Some(crate::instance::State::Stopping { killed: true, .. })) {
                     self.forced += 1;
                 }
                 match status {
@@ -230,7 +229,7 @@ impl Daemon {
                     other => tracing::info!(app = %app.spec.name, index, pid, exit = %other, "exited"),
                 }
                 let env = effect_env!(self);
-                app.drive(index, Input::Exited(status), now, &env);
+                app.drive(index, which, Input::Exited(status), now, &env);
                 if let Some(reaper) = &self.reaper {
                     reaper.borrow_mut().forget(pid);
                 }
@@ -241,41 +240,44 @@ impl Daemon {
                 tracing::info!(app = %app.spec.name, changed = paths.len(), first, "files changed: restarting");
                 let env = effect_env!(self);
                 for index in 0..app.slots.len() {
+                    app.cancel_successor(index, now, &env);
                     // An instance an operator stopped stays stopped; a crash-looping one gets a new try.
-                    if app.slots[index].instance.phase() != chat_shared::status::Phase::Stopped {
-                        app.drive(index, Input::Restart, now, &env);
+                    if app.slots[index].current.instance.phase() != chat_shared::status::Phase::Stopped {
+                        app.drive(index, Which::Current, Input::Restart, now, &env);
                     }
                 }
             }
             Msg::Follow(reply) => {
                 let _ = reply.send(self.follow.subscribe());
             }
-            Msg::Notify { app_id, index, notice } => {
+            Msg::Notify { app_id, key, notice } => {
                 let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
+                let Some((index, which)) = app.find_key(key) else { return };
                 if let Some(status) = &notice.status {
                     tracing::info!(app = %app.spec.name, index, status, "instance status");
                 }
                 if notice.ready {
                     let env = effect_env!(self);
-                    app.drive(index, Input::Ready, now, &env);
+                    app.drive(index, which, Input::Ready, now, &env);
                 }
             }
-            Msg::Probe { app_id, index, pid, result } => {
+            Msg::Probe { app_id, pid, result } => {
                 let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
-                if app.slots.get(index).and_then(|s| s.instance.pid()) != Some(pid) {
-                    return;
-                }
+                let Some((index, which)) = app.find_pid(pid) else { return };
                 let input = match result {
                     Ok(()) => Input::ProbePassed,
                     Err(why) => {
-                        if matches!(app.slots[index].instance.state, crate::instance::State::Online { .. }) {
+                        let online = app.slots[index]
+                            .proc(which)
+                            .is_some_and(|p| matches!(p.instance.state, crate::instance::State::Online { .. }));
+                        if online {
                             tracing::warn!(app = %app.spec.name, index, pid, why, "health check failed");
                         }
                         Input::ProbeFailed(why)
                     }
                 };
                 let env = effect_env!(self);
-                app.drive(index, input, now, &env);
+                app.drive(index, which, input, now, &env);
             }
         }
     }
@@ -288,10 +290,13 @@ impl Daemon {
     fn tick(&mut self, now: Instant) {
         let env = effect_env!(self);
         for app in &mut self.apps {
-            for index in 0..app.slots.len() {
-                if app.slots[index].instance.next_deadline().is_some_and(|d| d <= now) {
-                    app.drive(index, Input::Tick, now, &env);
-                }
+            let due: Vec<(usize, Which)> = app
+                .procs()
+                .filter(|(_, _, p)| p.instance.next_deadline().is_some_and(|d| d <= now))
+                .map(|(index, which, _)| (index, which))
+                .collect();
+            for (index, which) in due {
+                app.drive(index, which, Input::Tick, now, &env);
             }
         }
         if now >= self.next_sample {
@@ -304,7 +309,7 @@ impl Daemon {
         let missing = self
             .apps
             .iter()
-            .flat_map(|a| a.slots.iter().filter_map(|s| s.instance.pid()))
+            .flat_map(|a| a.procs().filter_map(|(_, _, p)| p.instance.pid()))
             .any(|p| !self.usage.contains_key(&p));
         let recent = self.next_sample.saturating_duration_since(now) > SAMPLE_EVERY - FRESH_ENOUGH;
         if missing && !recent {
@@ -313,15 +318,50 @@ impl Daemon {
     }
 
     fn sample(&mut self, now: Instant) {
-        let pids: Vec<u32> = self.apps.iter().flat_map(|a| a.slots.iter().filter_map(|s| s.instance.pid())).collect();
+        let pids: Vec<u32> =
+            self.apps.iter().flat_map(|a| a.procs().filter_map(|(_, _, p)| p.instance.pid())).collect();
         self.usage = if pids.is_empty() { HashMap::new() } else { self.sampler.sample(&pids) };
-        self.next_sample = now + SAMPLE_EVERY;
+        // Sample as often as the most demanding memory limit asks, and at least every SAMPLE_EVERY.
+        let every = self
+            .apps
+            .iter()
+            .filter(|a| a.spec.max_memory.is_some())
+            .map(|a| a.spec.memory_check_interval.0)
+            .fold(SAMPLE_EVERY, Duration::min);
+        self.next_sample = now + every;
+        self.enforce_memory(now);
+    }
+
+    /// Replaces every online instance whose process tree passed its app's `max_memory_restart`.
+    fn enforce_memory(&mut self, now: Instant) {
+        let env = effect_env!(self);
+        for app in &mut self.apps {
+            let Some(limit) = app.spec.max_memory else { continue };
+            for index in 0..app.slots.len() {
+                let slot = &app.slots[index];
+                let online = slot.current.instance.phase() == chat_shared::status::Phase::Online;
+                let Some(used) = slot.current.instance.pid().and_then(|p| self.usage.get(&p)).map(|u| u.memory_bytes)
+                else {
+                    continue;
+                };
+                if online && slot.successor.is_none() && used > limit.0 {
+                    let reason = format!(
+                        "memory {} over max_memory_restart {limit}",
+                        chat_shared::units::ByteSize(used).to_string_rounded()
+                    );
+                    app.replace(index, reason, slot::OnFailure::RestartCurrent, now, &env);
+                }
+            }
+        }
     }
 
     fn outcome(&self, nothing_left: bool) -> Outcome {
         let instances_stopped = self.apps.iter().map(|a| a.slots.len()).sum();
-        let errored =
-            self.apps.iter().flat_map(|a| &a.slots).any(|s| s.instance.phase() == chat_shared::status::Phase::Errored);
+        let errored = self
+            .apps
+            .iter()
+            .flat_map(|a| &a.slots)
+            .any(|s| s.current.instance.phase() == chat_shared::status::Phase::Errored);
         Outcome { instances_stopped, forced: self.forced, nothing_left, errored }
     }
 }

@@ -8,6 +8,7 @@ use chat_shared::status::Phase;
 use tokio::sync::oneshot;
 
 use super::app::{App, AppError, Env};
+use super::slot::Which;
 use super::{Daemon, Until, Waiter, effect_env};
 use crate::instance::Input;
 use crate::logs::LogPaths;
@@ -107,7 +108,7 @@ impl Daemon {
             tracing::info!(app = %app.spec.name, instances = app.slots.len(), mode = ?app.spec.exec_mode, "starting");
             app.deleting = false;
             for slot in 0..app.slots.len() {
-                app.drive(slot, Input::Start, now, &env);
+                app.drive(slot, Which::Current, Input::Start, now, &env);
             }
             started.push(app.spec.name.clone());
         }
@@ -216,7 +217,9 @@ impl Daemon {
             names.push(app.spec.name.clone());
             app_ids.push(app.id);
             for slot in 0..app.slots.len() {
-                app.drive(slot, input.clone(), now, &env);
+                // An operator's request wins over a replacement in progress.
+                app.cancel_successor(slot, now, &env);
+                app.drive(slot, Which::Current, input.clone(), now, &env);
             }
         }
         self.waiters.push(Waiter { app_ids, until, reply, response: Response::Done { apps: names } });
@@ -228,7 +231,8 @@ impl Daemon {
         let env = effect_env!(self);
         for app in &mut self.apps {
             for slot in 0..app.slots.len() {
-                app.drive(slot, Input::Stop, now, &env);
+                app.cancel_successor(slot, now, &env);
+                app.drive(slot, Which::Current, Input::Stop, now, &env);
             }
         }
         self.killing = Some(reply);
@@ -243,7 +247,7 @@ impl Daemon {
                 None => true,
                 Some(app) => match waiter.until {
                     Until::Down => app.is_down(),
-                    Until::Restarted => app.slots.iter().all(|s| s.instance.phase() != Phase::Stopping),
+                    Until::Restarted => app.procs().all(|(_, _, p)| p.instance.phase() != Phase::Stopping),
                 },
             });
             if done {

@@ -1,0 +1,181 @@
+//! An instance slot: the process serving it and, during a replacement, its successor.
+//!
+//! A replacement (today: a memory limit; later: rolling reloads) is *surge first*: the successor is
+//! started on the same listening socket while the current process keeps serving; only once the
+//! successor is online is the current one stopped, and only once that one has exited does the
+//! successor take the slot. Capacity never drops. A successor that fails before it is online is
+//! stopped and the slot stays as it was (fail-closed); what follows is the caller's choice.
+
+use std::net::{SocketAddr, TcpListener};
+
+use chat_shared::status::Phase;
+
+use crate::instance::Instance;
+use crate::notify::NotifySocket;
+
+/// One process of a slot, with what belongs to that process alone.
+pub(super) struct Proc {
+    pub(super) instance: Instance,
+    /// Routes notify messages to this process; unique within the app.
+    pub(super) key: u64,
+    /// Cluster mode: private loopback listener for this process's health probes.
+    pub(super) admin: Option<TcpListener>,
+    pub(super) probe_addr: Option<SocketAddr>,
+    /// `readiness = "notify"`: this process's `NOTIFY_SOCKET`.
+    pub(super) notify: Option<NotifySocket>,
+}
+
+pub(super) struct Slot {
+    pub(super) current: Proc,
+    pub(super) successor: Option<Successor>,
+    /// Fork mode with `inherit_socket`: this slot's own `port + i`, shared by current and successor.
+    pub(super) own: Option<TcpListener>,
+    pub(super) port: Option<u16>,
+}
+
+pub(super) struct Successor {
+    pub(super) proc: Proc,
+    /// Why the slot is being replaced, for the log and `list`.
+    pub(super) reason: String,
+    /// What to do with the current process if the successor fails.
+    pub(super) on_failure: OnFailure,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum OnFailure {
+    /// Restart the current process in place (a memory limit must be enforced even so).
+    RestartCurrent,
+    /// Leave the current process serving (a failed deploy must not make things worse).
+    KeepCurrent,
+}
+
+/// Which process of a slot an input is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Which {
+    Current,
+    Successor,
+}
+
+/// What a slot needs done after one of its processes changed state.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Next {
+    Nothing,
+    /// The successor is online: stop the current process.
+    StopCurrent,
+    /// The current process left on its own during a replacement: keep it from restarting, the
+    /// successor will take over.
+    HoldCurrent,
+    /// The current process is down and the successor online: swap them.
+    Promote,
+    /// The successor failed before it was online: stop it (if it runs) and forget it.
+    Abandon,
+}
+
+impl Slot {
+    pub(super) fn proc(&self, which: Which) -> Option<&Proc> {
+        match which {
+            Which::Current => Some(&self.current),
+            Which::Successor => self.successor.as_ref().map(|s| &s.proc),
+        }
+    }
+
+    pub(super) fn proc_mut(&mut self, which: Which) -> Option<&mut Proc> {
+        match which {
+            Which::Current => Some(&mut self.current),
+            Which::Successor => self.successor.as_mut().map(|s| &mut s.proc),
+        }
+    }
+
+    /// The replacement rule, from the two phases (pure).
+    pub(super) fn next(&self) -> Next {
+        let Some(successor) = &self.successor else { return Next::Nothing };
+        let (current, next) = (self.current.instance.phase(), successor.proc.instance.phase());
+        match (current, next) {
+            (_, Phase::Errored | Phase::Stopped) => Next::Abandon,
+            // Started once and already waiting for another try: it crashed before being online.
+            (_, Phase::Waiting)
+                if successor.proc.instance.restarts > 0 || successor.proc.instance.last_exit.is_some() =>
+            {
+                Next::Abandon
+            }
+            (Phase::Stopped | Phase::Errored, Phase::Online) => Next::Promote,
+            (Phase::Waiting, _) => Next::HoldCurrent,
+            (Phase::Starting | Phase::Online, Phase::Online) => Next::StopCurrent,
+            _ => Next::Nothing,
+        }
+    }
+
+    /// Swaps the successor in; it inherits the slot's history.
+    pub(super) fn promote(&mut self) {
+        let Some(successor) = self.successor.take() else { return };
+        let old = std::mem::replace(&mut self.current, successor.proc);
+        self.current.instance.restarts = old.instance.restarts + 1;
+        self.current.instance.last_exit = old.instance.last_exit;
+        self.current.instance.note = Some(format!("replaced: {}", successor.reason));
+    }
+
+    /// Every process of the slot is down.
+    pub(super) fn is_down(&self) -> bool {
+        let down = |p: &Proc| matches!(p.instance.phase(), Phase::Stopped | Phase::Errored);
+        down(&self.current) && self.successor.as_ref().is_none_or(|s| down(&s.proc))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::instance::{AfterStop, Probe, State};
+
+    fn proc(state: State, crashed: bool) -> Proc {
+        let mut instance = Instance::new();
+        instance.state = state;
+        if crashed {
+            instance.last_exit = Some(chat_shared::status::ExitKind::Code(1));
+        }
+        Proc { instance, key: 0, admin: None, probe_addr: None, notify: None }
+    }
+
+    #[test]
+    fn replacement_rule() {
+        let now = Instant::now();
+        let probe = Probe { next: now, in_flight: false };
+        let online = || State::Online { pid: 1, since: now, ready_at: now, failures: 0, probe };
+        let starting = || State::Starting { pid: 2, since: now, deadline: now, probe };
+        let stopping = || State::Stopping {
+            pid: 1,
+            since: now,
+            kill_at: now,
+            killed: false,
+            then: AfterStop::Stay,
+            unplanned: false,
+        };
+        let waiting = || State::Waiting { until: now };
+        let cases = [
+            // (current, successor, successor crashed before, expected)
+            (online(), State::Launching, false, Next::Nothing),
+            (online(), starting(), false, Next::Nothing),
+            (online(), online(), false, Next::StopCurrent),
+            (stopping(), online(), false, Next::Nothing),
+            (State::Stopped, online(), false, Next::Promote),
+            (waiting(), starting(), false, Next::HoldCurrent),
+            (online(), waiting(), true, Next::Abandon),
+            (online(), State::Errored, false, Next::Abandon),
+            (online(), State::Stopped, false, Next::Abandon),
+        ];
+        for (i, (current, successor, crashed, expected)) in cases.into_iter().enumerate() {
+            let slot = Slot {
+                current: proc(current, false),
+                successor: Some(Successor {
+                    proc: proc(successor, crashed),
+                    reason: String::new(),
+                    on_failure: OnFailure::KeepCurrent,
+                }),
+                own: None,
+                port: None,
+            };
+            assert_eq!(slot.next(), expected, "case {i}");
+        }
+    }
+}
