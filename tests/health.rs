@@ -74,3 +74,44 @@ health = {{ interval = "200ms", timeout = "100ms", unhealthy_threshold = 2, grac
     wait_until("the hung process killed", Duration::from_secs(5), || (!alive(pids[0])).then_some(()));
     assert_eq!(env.list()[0].instances[1].pid, Some(pids[1]), "the healthy instance is untouched");
 }
+
+#[test]
+fn a_failing_health_endpoint_gets_the_instance_replaced_and_a_healthy_one_is_left_alone() {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    let sick = env.path("sick");
+    env.write(
+        "ecosystem.toml",
+        &format!(
+            r#"
+[apps.web]
+script = "{}"
+args = ["--serve", "--sick-if", "{}"]
+port = {port}
+instances = 2
+exec_mode = "cluster"
+kill_timeout = "1s"
+health = {{ interval = "100ms", timeout = "100ms", unhealthy_threshold = 3, grace = "0s" }}
+"#,
+            bin("fixture-app").display(),
+            sick.display()
+        ),
+    );
+    env.ok(&["start"]);
+    let pids = env.online_pids("web", 2);
+    // Healthy for a while: nothing happens.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(env.online_pids("web", 2), pids, "healthy instances are never touched");
+    std::fs::write(&sick, "").expect("make it sick");
+    let replaced = wait_until("both restarted for failing health", Duration::from_secs(20), || {
+        let apps = env.list();
+        apps[0].instances.iter().all(|i| i.restarts >= 1).then(|| apps[0].instances[0].clone())
+    });
+    assert!(
+        replaced.note.as_deref().is_some_and(|n| n.contains("3 health checks failed in a row, last: GET")),
+        "{replaced:?}"
+    );
+    assert!(replaced.note.as_deref().is_some_and(|n| n.contains("HTTP 500")), "{replaced:?}");
+    std::fs::remove_file(&sick).expect("heal");
+    env.online_pids("web", 2);
+}

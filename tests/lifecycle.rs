@@ -51,15 +51,11 @@ fn stop_kills_a_term_ignoring_worker_and_its_grandchild_after_kill_timeout() {
 }
 
 #[test]
-fn a_crash_loop_backs_off_then_stays_errored_until_restarted() {
+fn a_crash_loop_backs_off_then_is_errored_after_exactly_max_restarts_unstable_starts() {
     let env = Env::new();
     env.write(
         "ecosystem.toml",
-        &fixture_config(
-            "crashy",
-            &["--exit-after", "100", "--code", "3"],
-            "restart_delay = \"100ms\"\nmin_uptime = \"5s\"\nmax_restarts = 2",
-        ),
+        &fixture_config("crashy", &["--exit-after", "50", "--code", "3"], "min_uptime = \"5s\"\nmax_restarts = 4"),
     );
     env.ok(&["start", "--no-wait"]);
     let apps = wait_until("crash loop detected", Duration::from_secs(20), || {
@@ -67,16 +63,40 @@ fn a_crash_loop_backs_off_then_stays_errored_until_restarted() {
         (apps[0].instances[0].status == Phase::Errored).then_some(apps)
     });
     let instance = &apps[0].instances[0];
-    assert_eq!((instance.restarts, instance.last_exit, instance.pid), (2, Some(ExitKind::Code(3)), None));
-    assert!(instance.note.as_deref().is_some_and(|n| n.contains("crash loop")), "{instance:?}");
+    // 4 unstable starts: the first and 3 restarts.
+    assert_eq!((instance.restarts, instance.last_exit, instance.pid), (3, Some(ExitKind::Code(3)), None));
+    assert!(instance.note.as_deref().is_some_and(|n| n.contains("crash loop: 4 consecutive starts")), "{instance:?}");
+    // Backoff: the announced delays grow (100, 200, 400 ms, each ±25 %).
+    let delays: Vec<u64> = env
+        .daemon_log()
+        .lines()
+        .filter_map(|l| l.split("restart in ").nth(1)?.split(" ms").next()?.parse().ok())
+        .collect();
+    assert_eq!(delays.len(), 3, "{delays:?}");
+    assert!(delays.windows(2).all(|w| w[1] > w[0]), "growing delays: {delays:?}");
     // It stays errored: no more spawns.
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(env.list()[0].instances[0].restarts, 2);
+    assert_eq!(env.list()[0].instances[0].restarts, 3);
     // An explicit restart tries again with a fresh budget.
     env.chatctl(&["restart", "crashy"]);
     wait_until("restarted after errored", Duration::from_secs(10), || {
-        (env.list()[0].instances[0].restarts >= 3).then_some(())
+        (env.list()[0].instances[0].restarts >= 4).then_some(())
     });
+}
+
+#[test]
+fn a_slow_crasher_keeps_being_restarted() {
+    let env = Env::new();
+    env.write(
+        "ecosystem.toml",
+        &fixture_config("slow", &["--exit-after", "250", "--code", "1"], "min_uptime = \"200ms\"\nmax_restarts = 2"),
+    );
+    env.ok(&["start", "--no-wait"]);
+    let instance = wait_until("four restarts", Duration::from_secs(20), || {
+        let apps = env.list();
+        (apps[0].instances[0].restarts >= 4).then(|| apps[0].instances[0].clone())
+    });
+    assert_ne!(instance.status, Phase::Errored, "runs longer than min_uptime never count: {instance:?}");
 }
 
 #[test]

@@ -259,7 +259,8 @@ impl Instance {
             (State::Starting { pid, since, deadline, probe }, Input::Tick) => {
                 if now >= deadline {
                     self.unstable += 1;
-                    let then = if self.unstable > policy.max_restarts { AfterStop::GiveUp } else { AfterStop::Restart };
+                    let then =
+                        if self.unstable >= policy.max_restarts { AfterStop::GiveUp } else { AfterStop::Restart };
                     self.incident(format!(
                         "not ready within listen_timeout ({} ms){}",
                         policy.listen_timeout.as_millis(),
@@ -321,7 +322,7 @@ impl Instance {
                 } else if !policy.autorestart {
                     self.incident(format!("exited unexpectedly ({kind}); autorestart is off"));
                     State::Stopped
-                } else if self.unstable > policy.max_restarts {
+                } else if self.unstable >= policy.max_restarts {
                     self.incident(format!(
                         "exited unexpectedly ({kind}){}",
                         self.crash_loop_note(AfterStop::GiveUp, policy)
@@ -401,7 +402,7 @@ impl Instance {
     fn crash_loop_note(&self, then: AfterStop, policy: &Policy) -> String {
         match then {
             AfterStop::GiveUp => format!(
-                "; crash loop: {} consecutive starts ended within min_uptime ({} ms), over max_restarts ({}): errored until `chatctl restart`",
+                "; crash loop: {} consecutive starts ended within min_uptime ({} ms), max_restarts is {}: errored until `chatctl restart`",
                 self.unstable,
                 policy.min_uptime.as_millis(),
                 policy.max_restarts

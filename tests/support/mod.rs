@@ -62,6 +62,14 @@ pub(crate) fn free_ports(n: u16) -> u16 {
     panic!("no {n} consecutive free ports found");
 }
 
+/// The start time of `pid` (clock ticks since boot, `/proc/PID/stat` field 22): with the pid, it
+/// names one process, where a pid alone may since have been reused.
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    stat.rsplit(')').next()?.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// True while `pid` exists and is not a zombie.
 pub(crate) fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -113,8 +121,9 @@ pub(crate) fn run_bounded(command: &mut Command, timeout: Duration) -> Output {
 /// One test's world: a temp dir holding `CHATCTL_HOME`, config files and logs.
 pub(crate) struct Env {
     pub(crate) dir: tempfile::TempDir,
-    /// Every pid seen in `list` output, killed on drop in case the test failed half-way.
-    pids: RefCell<Vec<u32>>,
+    /// Every process seen in `list` output (pid and start time), killed on drop in case the test
+    /// failed half-way, but only if it is still the same process.
+    pids: RefCell<Vec<(u32, u64)>>,
 }
 
 impl Env {
@@ -152,6 +161,12 @@ impl Env {
     #[track_caller]
     pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.chatctl(args);
+        if out.status.success() && args.first() == Some(&"start") {
+            // The daemon is alive right now: its pid names it (see `remember`).
+            if let Some(daemon) = self.daemon_pid() {
+                self.remember(daemon);
+            }
+        }
         assert!(
             out.status.success(),
             "chatctl {args:?} failed ({})\nstdout: {}\nstderr: {}\ndaemon log:\n{}",
@@ -171,8 +186,9 @@ impl Env {
     #[track_caller]
     pub(crate) fn list(&self) -> Vec<AppStatus> {
         let apps: Vec<AppStatus> = serde_json::from_str(&self.ok(&["list", "--json"])).expect("list --json parses");
-        let mut pids = self.pids.borrow_mut();
-        pids.extend(apps.iter().flat_map(|a| a.instances.iter().filter_map(|i| i.pid)));
+        for pid in apps.iter().flat_map(|a| a.instances.iter().filter_map(|i| i.pid)) {
+            self.remember(pid);
+        }
         apps
     }
 
@@ -193,7 +209,9 @@ impl Env {
     }
 
     pub(crate) fn remember(&self, pid: u32) {
-        self.pids.borrow_mut().push(pid);
+        if let Some(start) = start_time(pid) {
+            self.pids.borrow_mut().push((pid, start));
+        }
     }
 }
 
@@ -208,8 +226,9 @@ impl Drop for Env {
         if self.home().join("daemon.sock").exists() {
             let _ = self.command().arg("kill").stdout(Stdio::null()).stderr(Stdio::null()).status();
         }
-        for pid in self.pids.borrow().iter().copied().chain(self.daemon_pid()) {
-            if alive(pid) {
+        for (pid, start) in self.pids.borrow().iter().copied() {
+            // Another test may have been given this pid since: kill only the process we saw.
+            if alive(pid) && start_time(pid) == Some(start) {
                 sigkill(pid);
             }
         }

@@ -195,7 +195,7 @@ fn crash(inst: &mut Instance, p: &Policy, t: &mut Instant, ran_ms: u64) -> Optio
 
 #[test]
 fn unstable_starts_back_off_exponentially_with_jitter_then_error() {
-    let p = policy(false);
+    let p = Policy { max_restarts: 4, ..policy(false) };
     let mut t = Instant::now();
     let mut inst = Instance::new();
     inst.step(Input::Start, t, &p);
@@ -205,7 +205,7 @@ fn unstable_starts_back_off_exponentially_with_jitter_then_error() {
         let ms = delay.as_millis() as u64;
         assert!((base * 3 / 4..=base * 5 / 4).contains(&ms), "{ms} ms for base {base}");
     }
-    // The fourth unstable start is over max_restarts (3): errored, no more spawns.
+    // The fourth unstable start reaches max_restarts (4): errored, no more spawns.
     assert_eq!(crash(&mut inst, &p, &mut t, 50), None);
     assert_eq!(inst.phase(), Phase::Errored);
     assert!(inst.note.as_deref().unwrap_or_default().contains("crash loop: 4 consecutive starts"), "{:?}", inst.note);
@@ -244,7 +244,7 @@ fn a_stop_exit_code_means_done() {
 
 #[test]
 fn never_ready_counts_as_unstable_and_ends_errored() {
-    let p = Policy { max_restarts: 1, ..policy(true) };
+    let p = Policy { max_restarts: 2, ..policy(true) };
     let mut t = Instant::now();
     let mut inst = Instance::new();
     inst.step(Input::Start, t, &p);
