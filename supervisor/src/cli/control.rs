@@ -56,6 +56,12 @@ pub(super) async fn delete(target: Target, home: &Home) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+pub(super) async fn ping(home: &Home) -> anyhow::Result<ExitCode> {
+    let client = crate::process::connect_or_start(home).await?;
+    println!("daemon pid {} ({})", client.daemon_pid, home.dir().display());
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(super) async fn kill(home: &Home) -> anyhow::Result<ExitCode> {
     let mut client = match Client::connect(home).await {
         Ok(client) => client,

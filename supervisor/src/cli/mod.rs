@@ -46,6 +46,8 @@ pub enum Command {
     Delete(Target),
     /// Stop every app, then the daemon.
     Kill,
+    /// Start the daemon if it is not running, and print its pid and version.
+    Ping,
     /// Show the last lines of the apps' logs, and with --follow every new line.
     Logs(LogsArgs),
     /// Empty the apps' current log files.
@@ -129,6 +131,7 @@ pub async fn client_command(command: Command, home: &crate::home::Home) -> anyho
         Command::Restart(target) => control::restart(target, home).await,
         Command::Delete(target) => control::delete(target, home).await,
         Command::Kill => control::kill(home).await,
+        Command::Ping => control::ping(home).await,
         Command::Logs(args) => logs::logs(args, home).await,
         Command::Flush { app } => logs::flush(app, home).await,
         Command::ReloadLogs => logs::reload(home).await,

@@ -1,0 +1,223 @@
+//! `chatctl-bench`: measures the supervisor with the real release binaries and prints figures beside
+//! PM2's (reference figures measured on the same kind of 2-core machine), as medians.
+//!
+//! usage: cargo build --release --workspace && ./target/release/chatctl-bench [start|crash|logs|rss|list|all]
+//!
+//! Every process it starts is stopped with `chatctl kill` (by its own home) before it exits.
+
+mod harness;
+
+use std::time::{Duration, Instant};
+
+use harness::{Bench, median, release_bin};
+
+/// PM2 7.0.4 + Node 20 on a 2-core box, from the project's reference measurements.
+mod pm2 {
+    pub(crate) const START_TO_HEALTHY_MS: f64 = 768.0; // 2 workers, daemon running
+    pub(crate) const CRASH_TO_HEALTHY_MS: f64 = 312.0; // cluster mode
+    pub(crate) const LOG_LINES_PER_S: f64 = 342_000.0; // fork mode, short lines
+    pub(crate) const DAEMON_RSS_MIB: f64 = 59.0; // 4 workers
+    pub(crate) const LIST_MS: f64 = 174.0; // pm2 jlist
+}
+
+fn main() {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let all = what == "all";
+    println!("chatctl-bench ({}; medians; PM2 figures are the reference measurements)", env!("CARGO_PKG_VERSION"));
+    println!("{:<46} {:>14} {:>14} {:>10}", "figure", "chatctl", "PM2", "ratio");
+    if all || what == "start" {
+        start();
+    }
+    if all || what == "crash" {
+        crash();
+    }
+    if all || what == "list" {
+        list();
+    }
+    if all || what == "rss" {
+        rss();
+    }
+    if all || what == "logs" {
+        logs();
+    }
+}
+
+fn row(figure: &str, ours: f64, unit: &str, pm2: Option<f64>, lower_is_better: bool) {
+    let theirs = pm2.map_or("-".to_owned(), |p| format!("{p:.1} {unit}"));
+    let ratio = pm2.map_or("-".to_owned(), |p| {
+        let r = if lower_is_better { p / ours } else { ours / p };
+        format!("{r:.1}x")
+    });
+    println!("{figure:<46} {:>14} {theirs:>14} {ratio:>10}", format!("{ours:.1} {unit}"));
+}
+
+fn worker_app(port: u16, instances: usize) -> String {
+    format!(
+        "[apps.chat]\nscript = \"{}\"\nport = {port}\ninstances = {instances}\nexec_mode = \"cluster\"\n",
+        release_bin("chat-worker").display()
+    )
+}
+
+/// `chatctl start` until every instance answered its health probe, with the daemon running.
+fn start() {
+    let bench = Bench::new();
+    bench.config(&worker_app(0, 4));
+    bench.chatctl(&["start"]);
+    let samples: Vec<f64> = (0..7)
+        .map(|_| {
+            bench.chatctl(&["stop", "all"]);
+            let begun = Instant::now();
+            bench.chatctl(&["start"]);
+            begun.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    row("start -> 4 workers healthy (daemon running)", median(samples), "ms", Some(pm2::START_TO_HEALTHY_MS), true);
+    bench.chatctl(&["kill"]);
+    let samples: Vec<f64> = (0..5)
+        .map(|_| {
+            let begun = Instant::now();
+            bench.chatctl(&["start"]);
+            let ms = begun.elapsed().as_secs_f64() * 1e3;
+            bench.chatctl(&["kill"]);
+            ms
+        })
+        .collect();
+    row("start -> 4 workers healthy (daemon cold)", median(samples), "ms", Some(1083.0), true);
+}
+
+/// kill -9 of one worker until its replacement answers `/health` on the same instance's listener.
+fn crash() {
+    let bench = Bench::new();
+    // A crash after a stable run (longer than min_uptime) is replaced at once; the bench waits past
+    // min_uptime between kills so that none of them counts as a crash loop.
+    bench.config(&format!("{}min_uptime = \"200ms\"\n", worker_app(0, 4)));
+    bench.chatctl(&["start"]);
+    let mut samples = Vec::new();
+    for _ in 0..10 {
+        let before = bench.instance(0);
+        let admin = before.admin_addr.clone().expect("admin address").parse().expect("address");
+        let old = before.pid.expect("pid");
+        let begun = Instant::now();
+        harness::sigkill(old);
+        // Poll the instance's own health listener: the answer's pid says which process answered.
+        loop {
+            if let Some(pid) = harness::health_pid(admin)
+                && pid != old
+            {
+                break;
+            }
+            assert!(begun.elapsed() < Duration::from_secs(10), "no replacement within 10 s");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        samples.push(begun.elapsed().as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    row("kill -9 -> replacement answers /health", median(samples), "ms", Some(pm2::CRASH_TO_HEALTHY_MS), true);
+    bench.chatctl(&["kill"]);
+}
+
+/// `chatctl list --json` round trips.
+fn list() {
+    let bench = Bench::new();
+    bench.config(&worker_app(0, 4));
+    bench.chatctl(&["start"]);
+    let samples: Vec<f64> = (0..50)
+        .map(|_| {
+            let begun = Instant::now();
+            bench.chatctl(&["list", "--json"]);
+            begun.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    row("list --json, 4 workers", median(samples), "ms", Some(pm2::LIST_MS), true);
+    bench.chatctl(&["kill"]);
+}
+
+/// Daemon resident memory with 4 chat workers and with 100 idle programs.
+fn rss() {
+    for (label, config, pm2) in [
+        ("daemon RSS, 4 chat workers", worker_app(0, 4), Some(pm2::DAEMON_RSS_MIB)),
+        (
+            "daemon RSS, 100 instances",
+            format!("[apps.idle]\nscript = \"{}\"\ninstances = 100\n", release_bin("fixture-app").display()),
+            None,
+        ),
+    ] {
+        let bench = Bench::new();
+        bench.config(&config);
+        bench.chatctl(&["start"]);
+        std::thread::sleep(Duration::from_millis(500));
+        let (rss, anon) = harness::rss_kib(bench.daemon_pid());
+        row(label, rss as f64 / 1024.0, "MiB", pm2, true);
+        row(&format!("{label} (anonymous only)"), anon as f64 / 1024.0, "MiB", None, true);
+        bench.chatctl(&["kill"]);
+    }
+}
+
+/// Bytes the fixture writes: `L <instance> <seq>` padded to `width` (newline included).
+fn expected_bytes(instance: u64, lines: u64, width: Option<usize>) -> u64 {
+    (0..lines)
+        .map(|seq| {
+            let len = format!("L {instance} {seq}").len() + 1;
+            width.map_or(len, |w| len.max(w)) as u64
+        })
+        .sum()
+}
+
+/// Lines per second from two instances through the supervisor into the log file, none lost.
+fn logs() {
+    let cases = [
+        ("short lines", 1_000_000u64, None, ""),
+        ("short lines, log_type json", 1_000_000u64, None, "log_type = \"json\"\n"),
+        ("1 KiB lines", 100_000u64, Some(1024usize), ""),
+    ];
+    for (label, per_instance, width, extra) in cases {
+        let bench = Bench::new();
+        let mut args = vec!["--lines".to_owned(), per_instance.to_string(), "--exit-after".into(), "0".into()];
+        if let Some(w) = width {
+            args.extend(["--line-bytes".into(), w.to_string()]);
+        }
+        let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+        bench.config(&format!(
+            "[apps.loud]\nscript = \"{}\"\nargs = [{}]\ninstances = 2\nstop_exit_codes = [0]\nmax_size = \"1G\"\n{extra}",
+            release_bin("fixture-app").display(),
+            args.join(", ")
+        ));
+        // Start the daemon first, so its CPU time counts only this run.
+        bench.chatctl(&["ping"]);
+        let daemon = bench.daemon_pid();
+        let cpu_before = harness::cpu_ticks(daemon);
+        let path = bench.home().join("logs/loud-out.log");
+        let expected = 2 * per_instance;
+        let bytes: u64 = (0..2).map(|i| expected_bytes(i, per_instance, width)).sum();
+        let begun = Instant::now();
+        bench.chatctl(&["start", "--no-wait", "--only", "loud"]);
+        // Poll the size (cheap) for raw lines, the line count for JSON records (whose size varies);
+        // count the lines once at the end.
+        let done = || match extra.is_empty() {
+            true => std::fs::metadata(&path).map_or(0, |m| m.len()) >= bytes,
+            false => harness::count_lines(&path) >= expected,
+        };
+        while !done() && begun.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(if extra.is_empty() { 1 } else { 50 }));
+        }
+        let lines = harness::count_lines(&path);
+        let secs = begun.elapsed().as_secs_f64();
+        let cpu = (harness::cpu_ticks(daemon) - cpu_before) as f64 / harness::ticks_per_second() / secs * 100.0;
+        let pm2 = width.is_none().then_some(pm2::LOG_LINES_PER_S).filter(|_| extra.is_empty());
+        row(
+            &format!("log lines/s, {label} (lost: {})", expected.saturating_sub(lines)),
+            lines as f64 / secs,
+            "/s",
+            pm2,
+            false,
+        );
+        row(
+            &format!("daemon CPU while logging {label}"),
+            cpu,
+            "%",
+            Some(80.0).filter(|_| width.is_none() && extra.is_empty()),
+            true,
+        );
+        bench.chatctl(&["kill"]);
+    }
+}
