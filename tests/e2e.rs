@@ -10,4 +10,5 @@ mod health;
 mod lifecycle;
 mod logs;
 mod memory;
+mod reload;
 mod watch;

@@ -65,6 +65,10 @@ pub enum Request {
     Flush { app: Option<String> },
     /// Reopen every log file (after an external logrotate moved them).
     ReloadLogs,
+    /// Replace the running instances of these apps with the given specs, `batch` (else each app's
+    /// `reload_batch`) at a time, each successor ready before its predecessor stops; progress comes
+    /// as [`Event::Reload`] frames, then one [`Response`].
+    Reload { apps: Vec<AppSpec>, batch: Option<usize> },
 }
 
 /// Which output of an instance.
@@ -106,6 +110,45 @@ pub enum Event {
     Skipped {
         count: u64,
     },
+    Reload(ReloadStep),
+}
+
+/// One step of a rolling reload, as it happens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadStep {
+    pub app: String,
+    pub index: usize,
+    pub step: ReloadPhase,
+    pub old_pid: Option<u32>,
+    pub new_pid: Option<u32>,
+    /// Milliseconds from the successor's start to its readiness (`Ready`, `Done`).
+    pub ready_ms: Option<u64>,
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReloadPhase {
+    /// A successor is starting beside the running instance.
+    Starting,
+    /// The successor is ready; the old process is draining.
+    Ready,
+    /// The old process exited; the successor serves.
+    Done,
+    /// The successor failed; the old process keeps serving and the reload stops.
+    Failed,
+    /// An instance was added or removed (a changed `instances`).
+    Scaled,
+}
+
+/// What a reload did to one app.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadSummary {
+    pub app: String,
+    pub replaced: usize,
+    pub added: usize,
+    pub removed: usize,
+    pub duration_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -130,6 +173,10 @@ pub enum Response {
     /// The tails asked for; a follow subscription's events come after this.
     Logs {
         files: Vec<LogTail>,
+    },
+    /// Every instance of these apps was replaced.
+    Reloaded {
+        apps: Vec<ReloadSummary>,
     },
     Error {
         message: String,
@@ -212,6 +259,7 @@ mod tests {
             Request::Logs { app: None, lines: 15, stream: Some(LogStream::Err), follow: true },
             Request::Flush { app: Some("chat".into()) },
             Request::ReloadLogs,
+            Request::Reload { apps: vec![], batch: Some(2) },
         ] {
             round_trip(request).await;
         }
@@ -237,6 +285,20 @@ mod tests {
             LogRecord { time: "t".into(), app: "a".into(), instance: 0, stream: LogStream::Out, message: "m".into() };
         round_trip(Event::Log(record)).await;
         round_trip(Event::Skipped { count: 3 }).await;
+        round_trip(Event::Reload(ReloadStep {
+            app: "a".into(),
+            index: 2,
+            step: ReloadPhase::Ready,
+            old_pid: Some(1),
+            new_pid: Some(2),
+            ready_ms: Some(3),
+            message: None,
+        }))
+        .await;
+        round_trip(Response::Reloaded {
+            apps: vec![ReloadSummary { app: "a".into(), replaced: 4, added: 0, removed: 1, duration_ms: 9 }],
+        })
+        .await;
     }
 
     #[tokio::test]

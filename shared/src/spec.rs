@@ -36,6 +36,8 @@ pub struct AppSpec {
     pub min_uptime: HumanDuration,
     pub max_restarts: u32,
     pub listen_timeout: HumanDuration,
+    pub reload_batch: usize,
+    pub build: Option<String>,
     /// `None`: online as soon as it runs (no health check, no notify).
     pub readiness: Option<Readiness>,
     pub health: Option<HealthSpec>,
@@ -96,6 +98,12 @@ pub struct HealthSpec {
 }
 
 impl AppSpec {
+    /// Whether `other` can replace this spec's processes on the same sockets (a reload): same
+    /// listening address, mode and socket passing.
+    pub fn same_sockets(&self, other: &AppSpec) -> bool {
+        self.listen == other.listen && self.exec_mode == other.exec_mode
+    }
+
     /// The port instance `index` serves on, if the app listens.
     pub fn port_of(&self, index: usize) -> Option<u16> {
         let listen = self.listen.as_ref()?;

@@ -72,6 +72,22 @@ impl Client {
         Ok(ipc::read_frame(&mut self.read, &mut self.buf).await?)
     }
 
+    /// The next frame of a reload: a progress event, or the final response.
+    pub async fn next_event_or_response(&mut self) -> Result<Result<Event, Response>, ClientError> {
+        let value: serde_json::Value =
+            ipc::read_frame(&mut self.read, &mut self.buf).await?.ok_or(ClientError::Closed)?;
+        // The two enums' tags are distinct; an event is tried first.
+        match serde_json::from_value::<Event>(value.clone()) {
+            Ok(event) => Ok(Ok(event)),
+            Err(_) => Ok(Err(serde_json::from_value(value).map_err(FrameError::from)?)),
+        }
+    }
+
+    /// Sends a request without waiting for its answer (a reload, whose events come first).
+    pub async fn send(&mut self, request: &Request) -> Result<(), ClientError> {
+        Ok(ipc::write_frame(&mut self.write, request).await?)
+    }
+
     pub async fn request(&mut self, request: &Request) -> Result<Response, ClientError> {
         ipc::write_frame(&mut self.write, request).await?;
         ipc::read_frame(&mut self.read, &mut self.buf).await?.ok_or(ClientError::Closed)

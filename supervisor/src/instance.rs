@@ -47,6 +47,11 @@ pub(crate) struct HealthPolicy {
 }
 
 impl Policy {
+    /// A successor (replacement) either comes up or fails once; it is never restarted.
+    pub(crate) fn for_successor(policy: &Policy) -> Policy {
+        Policy { autorestart: false, max_restarts: 1, ..policy.clone() }
+    }
+
     pub(crate) fn of(spec: &AppSpec) -> Policy {
         Policy {
             autorestart: spec.autorestart,

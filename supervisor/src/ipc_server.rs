@@ -69,6 +69,12 @@ async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>) {
                 return;
             }
         };
+        if let Request::Reload { apps, batch } = request {
+            if !reload(&mut write, &tx, apps, batch).await {
+                return;
+            }
+            continue;
+        }
         let follow = match &request {
             Request::Logs { app, stream, follow: true, .. } => Some((app.clone(), *stream)),
             _ => None,
@@ -96,6 +102,41 @@ async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>) {
         if let (Some((app, stream)), Some(receiver), false) = (follow, subscription, failed) {
             stream_logs(&mut read, &mut write, receiver, app, stream).await;
             return;
+        }
+    }
+}
+
+/// Runs a reload: progress events as they come, then the response. False when the connection or
+/// the daemon is gone.
+async fn reload(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    tx: &mpsc::UnboundedSender<Msg>,
+    apps: Vec<chat_shared::spec::AppSpec>,
+    batch: Option<usize>,
+) -> bool {
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let (reply_tx, mut reply) = oneshot::channel();
+    if tx.send(Msg::Reload { apps, batch, events: events_tx, reply: reply_tx }).is_err() {
+        return false;
+    }
+    loop {
+        tokio::select! {
+            biased;
+            Some(event) = events.recv() => {
+                if ipc::write_frame(write, &event).await.is_err() {
+                    return false;
+                }
+            }
+            response = &mut reply => {
+                // Events sent before the response are still queued: deliver them first.
+                while let Ok(event) = events.try_recv() {
+                    if ipc::write_frame(write, &event).await.is_err() {
+                        return false;
+                    }
+                }
+                let response = response.unwrap_or(Response::Error { message: "the daemon stopped".into() });
+                return ipc::write_frame(write, &response).await.is_ok();
+            }
         }
     }
 }

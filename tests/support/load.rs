@@ -1,5 +1,7 @@
-//! A bounded HTTP load on 127.0.0.1: `GET /health` on a new connection each time, counting
-//! answers, refused connections and other failures.
+//! A bounded HTTP load on 127.0.0.1, counting answers, refused connections and other failures:
+//! threads that open a new connection per request, and threads that keep one connection alive and
+//! reuse it. A reused connection the server closed while idle is retried once on a new connection,
+//! as every HTTP client does; only a request that then fails counts as failed.
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -24,10 +26,22 @@ pub(crate) struct Load {
 }
 
 impl Load {
+    /// `threads` threads with a new connection per request on `GET /health`.
     pub(crate) fn start(addr: SocketAddr, threads: usize) -> Load {
+        Load::mixed(vec![addr], "/health", threads, 0)
+    }
+
+    /// On every address: `fresh` threads with a new connection per request and `kept` threads
+    /// reusing keep-alive connections, all on `GET path`.
+    pub(crate) fn mixed(addrs: Vec<SocketAddr>, path: &'static str, fresh: usize, kept: usize) -> Load {
         let counts = Arc::new(Counts::default());
-        let threads = (0..threads)
-            .map(|_| {
+        let mut threads = Vec::new();
+        for addr in addrs {
+            for _ in 0..kept {
+                let counts = counts.clone();
+                threads.push(std::thread::spawn(move || keep_alive(addr, path, &counts)));
+            }
+            threads.extend((0..fresh).map(|_| {
                 let counts = counts.clone();
                 std::thread::spawn(move || {
                     for _ in 0..MAX_REQUESTS {
@@ -38,7 +52,7 @@ impl Load {
                             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => &counts.refused,
                             Err(_) => &counts.failed,
                             Ok(stream) => {
-                                if request(stream) {
+                                if request(stream, path) {
                                     &counts.ok
                                 } else {
                                     &counts.failed
@@ -48,8 +62,8 @@ impl Load {
                         counter.fetch_add(1, Ordering::Relaxed);
                     }
                 })
-            })
-            .collect();
+            }));
+        }
         Load { counts, threads }
     }
 
@@ -73,12 +87,104 @@ impl Load {
     }
 }
 
-fn request(mut stream: TcpStream) -> bool {
+fn request(mut stream: TcpStream, path: &str) -> bool {
     use std::io::{Read, Write};
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    if stream.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").is_err() {
+    // One write, as real clients send a small request.
+    if stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes()).is_err() {
         return false;
     }
     let mut response = Vec::new();
     stream.read_to_end(&mut response).is_ok() && response.starts_with(b"HTTP/1.1 200")
+}
+
+/// What one request on a kept-alive connection got.
+enum Kept {
+    Ok,
+    /// Closed by the server before any byte of an answer: safe to retry.
+    ClosedIdle,
+    Failed,
+}
+
+fn keep_alive(addr: SocketAddr, path: &str, counts: &Counts) {
+    let mut connection: Option<std::io::BufReader<TcpStream>> = None;
+    for _ in 0..MAX_REQUESTS {
+        if counts.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut outcome = Kept::ClosedIdle;
+        // One retry on a new connection when a reused one turned out closed.
+        for _attempt in 0..2 {
+            let reused = connection.is_some();
+            let conn = match connection.take() {
+                Some(c) => c,
+                None => match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                    Ok(s) => {
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                        std::io::BufReader::new(s)
+                    }
+                    Err(e) => {
+                        let counter = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                            &counts.refused
+                        } else {
+                            &counts.failed
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        outcome = Kept::Failed;
+                        break;
+                    }
+                },
+            };
+            let (result, conn) = kept_request(conn, path);
+            connection = conn;
+            outcome = result;
+            match outcome {
+                Kept::ClosedIdle if reused => continue,
+                _ => break,
+            }
+        }
+        match outcome {
+            Kept::Ok => counts.ok.fetch_add(1, Ordering::Relaxed),
+            Kept::ClosedIdle | Kept::Failed => counts.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+/// One request; the connection comes back if it can be reused.
+fn kept_request(mut conn: std::io::BufReader<TcpStream>, path: &str) -> (Kept, Option<std::io::BufReader<TcpStream>>) {
+    use std::io::{BufRead, Read, Write};
+    if conn.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).is_err() {
+        return (Kept::ClosedIdle, None);
+    }
+    let mut status = String::new();
+    match conn.read_line(&mut status) {
+        Ok(0) => return (Kept::ClosedIdle, None),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) => {
+            return (Kept::ClosedIdle, None);
+        }
+        Err(_) => return (Kept::Failed, None),
+        Ok(_) => {}
+    }
+    let mut length = 0usize;
+    let mut close = false;
+    loop {
+        let mut header = String::new();
+        if conn.read_line(&mut header).unwrap_or(0) == 0 {
+            return (Kept::Failed, None);
+        }
+        let lower = header.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        close |= lower.starts_with("connection:") && lower.contains("close");
+        if header == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0u8; length];
+    if conn.read_exact(&mut body).is_err() {
+        return (Kept::Failed, None);
+    }
+    let ok = status.starts_with("HTTP/1.1 200");
+    (if ok { Kept::Ok } else { Kept::Failed }, (!close).then_some(conn))
 }

@@ -6,10 +6,11 @@
 //! future. [`serve`] runs the public listener (HTTP routes + Socket.IO) and, when supervised, the
 //! private admin listener on which the supervisor probes this instance's `/health`.
 //!
-//! On shutdown the worker reports `draining` on `/health`, stops accepting (the supervisor's shared
-//! socket stays open, so new connections wait for the other instances), closes every Socket.IO
-//! session (clients reconnect, landing on another instance), lets in-flight HTTP requests finish, and
-//! returns when all is done or when the drain deadline passes, whichever comes first.
+//! On shutdown the worker reports `draining` on `/health` and stops accepting (the supervisor's
+//! shared socket stays open, so new connections wait for the other instances); a moment later it
+//! closes idle connections and every Socket.IO session (clients reconnect, landing on another
+//! instance), lets in-flight HTTP requests finish, and returns when all is done or when the drain
+//! deadline passes, whichever comes first.
 //!
 //! # Layout
 //! - `config`: environment variables → [`Config`].
@@ -18,6 +19,7 @@
 //! - `realtime`: Socket.IO guests, rooms and messages.
 
 pub mod config;
+mod drain;
 pub mod http;
 pub mod listeners;
 pub mod realtime;
@@ -31,6 +33,7 @@ use socketioxide::SocketIo;
 use tokio::sync::watch;
 
 pub use config::Config;
+use drain::Draining;
 pub use listeners::Listeners;
 
 /// What every handler may read. Owned by an `Arc`; only `draining` ever changes.
@@ -51,6 +54,11 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
         instance: config.instance.clone(),
         io: io.clone(),
     });
+    // Draining is two steps: first stop accepting (the shared socket's queue goes to the other
+    // instances) while connections already accepted deliver their requests; then shut the
+    // connections down gracefully. Doing both at once (axum's plain graceful shutdown) closes a
+    // connection accepted a moment before whose request had not been read yet: a failed request.
+    let (accepting_tx, accepting_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
         let mut rx = stop_rx.clone();
@@ -63,9 +71,12 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     // Nagle off: socketioxide's small frames otherwise wait for ACKs (p99 29 ms instead of 2.8 ms).
     let public = tokio::net::TcpListener::from_std(listeners.public)?;
     tracing::info!(addr = ?public.local_addr().ok(), inherited = listeners.inherited, "serving");
-    let public = public.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let public = Draining::new(
+        public.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        }),
+        accepting_rx,
+    );
     let router = http::router(state.clone()).layer(layer);
     let public_task = tokio::spawn(axum::serve(public, router).with_graceful_shutdown(stopped()).into_future());
     let admin_task = match listeners.admin {
@@ -82,6 +93,8 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     state.draining.store(true, Ordering::SeqCst);
     let open = io.sockets().len();
     tracing::info!(sockets = open, deadline_ms = config.shutdown_timeout.as_millis() as u64, "draining");
+    let _ = accepting_tx.send(true);
+    tokio::time::sleep(DRAIN_GRACE.min(config.shutdown_timeout / 2)).await;
     let _ = stop_tx.send(true);
     let drain = async {
         // Clients told to go reconnect; with the shared socket they land on another instance.
@@ -115,6 +128,10 @@ pub async fn shutdown_signal() {
         _ = int.recv() => tracing::info!(signal = "SIGINT", "stop requested"),
     }
 }
+
+/// Between "stop accepting" and "close idle connections": time for connections accepted just
+/// before to deliver their first request.
+const DRAIN_GRACE: Duration = Duration::from_millis(250);
 
 /// Upper bound on a drain, whatever the configuration says.
 pub const MAX_SHUTDOWN: Duration = Duration::from_secs(300);

@@ -154,6 +154,8 @@ impl Ecosystem {
                     max_restarts: c.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS),
                     autorestart: c.autorestart.unwrap_or(true),
                     listen_timeout: c.listen_timeout.unwrap_or(DEFAULT_LISTEN_TIMEOUT),
+                    reload_batch: c.reload_batch.map_or(1, |b| b.max(1) as usize),
+                    build: c.build.clone(),
                     readiness,
                     health,
                     max_memory: c.max_memory_restart,

@@ -49,6 +49,11 @@ pub struct AppConfig {
     pub min_uptime: Option<HumanDuration>,
     /// Restarts allowed after consecutive unstable starts before the instance is `errored`.
     pub max_restarts: Option<u32>,
+    /// Instances replaced at once by `chatctl reload`.
+    pub reload_batch: Option<u32>,
+    /// A deploy step `chatctl reload --build` runs (through `sh -c`, in `cwd`) before touching any
+    /// instance, e.g. `cargo build --release`.
+    pub build: Option<String>,
     /// How long a new instance may take to become ready.
     pub listen_timeout: Option<HumanDuration>,
     /// How an instance says it is ready: its first passing health probe, or `READY=1` on
@@ -111,6 +116,8 @@ impl AppConfig {
             autorestart,
             stop_exit_codes,
             listen_timeout,
+            reload_batch,
+            build,
             readiness,
             health,
             out_file,

@@ -179,6 +179,9 @@ fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
             problem("ignore_watch", format!("invalid glob {pattern:?}: {}", e.kind()));
         }
     }
+    if c.reload_batch == Some(0) {
+        problem("reload_batch", "must be at least 1".to_owned());
+    }
     if c.memory_check_interval.is_some_and(|i| i.0 < std::time::Duration::from_millis(100)) {
         problem("memory_check_interval", "must be at least 100ms".to_owned());
     }

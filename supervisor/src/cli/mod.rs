@@ -2,6 +2,7 @@
 
 mod control;
 mod logs;
+mod reload;
 mod start;
 mod table;
 
@@ -44,6 +45,9 @@ pub enum Command {
     /// Stop an app and forget it.
     #[command(alias = "del")]
     Delete(Target),
+    /// Replace every instance with the file's current version, one at a time, each new process
+    /// ready before the old one drains; stops at the first failure (the rest keep serving).
+    Reload(ReloadArgs),
     /// Stop every app, then the daemon.
     Kill,
     /// Start the daemon if it is not running, and print its pid and version.
@@ -90,6 +94,25 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// An app name, or `all` (the default).
+    pub app: Option<String>,
+    /// Profile of the ecosystem file to apply.
+    pub profile: Option<String>,
+    #[arg(short = 'c', long = "config", value_name = "FILE", default_value = "ecosystem.toml")]
+    pub config: PathBuf,
+    /// Instances replaced at once (default: each app's `reload_batch`, else 1).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Run each app's `build` command first; a failing build touches no instance.
+    #[arg(long)]
+    pub build: bool,
+    /// Progress and summary as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct LogsArgs {
     /// An app name; every app when omitted.
     pub app: Option<String>,
@@ -130,6 +153,7 @@ pub async fn client_command(command: Command, home: &crate::home::Home) -> anyho
         Command::Stop(target) => control::stop(target, home).await,
         Command::Restart(target) => control::restart(target, home).await,
         Command::Delete(target) => control::delete(target, home).await,
+        Command::Reload(args) => reload::reload(args, home).await,
         Command::Kill => control::kill(home).await,
         Command::Ping => control::ping(home).await,
         Command::Logs(args) => logs::logs(args, home).await,

@@ -26,9 +26,15 @@ pub(crate) mod exit {
     pub(crate) const ERRORED: u8 = 4;
     /// `start`: some instance did not come online in time.
     pub(crate) const NOT_ONLINE: u8 = 5;
+    /// `reload`: a new process failed; the reload stopped and the old ones keep serving.
+    pub(crate) const RELOAD_FAILED: u8 = 6;
 }
 
-fn load(config: &std::path::Path, profile: Option<&str>, only: Option<&str>) -> Result<Vec<AppSpec>, ExitCode> {
+pub(super) fn load(
+    config: &std::path::Path,
+    profile: Option<&str>,
+    only: Option<&str>,
+) -> Result<Vec<AppSpec>, ExitCode> {
     let eco = match Ecosystem::load(config) {
         Ok(eco) => eco,
         Err(errors) => {

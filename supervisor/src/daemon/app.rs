@@ -44,6 +44,10 @@ pub(super) struct App {
     _watcher: Option<AppWatcher>,
     /// Last process key handed out (see `Proc::key`).
     next_key: u64,
+    /// `policy` without restarts, for successors.
+    successor_policy: Policy,
+    /// Finished replacements, (slot, new pid or why it failed), for whoever drives them (reloads).
+    pub(super) outcomes: Vec<(usize, Result<u32, String>)>,
 }
 
 impl App {
@@ -70,7 +74,13 @@ impl App {
             let slot_port = own.as_ref().map(|(_, p)| *p).or(port).or_else(|| spec.port_of(index));
             next_key += 1;
             let current = Self::new_proc(id, next_key, &spec, slot_port, env)?;
-            slots.push(Slot { current, successor: None, own: own.map(|(socket, _)| socket), port: slot_port });
+            slots.push(Slot {
+                current,
+                successor: None,
+                own: own.map(|(socket, _)| socket),
+                port: slot_port,
+                retiring: false,
+            });
         }
         if spec.exec_mode == ExecMode::Fork {
             port = slots.first().and_then(|s| s.port);
@@ -93,9 +103,12 @@ impl App {
             }
             None => None,
         };
+        let policy = Policy::of(&spec);
         Ok(App {
             id,
-            policy: Policy::of(&spec),
+            successor_policy: Policy::for_successor(&policy),
+            policy,
+            outcomes: Vec::new(),
             spec,
             shared,
             port,
@@ -122,7 +135,14 @@ impl App {
 
     /// A process of a slot, with its own admin listener (cluster) and notify socket.
     fn new_proc(app_id: u64, key: u64, spec: &AppSpec, port: Option<u16>, env: &Env<'_>) -> Result<Proc, AppError> {
-        let mut proc = Proc { instance: Instance::new(), key, admin: None, probe_addr: None, notify: None };
+        let mut proc = Proc {
+            instance: Instance::new(),
+            spec: std::sync::Arc::new(spec.clone()),
+            key,
+            admin: None,
+            probe_addr: None,
+            notify: None,
+        };
         if let Some(l) = &spec.listen {
             match spec.exec_mode {
                 ExecMode::Cluster => {
@@ -144,6 +164,53 @@ impl App {
             proc.notify = Some(socket);
         }
         Ok(proc)
+    }
+
+    /// Whether two processes can serve one slot at once (all but fork mode where the program binds
+    /// its own port).
+    pub(super) fn can_surge(&self) -> bool {
+        !matches!((&self.spec.listen, self.spec.exec_mode), (Some(l), ExecMode::Fork) if !l.inherit)
+    }
+
+    /// Makes `spec` the one new processes run (a reload); sockets stay as they are.
+    pub(super) fn retarget(&mut self, spec: AppSpec) {
+        self.policy = Policy::of(&spec);
+        self.successor_policy = Policy::for_successor(&self.policy);
+        self.spec = spec;
+    }
+
+    /// A new slot at the end (scaling up), started.
+    pub(super) fn add_slot(&mut self, now: Instant, env: &Env<'_>) -> usize {
+        let index = self.slots.len();
+        let shared_port = self.shared.as_ref().and_then(|s| s.local_addr().ok()).map(|a| a.port());
+        let slot = Self::own_socket(&self.spec, index).and_then(|own| {
+            let port = own.as_ref().map(|(_, p)| *p).or(shared_port).or_else(|| self.spec.port_of(index));
+            self.next_key += 1;
+            let current = Self::new_proc(self.id, self.next_key, &self.spec, port, env)?;
+            Ok(Slot { current, successor: None, own: own.map(|(socket, _)| socket), port, retiring: false })
+        });
+        match slot {
+            Ok(slot) => {
+                self.slots.push(slot);
+                self.drive(index, Which::Current, Input::Start, now, env);
+            }
+            Err(e) => tracing::error!(app = %self.spec.name, index, error = %e, "cannot add an instance"),
+        }
+        index
+    }
+
+    /// Stops slot `index` for good (scaling down); `reap_retired` removes it once it is down.
+    pub(super) fn retire(&mut self, index: usize, now: Instant, env: &Env<'_>) {
+        self.slots[index].retiring = true;
+        self.cancel_successor(index, now, env);
+        self.drive(index, Which::Current, Input::Stop, now, env);
+    }
+
+    /// Removes retired slots that are down, from the end (slot indices stay stable).
+    pub(super) fn reap_retired(&mut self) {
+        while self.slots.last().is_some_and(|s| s.retiring && s.is_down()) {
+            self.slots.pop();
+        }
     }
 
     /// Where the process with `pid` is.
@@ -173,8 +240,7 @@ impl App {
         if slot.successor.is_some() {
             return;
         }
-        let surge = !matches!((&self.spec.listen, self.spec.exec_mode), (Some(l), ExecMode::Fork) if !l.inherit);
-        if !surge {
+        if !self.can_surge() {
             tracing::warn!(app = %self.spec.name, index, reason, "restarting in place (the program binds its own port)");
             self.slots[index].current.instance.note = Some(format!("restarted: {reason}"));
             self.drive(index, Which::Current, Input::Restart, now, env);
@@ -216,7 +282,9 @@ impl App {
                 Next::HoldCurrent => self.drive_one(index, Which::Current, Input::Stop, now, env),
                 Next::Promote => {
                     slot.promote();
-                    tracing::info!(app = %self.spec.name, index, pid = slot.current.instance.pid(), "replacement done");
+                    let pid = slot.current.instance.pid();
+                    tracing::info!(app = %self.spec.name, index, pid, "replacement done");
+                    self.outcomes.push((index, Ok(pid.unwrap_or_default())));
                     return;
                 }
                 Next::Abandon => {
@@ -234,6 +302,7 @@ impl App {
                     let failed =
                         slot.successor.take().map(|s| s.proc.instance.note.unwrap_or_default()).unwrap_or_default();
                     tracing::warn!(app = %self.spec.name, index, failed, ?on_failure, "replacement abandoned");
+                    self.outcomes.push((index, Err(if failed.is_empty() { "stopped".to_owned() } else { failed })));
                     let current_down = matches!(slot.current.instance.phase(), Phase::Stopped | Phase::Errored);
                     match on_failure {
                         OnFailure::RestartCurrent => self.drive_one(index, Which::Current, Input::Restart, now, env),
@@ -265,7 +334,9 @@ impl App {
             let instance = &mut proc.instance;
             let before = instance.phase();
             let incidents = instance.incidents;
-            let effects = instance.step(input, now, &self.policy);
+            // A successor gets one chance: if it fails, the replacement is abandoned, not retried.
+            let policy = if which == Which::Successor { &self.successor_policy } else { &self.policy };
+            let effects = instance.step(input, now, policy);
             let after = instance.phase();
             let incident = instance.incidents != incidents;
             if before != after || incident {
@@ -331,8 +402,9 @@ impl App {
         if let Some(admin) = &proc.admin {
             fds.push(PassedFd { fd: admin, name: FD_NAME_ADMIN });
         }
+        let spec = proc.spec.clone();
         let launch = Launch {
-            spec: &self.spec,
+            spec: &spec,
             index,
             port: slot.port,
             fds: &fds,
@@ -342,8 +414,8 @@ impl App {
         let mut child = match spawn::spawn(&launch) {
             Ok(child) => child,
             Err(e) => {
-                tracing::error!(app = %self.spec.name, index, script = %self.spec.script, error = %e, "spawn failed");
-                return Input::SpawnFailed(format!("{}: {e}", self.spec.script));
+                tracing::error!(app = %self.spec.name, index, script = %spec.script, error = %e, "spawn failed");
+                return Input::SpawnFailed(format!("{}: {e}", spec.script));
             }
         };
         let Some(pid) = child.id() else {

@@ -6,6 +6,7 @@
 //! delete, kill) park their reply in a [`Waiter`] that is answered when its condition holds.
 
 mod app;
+mod reload;
 mod requests;
 mod slot;
 
@@ -78,6 +79,13 @@ pub(crate) enum Msg {
         app_id: u64,
         paths: Vec<std::path::PathBuf>,
     },
+    /// A `chatctl reload`: progress goes to `events`, the outcome to `reply`.
+    Reload {
+        apps: Vec<AppSpec>,
+        batch: Option<usize>,
+        events: mpsc::UnboundedSender<chat_shared::ipc::Event>,
+        reply: oneshot::Sender<Response>,
+    },
     /// A `logs --follow` connection subscribing to captured lines.
     Follow(oneshot::Sender<broadcast::Receiver<Arc<LogRecord>>>),
 }
@@ -121,6 +129,8 @@ pub(crate) struct Daemon {
     next_sample: Instant,
     waiters: Vec<Waiter>,
     reaper: Option<std::cell::RefCell<Reaper>>,
+    /// Rolling reloads under way.
+    reloads: Vec<reload::Job>,
     /// Every captured line, for followers; costs nothing while nobody follows.
     follow: broadcast::Sender<Arc<LogRecord>>,
     /// Set once a kill (request or signal) began; the reply goes out when everything is down.
@@ -173,6 +183,7 @@ pub async fn run(
         }
         let now = Instant::now();
         daemon.tick(now);
+        daemon.advance_reloads(now);
         daemon.answer_waiters();
         if daemon.finished_killing() {
             break daemon.outcome(false);
@@ -206,6 +217,7 @@ impl Daemon {
             next_sample: Instant::now(),
             waiters: Vec::new(),
             reaper: None,
+            reloads: Vec::new(),
             follow: broadcast::channel(FOLLOW_BUFFER).0,
             killing: None,
             forced: 0,
@@ -247,6 +259,7 @@ impl Daemon {
                     }
                 }
             }
+            Msg::Reload { apps, batch, events, reply } => self.reload(apps, batch, events, reply, now),
             Msg::Follow(reply) => {
                 let _ = reply.send(self.follow.subscribe());
             }

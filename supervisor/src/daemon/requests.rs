@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 
 use super::app::{App, AppError, Env};
 use super::slot::Which;
-use super::{Daemon, Until, Waiter, effect_env};
+use super::{Daemon, Until, Waiter, effect_env, reload};
 use crate::instance::Input;
 use crate::logs::LogPaths;
 
@@ -66,6 +66,8 @@ impl Daemon {
             },
             Request::Flush { app } => return self.log_control(app.as_deref(), false, reply),
             Request::ReloadLogs => return self.log_control(None, true, reply),
+            // The connection turns a reload into `Msg::Reload`, with a progress channel.
+            Request::Reload { .. } => Response::Error { message: "a reload needs a progress stream".into() },
         };
         let _ = reply.send(response);
     }
@@ -101,6 +103,12 @@ impl Daemon {
             self.next_app_id += 1;
         }
         again.extend(built.iter().map(|a| a.id));
+        // A memory limit is checked from the first interval on, not from the next regular sample.
+        if let Some(every) =
+            built.iter().filter(|a| a.spec.max_memory.is_some()).map(|a| a.spec.memory_check_interval.0).min()
+        {
+            self.next_sample = self.next_sample.min(now + every);
+        }
         self.apps.extend(built);
         let env = effect_env!(self);
         let mut started = Vec::new();
@@ -185,6 +193,63 @@ impl Daemon {
         });
     }
 
+    /// Starts a rolling reload of `specs` (see `reload`); apps not running are started instead.
+    pub(super) fn reload(
+        &mut self,
+        specs: Vec<AppSpec>,
+        batch: Option<usize>,
+        events: tokio::sync::mpsc::UnboundedSender<chat_shared::ipc::Event>,
+        reply: oneshot::Sender<Response>,
+        now: Instant,
+    ) {
+        let mut jobs = Vec::new();
+        let mut to_start = Vec::new();
+        for spec in specs {
+            match self.apps.iter().find(|a| a.spec.name == spec.name) {
+                Some(app) if self.reloads.iter().any(|j| j.covers(app.id)) => {
+                    let message = format!("a reload of `{}` is already under way; wait for it to finish", spec.name);
+                    let _ = reply.send(Response::Error { message });
+                    return;
+                }
+                Some(app) if !app.spec.same_sockets(&spec) => {
+                    let message = format!(
+                        "`{}`: port, host, exec_mode or inherit_socket changed; a reload keeps the sockets: \
+                         `chatctl delete {0}` then `chatctl start` to change them",
+                        spec.name
+                    );
+                    let _ = reply.send(Response::Error { message });
+                    return;
+                }
+                Some(app) if !app.is_down() => jobs.push((app.id, spec)),
+                _ => to_start.push(spec),
+            }
+        }
+        if !to_start.is_empty()
+            && let Err(e) = self.start(to_start, now)
+        {
+            let _ = reply.send(Response::Error { message: e.chain() });
+            return;
+        }
+        let mut job = reload::Job::new(jobs, batch, events, reply);
+        let env = effect_env!(self);
+        job.advance(&mut self.apps, now, &env);
+        if !job.is_finished() {
+            self.reloads.push(job);
+        }
+    }
+
+    /// Moves every reload along; forgets finished ones and scaled-away slots.
+    pub(super) fn advance_reloads(&mut self, now: Instant) {
+        let env = effect_env!(self);
+        for job in &mut self.reloads {
+            job.advance(&mut self.apps, now, &env);
+        }
+        self.reloads.retain(|j| !j.is_finished());
+        for app in &mut self.apps {
+            app.reap_retired();
+        }
+    }
+
     /// Stop, restart or delete `target` (every app when `None`), answering once `until` holds.
     fn act(
         &mut self,
@@ -213,6 +278,9 @@ impl Daemon {
         let mut app_ids = Vec::new();
         for i in chosen {
             let app = &mut self.apps[i];
+            for job in self.reloads.iter_mut().filter(|j| j.covers(app.id)) {
+                job.interrupt("an operator stopped, restarted or deleted the app");
+            }
             app.deleting |= delete;
             names.push(app.spec.name.clone());
             app_ids.push(app.id);

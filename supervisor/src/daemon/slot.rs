@@ -16,6 +16,9 @@ use crate::notify::NotifySocket;
 /// One process of a slot, with what belongs to that process alone.
 pub(super) struct Proc {
     pub(super) instance: Instance,
+    /// What this process runs (and reruns on a crash): a reload gives successors a new spec while
+    /// the processes not yet replaced keep theirs.
+    pub(super) spec: std::sync::Arc<chat_shared::spec::AppSpec>,
     /// Routes notify messages to this process; unique within the app.
     pub(super) key: u64,
     /// Cluster mode: private loopback listener for this process's health probes.
@@ -31,6 +34,8 @@ pub(super) struct Slot {
     /// Fork mode with `inherit_socket`: this slot's own `port + i`, shared by current and successor.
     pub(super) own: Option<TcpListener>,
     pub(super) port: Option<u16>,
+    /// Scaled away: removed once it is down.
+    pub(super) retiring: bool,
 }
 
 pub(super) struct Successor {
@@ -134,7 +139,14 @@ mod tests {
         if crashed {
             instance.last_exit = Some(chat_shared::status::ExitKind::Code(1));
         }
-        Proc { instance, key: 0, admin: None, probe_addr: None, notify: None }
+        let spec = std::sync::Arc::new(test_spec());
+        Proc { instance, spec, key: 0, admin: None, probe_addr: None, notify: None }
+    }
+
+    fn test_spec() -> chat_shared::spec::AppSpec {
+        let eco =
+            chat_shared::ecosystem::Ecosystem::parse("[apps.a]\nscript = \"x\"\n", std::path::Path::new("e.toml"));
+        eco.expect("valid").resolve(None, None, &Default::default()).expect("resolves").remove(0)
     }
 
     #[test]
@@ -174,6 +186,7 @@ mod tests {
                 }),
                 own: None,
                 port: None,
+                retiring: false,
             };
             assert_eq!(slot.next(), expected, "case {i}");
         }

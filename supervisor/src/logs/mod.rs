@@ -106,7 +106,16 @@ impl LogSink {
         }
         let (chunks, rx) = mpsc::channel(QUEUE);
         let (control, control_rx) = mpsc::unbounded_channel();
-        let writer = Writer { app: app.into(), files, same, merge: spec.merge, format: Format::of(spec), follow };
+        let writer = Writer {
+            app: app.into(),
+            files,
+            paths: paths.clone(),
+            policy,
+            same,
+            merge: spec.merge,
+            format: Format::of(spec),
+            follow,
+        };
         tokio::spawn(writer.run(rx, control_rx));
         Ok(LogSink { chunks, control, paths, merge: spec.merge })
     }
@@ -213,6 +222,9 @@ impl Format {
 struct Writer {
     app: Arc<str>,
     files: HashMap<FileKey, RotatingFile>,
+    /// To open the file of an instance added later (per-instance files, `scale`).
+    paths: LogPaths,
+    policy: RotatePolicy,
     same: bool,
     merge: bool,
     format: Format,
@@ -271,13 +283,21 @@ impl Writer {
                 scratch
             }
         };
-        match self.files.get_mut(&key) {
-            Some(file) => {
-                if let Err(e) = file.write(bytes) {
-                    tracing::error!(app = %self.app, path = %file.path().display(), error = %e, "writing a log file failed");
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.files.entry(key) {
+            let path = self.paths.file(key.stream, key.instance);
+            match RotatingFile::open(path.clone(), self.policy.clone()) {
+                Ok(file) => {
+                    slot.insert(file);
+                }
+                Err(e) => {
+                    tracing::error!(app = %self.app, path = %path.display(), error = %e, "cannot open a log file")
                 }
             }
-            None => tracing::error!(app = %self.app, instance = chunk.instance, "no log file for this instance"),
+        }
+        if let Some(file) = self.files.get_mut(&key)
+            && let Err(e) = file.write(bytes)
+        {
+            tracing::error!(app = %self.app, path = %file.path().display(), error = %e, "writing a log file failed");
         }
         if let Some(now) = now.filter(|_| following) {
             for line in chunk.bytes.split_inclusive(|b| *b == b'\n') {

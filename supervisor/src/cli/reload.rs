@@ -1,0 +1,89 @@
+//! `reload`: validate the file again, optionally build, then replace instances one at a time while
+//! printing each step.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use chat_shared::ipc::{Event, ReloadPhase, Request, Response};
+
+use super::ReloadArgs;
+use super::start::{exit, load};
+use crate::client::Client;
+use crate::home::Home;
+
+pub(super) async fn reload(args: ReloadArgs, home: &Home) -> anyhow::Result<ExitCode> {
+    let only = args.app.as_deref().filter(|a| *a != "all");
+    let specs = match load(&args.config, args.profile.as_deref(), only) {
+        Ok(specs) => specs,
+        Err(code) => return Ok(code),
+    };
+    if args.build {
+        for spec in specs.iter().filter(|s| s.build.is_some()) {
+            let command = spec.build.as_deref().unwrap_or_default();
+            eprintln!("{}: building: {command}", spec.name);
+            let status = tokio::process::Command::new("sh")
+                .arg("-c")
+                .arg(command)
+                .current_dir(&spec.cwd)
+                .env_clear()
+                .envs(&spec.env)
+                .status()
+                .await
+                .with_context(|| format!("cannot run the build of {}", spec.name))?;
+            if !status.success() {
+                eprintln!("{}: the build failed ({status}); no instance was touched", spec.name);
+                return Ok(ExitCode::from(exit::CONFIG));
+            }
+        }
+    }
+    let mut client =
+        Client::connect(home).await.context("cannot reach the daemon (nothing to reload: use `chatctl start`)")?;
+    client.send(&Request::Reload { apps: specs, batch: args.batch }).await?;
+    loop {
+        match client.next_event_or_response().await? {
+            Ok(Event::Reload(step)) if args.json => println!("{}", serde_json::to_string(&step)?),
+            Ok(Event::Reload(step)) => {
+                let who = format!("{}[{}]", step.app, step.index);
+                let pid = |p: Option<u32>| p.map_or("-".to_owned(), |p| p.to_string());
+                let line = match step.step {
+                    ReloadPhase::Starting => format!("{who}: starting a new process beside pid {}", pid(step.old_pid)),
+                    ReloadPhase::Ready => format!(
+                        "{who}: pid {} ready after {} ms; draining pid {}",
+                        pid(step.new_pid),
+                        step.ready_ms.unwrap_or_default(),
+                        pid(step.old_pid)
+                    ),
+                    ReloadPhase::Done => format!("{who}: done, pid {} -> {}", pid(step.old_pid), pid(step.new_pid)),
+                    ReloadPhase::Failed => {
+                        format!(
+                            "{who}: FAILED: {}; pid {} keeps serving",
+                            step.message.unwrap_or_default(),
+                            pid(step.old_pid)
+                        )
+                    }
+                    ReloadPhase::Scaled => format!("{who}: {}", step.message.unwrap_or_default()),
+                };
+                println!("{line}");
+            }
+            Ok(_) => {}
+            Err(Response::Reloaded { apps }) => {
+                for summary in &apps {
+                    if args.json {
+                        println!("{}", serde_json::to_string(summary)?);
+                    } else {
+                        println!(
+                            "reloaded {}: {} replaced, {} added, {} removed in {} ms",
+                            summary.app, summary.replaced, summary.added, summary.removed, summary.duration_ms
+                        );
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            Err(Response::Error { message }) => {
+                eprintln!("error: {message}");
+                return Ok(ExitCode::from(exit::RELOAD_FAILED));
+            }
+            Err(other) => bail!("unexpected answer: {other:?}"),
+        }
+    }
+}
