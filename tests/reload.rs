@@ -129,3 +129,46 @@ fn two_reloads_of_one_app_never_run_at_once_and_reload_scales() {
     assert!(out.contains("1 replaced, 0 added, 1 removed"), "{out}");
     assert_eq!(env.online_pids("slow", 1).len(), 1);
 }
+
+#[test]
+fn scale_adds_and_removes_instances_at_the_end_and_leaves_the_others() {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    env.write("ecosystem.toml", &worker_config(port, "cluster", 2, ""));
+    env.ok(&["start"]);
+    let before = env.online_pids("chat", 2);
+    let out = env.ok(&["scale", "chat", "+2"]);
+    assert!(out.contains("0 replaced, 2 added, 0 removed"), "{out}");
+    let four = env.online_pids("chat", 4);
+    assert_eq!(&four[..2], &before[..], "existing instances untouched");
+    env.ok(&["scale", "chat", "1"]);
+    assert_eq!(env.online_pids("chat", 1), vec![before[0]]);
+    let out = env.chatctl(&["scale", "chat", "none"]);
+    assert!(!out.status.success() && stderr(&out).contains("expected a number of instances"), "{}", stderr(&out));
+}
+
+#[test]
+fn start_with_reload_reloads_what_runs_and_a_failing_build_touches_nothing() {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    let marker = env.path("built");
+    let config = |build: &str| worker_config(port, "cluster", 2, &format!("build = {build:?}"));
+    env.write("ecosystem.toml", &config(&format!("touch {}", marker.display())));
+    env.ok(&["start"]);
+    let before = env.online_pids("chat", 2);
+    // Deploy scripts run the same command every time.
+    let out = env.ok(&["start", "--reload"]);
+    assert!(out.contains("reloaded chat: 2 replaced"), "{out}");
+    let after = env.online_pids("chat", 2);
+    assert!(before.iter().all(|p| !after.contains(p)));
+    // A build that fails aborts the reload before any instance is touched.
+    env.write("ecosystem.toml", &config("echo compiling; exit 3"));
+    let out = env.chatctl(&["reload", "--build"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the build failed"), "{}", stderr(&out));
+    assert_eq!(env.online_pids("chat", 2), after);
+    // A passing one runs, then the reload.
+    env.write("ecosystem.toml", &config(&format!("touch {}", marker.display())));
+    env.ok(&["reload", "--build"]);
+    assert!(marker.exists(), "the build ran");
+}

@@ -69,6 +69,42 @@ pub enum Request {
     /// `reload_batch`) at a time, each successor ready before its predecessor stops; progress comes
     /// as [`Event::Reload`] frames, then one [`Response`].
     Reload { apps: Vec<AppSpec>, batch: Option<usize> },
+    /// Add or remove instances at the end of `app`, keeping the others as they are; progress and
+    /// outcome as for a reload.
+    Scale { app: String, to: ScaleTo },
+}
+
+/// `chatctl scale APP N|+N|-N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleTo {
+    Exactly(usize),
+    By(i64),
+}
+
+impl ScaleTo {
+    /// The new count from the current one; never below 1.
+    pub fn from(self, current: usize) -> usize {
+        match self {
+            ScaleTo::Exactly(n) => n.max(1),
+            ScaleTo::By(delta) => (current as i64 + delta).max(1) as usize,
+        }
+    }
+}
+
+impl std::str::FromStr for ScaleTo {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ScaleTo, String> {
+        let bad = || format!("{text:?}: expected a number of instances (3), or a change (+2, -1)");
+        match text.as_bytes().first() {
+            Some(b'+' | b'-') => text.parse::<i64>().map(ScaleTo::By).map_err(|_| bad()),
+            _ => match text.parse::<usize>() {
+                Ok(0) | Err(_) => Err(bad()),
+                Ok(n) => Ok(ScaleTo::Exactly(n)),
+            },
+        }
+    }
 }
 
 /// Which output of an instance.
@@ -260,6 +296,7 @@ mod tests {
             Request::Flush { app: Some("chat".into()) },
             Request::ReloadLogs,
             Request::Reload { apps: vec![], batch: Some(2) },
+            Request::Scale { app: "chat".into(), to: ScaleTo::By(-1) },
         ] {
             round_trip(request).await;
         }
@@ -299,6 +336,14 @@ mod tests {
             apps: vec![ReloadSummary { app: "a".into(), replaced: 4, added: 0, removed: 1, duration_ms: 9 }],
         })
         .await;
+    }
+
+    #[test]
+    fn scale_targets() {
+        assert_eq!("3".parse::<ScaleTo>().map(|s| s.from(5)), Ok(3));
+        assert_eq!("+2".parse::<ScaleTo>().map(|s| s.from(5)), Ok(7));
+        assert_eq!("-9".parse::<ScaleTo>().map(|s| s.from(5)), Ok(1));
+        assert!("0".parse::<ScaleTo>().is_err() && "many".parse::<ScaleTo>().is_err());
     }
 
     #[tokio::test]

@@ -69,8 +69,8 @@ async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>) {
                 return;
             }
         };
-        if let Request::Reload { apps, batch } = request {
-            if !reload(&mut write, &tx, apps, batch).await {
+        if matches!(request, Request::Reload { .. } | Request::Scale { .. }) {
+            if !reload(&mut write, &tx, request).await {
                 return;
             }
             continue;
@@ -106,17 +106,16 @@ async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>) {
     }
 }
 
-/// Runs a reload: progress events as they come, then the response. False when the connection or
-/// the daemon is gone.
+/// Runs a reload or scale: progress events as they come, then the response. False when the
+/// connection or the daemon is gone.
 async fn reload(
     write: &mut tokio::net::unix::OwnedWriteHalf,
     tx: &mpsc::UnboundedSender<Msg>,
-    apps: Vec<chat_shared::spec::AppSpec>,
-    batch: Option<usize>,
+    request: Request,
 ) -> bool {
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (reply_tx, mut reply) = oneshot::channel();
-    if tx.send(Msg::Reload { apps, batch, events: events_tx, reply: reply_tx }).is_err() {
+    if tx.send(Msg::Reload { request, events: events_tx, reply: reply_tx }).is_err() {
         return false;
     }
     loop {

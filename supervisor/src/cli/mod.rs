@@ -48,6 +48,15 @@ pub enum Command {
     /// Replace every instance with the file's current version, one at a time, each new process
     /// ready before the old one drains; stops at the first failure (the rest keep serving).
     Reload(ReloadArgs),
+    /// Add or remove instances of an app (N, +N or -N), leaving the others running.
+    Scale {
+        app: String,
+        /// A count (3) or a change (+2, -1).
+        #[arg(allow_hyphen_values = true)]
+        to: chat_shared::ipc::ScaleTo,
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop every app, then the daemon.
     Kill,
     /// Start the daemon if it is not running, and print its pid and version.
@@ -79,6 +88,10 @@ pub struct StartArgs {
     /// Return once the daemon has the apps, without waiting for them to be online.
     #[arg(long)]
     pub no_wait: bool,
+    /// Apps already running are reloaded (zero downtime) instead of left alone: one command for
+    /// every deploy.
+    #[arg(long)]
+    pub reload: bool,
     /// Print the resulting status as JSON.
     #[arg(long)]
     pub json: bool,
@@ -154,6 +167,7 @@ pub async fn client_command(command: Command, home: &crate::home::Home) -> anyho
         Command::Restart(target) => control::restart(target, home).await,
         Command::Delete(target) => control::delete(target, home).await,
         Command::Reload(args) => reload::reload(args, home).await,
+        Command::Scale { app, to, json } => reload::scale(app, to, json, home).await,
         Command::Kill => control::kill(home).await,
         Command::Ping => control::ping(home).await,
         Command::Logs(args) => logs::logs(args, home).await,

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use chat_shared::ipc::{Event, ReloadPhase, Request, Response};
+use chat_shared::ipc::{Event, ReloadPhase, Request, Response, ScaleTo};
 
 use super::ReloadArgs;
 use super::start::{exit, load};
@@ -39,9 +39,21 @@ pub(super) async fn reload(args: ReloadArgs, home: &Home) -> anyhow::Result<Exit
     let mut client =
         Client::connect(home).await.context("cannot reach the daemon (nothing to reload: use `chatctl start`)")?;
     client.send(&Request::Reload { apps: specs, batch: args.batch }).await?;
+    progress(&mut client, args.json).await
+}
+
+/// `chatctl scale APP N|+N|-N`.
+pub(super) async fn scale(app: String, to: ScaleTo, json: bool, home: &Home) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect(home).await.context("cannot reach the daemon")?;
+    client.send(&Request::Scale { app, to }).await?;
+    progress(&mut client, json).await
+}
+
+/// Prints a reload's (or scale's) steps as they come, then its outcome.
+pub(super) async fn progress(client: &mut Client, json: bool) -> anyhow::Result<ExitCode> {
     loop {
         match client.next_event_or_response().await? {
-            Ok(Event::Reload(step)) if args.json => println!("{}", serde_json::to_string(&step)?),
+            Ok(Event::Reload(step)) if json => println!("{}", serde_json::to_string(&step)?),
             Ok(Event::Reload(step)) => {
                 let who = format!("{}[{}]", step.app, step.index);
                 let pid = |p: Option<u32>| p.map_or("-".to_owned(), |p| p.to_string());
@@ -68,7 +80,7 @@ pub(super) async fn reload(args: ReloadArgs, home: &Home) -> anyhow::Result<Exit
             Ok(_) => {}
             Err(Response::Reloaded { apps }) => {
                 for summary in &apps {
-                    if args.json {
+                    if json {
                         println!("{}", serde_json::to_string(summary)?);
                     } else {
                         println!(

@@ -55,7 +55,7 @@ pub(super) async fn start(args: StartArgs, home: &Home) -> anyhow::Result<ExitCo
         Err(code) => return Ok(code),
     };
     let mut client = process::connect_or_start(home).await?;
-    let (started, already) = match client.request(&Request::Start { apps: specs }).await? {
+    let (started, already) = match client.request(&Request::Start { apps: specs.clone() }).await? {
         Response::Started { started, already_running } => (started, already_running),
         Response::Error { message } => {
             eprintln!("error: {message}\nnothing was started");
@@ -63,8 +63,17 @@ pub(super) async fn start(args: StartArgs, home: &Home) -> anyhow::Result<ExitCo
         }
         other => bail!("unexpected answer: {other:?}"),
     };
-    for name in &already {
-        eprintln!("{name}: already running (use `chatctl restart {name}` to restart it)");
+    if args.reload && !already.is_empty() {
+        let running: Vec<_> = specs.into_iter().filter(|s| already.contains(&s.name)).collect();
+        client.send(&Request::Reload { apps: running, batch: None }).await?;
+        let code = super::reload::progress(&mut client, args.json).await?;
+        if code != ExitCode::SUCCESS {
+            return Ok(code);
+        }
+    } else {
+        for name in &already {
+            eprintln!("{name}: already running (`chatctl reload {name}` replaces it without downtime)");
+        }
     }
     if args.no_wait {
         return Ok(ExitCode::SUCCESS);

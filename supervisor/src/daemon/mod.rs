@@ -80,9 +80,9 @@ pub(crate) enum Msg {
         paths: Vec<std::path::PathBuf>,
     },
     /// A `chatctl reload`: progress goes to `events`, the outcome to `reply`.
+    /// A `chatctl reload` or `chatctl scale`: progress goes to `events`, the outcome to `reply`.
     Reload {
-        apps: Vec<AppSpec>,
-        batch: Option<usize>,
+        request: Request,
         events: mpsc::UnboundedSender<chat_shared::ipc::Event>,
         reply: oneshot::Sender<Response>,
     },
@@ -259,7 +259,15 @@ impl Daemon {
                     }
                 }
             }
-            Msg::Reload { apps, batch, events, reply } => self.reload(apps, batch, events, reply, now),
+            Msg::Reload { request: Request::Reload { apps, batch }, events, reply } => {
+                self.reload(apps, batch, events, reply, now)
+            }
+            Msg::Reload { request: Request::Scale { app, to }, events, reply } => {
+                self.scale(&app, to, events, reply, now)
+            }
+            Msg::Reload { reply, .. } => {
+                let _ = reply.send(Response::Error { message: "not a reload".into() });
+            }
             Msg::Follow(reply) => {
                 let _ = reply.send(self.follow.subscribe());
             }

@@ -23,6 +23,8 @@ const FAILURE_LOG_LINES: usize = 10;
 pub(super) struct Job {
     /// Apps still to reload, with their new specs, in order.
     queue: VecDeque<(u64, AppSpec)>,
+    /// `false` for a scale: instances only added or removed, none replaced.
+    replace: bool,
     current: Option<AppReload>,
     /// Overrides each app's `reload_batch`.
     batch: Option<usize>,
@@ -65,7 +67,25 @@ impl Job {
         events: mpsc::UnboundedSender<Event>,
         reply: oneshot::Sender<Response>,
     ) -> Job {
-        Job { queue: apps.into(), current: None, batch, summaries: Vec::new(), events, reply: Some(reply) }
+        Job {
+            queue: apps.into(),
+            replace: true,
+            current: None,
+            batch,
+            summaries: Vec::new(),
+            events,
+            reply: Some(reply),
+        }
+    }
+
+    /// A scale of one app to `spec.instances`.
+    pub(super) fn scale(
+        app_id: u64,
+        spec: AppSpec,
+        events: mpsc::UnboundedSender<Event>,
+        reply: oneshot::Sender<Response>,
+    ) -> Job {
+        Job { replace: false, ..Job::new(vec![(app_id, spec)], None, events, reply) }
     }
 
     pub(super) fn covers(&self, app_id: u64) -> bool {
@@ -98,7 +118,7 @@ impl Job {
                     return;
                 };
                 let Some(app) = apps.iter_mut().find(|a| a.id == app_id) else { continue };
-                self.current = Some(AppReload::begin(app, spec, now));
+                self.current = Some(AppReload::begin(app, spec, self.replace, now));
             }
             let Some(reload) = self.current.as_mut() else { return };
             let Some(app) = apps.iter_mut().find(|a| a.id == reload.app_id) else {
@@ -124,7 +144,7 @@ impl Job {
 }
 
 impl AppReload {
-    fn begin(app: &mut App, spec: AppSpec, now: Instant) -> AppReload {
+    fn begin(app: &mut App, spec: AppSpec, replace: bool, now: Instant) -> AppReload {
         let old_count = app.slots.len();
         let target = spec.instances;
         let previous = app.spec.clone();
@@ -135,7 +155,7 @@ impl AppReload {
             previous,
             name: app.spec.name.clone(),
             started: now,
-            pending: (0..old_count.min(target)).collect(),
+            pending: if replace { (0..old_count.min(target)).collect() } else { VecDeque::new() },
             active: Vec::new(),
             failed: None,
             target,

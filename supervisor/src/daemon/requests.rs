@@ -67,7 +67,9 @@ impl Daemon {
             Request::Flush { app } => return self.log_control(app.as_deref(), false, reply),
             Request::ReloadLogs => return self.log_control(None, true, reply),
             // The connection turns a reload into `Msg::Reload`, with a progress channel.
-            Request::Reload { .. } => Response::Error { message: "a reload needs a progress stream".into() },
+            Request::Reload { .. } | Request::Scale { .. } => {
+                Response::Error { message: "a reload needs a progress stream".into() }
+            }
         };
         let _ = reply.send(response);
     }
@@ -231,6 +233,34 @@ impl Daemon {
             return;
         }
         let mut job = reload::Job::new(jobs, batch, events, reply);
+        let env = effect_env!(self);
+        job.advance(&mut self.apps, now, &env);
+        if !job.is_finished() {
+            self.reloads.push(job);
+        }
+    }
+
+    /// `chatctl scale`: instances added or removed at the end, through the reload machinery.
+    pub(super) fn scale(
+        &mut self,
+        name: &str,
+        to: chat_shared::ipc::ScaleTo,
+        events: tokio::sync::mpsc::UnboundedSender<chat_shared::ipc::Event>,
+        reply: oneshot::Sender<Response>,
+        now: Instant,
+    ) {
+        let Some(app) = self.apps.iter().find(|a| a.spec.name == name) else {
+            let _ = reply.send(Response::Error { message: format!("no app named `{name}`") });
+            return;
+        };
+        if self.reloads.iter().any(|j| j.covers(app.id)) {
+            let message = format!("a reload of `{name}` is already under way; wait for it to finish");
+            let _ = reply.send(Response::Error { message });
+            return;
+        }
+        let mut spec = app.spec.clone();
+        spec.instances = to.from(app.slots.len());
+        let mut job = reload::Job::scale(app.id, spec, events, reply);
         let env = effect_env!(self);
         job.advance(&mut self.apps, now, &env);
         if !job.is_finished() {
