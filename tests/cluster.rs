@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use chat_shared::status::Phase;
 
-use crate::support::load::Load;
 use crate::support::{Env, alive, bin, http_get, node, sigkill, wait_until};
+use chat_bench::load::Load;
 
 /// The repo's ecosystem.toml shape, pointed at this build and a free port.
 fn production_config(port: u16) -> String {

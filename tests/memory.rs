@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::support::load::Load;
 use crate::support::{Env, alive, bin, wait_until};
+use chat_bench::load::Load;
 
 #[test]
 fn an_instance_over_its_memory_limit_is_replaced_before_it_stops_and_no_request_fails() {

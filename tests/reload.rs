@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::load::Load;
 use crate::support::{Env, bin, free_ports, stderr, wait_until};
+use chat_bench::load::Load;
 
 fn worker_config(port: u16, mode: &str, instances: usize, extra: &str) -> String {
     format!(
@@ -171,4 +171,23 @@ fn start_with_reload_reloads_what_runs_and_a_failing_build_touches_nothing() {
     env.write("ecosystem.toml", &config(&format!("touch {}", marker.display())));
     env.ok(&["reload", "--build"]);
     assert!(marker.exists(), "the build ran");
+}
+
+#[test]
+fn a_program_that_binds_its_own_port_is_reloaded_by_restarting_one_by_one() {
+    let env = Env::new();
+    let base = free_ports(2);
+    env.write("ecosystem.toml", &worker_config(base, "fork", 2, "inherit_socket = false"));
+    env.ok(&["start"]);
+    let before = env.online_pids("chat", 2);
+    let out = env.ok(&["reload"]);
+    assert_eq!(out.matches("(restarted in place)").count(), 2, "{out}");
+    assert!(out.contains("reloaded chat: 2 replaced"), "{out}");
+    let after = env.online_pids("chat", 2);
+    assert!(before.iter().all(|p| !after.contains(p)), "{before:?} -> {after:?}");
+    for i in 0..2 {
+        let (status, _) =
+            crate::support::http_get(([127, 0, 0, 1], base + i).into(), "/health").expect("serving again");
+        assert_eq!(status, 200);
+    }
 }

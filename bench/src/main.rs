@@ -7,8 +7,10 @@
 
 mod harness;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use chat_bench::load::Load;
 use harness::{Bench, median, release_bin};
 
 /// PM2 7.0.4 + Node 20 on a 2-core box, from the project's reference measurements.
@@ -18,6 +20,8 @@ mod pm2 {
     pub(crate) const LOG_LINES_PER_S: f64 = 342_000.0; // fork mode, short lines
     pub(crate) const DAEMON_RSS_MIB: f64 = 59.0; // 4 workers
     pub(crate) const LIST_MS: f64 = 174.0; // pm2 jlist
+    pub(crate) const RELOAD_2_MS: f64 = 1340.0; // pm2 reload, 2 workers, 50 keep-alive connections
+    pub(crate) const RELOAD_2_FAILED: f64 = 56.0; // connection resets during that reload
 }
 
 fn main() {
@@ -39,6 +43,9 @@ fn main() {
     }
     if all || what == "logs" {
         logs();
+    }
+    if all || what == "reload" {
+        reload();
     }
 }
 
@@ -218,6 +225,47 @@ fn logs() {
             Some(80.0).filter(|_| width.is_none() && extra.is_empty()),
             true,
         );
+        bench.chatctl(&["kill"]);
+    }
+}
+
+/// `chatctl reload` of 2 and 4 workers under load (new and keep-alive connections): requests, failed
+/// requests, duration, and p99 latency against the same load without a reload.
+fn reload() {
+    for instances in [2usize, 4] {
+        let bench = Bench::new();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        bench.config(&format!("{}env = {{ RELEASE = \"1\" }}\n", worker_app(port, instances)));
+        bench.chatctl(&["start"]);
+        let measure = |reload: bool| {
+            let load = Load::mixed(vec![addr], "/api/socket/stats", 2, 2);
+            load.wait_for(500);
+            load.record_latency();
+            std::thread::sleep(Duration::from_millis(300));
+            let took = reload.then(|| {
+                bench.config(&format!("{}env = {{ RELEASE = \"2\" }}\n", worker_app(port, instances)));
+                let begun = Instant::now();
+                bench.chatctl(&["reload"]);
+                begun.elapsed().as_secs_f64() * 1e3
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            (load.finish(), took)
+        };
+        let (base, _) = measure(false);
+        let (during, took) = measure(true);
+        let pm2 = |v| (instances == 2).then_some(v);
+        row(&format!("reload of {instances}: duration"), took.unwrap_or_default(), "ms", pm2(pm2::RELOAD_2_MS), true);
+        row(&format!("reload of {instances}: requests in the window"), during.ok as f64, "", None, false);
+        row(
+            &format!("reload of {instances}: failed requests"),
+            (during.failed + during.refused) as f64,
+            "",
+            pm2(pm2::RELOAD_2_FAILED),
+            true,
+        );
+        row(&format!("reload of {instances}: p99, same load, no reload"), base.percentile_ms(99.0), "ms", None, true);
+        row(&format!("reload of {instances}: p99 during the reload"), during.percentile_ms(99.0), "ms", None, true);
         bench.chatctl(&["kill"]);
     }
 }

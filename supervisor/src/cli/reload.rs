@@ -65,7 +65,10 @@ pub(super) async fn progress(client: &mut Client, json: bool) -> anyhow::Result<
                         step.ready_ms.unwrap_or_default(),
                         pid(step.old_pid)
                     ),
-                    ReloadPhase::Done => format!("{who}: done, pid {} -> {}", pid(step.old_pid), pid(step.new_pid)),
+                    ReloadPhase::Done => {
+                        let how = step.message.map(|m| format!(" ({m})")).unwrap_or_default();
+                        format!("{who}: done, pid {} -> {}{how}", pid(step.old_pid), pid(step.new_pid))
+                    }
                     ReloadPhase::Failed => {
                         format!(
                             "{who}: FAILED: {}; pid {} keeps serving",

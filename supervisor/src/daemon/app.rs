@@ -471,12 +471,13 @@ impl App {
                 let pid = current.instance.pid();
                 let use_ = pid.and_then(|p| usage.get(&p));
                 let note = match &slot.successor {
-                    Some(s) => Some(format!(
-                        "replacing ({}): successor pid {} {}",
-                        s.reason,
-                        s.proc.instance.pid().map_or("-".into(), |p| p.to_string()),
-                        s.proc.instance.phase().as_str()
-                    )),
+                    Some(s) => {
+                        let pid = s.proc.instance.pid().map_or("-".into(), |p| p.to_string());
+                        Some(match (current.instance.phase(), s.proc.instance.phase()) {
+                            (Phase::Stopping, Phase::Online) => format!("draining: pid {pid} took over ({})", s.reason),
+                            (_, phase) => format!("replacing ({}): successor pid {pid} {}", s.reason, phase.as_str()),
+                        })
+                    }
                     None => current.instance.note.clone(),
                 };
                 InstanceStatus {

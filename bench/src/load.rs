@@ -4,10 +4,10 @@
 //! as every HTTP client does; only a request that then fails counts as failed.
 
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Requests per thread at most: the load stops by itself.
 const MAX_REQUESTS: u64 = 200_000;
@@ -18,22 +18,59 @@ struct Counts {
     refused: AtomicU64,
     failed: AtomicU64,
     stop: AtomicBool,
+    /// Microseconds per answered request, when `Load::record_latency` asked for them.
+    latencies: Mutex<Vec<u32>>,
+    record: AtomicBool,
 }
 
-pub(crate) struct Load {
+impl Counts {
+    fn answered(&self, started: Instant) {
+        self.ok.fetch_add(1, Ordering::Relaxed);
+        if self.record.load(Ordering::Relaxed) {
+            let micros = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+            // Poisoned only if a load thread panicked; then there is nothing left to record.
+            if let Ok(mut all) = self.latencies.lock() {
+                all.push(micros);
+            }
+        }
+    }
+}
+
+/// What a load did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub ok: u64,
+    pub refused: u64,
+    pub failed: u64,
+    /// Sorted, microseconds (empty unless recorded).
+    pub latencies: Vec<u32>,
+}
+
+impl Outcome {
+    /// The `p`-th percentile latency in milliseconds.
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let index = ((self.latencies.len() - 1) as f64 * p / 100.0).round() as usize;
+        f64::from(self.latencies[index]) / 1000.0
+    }
+}
+
+pub struct Load {
     counts: Arc<Counts>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Load {
     /// `threads` threads with a new connection per request on `GET /health`.
-    pub(crate) fn start(addr: SocketAddr, threads: usize) -> Load {
+    pub fn start(addr: SocketAddr, threads: usize) -> Load {
         Load::mixed(vec![addr], "/health", threads, 0)
     }
 
     /// On every address: `fresh` threads with a new connection per request and `kept` threads
     /// reusing keep-alive connections, all on `GET path`.
-    pub(crate) fn mixed(addrs: Vec<SocketAddr>, path: &'static str, fresh: usize, kept: usize) -> Load {
+    pub fn mixed(addrs: Vec<SocketAddr>, path: &'static str, fresh: usize, kept: usize) -> Load {
         let counts = Arc::new(Counts::default());
         let mut threads = Vec::new();
         for addr in addrs {
@@ -48,15 +85,16 @@ impl Load {
                         if counts.stop.load(Ordering::Relaxed) {
                             return;
                         }
+                        let started = Instant::now();
                         let counter = match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
                             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => &counts.refused,
                             Err(_) => &counts.failed,
                             Ok(stream) => {
                                 if request(stream, path) {
-                                    &counts.ok
-                                } else {
-                                    &counts.failed
+                                    counts.answered(started);
+                                    continue;
                                 }
+                                &counts.failed
                             }
                         };
                         counter.fetch_add(1, Ordering::Relaxed);
@@ -69,21 +107,41 @@ impl Load {
 
     /// Waits until `more` further requests have been answered.
     #[track_caller]
-    pub(crate) fn wait_for(&self, more: u64) {
+    pub fn wait_for(&self, more: u64) {
         let target = self.counts.ok.load(Ordering::Relaxed) + more;
-        crate::support::wait_until(&format!("{more} more answered requests"), Duration::from_secs(30), || {
-            (self.counts.ok.load(Ordering::Relaxed) >= target).then_some(())
-        });
+        let begun = Instant::now();
+        while self.counts.ok.load(Ordering::Relaxed) < target {
+            assert!(begun.elapsed() < Duration::from_secs(30), "timed out waiting for {more} more answered requests");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Records each answered request's latency from now on.
+    pub fn record_latency(&self) {
+        self.counts.record.store(true, Ordering::Relaxed);
     }
 
     /// Stops the load; returns (answered, refused, failed).
-    pub(crate) fn stop(self) -> (u64, u64, u64) {
+    pub fn stop(self) -> (u64, u64, u64) {
+        let outcome = self.finish();
+        (outcome.ok, outcome.refused, outcome.failed)
+    }
+
+    /// Stops the load; returns everything it measured.
+    pub fn finish(self) -> Outcome {
         self.counts.stop.store(true, Ordering::Relaxed);
         for thread in self.threads {
             let _ = thread.join();
         }
         let c = &self.counts;
-        (c.ok.load(Ordering::Relaxed), c.refused.load(Ordering::Relaxed), c.failed.load(Ordering::Relaxed))
+        let mut latencies = c.latencies.lock().map(|l| l.clone()).unwrap_or_default();
+        latencies.sort_unstable();
+        Outcome {
+            ok: c.ok.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            latencies,
+        }
     }
 }
 
@@ -112,6 +170,7 @@ fn keep_alive(addr: SocketAddr, path: &str, counts: &Counts) {
         if counts.stop.load(Ordering::Relaxed) {
             return;
         }
+        let started = Instant::now();
         let mut outcome = Kept::ClosedIdle;
         // One retry on a new connection when a reused one turned out closed.
         for _attempt in 0..2 {
@@ -144,9 +203,11 @@ fn keep_alive(addr: SocketAddr, path: &str, counts: &Counts) {
             }
         }
         match outcome {
-            Kept::Ok => counts.ok.fetch_add(1, Ordering::Relaxed),
-            Kept::ClosedIdle | Kept::Failed => counts.failed.fetch_add(1, Ordering::Relaxed),
-        };
+            Kept::Ok => counts.answered(started),
+            Kept::ClosedIdle | Kept::Failed => {
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 
