@@ -51,9 +51,10 @@ fn main() {
 
 fn row(figure: &str, ours: f64, unit: &str, pm2: Option<f64>, lower_is_better: bool) {
     let theirs = pm2.map_or("-".to_owned(), |p| format!("{p:.1} {unit}"));
-    let ratio = pm2.map_or("-".to_owned(), |p| {
-        let r = if lower_is_better { p / ours } else { ours / p };
-        format!("{r:.1}x")
+    let ratio = pm2.map_or("-".to_owned(), |p| match (lower_is_better, ours == 0.0) {
+        (true, true) => "none lost".to_owned(),
+        (true, false) => format!("{:.1}x", p / ours),
+        (false, _) => format!("{:.1}x", ours / p),
     });
     println!("{figure:<46} {:>14} {theirs:>14} {ratio:>10}", format!("{ours:.1} {unit}"));
 }
