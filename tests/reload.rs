@@ -191,3 +191,24 @@ fn a_program_that_binds_its_own_port_is_reloaded_by_restarting_one_by_one() {
         assert_eq!(status, 200);
     }
 }
+
+#[test]
+fn chatting_guests_reconnect_through_a_reload_with_their_identity_and_rooms() {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    // One instance: rooms are per worker until the local bus, so every guest must land on the one
+    // that replaced the old one.
+    env.write("ecosystem.toml", &worker_config(port, "cluster", 1, ""));
+    env.ok(&["start"]);
+    let out = crate::support::run_bounded(
+        std::process::Command::new("node")
+            .arg(crate::support::tests_dir().join("clients/reload-chat.mjs"))
+            .arg(format!("http://127.0.0.1:{port}"))
+            .arg(bin("chatctl"))
+            .env("CHATCTL_HOME", env.home())
+            .current_dir(env.dir.path()),
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}\n{}", stderr(&out), env.daemon_log());
+}

@@ -34,3 +34,6 @@ pub const SUPERVISOR_MARK: &str = "CHATCTL_SUPERVISOR";
 /// Path of the datagram socket an instance with `readiness = "notify"` sends `READY=1` to
 /// (systemd's sd_notify protocol).
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+/// A random secret the daemon makes once per app and gives every instance of it, so that what one
+/// instance signs (guest session tokens) another verifies. Lasts as long as the daemon knows the app.
+pub const APP_SECRET: &str = "CHATCTL_APP_SECRET";

@@ -25,6 +25,8 @@ pub(crate) struct Launch<'a> {
     pub(crate) home: &'a std::path::Path,
     /// `NOTIFY_SOCKET` for instances that report readiness themselves.
     pub(crate) notify: Option<&'a std::path::Path>,
+    /// The app's shared secret (`CHATCTL_APP_SECRET`).
+    pub(crate) secret: &'a str,
 }
 
 /// Spawns instance `index` of `spec`.
@@ -33,7 +35,7 @@ pub(crate) struct Launch<'a> {
 /// fires when the *thread* that forked exits, so a short-lived blocking-pool thread would kill the
 /// child early.
 pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
-    let Launch { spec, index, port, fds, home, notify } = *launch;
+    let Launch { spec, index, port, fds, home, notify, secret } = *launch;
     let mut command = Command::new(&spec.script);
     command
         .args(&spec.args)
@@ -45,6 +47,7 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
         .env(worker_env::APP_NAME, &spec.name)
         .env(worker_env::KILL_TIMEOUT_MS, spec.kill_timeout.0.as_millis().to_string())
         .env(worker_env::SUPERVISOR_MARK, home)
+        .env(worker_env::APP_SECRET, secret)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -18,6 +18,11 @@ pub struct Config {
     /// Tokio worker threads; 1 (the default) runs one event loop per process, as Node does, which is
     /// what a cluster of one process per core wants.
     pub threads: usize,
+    /// Signs guest session tokens; every instance of an app must have the same one. `None`: a random
+    /// one (tokens then die with this process).
+    pub session_secret: Option<Vec<u8>>,
+    /// How long a guest session token stays valid.
+    pub session_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +75,11 @@ impl Config {
             instance: lookup(worker_env::INSTANCE).or_else(|| lookup(worker_env::DEFAULT_INSTANCE_VAR)),
             shutdown_timeout: parse(&lookup, "SHUTDOWN_TIMEOUT", HumanDuration(default_shutdown))?.0,
             threads,
+            session_secret: lookup("CHAT_SESSION_SECRET")
+                .or_else(|| lookup(worker_env::APP_SECRET))
+                .filter(|s| !s.is_empty())
+                .map(String::into_bytes),
+            session_ttl: parse(&lookup, "SESSION_TTL", HumanDuration(Duration::from_secs(86_400)))?.0,
         })
     }
 }

@@ -17,12 +17,14 @@
 //! - `listeners`: inherited fds (`LISTEN_FDS`) or a bound port.
 //! - `http`: `/health`, `/api/socket/stats`.
 //! - `realtime`: Socket.IO guests, rooms and messages.
+//! - `session`: signed guest session tokens (identity and rooms survive a reconnect).
 
 pub mod config;
 mod drain;
 pub mod http;
 pub mod listeners;
 pub mod realtime;
+pub mod session;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,7 +49,14 @@ pub struct WorkerState {
 /// Serves until `shutdown` resolves, then drains within `config.shutdown_timeout`.
 pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let (layer, io) = SocketIo::builder().build_layer();
-    realtime::register(&io, config.instance.as_deref());
+    let secret = match &config.session_secret {
+        Some(secret) => secret.clone(),
+        None => {
+            tracing::warn!("no CHAT_SESSION_SECRET: guest sessions last only as long as this process");
+            session::random_secret()?
+        }
+    };
+    realtime::register(&io, config.instance.as_deref(), session::Sessions::new(secret, config.session_ttl));
     let state = Arc::new(WorkerState {
         started: Instant::now(),
         draining: AtomicBool::new(false),

@@ -2,8 +2,13 @@
 //!
 //! Events (client → server, each answered through the acknowledgement callback when the client
 //! passes one: `{ ok: true, ... }` or `{ ok: false, error }`):
-//! - `guest:join {name}` → `{ok, guest: {id, name}, instance}`. A client may instead connect with
-//!   `auth: {name}`, which joins it at once.
+//! - `guest:join {name}` → `{ok, guest: {id, name}, instance, token}`. A client may instead connect
+//!   with `auth: {name}`, which joins it at once.
+//! - Sessions: the server sends `session {token, guest}` whenever who the guest is or which rooms it
+//!   is in changes. A client that keeps the latest token in its `auth` (`socket.on("session", s =>
+//!   socket.auth = { token: s.token })`) reconnects — to any instance — with the same identity and is
+//!   put back into its rooms without user action. A bad token gets `session:error {error}` with the
+//!   reason (malformed, forged, expired) and the connection goes on as a new visitor.
 //! - `room:join {room}` / `room:leave {room}` → `{ok, room, members}`; every member of the room then
 //!   receives `room:members {room, members}`.
 //! - `message {room, text}` → `{ok, id, time}`; every member of the room, the sender included,
@@ -20,6 +25,8 @@ use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::socket::DisconnectReason;
 use socketioxide::{ParserError, SocketIo};
 
+use crate::session::{Claims, Sessions};
+
 const MAX_NAME_CHARS: usize = 32;
 const MAX_ROOM_CHARS: usize = 64;
 const MAX_TEXT_CHARS: usize = 4000;
@@ -34,6 +41,13 @@ pub struct Guest {
 #[derive(Debug, Deserialize)]
 struct JoinGuest {
     name: String,
+}
+
+/// What a client may pass as `auth` when it connects.
+#[derive(Debug, Default, Deserialize)]
+struct Auth {
+    name: Option<String>,
+    token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,47 +84,65 @@ impl MessageIds {
 }
 
 /// Registers the handlers on the default namespace.
-pub fn register(io: &SocketIo, instance: Option<&str>) {
+pub fn register(io: &SocketIo, instance: Option<&str>, sessions: Sessions) {
     let instance: Option<std::sync::Arc<str>> = instance.map(Into::into);
     let ids = std::sync::Arc::new(MessageIds {
         prefix: format!("{}.{}", instance.as_deref().unwrap_or("0"), std::process::id()),
         next: AtomicU64::new(1),
     });
-    io.ns("/", move |socket: SocketRef, TryData(auth): TryData<JoinGuest>| {
+    io.ns("/", move |socket: SocketRef, TryData(auth): TryData<Auth>| {
         let ids = ids.clone();
         let instance = instance.clone();
+        let sessions = sessions.clone();
         async move {
             tracing::debug!(sid = %socket.id, "socket connected");
-            if let Ok(auth) = auth {
-                // A bad name in `auth` is ignored here; the client can still `guest:join`.
-                let _ = join_guest(&socket, auth);
+            let auth = auth.unwrap_or_default();
+            match auth.token.as_deref().map(|t| sessions.verify(t)) {
+                Some(Ok(claims)) => restore(&socket, claims, &sessions).await,
+                Some(Err(e)) => {
+                    tracing::debug!(sid = %socket.id, error = %e, "session refused");
+                    let _ = socket.emit("session:error", &json!({ "error": e.to_string() }));
+                }
+                None => {}
             }
+            if let (Some(name), None) = (auth.name, socket.extensions.get::<Guest>()) {
+                // A bad name in `auth` is ignored here; the client can still `guest:join`.
+                if join_guest(&socket, JoinGuest { name }).is_ok() {
+                    send_session(&socket, &sessions);
+                }
+            }
+            let on_join = sessions.clone();
             socket.on("guest:join", move |socket: SocketRef, TryData(data): TryData<JoinGuest>, ack: AckSender| {
                 let instance = instance.clone();
+                let sessions = on_join.clone();
                 async move {
                     let reply = match data {
                         // `instance` tells the client (and tests) which worker of a cluster serves it.
-                        Ok(join) => join_guest(&socket, join)
-                            .map(|g| json!({ "ok": true, "guest": g, "instance": instance.as_deref() })),
+                        Ok(join) => join_guest(&socket, join).map(|g| {
+                            let token = send_session(&socket, &sessions);
+                            json!({ "ok": true, "guest": g, "instance": instance.as_deref(), "token": token })
+                        }),
                         Err(e) => Err(format!("expected {{name}}: {e}")),
                     };
                     answer(ack, reply);
                 }
             });
-            socket.on("room:join", async |socket: SocketRef, TryData(data): TryData<RoomRef>, ack: AckSender| {
-                let reply = match room_change(&socket, data, true) {
-                    Ok(room) => room_members_changed(&socket, &room).await,
-                    Err(e) => Err(e),
-                };
-                answer(ack, reply);
-            });
-            socket.on("room:leave", async |socket: SocketRef, TryData(data): TryData<RoomRef>, ack: AckSender| {
-                let reply = match room_change(&socket, data, false) {
-                    Ok(room) => room_members_changed(&socket, &room).await,
-                    Err(e) => Err(e),
-                };
-                answer(ack, reply);
-            });
+            for (event, join) in [("room:join", true), ("room:leave", false)] {
+                let sessions = sessions.clone();
+                socket.on(event, move |socket: SocketRef, TryData(data): TryData<RoomRef>, ack: AckSender| {
+                    let sessions = sessions.clone();
+                    async move {
+                        let reply = match room_change(&socket, data, join) {
+                            Ok(room) => {
+                                send_session(&socket, &sessions);
+                                room_members_changed(&socket, &room).await
+                            }
+                            Err(e) => Err(e),
+                        };
+                        answer(ack, reply);
+                    }
+                });
+            }
             socket.on("message", move |socket: SocketRef, TryData(data): TryData<SendMessage>, ack: AckSender| {
                 let ids = ids.clone();
                 async move { answer(ack, send_message(&socket, data, &ids).await) }
@@ -127,6 +159,27 @@ pub fn register(io: &SocketIo, instance: Option<&str>) {
             });
         }
     });
+}
+
+/// A returning guest: same identity, back in its rooms (the rooms are told).
+async fn restore(socket: &SocketRef, claims: Claims, sessions: &Sessions) {
+    let guest = Guest { id: claims.id, name: claims.name };
+    tracing::debug!(sid = %socket.id, guest = %guest.id, rooms = claims.rooms.len(), "session restored");
+    socket.extensions.insert(guest);
+    for room in claims.rooms.into_iter().filter(|r| valid_room(r)) {
+        socket.join(room.clone());
+        let _ = room_members_changed(socket, &room).await;
+    }
+    send_session(socket, sessions);
+}
+
+/// Sends the guest a fresh token for who it is and its rooms now; returns it.
+fn send_session(socket: &SocketRef, sessions: &Sessions) -> Option<String> {
+    let guest = socket.extensions.get::<Guest>()?;
+    let rooms = socket.rooms().into_iter().map(|r| r.to_string()).collect();
+    let token = sessions.issue(&guest.id, &guest.name, rooms);
+    let _ = socket.emit("session", &json!({ "token": token, "guest": guest }));
+    Some(token)
 }
 
 fn answer(ack: AckSender, reply: Result<Value, String>) {
@@ -160,7 +213,7 @@ fn room_change(socket: &SocketRef, data: Result<RoomRef, ParserError>, join: boo
     guest_of(socket)?;
     let room = data.map_err(|e| format!("expected {{room}}: {e}"))?.room;
     let room = room.trim().to_owned();
-    if room.is_empty() || room.chars().count() > MAX_ROOM_CHARS {
+    if !valid_room(&room) {
         return Err(format!("a room name is 1-{MAX_ROOM_CHARS} characters"));
     }
     if join {
@@ -169,6 +222,10 @@ fn room_change(socket: &SocketRef, data: Result<RoomRef, ParserError>, join: boo
         socket.leave(room.clone());
     }
     Ok(room)
+}
+
+fn valid_room(room: &str) -> bool {
+    !room.is_empty() && room.chars().count() <= MAX_ROOM_CHARS
 }
 
 /// Tells the room its new member list and answers the caller with it.

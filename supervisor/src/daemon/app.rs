@@ -48,6 +48,8 @@ pub(super) struct App {
     successor_policy: Policy,
     /// Finished replacements, (slot, new pid or why it failed), for whoever drives them (reloads).
     pub(super) outcomes: Vec<(usize, Result<u32, String>)>,
+    /// Shared by every instance of the app for as long as the daemon knows it (reloads included).
+    secret: String,
 }
 
 impl App {
@@ -109,6 +111,7 @@ impl App {
             successor_policy: Policy::for_successor(&policy),
             policy,
             outcomes: Vec::new(),
+            secret: app_secret().map_err(|source| AppError::Secret { source })?,
             spec,
             shared,
             port,
@@ -410,6 +413,7 @@ impl App {
             fds: &fds,
             home: env.home,
             notify: proc.notify.as_ref().map(NotifySocket::path),
+            secret: &self.secret,
         };
         let mut child = match spawn::spawn(&launch) {
             Ok(child) => child,
@@ -530,12 +534,25 @@ pub(super) enum AppError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot make the app's secret")]
+    Secret {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot open log file {path}")]
     Logs {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// 32 random bytes from the kernel, hex.
+fn app_secret() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn signal_group(app: &str, pid: u32, signal: Signal) {

@@ -1,0 +1,86 @@
+// Guests chatting through a rolling reload, with the real socket.io-client v4: two guests join a
+// room, `chatctl reload` replaces the worker, both reconnect by themselves, keep their guest ids, are
+// back in the room without joining again, and messages sent afterwards reach both.
+// Prints one JSON line; exits 1 with a reason on any failure.
+//
+// usage: node reload-chat.mjs URL CHATCTL_BINARY   (CHATCTL_HOME and the cwd name the deployment)
+import { io } from "socket.io-client";
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+
+const [url, chatctl] = process.argv.slice(2);
+const room = "lobby";
+setTimeout(() => fail("timed out after 30 s"), 30_000).unref();
+
+function fail(reason) {
+  console.log(JSON.stringify({ ok: false, reason }));
+  process.exit(1);
+}
+
+const until = async (what, check, ms = 15_000) => {
+  const end = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > end) fail(`waited ${ms} ms for: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+};
+
+function guest(name) {
+  // The session token the server pushes is kept in `auth`: socket.io-client sends it again on
+  // every reconnection, which is all a client needs to do.
+  const socket = io(url, { transports: ["websocket"], reconnectionDelay: 200, reconnectionDelayMax: 500, auth: {} });
+  const g = { name, socket, connects: 0, sessions: [], members: [], received: [] };
+  socket.on("connect", () => g.connects++);
+  socket.on("session", (s) => {
+    socket.auth = { token: s.token };
+    g.sessions.push(s.guest);
+  });
+  socket.on("session:error", (e) => fail(`${name}: session refused: ${e.error}`));
+  socket.on("room:members", (m) => m.room === room && (g.members = m.members.map((x) => x.id)));
+  socket.on("message", (m) => g.received.push(m));
+  return g;
+}
+
+// A forged token is refused with a reason, and the connection goes on as a new visitor.
+const forged = await new Promise((resolve) => {
+  const s = io(url, { transports: ["websocket"], reconnection: false, auth: { token: "v1.eyJpZCI6ImdfeCJ9.AAAA" } });
+  s.on("session:error", (e) => {
+    resolve({ error: e.error, connected: s.connected });
+    s.disconnect();
+  });
+  setTimeout(() => resolve(null), 5000);
+});
+if (!forged || !/does not match/.test(forged.error) || !forged.connected) fail(`forged token: ${JSON.stringify(forged)}`);
+
+const guests = [guest("ann"), guest("bob")];
+await until("both connected", () => guests.every((g) => g.connects === 1));
+for (const g of guests) {
+  const join = await g.socket.timeout(5000).emitWithAck("guest:join", { name: g.name });
+  if (!join.ok) fail(`guest:join: ${join.error}`);
+  g.id = join.guest.id;
+  const r = await g.socket.timeout(5000).emitWithAck("room:join", { room });
+  if (!r.ok) fail(`room:join: ${r.error}`);
+}
+await until("both see each other", () => guests.every((g) => g.members.length === 2));
+
+const { stdout } = await promisify(execFile)(chatctl, ["reload"], { env: process.env }).catch((e) => fail(`reload: ${e.stderr}`));
+if (!/reloaded \S+: 1 replaced/.test(stdout)) fail(`unexpected reload output: ${stdout}`);
+
+await until("both reconnected", () => guests.every((g) => g.connects === 2));
+await until("identities restored", () => guests.every((g) => g.sessions.length >= 3));
+for (const g of guests) {
+  const restored = g.sessions[g.sessions.length - 1];
+  if (restored.id !== g.id) fail(`${g.name} came back as ${restored.id}, was ${g.id}`);
+}
+await until("back in the room together", () => guests.every((g) => g.members.length === 2 && g.members.includes(guests[0].id) && g.members.includes(guests[1].id)));
+
+for (const g of guests) g.received = [];
+for (const g of guests) {
+  const ack = await g.socket.timeout(5000).emitWithAck("message", { room, text: `after the reload, ${g.name}` });
+  if (!ack.ok) fail(`message after reload: ${ack.error}`);
+}
+await until("every message reached everyone", () => guests.every((g) => g.received.length === 2));
+
+console.log(JSON.stringify({ ok: true, guests: guests.map((g) => ({ id: g.id, connects: g.connects })) }));
+for (const g of guests) g.socket.disconnect();
+process.exit(0);
