@@ -227,3 +227,48 @@ fn a_new_daemon_ends_leftovers_of_a_previous_one() {
     assert!(!alive(pids[1]), "the new daemon ended the leftover before starting");
     assert!(env.daemon_log().contains("ending processes left by a previous daemon"));
 }
+
+#[test]
+fn describe_shows_the_settings_in_effect_and_each_instances_history() {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    env.write(
+        "ecosystem.toml",
+        &format!(
+            "[apps.chat]\nscript = \"{}\"\nport = {port}\ninstances = 2\nexec_mode = \"cluster\"\nmin_uptime = \"50ms\"\n\
+             health = {{ interval = \"100ms\" }}\n[apps.chat.profiles.prod]\nkill_timeout = \"3s\"\n",
+            bin("chat-worker").display()
+        ),
+    );
+    env.ok(&["start", "prod"]);
+    let pids = env.online_pids("chat", 2);
+    crate::support::sigkill(pids[0]);
+    wait_until("instance 0 back", Duration::from_secs(10), || {
+        let i = env.list()[0].instances[0].clone();
+        (i.status == Phase::Online && i.pid != Some(pids[0])).then_some(())
+    });
+    wait_until("a liveness probe recorded", Duration::from_secs(10), || {
+        let d: chat_shared::status::AppDescription =
+            serde_json::from_str(&env.ok(&["describe", "chat", "--json"])).expect("describe --json");
+        (!d.instances[1].probes.is_empty()).then_some(())
+    });
+    let d: chat_shared::status::AppDescription =
+        serde_json::from_str(&env.ok(&["describe", "chat", "--json"])).expect("describe --json");
+    assert_eq!((d.spec.profile.as_deref(), d.spec.kill_timeout.to_string().as_str()), (Some("prod"), "3s"));
+    let history: Vec<&str> = d.instances[0].history.iter().map(|h| h.event.as_str()).collect();
+    assert!(history.iter().any(|e| e.contains("exited unexpectedly (signal 9)")), "{history:?}");
+    assert!(
+        d.instances[0].sockets.iter().any(|s| s.starts_with("fd 4 admin 127.0.0.1:")),
+        "{:?}",
+        d.instances[0].sockets
+    );
+    assert!(d.instances[1].probes.iter().all(|p| p.ok));
+    let text = env.ok(&["describe", "chat"]);
+    assert!(
+        text.contains(&format!("127.0.0.1:{port} bound by the supervisor"))
+            && text.contains("SIGTERM, then SIGKILL after 3s"),
+        "{text}"
+    );
+    let out = env.chatctl(&["describe", "nosuch"]);
+    assert!(!out.status.success() && crate::support::stderr(&out).contains("no app named `nosuch`"));
+}

@@ -72,6 +72,8 @@ pub enum Request {
     /// Add or remove instances at the end of `app`, keeping the others as they are; progress and
     /// outcome as for a reload.
     Scale { app: String, to: ScaleTo },
+    /// Settings in effect and per-instance details of one app.
+    Describe { app: String },
 }
 
 /// `chatctl scale APP N|+N|-N`.
@@ -214,6 +216,7 @@ pub enum Response {
     Reloaded {
         apps: Vec<ReloadSummary>,
     },
+    Described(Box<crate::status::AppDescription>),
     Error {
         message: String,
     },
@@ -297,6 +300,7 @@ mod tests {
             Request::ReloadLogs,
             Request::Reload { apps: vec![], batch: Some(2) },
             Request::Scale { app: "chat".into(), to: ScaleTo::By(-1) },
+            Request::Describe { app: "chat".into() },
         ] {
             round_trip(request).await;
         }

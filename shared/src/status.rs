@@ -77,3 +77,40 @@ impl std::fmt::Display for ExitKind {
         }
     }
 }
+
+/// `chatctl describe APP`: the settings in effect and each instance's details and recent history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppDescription {
+    pub spec: crate::spec::AppSpec,
+    pub status: AppStatus,
+    pub instances: Vec<InstanceDetail>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceDetail {
+    pub index: usize,
+    /// Sockets the instance gets, as `LISTEN_FDNAMES` names them, with their addresses.
+    pub sockets: Vec<String>,
+    pub log_files: Vec<String>,
+    /// Newest last, bounded.
+    pub history: Vec<HistoryEntry>,
+    /// Newest last, bounded.
+    pub probes: Vec<ProbeRecord>,
+    pub memory_peak_bytes: Option<u64>,
+}
+
+/// One event in an instance's life: a transition, with the reason when it was not planned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// RFC 3339, local time.
+    pub at: String,
+    pub event: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeRecord {
+    pub at: String,
+    pub ok: bool,
+    pub latency_ms: u64,
+    pub error: Option<String>,
+}

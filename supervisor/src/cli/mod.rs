@@ -1,6 +1,7 @@
 //! The command line: clap definitions and one function per verb.
 
 mod control;
+mod describe;
 mod logs;
 mod reload;
 mod start;
@@ -31,6 +32,12 @@ pub enum Command {
     Start(StartArgs),
     /// Run the apps in the foreground, without a daemon (containers, systemd units). SIGTERM or Ctrl-C stops everything.
     Run(RunArgs),
+    /// Every setting in effect for an app, and each instance's sockets, logs, history and probes.
+    Describe {
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show every app and instance.
     #[command(alias = "ls", alias = "status")]
     List {
@@ -163,6 +170,7 @@ pub async fn client_command(command: Command, home: &crate::home::Home) -> anyho
     match command {
         Command::Start(args) => start::start(args, home).await,
         Command::List { json } => control::list(json, home).await,
+        Command::Describe { app, json } => describe::describe(app, json, home).await,
         Command::Stop(target) => control::stop(target, home).await,
         Command::Restart(target) => control::restart(target, home).await,
         Command::Delete(target) => control::delete(target, home).await,

@@ -76,13 +76,7 @@ impl App {
             let slot_port = own.as_ref().map(|(_, p)| *p).or(port).or_else(|| spec.port_of(index));
             next_key += 1;
             let current = Self::new_proc(id, next_key, &spec, slot_port, env)?;
-            slots.push(Slot {
-                current,
-                successor: None,
-                own: own.map(|(socket, _)| socket),
-                port: slot_port,
-                retiring: false,
-            });
+            slots.push(Slot::new(current, own.map(|(socket, _)| socket), slot_port));
         }
         if spec.exec_mode == ExecMode::Fork {
             port = slots.first().and_then(|s| s.port);
@@ -190,7 +184,7 @@ impl App {
             let port = own.as_ref().map(|(_, p)| *p).or(shared_port).or_else(|| self.spec.port_of(index));
             self.next_key += 1;
             let current = Self::new_proc(self.id, self.next_key, &self.spec, port, env)?;
-            Ok(Slot { current, successor: None, own: own.map(|(socket, _)| socket), port, retiring: false })
+            Ok(Slot::new(current, own.map(|(socket, _)| socket), port))
         });
         match slot {
             Ok(slot) => {
@@ -214,6 +208,47 @@ impl App {
         while self.slots.last().is_some_and(|s| s.retiring && s.is_down()) {
             self.slots.pop();
         }
+    }
+
+    /// `chatctl describe`: the spec in effect, the status, and each slot's details and history.
+    pub(super) fn describe(
+        &self,
+        now: Instant,
+        usage: &std::collections::HashMap<u32, Usage>,
+    ) -> chat_shared::status::AppDescription {
+        let files = self.logs.current_files(self.slots.len());
+        let instances = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(index, slot)| {
+                let mut sockets = Vec::new();
+                let addr = |l: &TcpListener| l.local_addr().map_or("?".into(), |a| a.to_string());
+                if let Some(shared) = &self.shared {
+                    sockets.push(format!("fd 3 http {} (shared)", addr(shared)));
+                }
+                if let Some(own) = &slot.own {
+                    sockets.push(format!("fd 3 http {}", addr(own)));
+                }
+                if let Some(admin) = &slot.current.admin {
+                    sockets.push(format!("fd 4 admin {} (health probes)", addr(admin)));
+                }
+                let log_files = files
+                    .iter()
+                    .filter(|(_, instance, _)| instance.is_none_or(|i| i == index))
+                    .map(|(_, _, path)| path.display().to_string())
+                    .collect();
+                chat_shared::status::InstanceDetail {
+                    index,
+                    sockets,
+                    log_files,
+                    history: slot.history.iter().cloned().collect(),
+                    probes: slot.probes.iter().cloned().collect(),
+                    memory_peak_bytes: slot.memory_peak,
+                }
+            })
+            .collect();
+        chat_shared::status::AppDescription { spec: self.spec.clone(), status: self.status(now, usage), instances }
     }
 
     /// Where the process with `pid` is.
@@ -355,6 +390,11 @@ impl App {
                 } else {
                     tracing::info!(from, to, pid, "state");
                 }
+                let who = if successor { "successor " } else { "" };
+                let pid = pid.map(|p| format!(" pid {p}")).unwrap_or_default();
+                let why = if incident { format!(": {note}") } else { String::new() };
+                let event = format!("{who}{from} -> {to}{pid}{why}");
+                self.slots[index].record(event);
             }
             for effect in effects {
                 if let Some(next) = self.apply(index, which, effect, env) {
@@ -384,8 +424,10 @@ impl App {
                 let (prober, tx, app_id) = (env.prober.clone(), env.tx.clone(), self.id);
                 let (path, timeout) = (health.path.clone(), health.timeout.0);
                 tokio::spawn(async move {
+                    let begun = Instant::now();
                     let result = prober.probe(addr, &path, timeout).await;
-                    let _ = tx.send(Msg::Probe { app_id, pid, result });
+                    let latency_ms = begun.elapsed().as_millis() as u64;
+                    let _ = tx.send(Msg::Probe { app_id, pid, result, latency_ms });
                 });
                 None
             }

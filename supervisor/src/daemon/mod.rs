@@ -67,6 +67,7 @@ pub(crate) enum Msg {
         app_id: u64,
         pid: u32,
         result: Result<(), String>,
+        latency_ms: u64,
     },
     /// `key` names the process (see `slot::Proc::key`): a notify socket belongs to one process.
     Notify {
@@ -282,9 +283,12 @@ impl Daemon {
                     app.drive(index, which, Input::Ready, now, &env);
                 }
             }
-            Msg::Probe { app_id, pid, result } => {
+            Msg::Probe { app_id, pid, result, latency_ms } => {
                 let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
                 let Some((index, which)) = app.find_pid(pid) else { return };
+                if which == Which::Current {
+                    app.slots[index].record_probe(latency_ms, result.clone().err());
+                }
                 let input = match result {
                     Ok(()) => Input::ProbePassed,
                     Err(why) => {

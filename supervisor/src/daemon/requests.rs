@@ -67,6 +67,13 @@ impl Daemon {
             Request::Flush { app } => return self.log_control(app.as_deref(), false, reply),
             Request::ReloadLogs => return self.log_control(None, true, reply),
             // The connection turns a reload into `Msg::Reload`, with a progress channel.
+            Request::Describe { app } => {
+                self.refresh_usage(now);
+                match self.apps.iter().find(|a| a.spec.name == app) {
+                    Some(found) => Response::Described(Box::new(found.describe(now, &self.usage))),
+                    None => Response::Error { message: format!("no app named `{app}`") },
+                }
+            }
             Request::Reload { .. } | Request::Scale { .. } => {
                 Response::Error { message: "a reload needs a progress stream".into() }
             }

@@ -36,6 +36,52 @@ pub(super) struct Slot {
     pub(super) port: Option<u16>,
     /// Scaled away: removed once it is down.
     pub(super) retiring: bool,
+    /// For `describe`: recent transitions and probe results, newest last, bounded.
+    pub(super) history: std::collections::VecDeque<chat_shared::status::HistoryEntry>,
+    pub(super) probes: std::collections::VecDeque<chat_shared::status::ProbeRecord>,
+    pub(super) memory_peak: Option<u64>,
+}
+
+/// Entries kept per slot for `describe`.
+const HISTORY: usize = 50;
+const PROBES: usize = 20;
+
+impl Slot {
+    pub(super) fn new(current: Proc, own: Option<TcpListener>, port: Option<u16>) -> Slot {
+        Slot {
+            current,
+            successor: None,
+            own,
+            port,
+            retiring: false,
+            history: Default::default(),
+            probes: Default::default(),
+            memory_peak: None,
+        }
+    }
+
+    pub(super) fn record(&mut self, event: String) {
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(chat_shared::status::HistoryEntry { at: now_text(), event });
+    }
+
+    pub(super) fn record_probe(&mut self, latency_ms: u64, error: Option<String>) {
+        if self.probes.len() == PROBES {
+            self.probes.pop_front();
+        }
+        self.probes.push_back(chat_shared::status::ProbeRecord {
+            at: now_text(),
+            ok: error.is_none(),
+            latency_ms,
+            error,
+        });
+    }
+}
+
+fn now_text() -> String {
+    chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
 }
 
 pub(super) struct Successor {
