@@ -223,17 +223,12 @@ mod tests {
             (online(), State::Stopped, false, Next::Abandon),
         ];
         for (i, (current, successor, crashed, expected)) in cases.into_iter().enumerate() {
-            let slot = Slot {
-                current: proc(current, false),
-                successor: Some(Successor {
-                    proc: proc(successor, crashed),
-                    reason: String::new(),
-                    on_failure: OnFailure::KeepCurrent,
-                }),
-                own: None,
-                port: None,
-                retiring: false,
-            };
+            let mut slot = Slot::new(proc(current, false), None, None);
+            slot.successor = Some(Successor {
+                proc: proc(successor, crashed),
+                reason: String::new(),
+                on_failure: OnFailure::KeepCurrent,
+            });
             assert_eq!(slot.next(), expected, "case {i}");
         }
     }
