@@ -272,3 +272,40 @@ fn describe_shows_the_settings_in_effect_and_each_instances_history() {
     let out = env.chatctl(&["describe", "nosuch"]);
     assert!(!out.status.success() && crate::support::stderr(&out).contains("no app named `nosuch`"));
 }
+
+#[test]
+fn save_kill_resurrect_restores_the_apps_and_a_truncated_dump_is_refused_untouched() {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    env.write(
+        "ecosystem.toml",
+        &format!(
+            "[apps.chat]\nscript = \"{}\"\nport = {port}\ninstances = 3\nexec_mode = \"cluster\"\n{}",
+            bin("chat-worker").display(),
+            fixture_config("steady", &[], "instances = 2")
+        ),
+    );
+    env.ok(&["start"]);
+    env.online_pids("chat", 3);
+    env.online_pids("steady", 2);
+    let out = env.ok(&["save"]);
+    assert!(out.contains("saved 2 app(s)"), "{out}");
+    env.ok(&["kill"]);
+    // From anywhere: no ecosystem file is needed.
+    std::fs::remove_file(env.path("ecosystem.toml")).expect("remove config");
+    env.ok(&["resurrect"]);
+    env.online_pids("chat", 3);
+    env.online_pids("steady", 2);
+    let (status, _) = crate::support::http_get(([127, 0, 0, 1], port).into(), "/health").expect("chat serves again");
+    assert_eq!(status, 200);
+
+    env.ok(&["kill"]);
+    let dump = env.home().join("dump.json");
+    let text = std::fs::read_to_string(&dump).expect("dump");
+    std::fs::write(&dump, &text[..text.len() / 2]).expect("truncate");
+    let out = env.chatctl(&["resurrect"]);
+    assert!(!out.status.success());
+    assert!(crate::support::stderr(&out).contains("is not a valid dump"), "{}", crate::support::stderr(&out));
+    assert_eq!(std::fs::read_to_string(&dump).expect("dump"), text[..text.len() / 2], "left untouched");
+    assert!(!env.home().join("daemon.sock").exists(), "nothing started");
+}

@@ -74,7 +74,23 @@ pub enum Request {
     Scale { app: String, to: ScaleTo },
     /// Settings in effect and per-instance details of one app.
     Describe { app: String },
+    /// Write the running apps to the dump file, for `chatctl resurrect`.
+    Save,
 }
+
+/// The dump file `chatctl save` writes and `chatctl resurrect` reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dump {
+    /// Bumped when the format changes incompatibly.
+    pub version: u32,
+    /// RFC 3339.
+    pub saved_at: String,
+    pub apps: Vec<AppSpec>,
+}
+
+pub const DUMP_VERSION: u32 = 1;
+/// Name of the dump file inside `$CHATCTL_HOME`.
+pub const DUMP_FILE: &str = "dump.json";
 
 /// `chatctl scale APP N|+N|-N`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -217,6 +233,11 @@ pub enum Response {
         apps: Vec<ReloadSummary>,
     },
     Described(Box<crate::status::AppDescription>),
+    /// `save`: where the dump went and what it holds.
+    Saved {
+        path: String,
+        apps: Vec<String>,
+    },
     Error {
         message: String,
     },
@@ -301,6 +322,7 @@ mod tests {
             Request::Reload { apps: vec![], batch: Some(2) },
             Request::Scale { app: "chat".into(), to: ScaleTo::By(-1) },
             Request::Describe { app: "chat".into() },
+            Request::Save,
         ] {
             round_trip(request).await;
         }

@@ -56,6 +56,16 @@ pub(super) async fn delete(target: Target, home: &Home) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+pub(super) async fn save(home: &Home) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect(home).await.context("cannot reach the daemon (nothing runs to save)")?;
+    match client.request(&Request::Save).await? {
+        Response::Saved { path, apps } => println!("saved {} app(s) to {path}: {}", apps.len(), names(&apps)),
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(super) async fn ping(home: &Home) -> anyhow::Result<ExitCode> {
     let client = crate::process::connect_or_start(home).await?;
     println!("daemon pid {} ({})", client.daemon_pid, home.dir().display());

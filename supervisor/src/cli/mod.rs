@@ -38,6 +38,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write the running apps to `<home>/dump.json`, for `resurrect` (after a reboot, say).
+    Save,
+    /// Start the apps of the last `save`.
+    Resurrect,
     /// Show every app and instance.
     #[command(alias = "ls", alias = "status")]
     List {
@@ -171,6 +175,8 @@ pub async fn client_command(command: Command, home: &crate::home::Home) -> anyho
         Command::Start(args) => start::start(args, home).await,
         Command::List { json } => control::list(json, home).await,
         Command::Describe { app, json } => describe::describe(app, json, home).await,
+        Command::Save => control::save(home).await,
+        Command::Resurrect => start::resurrect(home).await,
         Command::Stop(target) => control::stop(target, home).await,
         Command::Restart(target) => control::restart(target, home).await,
         Command::Delete(target) => control::delete(target, home).await,

@@ -83,6 +83,35 @@ pub(super) async fn start(args: StartArgs, home: &Home) -> anyhow::Result<ExitCo
     wait_online(&mut client, &all, args.json).await
 }
 
+/// `chatctl resurrect`: the apps of the last `save`, started as they were. A dump that cannot be read
+/// is reported and left as it is.
+pub(super) async fn resurrect(home: &Home) -> anyhow::Result<ExitCode> {
+    let path = home.dir().join(chat_shared::ipc::DUMP_FILE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {} (run `chatctl save` first)", path.display()))?;
+    let dump: chat_shared::ipc::Dump = match serde_json::from_str(&text) {
+        Ok(dump) => dump,
+        Err(e) => bail!("{} is not a valid dump ({e}); it was left untouched", path.display()),
+    };
+    if dump.version != chat_shared::ipc::DUMP_VERSION {
+        bail!(
+            "{} has dump version {}, this chatctl reads {}",
+            path.display(),
+            dump.version,
+            chat_shared::ipc::DUMP_VERSION
+        );
+    }
+    eprintln!("resurrecting {} app(s) saved at {}", dump.apps.len(), dump.saved_at);
+    let mut client = process::connect_or_start(home).await?;
+    let names: Vec<String> = dump.apps.iter().map(|a| a.name.clone()).collect();
+    match client.request(&Request::Start { apps: dump.apps }).await? {
+        Response::Started { .. } => {}
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+    wait_online(&mut client, &names, false).await
+}
+
 /// Polls the daemon until every instance of `apps` is online, one is errored, or the apps'
 /// `listen_timeout` (plus a margin) has passed; prints the table and the time it took.
 pub(super) async fn wait_online(client: &mut Client, apps: &[String], json: bool) -> anyhow::Result<ExitCode> {

@@ -74,6 +74,10 @@ impl Daemon {
                     None => Response::Error { message: format!("no app named `{app}`") },
                 }
             }
+            Request::Save => match self.save() {
+                Ok(response) => response,
+                Err(e) => Response::Error { message: format!("cannot write the dump: {e}") },
+            },
             Request::Reload { .. } | Request::Scale { .. } => {
                 Response::Error { message: "a reload needs a progress stream".into() }
             }
@@ -245,6 +249,29 @@ impl Daemon {
         if !job.is_finished() {
             self.reloads.push(job);
         }
+    }
+
+    /// Writes the running apps' specs atomically: a temporary file, fsync, rename, fsync of the
+    /// directory. A crash at any point leaves the previous dump or the new one, never half of one.
+    fn save(&self) -> std::io::Result<Response> {
+        use std::io::Write;
+        let apps: Vec<AppSpec> =
+            self.apps.iter().filter(|a| !a.is_down() && !a.deleting).map(|a| a.spec.clone()).collect();
+        let names = apps.iter().map(|a| a.name.clone()).collect();
+        let dump = chat_shared::ipc::Dump {
+            version: chat_shared::ipc::DUMP_VERSION,
+            saved_at: chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+            apps,
+        };
+        let path = self.home.dir().join(chat_shared::ipc::DUMP_FILE);
+        let tmp = path.with_extension("json.tmp");
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&serde_json::to_vec_pretty(&dump).map_err(std::io::Error::other)?)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(self.home.dir())?.sync_all()?;
+        tracing::info!(path = %path.display(), "saved the process list");
+        Ok(Response::Saved { path: path.display().to_string(), apps: names })
     }
 
     /// `chatctl scale`: instances added or removed at the end, through the reload machinery.
