@@ -309,3 +309,46 @@ fn save_kill_resurrect_restores_the_apps_and_a_truncated_dump_is_refused_untouch
     assert_eq!(std::fs::read_to_string(&dump).expect("dump"), text[..text.len() / 2], "left untouched");
     assert!(!env.home().join("daemon.sock").exists(), "nothing started");
 }
+
+#[test]
+fn run_under_systemd_notifies_ready_once_online_and_the_unit_runs_it() {
+    let env = Env::new();
+    env.write("ecosystem.toml", &fixture_config("steady", &[], "instances = 2"));
+    let socket_path = env.path("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("notify socket");
+    socket.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");
+    let mut run =
+        env.command().arg("run").env("NOTIFY_SOCKET", &socket_path).stderr(Stdio::null()).spawn().expect("run");
+    env.remember(run.id());
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("READY=1 arrives");
+    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(message.starts_with("READY=1") && message.contains("2 instance(s) online"), "{message}");
+    // Ready means online, not merely started: no waiting here.
+    assert!(env.list()[0].instances.iter().all(|i| i.status == Phase::Online));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(run.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("TERM");
+    let n = socket.recv(&mut buf).expect("STOPPING=1 arrives");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let status = wait_until("run exits", Duration::from_secs(15), || run.try_wait().expect("wait"));
+    assert_eq!(status.code(), Some(0));
+
+    let unit = env.ok(&["startup", "systemd", "--profile", "production"]);
+    for line in
+        ["Type=notify", "run production -c ", "ExecReload=", "reload all production", "KillMode=mixed", "CHATCTL_HOME="]
+    {
+        assert!(unit.contains(line), "{line:?} missing:\n{unit}");
+    }
+}
+
+#[test]
+fn init_writes_a_valid_file_and_refuses_to_overwrite_it_and_completions_print() {
+    let env = Env::new();
+    env.ok(&["init"]);
+    let text = std::fs::read_to_string(env.path("ecosystem.toml")).expect("written");
+    assert!(text.contains("[apps.") && text.contains("profiles.production"), "{text}");
+    let out = env.chatctl(&["init"]);
+    assert!(!out.status.success() && crate::support::stderr(&out).contains("--force"));
+    let completion = env.ok(&["completions", "bash"]);
+    assert!(completion.contains("chatctl") && completion.contains("reload"), "a bash completion script");
+}

@@ -40,4 +40,4 @@ pub mod reaper;
 mod spawn;
 mod watch;
 
-pub use daemon::{Outcome, StartError, run as run_daemon};
+pub use daemon::{Outcome, RunOptions, StartError, run as run_daemon};

@@ -56,7 +56,8 @@ fn daemon(home: &Home) -> anyhow::Result<ExitCode> {
     let result = runtime.block_on(async {
         let control = chatctl::process::bind_control(home, &lock)?;
         let outcome =
-            chatctl::run_daemon(home.clone(), control, Vec::new(), chatctl::process::stop_signal(), false).await;
+            chatctl::run_daemon(home.clone(), control, Vec::new(), chatctl::process::stop_signal(), Default::default())
+                .await;
         anyhow::Ok(outcome)
     });
     let _ = std::fs::remove_file(home.socket());

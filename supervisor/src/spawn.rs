@@ -54,6 +54,11 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
         // Its own group: a stop signals the whole group, grandchildren included.
         .process_group(0)
         .kill_on_drop(false);
+    // What chatctl itself got from its service manager is not the instance's: it gets its own or
+    // none (a `chatctl run` under systemd has NOTIFY_SOCKET, and the apps' env inherits it).
+    for inherited in [worker_env::NOTIFY_SOCKET, worker_env::LISTEN_FDS, worker_env::LISTEN_FDNAMES, "LISTEN_PID"] {
+        command.env_remove(inherited);
+    }
     if let Some(path) = notify {
         command.env(worker_env::NOTIFY_SOCKET, path);
     }

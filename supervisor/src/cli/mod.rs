@@ -4,6 +4,7 @@ mod control;
 mod describe;
 mod logs;
 mod reload;
+mod setup;
 mod start;
 mod table;
 
@@ -81,6 +82,16 @@ pub enum Command {
     },
     /// Reopen every log file (after an external logrotate moved them away).
     ReloadLogs,
+    /// Print a shell completion script: `chatctl completions bash > /etc/bash_completion.d/chatctl`.
+    Completions { shell: clap_complete::Shell },
+    /// Write a commented ecosystem.toml for the current directory.
+    Init {
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print (or install) a systemd unit that runs the apps with `chatctl run`.
+    Startup(StartupArgs),
     /// Run the daemon itself (started on demand by the other commands).
     #[command(hide = true)]
     Daemon,
@@ -115,6 +126,21 @@ pub struct RunArgs {
     pub only: Option<String>,
     #[arg(short = 'c', long = "config", value_name = "FILE", default_value = "ecosystem.toml")]
     pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StartupArgs {
+    /// The init system; only systemd is supported.
+    #[arg(value_parser = ["systemd"])]
+    pub system: String,
+    /// The profile the unit runs.
+    #[arg(long)]
+    pub profile: Option<String>,
+    #[arg(short = 'c', long = "config", value_name = "FILE", default_value = "ecosystem.toml")]
+    pub config: PathBuf,
+    /// Write the unit to this path instead of printing it (e.g. /etc/systemd/system/chat.service).
+    #[arg(long, value_name = "PATH")]
+    pub install: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +209,13 @@ pub async fn client_command(command: Command, home: &crate::home::Home) -> anyho
         Command::Reload(args) => reload::reload(args, home).await,
         Command::Scale { app, to, json } => reload::scale(app, to, json, home).await,
         Command::Kill => control::kill(home).await,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "chatctl", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init { force } => setup::init(force),
+        Command::Startup(args) => setup::startup(args, home),
         Command::Ping => control::ping(home).await,
         Command::Logs(args) => logs::logs(args, home).await,
         Command::Flush { app } => logs::flush(app, home).await,

@@ -163,7 +163,11 @@ pub fn run_foreground(args: RunArgs, home: &Home) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
     let result = runtime.block_on(async {
         let control = process::bind_control(home, &lock)?;
-        let outcome = crate::daemon::run(home.clone(), control, specs, process::stop_signal(), true).await;
+        let options = crate::daemon::RunOptions {
+            exit_when_idle: true,
+            notify_socket: std::env::var_os("NOTIFY_SOCKET").map(std::path::PathBuf::from),
+        };
+        let outcome = crate::daemon::run(home.clone(), control, specs, process::stop_signal(), options).await;
         anyhow::Ok(outcome)
     });
     let _ = std::fs::remove_file(home.socket());

@@ -139,6 +139,16 @@ pub(crate) struct Daemon {
     forced: usize,
 }
 
+/// How the daemon runs: detached, or in the foreground (`chatctl run`).
+#[derive(Debug, Default)]
+pub struct RunOptions {
+    /// Exit once every instance is stopped or errored (nothing left to supervise).
+    pub exit_when_idle: bool,
+    /// systemd's `NOTIFY_SOCKET`: `READY=1` once every initial instance is online, `STOPPING=1`
+    /// when stopping (a `Type=notify` unit).
+    pub notify_socket: Option<std::path::PathBuf>,
+}
+
 /// Runs the daemon until `chatctl kill`, `shutdown` resolving, or (with `exit_when_idle`) nothing
 /// left to run. `initial` apps are started first; if they cannot be, nothing runs and the error is
 /// returned.
@@ -147,8 +157,10 @@ pub async fn run(
     control: UnixListener,
     initial: Vec<AppSpec>,
     shutdown: impl Future<Output = ()>,
-    exit_when_idle: bool,
+    options: RunOptions,
 ) -> Result<Outcome, StartError> {
+    let RunOptions { exit_when_idle, notify_socket } = options;
+    let mut ready_sent = notify_socket.is_none();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let ended = crate::leftovers::end(home.dir());
     if ended > 0 {
@@ -179,6 +191,7 @@ pub async fn run(
             () = &mut shutdown, if !signalled => {
                 signalled = true;
                 tracing::info!("stop requested by signal: stopping every app");
+                sd_notify(notify_socket.as_deref(), "STOPPING=1");
                 daemon.begin_kill(None);
             }
         }
@@ -186,6 +199,11 @@ pub async fn run(
         daemon.tick(now);
         daemon.advance_reloads(now);
         daemon.answer_waiters();
+        if !ready_sent && daemon.all_online() {
+            ready_sent = true;
+            let online: usize = daemon.apps.iter().map(|a| a.slots.len()).sum();
+            sd_notify(notify_socket.as_deref(), &format!("READY=1\nSTATUS={online} instance(s) online"));
+        }
         if daemon.finished_killing() {
             break daemon.outcome(false);
         }
@@ -205,7 +223,26 @@ pub async fn run(
     Ok(outcome)
 }
 
+/// Sends an sd_notify message; failures are logged, never fatal.
+fn sd_notify(socket: Option<&std::path::Path>, message: &str) {
+    let Some(path) = socket else { return };
+    let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|s| s.send_to(message.as_bytes(), path));
+    if let Err(e) = sent {
+        tracing::warn!(path = %path.display(), error = %e, "cannot notify the service manager");
+    }
+}
+
 impl Daemon {
+    /// Every instance of every app online (and at least one app).
+    fn all_online(&self) -> bool {
+        !self.apps.is_empty()
+            && self
+                .apps
+                .iter()
+                .flat_map(|a| &a.slots)
+                .all(|s| s.current.instance.phase() == chat_shared::status::Phase::Online)
+    }
+
     fn new(home: Home, tx: mpsc::UnboundedSender<Msg>) -> Daemon {
         Daemon {
             home,
