@@ -10,5 +10,6 @@ mod health;
 mod lifecycle;
 mod logs;
 mod memory;
+mod monit;
 mod reload;
 mod watch;

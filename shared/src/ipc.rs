@@ -51,9 +51,18 @@ pub enum Request {
     /// The status table.
     List,
     /// Stop instances (stop signal to the group, SIGKILL after `kill_timeout`); the app stays listed.
-    Stop { app: Option<String> },
-    /// Stop then start every instance.
-    Restart { app: Option<String> },
+    /// `instance`: only that one.
+    Stop {
+        app: Option<String>,
+        #[serde(default)]
+        instance: Option<usize>,
+    },
+    /// Stop then start every instance (or only `instance`).
+    Restart {
+        app: Option<String>,
+        #[serde(default)]
+        instance: Option<usize>,
+    },
     /// Stop and forget.
     Delete { app: Option<String> },
     /// Stop every app, then the daemon exits.
@@ -76,6 +85,20 @@ pub enum Request {
     Describe { app: String },
     /// Write the running apps to the dump file, for `chatctl resurrect`.
     Save,
+    /// The status table and the daemon's own footprint, once.
+    Snapshot,
+    /// A [`Response::Snapshot`], then an [`Event::Snapshot`] every `every_ms` until the client
+    /// closes the connection (`chatctl monit`).
+    Monitor { every_ms: u64 },
+}
+
+/// What `chatctl monit` shows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub apps: Vec<crate::status::AppStatus>,
+    pub daemon_pid: u32,
+    pub daemon_memory_bytes: Option<u64>,
+    pub daemon_cpu_percent: Option<f32>,
 }
 
 /// The dump file `chatctl save` writes and `chatctl resurrect` reads.
@@ -156,7 +179,7 @@ pub struct LogTail {
 }
 
 /// Frames the daemon sends on a subscribed connection (after the subscription's [`Response`]).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     Log(LogRecord),
@@ -165,6 +188,7 @@ pub enum Event {
         count: u64,
     },
     Reload(ReloadStep),
+    Snapshot(Snapshot),
 }
 
 /// One step of a rolling reload, as it happens.
@@ -238,6 +262,7 @@ pub enum Response {
         path: String,
         apps: Vec<String>,
     },
+    Snapshot(Snapshot),
     Error {
         message: String,
     },
@@ -312,8 +337,9 @@ mod tests {
         for request in [
             Request::Start { apps: vec![] },
             Request::List,
-            Request::Stop { app: None },
-            Request::Restart { app: Some("chat".into()) },
+            Request::Stop { app: None, instance: None },
+            Request::Restart { app: Some("chat".into()), instance: Some(1) },
+            Request::Monitor { every_ms: 500 },
             Request::Delete { app: Some("line\nbreak".into()) },
             Request::Kill,
             Request::Logs { app: None, lines: 15, stream: Some(LogStream::Err), follow: true },

@@ -75,6 +75,10 @@ async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>) {
             }
             continue;
         }
+        if let Request::Monitor { every_ms } = request {
+            monitor(&mut read, &mut write, &tx, every_ms).await;
+            return;
+        }
         let follow = match &request {
             Request::Logs { app, stream, follow: true, .. } => Some((app.clone(), *stream)),
             _ => None,
@@ -102,6 +106,40 @@ async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>) {
         if let (Some((app, stream)), Some(receiver), false) = (follow, subscription, failed) {
             stream_logs(&mut read, &mut write, receiver, app, stream).await;
             return;
+        }
+    }
+}
+
+/// `chatctl monit`: a snapshot now, then one every `every_ms` (at least 200 ms), until the client
+/// hangs up. Each is built from what the daemon already sampled; nothing is polled per client.
+async fn monitor(
+    read: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    tx: &mpsc::UnboundedSender<Msg>,
+    every_ms: u64,
+) {
+    let every = Duration::from_millis(every_ms.max(200));
+    let mut first = true;
+    let mut probe = [0u8; 1];
+    loop {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        if tx.send(Msg::Request(Request::Snapshot, reply_tx)).is_err() {
+            return;
+        }
+        let Ok(Response::Snapshot(snapshot)) = reply_rx.await else { return };
+        let written = if first {
+            ipc::write_frame(write, &Response::Snapshot(snapshot)).await
+        } else {
+            ipc::write_frame(write, &Event::Snapshot(snapshot)).await
+        };
+        if written.is_err() {
+            return;
+        }
+        first = false;
+        tokio::select! {
+            // The client sends nothing more; a read returning means it closed the connection.
+            _ = read.read(&mut probe) => return,
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

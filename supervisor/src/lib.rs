@@ -26,6 +26,7 @@
 pub mod cli;
 pub mod client;
 mod daemon;
+pub mod dashboard;
 pub mod home;
 mod instance;
 mod ipc_server;

@@ -56,6 +56,20 @@ impl Sampler {
     }
 }
 
+impl Sampler {
+    /// This process alone (not its tree, which holds every instance).
+    pub(crate) fn sample_self(&mut self) -> Option<Usage> {
+        let system = self.system.as_mut()?;
+        let me = Pid::from_u32(std::process::id());
+        system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&[me]),
+            false,
+            ProcessRefreshKind::nothing().with_memory().with_cpu(),
+        );
+        system.process(me).map(|p| Usage { memory_bytes: p.memory(), cpu_percent: p.cpu_usage() })
+    }
+}
+
 /// `root` and all its descendants, as the kernel lists children per thread.
 fn tree(root: u32) -> Vec<u32> {
     let mut all = vec![root];

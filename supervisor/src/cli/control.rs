@@ -39,13 +39,13 @@ async fn act(request: Request, home: &Home) -> anyhow::Result<Vec<String>> {
 }
 
 pub(super) async fn stop(target: Target, home: &Home) -> anyhow::Result<ExitCode> {
-    let apps = act(Request::Stop { app: target.app() }, home).await?;
+    let apps = act(Request::Stop { app: target.app(), instance: None }, home).await?;
     println!("stopped: {}", names(&apps));
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) async fn restart(target: Target, home: &Home) -> anyhow::Result<ExitCode> {
-    let apps = act(Request::Restart { app: target.app() }, home).await?;
+    let apps = act(Request::Restart { app: target.app(), instance: None }, home).await?;
     let mut client = Client::connect(home).await?;
     wait_online(&mut client, &apps, false).await
 }

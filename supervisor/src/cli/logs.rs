@@ -45,7 +45,7 @@ pub(super) async fn logs(args: LogsArgs, home: &Home) -> anyhow::Result<ExitCode
             Event::Skipped { count } => {
                 eprintln!("chatctl: {count} line(s) skipped: this terminal fell behind (they are in the files)")
             }
-            Event::Reload(_) => {}
+            Event::Reload(_) | Event::Snapshot(_) => {}
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -43,6 +43,8 @@ pub enum Command {
     Save,
     /// Start the apps of the last `save`.
     Resurrect,
+    /// A live dashboard: instances, CPU and memory, logs; restart, reload, stop from the keyboard.
+    Monit,
     /// Show every app and instance.
     #[command(alias = "ls", alias = "status")]
     List {
@@ -202,6 +204,7 @@ pub async fn client_command(command: Command, home: &crate::home::Home) -> anyho
         Command::List { json } => control::list(json, home).await,
         Command::Describe { app, json } => describe::describe(app, json, home).await,
         Command::Save => control::save(home).await,
+        Command::Monit => crate::dashboard::monit(home).await,
         Command::Resurrect => start::resurrect(home).await,
         Command::Stop(target) => control::stop(target, home).await,
         Command::Restart(target) => control::restart(target, home).await,

@@ -106,6 +106,8 @@ pub struct Outcome {
 /// A reply parked until a condition over some apps holds.
 struct Waiter {
     app_ids: Vec<u64>,
+    /// Only this slot of the app (an instance-level stop or restart).
+    slot: Option<usize>,
     until: Until,
     reply: oneshot::Sender<Response>,
     response: Response,
@@ -233,6 +235,18 @@ fn sd_notify(socket: Option<&std::path::Path>, message: &str) {
 }
 
 impl Daemon {
+    /// The status table and the daemon's own footprint.
+    fn snapshot(&self, now: Instant) -> chat_shared::ipc::Snapshot {
+        let me = std::process::id();
+        let own = self.usage.get(&me);
+        chat_shared::ipc::Snapshot {
+            apps: self.apps.iter().map(|a| a.status(now, &self.usage)).collect(),
+            daemon_pid: me,
+            daemon_memory_bytes: own.map(|u| u.memory_bytes),
+            daemon_cpu_percent: own.map(|u| u.cpu_percent),
+        }
+    }
+
     /// Every instance of every app online (and at least one app).
     fn all_online(&self) -> bool {
         !self.apps.is_empty()
@@ -383,6 +397,10 @@ impl Daemon {
         let pids: Vec<u32> =
             self.apps.iter().flat_map(|a| a.procs().filter_map(|(_, _, p)| p.instance.pid())).collect();
         self.usage = if pids.is_empty() { HashMap::new() } else { self.sampler.sample(&pids) };
+        // The daemon alone, for `monit`'s footprint line (its tree holds every instance).
+        if let Some(own) = self.sampler.sample_self() {
+            self.usage.insert(std::process::id(), own);
+        }
         // Sample as often as the most demanding memory limit asks, and at least every SAMPLE_EVERY.
         let every = self
             .apps

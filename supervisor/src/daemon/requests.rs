@@ -51,11 +51,15 @@ impl Daemon {
                 self.refresh_usage(now);
                 Response::List { apps: self.apps.iter().map(|a| a.status(now, &self.usage)).collect() }
             }
-            Request::Stop { app } => return self.act(app.as_deref(), Input::Stop, Until::Down, false, reply, now),
-            Request::Restart { app } => {
-                return self.act(app.as_deref(), Input::Restart, Until::Restarted, false, reply, now);
+            Request::Stop { app, instance } => {
+                return self.act(app.as_deref(), instance, Input::Stop, Until::Down, false, reply, now);
             }
-            Request::Delete { app } => return self.act(app.as_deref(), Input::Stop, Until::Down, true, reply, now),
+            Request::Restart { app, instance } => {
+                return self.act(app.as_deref(), instance, Input::Restart, Until::Restarted, false, reply, now);
+            }
+            Request::Delete { app } => {
+                return self.act(app.as_deref(), None, Input::Stop, Until::Down, true, reply, now);
+            }
             Request::Kill => {
                 self.begin_kill(Some(reply));
                 return;
@@ -73,6 +77,10 @@ impl Daemon {
                     Some(found) => Response::Described(Box::new(found.describe(now, &self.usage))),
                     None => Response::Error { message: format!("no app named `{app}`") },
                 }
+            }
+            Request::Snapshot | Request::Monitor { .. } => {
+                self.refresh_usage(now);
+                Response::Snapshot(self.snapshot(now))
             }
             Request::Save => match self.save() {
                 Ok(response) => response,
@@ -315,9 +323,11 @@ impl Daemon {
     }
 
     /// Stop, restart or delete `target` (every app when `None`), answering once `until` holds.
+    #[allow(clippy::too_many_arguments)] // one request's parts, passed through from one match
     fn act(
         &mut self,
         target: Option<&str>,
+        instance: Option<usize>,
         input: Input,
         until: Until,
         delete: bool,
@@ -337,6 +347,13 @@ impl Daemon {
             },
             None => (0..self.apps.len()).collect(),
         };
+        if let (Some(index), [app]) = (instance, chosen.as_slice())
+            && index >= self.apps[*app].slots.len()
+        {
+            let message = format!("`{}` has no instance {index}", self.apps[*app].spec.name);
+            let _ = reply.send(Response::Error { message });
+            return;
+        }
         let env = effect_env!(self);
         let mut names = Vec::new();
         let mut app_ids = Vec::new();
@@ -348,13 +365,13 @@ impl Daemon {
             app.deleting |= delete;
             names.push(app.spec.name.clone());
             app_ids.push(app.id);
-            for slot in 0..app.slots.len() {
+            for slot in (0..app.slots.len()).filter(|s| instance.is_none_or(|i| i == *s)) {
                 // An operator's request wins over a replacement in progress.
                 app.cancel_successor(slot, now, &env);
                 app.drive(slot, Which::Current, input.clone(), now, &env);
             }
         }
-        self.waiters.push(Waiter { app_ids, until, reply, response: Response::Done { apps: names } });
+        self.waiters.push(Waiter { app_ids, slot: instance, until, reply, response: Response::Done { apps: names } });
     }
 
     /// Stops every app; the daemon exits once all are down, answering `reply` first.
@@ -377,10 +394,18 @@ impl Daemon {
             let waiter = &self.waiters[i];
             let done = waiter.app_ids.iter().all(|id| match self.apps.iter().find(|a| a.id == *id) {
                 None => true,
-                Some(app) => match waiter.until {
-                    Until::Down => app.is_down(),
-                    Until::Restarted => app.procs().all(|(_, _, p)| p.instance.phase() != Phase::Stopping),
-                },
+                Some(app) => {
+                    let wanted = |index: usize| waiter.slot.is_none_or(|s| s == index);
+                    match waiter.until {
+                        Until::Down => {
+                            app.slots.iter().enumerate().filter(|(i, _)| wanted(*i)).all(|(_, s)| s.is_down())
+                        }
+                        Until::Restarted => app
+                            .procs()
+                            .filter(|(i, _, _)| wanted(*i))
+                            .all(|(_, _, p)| p.instance.phase() != Phase::Stopping),
+                    }
+                }
             });
             if done {
                 let waiter = self.waiters.swap_remove(i);
