@@ -352,3 +352,52 @@ fn init_writes_a_valid_file_and_refuses_to_overwrite_it_and_completions_print() 
     let completion = env.ok(&["completions", "bash"]);
     assert!(completion.contains("chatctl") && completion.contains("reload"), "a bash completion script");
 }
+
+#[test]
+fn metrics_are_prometheus_text_matching_list() {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    let metrics_port = crate::support::free_port();
+    env.write(
+        "ecosystem.toml",
+        &format!(
+            "[apps.chat]\nscript = \"{}\"\nport = {port}\ninstances = 2\nexec_mode = \"cluster\"\nmin_uptime = \"50ms\"\n\
+             health = {{ interval = \"100ms\" }}\n",
+            bin("chat-worker").display()
+        ),
+    );
+    let out = crate::support::run_bounded(
+        env.command().arg("start").env("CHATCTL_METRICS", format!("127.0.0.1:{metrics_port}")),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    let pids = env.online_pids("chat", 2);
+    crate::support::sigkill(pids[1]);
+    wait_until("instance 1 back", Duration::from_secs(10), || (env.list()[0].instances[1].restarts == 1).then_some(()));
+    let (status, body) = crate::support::http_get(([127, 0, 0, 1], metrics_port).into(), "/metrics").expect("scrape");
+    assert_eq!(status, 200, "{body}");
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let value = |name: &str, instance: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == name && s.labels.get("instance") == Some(instance) && s.labels.get("app") == Some("chat")
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("{name}{{instance={instance}}} missing:\n{body}"))
+    };
+    let list = env.list();
+    for i in &list[0].instances {
+        let index = i.index.to_string();
+        assert_eq!(value("chatctl_instance_up", &index), 1.0);
+        assert_eq!(value("chatctl_instance_restarts_total", &index), f64::from(i.restarts));
+    }
+    assert!(body.contains("chatctl_log_lines_total{app=\"chat\"}"), "{body}");
+}

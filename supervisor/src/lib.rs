@@ -27,6 +27,7 @@ pub mod cli;
 pub mod client;
 mod daemon;
 pub mod dashboard;
+pub mod exporter;
 pub mod home;
 mod instance;
 mod ipc_server;

@@ -50,6 +50,8 @@ pub(super) struct App {
     pub(super) outcomes: Vec<(usize, Result<u32, String>)>,
     /// Shared by every instance of the app for as long as the daemon knows it (reloads included).
     secret: String,
+    /// Rolling reloads begun, for `/metrics`.
+    pub(super) reloads: u64,
 }
 
 impl App {
@@ -105,6 +107,7 @@ impl App {
             successor_policy: Policy::for_successor(&policy),
             policy,
             outcomes: Vec::new(),
+            reloads: 0,
             secret: app_secret().map_err(|source| AppError::Secret { source })?,
             spec,
             shared,

@@ -87,6 +87,8 @@ pub(crate) enum Msg {
         events: mpsc::UnboundedSender<chat_shared::ipc::Event>,
         reply: oneshot::Sender<Response>,
     },
+    /// A `/metrics` scrape.
+    Metrics(oneshot::Sender<String>),
     /// A `logs --follow` connection subscribing to captured lines.
     Follow(oneshot::Sender<broadcast::Receiver<Arc<LogRecord>>>),
 }
@@ -179,6 +181,23 @@ pub async fn run(
     if !initial.is_empty() {
         daemon.start(initial, Instant::now())?;
     }
+    let exporter = match crate::exporter::address_from_env() {
+        Ok(Some(addr)) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(%addr, "serving /metrics");
+                Some(tokio::spawn(crate::exporter::serve(listener, tx.clone())))
+            }
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot serve /metrics");
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(why) => {
+            tracing::error!(why, "not serving /metrics");
+            None
+        }
+    };
     let server = tokio::spawn(crate::ipc_server::serve(control, tx));
     let mut shutdown = std::pin::pin!(shutdown);
     let mut signalled = false;
@@ -216,6 +235,9 @@ pub async fn run(
         }
     };
     server.abort();
+    if let Some(exporter) = exporter {
+        exporter.abort();
+    }
     // Replies already handed to connection tasks (the kill's) are written when those tasks next run;
     // on this single-threaded runtime, yielding lets every ready task run before we return and the
     // runtime is dropped.
@@ -235,6 +257,31 @@ fn sd_notify(socket: Option<&std::path::Path>, message: &str) {
 }
 
 impl Daemon {
+    /// `/metrics`: every instance's and app's figures.
+    fn metrics_text(&self, now: Instant) -> String {
+        use crate::exporter::{AppFigures, InstanceFigures};
+        let mut instances = Vec::new();
+        let mut apps = Vec::new();
+        for app in &self.apps {
+            let status = app.status(now, &self.usage);
+            for (slot, i) in app.slots.iter().zip(status.instances) {
+                instances.push(InstanceFigures {
+                    app: app.spec.name.clone(),
+                    instance: i.index,
+                    up: i.status == chat_shared::status::Phase::Online,
+                    restarts: u64::from(i.restarts),
+                    memory_bytes: i.memory_bytes,
+                    cpu_percent: i.cpu_percent,
+                    health_latency_seconds: slot.probes.back().map(|p| p.latency_ms as f64 / 1000.0),
+                    health_failures: slot.probe_failures,
+                });
+            }
+            let (log_lines, log_bytes) = app.logs.counts();
+            apps.push(AppFigures { app: app.spec.name.clone(), reloads: app.reloads, log_lines, log_bytes });
+        }
+        crate::exporter::render(&instances, &apps)
+    }
+
     /// The status table and the daemon's own footprint.
     fn snapshot(&self, now: Instant) -> chat_shared::ipc::Snapshot {
         let me = std::process::id();
@@ -319,6 +366,10 @@ impl Daemon {
             }
             Msg::Reload { reply, .. } => {
                 let _ = reply.send(Response::Error { message: "not a reload".into() });
+            }
+            Msg::Metrics(reply) => {
+                self.refresh_usage(now);
+                let _ = reply.send(self.metrics_text(now));
             }
             Msg::Follow(reply) => {
                 let _ = reply.send(self.follow.subscribe());

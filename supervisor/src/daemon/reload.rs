@@ -149,6 +149,9 @@ impl AppReload {
         let target = spec.instances;
         let previous = app.spec.clone();
         app.retarget(spec);
+        if replace {
+            app.reloads += 1;
+        }
         tracing::info!(app = %app.spec.name, instances = old_count, target, "reload begins");
         AppReload {
             app_id: app.id,

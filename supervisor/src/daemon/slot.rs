@@ -40,6 +40,8 @@ pub(super) struct Slot {
     pub(super) history: std::collections::VecDeque<chat_shared::status::HistoryEntry>,
     pub(super) probes: std::collections::VecDeque<chat_shared::status::ProbeRecord>,
     pub(super) memory_peak: Option<u64>,
+    /// Failed health probes since the slot was created.
+    pub(super) probe_failures: u64,
 }
 
 /// Entries kept per slot for `describe`.
@@ -57,6 +59,7 @@ impl Slot {
             history: Default::default(),
             probes: Default::default(),
             memory_peak: None,
+            probe_failures: 0,
         }
     }
 
@@ -68,6 +71,7 @@ impl Slot {
     }
 
     pub(super) fn record_probe(&mut self, latency_ms: u64, error: Option<String>) {
+        self.probe_failures += u64::from(error.is_some());
         if self.probes.len() == PROBES {
             self.probes.pop_front();
         }

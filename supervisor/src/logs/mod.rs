@@ -81,6 +81,8 @@ pub(crate) struct LogSink {
     control: mpsc::UnboundedSender<Control>,
     pub(crate) paths: LogPaths,
     pub(crate) merge: bool,
+    /// Lines and bytes captured so far (for `/metrics`).
+    counts: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
 }
 
 impl LogSink {
@@ -104,6 +106,7 @@ impl LogSink {
                 }
             }
         }
+        let counts = Arc::new((std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0)));
         let (chunks, rx) = mpsc::channel(QUEUE);
         let (control, control_rx) = mpsc::unbounded_channel();
         let writer = Writer {
@@ -115,9 +118,10 @@ impl LogSink {
             merge: spec.merge,
             format: Format::of(spec),
             follow,
+            counts: counts.clone(),
         };
         tokio::spawn(writer.run(rx, control_rx));
-        Ok(LogSink { chunks, control, paths, merge: spec.merge })
+        Ok(LogSink { chunks, control, paths, merge: spec.merge, counts })
     }
 
     /// Reads `pipe` to its end, forwarding whole lines.
@@ -158,6 +162,12 @@ impl LogSink {
                 }
             }
         });
+    }
+
+    /// (lines, bytes) captured so far.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.counts.0.load(Relaxed), self.counts.1.load(Relaxed))
     }
 
     /// Reopens every file (after an external logrotate moved them).
@@ -229,6 +239,7 @@ struct Writer {
     merge: bool,
     format: Format,
     follow: broadcast::Sender<Arc<LogRecord>>,
+    counts: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
 }
 
 impl Writer {
@@ -254,6 +265,10 @@ impl Writer {
     }
 
     fn write(&mut self, chunk: &Chunk, scratch: &mut Vec<u8>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let lines = chunk.bytes.iter().filter(|b| **b == b'\n').count() as u64;
+        self.counts.0.fetch_add(lines, Relaxed);
+        self.counts.1.fetch_add(chunk.bytes.len() as u64, Relaxed);
         let key = FileKey {
             stream: if self.same { LogStream::Out } else { chunk.stream },
             instance: if self.merge { None } else { Some(chunk.instance) },
