@@ -63,3 +63,35 @@ fn a_bad_file_changes_nothing_that_runs() {
     }
     assert_eq!(env.online_pids("chat", 1), before, "the running instance is untouched");
 }
+
+/// Runs ajv on `document` (TOML text) against `chatctl schema`.
+fn schema_accepts(env: &Env, document: &str) -> (bool, String) {
+    let schema = env.ok(&["schema"]);
+    env.write("schema.json", &schema);
+    let value: toml::Value = toml::from_str(document).expect("TOML");
+    env.write("doc.json", &serde_json::to_string(&value).expect("JSON"));
+    let out = crate::support::node(
+        "validate.mjs",
+        &[env.path("schema.json").to_str().expect("utf-8"), env.path("doc.json").to_str().expect("utf-8")],
+    );
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn the_json_schema_accepts_the_repos_file_and_rejects_broken_ones() {
+    let env = Env::new();
+    let repo = std::fs::read_to_string(crate::support::tests_dir().join("../ecosystem.toml"))
+        .expect("the repo's ecosystem.toml");
+    let (ok, report) = schema_accepts(&env, &repo);
+    assert!(ok, "{report}");
+    for broken in [
+        "[apps.chat]\nscript = \"x\"\nscirpt = \"y\"\n",
+        "[apps.chat]\nscript = \"x\"\nkill_timeout = \"5 seconds\"\n",
+        "[apps.chat]\nscript = \"x\"\ninstances = \"lots\"\n",
+        "[apps.chat]\nscript = \"x\"\n[apps.chat.profiles.prod]\nprofiles = {}\n",
+        "[apps.all]\nscript = \"x\"\n",
+    ] {
+        let (ok, report) = schema_accepts(&env, broken);
+        assert!(!ok, "the schema should reject:\n{broken}\n{report}");
+    }
+}

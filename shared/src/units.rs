@@ -154,6 +154,34 @@ macro_rules! human_serde {
 human_serde!(HumanDuration, "a duration string such as \"5s\" or \"1m30s\"");
 human_serde!(ByteSize, "a size string such as \"512M\" or \"1G\"");
 
+impl schemars::JsonSchema for HumanDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "e.g. \"500ms\", \"5s\", \"1m30s\", \"2h\", \"1d\"",
+            "pattern": "^\\s*([0-9]+\\s*(ms|s|m|min|h|d)\\s*)+$"
+        })
+    }
+}
+
+impl schemars::JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Size".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "e.g. \"512M\", \"1G\", \"10MB\" (binary multiples)",
+            "pattern": "^\\s*[0-9]+\\s*([KkMmGgTt]?([Ii]?[Bb])?)?\\s*$"
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,12 +9,14 @@
 //! - `issue`: located errors and warnings, rendered like a compiler's.
 
 mod issue;
+mod json_schema;
 mod load;
 mod resolve;
 mod schema;
 mod validate;
 
 pub use issue::{ConfigErrors, ConfigIssue, Severity};
+pub use json_schema::ecosystem_schema;
 pub use load::{AppEntry, Ecosystem};
 pub use resolve::{ResolveError, cpu_count};
 pub use schema::{AppConfig, EnvValue, ExecMode, HealthConfig, Instances, LogType, Readiness, StopSignal, Watch};

@@ -16,7 +16,7 @@ use crate::units::{ByteSize, HumanDuration};
 ///
 /// `deny_unknown_fields` and no `flatten` (which would bypass it, serde-rs/serde#2283): a misspelt key
 /// is an error, never a silently ignored setting.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     /// Program to run: a path (relative to `cwd`) or a command looked up in `PATH`.
@@ -190,6 +190,19 @@ impl<'de> Deserialize<'de> for Instances {
     }
 }
 
+impl schemars::JsonSchema for Instances {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Instances".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A number of instances, \"max\" (one per CPU), or a negative number (CPUs minus n); never below 1.",
+            "oneOf": [{ "type": "integer", "minimum": -4096, "maximum": 4096 }, { "const": "max" }]
+        })
+    }
+}
+
 impl Serialize for Instances {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
@@ -201,7 +214,7 @@ impl Serialize for Instances {
 }
 
 /// How instances of an app receive connections.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecMode {
     /// Every instance accepts on one listening socket that the supervisor bound once.
@@ -211,7 +224,7 @@ pub enum ExecMode {
 }
 
 /// The signal that asks an instance to stop; SIGKILL follows after `kill_timeout`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 pub enum StopSignal {
     #[serde(rename = "SIGTERM", alias = "TERM")]
     Term,
@@ -230,7 +243,7 @@ pub enum StopSignal {
 }
 
 /// How captured lines are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogType {
     Raw,
@@ -238,7 +251,7 @@ pub enum LogType {
 }
 
 /// How readiness is known.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Readiness {
     /// The first passing health probe (needs `port`).
@@ -248,7 +261,7 @@ pub enum Readiness {
 }
 
 /// `health = { ... }`: the per-instance HTTP probe.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     /// `false` turns probing off: an instance is online as soon as it is spawned.
@@ -295,6 +308,29 @@ impl<'de> Deserialize<'de> for EnvValue {
             }
         }
         deserializer.deserialize_any(EnvVisitor)
+    }
+}
+
+impl schemars::JsonSchema for EnvValue {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "EnvValue".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": ["string", "number", "boolean"] })
+    }
+}
+
+impl schemars::JsonSchema for Watch {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Watch".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "true (the app's cwd), false, or paths to watch",
+            "oneOf": [{ "type": "boolean" }, { "type": "array", "items": { "type": "string" } }]
+        })
     }
 }
 

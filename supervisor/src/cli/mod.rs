@@ -86,6 +86,8 @@ pub enum Command {
     ReloadLogs,
     /// Print a shell completion script: `chatctl completions bash > /etc/bash_completion.d/chatctl`.
     Completions { shell: clap_complete::Shell },
+    /// Print a JSON Schema of ecosystem.toml (for editors with a TOML language server).
+    Schema,
     /// Write a commented ecosystem.toml for the current directory.
     Init {
         /// Overwrite an existing file.
@@ -218,6 +220,10 @@ pub async fn client_command(command: Command, home: &crate::home::Home) -> anyho
             Ok(ExitCode::SUCCESS)
         }
         Command::Init { force } => setup::init(force),
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&chat_shared::ecosystem::ecosystem_schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Startup(args) => setup::startup(args, home),
         Command::Ping => control::ping(home).await,
         Command::Logs(args) => logs::logs(args, home).await,
