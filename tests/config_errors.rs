@@ -95,3 +95,39 @@ fn the_json_schema_accepts_the_repos_file_and_rejects_broken_ones() {
         assert!(!ok, "the schema should reject:\n{broken}\n{report}");
     }
 }
+
+#[test]
+fn a_pm2_ecosystem_with_the_three_deployment_modes_imports_and_starts_the_same_instances() {
+    let env = Env::new();
+    let prod_port = crate::support::free_port();
+    let lb_base = crate::support::free_ports(4);
+    let fixture = bin("fixture-app");
+    env.write(
+        "ecosystem.config.js",
+        &format!(
+            r#"module.exports = {{
+  apps: [
+    {{ name: "chat-dev", script: "{f}", interpreter: "none", instances: 1, watch: false, max_restarts: 5, min_uptime: 10000 }},
+    {{ name: "chat-prod", script: "{f}", interpreter: "none", args: "--serve", exec_mode: "cluster", instances: "max",
+       max_memory_restart: "1G", kill_timeout: 5000, env: {{ PORT: {prod_port} }}, env_production: {{ NODE_ENV: "production" }} }},
+    {{ name: "chat-lb", script: "{f}", interpreter: "none", args: ["--serve"], exec_mode: "fork", instances: 4,
+       increment_var: "PORT", env: {{ PORT: {lb_base} }}, log_date_format: "YYYY-MM-DD HH:mm Z" }},
+  ],
+}};
+"#,
+            f = fixture.display()
+        ),
+    );
+    let out = env.ok(&["import", "ecosystem.config.js"]);
+    assert!(out.contains("chat-lb: not converted") && out.contains("log_date_format"), "{out}");
+    env.ok(&["start"]);
+    env.online_pids("chat-dev", 1);
+    env.online_pids("chat-prod", chat_shared::ecosystem::cpu_count());
+    env.online_pids("chat-lb", 4);
+    for i in 0..4 {
+        let (status, _) = crate::support::http_get(([127, 0, 0, 1], lb_base + i).into(), "/").expect("lb port answers");
+        assert_eq!(status, 200);
+    }
+    let (status, _) = crate::support::http_get(([127, 0, 0, 1], prod_port).into(), "/").expect("cluster port answers");
+    assert_eq!(status, 200);
+}

@@ -2,6 +2,7 @@
 
 mod control;
 mod describe;
+mod import;
 mod logs;
 mod reload;
 mod setup;
@@ -86,6 +87,17 @@ pub enum Command {
     ReloadLogs,
     /// Print a shell completion script: `chatctl completions bash > /etc/bash_completion.d/chatctl`.
     Completions { shell: clap_complete::Shell },
+    /// Convert a PM2 ecosystem file (ecosystem.config.js through node, or JSON) to ecosystem.toml.
+    Import {
+        /// The PM2 file.
+        source: PathBuf,
+        /// Where to write.
+        #[arg(short = 'o', long, default_value = "ecosystem.toml")]
+        output: PathBuf,
+        /// Overwrite an existing output.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print a JSON Schema of ecosystem.toml (for editors with a TOML language server).
     Schema,
     /// Write a commented ecosystem.toml for the current directory.
@@ -220,6 +232,7 @@ pub async fn client_command(command: Command, home: &crate::home::Home) -> anyho
             Ok(ExitCode::SUCCESS)
         }
         Command::Init { force } => setup::init(force),
+        Command::Import { source, output, force } => import::import(&source, &output, force),
         Command::Schema => {
             println!("{}", serde_json::to_string_pretty(&chat_shared::ecosystem::ecosystem_schema())?);
             Ok(ExitCode::SUCCESS)

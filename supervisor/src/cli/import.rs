@@ -1,0 +1,212 @@
+//! `import`: a PM2 ecosystem file (`ecosystem.config.js` through `node`, or JSON) converted to
+//! `ecosystem.toml`, every option it knows mapped and the others listed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use chat_shared::ecosystem::Ecosystem;
+use serde_json::{Map, Value};
+
+pub(super) fn import(source: &Path, output: &Path, force: bool) -> anyhow::Result<ExitCode> {
+    if output.exists() && !force {
+        bail!("{} exists; --force overwrites it", output.display());
+    }
+    let pm2 = read(source)?;
+    let (text, notes) = convert(&pm2)?;
+    // What we write must be what we accept.
+    if let Err(e) = Ecosystem::parse(&text, output) {
+        bail!("the converted file does not validate (please report this):\n{e}\n\n{text}");
+    }
+    std::fs::write(output, &text).with_context(|| format!("cannot write {}", output.display()))?;
+    println!("wrote {}", output.display());
+    for note in &notes {
+        println!("  {note}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The PM2 file as JSON: `.json` directly, JavaScript through `node`.
+fn read(source: &Path) -> anyhow::Result<Value> {
+    let is_js = source.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "js" | "cjs" | "mjs"));
+    let text = if is_js {
+        let path = std::path::absolute(source)?;
+        let script = "import(require('url').pathToFileURL(process.argv[1]).href).then(m => \
+                      console.log(JSON.stringify(m.default ?? m))).catch(e => { console.error(e.message); process.exit(1) })";
+        let out = std::process::Command::new("node")
+            .args(["-e", script])
+            .arg(&path)
+            .output()
+            .context("reading a .js ecosystem file needs node; or export it: node -e \"console.log(JSON.stringify(require('./ecosystem.config.js')))\" > ecosystem.json")?;
+        if !out.status.success() {
+            bail!("node could not load {}: {}", source.display(), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        String::from_utf8(out.stdout).context("node printed something that is not UTF-8")?
+    } else {
+        std::fs::read_to_string(source).with_context(|| format!("cannot read {}", source.display()))?
+    };
+    serde_json::from_str(&text).with_context(|| format!("{} is not a PM2 ecosystem (JSON)", source.display()))
+}
+
+/// PM2 milliseconds (a number) or a duration string, as ours.
+fn duration(value: &Value) -> Option<String> {
+    match value {
+        Value::Number(n) => {
+            n.as_u64().map(|ms| if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") })
+        }
+        Value::String(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn toml_value(value: &Value) -> Option<String> {
+    let value: toml::Value = serde_json::from_value(value.clone()).ok()?;
+    Some(value.to_string())
+}
+
+/// Converts; returns the file's text and what the operator should know.
+pub(crate) fn convert(pm2: &Value) -> anyhow::Result<(String, Vec<String>)> {
+    let apps = match pm2 {
+        Value::Object(o) => o.get("apps").and_then(Value::as_array).cloned().context("no `apps` array")?,
+        Value::Array(a) => a.clone(),
+        _ => bail!("expected {{ apps: [...] }}"),
+    };
+    let mut text = String::from("# Converted from a PM2 ecosystem file by `chatctl import`.\n");
+    let mut notes = Vec::new();
+    for (n, app) in apps.iter().enumerate() {
+        let app = app.as_object().with_context(|| format!("apps[{n}] is not an object"))?;
+        let name = app.get("name").and_then(Value::as_str).map_or_else(|| format!("app{n}"), str::to_owned);
+        let mut keys: BTreeMap<&str, String> = BTreeMap::new();
+        let mut unmapped = Vec::new();
+        let mut env: Map<String, Value> = app.get("env").and_then(Value::as_object).cloned().unwrap_or_default();
+        let mut profiles: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+        // A Node script runs through node (or the interpreter PM2 was told about).
+        let script = app.get("script").and_then(Value::as_str).unwrap_or("index.js");
+        let interpreter = app.get("interpreter").and_then(Value::as_str);
+        let mut args: Vec<String> = match app.get("args") {
+            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+            _ => Vec::new(),
+        };
+        let js = script.ends_with(".js") || script.ends_with(".cjs") || script.ends_with(".mjs");
+        match (interpreter, js) {
+            (Some("none"), _) | (None, false) => {
+                keys.insert("script", toml_value(&Value::from(script)).unwrap_or_default());
+            }
+            (Some(interpreter), _) => {
+                keys.insert("script", toml_value(&Value::from(interpreter)).unwrap_or_default());
+                args.insert(0, script.to_owned());
+            }
+            (None, true) => {
+                keys.insert("script", "\"node\"".into());
+                args.insert(0, script.to_owned());
+            }
+        }
+        if !args.is_empty() {
+            keys.insert("args", toml_value(&Value::from(args)).unwrap_or_default());
+        }
+        for (key, value) in app {
+            let mapped = match key.as_str() {
+                "name" | "script" | "args" | "interpreter" | "env" => continue,
+                "cwd" | "out_file" | "error_file" | "merge_logs" | "autorestart" | "max_restarts" | "increment_var"
+                | "instance_var" | "stop_exit_codes" | "ignore_watch" => toml_value(value).map(|v| (key.as_str(), v)),
+                "watch" => toml_value(value).map(|v| ("watch", v)),
+                "instances" => match value {
+                    Value::Number(n) if n.as_i64() == Some(-1) => Some(("instances", "-1".into())),
+                    Value::Number(n) if n.as_i64() == Some(0) => Some(("instances", "\"max\"".into())),
+                    Value::String(s) if s == "max" => Some(("instances", "\"max\"".into())),
+                    other => toml_value(other).map(|v| ("instances", v)),
+                },
+                "exec_mode" => match value.as_str() {
+                    Some("cluster" | "cluster_mode") => Some(("exec_mode", "\"cluster\"".into())),
+                    Some("fork" | "fork_mode") => Some(("exec_mode", "\"fork\"".into())),
+                    _ => None,
+                },
+                "max_memory_restart" => match value {
+                    Value::Number(n) => n.as_u64().map(|b| ("max_memory_restart", format!("\"{b}\""))),
+                    Value::String(s) => Some(("max_memory_restart", format!("\"{s}\""))),
+                    _ => None,
+                },
+                "min_uptime" | "kill_timeout" | "restart_delay" | "listen_timeout" => {
+                    duration(value).map(|d| (key.as_str(), format!("\"{d}\"")))
+                }
+                "watch_delay" => duration(value).map(|d| ("watch_delay", format!("\"{d}\""))),
+                "exp_backoff_restart_delay" => duration(value).map(|d| ("restart_delay", format!("\"{d}\""))),
+                other if other.starts_with("env_") => {
+                    if let Some(o) = value.as_object() {
+                        profiles.insert(other["env_".len()..].to_owned(), o.clone());
+                    }
+                    continue;
+                }
+                _ => None,
+            };
+            match mapped {
+                Some((k, v)) => {
+                    keys.insert(k, v);
+                }
+                None => unmapped.push(key.clone()),
+            }
+        }
+        // PM2 passes the port in env (PORT, incremented per instance in fork mode); here the
+        // supervisor binds it.
+        let port_var = app.get("increment_var").and_then(Value::as_str).unwrap_or("PORT");
+        if let Some(port) = env.remove(port_var).and_then(|p| p.as_u64().or_else(|| p.as_str()?.parse().ok())) {
+            keys.insert("port", port.to_string());
+            if keys.get("exec_mode").map(String::as_str) == Some("\"cluster\"") {
+                notes.push(format!(
+                    "{name}: cluster mode now means the supervisor binds {port} and passes it as fd 3; \
+                     a Node server listens on it with server.listen({{ fd: 3 }}) when LISTEN_FDS is set \
+                     (or use exec_mode = \"fork\" with inherit_socket = false)"
+                ));
+            } else {
+                keys.insert("inherit_socket", "false".into());
+            }
+        }
+        let _ = writeln!(text, "\n[apps.{name}]");
+        for (k, v) in &keys {
+            let _ = writeln!(text, "{k} = {v}");
+        }
+        if !env.is_empty() {
+            let _ = writeln!(text, "env = {}", toml_value(&Value::Object(env)).unwrap_or_else(|| "{}".into()));
+        }
+        for (profile, profile_env) in profiles {
+            let _ = writeln!(text, "\n[apps.{name}.profiles.{profile}]");
+            let _ = writeln!(text, "env = {}", toml_value(&Value::Object(profile_env)).unwrap_or_else(|| "{}".into()));
+        }
+        if !unmapped.is_empty() {
+            notes.push(format!("{name}: not converted (no equivalent or not understood): {}", unmapped.join(", ")));
+        }
+    }
+    Ok((text, notes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_known_options_and_lists_the_rest() {
+        let pm2 = serde_json::json!({ "apps": [{
+            "name": "chat", "script": "server.js", "instances": "max", "exec_mode": "cluster_mode",
+            "max_memory_restart": "1G", "kill_timeout": 5000, "min_uptime": "10s", "max_restarts": 5,
+            "env": { "PORT": 3000, "NODE_ENV": "development" }, "env_production": { "NODE_ENV": "production" },
+            "wait_ready": true, "log_date_format": "YYYY-MM-DD"
+        }]});
+        let (text, notes) = convert(&pm2).expect("converts");
+        for line in [
+            "script = \"node\"",
+            "args = [\"server.js\"]",
+            "instances = \"max\"",
+            "exec_mode = \"cluster\"",
+            "kill_timeout = \"5s\"",
+            "port = 3000",
+            "[apps.chat.profiles.production]",
+        ] {
+            assert!(text.contains(line), "{line:?} missing:\n{text}");
+        }
+        assert!(Ecosystem::parse(&text, Path::new("e.toml")).is_ok(), "{text}");
+        assert!(notes.iter().any(|n| n.contains("log_date_format") && n.contains("wait_ready")), "{notes:?}");
+    }
+}
