@@ -118,3 +118,11 @@ pub(crate) fn count_lines(path: &std::path::Path) -> u64 {
     }
     lines
 }
+
+/// CPU used by `pids` together over `window`, percent of one core.
+pub(crate) fn cpu_percent(pids: &[u32], window: std::time::Duration) -> f64 {
+    let before: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
+    std::thread::sleep(window);
+    let after: u64 = pids.iter().map(|p| cpu_ticks(*p)).sum();
+    after.saturating_sub(before) as f64 / ticks_per_second() / window.as_secs_f64() * 100.0
+}

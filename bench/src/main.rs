@@ -22,6 +22,7 @@ mod pm2 {
     pub(crate) const LIST_MS: f64 = 174.0; // pm2 jlist
     pub(crate) const RELOAD_2_MS: f64 = 1340.0; // pm2 reload, 2 workers, 50 keep-alive connections
     pub(crate) const RELOAD_2_FAILED: f64 = 56.0; // connection resets during that reload
+    pub(crate) const MONIT_CPU: f64 = 6.8; // pm2 monit, percent of a core while open
 }
 
 fn main() {
@@ -46,6 +47,9 @@ fn main() {
     }
     if all || what == "reload" {
         reload();
+    }
+    if all || what == "monit" {
+        monit();
     }
 }
 
@@ -269,4 +273,43 @@ fn reload() {
         row(&format!("reload of {instances}: p99 during the reload"), during.percentile_ms(99.0), "ms", None, true);
         bench.chatctl(&["kill"]);
     }
+}
+
+/// `chatctl monit` attached to 8 workers, 1 and 10 at a time (each in a tmux pane): CPU and memory
+/// of the monit processes and of the daemon, over 10 s.
+fn monit() {
+    if std::process::Command::new("tmux").arg("-V").output().is_err() {
+        println!("monit: skipped (needs tmux)");
+        return;
+    }
+    let bench = Bench::new();
+    bench.config(&worker_app(0, 8));
+    bench.chatctl(&["start"]);
+    let daemon = bench.daemon_pid();
+    let window = Duration::from_secs(10);
+    let idle = harness::cpu_percent(&[daemon], window);
+    row("daemon CPU, 8 workers, no monit", idle, "%", None, true);
+    for clients in [1usize, 10] {
+        let socket = bench.home().join(format!("tmux-{clients}.sock"));
+        let tmux = |args: &[&str]| {
+            std::process::Command::new("tmux").arg("-S").arg(&socket).args(args).output().expect("tmux")
+        };
+        let command = format!("CHATCTL_HOME={} {} monit", bench.home().display(), release_bin("chatctl").display());
+        for i in 0..clients {
+            let name = format!("m{i}");
+            tmux(&["new-session", "-d", "-s", &name, "-x", "120", "-y", "40", &command]);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let out = tmux(&["list-panes", "-a", "-F", "#{pane_pid}"]);
+        let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let before = harness::cpu_ticks(daemon);
+        let monit_cpu = harness::cpu_percent(&pids, window) / pids.len().max(1) as f64;
+        let daemon_cpu = (harness::cpu_ticks(daemon) - before) as f64 / harness::ticks_per_second() / window.as_secs_f64() * 100.0;
+        let rss = pids.iter().map(|p| harness::rss_kib(*p).0).max().unwrap_or(0) as f64 / 1024.0;
+        row(&format!("monit CPU each, {clients} attached"), monit_cpu, "%", Some(pm2::MONIT_CPU), true);
+        row(&format!("monit RSS each, {clients} attached"), rss, "MiB", None, true);
+        row(&format!("daemon CPU, {clients} monit attached"), daemon_cpu, "%", None, true);
+        tmux(&["kill-server"]);
+    }
+    bench.chatctl(&["kill"]);
 }

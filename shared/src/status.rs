@@ -33,6 +33,9 @@ pub struct InstanceStatus {
     pub last_exit: Option<ExitKind>,
     /// Why the last restart or stop happened, for operators reading `list`.
     pub note: Option<String>,
+    /// The last health probe: passed, and how long it took.
+    #[serde(default)]
+    pub last_probe: Option<(bool, u64)>,
 }
 
 /// The externally visible phase of an instance (the daemon's state machine has more detail).

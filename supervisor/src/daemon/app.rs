@@ -541,6 +541,7 @@ impl App {
                     cpu_percent: use_.map(|u| u.cpu_percent),
                     last_exit: current.instance.last_exit,
                     note,
+                    last_probe: slot.probes.back().map(|p| (p.ok, p.latency_ms)),
                 }
             })
             .collect();

@@ -187,6 +187,7 @@ pub(crate) mod tests {
                             cpu_percent: Some(1.5),
                             last_exit: None,
                             note: None,
+                            last_probe: Some((true, 2)),
                         })
                         .collect(),
                 })

@@ -89,6 +89,11 @@ fn table(frame: &mut Frame<'_>, d: &Dashboard, area: Rect, narrow: bool) {
                 Span::raw(i.restarts.to_string()),
             ];
             if !narrow {
+                cells.push(match i.last_probe {
+                    Some((true, ms)) => Span::raw(format!("ok {ms}ms")),
+                    Some((false, ms)) => Span::styled(format!("FAIL {ms}ms"), Style::default().fg(Color::Red)),
+                    None => Span::raw("-"),
+                });
                 cells.push(Span::raw(i.uptime_ms.map_or("-".into(), uptime)));
                 cells.push(Span::raw(i.note.clone().unwrap_or_default()));
             }
@@ -105,8 +110,8 @@ fn table(frame: &mut Frame<'_>, d: &Dashboard, area: Rect, narrow: bool) {
     ];
     let mut titles = vec!["instance", "pid", "status", "cpu", "memory", "restarts"];
     if !narrow {
-        widths.extend([Constraint::Length(7), Constraint::Min(10)]);
-        titles.extend(["uptime", "note"]);
+        widths.extend([Constraint::Length(11), Constraint::Length(7), Constraint::Min(10)]);
+        titles.extend(["health", "uptime", "note"]);
     }
     let table = Table::new(rows, widths)
         .header(Row::new(titles).style(Style::default().add_modifier(Modifier::UNDERLINED)))
@@ -196,7 +201,7 @@ mod tests {
         let wide = render(&d, 120, 30);
         assert!(wide.contains("chat[0]") && wide.contains("4242") && wide.contains("online"), "{wide}");
         assert!(wide.contains("daemon pid 1") && wide.contains("2/2 online"), "{wide}");
-        assert!(wide.contains("cpu of chat[0]") && wide.contains("r restart"), "{wide}");
+        assert!(wide.contains("cpu of chat[0]") && wide.contains("r restart") && wide.contains("ok 2ms"), "{wide}");
         let narrow = render(&d, 50, 10);
         assert!(narrow.contains("4243") && !narrow.contains("cpu of"), "{narrow}");
         let waiting = render(&Dashboard::new(), 80, 10);
