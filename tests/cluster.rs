@@ -56,6 +56,13 @@ fn production_cluster_chats_with_socket_io_client_and_kill_leaves_nothing() {
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("chat report");
     assert_eq!(report["clients"].as_array().map(Vec::len), Some(2), "{report}");
 
+    // The workers' own figures reach the supervisor (list, monit, /metrics) with the samples.
+    wait_until("the chat figures sampled", Duration::from_secs(15), || {
+        let apps = env.list();
+        let messages: u64 = apps[0].instances.iter().filter_map(|i| i.chat).map(|c| c.messages).sum();
+        (messages >= 2).then_some(())
+    });
+
     let daemon = env.daemon_pid().expect("daemon pid");
     let out = env.ok(&["kill"]);
     assert!(out.contains(&format!("stopped {cpus} instance(s)")), "{out}");

@@ -400,4 +400,5 @@ fn metrics_are_prometheus_text_matching_list() {
         assert_eq!(value("chatctl_instance_restarts_total", &index), f64::from(i.restarts));
     }
     assert!(body.contains("chatctl_log_lines_total{app=\"chat\"}"), "{body}");
+    assert_eq!(value("chatctl_chat_connections", "0"), 0.0, "a chat worker's figures are exported");
 }

@@ -301,10 +301,12 @@ fn monit() {
         }
         std::thread::sleep(Duration::from_secs(2));
         let out = tmux(&["list-panes", "-a", "-F", "#{pane_pid}"]);
-        let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+        let pids: Vec<u32> =
+            String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
         let before = harness::cpu_ticks(daemon);
         let monit_cpu = harness::cpu_percent(&pids, window) / pids.len().max(1) as f64;
-        let daemon_cpu = (harness::cpu_ticks(daemon) - before) as f64 / harness::ticks_per_second() / window.as_secs_f64() * 100.0;
+        let daemon_cpu =
+            (harness::cpu_ticks(daemon) - before) as f64 / harness::ticks_per_second() / window.as_secs_f64() * 100.0;
         let rss = pids.iter().map(|p| harness::rss_kib(*p).0).max().unwrap_or(0) as f64 / 1024.0;
         row(&format!("monit CPU each, {clients} attached"), monit_cpu, "%", Some(pm2::MONIT_CPU), true);
         row(&format!("monit RSS each, {clients} attached"), rss, "MiB", None, true);

@@ -11,6 +11,12 @@ pub struct HealthBody {
     pub instance: Option<String>,
     /// Socket.IO connections open on this process.
     pub connections: usize,
+    /// Rooms with at least one member on this process.
+    #[serde(default)]
+    pub rooms: usize,
+    /// Room messages this process has delivered since it started (a counter).
+    #[serde(default)]
+    pub messages: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -36,6 +36,17 @@ pub struct InstanceStatus {
     /// The last health probe: passed, and how long it took.
     #[serde(default)]
     pub last_probe: Option<(bool, u64)>,
+    /// What a chat worker reports on `/health` (connections, rooms, messages), sampled with memory.
+    #[serde(default)]
+    pub chat: Option<ChatFigures>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatFigures {
+    pub connections: usize,
+    pub rooms: usize,
+    /// A counter since the worker started.
+    pub messages: u64,
 }
 
 /// The externally visible phase of an instance (the daemon's state machine has more detail).

@@ -35,6 +35,7 @@ pub(crate) struct InstanceFigures {
     pub(crate) cpu_percent: Option<f32>,
     pub(crate) health_latency_seconds: Option<f64>,
     pub(crate) health_failures: u64,
+    pub(crate) chat: Option<chat_shared::status::ChatFigures>,
 }
 
 /// One app's figures.
@@ -64,6 +65,9 @@ pub(crate) fn render(instances: &[InstanceFigures], apps: &[AppFigures]) -> Stri
     let latency = gauge(&mut registry, "health_latency_seconds", "Duration of the last health probe");
     let failures = counter(&mut registry, "health_failures", "Failed health probes");
     let reloads = counter(&mut registry, "reloads", "Rolling reloads begun");
+    let connections = gauge(&mut registry, "chat_connections", "Socket.IO connections on a chat worker");
+    let rooms = gauge(&mut registry, "chat_rooms", "Rooms with members on a chat worker");
+    let messages = counter(&mut registry, "chat_messages", "Room messages delivered by a chat worker since it started");
     let lines = counter(&mut registry, "log_lines", "Lines captured from the app's instances");
     let bytes = counter(&mut registry, "log_bytes", "Bytes captured from the app's instances");
     for i in instances {
@@ -79,6 +83,11 @@ pub(crate) fn render(instances: &[InstanceFigures], apps: &[AppFigures]) -> Stri
         }
         if let Some(l) = i.health_latency_seconds {
             latency.get_or_create(&labels).set(l);
+        }
+        if let Some(c) = i.chat {
+            connections.get_or_create(&labels).set(c.connections as f64);
+            rooms.get_or_create(&labels).set(c.rooms as f64);
+            messages.get_or_create(&labels).inc_by(c.messages);
         }
     }
     for a in apps {

@@ -6,11 +6,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use http_body_util::Empty;
+use chat_shared::health::HealthBody;
+use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+
+/// Largest probe answer read for figures.
+const MAX_BODY: usize = 64 * 1024;
 
 #[derive(Clone)]
 pub(crate) struct Prober {
@@ -27,21 +31,35 @@ impl Prober {
         Prober { client }
     }
 
-    /// `Ok(())` when the instance answered in time with a success status; else why not.
-    pub(crate) async fn probe(&self, addr: SocketAddr, path: &str, timeout: Duration) -> Result<(), String> {
+    /// `Ok` when the instance answered in time with a success status, with the body when it is a
+    /// chat worker's `/health` (its connections, rooms and messages); else why not.
+    pub(crate) async fn probe(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Option<HealthBody>, String> {
         let uri = format!("http://{addr}{path}");
         let request = hyper::Request::get(uri.as_str())
             .header(hyper::header::USER_AGENT, concat!("chatctl-health/", env!("CARGO_PKG_VERSION")))
             .body(Empty::new())
             .map_err(|e| format!("bad probe request {uri}: {e}"))?;
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
-            Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-            Ok(Err(e)) => {
+        let answer = async {
+            let response = self.client.request(request).await.map_err(|e| {
                 let cause = std::error::Error::source(&e).map(ToString::to_string).unwrap_or_else(|| e.to_string());
-                Err(format!("GET {uri}: {cause}"))
+                format!("GET {uri}: {cause}")
+            })?;
+            let status = response.status();
+            if !(status.is_success() || status.is_redirection()) {
+                return Err(format!("GET {uri}: HTTP {status}"));
             }
-            Ok(Ok(response)) if response.status().is_success() || response.status().is_redirection() => Ok(()),
-            Ok(Ok(response)) => Err(format!("GET {uri}: HTTP {}", response.status())),
+            // A small body is read for the figures it may carry; a large or odd one is ignored.
+            let body = Limited::new(response.into_body(), MAX_BODY).collect().await.ok().map(|b| b.to_bytes());
+            Ok(body.and_then(|b| serde_json::from_slice::<HealthBody>(&b).ok()))
+        };
+        match tokio::time::timeout(timeout, answer).await {
+            Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+            Ok(result) => result,
         }
     }
 }

@@ -32,6 +32,8 @@ async fn health(State(state): State<Arc<WorkerState>>) -> (StatusCode, Json<Heal
         pid: std::process::id(),
         instance: state.instance.clone(),
         connections: state.io.sockets().len(),
+        rooms: state.io.rooms().await.map_or(0, |r| r.len()),
+        messages: state.messages.load(Ordering::Relaxed),
     };
     // 503 while draining, so a load balancer probing the same path takes this instance out too.
     let code = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };

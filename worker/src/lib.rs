@@ -41,6 +41,8 @@ pub use listeners::Listeners;
 /// What every handler may read. Owned by an `Arc`; only `draining` ever changes.
 pub struct WorkerState {
     pub started: Instant,
+    /// Room messages delivered (for `/health`, which the supervisor samples).
+    pub messages: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub draining: AtomicBool,
     pub instance: Option<String>,
     pub io: SocketIo,
@@ -56,9 +58,16 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
             session::random_secret()?
         }
     };
-    realtime::register(&io, config.instance.as_deref(), session::Sessions::new(secret, config.session_ttl));
+    let messages = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    realtime::register(
+        &io,
+        config.instance.as_deref(),
+        session::Sessions::new(secret, config.session_ttl),
+        messages.clone(),
+    );
     let state = Arc::new(WorkerState {
         started: Instant::now(),
+        messages,
         draining: AtomicBool::new(false),
         instance: config.instance.clone(),
         io: io.clone(),

@@ -84,7 +84,7 @@ impl MessageIds {
 }
 
 /// Registers the handlers on the default namespace.
-pub fn register(io: &SocketIo, instance: Option<&str>, sessions: Sessions) {
+pub fn register(io: &SocketIo, instance: Option<&str>, sessions: Sessions, delivered: std::sync::Arc<AtomicU64>) {
     let instance: Option<std::sync::Arc<str>> = instance.map(Into::into);
     let ids = std::sync::Arc::new(MessageIds {
         prefix: format!("{}.{}", instance.as_deref().unwrap_or("0"), std::process::id()),
@@ -92,6 +92,7 @@ pub fn register(io: &SocketIo, instance: Option<&str>, sessions: Sessions) {
     });
     io.ns("/", move |socket: SocketRef, TryData(auth): TryData<Auth>| {
         let ids = ids.clone();
+        let delivered = delivered.clone();
         let instance = instance.clone();
         let sessions = sessions.clone();
         async move {
@@ -144,8 +145,14 @@ pub fn register(io: &SocketIo, instance: Option<&str>, sessions: Sessions) {
                 });
             }
             socket.on("message", move |socket: SocketRef, TryData(data): TryData<SendMessage>, ack: AckSender| {
-                let ids = ids.clone();
-                async move { answer(ack, send_message(&socket, data, &ids).await) }
+                let (ids, delivered) = (ids.clone(), delivered.clone());
+                async move {
+                    let reply = send_message(&socket, data, &ids).await;
+                    if reply.is_ok() {
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    answer(ack, reply)
+                }
             });
             socket.on_disconnect(async |socket: SocketRef, reason: DisconnectReason| {
                 tracing::debug!(sid = %socket.id, ?reason, "socket disconnected");

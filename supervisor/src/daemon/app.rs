@@ -254,6 +254,25 @@ impl App {
         chat_shared::status::AppDescription { spec: self.spec.clone(), status: self.status(now, usage), instances }
     }
 
+    /// Fetches the chat figures of every online instance known to report them (a chat worker);
+    /// the answers come back as `Msg::Stats`.
+    pub(super) fn fetch_chat_figures(&self, env: &Env<'_>) {
+        let Some(health) = &self.spec.health else { return };
+        for slot in self.slots.iter().filter(|s| s.chat.is_some()) {
+            let (Some(pid), Some(addr)) = (slot.current.instance.pid(), slot.current.probe_addr) else { continue };
+            if slot.current.instance.phase() != Phase::Online {
+                continue;
+            }
+            let (prober, tx, app_id, path, timeout) =
+                (env.prober.clone(), env.tx.clone(), self.id, health.path.clone(), health.timeout.0);
+            tokio::spawn(async move {
+                if let Ok(Some(body)) = prober.probe(addr, &path, timeout).await {
+                    let _ = tx.send(Msg::Stats { app_id, pid, body });
+                }
+            });
+        }
+    }
+
     /// Where the process with `pid` is.
     pub(super) fn find_pid(&self, pid: u32) -> Option<(usize, Which)> {
         self.find(|p| p.instance.pid() == Some(pid))
@@ -542,6 +561,7 @@ impl App {
                     last_exit: current.instance.last_exit,
                     note,
                     last_probe: slot.probes.back().map(|p| (p.ok, p.latency_ms)),
+                    chat: slot.chat,
                 }
             })
             .collect();

@@ -66,8 +66,14 @@ pub(crate) enum Msg {
     Probe {
         app_id: u64,
         pid: u32,
-        result: Result<(), String>,
+        result: Result<Option<chat_shared::health::HealthBody>, String>,
         latency_ms: u64,
+    },
+    /// A chat worker's figures, fetched with the memory samples.
+    Stats {
+        app_id: u64,
+        pid: u32,
+        body: chat_shared::health::HealthBody,
     },
     /// `key` names the process (see `slot::Proc::key`): a notify socket belongs to one process.
     Notify {
@@ -247,6 +253,10 @@ pub async fn run(
     Ok(outcome)
 }
 
+fn figures(body: &chat_shared::health::HealthBody) -> chat_shared::status::ChatFigures {
+    chat_shared::status::ChatFigures { connections: body.connections, rooms: body.rooms, messages: body.messages }
+}
+
 /// Sends an sd_notify message; failures are logged, never fatal.
 fn sd_notify(socket: Option<&std::path::Path>, message: &str) {
     let Some(path) = socket else { return };
@@ -274,6 +284,7 @@ impl Daemon {
                     cpu_percent: i.cpu_percent,
                     health_latency_seconds: slot.probes.back().map(|p| p.latency_ms as f64 / 1000.0),
                     health_failures: slot.probe_failures,
+                    chat: slot.chat,
                 });
             }
             let (log_lines, log_bytes) = app.logs.counts();
@@ -367,6 +378,12 @@ impl Daemon {
             Msg::Reload { reply, .. } => {
                 let _ = reply.send(Response::Error { message: "not a reload".into() });
             }
+            Msg::Stats { app_id, pid, body } => {
+                let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
+                if let Some((index, Which::Current)) = app.find_pid(pid) {
+                    app.slots[index].chat = Some(figures(&body));
+                }
+            }
             Msg::Metrics(reply) => {
                 self.refresh_usage(now);
                 let _ = reply.send(self.metrics_text(now));
@@ -390,9 +407,12 @@ impl Daemon {
                 let Some((index, which)) = app.find_pid(pid) else { return };
                 if which == Which::Current {
                     app.slots[index].record_probe(latency_ms, result.clone().err());
+                    if let Ok(Some(body)) = &result {
+                        app.slots[index].chat = Some(figures(body));
+                    }
                 }
                 let input = match result {
-                    Ok(()) => Input::ProbePassed,
+                    Ok(_) => Input::ProbePassed,
                     Err(why) => {
                         let online = app.slots[index]
                             .proc(which)
@@ -461,6 +481,10 @@ impl Daemon {
             .fold(SAMPLE_EVERY, Duration::min);
         self.next_sample = now + every;
         self.enforce_memory(now);
+        let env = effect_env!(self);
+        for app in &self.apps {
+            app.fetch_chat_figures(&env);
+        }
     }
 
     /// Replaces every online instance whose process tree passed its app's `max_memory_restart`.

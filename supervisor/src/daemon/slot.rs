@@ -42,6 +42,8 @@ pub(super) struct Slot {
     pub(super) memory_peak: Option<u64>,
     /// Failed health probes since the slot was created.
     pub(super) probe_failures: u64,
+    /// What the current process last reported on `/health`, when it is a chat worker.
+    pub(super) chat: Option<chat_shared::status::ChatFigures>,
 }
 
 /// Entries kept per slot for `describe`.
@@ -60,6 +62,7 @@ impl Slot {
             probes: Default::default(),
             memory_peak: None,
             probe_failures: 0,
+            chat: None,
         }
     }
 

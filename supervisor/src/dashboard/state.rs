@@ -44,6 +44,10 @@ pub(crate) struct Dashboard {
     pub(crate) confirm: Option<String>,
     /// Feedback for the operator (what was sent, what failed).
     pub(crate) message: Option<String>,
+    /// The chat workers' message counters at the previous snapshot, for a rate.
+    previous_messages: Option<(u64, std::time::Instant)>,
+    /// Room messages per second across the workers, from the last two snapshots.
+    pub(crate) messages_per_second: Option<f64>,
 }
 
 impl Dashboard {
@@ -58,7 +62,17 @@ impl Dashboard {
             editing_filter: false,
             confirm: None,
             message: None,
+            previous_messages: None,
+            messages_per_second: None,
         }
+    }
+
+    /// Sums over the chat workers: (connections, rooms), if any reports them.
+    pub(crate) fn chat_totals(&self) -> Option<(usize, usize)> {
+        let snapshot = self.snapshot.as_ref()?;
+        let figures: Vec<_> = snapshot.apps.iter().flat_map(|a| &a.instances).filter_map(|i| i.chat).collect();
+        (!figures.is_empty())
+            .then(|| (figures.iter().map(|f| f.connections).sum(), figures.iter().map(|f| f.rooms).sum()))
     }
 
     /// The rows shown: (app, instance), filtered by app name.
@@ -77,6 +91,17 @@ impl Dashboard {
     }
 
     pub(crate) fn on_snapshot(&mut self, snapshot: Snapshot) {
+        let now = std::time::Instant::now();
+        let total: u64 =
+            snapshot.apps.iter().flat_map(|a| &a.instances).filter_map(|i| i.chat).map(|c| c.messages).sum();
+        if let Some((before, at)) = self.previous_messages {
+            let seconds = now.duration_since(at).as_secs_f64();
+            // A restarted worker starts its counter again: never a negative rate.
+            if seconds > 0.0 {
+                self.messages_per_second = Some(total.saturating_sub(before) as f64 / seconds);
+            }
+        }
+        self.previous_messages = Some((total, now));
         for app in &snapshot.apps {
             for i in &app.instances {
                 let series = self.history.entry((app.name.clone(), i.index)).or_default();
@@ -188,6 +213,7 @@ pub(crate) mod tests {
                             last_exit: None,
                             note: None,
                             last_probe: Some((true, 2)),
+                            chat: Some(chat_shared::status::ChatFigures { connections: 3, rooms: 1, messages: 10 }),
                         })
                         .collect(),
                 })

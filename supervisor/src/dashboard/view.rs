@@ -50,8 +50,12 @@ fn header(d: &Dashboard) -> Paragraph<'static> {
         Some(s) => {
             let instances: usize = s.apps.iter().map(|a| a.instances.len()).sum();
             let online = s.apps.iter().flat_map(|a| &a.instances).filter(|i| i.status == Phase::Online).count();
+            let chat = d.chat_totals().map_or(String::new(), |(users, rooms)| {
+                let rate = d.messages_per_second.map_or("-".into(), |r| format!("{r:.1}"));
+                format!("   chat: {users} connected, {rooms} rooms, {rate} msg/s")
+            });
             format!(
-                "chatctl monit   daemon pid {}  {}  cpu {}   {} app(s), {online}/{instances} online{}",
+                "chatctl monit   daemon pid {}  {}  cpu {}   {} app(s), {online}/{instances} online{chat}{}",
                 s.daemon_pid,
                 s.daemon_memory_bytes.map_or("-".into(), mib),
                 s.daemon_cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
@@ -201,6 +205,7 @@ mod tests {
         let wide = render(&d, 120, 30);
         assert!(wide.contains("chat[0]") && wide.contains("4242") && wide.contains("online"), "{wide}");
         assert!(wide.contains("daemon pid 1") && wide.contains("2/2 online"), "{wide}");
+        assert!(wide.contains("chat: 6 connected, 2 rooms"), "{wide}");
         assert!(wide.contains("cpu of chat[0]") && wide.contains("r restart") && wide.contains("ok 2ms"), "{wide}");
         let narrow = render(&d, 50, 10);
         assert!(narrow.contains("4243") && !narrow.contains("cpu of"), "{narrow}");
