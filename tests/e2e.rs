@@ -13,3 +13,4 @@ mod memory;
 mod monit;
 mod reload;
 mod watch;
+mod worker;

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use chat_shared::units::HumanDuration;
+use chat_shared::units::{ByteSize, HumanDuration};
 use chat_shared::worker_env;
 
 #[derive(Clone, Debug)]
@@ -23,6 +23,10 @@ pub struct Config {
     pub session_secret: Option<Vec<u8>>,
     /// How long a guest session token stays valid.
     pub session_ttl: Duration,
+    /// Largest engine.io packet accepted; a larger one closes that connection.
+    pub max_payload: u64,
+    /// Reverse proxies whose `X-Forwarded-For` / `CF-Connecting-IP` are believed.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +84,22 @@ impl Config {
                 .filter(|s| !s.is_empty())
                 .map(String::into_bytes),
             session_ttl: parse(&lookup, "SESSION_TTL", HumanDuration(Duration::from_secs(86_400)))?.0,
+            max_payload: parse(&lookup, "MAX_PAYLOAD", ByteSize(64 << 10))?.0,
+            trusted_proxies: match lookup("TRUSTED_PROXIES") {
+                None => Vec::new(),
+                Some(list) => list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| {
+                        s.parse().map_err(|e: std::net::AddrParseError| ConfigError {
+                            name: "TRUSTED_PROXIES",
+                            value: list.clone(),
+                            why: format!("{s:?}: {e}"),
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
         })
     }
 }

@@ -45,3 +45,16 @@ impl<L: Listener> Listener for Draining<L> {
         self.inner.local_addr()
     }
 }
+
+/// The peer's address, as a connection's `ConnectInfo` (axum provides it for its own listeners only).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Draining<L>>> for PeerAddr
+where
+    L: Listener<Addr = std::net::SocketAddr>,
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Draining<L>>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}

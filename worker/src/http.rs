@@ -32,7 +32,7 @@ async fn health(State(state): State<Arc<WorkerState>>) -> (StatusCode, Json<Heal
         pid: std::process::id(),
         instance: state.instance.clone(),
         connections: state.io.sockets().len(),
-        rooms: state.io.rooms().await.map_or(0, |r| r.len()),
+        rooms: state.io.rooms().await.map_or(0, |r| r.iter().filter(|r| !r.starts_with('@')).count()),
         messages: state.messages.load(Ordering::Relaxed),
     };
     // 503 while draining, so a load balancer probing the same path takes this instance out too.
@@ -42,8 +42,10 @@ async fn health(State(state): State<Arc<WorkerState>>) -> (StatusCode, Json<Heal
 
 async fn stats(State(state): State<Arc<WorkerState>>) -> Json<Value> {
     let mut rooms: Vec<Value> = match state.io.rooms().await {
+        // Rooms starting with '@' are the server's own (a guest's direct-message room).
         Ok(rooms) => rooms
             .into_iter()
+            .filter(|room| !room.starts_with('@'))
             .map(|room| {
                 let members = state.io.within(room.clone()).sockets().len();
                 json!({ "name": room, "members": members })

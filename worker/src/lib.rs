@@ -20,7 +20,7 @@
 //! - `session`: signed guest session tokens (identity and rooms survive a reconnect).
 
 pub mod config;
-mod drain;
+pub mod drain;
 pub mod http;
 pub mod listeners;
 pub mod realtime;
@@ -50,7 +50,13 @@ pub struct WorkerState {
 
 /// Serves until `shutdown` resolves, then drains within `config.shutdown_timeout`.
 pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-    let (layer, io) = SocketIo::builder().build_layer();
+    // An oversized packet closes that one connection (engine.io's max payload), not the worker.
+    let max = config.max_payload;
+    let (layer, io) = SocketIo::builder()
+        .max_payload(max)
+        .ws_max_message_size(usize::try_from(max).unwrap_or(usize::MAX))
+        .ws_max_frame_size(usize::try_from(max).unwrap_or(usize::MAX))
+        .build_layer();
     let secret = match &config.session_secret {
         Some(secret) => secret.clone(),
         None => {
@@ -59,12 +65,14 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
         }
     };
     let messages = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    realtime::register(
-        &io,
+    let chat = realtime::Chat::new(
         config.instance.as_deref(),
         session::Sessions::new(secret, config.session_ttl),
         messages.clone(),
+        realtime::History::new(realtime::HISTORY_COUNT, realtime::HISTORY_AGE),
+        config.trusted_proxies.clone(),
     );
+    realtime::register(&io, Arc::new(chat));
     let state = Arc::new(WorkerState {
         started: Instant::now(),
         messages,
@@ -96,7 +104,9 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
         accepting_rx,
     );
     let router = http::router(state.clone()).layer(layer);
-    let public_task = tokio::spawn(axum::serve(public, router).with_graceful_shutdown(stopped()).into_future());
+    // The peer address reaches the Socket.IO handlers (rate limits per client address).
+    let service = router.into_make_service_with_connect_info::<drain::PeerAddr>();
+    let public_task = tokio::spawn(axum::serve(public, service).with_graceful_shutdown(stopped()).into_future());
     let admin_task = match listeners.admin {
         Some(admin) => {
             let admin = tokio::net::TcpListener::from_std(admin)?;

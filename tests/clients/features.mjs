@@ -1,0 +1,82 @@
+// The chat features of one worker with the real socket.io-client: typing, direct messages,
+// recovery of missed messages, rate limits, an oversized packet. Prints one JSON line; exits 1 with
+// a reason on the first failure.
+// usage: node features.mjs URL
+import { io } from "socket.io-client";
+
+const [url] = process.argv.slice(2);
+setTimeout(() => fail("timed out after 30 s"), 30_000).unref();
+function fail(reason) {
+  console.log(JSON.stringify({ ok: false, reason }));
+  process.exit(1);
+}
+const until = async (what, check, ms = 5000) => {
+  const end = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > end) fail(`waited ${ms} ms for: ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+};
+const ask = (s, event, data) => s.timeout(5000).emitWithAck(event, data).catch((e) => fail(`${event}: ${e}`));
+
+async function guest(name) {
+  const s = io(url, { transports: ["websocket"], reconnection: false });
+  const g = { s, name, typing: [], dms: [], messages: [], closed: false };
+  s.on("typing", (t) => g.typing.push(t));
+  s.on("dm", (m) => g.dms.push(m));
+  s.on("message", (m) => g.messages.push(m));
+  s.on("disconnect", () => (g.closed = true));
+  await new Promise((r) => s.on("connect", r));
+  const join = await ask(s, "guest:join", { name });
+  if (!join.ok) fail(`guest:join ${name}: ${join.error}`);
+  g.id = join.guest.id;
+  return g;
+}
+
+const ann = await guest("ann");
+const bob = await guest("bob");
+for (const g of [ann, bob]) if (!(await ask(g.s, "room:join", { room: "lobby" })).ok) fail("room:join");
+if ((await ask(ann.s, "room:join", { room: "@guest:x" })).ok) fail("an internal room name was accepted");
+
+// Typing reaches the others, not the typist.
+if (!(await ask(bob.s, "typing", { room: "lobby", typing: true })).ok) fail("typing refused");
+await until("ann sees bob typing", () => ann.typing.some((t) => t.guest.id === bob.id && t.typing));
+if (bob.typing.length) fail("the typist received its own typing event");
+
+// Direct messages reach the addressee only (and the sender's own sockets).
+const dm = await ask(ann.s, "dm", { to: bob.id, text: "psst <b>not html</b>" });
+if (!dm.ok) fail(`dm: ${dm.error}`);
+await until("bob gets the dm", () => bob.dms.length === 1);
+if (bob.dms[0].text !== "psst <b>not html</b>" || bob.dms[0].from.id !== ann.id) fail(`dm content: ${JSON.stringify(bob.dms[0])}`);
+if ((await ask(ann.s, "dm", { to: "g_nobody", text: "hi" })).ok) fail("a dm to nobody was accepted");
+
+// Missed messages: a late joiner with the id of the last one it saw gets the rest, in order, once.
+const ids = [];
+for (const text of ["one", "two", "three"]) ids.push((await ask(ann.s, "message", { room: "lobby", text })).id);
+const carol = await guest("carol");
+const late = await ask(carol.s, "room:join", { room: "lobby", since: ids[0] });
+const missed = late.missed.map((m) => m.text);
+if (JSON.stringify(missed) !== JSON.stringify(["two", "three"])) fail(`missed: ${JSON.stringify(missed)}`);
+
+// A flood is refused past the burst; the others keep chatting; a socket that keeps going is cut off.
+const flooder = await guest("flood");
+await ask(flooder.s, "room:join", { room: "lobby" });
+let refused = 0;
+for (let i = 0; i < 40; i++) {
+  const r = await ask(flooder.s, "message", { room: "lobby", text: `spam ${i}` });
+  if (!r.ok && r.error === "rate limited") refused++;
+}
+if (refused < 10) fail(`only ${refused} of 40 flood messages refused`);
+if (!(await ask(bob.s, "message", { room: "lobby", text: "still here" })).ok) fail("bob was limited by someone else's flood");
+for (let i = 0; i < 80 && !flooder.closed; i++) flooder.s.emit("message", { room: "lobby", text: "more" });
+await until("the abusive socket disconnected", () => flooder.closed);
+
+// An oversized packet closes that one connection; the worker and the others go on.
+const big = await guest("big");
+big.s.emit("message", { room: "lobby", text: "x".repeat(200_000) });
+await until("the oversized sender disconnected", () => big.closed);
+if (!(await ask(ann.s, "message", { room: "lobby", text: "after the big one" })).ok) fail("ann broken by another socket's packet");
+
+console.log(JSON.stringify({ ok: true, refused }));
+for (const g of [ann, bob, carol]) g.s.disconnect();
+process.exit(0);

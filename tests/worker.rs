@@ -1,0 +1,101 @@
+//! The chat worker on its own (bound to a port, as it runs outside chatctl): chat features through
+//! the real socket.io-client, and malformed frames.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{alive, bin, free_port, http_get, node, sigkill, wait_until};
+
+/// A chat-worker process, killed on drop.
+struct Worker {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Worker {
+    fn start() -> Worker {
+        let port = free_port();
+        let child = Command::new(bin("chat-worker"))
+            .env("PORT", port.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chat-worker");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        wait_until("the worker answers", Duration::from_secs(15), || http_get(addr, "/health").ok().map(|_| ()));
+        Worker { child, addr }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        sigkill(self.child.id());
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn typing_direct_messages_recovery_limits_and_oversized_packets() {
+    let worker = Worker::start();
+    let out = node("features.mjs", &[&format!("http://{}", worker.addr)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(alive(worker.child.id()), "the worker survived");
+}
+
+/// Sends raw bytes as a websocket client would after the upgrade; returns whether the server kept
+/// the connection open afterwards.
+fn malformed_session(addr: SocketAddr, garbage: &[u8]) {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(300)));
+    let _ = stream.write_all(garbage);
+    let mut buf = [0u8; 4096];
+    let _ = stream.read(&mut buf);
+}
+
+#[test]
+fn malformed_engine_io_and_socket_io_frames_close_one_connection_not_the_worker() {
+    let worker = Worker::start();
+    let addr = worker.addr;
+    let polling = |body: &str| {
+        let request = format!(
+            "POST /socket.io/?EIO=4&transport=polling&sid=nonexistent HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        request.into_bytes()
+    };
+    // A bounded, deterministic set of hostile inputs: bad handshakes, bad packets, bad upgrades,
+    // random bytes from a fixed seed.
+    let mut inputs: Vec<Vec<u8>> = vec![
+        b"GET /socket.io/?EIO=99&transport=websocket HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"GET /socket.io/?EIO=4&transport=carrier-pigeon HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\n\x81\xff\xff\xff\xff\xff\xff\xff\xff\xff".to_vec(),
+        polling("4{\"not\":\"a socket.io packet"),
+        polling("42[\"message\",{\"room\":"),
+        polling("9999999999"),
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03".to_vec(),
+    ];
+    let mut seed: u64 = 0x5eed;
+    for _ in 0..50 {
+        let len = (seed % 600) as usize + 1;
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (seed >> 33) as u8
+            })
+            .collect();
+        inputs
+            .push([b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n".as_slice(), &bytes].concat());
+    }
+    for input in &inputs {
+        malformed_session(addr, input);
+    }
+    assert!(alive(worker.child.id()), "the worker survived {} hostile inputs", inputs.len());
+    let (status, body) = http_get(addr, "/health").expect("still serving");
+    assert_eq!(status, 200, "{body}");
+    let health: chat_shared::health::HealthBody = serde_json::from_str(&body).expect("health");
+    assert_eq!(health.connections, 0, "no socket leaked from the hostile inputs");
+}

@@ -1,0 +1,465 @@
+//! Socket.IO: guests, rooms, messages, typing, direct messages, and recovery of missed messages,
+//! on the default namespace.
+//!
+//! Events (client → server, each answered through the acknowledgement callback when the client
+//! passes one: `{ ok: true, ... }` or `{ ok: false, error }`):
+//! - `guest:join {name}` → `{ok, guest: {id, name}, instance, token}`. A client may instead connect
+//!   with `auth: {name}`, which joins it at once.
+//! - Sessions: the server sends `session {token, guest}` whenever who the guest is or which rooms it
+//!   is in changes. A client that keeps the latest token in its `auth` (`socket.on("session", s =>
+//!   socket.auth = { token: s.token })`) reconnects — to any instance — with the same identity and is
+//!   put back into its rooms without user action; with `auth.since = {room: last message id}` it
+//!   also receives `history {room, messages}` with what it missed. A bad token gets
+//!   `session:error {error}` with the reason (malformed, forged, expired) and the connection goes on
+//!   as a new visitor.
+//! - `room:join {room, since?}` / `room:leave {room}` → `{ok, room, members}` (a join also
+//!   `missed`: the room's recent messages after `since`, or all retained); every member of the room
+//!   then receives `room:members {room, members}`.
+//! - `message {room, text}` → `{ok, id, time}`; every member of the room, the sender included,
+//!   receives `message {id, room, from: {id, name}, text, time}`.
+//! - `typing {room, typing}`: the other members receive `typing {room, guest, typing}`.
+//! - `dm {to, text}` → `{ok, id, time}`; the addressee's sockets (and the sender's) receive
+//!   `dm {id, from, to, text, time}`.
+//!
+//! Messages, typing and direct messages are rate limited per socket and per client address; a
+//! refused event is answered `{ok: false, error: "rate limited"}`, and a socket that keeps going is
+//! disconnected. Text is data: it is relayed as JSON strings, never interpreted.
+//!
+//! Rooms are local to this worker for now: sharing them across workers is the local bus / Redis work.
+
+mod history;
+mod limits;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::socket::DisconnectReason;
+use socketioxide::{ParserError, SocketIo};
+
+use crate::session::{Claims, Sessions};
+pub use history::History;
+use limits::{Bucket, PerAddress, Rate};
+
+const MAX_NAME_CHARS: usize = 32;
+const MAX_ROOM_CHARS: usize = 64;
+const MAX_TEXT_CHARS: usize = 4000;
+/// Rooms the server uses itself start with this; clients cannot name one so.
+const INTERNAL: char = '@';
+/// Messages, typing and DMs per socket.
+const SOCKET_RATE: Rate = Rate { per_second: 10.0, burst: 20.0 };
+/// The same, per client address (several tabs, a NAT).
+const ADDRESS_RATE: Rate = Rate { per_second: 50.0, burst: 100.0 };
+/// Refusals in a row after which a socket is disconnected.
+const ABUSE: u32 = 50;
+
+/// A guest: who a socket is, once it has joined with a display name.
+#[derive(Clone, Debug, Serialize)]
+pub struct Guest {
+    pub id: String,
+    pub name: String,
+}
+
+/// What every handler shares.
+pub struct Chat {
+    pub instance: Option<Arc<str>>,
+    pub sessions: Sessions,
+    /// Room messages delivered (reported on `/health`).
+    pub delivered: Arc<AtomicU64>,
+    pub history: History,
+    ids: MessageIds,
+    per_address: PerAddress,
+    /// Peers whose `X-Forwarded-For` / `CF-Connecting-IP` name the client (a reverse proxy, a CDN).
+    trusted_proxies: Vec<IpAddr>,
+}
+
+impl Chat {
+    pub fn new(
+        instance: Option<&str>,
+        sessions: Sessions,
+        delivered: Arc<AtomicU64>,
+        history: History,
+        trusted_proxies: Vec<IpAddr>,
+    ) -> Chat {
+        Chat {
+            instance: instance.map(Into::into),
+            sessions,
+            delivered,
+            history,
+            ids: MessageIds {
+                prefix: format!("{}.{}", instance.unwrap_or("0"), std::process::id()),
+                next: AtomicU64::new(1),
+            },
+            per_address: PerAddress::new(ADDRESS_RATE),
+            trusted_proxies,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct JoinGuest {
+    name: String,
+}
+
+/// What a client may pass as `auth` when it connects.
+#[derive(Debug, Default, Deserialize)]
+struct Auth {
+    name: Option<String>,
+    token: Option<String>,
+    /// Last message id seen per room, to receive what was missed.
+    #[serde(default)]
+    since: std::collections::HashMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RoomRef {
+    room: String,
+    since: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SendMessage {
+    room: String,
+    text: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Typing {
+    room: String,
+    typing: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct Direct {
+    to: String,
+    text: String,
+}
+
+/// Message ids: unique per worker process and sortable; `instance-pid-seq` keeps them unique across a
+/// cluster without coordination.
+struct MessageIds {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl MessageIds {
+    fn next(&self) -> String {
+        format!("{}-{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// A socket's own rate limit and the address it counts against.
+#[derive(Clone)]
+struct Limit {
+    bucket: Arc<Mutex<Bucket>>,
+    address: IpAddr,
+}
+
+/// Registers the handlers on the default namespace.
+pub fn register(io: &SocketIo, chat: Arc<Chat>) {
+    io.ns("/", move |socket: SocketRef, TryData(auth): TryData<Auth>| {
+        let chat = chat.clone();
+        async move {
+            tracing::debug!(sid = %socket.id, "socket connected");
+            let address = client_address(&socket, &chat.trusted_proxies);
+            socket.extensions.insert(Limit { bucket: Arc::new(Mutex::new(Bucket::new(SOCKET_RATE))), address });
+            let auth = auth.unwrap_or_default();
+            match auth.token.as_deref().map(|t| chat.sessions.verify(t)) {
+                Some(Ok(claims)) => restore(&socket, claims, &auth.since, &chat).await,
+                Some(Err(e)) => {
+                    tracing::debug!(sid = %socket.id, error = %e, "session refused");
+                    let _ = socket.emit("session:error", &json!({ "error": e.to_string() }));
+                }
+                None => {}
+            }
+            if let (Some(name), None) = (auth.name, socket.extensions.get::<Guest>()) {
+                // A bad name in `auth` is ignored here; the client can still `guest:join`.
+                if join_guest(&socket, JoinGuest { name }).is_ok() {
+                    send_session(&socket, &chat.sessions);
+                }
+            }
+            handlers(&socket, &chat);
+        }
+    });
+}
+
+fn handlers(socket: &SocketRef, chat: &Arc<Chat>) {
+    let c = chat.clone();
+    socket.on("guest:join", move |socket: SocketRef, TryData(data): TryData<JoinGuest>, ack: AckSender| {
+        let chat = c.clone();
+        async move {
+            let reply = match data {
+                // `instance` tells the client (and tests) which worker of a cluster serves it.
+                Ok(join) => join_guest(&socket, join).map(|g| {
+                    let token = send_session(&socket, &chat.sessions);
+                    json!({ "ok": true, "guest": g, "instance": chat.instance.as_deref(), "token": token })
+                }),
+                Err(e) => Err(format!("expected {{name}}: {e}")),
+            };
+            answer(ack, reply);
+        }
+    });
+    for (event, join) in [("room:join", true), ("room:leave", false)] {
+        let c = chat.clone();
+        socket.on(event, move |socket: SocketRef, TryData(data): TryData<RoomRef>, ack: AckSender| {
+            let chat = c.clone();
+            async move {
+                let since = data.as_ref().ok().and_then(|d| d.since.clone());
+                let reply = match room_change(&socket, data, join) {
+                    Ok(room) => {
+                        send_session(&socket, &chat.sessions);
+                        room_members_changed(&socket, &room).await.map(|mut reply| {
+                            if join {
+                                reply["missed"] = Value::from(chat.history.since(&room, since.as_deref()));
+                            }
+                            reply
+                        })
+                    }
+                    Err(e) => Err(e),
+                };
+                answer(ack, reply);
+            }
+        });
+    }
+    let c = chat.clone();
+    socket.on("message", move |socket: SocketRef, TryData(data): TryData<SendMessage>, ack: AckSender| {
+        let chat = c.clone();
+        async move {
+            let reply = match limited(&socket, &chat) {
+                Err(e) => Err(e),
+                Ok(()) => send_message(&socket, data, &chat).await,
+            };
+            answer(ack, reply);
+        }
+    });
+    let c = chat.clone();
+    socket.on("typing", move |socket: SocketRef, TryData(data): TryData<Typing>, ack: AckSender| {
+        let chat = c.clone();
+        async move {
+            let reply = match (limited(&socket, &chat), guest_of(&socket), data) {
+                (Err(e), _, _) | (_, Err(e), _) => Err(e),
+                (_, _, Err(e)) => Err(format!("expected {{room, typing}}: {e}")),
+                (Ok(()), Ok(guest), Ok(Typing { room, typing })) if socket.rooms().iter().any(|r| r == &room) => {
+                    let _ = socket
+                        .to(room.clone())
+                        .emit("typing", &json!({ "room": room, "guest": guest, "typing": typing }))
+                        .await;
+                    Ok(json!({ "ok": true }))
+                }
+                (Ok(()), Ok(_), Ok(Typing { room, .. })) => Err(format!("join room {room:?} first")),
+            };
+            answer(ack, reply);
+        }
+    });
+    let c = chat.clone();
+    socket.on("dm", move |socket: SocketRef, TryData(data): TryData<Direct>, ack: AckSender| {
+        let chat = c.clone();
+        async move {
+            let reply = match limited(&socket, &chat) {
+                Err(e) => Err(e),
+                Ok(()) => direct_message(&socket, data, &chat).await,
+            };
+            answer(ack, reply);
+        }
+    });
+    socket.on_disconnect(async |socket: SocketRef, reason: DisconnectReason| {
+        tracing::debug!(sid = %socket.id, ?reason, "socket disconnected");
+        for room in socket.rooms().into_iter().filter(|r| !r.starts_with(INTERNAL)) {
+            let members = members(&socket, &room);
+            let _ = socket.to(room.clone()).emit("room:members", &json!({ "room": room, "members": members })).await;
+        }
+    });
+}
+
+/// The client's address: the peer, or what a trusted proxy in front says the client was.
+fn client_address(socket: &SocketRef, trusted: &[IpAddr]) -> IpAddr {
+    let parts = socket.req_parts();
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<crate::drain::PeerAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.0.ip());
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    header("cf-connecting-ip")
+        .and_then(|v| v.trim().parse().ok())
+        // The proxy appends the address it saw last.
+        .or_else(|| header("x-forwarded-for").and_then(|v| v.rsplit(',').next()).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(peer)
+}
+
+/// Takes a token from the socket's and its address's buckets; disconnects an abusive socket.
+fn limited(socket: &SocketRef, chat: &Chat) -> Result<(), String> {
+    let Some(limit) = socket.extensions.get::<Limit>() else { return Ok(()) };
+    let (allowed, abusive) = match limit.bucket.lock() {
+        Ok(mut bucket) => {
+            let allowed = bucket.take(SOCKET_RATE, Instant::now()) && chat.per_address.take(limit.address);
+            (allowed, bucket.refused_in_a_row() >= ABUSE)
+        }
+        Err(_) => (true, false),
+    };
+    if abusive {
+        tracing::warn!(sid = %socket.id, address = %limit.address, "disconnecting a socket that keeps exceeding its rate limit");
+        let _ = socket.clone().disconnect();
+    }
+    if allowed { Ok(()) } else { Err("rate limited".into()) }
+}
+
+/// A returning guest: same identity, back in its rooms (the rooms are told), missed messages sent.
+async fn restore(socket: &SocketRef, claims: Claims, since: &std::collections::HashMap<String, String>, chat: &Chat) {
+    let guest = Guest { id: claims.id, name: claims.name };
+    tracing::debug!(sid = %socket.id, guest = %guest.id, rooms = claims.rooms.len(), "session restored");
+    socket.join(guest_room(&guest.id));
+    socket.extensions.insert(guest);
+    for room in claims.rooms.into_iter().filter(|r| valid_room(r)) {
+        socket.join(room.clone());
+        let _ = room_members_changed(socket, &room).await;
+        if let Some(last) = since.get(&room) {
+            let missed = chat.history.since(&room, Some(last));
+            let _ = socket.emit("history", &json!({ "room": room, "messages": missed }));
+        }
+    }
+    send_session(socket, &chat.sessions);
+}
+
+/// Sends the guest a fresh token for who it is and its rooms now; returns it.
+fn send_session(socket: &SocketRef, sessions: &Sessions) -> Option<String> {
+    let guest = socket.extensions.get::<Guest>()?;
+    let rooms = socket.rooms().into_iter().filter(|r| !r.starts_with(INTERNAL)).map(|r| r.to_string()).collect();
+    let token = sessions.issue(&guest.id, &guest.name, rooms);
+    let _ = socket.emit("session", &json!({ "token": token, "guest": guest }));
+    Some(token)
+}
+
+fn answer(ack: AckSender, reply: Result<Value, String>) {
+    let body = match reply {
+        Ok(value) => value,
+        Err(error) => json!({ "ok": false, "error": error }),
+    };
+    // The client may not have asked for an acknowledgement; then there is nobody to tell.
+    let _ = ack.send(&body);
+}
+
+/// The room every socket of a guest is in, for direct messages.
+fn guest_room(id: &str) -> String {
+    format!("{INTERNAL}guest:{id}")
+}
+
+fn join_guest(socket: &SocketRef, join: JoinGuest) -> Result<Guest, String> {
+    let name = join.name.trim();
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(format!("a name is 1-{MAX_NAME_CHARS} printable characters"));
+    }
+    let guest = match socket.extensions.get::<Guest>() {
+        // Renaming keeps the id: the guest is the same person.
+        Some(existing) => Guest { id: existing.id, name: name.to_owned() },
+        None => Guest { id: format!("g_{}", socket.id), name: name.to_owned() },
+    };
+    socket.join(guest_room(&guest.id));
+    socket.extensions.insert(guest.clone());
+    Ok(guest)
+}
+
+fn guest_of(socket: &SocketRef) -> Result<Guest, String> {
+    socket.extensions.get::<Guest>().ok_or_else(|| "join as a guest first (guest:join {name})".to_owned())
+}
+
+fn room_change(socket: &SocketRef, data: Result<RoomRef, ParserError>, join: bool) -> Result<String, String> {
+    guest_of(socket)?;
+    let room = data.map_err(|e| format!("expected {{room}}: {e}"))?.room;
+    let room = room.trim().to_owned();
+    if !valid_room(&room) {
+        return Err(format!("a room name is 1-{MAX_ROOM_CHARS} characters, not starting with '{INTERNAL}'"));
+    }
+    if join {
+        socket.join(room.clone());
+    } else {
+        socket.leave(room.clone());
+    }
+    Ok(room)
+}
+
+fn valid_room(room: &str) -> bool {
+    !room.is_empty() && room.chars().count() <= MAX_ROOM_CHARS && !room.starts_with(INTERNAL)
+}
+
+/// Tells the room its new member list and answers the caller with it.
+async fn room_members_changed(socket: &SocketRef, room: &str) -> Result<Value, String> {
+    let members = members(socket, room);
+    let update = json!({ "room": room, "members": members });
+    if let Err(e) = socket.within(room.to_owned()).emit("room:members", &update).await {
+        tracing::warn!(room, error = %e, "member list broadcast failed");
+    }
+    // The caller may have just left: it gets the list too, though it is no longer in the room.
+    Ok(json!({ "ok": true, "room": room, "members": members }))
+}
+
+/// Guests connected to `room` on this worker, excluding sockets that are disconnecting.
+fn members(socket: &SocketRef, room: &str) -> Vec<Guest> {
+    socket
+        .within(room.to_owned())
+        .sockets()
+        .into_iter()
+        .filter(|s| s.connected())
+        .filter_map(|s| s.extensions.get::<Guest>())
+        .collect()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn checked_text(text: &str) -> Result<(), String> {
+    if text.is_empty() || text.chars().count() > MAX_TEXT_CHARS {
+        return Err(format!("a message is 1-{MAX_TEXT_CHARS} characters"));
+    }
+    Ok(())
+}
+
+async fn send_message(
+    socket: &SocketRef,
+    data: Result<SendMessage, ParserError>,
+    chat: &Chat,
+) -> Result<Value, String> {
+    let guest = guest_of(socket)?;
+    let SendMessage { room, text } = data.map_err(|e| format!("expected {{room, text}}: {e}"))?;
+    if !socket.rooms().iter().any(|r| r == &room) {
+        return Err(format!("join room {room:?} before sending to it"));
+    }
+    checked_text(&text)?;
+    let (id, time) = (chat.ids.next(), now_ms());
+    let message = json!({ "id": id, "room": room, "from": guest, "text": text, "time": time });
+    socket.within(room.clone()).emit("message", &message).await.map_err(|e| format!("broadcast failed: {e}"))?;
+    chat.history.push(&room, &id, message);
+    chat.delivered.fetch_add(1, Ordering::Relaxed);
+    Ok(json!({ "ok": true, "id": id, "time": time }))
+}
+
+async fn direct_message(socket: &SocketRef, data: Result<Direct, ParserError>, chat: &Chat) -> Result<Value, String> {
+    let guest = guest_of(socket)?;
+    let Direct { to, text } = data.map_err(|e| format!("expected {{to, text}}: {e}"))?;
+    checked_text(&text)?;
+    if socket.within(guest_room(&to)).sockets().is_empty() {
+        return Err(format!("guest {to:?} is not connected"));
+    }
+    let (id, time) = (chat.ids.next(), now_ms());
+    let message = json!({ "id": id, "from": guest, "to": to, "text": text, "time": time });
+    // The addressee, and the sender's other tabs.
+    socket
+        .within(guest_room(&to))
+        .within(guest_room(&guest.id))
+        .emit("dm", &message)
+        .await
+        .map_err(|e| format!("delivery failed: {e}"))?;
+    chat.delivered.fetch_add(1, Ordering::Relaxed);
+    Ok(json!({ "ok": true, "id": id, "time": time }))
+}
+
+/// Default bounds of the recovery history.
+pub const HISTORY_COUNT: usize = 200;
+pub const HISTORY_AGE: Duration = Duration::from_secs(3600);
