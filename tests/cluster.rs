@@ -75,13 +75,7 @@ fn production_cluster_chats_with_socket_io_client_and_kill_leaves_nothing() {
 fn kill_9_of_one_instance_under_load_refuses_nothing_and_it_comes_back() {
     let env = Env::new();
     let port = crate::support::free_port();
-    env.write(
-        "ecosystem.toml",
-        &format!(
-            "[apps.chat]\nscript = \"{}\"\nport = {port}\ninstances = 2\nexec_mode = \"cluster\"\nrestart_delay = \"50ms\"\n",
-            bin("chat-worker").display()
-        ),
-    );
+    env.write("ecosystem.toml", &crate::support::chat_app(port, "cluster", 2, "restart_delay = \"50ms\""));
     env.ok(&["start"]);
     let pids = env.online_pids("chat", 2);
 
@@ -107,13 +101,7 @@ fn kill_9_of_one_instance_under_load_refuses_nothing_and_it_comes_back() {
 fn workers_do_not_outlive_a_daemon_killed_with_sigkill() {
     let env = Env::new();
     let port = crate::support::free_port();
-    env.write(
-        "ecosystem.toml",
-        &format!(
-            "[apps.chat]\nscript = \"{}\"\nport = {port}\ninstances = 2\nexec_mode = \"cluster\"\n",
-            bin("chat-worker").display()
-        ),
-    );
+    env.write("ecosystem.toml", &crate::support::chat_app(port, "cluster", 2, ""));
     env.ok(&["start"]);
     let pids = env.online_pids("chat", 2);
     let daemon = env.daemon_pid().expect("daemon pid");

@@ -136,13 +136,7 @@ fn restart_replaces_pids_and_delete_forgets_the_app() {
 fn run_in_the_foreground_stops_everything_on_sigterm_with_exit_code_0() {
     let env = Env::new();
     let port = crate::support::free_port();
-    env.write(
-        "ecosystem.toml",
-        &format!(
-            "[apps.chat]\nscript = \"{}\"\nport = {port}\ninstances = 2\nexec_mode = \"cluster\"\n",
-            bin("chat-worker").display()
-        ),
-    );
+    env.write("ecosystem.toml", &crate::support::chat_app(port, "cluster", 2, ""));
     let mut run = env.command().arg("run").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("chatctl run");
     env.remember(run.id());
     let pids = env.online_pids("chat", 2);
@@ -234,10 +228,12 @@ fn describe_shows_the_settings_in_effect_and_each_instances_history() {
     let port = crate::support::free_port();
     env.write(
         "ecosystem.toml",
-        &format!(
-            "[apps.chat]\nscript = \"{}\"\nport = {port}\ninstances = 2\nexec_mode = \"cluster\"\nmin_uptime = \"50ms\"\n\
-             health = {{ interval = \"100ms\" }}\n[apps.chat.profiles.prod]\nkill_timeout = \"3s\"\n",
-            bin("chat-worker").display()
+        &crate::support::chat_app(
+            port,
+            "cluster",
+            2,
+            "min_uptime = \"50ms\"\n\
+             health = { interval = \"100ms\" }\n[apps.chat.profiles.prod]\nkill_timeout = \"3s\"",
         ),
     );
     env.ok(&["start", "prod"]);
@@ -360,10 +356,12 @@ fn metrics_are_prometheus_text_matching_list() {
     let metrics_port = crate::support::free_port();
     env.write(
         "ecosystem.toml",
-        &format!(
-            "[apps.chat]\nscript = \"{}\"\nport = {port}\ninstances = 2\nexec_mode = \"cluster\"\nmin_uptime = \"50ms\"\n\
-             health = {{ interval = \"100ms\" }}\n",
-            bin("chat-worker").display()
+        &crate::support::chat_app(
+            port,
+            "cluster",
+            2,
+            "min_uptime = \"50ms\"\n\
+             health = { interval = \"100ms\" }",
         ),
     );
     let out = crate::support::run_bounded(

@@ -40,13 +40,7 @@ impl Drop for Tmux {
 fn monit_shows_real_pids_restarts_the_selected_instance_and_restores_the_terminal() {
     let env = Env::new();
     let port = crate::support::free_port();
-    env.write(
-        "ecosystem.toml",
-        &format!(
-            "[apps.chat]\nscript = \"{}\"\nport = {port}\ninstances = 2\nexec_mode = \"cluster\"\n",
-            bin("chat-worker").display()
-        ),
-    );
+    env.write("ecosystem.toml", &crate::support::chat_app(port, "cluster", 2, ""));
     env.ok(&["start"]);
     let pids = env.online_pids("chat", 2);
     let tmux = Tmux { socket: env.path("tmux.sock") };

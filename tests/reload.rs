@@ -4,15 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::{Env, bin, free_ports, stderr, wait_until};
+use crate::support::{Env, bin, chat_app, free_ports, stderr, wait_until};
 use chat_bench::load::Load;
-
-fn worker_config(port: u16, mode: &str, instances: usize, extra: &str) -> String {
-    format!(
-        "[apps.chat]\nscript = \"{}\"\nport = {port}\ninstances = {instances}\nexec_mode = \"{mode}\"\n{extra}\n",
-        bin("chat-worker").display()
-    )
-}
 
 /// Reloads `app` under load on `addrs` (new connections and keep-alive); asserts zero failures and
 /// that every instance got a new pid.
@@ -35,9 +28,9 @@ fn reload_under_load(env: &Env, app: &str, instances: usize, addrs: Vec<SocketAd
 fn a_cluster_reload_under_load_fails_no_request_and_replaces_every_instance() {
     let env = Env::new();
     let port = crate::support::free_port();
-    env.write("ecosystem.toml", &worker_config(port, "cluster", 4, "env = { RELEASE = \"1\" }"));
+    env.write("ecosystem.toml", &chat_app(port, "cluster", 4, "env = { RELEASE = \"1\" }"));
     env.ok(&["start"]);
-    env.write("ecosystem.toml", &worker_config(port, "cluster", 4, "env = { RELEASE = \"2\" }"));
+    env.write("ecosystem.toml", &chat_app(port, "cluster", 4, "env = { RELEASE = \"2\" }"));
     reload_under_load(&env, "chat", 4, vec![([127, 0, 0, 1], port).into()]);
 }
 
@@ -45,7 +38,7 @@ fn a_cluster_reload_under_load_fails_no_request_and_replaces_every_instance() {
 fn a_fork_mode_reload_under_load_on_four_ports_fails_no_request() {
     let env = Env::new();
     let base = free_ports(4);
-    env.write("ecosystem.toml", &worker_config(base, "fork", 4, ""));
+    env.write("ecosystem.toml", &chat_app(base, "fork", 4, ""));
     env.ok(&["start"]);
     let addrs = (0..4).map(|i| SocketAddr::from(([127, 0, 0, 1], base + i))).collect();
     reload_under_load(&env, "chat", 4, addrs);
@@ -55,7 +48,7 @@ fn a_fork_mode_reload_under_load_on_four_ports_fails_no_request() {
 fn a_broken_release_stops_the_reload_at_the_first_instance_and_the_old_ones_keep_serving() {
     let env = Env::new();
     let port = crate::support::free_port();
-    env.write("ecosystem.toml", &worker_config(port, "cluster", 3, ""));
+    env.write("ecosystem.toml", &chat_app(port, "cluster", 3, ""));
     env.ok(&["start"]);
     let before = env.online_pids("chat", 3);
     // The new release crashes at start.
@@ -90,10 +83,10 @@ fn a_broken_release_stops_the_reload_at_the_first_instance_and_the_old_ones_keep
 fn a_bad_file_at_reload_time_changes_nothing() {
     let env = Env::new();
     let port = crate::support::free_port();
-    env.write("ecosystem.toml", &worker_config(port, "cluster", 2, ""));
+    env.write("ecosystem.toml", &chat_app(port, "cluster", 2, ""));
     env.ok(&["start"]);
     let before = env.online_pids("chat", 2);
-    env.write("ecosystem.toml", &worker_config(port, "cluster", 2, "instance = 3"));
+    env.write("ecosystem.toml", &chat_app(port, "cluster", 2, "instance = 3"));
     let out = env.chatctl(&["reload"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("ecosystem.toml:6:1: error: apps.chat.instance"), "{}", stderr(&out));
@@ -134,7 +127,7 @@ fn two_reloads_of_one_app_never_run_at_once_and_reload_scales() {
 fn scale_adds_and_removes_instances_at_the_end_and_leaves_the_others() {
     let env = Env::new();
     let port = crate::support::free_port();
-    env.write("ecosystem.toml", &worker_config(port, "cluster", 2, ""));
+    env.write("ecosystem.toml", &chat_app(port, "cluster", 2, ""));
     env.ok(&["start"]);
     let before = env.online_pids("chat", 2);
     let out = env.ok(&["scale", "chat", "+2"]);
@@ -152,7 +145,7 @@ fn start_with_reload_reloads_what_runs_and_a_failing_build_touches_nothing() {
     let env = Env::new();
     let port = crate::support::free_port();
     let marker = env.path("built");
-    let config = |build: &str| worker_config(port, "cluster", 2, &format!("build = {build:?}"));
+    let config = |build: &str| chat_app(port, "cluster", 2, &format!("build = {build:?}"));
     env.write("ecosystem.toml", &config(&format!("touch {}", marker.display())));
     env.ok(&["start"]);
     let before = env.online_pids("chat", 2);
@@ -177,7 +170,7 @@ fn start_with_reload_reloads_what_runs_and_a_failing_build_touches_nothing() {
 fn a_program_that_binds_its_own_port_is_reloaded_by_restarting_one_by_one() {
     let env = Env::new();
     let base = free_ports(2);
-    env.write("ecosystem.toml", &worker_config(base, "fork", 2, "inherit_socket = false"));
+    env.write("ecosystem.toml", &chat_app(base, "fork", 2, "inherit_socket = false"));
     env.ok(&["start"]);
     let before = env.online_pids("chat", 2);
     let out = env.ok(&["reload"]);
@@ -198,7 +191,7 @@ fn chatting_guests_reconnect_through_a_reload_with_their_identity_and_rooms() {
     let port = crate::support::free_port();
     // One instance: rooms are per worker until the local bus, so every guest must land on the one
     // that replaced the old one.
-    env.write("ecosystem.toml", &worker_config(port, "cluster", 1, ""));
+    env.write("ecosystem.toml", &chat_app(port, "cluster", 1, ""));
     env.ok(&["start"]);
     let out = crate::support::run_bounded(
         std::process::Command::new("node")

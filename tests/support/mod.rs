@@ -22,6 +22,15 @@ pub(crate) fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// An `[apps.chat]` table running this build's chat-worker: `mode` is "cluster" or "fork"; `extra`
+/// holds more keys, one per line.
+pub(crate) fn chat_app(port: u16, mode: &str, instances: usize, extra: &str) -> String {
+    format!(
+        "[apps.chat]\nscript = \"{}\"\nport = {port}\ninstances = {instances}\nexec_mode = \"{mode}\"\n{extra}\n",
+        bin("chat-worker").display()
+    )
+}
+
 /// The directory of this test crate (where `package.json` and `clients/` live).
 pub(crate) fn tests_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
