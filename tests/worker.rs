@@ -20,6 +20,8 @@ impl Worker {
         let child = Command::new(bin("chat-worker"))
             .env("PORT", port.to_string())
             .env("RUST_LOG", "warn")
+            .env("ICE_SERVERS", "stun:stun.example.org:3478,turn:turn.example.org:3478?transport=udp")
+            .env("TURN_SECRET", "north")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -38,7 +40,7 @@ impl Drop for Worker {
 }
 
 #[test]
-fn typing_direct_messages_recovery_limits_and_oversized_packets() {
+fn typing_direct_messages_recovery_calls_ice_limits_and_oversized_packets() {
     let worker = Worker::start();
     let out = node("features.mjs", &[&format!("http://{}", worker.addr)]);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -21,7 +21,11 @@ const ask = (s, event, data) => s.timeout(5000).emitWithAck(event, data).catch((
 
 async function guest(name) {
   const s = io(url, { transports: ["websocket"], reconnection: false });
-  const g = { s, name, typing: [], dms: [], messages: [], closed: false };
+  const g = { s, name, typing: [], dms: [], messages: [], closed: false, signals: [], ice: null };
+  for (const e of ["call:invite", "call:accept", "call:reject", "call:end", "call:leave", "offer", "answer", "ice-candidate"]) {
+    s.on(e, (body) => g.signals.push({ e, body }));
+  }
+  s.on("ice:servers", (c) => (g.ice = c));
   s.on("typing", (t) => g.typing.push(t));
   s.on("dm", (m) => g.dms.push(m));
   s.on("message", (m) => g.messages.push(m));
@@ -57,6 +61,39 @@ const carol = await guest("carol");
 const late = await ask(carol.s, "room:join", { room: "lobby", since: ids[0] });
 const missed = late.missed.map((m) => m.text);
 if (JSON.stringify(missed) !== JSON.stringify(["two", "three"])) fail(`missed: ${JSON.stringify(missed)}`);
+
+// ICE servers with time-limited TURN credentials (the worker runs with ICE_SERVERS and TURN_SECRET).
+await until("ice servers delivered", () => ann.ice !== null);
+const turn = ann.ice.iceServers.find((s) => s.urls.some((u) => u.startsWith("turn:")));
+if (!turn || !turn.username.endsWith(`:${ann.id}`) || !turn.credential) fail(`ice: ${JSON.stringify(ann.ice)}`);
+
+// A call: invite, accept, offer/answer/ICE relayed only between participants, end.
+const seen = (g, e, n = 1) => g.signals.filter((s) => s.e === e).length >= n;
+const invite = await ask(ann.s, "call:invite", { to: [bob.id], media: "video" });
+if (!invite.ok) fail(`call:invite: ${invite.error}`);
+const call = invite.call;
+await until("bob invited", () => seen(bob, "call:invite"));
+if (!(await ask(bob.s, "call:accept", { call })).ok) fail("call:accept");
+await until("ann told of the accept", () => seen(ann, "call:accept"));
+if (!(await ask(ann.s, "offer", { call, to: bob.id, sdp: "v=0 offer" })).ok) fail("offer");
+if (!(await ask(bob.s, "answer", { call, to: ann.id, sdp: "v=0 answer" })).ok) fail("answer");
+if (!(await ask(ann.s, "ice-candidate", { call, to: bob.id, candidate: { candidate: "c1" } })).ok) fail("ice");
+await until("signals relayed", () => seen(bob, "offer") && seen(ann, "answer") && seen(bob, "ice-candidate"));
+const offer = bob.signals.find((s) => s.e === "offer").body;
+if (offer.sdp !== "v=0 offer" || offer.from.id !== ann.id) fail(`offer relayed wrong: ${JSON.stringify(offer)}`);
+if ((await ask(carol.s, "offer", { call, to: bob.id, sdp: "intruder" })).ok) fail("a non-participant's offer was relayed");
+if (bob.signals.filter((s) => s.e === "offer").length !== 1) fail("the intruder's offer reached bob");
+if (!(await ask(ann.s, "call:end", { call })).ok) fail("call:end");
+await until("bob told the call ended", () => seen(bob, "call:end"));
+if (carol.signals.length) fail(`carol saw signals of a call she was not in: ${JSON.stringify(carol.signals)}`);
+
+// A participant who disconnects ends a 1:1 call for the other.
+const dave = await guest("dave");
+const second = await ask(dave.s, "call:invite", { to: [ann.id], media: "audio" });
+if (!second.ok) fail(`second call: ${second.error}`);
+await until("ann invited again", () => seen(ann, "call:invite", 1));
+dave.s.disconnect();
+await until("ann told the call ended", () => seen(ann, "call:end"));
 
 // A flood is refused past the burst; the others keep chatting; a socket that keeps going is cut off.
 const flooder = await guest("flood");

@@ -27,6 +27,11 @@ pub struct Config {
     pub max_payload: u64,
     /// Reverse proxies whose `X-Forwarded-For` / `CF-Connecting-IP` are believed.
     pub trusted_proxies: Vec<IpAddr>,
+    /// STUN and TURN urls for WebRTC clients.
+    pub ice_servers: Vec<String>,
+    /// Shared secret of the TURN server (TURN REST credentials).
+    pub turn_secret: Option<Vec<u8>>,
+    pub turn_ttl: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +90,26 @@ impl Config {
                 .map(String::into_bytes),
             session_ttl: parse(&lookup, "SESSION_TTL", HumanDuration(Duration::from_secs(86_400)))?.0,
             max_payload: parse(&lookup, "MAX_PAYLOAD", ByteSize(64 << 10))?.0,
+            ice_servers: match lookup("ICE_SERVERS") {
+                None => Vec::new(),
+                Some(list) => {
+                    let urls: Vec<String> =
+                        list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+                    if let Some(bad) = urls
+                        .iter()
+                        .find(|u| !(u.starts_with("stun:") || u.starts_with("turn:") || u.starts_with("turns:")))
+                    {
+                        return Err(ConfigError {
+                            name: "ICE_SERVERS",
+                            value: list.clone(),
+                            why: format!("{bad:?} is not a stun:, turn: or turns: url"),
+                        });
+                    }
+                    urls
+                }
+            },
+            turn_secret: lookup("TURN_SECRET").filter(|s| !s.is_empty()).map(String::into_bytes),
+            turn_ttl: parse(&lookup, "TURN_TTL", HumanDuration(Duration::from_secs(3600)))?.0,
             trusted_proxies: match lookup("TRUSTED_PROXIES") {
                 None => Vec::new(),
                 Some(list) => list

@@ -71,6 +71,11 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
         messages.clone(),
         realtime::History::new(realtime::HISTORY_COUNT, realtime::HISTORY_AGE),
         config.trusted_proxies.clone(),
+        realtime::IceConfig {
+            urls: config.ice_servers.clone(),
+            turn_secret: config.turn_secret.clone(),
+            turn_ttl: config.turn_ttl,
+        },
     );
     realtime::register(&io, Arc::new(chat));
     let state = Arc::new(WorkerState {

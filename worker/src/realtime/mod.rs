@@ -27,6 +27,7 @@
 //!
 //! Rooms are local to this worker for now: sharing them across workers is the local bus / Redis work.
 
+mod calls;
 mod history;
 mod limits;
 
@@ -42,6 +43,8 @@ use socketioxide::socket::DisconnectReason;
 use socketioxide::{ParserError, SocketIo};
 
 use crate::session::{Claims, Sessions};
+use calls::Calls;
+pub use calls::IceConfig;
 pub use history::History;
 use limits::{Bucket, PerAddress, Rate};
 
@@ -75,6 +78,8 @@ pub struct Chat {
     per_address: PerAddress,
     /// Peers whose `X-Forwarded-For` / `CF-Connecting-IP` name the client (a reverse proxy, a CDN).
     trusted_proxies: Vec<IpAddr>,
+    calls: Calls,
+    ice: IceConfig,
 }
 
 impl Chat {
@@ -84,6 +89,7 @@ impl Chat {
         delivered: Arc<AtomicU64>,
         history: History,
         trusted_proxies: Vec<IpAddr>,
+        ice: IceConfig,
     ) -> Chat {
         Chat {
             instance: instance.map(Into::into),
@@ -96,6 +102,8 @@ impl Chat {
             },
             per_address: PerAddress::new(ADDRESS_RATE),
             trusted_proxies,
+            calls: Calls::default(),
+            ice,
         }
     }
 }
@@ -152,6 +160,10 @@ impl MessageIds {
     }
 }
 
+/// The ICE configuration a guest's client gets (with its own TURN credentials), set on join.
+#[derive(Clone)]
+struct IceFor(Value);
+
 /// A socket's own rate limit and the address it counts against.
 #[derive(Clone)]
 struct Limit {
@@ -176,6 +188,9 @@ pub fn register(io: &SocketIo, chat: Arc<Chat>) {
                 }
                 None => {}
             }
+            if let Some(guest) = socket.extensions.get::<Guest>() {
+                socket.extensions.insert(IceFor(chat.ice.for_guest(&guest.id, now_ms() / 1000)));
+            }
             if let (Some(name), None) = (auth.name, socket.extensions.get::<Guest>()) {
                 // A bad name in `auth` is ignored here; the client can still `guest:join`.
                 if join_guest(&socket, JoinGuest { name }).is_ok() {
@@ -195,6 +210,7 @@ fn handlers(socket: &SocketRef, chat: &Arc<Chat>) {
             let reply = match data {
                 // `instance` tells the client (and tests) which worker of a cluster serves it.
                 Ok(join) => join_guest(&socket, join).map(|g| {
+                    socket.extensions.insert(IceFor(chat.ice.for_guest(&g.id, now_ms() / 1000)));
                     let token = send_session(&socket, &chat.sessions);
                     json!({ "ok": true, "guest": g, "instance": chat.instance.as_deref(), "token": token })
                 }),
@@ -266,13 +282,150 @@ fn handlers(socket: &SocketRef, chat: &Arc<Chat>) {
             answer(ack, reply);
         }
     });
-    socket.on_disconnect(async |socket: SocketRef, reason: DisconnectReason| {
-        tracing::debug!(sid = %socket.id, ?reason, "socket disconnected");
-        for room in socket.rooms().into_iter().filter(|r| !r.starts_with(INTERNAL)) {
-            let members = members(&socket, &room);
-            let _ = socket.to(room.clone()).emit("room:members", &json!({ "room": room, "members": members })).await;
+    call_handlers(socket, chat);
+    let c = chat.clone();
+    socket.on_disconnect(move |socket: SocketRef, reason: DisconnectReason| {
+        let chat = c.clone();
+        async move {
+            tracing::debug!(sid = %socket.id, ?reason, "socket disconnected");
+            if let Some(guest) = socket.extensions.get::<Guest>() {
+                // The guest's last socket here leaves its calls.
+                let others = socket
+                    .within(guest_room(&guest.id))
+                    .sockets()
+                    .into_iter()
+                    .filter(|s| s.id != socket.id && s.connected())
+                    .count();
+                if others == 0 {
+                    for call in chat.calls.of_guest(&guest.id) {
+                        if let Some((left, over)) = chat.calls.leave(&call, &guest.id) {
+                            let event = if over { "call:end" } else { "call:leave" };
+                            for id in left {
+                                let _ = socket
+                                    .within(guest_room(&id))
+                                    .emit(event, &json!({ "call": call, "by": guest, "guest": guest }))
+                                    .await;
+                            }
+                        }
+                    }
+                }
+            }
+            for room in socket.rooms().into_iter().filter(|r| !r.starts_with(INTERNAL)) {
+                let members = members(&socket, &room);
+                let _ =
+                    socket.to(room.clone()).emit("room:members", &json!({ "room": room, "members": members })).await;
+            }
         }
     });
+}
+
+#[derive(Debug, Deserialize)]
+struct Invite {
+    to: Vec<String>,
+    #[serde(default = "audio")]
+    media: String,
+}
+
+fn audio() -> String {
+    "audio".into()
+}
+
+#[derive(Debug, Deserialize)]
+struct CallRef {
+    call: String,
+}
+
+/// `offer`, `answer`, `ice-candidate`: the payload is relayed as it is, with `from` added.
+#[derive(Debug, Deserialize)]
+struct Signal {
+    call: String,
+    to: String,
+    #[serde(flatten)]
+    payload: serde_json::Map<String, Value>,
+}
+
+fn call_handlers(socket: &SocketRef, chat: &Arc<Chat>) {
+    let c = chat.clone();
+    socket.on("call:invite", move |socket: SocketRef, TryData(data): TryData<Invite>, ack: AckSender| {
+        let chat = c.clone();
+        async move {
+            let reply = async {
+                limited(&socket, &chat)?;
+                let guest = guest_of(&socket)?;
+                let Invite { to, media } = data.map_err(|e| format!("expected {{to: [guest ids], media}}: {e}"))?;
+                if !matches!(media.as_str(), "audio" | "video") {
+                    return Err("media is \"audio\" or \"video\"".to_owned());
+                }
+                if let Some(absent) = to.iter().find(|id| socket.within(guest_room(id)).sockets().is_empty()) {
+                    return Err(format!("guest {absent:?} is not connected"));
+                }
+                let id = format!("call-{}", chat.ids.next());
+                let call = chat.calls.create(&id, &guest.id, &to)?;
+                let invite = json!({ "call": id, "from": guest, "media": media, "participants": call.participants });
+                for invitee in &to {
+                    let _ = socket.within(guest_room(invitee)).emit("call:invite", &invite).await;
+                }
+                Ok(json!({ "ok": true, "call": id }))
+            }
+            .await;
+            answer(ack, reply);
+        }
+    });
+    for event in ["call:accept", "call:reject", "call:end"] {
+        let c = chat.clone();
+        socket.on(event, move |socket: SocketRef, TryData(data): TryData<CallRef>, ack: AckSender| {
+            let chat = c.clone();
+            async move {
+                let reply = async {
+                    let guest = guest_of(&socket)?;
+                    let CallRef { call } = data.map_err(|e| format!("expected {{call}}: {e}"))?;
+                    let current = chat.calls.of(&call, &guest.id)?;
+                    let (notify, ended) = match event {
+                        "call:end" => (chat.calls.end(&call).unwrap_or_default(), true),
+                        "call:reject" => match chat.calls.leave(&call, &guest.id) {
+                            Some((left, over)) => (left, over),
+                            None => (Vec::new(), true),
+                        },
+                        _ => (current.participants.into_iter().filter(|p| *p != guest.id).collect(), false),
+                    };
+                    let body = json!({ "call": call, "guest": guest, "by": guest });
+                    for id in &notify {
+                        let _ = socket.within(guest_room(id)).emit(event, &body).await;
+                        if ended && event != "call:end" {
+                            let _ = socket.within(guest_room(id)).emit("call:end", &body).await;
+                        }
+                    }
+                    Ok(json!({ "ok": true }))
+                }
+                .await;
+                answer(ack, reply);
+            }
+        });
+    }
+    for event in ["offer", "answer", "ice-candidate"] {
+        let c = chat.clone();
+        socket.on(event, move |socket: SocketRef, TryData(data): TryData<Signal>, ack: AckSender| {
+            let chat = c.clone();
+            async move {
+                let reply = async {
+                    let guest = guest_of(&socket)?;
+                    let Signal { call, to, mut payload } =
+                        data.map_err(|e| format!("expected {{call, to, ...}}: {e}"))?;
+                    let current = chat.calls.of(&call, &guest.id)?;
+                    if !current.participants.contains(&to) {
+                        return Err(format!("{to:?} is not in this call"));
+                    }
+                    payload.insert("call".into(), Value::from(call));
+                    payload.insert("from".into(), json!(guest));
+                    payload.insert("to".into(), Value::from(to.clone()));
+                    let _ = socket.within(guest_room(&to)).emit(event, &Value::Object(payload)).await;
+                    Ok(json!({ "ok": true }))
+                }
+                .await;
+                answer(ack, reply);
+            }
+        });
+    }
 }
 
 /// The client's address: the peer, or what a trusted proxy in front says the client was.
@@ -330,6 +483,9 @@ async fn restore(socket: &SocketRef, claims: Claims, since: &std::collections::H
 /// Sends the guest a fresh token for who it is and its rooms now; returns it.
 fn send_session(socket: &SocketRef, sessions: &Sessions) -> Option<String> {
     let guest = socket.extensions.get::<Guest>()?;
+    if let Some(ice) = socket.extensions.get::<IceFor>() {
+        let _ = socket.emit("ice:servers", &ice.0);
+    }
     let rooms = socket.rooms().into_iter().filter(|r| !r.starts_with(INTERNAL)).map(|r| r.to_string()).collect();
     let token = sessions.issue(&guest.id, &guest.name, rooms);
     let _ = socket.emit("session", &json!({ "token": token, "guest": guest }));

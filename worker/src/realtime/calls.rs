@@ -1,0 +1,162 @@
+//! WebRTC call signalling: invitations, answers and the SDP/ICE relay between a call's participants
+//! only. Messages go to each participant's guest room, so they reach every tab of that guest.
+//!
+//! Events (client → server; acknowledged `{ok, ...}` or `{ok: false, error}`):
+//! - `call:invite {to: [guest ids], media}` → `{ok, call}`; each invitee gets
+//!   `call:invite {call, from, media, participants}`.
+//! - `call:accept {call}` / `call:reject {call}`: the other participants get
+//!   `call:accept|call:reject {call, guest}`; a call with one participant left ends.
+//! - `offer|answer|ice-candidate {call, to, ...}`: relayed to `to` with `from` added, only between
+//!   participants of that call.
+//! - `call:end {call}`: everyone gets `call:end {call, by}`. A participant whose last socket
+//!   disconnects leaves the call the same way.
+//!
+//! The call registry is this worker's for now (shared with cross-worker rooms).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use serde_json::{Value, json};
+
+/// At most this many people in one call (a small-room call, not a conference).
+pub(super) const MAX_PARTICIPANTS: usize = 8;
+
+#[derive(Debug, Clone)]
+pub(super) struct Call {
+    pub(super) participants: BTreeSet<String>,
+}
+
+#[derive(Default)]
+pub(super) struct Calls {
+    /// `std::sync::Mutex`: held for a lookup or an update, never across an await.
+    calls: Mutex<HashMap<String, Call>>,
+}
+
+impl Calls {
+    pub(super) fn create(&self, id: &str, from: &str, to: &[String]) -> Result<Call, String> {
+        let mut participants: BTreeSet<String> = to.iter().cloned().collect();
+        participants.insert(from.to_owned());
+        if participants.len() < 2 {
+            return Err("invite at least one other guest".into());
+        }
+        if participants.len() > MAX_PARTICIPANTS {
+            return Err(format!("a call has at most {MAX_PARTICIPANTS} participants"));
+        }
+        let call = Call { participants };
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.insert(id.to_owned(), call.clone());
+        }
+        Ok(call)
+    }
+
+    /// The call, if `guest` takes part in it.
+    pub(super) fn of(&self, id: &str, guest: &str) -> Result<Call, String> {
+        let calls = self.calls.lock().map_err(|_| "call registry unavailable".to_owned())?;
+        match calls.get(id) {
+            Some(call) if call.participants.contains(guest) => Ok(call.clone()),
+            Some(_) => Err("not a participant of this call".into()),
+            None => Err(format!("no call {id:?}")),
+        }
+    }
+
+    /// Removes `guest` from a call; returns who is left, and whether the call is over.
+    pub(super) fn leave(&self, id: &str, guest: &str) -> Option<(Vec<String>, bool)> {
+        let mut calls = self.calls.lock().ok()?;
+        let call = calls.get_mut(id)?;
+        call.participants.remove(guest);
+        let left: Vec<String> = call.participants.iter().cloned().collect();
+        let over = left.len() < 2;
+        if over {
+            calls.remove(id);
+        }
+        Some((left, over))
+    }
+
+    /// Ends a call; returns its participants.
+    pub(super) fn end(&self, id: &str) -> Option<Vec<String>> {
+        self.calls.lock().ok()?.remove(id).map(|c| c.participants.into_iter().collect())
+    }
+
+    /// Calls `guest` takes part in.
+    pub(super) fn of_guest(&self, guest: &str) -> Vec<String> {
+        self.calls
+            .lock()
+            .map(|calls| {
+                calls.iter().filter(|(_, c)| c.participants.contains(guest)).map(|(id, _)| id.clone()).collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.calls.lock().map_or(0, |c| c.len())
+    }
+}
+
+/// ICE servers for clients: STUN and TURN urls from `ICE_SERVERS`; TURN credentials time-limited
+/// with `TURN_SECRET`, the standard TURN REST scheme (username `EXPIRY:GUEST`, credential
+/// base64(HMAC-SHA1(secret, username))), which coturn's `use-auth-secret` verifies.
+pub struct IceConfig {
+    pub urls: Vec<String>,
+    pub turn_secret: Option<Vec<u8>>,
+    pub turn_ttl: std::time::Duration,
+}
+
+impl IceConfig {
+    pub fn for_guest(&self, guest: &str, now_secs: u64) -> Value {
+        use base64::Engine;
+        use hmac::{Hmac, KeyInit, Mac};
+        let stun: Vec<&String> = self.urls.iter().filter(|u| u.starts_with("stun")).collect();
+        let turn: Vec<&String> = self.urls.iter().filter(|u| u.starts_with("turn")).collect();
+        let mut servers = Vec::new();
+        if !stun.is_empty() {
+            servers.push(json!({ "urls": stun }));
+        }
+        if !turn.is_empty() {
+            match &self.turn_secret {
+                Some(secret) => {
+                    let username = format!("{}:{guest}", now_secs + self.turn_ttl.as_secs());
+                    let mut mac = <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(secret)
+                        .expect("UNWRAP: HMAC takes keys of any length");
+                    mac.update(username.as_bytes());
+                    let credential = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+                    servers.push(json!({ "urls": turn, "username": username, "credential": credential }));
+                }
+                None => servers.push(json!({ "urls": turn })),
+            }
+        }
+        json!({ "iceServers": servers })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn participants_only_and_ending() {
+        let calls = Calls::default();
+        assert!(calls.create("c1", "a", &[]).is_err());
+        calls.create("c1", "a", &["b".into(), "c".into()]).expect("created");
+        assert!(calls.of("c1", "b").is_ok());
+        assert_eq!(calls.of("c1", "z").map(|_| ()), Err("not a participant of this call".into()));
+        assert_eq!(calls.leave("c1", "c"), Some((vec!["a".into(), "b".into()], false)));
+        assert_eq!(calls.of_guest("a"), vec!["c1".to_owned()]);
+        assert_eq!(calls.leave("c1", "b"), Some((vec!["a".into()], true)));
+        assert_eq!(calls.len(), 0);
+    }
+
+    #[test]
+    fn turn_rest_credentials() {
+        let ice = IceConfig {
+            urls: vec!["stun:stun.example.org".into(), "turn:turn.example.org?transport=udp".into()],
+            turn_secret: Some(b"north".to_vec()),
+            turn_ttl: std::time::Duration::from_secs(3600),
+        };
+        let v = ice.for_guest("g_1", 1_000_000);
+        assert_eq!(v["iceServers"][0]["urls"][0], "stun:stun.example.org");
+        assert_eq!(v["iceServers"][1]["username"], "1003600:g_1");
+        // Computed independently (Python's hmac): base64(HMAC-SHA1("north", "1003600:g_1")).
+        assert_eq!(v["iceServers"][1]["credential"], "ijTPA/MrU9LTJMlvj3RvoCQQNeU=");
+    }
+}
