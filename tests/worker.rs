@@ -22,6 +22,8 @@ impl Worker {
             .env("RUST_LOG", "warn")
             .env("ICE_SERVERS", "stun:stun.example.org:3478,turn:turn.example.org:3478?transport=udp")
             .env("TURN_SECRET", "north")
+            .env("CORS_ORIGINS", "https://chat.example.com,https://*.vercel.app")
+            .env("STATS_INTERVAL", "200ms")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -46,6 +48,21 @@ fn typing_direct_messages_recovery_calls_ice_limits_and_oversized_packets() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(alive(worker.child.id()), "the worker survived");
+    // Long-polling from a browser: CORS headers for the listed origins only.
+    let preflight = |origin: &str| {
+        let mut stream = TcpStream::connect(worker.addr).expect("connect");
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let request = format!(
+            "OPTIONS /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nOrigin: {origin}\r\n\
+             Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).expect("write");
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response.to_ascii_lowercase()
+    };
+    assert!(preflight("https://chat.example.com").contains("access-control-allow-origin: https://chat.example.com"));
+    assert!(!preflight("https://evil.example").contains("access-control-allow-origin"));
 }
 
 /// Sends raw bytes as a websocket client would after the upgrade; returns whether the server kept

@@ -26,6 +26,7 @@ async function guest(name) {
     s.on(e, (body) => g.signals.push({ e, body }));
   }
   s.on("ice:servers", (c) => (g.ice = c));
+  s.on("stats", (st) => (g.stats = st));
   s.on("typing", (t) => g.typing.push(t));
   s.on("dm", (m) => g.dms.push(m));
   s.on("message", (m) => g.messages.push(m));
@@ -37,10 +38,29 @@ async function guest(name) {
   return g;
 }
 
+// Origins (the worker runs with CORS_ORIGINS): a page of another origin is refused, a listed
+// wildcard subdomain is let in.
+const fromOrigin = (origin) =>
+  new Promise((resolve) => {
+    const s = io(url, { transports: ["websocket"], reconnection: false, extraHeaders: { origin } });
+    s.on("connect", () => resolve({ ok: true, s }));
+    s.on("connect_error", (e) => resolve({ ok: false, error: e.message, s }));
+  });
+const evil = await fromOrigin("https://evil.example");
+if (evil.ok || !/origin not allowed/.test(evil.error)) fail(`a disallowed origin: ${JSON.stringify({ ok: evil.ok, error: evil.error })}`);
+evil.s.close();
+const preview = await fromOrigin("https://pr-42.vercel.app");
+if (!preview.ok) fail(`an allowed origin was refused: ${preview.error}`);
+preview.s.close();
+
 const ann = await guest("ann");
 const bob = await guest("bob");
 for (const g of [ann, bob]) if (!(await ask(g.s, "room:join", { room: "lobby" })).ok) fail("room:join");
 if ((await ask(ann.s, "room:join", { room: "@guest:x" })).ok) fail("an internal room name was accepted");
+
+// The live statistics broadcast (every 200 ms here).
+await until("a stats broadcast", () => ann.stats && ann.stats.users >= 2 && ann.stats.rooms >= 1);
+if (ann.stats.scope !== "worker" || typeof ann.stats.messages_per_second !== "number") fail(`stats: ${JSON.stringify(ann.stats)}`);
 
 // Typing reaches the others, not the typist.
 if (!(await ask(bob.s, "typing", { room: "lobby", typing: true })).ok) fail("typing refused");

@@ -27,6 +27,10 @@ pub struct Config {
     pub max_payload: u64,
     /// Reverse proxies whose `X-Forwarded-For` / `CF-Connecting-IP` are believed.
     pub trusted_proxies: Vec<IpAddr>,
+    /// How often clients get the `stats` broadcast.
+    pub stats_interval: Duration,
+    /// Web origins allowed to connect (`None`: any).
+    pub origins: Option<crate::origins::Origins>,
     /// STUN and TURN urls for WebRTC clients.
     pub ice_servers: Vec<String>,
     /// Shared secret of the TURN server (TURN REST credentials).
@@ -90,6 +94,17 @@ impl Config {
                 .map(String::into_bytes),
             session_ttl: parse(&lookup, "SESSION_TTL", HumanDuration(Duration::from_secs(86_400)))?.0,
             max_payload: parse(&lookup, "MAX_PAYLOAD", ByteSize(64 << 10))?.0,
+            stats_interval: parse(&lookup, "STATS_INTERVAL", HumanDuration(Duration::from_secs(5)))?
+                .0
+                .max(Duration::from_millis(100)),
+            origins: match lookup("CORS_ORIGINS") {
+                None => None,
+                Some(list) => crate::origins::Origins::parse(&list).map_err(|why| ConfigError {
+                    name: "CORS_ORIGINS",
+                    value: list.clone(),
+                    why,
+                })?,
+            },
             ice_servers: match lookup("ICE_SERVERS") {
                 None => Vec::new(),
                 Some(list) => {

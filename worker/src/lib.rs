@@ -23,6 +23,7 @@ pub mod config;
 pub mod drain;
 pub mod http;
 pub mod listeners;
+pub mod origins;
 pub mod realtime;
 pub mod session;
 
@@ -77,7 +78,7 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
             turn_ttl: config.turn_ttl,
         },
     );
-    realtime::register(&io, Arc::new(chat));
+    realtime::register(&io, Arc::new(chat), config.origins.clone());
     let state = Arc::new(WorkerState {
         started: Instant::now(),
         messages,
@@ -108,7 +109,10 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
         }),
         accepting_rx,
     );
-    let router = http::router(state.clone()).layer(layer);
+    let mut router = http::router(state.clone()).layer(layer);
+    if let Some(origins) = &config.origins {
+        router = router.layer(origins.cors_layer());
+    }
     // The peer address reaches the Socket.IO handlers (rate limits per client address).
     let service = router.into_make_service_with_connect_info::<drain::PeerAddr>();
     let public_task = tokio::spawn(axum::serve(public, service).with_graceful_shutdown(stopped()).into_future());
@@ -121,7 +125,9 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
         None => None,
     };
 
+    let stats_task = tokio::spawn(broadcast_stats(state.clone(), config.stats_interval));
     shutdown.await;
+    stats_task.abort();
     let begun = Instant::now();
     state.draining.store(true, Ordering::SeqCst);
     let open = io.sockets().len();
@@ -147,6 +153,30 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
         ),
     }
     Ok(())
+}
+
+/// Every `every`, tells every client (volatile: a slow client just misses one) this worker's
+/// connected users, rooms and messages per second. Figures summed over the cluster come with the
+/// cross-worker bus; until then `scope` says these are one worker's.
+async fn broadcast_stats(state: Arc<WorkerState>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last = (state.messages.load(Ordering::Relaxed), Instant::now());
+    loop {
+        ticks.tick().await;
+        let (messages, now) = (state.messages.load(Ordering::Relaxed), Instant::now());
+        let rate = messages.saturating_sub(last.0) as f64 / now.duration_since(last.1).as_secs_f64().max(0.001);
+        last = (messages, now);
+        let rooms = state.io.rooms().await.map_or(0, |r| r.iter().filter(|r| !r.starts_with('@')).count());
+        let stats = serde_json::json!({
+            "scope": "worker",
+            "instance": state.instance,
+            "users": state.io.sockets().len(),
+            "rooms": rooms,
+            "messages_per_second": (rate * 10.0).round() / 10.0,
+        });
+        let _ = state.io.broadcast().volatile().emit("stats", &stats).await;
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

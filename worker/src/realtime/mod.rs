@@ -171,9 +171,27 @@ struct Limit {
     address: IpAddr,
 }
 
-/// Registers the handlers on the default namespace.
-pub fn register(io: &SocketIo, chat: Arc<Chat>) {
-    io.ns("/", move |socket: SocketRef, TryData(auth): TryData<Auth>| {
+/// Registers the handlers on the default namespace; with `origins`, a connection from a page of
+/// another origin is refused (`connect_error` "origin not allowed").
+pub fn register(io: &SocketIo, chat: Arc<Chat>, origins: Option<crate::origins::Origins>) {
+    use socketioxide::handler::ConnectHandler;
+    let origin_check = move |socket: SocketRef| {
+        let origins = origins.clone();
+        async move {
+            let Some(origins) = origins else { return Ok(()) };
+            let origin = socket.req_parts().headers.get("origin").and_then(|o| o.to_str().ok());
+            match origin {
+                // Not a browser (no Origin header): CORS does not apply.
+                None => Ok(()),
+                Some(o) if origins.allows(o) => Ok(()),
+                Some(o) => {
+                    tracing::info!(sid = %socket.id, origin = o, "connection from a disallowed origin refused");
+                    Err("origin not allowed")
+                }
+            }
+        }
+    };
+    let connect = move |socket: SocketRef, TryData(auth): TryData<Auth>| {
         let chat = chat.clone();
         async move {
             tracing::debug!(sid = %socket.id, "socket connected");
@@ -199,7 +217,8 @@ pub fn register(io: &SocketIo, chat: Arc<Chat>) {
             }
             handlers(&socket, &chat);
         }
-    });
+    };
+    io.ns("/", connect.with(origin_check));
 }
 
 fn handlers(socket: &SocketRef, chat: &Arc<Chat>) {
