@@ -301,7 +301,7 @@ fn handlers(socket: &SocketRef, chat: &Arc<Chat>) {
             answer(ack, reply);
         }
     });
-    call_handlers(socket, chat);
+    calls::handlers(socket, chat);
     let c = chat.clone();
     socket.on_disconnect(move |socket: SocketRef, reason: DisconnectReason| {
         let chat = c.clone();
@@ -336,115 +336,6 @@ fn handlers(socket: &SocketRef, chat: &Arc<Chat>) {
             }
         }
     });
-}
-
-#[derive(Debug, Deserialize)]
-struct Invite {
-    to: Vec<String>,
-    #[serde(default = "audio")]
-    media: String,
-}
-
-fn audio() -> String {
-    "audio".into()
-}
-
-#[derive(Debug, Deserialize)]
-struct CallRef {
-    call: String,
-}
-
-/// `offer`, `answer`, `ice-candidate`: the payload is relayed as it is, with `from` added.
-#[derive(Debug, Deserialize)]
-struct Signal {
-    call: String,
-    to: String,
-    #[serde(flatten)]
-    payload: serde_json::Map<String, Value>,
-}
-
-fn call_handlers(socket: &SocketRef, chat: &Arc<Chat>) {
-    let c = chat.clone();
-    socket.on("call:invite", move |socket: SocketRef, TryData(data): TryData<Invite>, ack: AckSender| {
-        let chat = c.clone();
-        async move {
-            let reply = async {
-                limited(&socket, &chat)?;
-                let guest = guest_of(&socket)?;
-                let Invite { to, media } = data.map_err(|e| format!("expected {{to: [guest ids], media}}: {e}"))?;
-                if !matches!(media.as_str(), "audio" | "video") {
-                    return Err("media is \"audio\" or \"video\"".to_owned());
-                }
-                if let Some(absent) = to.iter().find(|id| socket.within(guest_room(id)).sockets().is_empty()) {
-                    return Err(format!("guest {absent:?} is not connected"));
-                }
-                let id = format!("call-{}", chat.ids.next());
-                let call = chat.calls.create(&id, &guest.id, &to)?;
-                let invite = json!({ "call": id, "from": guest, "media": media, "participants": call.participants });
-                for invitee in &to {
-                    let _ = socket.within(guest_room(invitee)).emit("call:invite", &invite).await;
-                }
-                Ok(json!({ "ok": true, "call": id }))
-            }
-            .await;
-            answer(ack, reply);
-        }
-    });
-    for event in ["call:accept", "call:reject", "call:end"] {
-        let c = chat.clone();
-        socket.on(event, move |socket: SocketRef, TryData(data): TryData<CallRef>, ack: AckSender| {
-            let chat = c.clone();
-            async move {
-                let reply = async {
-                    let guest = guest_of(&socket)?;
-                    let CallRef { call } = data.map_err(|e| format!("expected {{call}}: {e}"))?;
-                    let current = chat.calls.of(&call, &guest.id)?;
-                    let (notify, ended) = match event {
-                        "call:end" => (chat.calls.end(&call).unwrap_or_default(), true),
-                        "call:reject" => match chat.calls.leave(&call, &guest.id) {
-                            Some((left, over)) => (left, over),
-                            None => (Vec::new(), true),
-                        },
-                        _ => (current.participants.into_iter().filter(|p| *p != guest.id).collect(), false),
-                    };
-                    let body = json!({ "call": call, "guest": guest, "by": guest });
-                    for id in &notify {
-                        let _ = socket.within(guest_room(id)).emit(event, &body).await;
-                        if ended && event != "call:end" {
-                            let _ = socket.within(guest_room(id)).emit("call:end", &body).await;
-                        }
-                    }
-                    Ok(json!({ "ok": true }))
-                }
-                .await;
-                answer(ack, reply);
-            }
-        });
-    }
-    for event in ["offer", "answer", "ice-candidate"] {
-        let c = chat.clone();
-        socket.on(event, move |socket: SocketRef, TryData(data): TryData<Signal>, ack: AckSender| {
-            let chat = c.clone();
-            async move {
-                let reply = async {
-                    let guest = guest_of(&socket)?;
-                    let Signal { call, to, mut payload } =
-                        data.map_err(|e| format!("expected {{call, to, ...}}: {e}"))?;
-                    let current = chat.calls.of(&call, &guest.id)?;
-                    if !current.participants.contains(&to) {
-                        return Err(format!("{to:?} is not in this call"));
-                    }
-                    payload.insert("call".into(), Value::from(call));
-                    payload.insert("from".into(), json!(guest));
-                    payload.insert("to".into(), Value::from(to.clone()));
-                    let _ = socket.within(guest_room(&to)).emit(event, &Value::Object(payload)).await;
-                    Ok(json!({ "ok": true }))
-                }
-                .await;
-                answer(ack, reply);
-            }
-        });
-    }
 }
 
 /// The client's address: the peer, or what a trusted proxy in front says the client was.

@@ -13,7 +13,7 @@ use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
 use super::Msg;
-use super::slot::{Next, OnFailure, Proc, Slot, Successor, Which};
+use super::slot::{Proc, Slot, Which};
 use crate::instance::{Effect, Input, Instance, Policy};
 use crate::listen::{self, BindError};
 use chat_shared::ipc::LogStream;
@@ -25,6 +25,9 @@ use crate::probe::Prober;
 use crate::reaper::Reaper;
 use crate::spawn::{self, Launch, PassedFd};
 use crate::watch::{AppWatcher, Ignore, WatchError};
+
+mod describe;
+mod replace;
 
 pub(super) struct App {
     /// Unique for the daemon's life, so messages about a deleted app cannot reach a new one of the
@@ -166,113 +169,6 @@ impl App {
         Ok(proc)
     }
 
-    /// Whether two processes can serve one slot at once (all but fork mode where the program binds
-    /// its own port).
-    pub(super) fn can_surge(&self) -> bool {
-        !matches!((&self.spec.listen, self.spec.exec_mode), (Some(l), ExecMode::Fork) if !l.inherit)
-    }
-
-    /// Makes `spec` the one new processes run (a reload); sockets stay as they are.
-    pub(super) fn retarget(&mut self, spec: AppSpec) {
-        self.policy = Policy::of(&spec);
-        self.successor_policy = Policy::for_successor(&self.policy);
-        self.spec = spec;
-    }
-
-    /// A new slot at the end (scaling up), started.
-    pub(super) fn add_slot(&mut self, now: Instant, env: &Env<'_>) -> usize {
-        let index = self.slots.len();
-        let shared_port = self.shared.as_ref().and_then(|s| s.local_addr().ok()).map(|a| a.port());
-        let slot = Self::own_socket(&self.spec, index).and_then(|own| {
-            let port = own.as_ref().map(|(_, p)| *p).or(shared_port).or_else(|| self.spec.port_of(index));
-            self.next_key += 1;
-            let current = Self::new_proc(self.id, self.next_key, &self.spec, port, env)?;
-            Ok(Slot::new(current, own.map(|(socket, _)| socket), port))
-        });
-        match slot {
-            Ok(slot) => {
-                self.slots.push(slot);
-                self.drive(index, Which::Current, Input::Start, now, env);
-            }
-            Err(e) => tracing::error!(app = %self.spec.name, index, error = %e, "cannot add an instance"),
-        }
-        index
-    }
-
-    /// Stops slot `index` for good (scaling down); `reap_retired` removes it once it is down.
-    pub(super) fn retire(&mut self, index: usize, now: Instant, env: &Env<'_>) {
-        self.slots[index].retiring = true;
-        self.cancel_successor(index, now, env);
-        self.drive(index, Which::Current, Input::Stop, now, env);
-    }
-
-    /// Removes retired slots that are down, from the end (slot indices stay stable).
-    pub(super) fn reap_retired(&mut self) {
-        while self.slots.last().is_some_and(|s| s.retiring && s.is_down()) {
-            self.slots.pop();
-        }
-    }
-
-    /// `chatctl describe`: the spec in effect, the status, and each slot's details and history.
-    pub(super) fn describe(
-        &self,
-        now: Instant,
-        usage: &std::collections::HashMap<u32, Usage>,
-    ) -> chat_shared::status::AppDescription {
-        let files = self.logs.current_files(self.slots.len());
-        let instances = self
-            .slots
-            .iter()
-            .enumerate()
-            .map(|(index, slot)| {
-                let mut sockets = Vec::new();
-                let addr = |l: &TcpListener| l.local_addr().map_or("?".into(), |a| a.to_string());
-                if let Some(shared) = &self.shared {
-                    sockets.push(format!("fd 3 http {} (shared)", addr(shared)));
-                }
-                if let Some(own) = &slot.own {
-                    sockets.push(format!("fd 3 http {}", addr(own)));
-                }
-                if let Some(admin) = &slot.current.admin {
-                    sockets.push(format!("fd 4 admin {} (health probes)", addr(admin)));
-                }
-                let log_files = files
-                    .iter()
-                    .filter(|(_, instance, _)| instance.is_none_or(|i| i == index))
-                    .map(|(_, _, path)| path.display().to_string())
-                    .collect();
-                chat_shared::status::InstanceDetail {
-                    index,
-                    sockets,
-                    log_files,
-                    history: slot.history.iter().cloned().collect(),
-                    probes: slot.probes.iter().cloned().collect(),
-                    memory_peak_bytes: slot.memory_peak,
-                }
-            })
-            .collect();
-        chat_shared::status::AppDescription { spec: self.spec.clone(), status: self.status(now, usage), instances }
-    }
-
-    /// Fetches the chat figures of every online instance known to report them (a chat worker);
-    /// the answers come back as `Msg::Stats`.
-    pub(super) fn fetch_chat_figures(&self, env: &Env<'_>) {
-        let Some(health) = &self.spec.health else { return };
-        for slot in self.slots.iter().filter(|s| s.chat.is_some()) {
-            let (Some(pid), Some(addr)) = (slot.current.instance.pid(), slot.current.probe_addr) else { continue };
-            if slot.current.instance.phase() != Phase::Online {
-                continue;
-            }
-            let (prober, tx, app_id, path, timeout) =
-                (env.prober.clone(), env.tx.clone(), self.id, health.path.clone(), health.timeout.0);
-            tokio::spawn(async move {
-                if let Ok(Some(body)) = prober.probe(addr, &path, timeout).await {
-                    let _ = tx.send(Msg::Stats { app_id, pid, body });
-                }
-            });
-        }
-    }
-
     /// Where the process with `pid` is.
     pub(super) fn find_pid(&self, pid: u32) -> Option<(usize, Which)> {
         self.find(|p| p.instance.pid() == Some(pid))
@@ -290,92 +186,6 @@ impl App {
                 .find(|w| slot.proc(*w).is_some_and(&wanted))
                 .map(|which| (index, which))
         })
-    }
-
-    /// Starts replacing slot `index` surge-first (see `slot`): a successor on the same socket, then
-    /// the current process stops once the successor is online. Where two processes cannot share the
-    /// slot (fork mode where the program binds its own port), the current one restarts in place.
-    pub(super) fn replace(&mut self, index: usize, reason: String, on_failure: OnFailure, now: Instant, env: &Env<'_>) {
-        let Some(slot) = self.slots.get(index) else { return };
-        if slot.successor.is_some() {
-            return;
-        }
-        if !self.can_surge() {
-            tracing::warn!(app = %self.spec.name, index, reason, "restarting in place (the program binds its own port)");
-            self.slots[index].current.instance.note = Some(format!("restarted: {reason}"));
-            self.drive(index, Which::Current, Input::Restart, now, env);
-            return;
-        }
-        self.next_key += 1;
-        let proc = match Self::new_proc(self.id, self.next_key, &self.spec, slot.port, env) {
-            Ok(proc) => proc,
-            Err(e) => {
-                tracing::error!(app = %self.spec.name, index, error = %e, "cannot prepare a replacement");
-                return;
-            }
-        };
-        tracing::warn!(app = %self.spec.name, index, reason, "replacing: starting a successor first");
-        self.slots[index].successor = Some(Successor { proc, reason, on_failure });
-        self.drive(index, Which::Successor, Input::Start, now, env);
-    }
-
-    /// Cancels a replacement in progress (an operator's stop, restart or delete wins).
-    pub(super) fn cancel_successor(&mut self, index: usize, now: Instant, env: &Env<'_>) {
-        if let Some(successor) = self.slots.get_mut(index).and_then(|s| s.successor.as_mut()) {
-            successor.on_failure = OnFailure::KeepCurrent;
-            self.drive(index, Which::Successor, Input::Stop, now, env);
-        }
-    }
-
-    /// Carries a replacement forward after one of the slot's processes changed.
-    fn advance(&mut self, index: usize, now: Instant, env: &Env<'_>) {
-        // Each step changes a phase, so this ends; the bound documents it.
-        for _ in 0..4 {
-            let Some(slot) = self.slots.get_mut(index) else { return };
-            match slot.next() {
-                Next::Nothing => return,
-                Next::StopCurrent => {
-                    let reason = slot.successor.as_ref().map(|s| s.reason.clone()).unwrap_or_default();
-                    tracing::info!(app = %self.spec.name, index, reason, "successor online: stopping the process it replaces");
-                    self.drive_one(index, Which::Current, Input::Stop, now, env);
-                }
-                Next::HoldCurrent => self.drive_one(index, Which::Current, Input::Stop, now, env),
-                Next::Promote => {
-                    slot.promote();
-                    let pid = slot.current.instance.pid();
-                    tracing::info!(app = %self.spec.name, index, pid, "replacement done");
-                    self.outcomes.push((index, Ok(pid.unwrap_or_default())));
-                    return;
-                }
-                Next::Abandon => {
-                    let Some(successor) = slot.successor.as_ref() else { return };
-                    let running = successor.proc.instance.pid().is_some();
-                    let on_failure = successor.on_failure;
-                    if running {
-                        // Let it stop; the next change of its phase comes back here.
-                        self.drive_one(index, Which::Successor, Input::Stop, now, env);
-                        if self.slots[index].successor.as_ref().is_some_and(|s| s.proc.instance.pid().is_some()) {
-                            return;
-                        }
-                    }
-                    let slot = &mut self.slots[index];
-                    let failed =
-                        slot.successor.take().map(|s| s.proc.instance.note.unwrap_or_default()).unwrap_or_default();
-                    tracing::warn!(app = %self.spec.name, index, failed, ?on_failure, "replacement abandoned");
-                    self.outcomes.push((index, Err(if failed.is_empty() { "stopped".to_owned() } else { failed })));
-                    let current_down = matches!(slot.current.instance.phase(), Phase::Stopped | Phase::Errored);
-                    match on_failure {
-                        OnFailure::RestartCurrent => self.drive_one(index, Which::Current, Input::Restart, now, env),
-                        // Held back for the successor: it must serve again.
-                        OnFailure::KeepCurrent if current_down => {
-                            self.drive_one(index, Which::Current, Input::Start, now, env)
-                        }
-                        OnFailure::KeepCurrent => {}
-                    }
-                    return;
-                }
-            }
-        }
     }
 
     /// Feeds `input` to a process of slot `index`, carries out the effects, and moves a
