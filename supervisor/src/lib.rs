@@ -15,13 +15,19 @@
 //! probe; in fork mode one port per instance. Children are process-group leaders with
 //! `PR_SET_PDEATHSIG`, forked from the runtime's only thread, so they die with the daemon.
 //!
+//! A slot may hold two processes for a moment: its current one and a successor (a memory limit's
+//! replacement, a reload's new version) that takes over once ready, so capacity never drops.
+//! Subscriptions (`logs --follow`, `monit`, reload progress) are streams of events on the same
+//! control connection.
+//!
 //! # Layout
 //! - `cli`: argument parsing and one function per verb; `client`: the CLI end of the socket.
 //! - `process`: being the daemon process (lock, control socket, detached start).
 //! - `daemon`: the owner loop, apps and slots, request handling.
 //! - `instance`: the per-instance state machine (pure).
-//! - `spawn`, `listen`, `probe`, `logs`, `metrics`: the effects' machinery.
+//! - `spawn`, `listen`, `probe`, `notify`, `logs`, `metrics`, `watch`: the effects' machinery.
 //! - `reaper`, `leftovers`: no process outlives the daemon, however it dies.
+//! - `dashboard`: `chatctl monit`; `exporter`: `/metrics`.
 
 pub mod cli;
 pub mod client;
