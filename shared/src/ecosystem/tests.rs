@@ -137,3 +137,22 @@ fn the_report_reads_like_a_compiler_message() {
     assert!(text.contains("3 | instances = true\n  |             ^"), "{text}");
     assert!(text.ends_with("1 error in the ecosystem file; nothing was started or changed"), "{text}");
 }
+
+#[test]
+fn the_repos_ecosystem_file_loads_with_every_profile() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ecosystem.toml");
+    let eco = Ecosystem::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    for (profile, instances, mode) in [
+        ("development", Some(1), ExecMode::Fork),
+        ("production", None, ExecMode::Cluster),
+        ("loadbalanced", Some(4), ExecMode::Fork),
+    ] {
+        let spec = eco.resolve(Some(profile), None, &BTreeMap::new()).expect("resolves").remove(0);
+        assert_eq!(spec.exec_mode, mode, "{profile}");
+        assert_eq!(spec.instances, instances.unwrap_or_else(cpu_count), "{profile}");
+        // Watched paths must exist, or the watch cannot start.
+        for path in spec.watch.iter().flat_map(|w| &w.paths) {
+            assert!(path.exists(), "{profile} watches {} which does not exist", path.display());
+        }
+    }
+}
