@@ -45,7 +45,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 fn daemon(home: &Home) -> anyhow::Result<ExitCode> {
     let lock = chatctl::process::lock(home)?;
     let appender = tracing_appender::rolling::never(home.dir(), "daemon.log");
-    let (writer, _guard) = tracing_appender::non_blocking(appender);
+    // A small queue: the default (128k lines) is allocated and touched up front, which alone was
+    // about half of the idle daemon's memory; the daemon logs a few lines per event.
+    let (writer, _guard) =
+        tracing_appender::non_blocking::NonBlockingBuilder::default().buffered_lines_limit(1024).finish(appender);
     tracing_subscriber::fmt()
         .with_writer(writer)
         .with_ansi(false)
