@@ -71,6 +71,24 @@ fn production_cluster_chats_with_socket_io_client_and_kill_leaves_nothing() {
     });
 }
 
+/// Rooms span the cluster: guests on two different instances see each other in the member list, get
+/// each other's messages and direct messages, through the daemon's bus and not Redis.
+#[test]
+fn guests_on_different_instances_share_rooms_through_the_bus() {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    env.write("ecosystem.toml", &production_config(port).replace(r#"instances = "max""#, "instances = 2"));
+    env.ok(&["start", "production"]);
+    env.online_pids("chat", 2);
+
+    let out = node("chat.mjs", &[&format!("http://127.0.0.1:{port}"), "2", "lobby", "spread"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "chat failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("chat report");
+    assert_eq!(report["instances"].as_array().map(Vec::len), Some(2), "{report}");
+    env.ok(&["kill"]);
+}
+
 #[test]
 fn kill_9_of_one_instance_under_load_refuses_nothing_and_it_comes_back() {
     let env = Env::new();

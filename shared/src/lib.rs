@@ -2,6 +2,7 @@
 //! (no runtime, no I/O beyond the framing helpers).
 //!
 //! # Layout
+//! - [`bus`]: the local bus's frames (workers of one host share rooms through it).
 //! - [`ecosystem`]: the `ecosystem.toml` schema, its validation and its resolution into specs.
 //! - [`spec`]: an app as the daemon runs it.
 //! - [`ipc`]: the CLI ↔ daemon protocol and its framing.
@@ -10,6 +11,7 @@
 //! - [`health`]: the `/health` body.
 //! - [`units`]: human durations and sizes.
 
+pub mod bus;
 pub mod ecosystem;
 pub mod health;
 pub mod ipc;

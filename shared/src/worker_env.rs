@@ -37,3 +37,6 @@ pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 /// A random secret the daemon makes once per app and gives every instance of it, so that what one
 /// instance signs (guest session tokens) another verifies. Lasts as long as the daemon knows the app.
 pub const APP_SECRET: &str = "CHATCTL_APP_SECRET";
+/// Path of the daemon's local bus (publish/subscribe on a Unix socket): the workers of one host
+/// share rooms through it when no Redis is configured.
+pub const BUS: &str = "CHATCTL_BUS";

@@ -29,6 +29,7 @@
 //! - `reaper`, `leftovers`: no process outlives the daemon, however it dies.
 //! - `dashboard`: `chatctl monit`; `exporter`: `/metrics`.
 
+pub mod bus;
 pub mod cli;
 pub mod client;
 mod daemon;

@@ -9,6 +9,9 @@ use chat_shared::spec::AppSpec;
 use chat_shared::worker_env;
 use tokio::process::{Child, Command};
 
+/// The local bus's socket inside the daemon's home.
+pub(crate) const BUS_FILE: &str = "bus.sock";
+
 /// A socket passed to the child, in order from fd 3, with its `LISTEN_FDNAMES` name.
 pub(crate) struct PassedFd<'a> {
     pub(crate) fd: &'a dyn AsRawFd,
@@ -48,6 +51,7 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
         .env(worker_env::KILL_TIMEOUT_MS, spec.kill_timeout.0.as_millis().to_string())
         .env(worker_env::SUPERVISOR_MARK, home)
         .env(worker_env::APP_SECRET, secret)
+        .env(worker_env::BUS, home.join(BUS_FILE))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

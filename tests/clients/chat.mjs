@@ -2,13 +2,16 @@
 // join ROOM, each sends one message, and every guest must receive every message and see the full
 // member list. Prints one JSON line with what happened; exits 1 with a reason on any failure.
 //
-// usage: node chat.mjs URL COUNT ROOM
-// Cluster mode spreads connections over instances and rooms are per instance for now, so clients
-// that land on another instance than the first one are closed and retried (bounded).
+// usage: node chat.mjs URL COUNT ROOM [same|spread]
+// Cluster mode spreads connections over instances. PLACEMENT `same` (the default) keeps only clients
+// that land on the first client's instance; `spread` keeps only clients that land on an instance no
+// kept client is on, so everything checked below crosses the supervisor's bus between workers.
+// Clients that land elsewhere are closed and retried (bounded).
 import { io } from "socket.io-client";
 
-const [url, countArg, room] = process.argv.slice(2);
+const [url, countArg, room, placement = "same"] = process.argv.slice(2);
 const count = Number(countArg ?? 2);
+if (!["same", "spread"].includes(placement)) fail(`placement must be same or spread, not ${placement}`);
 const deadline = setTimeout(() => fail("timed out after 15 s"), 15_000);
 
 function fail(reason) {
@@ -33,14 +36,20 @@ function connect(name) {
 const clients = [];
 let tries = 0;
 while (clients.length < count) {
-  if (++tries > 40) fail(`could not place ${count} clients on one instance in 40 tries`);
+  if (++tries > 40) fail(`could not place ${count} clients (${placement}) in 40 tries`);
   const client = await connect(`guest-${clients.length}`).catch((e) => fail(e.message));
-  if (clients.length > 0 && client.instance !== clients[0].instance) {
+  const misplaced =
+    placement === "same"
+      ? clients.length > 0 && client.instance !== clients[0].instance
+      : clients.some((c) => c.instance === client.instance);
+  if (misplaced) {
     client.socket.disconnect();
     continue;
   }
   client.received = [];
+  client.direct = [];
   client.socket.on("message", (m) => client.received.push(m));
+  client.socket.on("dm", (m) => client.direct.push(m));
   clients.push(client);
 }
 
@@ -75,6 +84,15 @@ for (const c of clients) {
   }
 }
 
+// A direct message from the last guest reaches the first, wherever each is connected.
+const first = clients[0];
+const dm = await last.socket.timeout(5000).emitWithAck("dm", { to: first.guest.id, text: "psst" }).catch((e) => fail(`dm: ${e}`));
+if (!dm.ok) fail(`dm refused: ${JSON.stringify(dm)}`);
+const dmUntil = Date.now() + 5000;
+while (!first.direct.some((m) => m.id === dm.id) && Date.now() < dmUntil) await new Promise((r) => setTimeout(r, 20));
+const gotDm = first.direct.find((m) => m.id === dm.id);
+if (!gotDm || gotDm.text !== "psst" || gotDm.from.id !== last.guest.id) fail(`dm not delivered: ${JSON.stringify(first.direct)}`);
+
 // Bad input closes nothing: an invalid message gets an error ack and the socket stays connected.
 const bad = await clients[0].socket.timeout(5000).emitWithAck("message", { room: 42 }).catch((e) => fail(`bad message: ${e}`));
 if (bad.ok !== false || !clients[0].socket.connected) fail(`invalid payload was not refused cleanly: ${JSON.stringify(bad)}`);
@@ -82,6 +100,7 @@ if (bad.ok !== false || !clients[0].socket.connected) fail(`invalid payload was 
 console.log(JSON.stringify({
   ok: true,
   instance: clients[0].instance,
+  instances: [...new Set(clients.map((c) => c.instance))],
   clients: clients.map((c) => ({ id: c.guest.id, received: c.received.length })),
   tries,
 }));

@@ -27,6 +27,11 @@ pub struct Config {
     pub max_payload: u64,
     /// Reverse proxies whose `X-Forwarded-For` / `CF-Connecting-IP` are believed.
     pub trusted_proxies: Vec<IpAddr>,
+    /// The daemon's local bus (`CHATCTL_BUS`): rooms shared with the other workers of this host.
+    pub bus: Option<std::path::PathBuf>,
+    /// The app's name under chatctl (`CHATCTL_APP`): its channels on the bus, which every app of
+    /// the daemon shares, so that two apps never see each other's rooms.
+    pub app: Option<String>,
     /// How often clients get the `stats` broadcast.
     pub stats_interval: Duration,
     /// Web origins allowed to connect (`None`: any).
@@ -94,6 +99,8 @@ impl Config {
                 .map(String::into_bytes),
             session_ttl: parse(&lookup, "SESSION_TTL", HumanDuration(Duration::from_secs(86_400)))?.0,
             max_payload: parse(&lookup, "MAX_PAYLOAD", ByteSize(64 << 10))?.0,
+            bus: lookup(worker_env::BUS).filter(|p| !p.is_empty()).map(std::path::PathBuf::from),
+            app: lookup(worker_env::APP_NAME).filter(|a| !a.is_empty()),
             stats_interval: parse(&lookup, "STATS_INTERVAL", HumanDuration(Duration::from_secs(5)))?
                 .0
                 .max(Duration::from_millis(100)),

@@ -32,7 +32,7 @@ async fn health(State(state): State<Arc<WorkerState>>) -> (StatusCode, Json<Heal
         pid: std::process::id(),
         instance: state.instance.clone(),
         connections: state.io.sockets().len(),
-        rooms: state.io.rooms().await.map_or(0, |r| r.iter().filter(|r| !r.starts_with('@')).count()),
+        rooms: state.io.local().rooms().await.map_or(0, |r| r.iter().filter(|r| !r.starts_with('@')).count()),
         messages: state.messages.load(Ordering::Relaxed),
     };
     // 503 while draining, so a load balancer probing the same path takes this instance out too.
@@ -41,7 +41,7 @@ async fn health(State(state): State<Arc<WorkerState>>) -> (StatusCode, Json<Heal
 }
 
 async fn stats(State(state): State<Arc<WorkerState>>) -> Json<Value> {
-    let mut rooms: Vec<Value> = match state.io.rooms().await {
+    let mut rooms: Vec<Value> = match state.io.local().rooms().await {
         // Rooms starting with '@' are the server's own (a guest's direct-message room).
         Ok(rooms) => rooms
             .into_iter()

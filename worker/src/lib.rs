@@ -19,6 +19,7 @@
 //! - `realtime`: Socket.IO guests, rooms and messages.
 //! - `session`: signed guest session tokens (identity and rooms survive a reconnect).
 
+pub mod bus;
 pub mod config;
 pub mod drain;
 pub mod http;
@@ -39,6 +40,9 @@ pub use config::Config;
 use drain::Draining;
 pub use listeners::Listeners;
 
+/// The Socket.IO adapter: rooms shared through the daemon's bus (or a bus of one).
+pub type Adapter = socketioxide_redis::CustomRedisAdapter<socketioxide::adapter::Emitter, bus::BusDriver>;
+
 /// What every handler may read. Owned by an `Arc`; only `draining` ever changes.
 pub struct WorkerState {
     pub started: Instant,
@@ -46,14 +50,30 @@ pub struct WorkerState {
     pub messages: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub draining: AtomicBool,
     pub instance: Option<String>,
-    pub io: SocketIo,
+    pub io: SocketIo<Adapter>,
 }
 
 /// Serves until `shutdown` resolves, then drains within `config.shutdown_timeout`.
 pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     // An oversized packet closes that one connection (engine.io's max payload), not the worker.
     let max = config.max_payload;
+    let driver = match &config.bus {
+        Some(path) => match bus::BusDriver::connect(path).await {
+            Ok(driver) => driver,
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot reach the local bus: rooms stay on this worker");
+                bus::BusDriver::solo()
+            }
+        },
+        None => bus::BusDriver::solo(),
+    };
+    // A dead or hung worker must not stall cluster-wide queries (member lists) for long.
+    let adapter_config = socketioxide_redis::RedisAdapterConfig::new()
+        .with_request_timeout(Duration::from_millis(500))
+        .with_prefix(format!("socket.io/{}", config.app.as_deref().unwrap_or("chat")));
+    let adapter = socketioxide_redis::RedisAdapterCtr::new_with_driver(driver, adapter_config);
     let (layer, io) = SocketIo::builder()
+        .with_adapter::<Adapter>(adapter)
         .max_payload(max)
         .ws_max_message_size(usize::try_from(max).unwrap_or(usize::MAX))
         .ws_max_frame_size(usize::try_from(max).unwrap_or(usize::MAX))
@@ -78,7 +98,7 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
             turn_ttl: config.turn_ttl,
         },
     );
-    realtime::register(&io, Arc::new(chat), config.origins.clone());
+    realtime::register(&io, Arc::new(chat), config.origins.clone()).await.map_err(std::io::Error::other)?;
     let state = Arc::new(WorkerState {
         started: Instant::now(),
         messages,
@@ -167,7 +187,7 @@ async fn broadcast_stats(state: Arc<WorkerState>, every: Duration) {
         let (messages, now) = (state.messages.load(Ordering::Relaxed), Instant::now());
         let rate = messages.saturating_sub(last.0) as f64 / now.duration_since(last.1).as_secs_f64().max(0.001);
         last = (messages, now);
-        let rooms = state.io.rooms().await.map_or(0, |r| r.iter().filter(|r| !r.starts_with('@')).count());
+        let rooms = state.io.local().rooms().await.map_or(0, |r| r.iter().filter(|r| !r.starts_with('@')).count());
         let stats = serde_json::json!({
             "scope": "worker",
             "instance": state.instance,
@@ -175,7 +195,7 @@ async fn broadcast_stats(state: Arc<WorkerState>, every: Duration) {
             "rooms": rooms,
             "messages_per_second": (rate * 10.0).round() / 10.0,
         });
-        let _ = state.io.broadcast().volatile().emit("stats", &stats).await;
+        let _ = state.io.local().volatile().emit("stats", &stats).await;
     }
 }
 

@@ -204,6 +204,13 @@ pub async fn run(
             None
         }
     };
+    let bus = match bind_bus(&daemon.home) {
+        Ok(listener) => Some(tokio::spawn(crate::bus::serve(listener))),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve the local bus: workers will not share rooms");
+            None
+        }
+    };
     let server = tokio::spawn(crate::ipc_server::serve(control, tx));
     let mut shutdown = std::pin::pin!(shutdown);
     let mut signalled = false;
@@ -241,6 +248,10 @@ pub async fn run(
         }
     };
     server.abort();
+    if let Some(bus) = bus {
+        bus.abort();
+    }
+    let _ = std::fs::remove_file(daemon.home.dir().join(crate::spawn::BUS_FILE));
     if let Some(exporter) = exporter {
         exporter.abort();
     }
@@ -255,6 +266,19 @@ pub async fn run(
 
 fn figures(body: &chat_shared::health::HealthBody) -> chat_shared::status::ChatFigures {
     chat_shared::status::ChatFigures { connections: body.connections, rooms: body.rooms, messages: body.messages }
+}
+
+/// The bus socket, private to the daemon's user; a stale file is replaced (we hold the home's lock).
+fn bind_bus(home: &Home) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = home.dir().join(crate::spawn::BUS_FILE);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
 }
 
 /// Sends an sd_notify message; failures are logged, never fatal.

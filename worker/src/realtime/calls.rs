@@ -20,7 +20,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 
-use super::{Chat, answer, guest_of, guest_room, limited};
+use super::{Chat, answer, connected, guest_of, guest_room, limited};
+use crate::Adapter;
 
 /// At most this many people in one call (a small-room call, not a conference).
 pub(super) const MAX_PARTICIPANTS: usize = 8;
@@ -158,67 +159,76 @@ struct Signal {
     payload: serde_json::Map<String, Value>,
 }
 
-pub(super) fn handlers(socket: &SocketRef, chat: &Arc<Chat>) {
+pub(super) fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
     let c = chat.clone();
-    socket.on("call:invite", move |socket: SocketRef, TryData(data): TryData<Invite>, ack: AckSender| {
-        let chat = c.clone();
-        async move {
-            let reply = async {
-                limited(&socket, &chat)?;
-                let guest = guest_of(&socket)?;
-                let Invite { to, media } = data.map_err(|e| format!("expected {{to: [guest ids], media}}: {e}"))?;
-                if !matches!(media.as_str(), "audio" | "video") {
-                    return Err("media is \"audio\" or \"video\"".to_owned());
-                }
-                if let Some(absent) = to.iter().find(|id| socket.within(guest_room(id)).sockets().is_empty()) {
-                    return Err(format!("guest {absent:?} is not connected"));
-                }
-                let id = format!("call-{}", chat.ids.next());
-                let call = chat.calls.create(&id, &guest.id, &to)?;
-                let invite = json!({ "call": id, "from": guest, "media": media, "participants": call.participants });
-                for invitee in &to {
-                    let _ = socket.within(guest_room(invitee)).emit("call:invite", &invite).await;
-                }
-                Ok(json!({ "ok": true, "call": id }))
-            }
-            .await;
-            answer(ack, reply);
-        }
-    });
-    for event in ["call:accept", "call:reject", "call:end"] {
-        let c = chat.clone();
-        socket.on(event, move |socket: SocketRef, TryData(data): TryData<CallRef>, ack: AckSender| {
+    socket.on(
+        "call:invite",
+        move |socket: SocketRef<Adapter>, TryData(data): TryData<Invite>, ack: AckSender<Adapter>| {
             let chat = c.clone();
             async move {
                 let reply = async {
+                    limited(&socket, &chat)?;
                     let guest = guest_of(&socket)?;
-                    let CallRef { call } = data.map_err(|e| format!("expected {{call}}: {e}"))?;
-                    let current = chat.calls.of(&call, &guest.id)?;
-                    let (notify, ended) = match event {
-                        "call:end" => (chat.calls.end(&call).unwrap_or_default(), true),
-                        "call:reject" => match chat.calls.leave(&call, &guest.id) {
-                            Some((left, over)) => (left, over),
-                            None => (Vec::new(), true),
-                        },
-                        _ => (current.participants.into_iter().filter(|p| *p != guest.id).collect(), false),
-                    };
-                    let body = json!({ "call": call, "guest": guest, "by": guest });
-                    for id in &notify {
-                        let _ = socket.within(guest_room(id)).emit(event, &body).await;
-                        if ended && event != "call:end" {
-                            let _ = socket.within(guest_room(id)).emit("call:end", &body).await;
+                    let Invite { to, media } = data.map_err(|e| format!("expected {{to: [guest ids], media}}: {e}"))?;
+                    if !matches!(media.as_str(), "audio" | "video") {
+                        return Err("media is \"audio\" or \"video\"".to_owned());
+                    }
+                    for id in &to {
+                        if !connected(&socket, id).await {
+                            return Err(format!("guest {id:?} is not connected"));
                         }
                     }
-                    Ok(json!({ "ok": true }))
+                    let id = format!("call-{}", chat.ids.next());
+                    let call = chat.calls.create(&id, &guest.id, &to)?;
+                    let invite =
+                        json!({ "call": id, "from": guest, "media": media, "participants": call.participants });
+                    for invitee in &to {
+                        let _ = socket.within(guest_room(invitee)).emit("call:invite", &invite).await;
+                    }
+                    Ok(json!({ "ok": true, "call": id }))
                 }
                 .await;
                 answer(ack, reply);
             }
-        });
+        },
+    );
+    for event in ["call:accept", "call:reject", "call:end"] {
+        let c = chat.clone();
+        socket.on(
+            event,
+            move |socket: SocketRef<Adapter>, TryData(data): TryData<CallRef>, ack: AckSender<Adapter>| {
+                let chat = c.clone();
+                async move {
+                    let reply = async {
+                        let guest = guest_of(&socket)?;
+                        let CallRef { call } = data.map_err(|e| format!("expected {{call}}: {e}"))?;
+                        let current = chat.calls.of(&call, &guest.id)?;
+                        let (notify, ended) = match event {
+                            "call:end" => (chat.calls.end(&call).unwrap_or_default(), true),
+                            "call:reject" => match chat.calls.leave(&call, &guest.id) {
+                                Some((left, over)) => (left, over),
+                                None => (Vec::new(), true),
+                            },
+                            _ => (current.participants.into_iter().filter(|p| *p != guest.id).collect(), false),
+                        };
+                        let body = json!({ "call": call, "guest": guest, "by": guest });
+                        for id in &notify {
+                            let _ = socket.within(guest_room(id)).emit(event, &body).await;
+                            if ended && event != "call:end" {
+                                let _ = socket.within(guest_room(id)).emit("call:end", &body).await;
+                            }
+                        }
+                        Ok(json!({ "ok": true }))
+                    }
+                    .await;
+                    answer(ack, reply);
+                }
+            },
+        );
     }
     for event in ["offer", "answer", "ice-candidate"] {
         let c = chat.clone();
-        socket.on(event, move |socket: SocketRef, TryData(data): TryData<Signal>, ack: AckSender| {
+        socket.on(event, move |socket: SocketRef<Adapter>, TryData(data): TryData<Signal>, ack: AckSender<Adapter>| {
             let chat = c.clone();
             async move {
                 let reply = async {

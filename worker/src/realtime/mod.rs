@@ -42,6 +42,7 @@ use socketioxide::extract::{AckSender, SocketRef, TryData};
 use socketioxide::socket::DisconnectReason;
 use socketioxide::{ParserError, SocketIo};
 
+use crate::Adapter;
 use crate::session::{Claims, Sessions};
 use calls::Calls;
 pub use calls::IceConfig;
@@ -173,9 +174,13 @@ struct Limit {
 
 /// Registers the handlers on the default namespace; with `origins`, a connection from a page of
 /// another origin is refused (`connect_error` "origin not allowed").
-pub fn register(io: &SocketIo, chat: Arc<Chat>, origins: Option<crate::origins::Origins>) {
+pub async fn register(
+    io: &SocketIo<Adapter>,
+    chat: Arc<Chat>,
+    origins: Option<crate::origins::Origins>,
+) -> Result<(), String> {
     use socketioxide::handler::ConnectHandler;
-    let origin_check = move |socket: SocketRef| {
+    let origin_check = move |socket: SocketRef<Adapter>| {
         let origins = origins.clone();
         async move {
             let Some(origins) = origins else { return Ok(()) };
@@ -191,7 +196,7 @@ pub fn register(io: &SocketIo, chat: Arc<Chat>, origins: Option<crate::origins::
             }
         }
     };
-    let connect = move |socket: SocketRef, TryData(auth): TryData<Auth>| {
+    let connect = move |socket: SocketRef<Adapter>, TryData(auth): TryData<Auth>| {
         let chat = chat.clone();
         async move {
             tracing::debug!(sid = %socket.id, "socket connected");
@@ -218,61 +223,70 @@ pub fn register(io: &SocketIo, chat: Arc<Chat>, origins: Option<crate::origins::
             handlers(&socket, &chat);
         }
     };
-    io.ns("/", connect.with(origin_check));
+    io.ns("/", connect.with(origin_check)).await.map_err(|e| format!("cannot start the namespace: {e}"))
 }
 
-fn handlers(socket: &SocketRef, chat: &Arc<Chat>) {
+fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
     let c = chat.clone();
-    socket.on("guest:join", move |socket: SocketRef, TryData(data): TryData<JoinGuest>, ack: AckSender| {
-        let chat = c.clone();
-        async move {
-            let reply = match data {
-                // `instance` tells the client (and tests) which worker of a cluster serves it.
-                Ok(join) => join_guest(&socket, join).map(|g| {
-                    socket.extensions.insert(IceFor(chat.ice.for_guest(&g.id, now_ms() / 1000)));
-                    let token = send_session(&socket, &chat.sessions);
-                    json!({ "ok": true, "guest": g, "instance": chat.instance.as_deref(), "token": token })
-                }),
-                Err(e) => Err(format!("expected {{name}}: {e}")),
-            };
-            answer(ack, reply);
-        }
-    });
-    for (event, join) in [("room:join", true), ("room:leave", false)] {
-        let c = chat.clone();
-        socket.on(event, move |socket: SocketRef, TryData(data): TryData<RoomRef>, ack: AckSender| {
+    socket.on(
+        "guest:join",
+        move |socket: SocketRef<Adapter>, TryData(data): TryData<JoinGuest>, ack: AckSender<Adapter>| {
             let chat = c.clone();
             async move {
-                let since = data.as_ref().ok().and_then(|d| d.since.clone());
-                let reply = match room_change(&socket, data, join) {
-                    Ok(room) => {
-                        send_session(&socket, &chat.sessions);
-                        room_members_changed(&socket, &room).await.map(|mut reply| {
-                            if join {
-                                reply["missed"] = Value::from(chat.history.since(&room, since.as_deref()));
-                            }
-                            reply
-                        })
-                    }
-                    Err(e) => Err(e),
+                let reply = match data {
+                    // `instance` tells the client (and tests) which worker of a cluster serves it.
+                    Ok(join) => join_guest(&socket, join).map(|g| {
+                        socket.extensions.insert(IceFor(chat.ice.for_guest(&g.id, now_ms() / 1000)));
+                        let token = send_session(&socket, &chat.sessions);
+                        json!({ "ok": true, "guest": g, "instance": chat.instance.as_deref(), "token": token })
+                    }),
+                    Err(e) => Err(format!("expected {{name}}: {e}")),
                 };
                 answer(ack, reply);
             }
-        });
+        },
+    );
+    for (event, join) in [("room:join", true), ("room:leave", false)] {
+        let c = chat.clone();
+        socket.on(
+            event,
+            move |socket: SocketRef<Adapter>, TryData(data): TryData<RoomRef>, ack: AckSender<Adapter>| {
+                let chat = c.clone();
+                async move {
+                    let since = data.as_ref().ok().and_then(|d| d.since.clone());
+                    let reply = match room_change(&socket, data, join) {
+                        Ok(room) => {
+                            send_session(&socket, &chat.sessions);
+                            room_members_changed(&socket, &room).await.map(|mut reply| {
+                                if join {
+                                    reply["missed"] = Value::from(chat.history.since(&room, since.as_deref()));
+                                }
+                                reply
+                            })
+                        }
+                        Err(e) => Err(e),
+                    };
+                    answer(ack, reply);
+                }
+            },
+        );
     }
     let c = chat.clone();
-    socket.on("message", move |socket: SocketRef, TryData(data): TryData<SendMessage>, ack: AckSender| {
-        let chat = c.clone();
-        async move {
-            let reply = match limited(&socket, &chat) {
-                Err(e) => Err(e),
-                Ok(()) => send_message(&socket, data, &chat).await,
-            };
-            answer(ack, reply);
-        }
-    });
+    socket.on(
+        "message",
+        move |socket: SocketRef<Adapter>, TryData(data): TryData<SendMessage>, ack: AckSender<Adapter>| {
+            let chat = c.clone();
+            async move {
+                let reply = match limited(&socket, &chat) {
+                    Err(e) => Err(e),
+                    Ok(()) => send_message(&socket, data, &chat).await,
+                };
+                answer(ack, reply);
+            }
+        },
+    );
     let c = chat.clone();
-    socket.on("typing", move |socket: SocketRef, TryData(data): TryData<Typing>, ack: AckSender| {
+    socket.on("typing", move |socket: SocketRef<Adapter>, TryData(data): TryData<Typing>, ack: AckSender<Adapter>| {
         let chat = c.clone();
         async move {
             let reply = match (limited(&socket, &chat), guest_of(&socket), data) {
@@ -291,7 +305,7 @@ fn handlers(socket: &SocketRef, chat: &Arc<Chat>) {
         }
     });
     let c = chat.clone();
-    socket.on("dm", move |socket: SocketRef, TryData(data): TryData<Direct>, ack: AckSender| {
+    socket.on("dm", move |socket: SocketRef<Adapter>, TryData(data): TryData<Direct>, ack: AckSender<Adapter>| {
         let chat = c.clone();
         async move {
             let reply = match limited(&socket, &chat) {
@@ -303,7 +317,7 @@ fn handlers(socket: &SocketRef, chat: &Arc<Chat>) {
     });
     calls::handlers(socket, chat);
     let c = chat.clone();
-    socket.on_disconnect(move |socket: SocketRef, reason: DisconnectReason| {
+    socket.on_disconnect(move |socket: SocketRef<Adapter>, reason: DisconnectReason| {
         let chat = c.clone();
         async move {
             tracing::debug!(sid = %socket.id, ?reason, "socket disconnected");
@@ -329,17 +343,23 @@ fn handlers(socket: &SocketRef, chat: &Arc<Chat>) {
                     }
                 }
             }
-            for room in socket.rooms().into_iter().filter(|r| !r.starts_with(INTERNAL)) {
-                let members = members(&socket, &room);
-                let _ =
-                    socket.to(room.clone()).emit("room:members", &json!({ "room": room, "members": members })).await;
+            // Leave first, so that the member lists (asked of every worker) no longer count us.
+            let rooms: Vec<String> =
+                socket.rooms().into_iter().filter(|r| !r.starts_with(INTERNAL)).map(|r| r.to_string()).collect();
+            socket.leave_all();
+            for room in rooms {
+                let members = members(&socket, &room).await;
+                let _ = socket
+                    .within(room.clone())
+                    .emit("room:members", &json!({ "room": room, "members": members }))
+                    .await;
             }
         }
     });
 }
 
 /// The client's address: the peer, or what a trusted proxy in front says the client was.
-fn client_address(socket: &SocketRef, trusted: &[IpAddr]) -> IpAddr {
+fn client_address(socket: &SocketRef<Adapter>, trusted: &[IpAddr]) -> IpAddr {
     let parts = socket.req_parts();
     let peer = parts
         .extensions
@@ -357,7 +377,7 @@ fn client_address(socket: &SocketRef, trusted: &[IpAddr]) -> IpAddr {
 }
 
 /// Takes a token from the socket's and its address's buckets; disconnects an abusive socket.
-fn limited(socket: &SocketRef, chat: &Chat) -> Result<(), String> {
+fn limited(socket: &SocketRef<Adapter>, chat: &Chat) -> Result<(), String> {
     let Some(limit) = socket.extensions.get::<Limit>() else { return Ok(()) };
     let (allowed, abusive) = match limit.bucket.lock() {
         Ok(mut bucket) => {
@@ -374,10 +394,16 @@ fn limited(socket: &SocketRef, chat: &Chat) -> Result<(), String> {
 }
 
 /// A returning guest: same identity, back in its rooms (the rooms are told), missed messages sent.
-async fn restore(socket: &SocketRef, claims: Claims, since: &std::collections::HashMap<String, String>, chat: &Chat) {
+async fn restore(
+    socket: &SocketRef<Adapter>,
+    claims: Claims,
+    since: &std::collections::HashMap<String, String>,
+    chat: &Chat,
+) {
     let guest = Guest { id: claims.id, name: claims.name };
     tracing::debug!(sid = %socket.id, guest = %guest.id, rooms = claims.rooms.len(), "session restored");
     socket.join(guest_room(&guest.id));
+    socket.join(who_room(&guest));
     socket.extensions.insert(guest);
     for room in claims.rooms.into_iter().filter(|r| valid_room(r)) {
         socket.join(room.clone());
@@ -391,7 +417,7 @@ async fn restore(socket: &SocketRef, claims: Claims, since: &std::collections::H
 }
 
 /// Sends the guest a fresh token for who it is and its rooms now; returns it.
-fn send_session(socket: &SocketRef, sessions: &Sessions) -> Option<String> {
+fn send_session(socket: &SocketRef<Adapter>, sessions: &Sessions) -> Option<String> {
     let guest = socket.extensions.get::<Guest>()?;
     if let Some(ice) = socket.extensions.get::<IceFor>() {
         let _ = socket.emit("ice:servers", &ice.0);
@@ -402,7 +428,7 @@ fn send_session(socket: &SocketRef, sessions: &Sessions) -> Option<String> {
     Some(token)
 }
 
-fn answer(ack: AckSender, reply: Result<Value, String>) {
+fn answer(ack: AckSender<Adapter>, reply: Result<Value, String>) {
     let body = match reply {
         Ok(value) => value,
         Err(error) => json!({ "ok": false, "error": error }),
@@ -416,26 +442,30 @@ fn guest_room(id: &str) -> String {
     format!("{INTERNAL}guest:{id}")
 }
 
-fn join_guest(socket: &SocketRef, join: JoinGuest) -> Result<Guest, String> {
+fn join_guest(socket: &SocketRef<Adapter>, join: JoinGuest) -> Result<Guest, String> {
     let name = join.name.trim();
     if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
         return Err(format!("a name is 1-{MAX_NAME_CHARS} printable characters"));
     }
     let guest = match socket.extensions.get::<Guest>() {
         // Renaming keeps the id: the guest is the same person.
-        Some(existing) => Guest { id: existing.id, name: name.to_owned() },
+        Some(existing) => {
+            socket.leave(who_room(&existing));
+            Guest { id: existing.id, name: name.to_owned() }
+        }
         None => Guest { id: format!("g_{}", socket.id), name: name.to_owned() },
     };
     socket.join(guest_room(&guest.id));
+    socket.join(who_room(&guest));
     socket.extensions.insert(guest.clone());
     Ok(guest)
 }
 
-fn guest_of(socket: &SocketRef) -> Result<Guest, String> {
+fn guest_of(socket: &SocketRef<Adapter>) -> Result<Guest, String> {
     socket.extensions.get::<Guest>().ok_or_else(|| "join as a guest first (guest:join {name})".to_owned())
 }
 
-fn room_change(socket: &SocketRef, data: Result<RoomRef, ParserError>, join: bool) -> Result<String, String> {
+fn room_change(socket: &SocketRef<Adapter>, data: Result<RoomRef, ParserError>, join: bool) -> Result<String, String> {
     guest_of(socket)?;
     let room = data.map_err(|e| format!("expected {{room}}: {e}"))?.room;
     let room = room.trim().to_owned();
@@ -455,8 +485,8 @@ fn valid_room(room: &str) -> bool {
 }
 
 /// Tells the room its new member list and answers the caller with it.
-async fn room_members_changed(socket: &SocketRef, room: &str) -> Result<Value, String> {
-    let members = members(socket, room);
+async fn room_members_changed(socket: &SocketRef<Adapter>, room: &str) -> Result<Value, String> {
+    let members = members(socket, room).await;
     let update = json!({ "room": room, "members": members });
     if let Err(e) = socket.within(room.to_owned()).emit("room:members", &update).await {
         tracing::warn!(room, error = %e, "member list broadcast failed");
@@ -465,15 +495,32 @@ async fn room_members_changed(socket: &SocketRef, room: &str) -> Result<Value, S
     Ok(json!({ "ok": true, "room": room, "members": members }))
 }
 
-/// Guests connected to `room` on this worker, excluding sockets that are disconnecting.
-fn members(socket: &SocketRef, room: &str) -> Vec<Guest> {
-    socket
-        .within(room.to_owned())
-        .sockets()
-        .into_iter()
-        .filter(|s| s.connected())
-        .filter_map(|s| s.extensions.get::<Guest>())
-        .collect()
+/// The internal room that names a guest: every worker can list who is in a room by asking for the
+/// rooms of its sockets (one cluster-wide query), where socket extensions stay on their worker.
+fn who_room(guest: &Guest) -> String {
+    format!("{INTERNAL}who:{}:{}", guest.id, guest.name)
+}
+
+/// Guests in `room` on every worker (a worker that does not answer in time is left out).
+async fn members(socket: &SocketRef<Adapter>, room: &str) -> Vec<Guest> {
+    let rooms = socket.within(room.to_owned()).rooms().await.unwrap_or_else(|e| {
+        tracing::warn!(room, error = %e, "listing members across workers failed");
+        Vec::new()
+    });
+    let mut guests: Vec<Guest> = rooms
+        .iter()
+        .filter_map(|r| r.strip_prefix("@who:"))
+        .filter_map(|rest| rest.split_once(':'))
+        .map(|(id, name)| Guest { id: id.to_owned(), name: name.to_owned() })
+        .collect();
+    guests.sort_by(|a, b| a.id.cmp(&b.id));
+    guests.dedup_by(|a, b| a.id == b.id);
+    guests
+}
+
+/// Whether any socket of guest `id` is connected, on any worker.
+async fn connected(socket: &SocketRef<Adapter>, id: &str) -> bool {
+    socket.within(guest_room(id)).fetch_sockets().await.is_ok_and(|sockets| !sockets.is_empty())
 }
 
 fn now_ms() -> u64 {
@@ -488,7 +535,7 @@ fn checked_text(text: &str) -> Result<(), String> {
 }
 
 async fn send_message(
-    socket: &SocketRef,
+    socket: &SocketRef<Adapter>,
     data: Result<SendMessage, ParserError>,
     chat: &Chat,
 ) -> Result<Value, String> {
@@ -506,11 +553,15 @@ async fn send_message(
     Ok(json!({ "ok": true, "id": id, "time": time }))
 }
 
-async fn direct_message(socket: &SocketRef, data: Result<Direct, ParserError>, chat: &Chat) -> Result<Value, String> {
+async fn direct_message(
+    socket: &SocketRef<Adapter>,
+    data: Result<Direct, ParserError>,
+    chat: &Chat,
+) -> Result<Value, String> {
     let guest = guest_of(socket)?;
     let Direct { to, text } = data.map_err(|e| format!("expected {{to, text}}: {e}"))?;
     checked_text(&text)?;
-    if socket.within(guest_room(&to)).sockets().is_empty() {
+    if !connected(socket, &to).await {
         return Err(format!("guest {to:?} is not connected"));
     }
     let (id, time) = (chat.ids.next(), now_ms());
