@@ -77,9 +77,19 @@ fn production_cluster_chats_with_socket_io_client_and_kill_leaves_nothing() {
 fn guests_on_different_instances_share_rooms_through_the_bus() {
     let env = Env::new();
     let port = crate::support::free_port();
-    env.write("ecosystem.toml", &production_config(port).replace(r#"instances = "max""#, "instances = 2"));
+    let config = production_config(port)
+        .replace(r#"instances = "max""#, "instances = 2")
+        .replace(r#"RUST_LOG = "info""#, r#"RUST_LOG = "info", STATS_INTERVAL = "200ms""#);
+    env.write("ecosystem.toml", &config);
     env.ok(&["start", "production"]);
     env.online_pids("chat", 2);
+    // Whichever instance answers, its statistics count both workers, through the bus.
+    let public: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_until("both workers in the cluster statistics", Duration::from_secs(10), || {
+        let (_, body) = http_get(public, "/api/socket/stats").ok()?;
+        let stats: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (stats["cluster"]["workers"] == 2).then_some(())
+    });
 
     let out = node("chat.mjs", &[&format!("http://127.0.0.1:{port}"), "2", "lobby", "spread"]);
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -74,9 +74,13 @@ const until = Date.now() + 5000;
 while (clients.some((c) => c.received.length < sent.length) && Date.now() < until) {
   await new Promise((r) => setTimeout(r, 20));
 }
+// A little longer, so that a duplicate delivery (through the bus and locally) would show.
+await new Promise((r) => setTimeout(r, 200));
 for (const c of clients) {
   for (const s of sent) {
-    const got = c.received.find((m) => m.id === s.id);
+    const copies = c.received.filter((m) => m.id === s.id);
+    if (copies.length > 1) fail(`${c.guest.name} received ${s.id} ${copies.length} times`);
+    const got = copies[0];
     if (!got) fail(`${c.guest.name} did not receive ${s.id}`);
     if (got.text !== s.text || got.from.id !== s.from || got.room !== room || typeof got.time !== "number") {
       fail(`${c.guest.name} received a wrong message: ${JSON.stringify(got)}`);
@@ -90,7 +94,10 @@ const dm = await last.socket.timeout(5000).emitWithAck("dm", { to: first.guest.i
 if (!dm.ok) fail(`dm refused: ${JSON.stringify(dm)}`);
 const dmUntil = Date.now() + 5000;
 while (!first.direct.some((m) => m.id === dm.id) && Date.now() < dmUntil) await new Promise((r) => setTimeout(r, 20));
-const gotDm = first.direct.find((m) => m.id === dm.id);
+await new Promise((r) => setTimeout(r, 200));
+const dmCopies = first.direct.filter((m) => m.id === dm.id);
+if (dmCopies.length > 1) fail(`the dm arrived ${dmCopies.length} times`);
+const gotDm = dmCopies[0];
 if (!gotDm || gotDm.text !== "psst" || gotDm.from.id !== last.guest.id) fail(`dm not delivered: ${JSON.stringify(first.direct)}`);
 
 // Bad input closes nothing: an invalid message gets an error ack and the socket stays connected.

@@ -60,7 +60,7 @@ if ((await ask(ann.s, "room:join", { room: "@guest:x" })).ok) fail("an internal 
 
 // The live statistics broadcast (every 200 ms here).
 await until("a stats broadcast", () => ann.stats && ann.stats.users >= 2 && ann.stats.rooms >= 1);
-if (ann.stats.scope !== "worker" || typeof ann.stats.messages_per_second !== "number") fail(`stats: ${JSON.stringify(ann.stats)}`);
+if (ann.stats.scope !== "cluster" || ann.stats.workers !== 1 || typeof ann.stats.local?.messages_per_second !== "number") fail(`stats: ${JSON.stringify(ann.stats)}`);
 
 // Typing reaches the others, not the typist.
 if (!(await ask(bob.s, "typing", { room: "lobby", typing: true })).ok) fail("typing refused");

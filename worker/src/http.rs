@@ -63,5 +63,7 @@ async fn stats(State(state): State<Arc<WorkerState>>) -> Json<Value> {
         "namespaces": state.io.nsps().iter().map(|ns| ns.ns_path().to_string()).collect::<Vec<_>>(),
         "instance": state.instance,
         "pid": std::process::id(),
+        // Summed from the workers' latest reports (see `cluster_stats`): never waits on a worker.
+        "cluster": state.cluster.figures(),
     }))
 }

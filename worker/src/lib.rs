@@ -20,6 +20,7 @@
 //! - `session`: signed guest session tokens (identity and rooms survive a reconnect).
 
 pub mod bus;
+pub mod cluster_stats;
 pub mod config;
 pub mod drain;
 pub mod http;
@@ -51,6 +52,9 @@ pub struct WorkerState {
     pub draining: AtomicBool,
     pub instance: Option<String>,
     pub io: SocketIo<Adapter>,
+    /// Figures summed over every worker that shares this one's bus.
+    pub cluster: Arc<cluster_stats::ClusterStats>,
+    bus: bus::BusDriver,
 }
 
 /// Serves until `shutdown` resolves, then drains within `config.shutdown_timeout`.
@@ -67,11 +71,15 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
         },
         None => bus::BusDriver::solo(),
     };
+    // One set of channels per app: every app of the daemon shares its bus.
+    let prefix = format!("socket.io/{}", config.app.as_deref().unwrap_or("chat"));
+    let cluster = Arc::new(cluster_stats::ClusterStats::new(&prefix, config.stats_interval));
+    let listen_task = tokio::spawn(cluster.clone().listen(driver.clone()));
     // A dead or hung worker must not stall cluster-wide queries (member lists) for long.
     let adapter_config = socketioxide_redis::RedisAdapterConfig::new()
         .with_request_timeout(Duration::from_millis(500))
-        .with_prefix(format!("socket.io/{}", config.app.as_deref().unwrap_or("chat")));
-    let adapter = socketioxide_redis::RedisAdapterCtr::new_with_driver(driver, adapter_config);
+        .with_prefix(prefix);
+    let adapter = socketioxide_redis::RedisAdapterCtr::new_with_driver(driver.clone(), adapter_config);
     let (layer, io) = SocketIo::builder()
         .with_adapter::<Adapter>(adapter)
         .max_payload(max)
@@ -105,6 +113,8 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
         draining: AtomicBool::new(false),
         instance: config.instance.clone(),
         io: io.clone(),
+        cluster,
+        bus: driver,
     });
     // Draining is two steps: first stop accepting (the shared socket's queue goes to the other
     // instances) while connections already accepted deliver their requests; then shut the
@@ -148,6 +158,7 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     let stats_task = tokio::spawn(broadcast_stats(state.clone(), config.stats_interval));
     shutdown.await;
     stats_task.abort();
+    listen_task.abort();
     let begun = Instant::now();
     state.draining.store(true, Ordering::SeqCst);
     let open = io.sockets().len();
@@ -175,10 +186,13 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     Ok(())
 }
 
-/// Every `every`, tells every client (volatile: a slow client just misses one) this worker's
-/// connected users, rooms and messages per second. Figures summed over the cluster come with the
-/// cross-worker bus; until then `scope` says these are one worker's.
+/// Every `every`, publishes this worker's figures to the others and tells every local client
+/// (volatile: a slow client just misses one) the cluster's connected users, rooms and messages per
+/// second, with this worker's own under `local`.
 async fn broadcast_stats(state: Arc<WorkerState>, every: Duration) {
+    // Unique across hosts too (pids are not): the pid and when this worker started.
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let worker = format!("{}-{}", std::process::id(), since_epoch.as_nanos());
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last = (state.messages.load(Ordering::Relaxed), Instant::now());
@@ -187,13 +201,31 @@ async fn broadcast_stats(state: Arc<WorkerState>, every: Duration) {
         let (messages, now) = (state.messages.load(Ordering::Relaxed), Instant::now());
         let rate = messages.saturating_sub(last.0) as f64 / now.duration_since(last.1).as_secs_f64().max(0.001);
         last = (messages, now);
-        let rooms = state.io.local().rooms().await.map_or(0, |r| r.iter().filter(|r| !r.starts_with('@')).count());
+        let rooms: Vec<String> = state.io.local().rooms().await.map_or_else(
+            |_| Vec::new(),
+            |rooms| rooms.into_iter().filter(|r| !r.starts_with('@')).map(|r| r.to_string()).collect(),
+        );
+        let report = cluster_stats::Report {
+            worker: worker.clone(),
+            users: state.io.sockets().len(),
+            rooms,
+            messages_per_second: (rate * 10.0).round() / 10.0,
+        };
+        let local = serde_json::json!({
+            "users": report.users,
+            "rooms": report.rooms.len(),
+            "messages_per_second": report.messages_per_second,
+        });
+        state.cluster.publish(&state.bus, report).await;
+        let cluster = state.cluster.figures();
         let stats = serde_json::json!({
-            "scope": "worker",
+            "scope": "cluster",
             "instance": state.instance,
-            "users": state.io.sockets().len(),
-            "rooms": rooms,
-            "messages_per_second": (rate * 10.0).round() / 10.0,
+            "workers": cluster.workers,
+            "users": cluster.users,
+            "rooms": cluster.rooms,
+            "messages_per_second": cluster.messages_per_second,
+            "local": local,
         });
         let _ = state.io.local().volatile().emit("stats", &stats).await;
     }

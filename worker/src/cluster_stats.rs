@@ -1,0 +1,138 @@
+//! Live figures summed over the cluster. Every worker publishes its own (users, rooms, messages
+//! per second) on the bus each interval and keeps the latest report of every worker it hears;
+//! the cluster figures are the sum of the reports that are fresh. Nobody asks anybody: a slow or
+//! dead worker only stops contributing (its report ages out after [`STALE_AFTER`] intervals), it
+//! never delays the answer. Rooms are reported by name so a room spanning workers counts once.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use socketioxide_redis::drivers::Driver;
+
+use crate::bus::BusDriver;
+
+/// A report older than this many intervals is left out of the sum.
+const STALE_AFTER: u32 = 3;
+/// At most this many room names per report; beyond, rooms are undercounted rather than the bus
+/// carrying megabytes every few seconds.
+const MAX_ROOM_NAMES: usize = 10_000;
+
+/// One worker's figures, as published.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    /// Unique per process (the instance number is not: two hosts both have an instance 0).
+    pub worker: String,
+    pub users: usize,
+    pub rooms: Vec<String>,
+    pub messages_per_second: f64,
+}
+
+/// The figures of every worker heard from.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Figures {
+    pub workers: usize,
+    pub users: usize,
+    pub rooms: usize,
+    pub messages_per_second: f64,
+}
+
+pub struct ClusterStats {
+    channel: String,
+    interval: Duration,
+    reports: Mutex<HashMap<String, (Report, Instant)>>,
+}
+
+impl ClusterStats {
+    pub fn new(prefix: &str, interval: Duration) -> ClusterStats {
+        ClusterStats { channel: format!("{prefix}-stats"), interval, reports: Mutex::new(HashMap::new()) }
+    }
+
+    /// Listens for the other workers' reports until the worker stops.
+    pub async fn listen(self: std::sync::Arc<Self>, driver: BusDriver) {
+        let mut stream = match driver.subscribe(self.channel.clone(), 64).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot subscribe to cluster statistics: figures stay local");
+                return;
+            }
+        };
+        while let Some((_, data)) = stream.next().await {
+            match serde_json::from_slice::<Report>(&data) {
+                Ok(report) => self.heard(report),
+                Err(e) => tracing::debug!(error = %e, "a malformed statistics report was ignored"),
+            }
+        }
+    }
+
+    /// Publishes this worker's report (and counts it at once, so a bus of one sums itself).
+    pub async fn publish(&self, driver: &BusDriver, mut report: Report) {
+        report.rooms.truncate(MAX_ROOM_NAMES);
+        match serde_json::to_vec(&report) {
+            Ok(data) => {
+                if let Err(e) = driver.publish(self.channel.clone(), data).await {
+                    tracing::debug!(error = %e, "publishing statistics failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode statistics"),
+        }
+    }
+
+    fn heard(&self, report: Report) {
+        if let Ok(mut reports) = self.reports.lock() {
+            reports.insert(report.worker.clone(), (report, Instant::now()));
+        }
+    }
+
+    /// The sum over fresh reports; stale ones are forgotten.
+    pub fn figures(&self) -> Figures {
+        let Ok(mut reports) = self.reports.lock() else { return Figures::default() };
+        let horizon = self.interval * STALE_AFTER;
+        reports.retain(|_, (_, at)| at.elapsed() <= horizon);
+        let mut rooms = BTreeSet::new();
+        let mut figures = Figures::default();
+        for (report, _) in reports.values() {
+            figures.workers += 1;
+            figures.users += report.users;
+            figures.messages_per_second += report.messages_per_second;
+            rooms.extend(report.rooms.iter().map(String::as_str));
+        }
+        figures.rooms = rooms.len();
+        figures.messages_per_second = (figures.messages_per_second * 10.0).round() / 10.0;
+        figures
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(worker: &str, users: usize, rooms: &[&str], rate: f64) -> Report {
+        Report {
+            worker: worker.to_owned(),
+            users,
+            rooms: rooms.iter().map(|r| (*r).to_owned()).collect(),
+            messages_per_second: rate,
+        }
+    }
+
+    #[test]
+    fn sums_workers_and_counts_a_shared_room_once() {
+        let stats = ClusterStats::new("t", Duration::from_secs(5));
+        stats.heard(report("a", 3, &["lobby", "dev"], 1.5));
+        stats.heard(report("b", 2, &["lobby"], 0.5));
+        stats.heard(report("a", 4, &["lobby", "dev"], 1.0));
+        assert_eq!(stats.figures(), Figures { workers: 2, users: 6, rooms: 2, messages_per_second: 1.5 });
+    }
+
+    #[test]
+    fn a_silent_worker_ages_out() {
+        let stats = ClusterStats::new("t", Duration::from_millis(10));
+        stats.heard(report("a", 3, &[], 0.0));
+        std::thread::sleep(Duration::from_millis(40));
+        stats.heard(report("b", 1, &[], 0.0));
+        assert_eq!(stats.figures().workers, 1);
+    }
+}
