@@ -100,6 +100,51 @@ if (dmCopies.length > 1) fail(`the dm arrived ${dmCopies.length} times`);
 const gotDm = dmCopies[0];
 if (!gotDm || gotDm.text !== "psst" || gotDm.from.id !== last.guest.id) fail(`dm not delivered: ${JSON.stringify(first.direct)}`);
 
+// A full call signalling exchange between the first and the last guest, each event exactly once.
+const seen = new Map(); // client -> [event, payload]
+for (const c of [first, last]) {
+  seen.set(c, []);
+  for (const e of ["call:invite", "call:accept", "offer", "answer", "ice-candidate", "call:end"]) {
+    c.socket.on(e, (payload) => seen.get(c).push([e, payload]));
+  }
+}
+async function expectOnce(c, event) {
+  const until = Date.now() + 5000;
+  while (!seen.get(c).some(([e]) => e === event) && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+  const got = seen.get(c).filter(([e]) => e === event);
+  if (got.length !== 1) fail(`${c.guest.name} got ${event} ${got.length} times`);
+  return got[0][1];
+}
+async function ok(c, event, payload) {
+  const reply = await c.socket.timeout(5000).emitWithAck(event, payload).catch((e) => fail(`${event}: ${e}`));
+  if (!reply.ok) fail(`${event} refused: ${JSON.stringify(reply)}`);
+  return reply;
+}
+if (count >= 2) {
+  const { call } = await ok(first, "call:invite", { to: [last.guest.id], media: "video" });
+  const invite = await expectOnce(last, "call:invite");
+  if (invite.call !== call || invite.from.id !== first.guest.id) fail(`wrong invite: ${JSON.stringify(invite)}`);
+  await ok(last, "call:accept", { call });
+  await expectOnce(first, "call:accept");
+  await ok(first, "offer", { call, to: last.guest.id, sdp: "v=0 offer" });
+  const offer = await expectOnce(last, "offer");
+  if (offer.sdp !== "v=0 offer" || offer.from.id !== first.guest.id) fail(`wrong offer: ${JSON.stringify(offer)}`);
+  await ok(last, "answer", { call, to: first.guest.id, sdp: "v=0 answer" });
+  if ((await expectOnce(first, "answer")).sdp !== "v=0 answer") fail("wrong answer");
+  await ok(last, "ice-candidate", { call, to: first.guest.id, candidate: "candidate:1" });
+  if ((await expectOnce(first, "ice-candidate")).candidate !== "candidate:1") fail("wrong candidate");
+  await ok(first, "call:end", { call });
+  await expectOnce(last, "call:end");
+  // Over means over, on every worker: signalling into the ended call is refused.
+  const after = await last.socket.timeout(5000).emitWithAck("offer", { call, to: first.guest.id, sdp: "x" });
+  if (after.ok !== false) fail(`an ended call still relays: ${JSON.stringify(after)}`);
+  await new Promise((r) => setTimeout(r, 200));
+  for (const c of [first, last]) {
+    const events = seen.get(c).map(([e]) => e);
+    if (new Set(events).size !== events.length) fail(`${c.guest.name} got duplicates: ${events}`);
+  }
+}
+
 // Bad input closes nothing: an invalid message gets an error ack and the socket stays connected.
 const bad = await clients[0].socket.timeout(5000).emitWithAck("message", { room: 42 }).catch((e) => fail(`bad message: ${e}`));
 if (bad.ok !== false || !clients[0].socket.connected) fail(`invalid payload was not refused cleanly: ${JSON.stringify(bad)}`);

@@ -73,6 +73,21 @@ impl BusDriver {
     }
 }
 
+impl BusDriver {
+    /// Publishes without awaiting: the frame is queued for the bus (or delivered at once in a bus of
+    /// one), so code holding a lock or outside an async context can publish too.
+    pub fn publish_now(&self, chan: String, val: Vec<u8>) -> Result<(), BusError> {
+        if self.inner.out.is_none() {
+            self.inner.deliver(chan, val);
+            return Ok(());
+        }
+        let mut body = Vec::with_capacity(2 + chan.len() + val.len());
+        put_str(&mut body, &chan);
+        body.extend_from_slice(&val);
+        self.inner.send(OP_PUB, &body)
+    }
+}
+
 impl Inner {
     fn new(out: Option<mpsc::UnboundedSender<Vec<u8>>>) -> Inner {
         Inner {
@@ -123,14 +138,7 @@ impl Driver for BusDriver {
     type Error = BusError;
 
     async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), BusError> {
-        if self.inner.out.is_none() {
-            self.inner.deliver(chan, val);
-            return Ok(());
-        }
-        let mut body = Vec::with_capacity(2 + chan.len() + val.len());
-        put_str(&mut body, &chan);
-        body.extend_from_slice(&val);
-        self.inner.send(OP_PUB, &body)
+        self.publish_now(chan, val)
     }
 
     async fn subscribe(&self, chan: String, size: usize) -> Result<MessageStream<ChanItem>, BusError> {

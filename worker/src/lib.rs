@@ -78,7 +78,7 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     // A dead or hung worker must not stall cluster-wide queries (member lists) for long.
     let adapter_config = socketioxide_redis::RedisAdapterConfig::new()
         .with_request_timeout(Duration::from_millis(500))
-        .with_prefix(prefix);
+        .with_prefix(prefix.clone());
     let adapter = socketioxide_redis::RedisAdapterCtr::new_with_driver(driver.clone(), adapter_config);
     let (layer, io) = SocketIo::builder()
         .with_adapter::<Adapter>(adapter)
@@ -105,8 +105,11 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
             turn_secret: config.turn_secret.clone(),
             turn_ttl: config.turn_ttl,
         },
+        Some(realtime::CallsBus { driver: driver.clone(), channel: format!("{prefix}-calls") }),
     );
-    realtime::register(&io, Arc::new(chat), config.origins.clone()).await.map_err(std::io::Error::other)?;
+    let chat = Arc::new(chat);
+    let calls_task = tokio::spawn(chat.clone().follow_calls());
+    realtime::register(&io, chat, config.origins.clone()).await.map_err(std::io::Error::other)?;
     let state = Arc::new(WorkerState {
         started: Instant::now(),
         messages,
@@ -159,6 +162,7 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     shutdown.await;
     stats_task.abort();
     listen_task.abort();
+    calls_task.abort();
     let begun = Instant::now();
     state.draining.store(true, Ordering::SeqCst);
     let open = io.sockets().len();

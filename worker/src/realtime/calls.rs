@@ -11,14 +11,18 @@
 //! - `call:end {call}`: everyone gets `call:end {call, by}`. A participant whose last socket
 //!   disconnects leaves the call the same way.
 //!
-//! The call registry is this worker's for now (shared with cross-worker rooms).
+//! Every worker keeps a copy of the call registry: each change (a call created, a participant gone,
+//! a call ended) is applied here and told to the other workers on the bus, which apply it to
+//! theirs. So a guest may accept or signal from any worker; all the messages themselves go through
+//! the adapter like any other.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide_redis::drivers::Driver;
 
 use super::{Chat, answer, connected, guest_of, guest_room, limited};
 use crate::Adapter;
@@ -31,13 +35,97 @@ pub(super) struct Call {
     pub(super) participants: BTreeSet<String>,
 }
 
+/// A change to the registry, as told to the other workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Change {
+    Create { id: String, participants: BTreeSet<String> },
+    Leave { id: String, guest: String },
+    End { id: String },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Told {
+    /// The worker that made the change (it has applied it already).
+    origin: String,
+    change: Change,
+}
+
+/// Where changes are told: the bus and this app's calls channel.
+pub struct CallsBus {
+    pub driver: crate::bus::BusDriver,
+    pub channel: String,
+}
+
 #[derive(Default)]
 pub(super) struct Calls {
     /// `std::sync::Mutex`: held for a lookup or an update, never across an await.
     calls: Mutex<HashMap<String, Call>>,
+    bus: Option<CallsBus>,
+    origin: String,
 }
 
 impl Calls {
+    pub(super) fn shared(bus: Option<CallsBus>) -> Calls {
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Calls { calls: Mutex::default(), bus, origin: format!("{}-{}", std::process::id(), since_epoch.as_nanos()) }
+    }
+
+    /// Applies the other workers' changes until the worker stops.
+    pub(super) async fn listen(&self) {
+        let Some(bus) = &self.bus else { return };
+        let mut stream = match bus.driver.subscribe(bus.channel.clone(), 1024).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot follow the other workers' calls");
+                return;
+            }
+        };
+        while let Some((_, data)) = futures_util::StreamExt::next(&mut stream).await {
+            match serde_json::from_slice::<Told>(&data) {
+                Ok(told) if told.origin != self.origin => {
+                    self.apply(told.change);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "a malformed call change was ignored"),
+            }
+        }
+    }
+
+    fn tell(&self, change: Change) {
+        let Some(bus) = &self.bus else { return };
+        match serde_json::to_vec(&Told { origin: self.origin.clone(), change }) {
+            Ok(data) => {
+                if let Err(e) = bus.driver.publish_now(bus.channel.clone(), data) {
+                    tracing::warn!(error = %e, "cannot tell the other workers about a call");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode a call change"),
+        }
+    }
+
+    /// Applies a change; returns who is left in the call and whether it is over (for `Leave`).
+    fn apply(&self, change: Change) -> Option<(Vec<String>, bool)> {
+        let mut calls = self.calls.lock().ok()?;
+        match change {
+            Change::Create { id, participants } => {
+                calls.insert(id, Call { participants });
+                None
+            }
+            Change::Leave { id, guest } => {
+                let call = calls.get_mut(&id)?;
+                call.participants.remove(&guest);
+                let left: Vec<String> = call.participants.iter().cloned().collect();
+                let over = left.len() < 2;
+                if over {
+                    calls.remove(&id);
+                }
+                Some((left, over))
+            }
+            Change::End { id } => calls.remove(&id).map(|c| (c.participants.into_iter().collect(), true)),
+        }
+    }
+
     pub(super) fn create(&self, id: &str, from: &str, to: &[String]) -> Result<Call, String> {
         let mut participants: BTreeSet<String> = to.iter().cloned().collect();
         participants.insert(from.to_owned());
@@ -47,10 +135,10 @@ impl Calls {
         if participants.len() > MAX_PARTICIPANTS {
             return Err(format!("a call has at most {MAX_PARTICIPANTS} participants"));
         }
-        let call = Call { participants };
-        if let Ok(mut calls) = self.calls.lock() {
-            calls.insert(id.to_owned(), call.clone());
-        }
+        let call = Call { participants: participants.clone() };
+        let change = Change::Create { id: id.to_owned(), participants };
+        self.apply(change.clone());
+        self.tell(change);
         Ok(call)
     }
 
@@ -66,20 +154,18 @@ impl Calls {
 
     /// Removes `guest` from a call; returns who is left, and whether the call is over.
     pub(super) fn leave(&self, id: &str, guest: &str) -> Option<(Vec<String>, bool)> {
-        let mut calls = self.calls.lock().ok()?;
-        let call = calls.get_mut(id)?;
-        call.participants.remove(guest);
-        let left: Vec<String> = call.participants.iter().cloned().collect();
-        let over = left.len() < 2;
-        if over {
-            calls.remove(id);
-        }
-        Some((left, over))
+        let change = Change::Leave { id: id.to_owned(), guest: guest.to_owned() };
+        let outcome = self.apply(change.clone());
+        self.tell(change);
+        outcome
     }
 
     /// Ends a call; returns its participants.
     pub(super) fn end(&self, id: &str) -> Option<Vec<String>> {
-        self.calls.lock().ok()?.remove(id).map(|c| c.participants.into_iter().collect())
+        let change = Change::End { id: id.to_owned() };
+        let outcome = self.apply(change.clone());
+        self.tell(change);
+        outcome.map(|(participants, _)| participants)
     }
 
     /// Calls `guest` takes part in.
@@ -267,6 +353,20 @@ mod tests {
         assert_eq!(calls.of_guest("a"), vec!["c1".to_owned()]);
         assert_eq!(calls.leave("c1", "b"), Some((vec!["a".into()], true)));
         assert_eq!(calls.len(), 0);
+    }
+
+    #[test]
+    fn a_change_told_by_one_worker_applies_to_another() {
+        let (here, there) = (Calls::default(), Calls::default());
+        let wire = |change: Change| {
+            let told = Told { origin: "here".into(), change };
+            serde_json::from_slice::<Told>(&serde_json::to_vec(&told).expect("encodes")).expect("decodes").change
+        };
+        there.apply(wire(Change::Create { id: "c1".into(), participants: ["a".into(), "b".into()].into() }));
+        assert!(there.of("c1", "b").is_ok());
+        there.apply(wire(Change::Leave { id: "c1".into(), guest: "b".into() }));
+        assert_eq!(there.len(), 0, "one participant left: the call is over everywhere");
+        assert!(here.of("c1", "a").is_err());
     }
 
     #[test]

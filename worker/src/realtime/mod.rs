@@ -45,7 +45,7 @@ use socketioxide::{ParserError, SocketIo};
 use crate::Adapter;
 use crate::session::{Claims, Sessions};
 use calls::Calls;
-pub use calls::IceConfig;
+pub use calls::{CallsBus, IceConfig};
 pub use history::History;
 use limits::{Bucket, PerAddress, Rate};
 
@@ -84,6 +84,11 @@ pub struct Chat {
 }
 
 impl Chat {
+    /// Follows the other workers' calls until the worker stops.
+    pub async fn follow_calls(self: Arc<Self>) {
+        self.calls.listen().await;
+    }
+
     pub fn new(
         instance: Option<&str>,
         sessions: Sessions,
@@ -91,6 +96,7 @@ impl Chat {
         history: History,
         trusted_proxies: Vec<IpAddr>,
         ice: IceConfig,
+        calls_bus: Option<CallsBus>,
     ) -> Chat {
         Chat {
             instance: instance.map(Into::into),
@@ -103,7 +109,7 @@ impl Chat {
             },
             per_address: PerAddress::new(ADDRESS_RATE),
             trusted_proxies,
-            calls: Calls::default(),
+            calls: Calls::shared(calls_bus),
             ice,
         }
     }
