@@ -88,6 +88,24 @@ for (const c of clients) {
   }
 }
 
+// A late joiner on another instance than the first guest's recovers every message, the first
+// guest's included, in the order they were sent: the recovery history is kept on every worker.
+if (placement === "spread") {
+  let late;
+  for (let i = 0; i < 40 && !late; i++) {
+    const c = await connect("late").catch((e) => fail(e.message));
+    if (c.instance === last.instance) late = c;
+    else c.socket.disconnect();
+  }
+  if (!late) fail("could not place a late joiner on the last guest's instance");
+  const reply = await late.socket.timeout(5000).emitWithAck("room:join", { room }).catch((e) => fail(`late join: ${e}`));
+  const missed = (reply.missed ?? []).map((m) => m.id);
+  if (JSON.stringify(missed) !== JSON.stringify(sent.map((s) => s.id))) {
+    fail(`late joiner recovered ${JSON.stringify(missed)}, expected ${JSON.stringify(sent.map((s) => s.id))}`);
+  }
+  late.socket.disconnect();
+}
+
 // A direct message from the last guest reaches the first, wherever each is connected.
 const first = clients[0];
 const dm = await last.socket.timeout(5000).emitWithAck("dm", { to: first.guest.id, text: "psst" }).catch((e) => fail(`dm: ${e}`));

@@ -177,3 +177,50 @@ impl Driver for BusDriver {
         rx.await.map_err(|_| BusError::Gone)
     }
 }
+
+/// One named channel of the bus, for state the workers keep copies of (the call registry, the
+/// recovery history): values are JSON, told to every worker of the app, the teller included.
+#[derive(Clone)]
+pub struct Channel {
+    driver: BusDriver,
+    name: String,
+}
+
+impl Channel {
+    pub fn new(driver: BusDriver, name: String) -> Channel {
+        Channel { driver, name }
+    }
+
+    /// No other worker listens: a bus of one.
+    pub fn is_solo(&self) -> bool {
+        self.driver.inner.out.is_none()
+    }
+
+    pub fn tell<T: serde::Serialize>(&self, value: &T) {
+        match serde_json::to_vec(value) {
+            Ok(data) => {
+                if let Err(e) = self.driver.publish_now(self.name.clone(), data) {
+                    tracing::warn!(channel = %self.name, error = %e, "cannot tell the other workers");
+                }
+            }
+            Err(e) => tracing::warn!(channel = %self.name, error = %e, "cannot encode for the other workers"),
+        }
+    }
+
+    /// Hands every value told on the channel to `apply` until the worker stops.
+    pub async fn follow<T: serde::de::DeserializeOwned>(&self, size: usize, mut apply: impl FnMut(T)) {
+        let mut stream = match self.driver.subscribe(self.name.clone(), size).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(channel = %self.name, error = %e, "cannot follow the other workers");
+                return;
+            }
+        };
+        while let Some((_, data)) = futures_util::StreamExt::next(&mut stream).await {
+            match serde_json::from_slice::<T>(&data) {
+                Ok(value) => apply(value),
+                Err(e) => tracing::debug!(channel = %self.name, error = %e, "a malformed value was ignored"),
+            }
+        }
+    }
+}

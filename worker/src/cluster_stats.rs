@@ -8,11 +8,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use socketioxide_redis::drivers::Driver;
 
-use crate::bus::BusDriver;
+use crate::bus::Channel;
 
 /// A report older than this many intervals is left out of the sum.
 const STALE_AFTER: u32 = 3;
@@ -40,43 +38,30 @@ pub struct Figures {
 }
 
 pub struct ClusterStats {
-    channel: String,
+    channel: Option<Channel>,
     interval: Duration,
     reports: Mutex<HashMap<String, (Report, Instant)>>,
 }
 
 impl ClusterStats {
-    pub fn new(prefix: &str, interval: Duration) -> ClusterStats {
-        ClusterStats { channel: format!("{prefix}-stats"), interval, reports: Mutex::new(HashMap::new()) }
+    /// Without a channel, only this worker's own reports count.
+    pub fn new(channel: Option<Channel>, interval: Duration) -> ClusterStats {
+        ClusterStats { channel, interval, reports: Mutex::new(HashMap::new()) }
     }
 
-    /// Listens for the other workers' reports until the worker stops.
-    pub async fn listen(self: std::sync::Arc<Self>, driver: BusDriver) {
-        let mut stream = match driver.subscribe(self.channel.clone(), 64).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot subscribe to cluster statistics: figures stay local");
-                return;
-            }
-        };
-        while let Some((_, data)) = stream.next().await {
-            match serde_json::from_slice::<Report>(&data) {
-                Ok(report) => self.heard(report),
-                Err(e) => tracing::debug!(error = %e, "a malformed statistics report was ignored"),
-            }
+    /// Listens for the workers' reports (this one's included) until the worker stops.
+    pub async fn listen(self: std::sync::Arc<Self>) {
+        if let Some(channel) = &self.channel {
+            channel.follow(64, |report: Report| self.heard(report)).await;
         }
     }
 
-    /// Publishes this worker's report (and counts it at once, so a bus of one sums itself).
-    pub async fn publish(&self, driver: &BusDriver, mut report: Report) {
+    /// Publishes this worker's report; the bus brings it back to this worker too.
+    pub fn publish(&self, mut report: Report) {
         report.rooms.truncate(MAX_ROOM_NAMES);
-        match serde_json::to_vec(&report) {
-            Ok(data) => {
-                if let Err(e) = driver.publish(self.channel.clone(), data).await {
-                    tracing::debug!(error = %e, "publishing statistics failed");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot encode statistics"),
+        match &self.channel {
+            Some(channel) => channel.tell(&report),
+            None => self.heard(report),
         }
     }
 
@@ -120,7 +105,7 @@ mod tests {
 
     #[test]
     fn sums_workers_and_counts_a_shared_room_once() {
-        let stats = ClusterStats::new("t", Duration::from_secs(5));
+        let stats = ClusterStats::new(None, Duration::from_secs(5));
         stats.heard(report("a", 3, &["lobby", "dev"], 1.5));
         stats.heard(report("b", 2, &["lobby"], 0.5));
         stats.heard(report("a", 4, &["lobby", "dev"], 1.0));
@@ -129,7 +114,7 @@ mod tests {
 
     #[test]
     fn a_silent_worker_ages_out() {
-        let stats = ClusterStats::new("t", Duration::from_millis(10));
+        let stats = ClusterStats::new(None, Duration::from_millis(10));
         stats.heard(report("a", 3, &[], 0.0));
         std::thread::sleep(Duration::from_millis(40));
         stats.heard(report("b", 1, &[], 0.0));

@@ -54,7 +54,6 @@ pub struct WorkerState {
     pub io: SocketIo<Adapter>,
     /// Figures summed over every worker that shares this one's bus.
     pub cluster: Arc<cluster_stats::ClusterStats>,
-    bus: bus::BusDriver,
 }
 
 /// Serves until `shutdown` resolves, then drains within `config.shutdown_timeout`.
@@ -73,8 +72,9 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     };
     // One set of channels per app: every app of the daemon shares its bus.
     let prefix = format!("socket.io/{}", config.app.as_deref().unwrap_or("chat"));
-    let cluster = Arc::new(cluster_stats::ClusterStats::new(&prefix, config.stats_interval));
-    let listen_task = tokio::spawn(cluster.clone().listen(driver.clone()));
+    let stats_channel = bus::Channel::new(driver.clone(), format!("{prefix}-stats"));
+    let cluster = Arc::new(cluster_stats::ClusterStats::new(Some(stats_channel), config.stats_interval));
+    let listen_task = tokio::spawn(cluster.clone().listen());
     // A dead or hung worker must not stall cluster-wide queries (member lists) for long.
     let adapter_config = socketioxide_redis::RedisAdapterConfig::new()
         .with_request_timeout(Duration::from_millis(500))
@@ -105,10 +105,13 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
             turn_secret: config.turn_secret.clone(),
             turn_ttl: config.turn_ttl,
         },
-        Some(realtime::CallsBus { driver: driver.clone(), channel: format!("{prefix}-calls") }),
+        Some(realtime::Shared {
+            calls: bus::Channel::new(driver.clone(), format!("{prefix}-calls")),
+            history: bus::Channel::new(driver.clone(), format!("{prefix}-history")),
+        }),
     );
     let chat = Arc::new(chat);
-    let calls_task = tokio::spawn(chat.clone().follow_calls());
+    let follow_task = tokio::spawn(chat.clone().follow());
     realtime::register(&io, chat, config.origins.clone()).await.map_err(std::io::Error::other)?;
     let state = Arc::new(WorkerState {
         started: Instant::now(),
@@ -117,7 +120,6 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
         instance: config.instance.clone(),
         io: io.clone(),
         cluster,
-        bus: driver,
     });
     // Draining is two steps: first stop accepting (the shared socket's queue goes to the other
     // instances) while connections already accepted deliver their requests; then shut the
@@ -162,7 +164,7 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     shutdown.await;
     stats_task.abort();
     listen_task.abort();
-    calls_task.abort();
+    follow_task.abort();
     let begun = Instant::now();
     state.draining.store(true, Ordering::SeqCst);
     let open = io.sockets().len();
@@ -220,7 +222,7 @@ async fn broadcast_stats(state: Arc<WorkerState>, every: Duration) {
             "rooms": report.rooms.len(),
             "messages_per_second": report.messages_per_second,
         });
-        state.cluster.publish(&state.bus, report).await;
+        state.cluster.publish(report);
         let cluster = state.cluster.figures();
         let stats = serde_json::json!({
             "scope": "cluster",

@@ -22,10 +22,10 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, SocketRef, TryData};
-use socketioxide_redis::drivers::Driver;
 
 use super::{Chat, answer, connected, guest_of, guest_room, limited};
 use crate::Adapter;
+use crate::bus::Channel;
 
 /// At most this many people in one call (a small-room call, not a conference).
 pub(super) const MAX_PARTICIPANTS: usize = 8;
@@ -51,22 +51,16 @@ struct Told {
     change: Change,
 }
 
-/// Where changes are told: the bus and this app's calls channel.
-pub struct CallsBus {
-    pub driver: crate::bus::BusDriver,
-    pub channel: String,
-}
-
 #[derive(Default)]
 pub(super) struct Calls {
     /// `std::sync::Mutex`: held for a lookup or an update, never across an await.
     calls: Mutex<HashMap<String, Call>>,
-    bus: Option<CallsBus>,
+    bus: Option<Channel>,
     origin: String,
 }
 
 impl Calls {
-    pub(super) fn shared(bus: Option<CallsBus>) -> Calls {
+    pub(super) fn shared(bus: Option<Channel>) -> Calls {
         let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         Calls { calls: Mutex::default(), bus, origin: format!("{}-{}", std::process::id(), since_epoch.as_nanos()) }
     }
@@ -74,33 +68,18 @@ impl Calls {
     /// Applies the other workers' changes until the worker stops.
     pub(super) async fn listen(&self) {
         let Some(bus) = &self.bus else { return };
-        let mut stream = match bus.driver.subscribe(bus.channel.clone(), 1024).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot follow the other workers' calls");
-                return;
+        bus.follow(1024, |told: Told| {
+            // This worker applied its own changes when it made them.
+            if told.origin != self.origin {
+                self.apply(told.change);
             }
-        };
-        while let Some((_, data)) = futures_util::StreamExt::next(&mut stream).await {
-            match serde_json::from_slice::<Told>(&data) {
-                Ok(told) if told.origin != self.origin => {
-                    self.apply(told.change);
-                }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "a malformed call change was ignored"),
-            }
-        }
+        })
+        .await;
     }
 
     fn tell(&self, change: Change) {
-        let Some(bus) = &self.bus else { return };
-        match serde_json::to_vec(&Told { origin: self.origin.clone(), change }) {
-            Ok(data) => {
-                if let Err(e) = bus.driver.publish_now(bus.channel.clone(), data) {
-                    tracing::warn!(error = %e, "cannot tell the other workers about a call");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot encode a call change"),
+        if let Some(bus) = &self.bus {
+            bus.tell(&Told { origin: self.origin.clone(), change });
         }
     }
 

@@ -1,6 +1,6 @@
 //! Recent messages per room, so that a client that joins or comes back with the id of the last
-//! message it saw gets what it missed. Bounded by count and age. Memory of this worker for now (a
-//! shared store — Redis Streams — comes with cross-worker rooms).
+//! message it saw gets what it missed. Bounded by count and age. Every worker of a host keeps its
+//! own copy, fed through the bus (see `Chat::record`); Redis Streams across hosts are to come.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

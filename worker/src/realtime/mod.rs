@@ -43,9 +43,10 @@ use socketioxide::socket::DisconnectReason;
 use socketioxide::{ParserError, SocketIo};
 
 use crate::Adapter;
+use crate::bus::Channel;
 use crate::session::{Claims, Sessions};
 use calls::Calls;
-pub use calls::{CallsBus, IceConfig};
+pub use calls::IceConfig;
 pub use history::History;
 use limits::{Bucket, PerAddress, Rate};
 
@@ -80,13 +81,41 @@ pub struct Chat {
     /// Peers whose `X-Forwarded-For` / `CF-Connecting-IP` name the client (a reverse proxy, a CDN).
     trusted_proxies: Vec<IpAddr>,
     calls: Calls,
+    /// Where room messages are told to the other workers' histories.
+    history_bus: Option<Channel>,
     ice: IceConfig,
 }
 
+/// The bus channels a worker copies state through.
+pub struct Shared {
+    pub calls: Channel,
+    pub history: Channel,
+}
+
+#[derive(serde::Serialize, Deserialize)]
+struct ToldMessage {
+    room: String,
+    id: String,
+    message: Value,
+}
+
 impl Chat {
-    /// Follows the other workers' calls until the worker stops.
-    pub async fn follow_calls(self: Arc<Self>) {
-        self.calls.listen().await;
+    /// Follows the other workers' calls and messages until the worker stops.
+    pub async fn follow(self: Arc<Self>) {
+        let history = async {
+            let Some(bus) = &self.history_bus else { return };
+            bus.follow(8192, |told: ToldMessage| self.history.push(&told.room, &told.id, told.message)).await;
+        };
+        tokio::join!(self.calls.listen(), history);
+    }
+
+    /// Keeps a room message for recovery, on every worker: applied when the bus brings it back, so
+    /// that every worker keeps the messages of a room in the same order (the bus's).
+    fn record(&self, room: &str, id: &str, message: Value) {
+        match &self.history_bus {
+            Some(bus) if !bus.is_solo() => bus.tell(&ToldMessage { room: room.to_owned(), id: id.to_owned(), message }),
+            _ => self.history.push(room, id, message),
+        }
     }
 
     pub fn new(
@@ -96,7 +125,7 @@ impl Chat {
         history: History,
         trusted_proxies: Vec<IpAddr>,
         ice: IceConfig,
-        calls_bus: Option<CallsBus>,
+        shared: Option<Shared>,
     ) -> Chat {
         Chat {
             instance: instance.map(Into::into),
@@ -109,7 +138,8 @@ impl Chat {
             },
             per_address: PerAddress::new(ADDRESS_RATE),
             trusted_proxies,
-            calls: Calls::shared(calls_bus),
+            calls: Calls::shared(shared.as_ref().map(|s| s.calls.clone())),
+            history_bus: shared.map(|s| s.history),
             ice,
         }
     }
@@ -554,7 +584,7 @@ async fn send_message(
     let (id, time) = (chat.ids.next(), now_ms());
     let message = json!({ "id": id, "room": room, "from": guest, "text": text, "time": time });
     socket.within(room.clone()).emit("message", &message).await.map_err(|e| format!("broadcast failed: {e}"))?;
-    chat.history.push(&room, &id, message);
+    chat.record(&room, &id, message);
     chat.delivered.fetch_add(1, Ordering::Relaxed);
     Ok(json!({ "ok": true, "id": id, "time": time }))
 }
