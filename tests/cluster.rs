@@ -99,6 +99,39 @@ fn guests_on_different_instances_share_rooms_through_the_bus() {
     env.ok(&["kill"]);
 }
 
+/// A reload replaces every worker, yet the history survives it: each successor asks the workers
+/// still running for the calls and messages they keep, before it serves.
+#[test]
+fn messages_sent_before_a_reload_are_recovered_after_it() {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    env.write("ecosystem.toml", &production_config(port).replace(r#"instances = "max""#, "instances = 2"));
+    env.ok(&["start", "production"]);
+    let before = env.online_pids("chat", 2);
+    let url = format!("http://127.0.0.1:{port}");
+    let recovered = || {
+        let out = node("recover.mjs", &[&url, "lobby"]);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "recover failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("recover report");
+        report["missed"].clone()
+    };
+
+    let out = node("chat.mjs", &[&url, "2", "lobby", "spread"]);
+    assert!(out.status.success(), "chat failed: {}", String::from_utf8_lossy(&out.stdout));
+    let sent = recovered();
+    assert_eq!(sent.as_array().map(Vec::len), Some(2), "{sent}");
+
+    env.ok(&["reload", "chat", "production"]);
+    let after = env.online_pids("chat", 2);
+    assert!(after.iter().all(|pid| !before.contains(pid)), "every worker replaced: {before:?} -> {after:?}");
+    // Whichever new worker answers, it has the messages from before its time, in the same order.
+    for _ in 0..3 {
+        assert_eq!(recovered(), sent);
+    }
+    env.ok(&["kill"]);
+}
+
 #[test]
 fn kill_9_of_one_instance_under_load_refuses_nothing_and_it_comes_back() {
     let env = Env::new();

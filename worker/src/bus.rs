@@ -208,7 +208,18 @@ impl Channel {
     }
 
     /// Hands every value told on the channel to `apply` until the worker stops.
-    pub async fn follow<T: serde::de::DeserializeOwned>(&self, size: usize, mut apply: impl FnMut(T)) {
+    pub async fn follow<T: serde::de::DeserializeOwned>(&self, size: usize, apply: impl FnMut(T)) {
+        self.follow_then(size, || {}, apply).await;
+    }
+
+    /// [`Channel::follow`], calling `subscribed` once the bus has the subscription (what is told
+    /// after that reaches this worker).
+    pub async fn follow_then<T: serde::de::DeserializeOwned>(
+        &self,
+        size: usize,
+        subscribed: impl FnOnce(),
+        mut apply: impl FnMut(T),
+    ) {
         let mut stream = match self.driver.subscribe(self.name.clone(), size).await {
             Ok(stream) => stream,
             Err(e) => {
@@ -216,6 +227,8 @@ impl Channel {
                 return;
             }
         };
+        // Frames leave in order on one connection: the broker registers the subscription first.
+        subscribed();
         while let Some((_, data)) = futures_util::StreamExt::next(&mut stream).await {
             match serde_json::from_slice::<T>(&data) {
                 Ok(value) => apply(value),

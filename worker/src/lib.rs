@@ -108,6 +108,7 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
         Some(realtime::Shared {
             calls: bus::Channel::new(driver.clone(), format!("{prefix}-calls")),
             history: bus::Channel::new(driver.clone(), format!("{prefix}-history")),
+            sync: bus::Channel::new(driver.clone(), format!("{prefix}-sync")),
         }),
     );
     let chat = Arc::new(chat);

@@ -83,6 +83,25 @@ impl Calls {
         }
     }
 
+    /// Identifies this worker on the bus.
+    pub(super) fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// Every call, for a worker that starts later.
+    pub(super) fn dump(&self) -> Vec<(String, BTreeSet<String>)> {
+        let Ok(calls) = self.calls.lock() else { return Vec::new() };
+        calls.iter().map(|(id, call)| (id.clone(), call.participants.clone())).collect()
+    }
+
+    /// Takes in another worker's calls; a call this worker already knows keeps its own state.
+    pub(super) fn merge(&self, dump: Vec<(String, BTreeSet<String>)>) {
+        let Ok(mut calls) = self.calls.lock() else { return };
+        for (id, participants) in dump {
+            calls.entry(id).or_insert(Call { participants });
+        }
+    }
+
     /// Applies a change; returns who is left in the call and whether it is over (for `Leave`).
     fn apply(&self, change: Change) -> Option<(Vec<String>, bool)> {
         let mut calls = self.calls.lock().ok()?;

@@ -49,6 +49,68 @@ impl History {
     }
 }
 
+/// A room's retained messages as one worker tells them to a worker that starts later.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct RoomDump {
+    pub room: String,
+    /// `(id, age in ms, message)`, oldest first.
+    pub entries: Vec<(String, u64, Value)>,
+}
+
+impl History {
+    /// Every room's retained messages, up to about `max_bytes` of JSON (whole rooms, most recently
+    /// active first), so that a snapshot always fits in one bus frame.
+    pub fn dump(&self, max_bytes: usize) -> Vec<RoomDump> {
+        let Ok(rooms) = self.rooms.lock() else { return Vec::new() };
+        let now = Instant::now();
+        let mut by_activity: Vec<(&String, &VecDeque<Entry>)> = rooms.iter().collect();
+        by_activity.sort_by_key(|(_, entries)| std::cmp::Reverse(entries.back().map(|e| e.at)));
+        let mut dump = Vec::new();
+        let mut bytes = 0;
+        for (room, entries) in by_activity {
+            let entries: Vec<(String, u64, Value)> = entries
+                .iter()
+                .filter(|e| now.duration_since(e.at) <= self.max_age)
+                .map(|e| (e.id.clone(), now.duration_since(e.at).as_millis() as u64, e.message.clone()))
+                .collect();
+            let size = room.len() + entries.iter().map(|(id, _, m)| id.len() + 24 + m.to_string().len()).sum::<usize>();
+            if bytes + size > max_bytes {
+                continue;
+            }
+            bytes += size;
+            dump.push(RoomDump { room: room.clone(), entries });
+        }
+        dump
+    }
+
+    /// Takes in another worker's dump: its messages come first, then those this worker already
+    /// kept that the dump does not have.
+    pub fn merge(&self, dump: Vec<RoomDump>) {
+        let Ok(mut rooms) = self.rooms.lock() else { return };
+        let now = Instant::now();
+        for RoomDump { room, entries } in dump {
+            let mine = rooms.remove(&room).unwrap_or_default();
+            let mut merged: VecDeque<Entry> = entries
+                .into_iter()
+                .map(|(id, age, message)| Entry {
+                    id,
+                    at: now.checked_sub(Duration::from_millis(age)).unwrap_or(now),
+                    message,
+                })
+                .collect();
+            for entry in mine {
+                if !merged.iter().any(|e| e.id == entry.id) {
+                    merged.push_back(entry);
+                }
+            }
+            while merged.len() > self.max_count {
+                merged.pop_front();
+            }
+            rooms.insert(room, merged);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +131,19 @@ mod tests {
         old.push("r", "a", json!(1));
         std::thread::sleep(Duration::from_millis(2));
         assert!(old.since("r", None).is_empty(), "too old");
+    }
+
+    #[test]
+    fn a_later_worker_takes_in_a_dump_before_what_it_saw_itself() {
+        let (early, late) = (History::new(3, Duration::from_secs(60)), History::new(3, Duration::from_secs(60)));
+        for i in 0..3 {
+            early.push("lobby", &format!("m{i}"), json!(i));
+        }
+        late.push("lobby", "m2", json!(2));
+        late.push("lobby", "m3", json!(3));
+        late.merge(early.dump(1 << 20));
+        assert_eq!(late.since("lobby", Some("m1")), vec![json!(2), json!(3)], "bounded, no duplicate");
+        assert_eq!(late.since("lobby", None), vec![json!(1), json!(2), json!(3)]);
+        assert!(early.dump(3).is_empty(), "a room over the byte budget is left out");
     }
 }

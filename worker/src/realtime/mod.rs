@@ -83,6 +83,8 @@ pub struct Chat {
     calls: Calls,
     /// Where room messages are told to the other workers' histories.
     history_bus: Option<Channel>,
+    sync_bus: Option<Channel>,
+    synced: std::sync::atomic::AtomicBool,
     ice: IceConfig,
 }
 
@@ -90,6 +92,20 @@ pub struct Chat {
 pub struct Shared {
     pub calls: Channel,
     pub history: Channel,
+    /// Where a starting worker asks the others for the calls and history they keep.
+    pub sync: Channel,
+}
+
+/// A snapshot's history stays under this much JSON, well inside one bus frame.
+const SNAPSHOT_BYTES: usize = 8 << 20;
+
+#[derive(serde::Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Sync {
+    /// A worker just started: whoever hears it answers with what it knows.
+    Hello { from: String },
+    /// The first answer wins; a worker takes in one snapshot in its life.
+    Snapshot { to: String, calls: Vec<(String, std::collections::BTreeSet<String>)>, history: Vec<history::RoomDump> },
 }
 
 #[derive(serde::Serialize, Deserialize)]
@@ -106,7 +122,31 @@ impl Chat {
             let Some(bus) = &self.history_bus else { return };
             bus.follow(8192, |told: ToldMessage| self.history.push(&told.room, &told.id, told.message)).await;
         };
-        tokio::join!(self.calls.listen(), history);
+        // Polled in this order, so the calls and history subscriptions are in place before the
+        // hello below asks the other workers for what they know.
+        let sync = async {
+            let Some(bus) = &self.sync_bus else { return };
+            if bus.is_solo() {
+                return;
+            }
+            let me = self.calls.origin();
+            let hello = || bus.tell(&Sync::Hello { from: me.to_owned() });
+            bus.follow_then(16, hello, |sync: Sync| match sync {
+                Sync::Hello { from } if from != me => bus.tell(&Sync::Snapshot {
+                    to: from,
+                    calls: self.calls.dump(),
+                    history: self.history.dump(SNAPSHOT_BYTES),
+                }),
+                Sync::Snapshot { to, calls, history } if to == me && !self.synced.swap(true, Ordering::SeqCst) => {
+                    tracing::info!(calls = calls.len(), rooms = history.len(), "took in what the other workers know");
+                    self.calls.merge(calls);
+                    self.history.merge(history);
+                }
+                _ => {}
+            })
+            .await;
+        };
+        tokio::join!(self.calls.listen(), history, sync);
     }
 
     /// Keeps a room message for recovery, on every worker: applied when the bus brings it back, so
@@ -139,7 +179,9 @@ impl Chat {
             per_address: PerAddress::new(ADDRESS_RATE),
             trusted_proxies,
             calls: Calls::shared(shared.as_ref().map(|s| s.calls.clone())),
-            history_bus: shared.map(|s| s.history),
+            history_bus: shared.as_ref().map(|s| s.history.clone()),
+            sync_bus: shared.map(|s| s.sync),
+            synced: std::sync::atomic::AtomicBool::new(false),
             ice,
         }
     }
