@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use chat_shared::ipc::{Event, ReloadPhase, Request, Response, ScaleTo};
+use chat_shared::spec::AppSpec;
 
 use super::ReloadArgs;
 use super::start::{exit, load};
@@ -13,7 +14,13 @@ use crate::home::Home;
 
 pub(super) async fn reload(args: ReloadArgs, home: &Home) -> anyhow::Result<ExitCode> {
     let only = args.app.as_deref().filter(|a| *a != "all");
-    let specs = match load(&args.config, args.profile.as_deref(), only) {
+    let mut client =
+        Client::connect(home).await.context("cannot reach the daemon (nothing to reload: use `chatctl start`)")?;
+    let specs = match args.profile.as_deref() {
+        Some(profile) => load(&args.config, Some(profile), only),
+        None => load_as_started(&mut client, &args.config, only).await?,
+    };
+    let specs = match specs {
         Ok(specs) => specs,
         Err(code) => return Ok(code),
     };
@@ -36,10 +43,38 @@ pub(super) async fn reload(args: ReloadArgs, home: &Home) -> anyhow::Result<Exit
             }
         }
     }
-    let mut client =
-        Client::connect(home).await.context("cannot reach the daemon (nothing to reload: use `chatctl start`)")?;
     client.send(&Request::Reload { apps: specs, batch: args.batch }).await?;
     progress(&mut client, args.json).await
+}
+
+/// Without a PROFILE on the command line, every app is resolved with the profile it was started
+/// with (as PM2 keeps an app's `--env`): `chatctl start production` then `chatctl reload` must not
+/// silently reload the default profile. Apps of the file that are not running get the default.
+async fn load_as_started(
+    client: &mut Client,
+    config: &std::path::Path,
+    only: Option<&str>,
+) -> anyhow::Result<Result<Vec<AppSpec>, ExitCode>> {
+    let running = match client.request(&Request::List).await? {
+        Response::List { apps } => apps,
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    let all = match load(config, None, only) {
+        Ok(specs) => specs,
+        Err(code) => return Ok(Err(code)),
+    };
+    let mut specs = Vec::with_capacity(all.len());
+    for spec in all {
+        let profile = running.iter().find(|a| a.name == spec.name).and_then(|a| a.profile.as_deref());
+        match profile {
+            None => specs.push(spec),
+            Some(profile) => match load(config, Some(profile), Some(&spec.name)) {
+                Ok(mut resolved) => specs.append(&mut resolved),
+                Err(code) => return Ok(Err(code)),
+            },
+        }
+    }
+    Ok(Ok(specs))
 }
 
 /// `chatctl scale APP N|+N|-N`.
