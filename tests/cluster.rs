@@ -130,6 +130,25 @@ fn messages_sent_before_a_reload_are_recovered_after_it() {
     for _ in 0..3 {
         assert_eq!(recovered(), sent);
     }
+    // And each successor took them in before it served anybody.
+    let log = env.home().join("logs/chat-out.log");
+    let steps = wait_until("both successors' start in the log", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let steps: Vec<&str> = text
+            .lines()
+            .filter_map(|l| {
+                if l.contains("took in what the other workers know") {
+                    Some("took in")
+                } else if l.contains(r#""serving""#) {
+                    Some("serving")
+                } else {
+                    None
+                }
+            })
+            .collect();
+        (steps.len() >= 6).then(|| steps[steps.len() - 4..].to_vec())
+    });
+    assert_eq!(steps, ["took in", "serving", "took in", "serving"]);
     env.ok(&["kill"]);
 }
 

@@ -196,6 +196,11 @@ impl Channel {
         self.driver.inner.out.is_none()
     }
 
+    /// How many workers follow this channel (this one included once it does).
+    pub async fn listeners(&self) -> u16 {
+        self.driver.num_serv(&self.name).await.unwrap_or(0)
+    }
+
     pub fn tell<T: serde::Serialize>(&self, value: &T) {
         match serde_json::to_vec(value) {
             Ok(data) => {

@@ -56,6 +56,9 @@ pub struct WorkerState {
     pub cluster: Arc<cluster_stats::ClusterStats>,
 }
 
+/// The longest a starting worker waits for the others' calls and history.
+const CATCH_UP: Duration = Duration::from_millis(500);
+
 /// Serves until `shutdown` resolves, then drains within `config.shutdown_timeout`.
 pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     // An oversized packet closes that one connection (engine.io's max payload), not the worker.
@@ -113,6 +116,8 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     );
     let chat = Arc::new(chat);
     let follow_task = tokio::spawn(chat.clone().follow());
+    // Before any listener serves: a reload's successor must know the calls and history first.
+    chat.catch_up(CATCH_UP).await;
     realtime::register(&io, chat, config.origins.clone()).await.map_err(std::io::Error::other)?;
     let state = Arc::new(WorkerState {
         started: Instant::now(),

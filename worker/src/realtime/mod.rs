@@ -85,6 +85,10 @@ pub struct Chat {
     history_bus: Option<Channel>,
     sync_bus: Option<Channel>,
     synced: std::sync::atomic::AtomicBool,
+    asked_again: std::sync::atomic::AtomicBool,
+    /// Permits (`Notify` keeps one for a late waiter): the hello is out; a snapshot is in.
+    said_hello: tokio::sync::Notify,
+    caught_up: tokio::sync::Notify,
     ice: IceConfig,
 }
 
@@ -101,7 +105,7 @@ const SNAPSHOT_BYTES: usize = 8 << 20;
 
 #[derive(serde::Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-enum Sync {
+enum CatchUp {
     /// A worker just started: whoever hears it answers with what it knows.
     Hello { from: String },
     /// The first answer wins; a worker takes in one snapshot in its life.
@@ -130,23 +134,60 @@ impl Chat {
                 return;
             }
             let me = self.calls.origin();
-            let hello = || bus.tell(&Sync::Hello { from: me.to_owned() });
-            bus.follow_then(16, hello, |sync: Sync| match sync {
-                Sync::Hello { from } if from != me => bus.tell(&Sync::Snapshot {
-                    to: from,
-                    calls: self.calls.dump(),
-                    history: self.history.dump(SNAPSHOT_BYTES),
-                }),
-                Sync::Snapshot { to, calls, history } if to == me && !self.synced.swap(true, Ordering::SeqCst) => {
+            let hello = || {
+                bus.tell(&CatchUp::Hello { from: me.to_owned() });
+                self.said_hello.notify_one();
+            };
+            bus.follow_then(16, hello, |message: CatchUp| match message {
+                CatchUp::Hello { from } if from != me => {
+                    bus.tell(&CatchUp::Snapshot {
+                        to: from,
+                        calls: self.calls.dump(),
+                        history: self.history.dump(SNAPSHOT_BYTES),
+                    });
+                    // Two workers starting together: the other may have subscribed after our hello
+                    // but before we counted it, so ask once more rather than wait in vain.
+                    if !self.synced.load(Ordering::SeqCst) && !self.asked_again.swap(true, Ordering::SeqCst) {
+                        bus.tell(&CatchUp::Hello { from: me.to_owned() });
+                    }
+                }
+                CatchUp::Snapshot { to, calls, history } if to == me && !self.synced.swap(true, Ordering::SeqCst) => {
                     tracing::info!(calls = calls.len(), rooms = history.len(), "took in what the other workers know");
                     self.calls.merge(calls);
                     self.history.merge(history);
+                    self.caught_up.notify_one();
                 }
                 _ => {}
             })
             .await;
         };
         tokio::join!(self.calls.listen(), history, sync);
+    }
+
+    /// Waits, at most `within`, for the snapshot of the other workers' calls and history, so that a
+    /// reload's successor is not ready (and gets no guest) before it knows them. Returns at once
+    /// when no other worker runs.
+    pub async fn catch_up(&self, within: std::time::Duration) {
+        let Some(bus) = &self.sync_bus else { return };
+        if bus.is_solo() {
+            return;
+        }
+        let begun = std::time::Instant::now();
+        let waited = tokio::time::timeout(within, async {
+            self.said_hello.notified().await;
+            // Asked after our own subscription went out on the same connection: it counts us.
+            if bus.listeners().await > 1 {
+                self.caught_up.notified().await;
+            }
+        })
+        .await;
+        match waited {
+            Ok(()) => tracing::debug!(elapsed_ms = begun.elapsed().as_millis() as u64, "caught up"),
+            Err(_) => tracing::warn!(
+                within_ms = within.as_millis() as u64,
+                "no other worker sent its calls and history in time: serving with what this worker has"
+            ),
+        }
     }
 
     /// Keeps a room message for recovery, on every worker: applied when the bus brings it back, so
@@ -182,6 +223,9 @@ impl Chat {
             history_bus: shared.as_ref().map(|s| s.history.clone()),
             sync_bus: shared.map(|s| s.sync),
             synced: std::sync::atomic::AtomicBool::new(false),
+            asked_again: std::sync::atomic::AtomicBool::new(false),
+            said_hello: tokio::sync::Notify::new(),
+            caught_up: tokio::sync::Notify::new(),
             ice,
         }
     }
