@@ -28,8 +28,9 @@
 //! - `spawn`, `listen`, `probe`, `notify`, `logs`, `metrics`, `watch`: the effects' machinery.
 //! - `reaper`, `leftovers`: no process outlives the daemon, however it dies.
 //! - `dashboard`: `chatctl monit`; `exporter`: `/metrics`.
+//! - `bus`: the publish/subscribe broker the workers share rooms through.
 
-pub mod bus;
+mod bus;
 pub mod cli;
 pub mod client;
 mod daemon;
