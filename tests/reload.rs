@@ -189,8 +189,8 @@ fn a_program_that_binds_its_own_port_is_reloaded_by_restarting_one_by_one() {
 fn chatting_guests_reconnect_through_a_reload_with_their_identity_and_rooms() {
     let env = Env::new();
     let port = crate::support::free_port();
-    // One instance: rooms are per worker until the local bus, so every guest must land on the one
-    // that replaced the old one.
+    // One instance, so every guest is served by the worker that replaced the old one: what this
+    // checks is that identity and rooms survive the process (cluster.rs covers several workers).
     env.write("ecosystem.toml", &chat_app(port, "cluster", 1, ""));
     env.ok(&["start"]);
     let out = crate::support::run_bounded(

@@ -1,5 +1,5 @@
-// Wire-compatibility check with the real socket.io-client v4: COUNT guests on one worker instance
-// join ROOM, each sends one message, and every guest must receive every message and see the full
+// Wire-compatibility check with the real socket.io-client v4: COUNT guests (placed as PLACEMENT
+// says, below) join ROOM, each sends one message, and every guest must receive every message and see the full
 // member list. Prints one JSON line with what happened; exits 1 with a reason on any failure.
 //
 // usage: node chat.mjs URL COUNT ROOM [same|spread]
