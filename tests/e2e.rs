@@ -11,6 +11,7 @@ mod lifecycle;
 mod logs;
 mod memory;
 mod monit;
+mod redis;
 mod reload;
 mod watch;
 mod worker;

@@ -17,12 +17,32 @@ pub struct HealthBody {
     /// Room messages this process has delivered since it started (a counter).
     #[serde(default)]
     pub messages: u64,
+    /// How this worker reaches the others (absent from workers that predate it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterHealth>,
+}
+
+/// The link that shares rooms with the other workers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterHealth {
+    /// `redis`, `local` (the daemon's bus) or `none` (a worker run alone).
+    pub via: String,
+    pub connected: bool,
+    /// Why the link is down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// For how long it has been down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_ms: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthStatus {
     Ok,
+    /// Serving its own clients, but cut off from the other workers (Redis or the local bus is down).
+    /// Served with HTTP 200: restarting the worker would not bring the link back.
+    Degraded,
     /// Shutting down: no new work should be sent here. Served with HTTP 503.
     Draining,
 }

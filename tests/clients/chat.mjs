@@ -2,7 +2,9 @@
 // says, below) join ROOM, each sends one message, and every guest must receive every message and see the full
 // member list. Prints one JSON line with what happened; exits 1 with a reason on any failure.
 //
-// usage: node chat.mjs URL COUNT ROOM [same|spread]
+// usage: node chat.mjs URL[,URL...] COUNT ROOM [same|spread]
+// With several URLs (separate daemons: "hosts" sharing one Redis), guest i connects to URL i mod n,
+// and an instance is named by its URL's position and its instance id.
 // Cluster mode spreads connections over instances. PLACEMENT `same` (the default) keeps only clients
 // that land on the first client's instance; `spread` keeps only clients that land on an instance no
 // kept client is on, so everything checked below crosses the supervisor's bus between workers.
@@ -19,15 +21,18 @@ function fail(reason) {
   process.exit(1);
 }
 
-function connect(name) {
+const urls = url.split(",");
+
+function connect(name, target = urls[0]) {
   return new Promise((resolve, reject) => {
     // websocket only: without sticky sessions, long-polling cannot work across instances.
-    const socket = io(url, { transports: ["websocket"], reconnection: false, timeout: 5000 });
+    const socket = io(target, { transports: ["websocket"], reconnection: false, timeout: 5000 });
     socket.on("connect_error", (e) => reject(new Error(`connect_error: ${e.message}`)));
     socket.on("connect", () => {
       socket.timeout(5000).emit("guest:join", { name }, (err, reply) => {
         if (err || !reply?.ok) return reject(new Error(`guest:join failed: ${err ?? JSON.stringify(reply)}`));
-        resolve({ socket, guest: reply.guest, instance: reply.instance });
+        const instance = urls.length > 1 ? `${urls.indexOf(target)}/${reply.instance}` : reply.instance;
+        resolve({ socket, guest: reply.guest, instance, target });
       });
     });
   });
@@ -37,7 +42,7 @@ const clients = [];
 let tries = 0;
 while (clients.length < count) {
   if (++tries > 40) fail(`could not place ${count} clients (${placement}) in 40 tries`);
-  const client = await connect(`guest-${clients.length}`).catch((e) => fail(e.message));
+  const client = await connect(`guest-${clients.length}`, urls[clients.length % urls.length]).catch((e) => fail(e.message));
   const misplaced =
     placement === "same"
       ? clients.length > 0 && client.instance !== clients[0].instance
@@ -93,7 +98,7 @@ for (const c of clients) {
 if (placement === "spread") {
   let late;
   for (let i = 0; i < 40 && !late; i++) {
-    const c = await connect("late").catch((e) => fail(e.message));
+    const c = await connect("late", last.target).catch((e) => fail(e.message));
     if (c.instance === last.instance) late = c;
     else c.socket.disconnect();
   }

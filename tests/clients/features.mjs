@@ -3,20 +3,10 @@
 // a reason on the first failure.
 // usage: node features.mjs URL
 import { io } from "socket.io-client";
+import { deadline, fail, until } from "./common.mjs";
 
 const [url] = process.argv.slice(2);
-setTimeout(() => fail("timed out after 30 s"), 30_000).unref();
-function fail(reason) {
-  console.log(JSON.stringify({ ok: false, reason }));
-  process.exit(1);
-}
-const until = async (what, check, ms = 5000) => {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) fail(`waited ${ms} ms for: ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-};
+deadline(30);
 const ask = (s, event, data) => s.timeout(5000).emitWithAck(event, data).catch((e) => fail(`${event}: ${e}`));
 
 async function guest(name) {

@@ -5,25 +5,15 @@
 //
 // usage: node reload-chat.mjs URL CHATCTL_BINARY   (CHATCTL_HOME and the cwd name the deployment)
 import { io } from "socket.io-client";
+import { deadline, fail, until as waitUntil } from "./common.mjs";
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
 
+const until = (what, check, ms = 15_000) => waitUntil(what, check, ms);
+
 const [url, chatctl] = process.argv.slice(2);
 const room = "lobby";
-setTimeout(() => fail("timed out after 30 s"), 30_000).unref();
-
-function fail(reason) {
-  console.log(JSON.stringify({ ok: false, reason }));
-  process.exit(1);
-}
-
-const until = async (what, check, ms = 15_000) => {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) fail(`waited ${ms} ms for: ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-};
+deadline(30);
 
 function guest(name) {
   // The session token the server pushes is kept in `auth`: socket.io-client sends it again on

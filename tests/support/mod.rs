@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub(crate) mod redis;
+
 use chat_shared::status::{AppStatus, Phase};
 
 /// A binary of this workspace, built next to the test executable (`cargo build --workspace`).

@@ -29,6 +29,9 @@ pub struct Config {
     pub trusted_proxies: Vec<IpAddr>,
     /// The daemon's local bus (`CHATCTL_BUS`): rooms shared with the other workers of this host.
     pub bus: Option<std::path::PathBuf>,
+    /// Redis (`REDIS_URL`, Redis 7 or later): rooms, sessions and history shared with every worker
+    /// of every host; replaces the local bus. Checked at start; never logged (it may hold a password).
+    pub redis_url: Option<String>,
     /// The app's name under chatctl (`CHATCTL_APP`): its channels on the bus, which every app of
     /// the daemon shares, so that two apps never see each other's rooms.
     pub app: Option<String>,
@@ -100,6 +103,15 @@ impl Config {
             session_ttl: parse(&lookup, "SESSION_TTL", HumanDuration(Duration::from_secs(86_400)))?.0,
             max_payload: parse(&lookup, "MAX_PAYLOAD", ByteSize(64 << 10))?.0,
             bus: lookup(worker_env::BUS).filter(|p| !p.is_empty()).map(std::path::PathBuf::from),
+            redis_url: match lookup("REDIS_URL").filter(|u| !u.trim().is_empty()) {
+                None => None,
+                Some(url) => match redis::Client::open(url.trim()) {
+                    Ok(_) => Some(url.trim().to_owned()),
+                    Err(e) => {
+                        return Err(ConfigError { name: "REDIS_URL", value: redact(&url), why: e.to_string() });
+                    }
+                },
+            },
             app: lookup(worker_env::APP_NAME).filter(|a| !a.is_empty()),
             stats_interval: parse(&lookup, "STATS_INTERVAL", HumanDuration(Duration::from_secs(5)))?
                 .0
@@ -151,6 +163,20 @@ impl Config {
     }
 }
 
+/// A URL with its password, if any, replaced by `***`.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &credentials[..colon], &url[at..]),
+                None => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,11 +195,25 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable() {
-        for (name, value) in
-            [("PORT", "70000"), ("HOST", "nowhere"), ("SHUTDOWN_TIMEOUT", "5"), ("CHAT_WORKER_THREADS", "0")]
-        {
+        for (name, value) in [
+            ("PORT", "70000"),
+            ("HOST", "nowhere"),
+            ("SHUTDOWN_TIMEOUT", "5"),
+            ("CHAT_WORKER_THREADS", "0"),
+            ("REDIS_URL", "http://x"),
+        ] {
             let err = with(&[(name, value)]).expect_err("refused").to_string();
             assert!(err.starts_with(&format!("environment variable {name}=")), "{err}");
         }
+    }
+
+    #[test]
+    fn a_redis_password_never_shows() {
+        let err = with(&[("REDIS_URL", "redis://user:s3cret@localhost:notaport")]).expect_err("refused").to_string();
+        assert!(!err.contains("s3cret") && err.contains("user:***@"), "{err}");
+        assert_eq!(redact("redis://s3cret@h"), "redis://***@h");
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+        let ok = with(&[("REDIS_URL", "redis://127.0.0.1:6379/0")]).expect("valid");
+        assert_eq!(ok.redis_url.as_deref(), Some("redis://127.0.0.1:6379/0"));
     }
 }

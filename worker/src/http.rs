@@ -25,8 +25,14 @@ pub fn admin_router(state: Arc<WorkerState>) -> Router<Arc<WorkerState>> {
 
 async fn health(State(state): State<Arc<WorkerState>>) -> (StatusCode, Json<HealthBody>) {
     let draining = state.draining.load(Ordering::SeqCst);
+    let cluster = state.link.health();
+    let status = match (draining, cluster.connected) {
+        (true, _) => HealthStatus::Draining,
+        (false, false) => HealthStatus::Degraded,
+        (false, true) => HealthStatus::Ok,
+    };
     let body = HealthBody {
-        status: if draining { HealthStatus::Draining } else { HealthStatus::Ok },
+        status,
         uptime_ms: state.started.elapsed().as_millis() as u64,
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
@@ -34,6 +40,7 @@ async fn health(State(state): State<Arc<WorkerState>>) -> (StatusCode, Json<Heal
         connections: state.io.sockets().len(),
         rooms: state.io.local().rooms().await.map_or(0, |r| r.iter().filter(|r| !r.starts_with('@')).count()),
         messages: state.messages.load(Ordering::Relaxed),
+        cluster: Some(cluster),
     };
     // 503 while draining, so a load balancer probing the same path takes this instance out too.
     let code = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
@@ -65,5 +72,6 @@ async fn stats(State(state): State<Arc<WorkerState>>) -> Json<Value> {
         "pid": std::process::id(),
         // Summed from the workers' latest reports (see `cluster_stats`): never waits on a worker.
         "cluster": state.cluster.figures(),
+        "link": state.link.health(),
     }))
 }

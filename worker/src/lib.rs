@@ -28,6 +28,7 @@ pub mod listeners;
 pub mod origins;
 pub mod realtime;
 pub mod session;
+pub mod store;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +42,7 @@ pub use config::Config;
 use drain::Draining;
 pub use listeners::Listeners;
 
-/// The Socket.IO adapter: rooms shared through the daemon's bus (or a bus of one).
+/// The Socket.IO adapter: rooms shared through Redis, the daemon's bus, or a bus of one.
 pub type Adapter = socketioxide_redis::CustomRedisAdapter<socketioxide::adapter::Emitter, bus::BusDriver>;
 
 /// What every handler may read. Owned by an `Arc`; only `draining` ever changes.
@@ -54,7 +55,12 @@ pub struct WorkerState {
     pub io: SocketIo<Adapter>,
     /// Figures summed over every worker that shares this one's bus.
     pub cluster: Arc<cluster_stats::ClusterStats>,
+    /// How this worker reaches the others (for `/health`).
+    pub link: bus::BusDriver,
 }
+
+/// The longest a starting worker waits for Redis before it starts degraded (and keeps trying).
+const REDIS_FIRST_TRY: Duration = Duration::from_secs(1);
 
 /// The longest a starting worker waits for the others' calls and history.
 const CATCH_UP: Duration = Duration::from_millis(500);
@@ -63,15 +69,17 @@ const CATCH_UP: Duration = Duration::from_millis(500);
 pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     // An oversized packet closes that one connection (engine.io's max payload), not the worker.
     let max = config.max_payload;
-    let driver = match &config.bus {
-        Some(path) => match bus::BusDriver::connect(path).await {
+    let driver = match (&config.redis_url, &config.bus) {
+        // Redis spans every host, so it replaces the local bus rather than joining it.
+        (Some(url), _) => bus::BusDriver::redis(url, REDIS_FIRST_TRY).await,
+        (None, Some(path)) => match bus::BusDriver::connect(path).await {
             Ok(driver) => driver,
             Err(e) => {
                 tracing::error!(path = %path.display(), error = %e, "cannot reach the local bus: rooms stay on this worker");
                 bus::BusDriver::solo()
             }
         },
-        None => bus::BusDriver::solo(),
+        (None, None) => bus::BusDriver::solo(),
     };
     // One set of channels per app: every app of the daemon shares its bus.
     let prefix = format!("socket.io/{}", config.app.as_deref().unwrap_or("chat"));
@@ -112,6 +120,16 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
             calls: bus::Channel::new(driver.clone(), format!("{prefix}-calls")),
             history: bus::Channel::new(driver.clone(), format!("{prefix}-history")),
             sync: bus::Channel::new(driver.clone(), format!("{prefix}-sync")),
+            store: config.redis_url.as_ref().map(|_| {
+                let app = config.app.as_deref().unwrap_or("chat");
+                store::Store::new(
+                    driver.clone(),
+                    app,
+                    config.session_ttl,
+                    realtime::HISTORY_COUNT,
+                    realtime::HISTORY_AGE,
+                )
+            }),
         }),
     );
     let chat = Arc::new(chat);
@@ -126,6 +144,7 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
         instance: config.instance.clone(),
         io: io.clone(),
         cluster,
+        link: driver.clone(),
     });
     // Draining is two steps: first stop accepting (the shared socket's queue goes to the other
     // instances) while connections already accepted deliver their requests; then shut the

@@ -1,6 +1,7 @@
 //! Recent messages per room, so that a client that joins or comes back with the id of the last
 //! message it saw gets what it missed. Bounded by count and age. Every worker of a host keeps its
-//! own copy, fed through the bus (see `Chat::record`); Redis Streams across hosts are to come.
+//! own copy, fed through the bus (see `Chat::record`). With Redis, recovery reads the room's stream
+//! there first (`store`); this copy serves while Redis is down.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

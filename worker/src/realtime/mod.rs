@@ -25,7 +25,8 @@
 //! refused event is answered `{ok: false, error: "rate limited"}`, and a socket that keeps going is
 //! disconnected. Text is data: it is relayed as JSON strings, never interpreted.
 //!
-//! Rooms are local to this worker for now: sharing them across workers is the local bus / Redis work.
+//! Rooms span every worker linked to this one (see `bus`): the daemon's local bus on one host, Redis
+//! across hosts. With Redis, sessions and each room's recent messages are also kept there (`store`).
 
 mod calls;
 mod history;
@@ -44,7 +45,8 @@ use socketioxide::{ParserError, SocketIo};
 
 use crate::Adapter;
 use crate::bus::Channel;
-use crate::session::{Claims, Sessions};
+use crate::session::{Claims, Sessions, TokenError};
+use crate::store::Store;
 use calls::Calls;
 pub use calls::IceConfig;
 pub use history::History;
@@ -90,6 +92,8 @@ pub struct Chat {
     said_hello: tokio::sync::Notify,
     caught_up: tokio::sync::Notify,
     ice: IceConfig,
+    /// Redis itself (sessions, history streams), when the app has `REDIS_URL`.
+    store: Option<Store>,
 }
 
 /// The bus channels a worker copies state through.
@@ -98,6 +102,8 @@ pub struct Shared {
     pub history: Channel,
     /// Where a starting worker asks the others for the calls and history they keep.
     pub sync: Channel,
+    /// Redis itself (sessions, history streams), when the app has `REDIS_URL`.
+    pub store: Option<Store>,
 }
 
 /// A snapshot's history stays under this much JSON, well inside one bus frame.
@@ -193,6 +199,9 @@ impl Chat {
     /// Keeps a room message for recovery, on every worker: applied when the bus brings it back, so
     /// that every worker keeps the messages of a room in the same order (the bus's).
     fn record(&self, room: &str, id: &str, message: Value) {
+        if let Some(store) = &self.store {
+            store.append(room, &message);
+        }
         match &self.history_bus {
             Some(bus) if !bus.is_solo() => bus.tell(&ToldMessage { room: room.to_owned(), id: id.to_owned(), message }),
             _ => self.history.push(room, id, message),
@@ -221,12 +230,42 @@ impl Chat {
             trusted_proxies,
             calls: Calls::shared(shared.as_ref().map(|s| s.calls.clone())),
             history_bus: shared.as_ref().map(|s| s.history.clone()),
-            sync_bus: shared.map(|s| s.sync),
+            sync_bus: shared.as_ref().map(|s| s.sync.clone()),
             synced: std::sync::atomic::AtomicBool::new(false),
             asked_again: std::sync::atomic::AtomicBool::new(false),
             said_hello: tokio::sync::Notify::new(),
             caught_up: tokio::sync::Notify::new(),
             ice,
+            store: shared.and_then(|s| s.store),
+        }
+    }
+
+    /// A room's messages after `since` (all retained if unknown): Redis's stream when Redis is
+    /// there, this worker's copy otherwise.
+    async fn missed(&self, room: &str, since: Option<&str>) -> Vec<Value> {
+        if let Some(store) = &self.store
+            && let Some(messages) = store.since(room, since).await
+        {
+            return messages;
+        }
+        self.history.since(room, since)
+    }
+
+    /// Who a returning client's token says it is. A token this app's secret did not sign may come
+    /// from another host (with a secret of its own): with Redis, it is believed if it is the very
+    /// token Redis keeps for that guest.
+    async fn resume(&self, token: &str) -> Result<Claims, TokenError> {
+        match self.sessions.verify(token) {
+            Err(TokenError::Forged) => {
+                let (Some(store), Ok(claims)) = (&self.store, Sessions::unverified(token)) else {
+                    return Err(TokenError::Forged);
+                };
+                match store.session(&claims.id).await {
+                    Some(record) if record.token == token => Ok(claims),
+                    _ => Err(TokenError::Forged),
+                }
+            }
+            other => other,
         }
     }
 }
@@ -325,7 +364,11 @@ pub async fn register(
             let address = client_address(&socket, &chat.trusted_proxies);
             socket.extensions.insert(Limit { bucket: Arc::new(Mutex::new(Bucket::new(SOCKET_RATE))), address });
             let auth = auth.unwrap_or_default();
-            match auth.token.as_deref().map(|t| chat.sessions.verify(t)) {
+            let resumed = match auth.token.as_deref() {
+                Some(token) => Some(chat.resume(token).await),
+                None => None,
+            };
+            match resumed {
                 Some(Ok(claims)) => restore(&socket, claims, &auth.since, &chat).await,
                 Some(Err(e)) => {
                     tracing::debug!(sid = %socket.id, error = %e, "session refused");
@@ -339,7 +382,7 @@ pub async fn register(
             if let (Some(name), None) = (auth.name, socket.extensions.get::<Guest>()) {
                 // A bad name in `auth` is ignored here; the client can still `guest:join`.
                 if join_guest(&socket, JoinGuest { name }).is_ok() {
-                    send_session(&socket, &chat.sessions);
+                    send_session(&socket, &chat);
                 }
             }
             handlers(&socket, &chat);
@@ -359,7 +402,7 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                     // `instance` tells the client (and tests) which worker of a cluster serves it.
                     Ok(join) => join_guest(&socket, join).map(|g| {
                         socket.extensions.insert(IceFor(chat.ice.for_guest(&g.id, now_ms() / 1000)));
-                        let token = send_session(&socket, &chat.sessions);
+                        let token = send_session(&socket, &chat);
                         json!({ "ok": true, "guest": g, "instance": chat.instance.as_deref(), "token": token })
                     }),
                     Err(e) => Err(format!("expected {{name}}: {e}")),
@@ -378,13 +421,14 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                     let since = data.as_ref().ok().and_then(|d| d.since.clone());
                     let reply = match room_change(&socket, data, join) {
                         Ok(room) => {
-                            send_session(&socket, &chat.sessions);
-                            room_members_changed(&socket, &room).await.map(|mut reply| {
-                                if join {
-                                    reply["missed"] = Value::from(chat.history.since(&room, since.as_deref()));
+                            send_session(&socket, &chat);
+                            match room_members_changed(&socket, &room).await {
+                                Ok(mut reply) if join => {
+                                    reply["missed"] = Value::from(chat.missed(&room, since.as_deref()).await);
+                                    Ok(reply)
                                 }
-                                reply
-                            })
+                                other => other,
+                            }
                         }
                         Err(e) => Err(e),
                     };
@@ -444,6 +488,9 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
         async move {
             tracing::debug!(sid = %socket.id, ?reason, "socket disconnected");
             if let Some(guest) = socket.extensions.get::<Guest>() {
+                if let Some(store) = &chat.store {
+                    store.touch(&guest.id);
+                }
                 // The guest's last socket here leaves its calls.
                 let others = socket
                     .within(guest_room(&guest.id))
@@ -531,21 +578,25 @@ async fn restore(
         socket.join(room.clone());
         let _ = room_members_changed(socket, &room).await;
         if let Some(last) = since.get(&room) {
-            let missed = chat.history.since(&room, Some(last));
+            let missed = chat.missed(&room, Some(last)).await;
             let _ = socket.emit("history", &json!({ "room": room, "messages": missed }));
         }
     }
-    send_session(socket, &chat.sessions);
+    send_session(socket, chat);
 }
 
 /// Sends the guest a fresh token for who it is and its rooms now; returns it.
-fn send_session(socket: &SocketRef<Adapter>, sessions: &Sessions) -> Option<String> {
+fn send_session(socket: &SocketRef<Adapter>, chat: &Chat) -> Option<String> {
     let guest = socket.extensions.get::<Guest>()?;
     if let Some(ice) = socket.extensions.get::<IceFor>() {
         let _ = socket.emit("ice:servers", &ice.0);
     }
-    let rooms = socket.rooms().into_iter().filter(|r| !r.starts_with(INTERNAL)).map(|r| r.to_string()).collect();
-    let token = sessions.issue(&guest.id, &guest.name, rooms);
+    let rooms: Vec<String> =
+        socket.rooms().into_iter().filter(|r| !r.starts_with(INTERNAL)).map(|r| r.to_string()).collect();
+    let token = chat.sessions.issue(&guest.id, &guest.name, rooms.clone());
+    if let Some(store) = &chat.store {
+        store.put_session(&guest.id, &guest.name, &rooms, &token);
+    }
     let _ = socket.emit("session", &json!({ "token": token, "guest": guest }));
     Some(token)
 }

@@ -1,0 +1,180 @@
+//! Redis (`REDIS_URL`): rooms, sessions and history across "hosts" (separate daemons with separate
+//! homes and ports) sharing one real redis-server; outages of Redis under traffic.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chat_shared::health::{HealthBody, HealthStatus};
+
+use crate::support::redis::RedisServer;
+use crate::support::{Env, bin, free_port, http_get, node, wait_until};
+
+/// One "host": a daemon with its own home running a 1-worker cluster of the chat on `port`.
+fn host(redis: &str, port: u16, instances: usize) -> Env {
+    let env = Env::new();
+    env.write(
+        "ecosystem.toml",
+        &format!(
+            r#"
+[apps.chat]
+script = "{worker}"
+port = {port}
+instances = {instances}
+exec_mode = "cluster"
+env = {{ REDIS_URL = "{redis}", RUST_LOG = "info", STATS_INTERVAL = "200ms" }}
+"#,
+            worker = bin("chat-worker").display()
+        ),
+    );
+    env.ok(&["start"]);
+    env.online_pids("chat", instances);
+    env
+}
+
+/// The health of the worker behind `port` (any instance).
+fn health(port: u16) -> Option<HealthBody> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let (_, body) = http_get(addr, "/health").ok()?;
+    serde_json::from_str(&body).ok()
+}
+
+fn linked(port: u16) -> bool {
+    health(port)
+        .is_some_and(|h| h.status == HealthStatus::Ok && h.cluster.is_some_and(|c| c.via == "redis" && c.connected))
+}
+
+#[test]
+fn guests_on_two_hosts_share_rooms_dms_and_calls_through_redis() {
+    let redis = RedisServer::start();
+    let (port_a, port_b) = (free_port(), free_port());
+    let _a = host(&redis.url(), port_a, 1);
+    let _b = host(&redis.url(), port_b, 1);
+    assert!(linked(port_a) && linked(port_b), "{:?} {:?}", health(port_a), health(port_b));
+
+    let urls = format!("http://127.0.0.1:{port_a},http://127.0.0.1:{port_b}");
+    let out = node("chat.mjs", &[&urls, "2", "lobby", "spread"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "chat failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("chat report");
+    assert_eq!(report["instances"].as_array().map(Vec::len), Some(2), "{report}");
+
+    // The live figures add up across hosts too.
+    let public: SocketAddr = ([127, 0, 0, 1], port_a).into();
+    wait_until("both hosts' workers in the cluster statistics", Duration::from_secs(10), || {
+        let (_, body) = http_get(public, "/api/socket/stats").ok()?;
+        let stats: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (stats["cluster"]["workers"] == 2).then_some(())
+    });
+}
+
+#[test]
+fn a_guest_returns_on_another_host_with_its_session_and_history_from_redis() {
+    let redis = RedisServer::start();
+    let (port_a, port_b) = (free_port(), free_port());
+    // Each daemon gives the app a secret of its own: a token from A is not signed for B.
+    let a = host(&redis.url(), port_a, 1);
+    let b = host(&redis.url(), port_b, 1);
+    let (url_a, url_b) = (format!("http://127.0.0.1:{port_a}"), format!("http://127.0.0.1:{port_b}"));
+    let out = node("hop.mjs", &[&url_a, &url_b, "lobby"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "hop failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("hop report");
+    assert!(report["error"].as_str().is_some_and(|e| e.contains("signature")), "{report}");
+
+    // The session lives in Redis, with a TTL.
+    let id = report["id"].as_str().expect("guest id");
+    let key = format!("chat:chat:session:{id}");
+    assert!(redis.command(&["HGET", &key, "name"]).contains("hopper"), "{}", redis.command(&["HGETALL", &key]));
+    let ttl = redis.command(&["PTTL", &key]);
+    assert!(ttl.trim_start_matches(':').trim().parse::<i64>().is_ok_and(|ms| ms > 0), "PTTL {ttl}");
+
+    // Every worker of both hosts gone: the history is still there, in the room's stream.
+    a.ok(&["kill"]);
+    b.ok(&["kill"]);
+    let c = host(&redis.url(), port_a, 1);
+    let out = node("recover.mjs", &[&url_a, "lobby"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "recover failed: {stdout}");
+    let recovered: serde_json::Value = serde_json::from_str(stdout.trim()).expect("recover report");
+    assert_eq!(recovered["missed"].as_array().map(Vec::len), Some(4), "{recovered}");
+    drop(c);
+}
+
+fn degraded(port: u16) -> bool {
+    health(port).is_some_and(|h| {
+        h.status == HealthStatus::Degraded
+            && h.cluster.is_some_and(|c| c.via == "redis" && !c.connected && c.error.is_some())
+    })
+}
+
+#[test]
+fn redis_stopped_and_restarted_under_traffic() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+
+    let mut redis = RedisServer::start();
+    let (port_a, port_b) = (free_port(), free_port());
+    let _a = host(&redis.url(), port_a, 1);
+    let _b = host(&redis.url(), port_b, 1);
+    let script = crate::support::tests_dir().join("clients/outage.mjs");
+    let mut client = Command::new("node")
+        .arg(script)
+        .args([&format!("http://127.0.0.1:{port_a}"), &format!("http://127.0.0.1:{port_b}"), "lobby"])
+        .current_dir(crate::support::tests_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node");
+    let mut stdin = client.stdin.take().expect("stdin");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = client.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let next_line =
+        || lines.recv_timeout(Duration::from_secs(40)).unwrap_or_else(|_| "(no line: node timed out)".into());
+    let guard = scopeguard(client);
+
+    assert_eq!(next_line(), "ready");
+    redis.kill();
+    wait_until("both hosts degraded", Duration::from_secs(10), || (degraded(port_a) && degraded(port_b)).then_some(()));
+    writeln!(stdin, "down").expect("write");
+    assert_eq!(next_line(), "restart");
+    redis.resume();
+    wait_until("both hosts linked again", Duration::from_secs(10), || (linked(port_a) && linked(port_b)).then_some(()));
+    writeln!(stdin, "up").expect("write");
+    let report = next_line();
+    drop(guard);
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap_or_else(|_| panic!("outage report: {report}"));
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["b_heard_during_outage"], 0, "{report}");
+    eprintln!("outage: {report}");
+}
+
+/// Kills the child (by pid) when dropped, whatever happened.
+fn scopeguard(child: std::process::Child) -> impl Drop {
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    Guard(child)
+}
+
+#[test]
+fn a_worker_starts_degraded_without_redis_and_joins_when_it_appears() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let port = free_port();
+    // Nothing listens on Redis's port: the worker starts anyway, healthy but degraded.
+    let _host = host(&redis.url(), port, 1);
+    assert!(degraded(port), "{:?}", health(port));
+    let out = node("chat.mjs", &[&format!("http://127.0.0.1:{port}"), "2", "lobby"]);
+    assert!(out.status.success(), "a degraded worker still chats: {}", String::from_utf8_lossy(&out.stdout));
+    redis.resume();
+    wait_until("the worker linked once Redis appeared", Duration::from_secs(10), || linked(port).then_some(()));
+}

@@ -1,0 +1,299 @@
+//! socketioxide-redis's `Driver` over whatever links this worker to the others: Redis
+//! (`REDIS_URL`, every worker of every host), else the daemon's local bus (`CHATCTL_BUS`, the workers
+//! of this host), else nothing — a bus of one, where publications come straight back, so the
+//! adapter behaves as a single server. One adapter, one set of channels, whatever the link.
+//!
+//! A link that goes down (Redis stopped, the daemon gone) turns the driver into a bus of one until
+//! it comes back: this worker keeps serving its own clients, and `/health` says it is degraded.
+
+mod local;
+mod redis_link;
+
+pub(crate) use redis_link::RedisLink;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chat_shared::health::ClusterHealth;
+use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
+use tokio::sync::mpsc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("the local bus is gone")]
+    Gone,
+}
+
+#[derive(Clone)]
+pub struct BusDriver {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    link: Link,
+    table: Arc<Table>,
+    state: Arc<LinkState>,
+}
+
+enum Link {
+    Solo,
+    Local(local::Local),
+    Redis(RedisLink),
+}
+
+/// The channels this worker follows, and where their messages go.
+#[derive(Default)]
+struct Table {
+    /// `std::sync::Mutex`: held for an insert or a lookup, never across an await.
+    subscriptions: Mutex<HashMap<String, mpsc::Sender<ChanItem>>>,
+}
+
+impl Table {
+    fn deliver(&self, chan: String, data: Vec<u8>) {
+        let sender = self.subscriptions.lock().ok().and_then(|s| s.get(&chan).cloned());
+        if let Some(sender) = sender
+            && sender.try_send((chan, data)).is_err()
+        {
+            tracing::warn!("an adapter subscription fell behind: a cluster message was dropped");
+        }
+    }
+
+    fn follows(&self, chan: &str) -> bool {
+        self.subscriptions.lock().is_ok_and(|s| s.contains_key(chan))
+    }
+
+    fn channels(&self) -> Vec<String> {
+        self.subscriptions.lock().map(|s| s.keys().cloned().collect()).unwrap_or_default()
+    }
+}
+
+/// Whether the link is up, for the driver (a down link is a bus of one) and for `/health`.
+struct LinkState {
+    via: &'static str,
+    up: AtomicBool,
+    /// Why the link is down, and since when.
+    down: Mutex<Option<(String, Instant)>>,
+}
+
+impl LinkState {
+    fn new(via: &'static str, up: bool) -> LinkState {
+        LinkState { via, up: AtomicBool::new(up), down: Mutex::new(None) }
+    }
+
+    fn is_up(&self) -> bool {
+        self.up.load(Ordering::SeqCst)
+    }
+
+    fn set_up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+        if let Ok(mut down) = self.down.lock() {
+            *down = None;
+        }
+    }
+
+    fn down_for(&self) -> Option<std::time::Duration> {
+        self.down.lock().ok().and_then(|d| d.as_ref().map(|(_, since)| since.elapsed()))
+    }
+
+    /// Returns whether the link was up until now.
+    fn set_down(&self, why: String) -> bool {
+        let was_up = self.up.swap(false, Ordering::SeqCst);
+        if let Ok(mut down) = self.down.lock() {
+            match down.as_mut() {
+                Some((reason, _)) => *reason = why,
+                None => *down = Some((why, Instant::now())),
+            }
+        }
+        was_up
+    }
+}
+
+impl BusDriver {
+    /// A bus of one, for a worker run without chatctl or Redis.
+    pub fn solo() -> BusDriver {
+        BusDriver::with(Link::Solo, Arc::default(), Arc::new(LinkState::new("none", true)))
+    }
+
+    /// Connects to the daemon's bus at `path`.
+    pub async fn connect(path: &std::path::Path) -> std::io::Result<BusDriver> {
+        let table = Arc::new(Table::default());
+        let state = Arc::new(LinkState::new("local", true));
+        let local = local::Local::connect(path, table.clone(), state.clone()).await?;
+        Ok(BusDriver::with(Link::Local(local), table, state))
+    }
+
+    /// Links to Redis at `url` (checked by the configuration). Waits at most `first_try` for the
+    /// first connection; without it the worker starts degraded and keeps trying in the background.
+    pub async fn redis(url: &str, first_try: std::time::Duration) -> BusDriver {
+        let table = Arc::new(Table::default());
+        let state = Arc::new(LinkState::new("redis", false));
+        let link = RedisLink::start(url, table.clone(), state.clone(), first_try).await;
+        BusDriver::with(Link::Redis(link), table, state)
+    }
+
+    fn with(link: Link, table: Arc<Table>, state: Arc<LinkState>) -> BusDriver {
+        BusDriver { inner: Arc::new(Inner { link, table, state }) }
+    }
+
+    /// No other worker can hear this one: run alone, or the link is down.
+    pub fn is_solo(&self) -> bool {
+        matches!(self.inner.link, Link::Solo) || !self.inner.state.is_up()
+    }
+
+    /// What `/health` says about the link.
+    pub fn health(&self) -> ClusterHealth {
+        let state = &self.inner.state;
+        let down = state.down.lock().ok().and_then(|d| d.clone());
+        ClusterHealth {
+            via: state.via.to_owned(),
+            connected: state.is_up(),
+            error: down.as_ref().map(|(why, _)| why.clone()),
+            down_ms: down.map(|(_, since)| since.elapsed().as_millis() as u64),
+        }
+    }
+
+    /// The Redis link, for what is kept in Redis itself (sessions, history streams).
+    pub(crate) fn store(&self) -> Option<&RedisLink> {
+        match &self.inner.link {
+            Link::Redis(link) if self.inner.state.is_up() => Some(link),
+            _ => None,
+        }
+    }
+
+    /// Publishes without awaiting: the message is queued for the link (or delivered at once in a
+    /// bus of one), so code holding a lock or outside an async context can publish too.
+    pub fn publish_now(&self, chan: String, val: Vec<u8>) -> Result<(), BusError> {
+        if self.is_solo() {
+            self.inner.table.deliver(chan, val);
+            return Ok(());
+        }
+        match &self.inner.link {
+            Link::Solo => Ok(()),
+            Link::Local(local) => local.publish(&chan, &val),
+            Link::Redis(redis) => {
+                redis.publish(chan, val);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Driver for BusDriver {
+    type Error = BusError;
+
+    async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), BusError> {
+        self.publish_now(chan, val)
+    }
+
+    async fn subscribe(&self, chan: String, size: usize) -> Result<MessageStream<ChanItem>, BusError> {
+        let (tx, rx) = mpsc::channel(size.max(1));
+        if let Ok(mut subscriptions) = self.inner.table.subscriptions.lock() {
+            subscriptions.insert(chan.clone(), tx);
+        }
+        match &self.inner.link {
+            Link::Solo => {}
+            Link::Local(local) => local.subscribe(&chan)?,
+            // Registered above first: a link coming up subscribes to everything in the table.
+            Link::Redis(redis) => redis.subscribe(chan).await,
+        }
+        Ok(MessageStream::new(rx))
+    }
+
+    async fn unsubscribe(&self, chan: String) -> Result<(), BusError> {
+        if let Ok(mut subscriptions) = self.inner.table.subscriptions.lock() {
+            subscriptions.remove(&chan);
+        }
+        match &self.inner.link {
+            Link::Solo => Ok(()),
+            Link::Local(local) => local.unsubscribe(&chan),
+            Link::Redis(redis) => {
+                redis.unsubscribe(chan).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn num_serv(&self, chan: &str) -> Result<u16, BusError> {
+        let solo = || Ok(u16::from(self.inner.table.follows(chan)));
+        if self.is_solo() {
+            return solo();
+        }
+        match &self.inner.link {
+            Link::Solo => solo(),
+            Link::Local(local) => local.listeners(chan).await,
+            // A failed count (the link just went down) counts this worker alone: requests then
+            // expect no answer rather than wait for the timeout.
+            Link::Redis(redis) => {
+                Ok(redis.listeners(chan).await.unwrap_or_else(|| u16::from(self.inner.table.follows(chan))))
+            }
+        }
+    }
+}
+
+/// One named channel of the bus, for state the workers keep copies of (the call registry, the
+/// recovery history): values are JSON, told to every worker of the app, the teller included.
+#[derive(Clone)]
+pub struct Channel {
+    driver: BusDriver,
+    name: String,
+}
+
+impl Channel {
+    pub fn new(driver: BusDriver, name: String) -> Channel {
+        Channel { driver, name }
+    }
+
+    /// No other worker can hear this one (run alone, or the link is down).
+    pub fn is_solo(&self) -> bool {
+        self.driver.is_solo()
+    }
+
+    /// How many workers follow this channel (this one included once it does).
+    pub async fn listeners(&self) -> u16 {
+        self.driver.num_serv(&self.name).await.unwrap_or(0)
+    }
+
+    pub fn tell<T: serde::Serialize>(&self, value: &T) {
+        match serde_json::to_vec(value) {
+            Ok(data) => {
+                if let Err(e) = self.driver.publish_now(self.name.clone(), data) {
+                    tracing::warn!(channel = %self.name, error = %e, "cannot tell the other workers");
+                }
+            }
+            Err(e) => tracing::warn!(channel = %self.name, error = %e, "cannot encode for the other workers"),
+        }
+    }
+
+    /// Hands every value told on the channel to `apply` until the worker stops.
+    pub async fn follow<T: serde::de::DeserializeOwned>(&self, size: usize, apply: impl FnMut(T)) {
+        self.follow_then(size, || {}, apply).await;
+    }
+
+    /// [`Channel::follow`], calling `subscribed` once the link has the subscription (what is told
+    /// after that reaches this worker).
+    pub async fn follow_then<T: serde::de::DeserializeOwned>(
+        &self,
+        size: usize,
+        subscribed: impl FnOnce(),
+        mut apply: impl FnMut(T),
+    ) {
+        let mut stream = match self.driver.subscribe(self.name.clone(), size).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(channel = %self.name, error = %e, "cannot follow the other workers");
+                return;
+            }
+        };
+        // The local bus: frames leave in order on one connection, so the broker registers the
+        // subscription first. Redis: `subscribe` returned once Redis confirmed it.
+        subscribed();
+        while let Some((_, data)) = futures_util::StreamExt::next(&mut stream).await {
+            match serde_json::from_slice::<T>(&data) {
+                Ok(value) => apply(value),
+                Err(e) => tracing::debug!(channel = %self.name, error = %e, "a malformed value was ignored"),
+            }
+        }
+    }
+}

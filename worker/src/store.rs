@@ -1,0 +1,169 @@
+//! What the chat keeps in Redis itself, when there is one: guest sessions (a hash per guest with a
+//! TTL, renewed on every change and disconnect) and each room's recent messages (a capped stream).
+//! Writes are queued behind the link's publications and never awaited; reads fall back to the
+//! worker's own copies when Redis is down (`None`).
+//!
+//! Keys: `chat:{app}:session:{guest id}` (`name`, `rooms` as JSON, `token`, `created`, `last_seen`,
+//! ms since the epoch) and `chat:{app}:history:{room}` (entries `m` = the message's JSON; the
+//! entry's id carries its time, which bounds the age).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use crate::bus::BusDriver;
+
+const TOUCH: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then \
+    redis.call('HSET', KEYS[1], 'last_seen', ARGV[1]); redis.call('PEXPIRE', KEYS[1], ARGV[2]) end";
+
+#[derive(Clone)]
+pub struct Store {
+    driver: BusDriver,
+    prefix: String,
+    session_ttl: Duration,
+    history_count: usize,
+    history_age: Duration,
+}
+
+/// A guest's session as Redis keeps it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub name: String,
+    pub rooms: Vec<String>,
+    /// The latest token issued: a token from another host (signed with its secret) is believed
+    /// when it is this one.
+    pub token: String,
+}
+
+impl Store {
+    pub fn new(
+        driver: BusDriver,
+        app: &str,
+        session_ttl: Duration,
+        history_count: usize,
+        history_age: Duration,
+    ) -> Store {
+        Store { driver, prefix: format!("chat:{app}"), session_ttl, history_count, history_age }
+    }
+
+    fn session_key(&self, id: &str) -> String {
+        format!("{}:session:{id}", self.prefix)
+    }
+
+    fn history_key(&self, room: &str) -> String {
+        format!("{}:history:{room}", self.prefix)
+    }
+
+    /// Keeps who the guest is now, its rooms and its latest token, for `session_ttl` from now.
+    pub fn put_session(&self, id: &str, name: &str, rooms: &[String], token: &str) {
+        let Some(redis) = self.driver.store() else { return };
+        let key = self.session_key(id);
+        let now = now_ms();
+        redis.send(
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg("name")
+                .arg(name)
+                .arg("rooms")
+                .arg(serde_json::to_string(rooms).unwrap_or_default())
+                .arg("token")
+                .arg(token)
+                .arg("last_seen")
+                .arg(now)
+                .clone(),
+        );
+        redis.send(redis::cmd("HSETNX").arg(&key).arg("created").arg(now).clone());
+        self.expire(redis, &key);
+    }
+
+    /// Notes that the guest was just seen (a disconnect), renewing the TTL.
+    pub fn touch(&self, id: &str) {
+        let Some(redis) = self.driver.store() else { return };
+        let key = self.session_key(id);
+        // Only if it exists: HSET alone would bring an expired session back with just this field.
+        redis.send(
+            redis::cmd("EVAL")
+                .arg(TOUCH)
+                .arg(1)
+                .arg(&key)
+                .arg(now_ms())
+                .arg(self.session_ttl.as_millis() as u64)
+                .clone(),
+        );
+    }
+
+    fn expire(&self, redis: &crate::bus::RedisLink, key: &str) {
+        redis.send(redis::cmd("PEXPIRE").arg(key).arg(self.session_ttl.as_millis() as u64).clone());
+    }
+
+    /// The session Redis keeps for `id`; `None` when there is none (expired) or Redis is down.
+    pub async fn session(&self, id: &str) -> Option<SessionRecord> {
+        let redis = self.driver.store()?;
+        let fields: std::collections::HashMap<String, String> =
+            redis.query(redis::cmd("HGETALL").arg(self.session_key(id)).clone()).await?;
+        Some(SessionRecord {
+            name: fields.get("name")?.clone(),
+            rooms: serde_json::from_str(fields.get("rooms")?).ok()?,
+            token: fields.get("token")?.clone(),
+        })
+    }
+
+    /// Appends a room message to the room's stream (capped near the history's count, expiring with
+    /// its age).
+    pub fn append(&self, room: &str, message: &Value) {
+        let Some(redis) = self.driver.store() else { return };
+        let key = self.history_key(room);
+        redis.send(
+            redis::cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.history_count)
+                .arg("*")
+                .arg("m")
+                .arg(message.to_string())
+                .clone(),
+        );
+        redis.send(redis::cmd("PEXPIRE").arg(&key).arg(self.history_age.as_millis() as u64).clone());
+    }
+
+    /// The room's messages after the one with id `since` (all retained when `since` is unknown or
+    /// not given), oldest first; `None` when Redis is down, so the caller uses its own copy.
+    pub async fn since(&self, room: &str, since: Option<&str>) -> Option<Vec<Value>> {
+        let redis = self.driver.store()?;
+        let cmd = redis::cmd("XREVRANGE")
+            .arg(self.history_key(room))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(self.history_count)
+            .clone();
+        let reply: redis::streams::StreamRangeReply = redis.query(cmd).await?;
+        let oldest = now_ms().saturating_sub(self.history_age.as_millis() as u64);
+        let mut messages: Vec<Value> = reply
+            .ids
+            .into_iter()
+            .rev()
+            .filter(|entry| entry_ms(&entry.id) >= oldest)
+            .filter_map(|entry| {
+                let text: String = entry.get("m")?;
+                serde_json::from_str(&text).ok()
+            })
+            .collect();
+        if let Some(since) = since
+            && let Some(at) = messages.iter().position(|m| m["id"] == since)
+        {
+            messages.drain(..=at);
+        }
+        Some(messages)
+    }
+}
+
+/// The time part of a stream entry id (`ms-seq`).
+fn entry_ms(id: &str) -> u64 {
+    id.split('-').next().and_then(|ms| ms.parse().ok()).unwrap_or(0)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
