@@ -1,11 +1,16 @@
 //! `chatctl-bench`: measures the supervisor with the real release binaries and prints figures beside
 //! PM2's (reference figures measured on the same kind of 2-core machine), as medians.
 //!
-//! usage: cargo build --release --workspace && ./target/release/chatctl-bench [start|crash|logs|rss|list|all]
+//! usage: cargo build --release --workspace && ./target/release/chatctl-bench [start|crash|logs|rss|list|reload|monit|chat|all]
+//!
+//! `chat` (the chat worker beside the Node Socket.IO server) needs Node.js and npm, and
+//! redis-server for its cluster rows; see `chat.rs`.
 //!
 //! Every process it starts is stopped with `chatctl kill` (by its own home) before it exits.
 
+mod chat;
 mod harness;
+mod sio;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -50,6 +55,12 @@ fn main() {
     }
     if all || what == "monit" {
         monit();
+    }
+    if all || what == "chat" {
+        chat::chat();
+    }
+    if what == "chat-memory" {
+        chat::memory();
     }
 }
 

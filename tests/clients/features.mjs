@@ -20,6 +20,8 @@ async function guest(name) {
   s.on("typing", (t) => g.typing.push(t));
   s.on("dm", (m) => g.dms.push(m));
   s.on("message", (m) => g.messages.push(m));
+  g.presence = [];
+  s.on("room:presence", (p) => g.presence.push(p));
   s.on("disconnect", () => (g.closed = true));
   await new Promise((r) => s.on("connect", r));
   const join = await ask(s, "guest:join", { name });
@@ -47,6 +49,14 @@ const ann = await guest("ann");
 const bob = await guest("bob");
 for (const g of [ann, bob]) if (!(await ask(g.s, "room:join", { room: "lobby" })).ok) fail("room:join");
 if ((await ask(ann.s, "room:join", { room: "@guest:x" })).ok) fail("an internal room name was accepted");
+
+// Presence: ann saw bob come in (a delta, with the new count), and sees a visitor come and go.
+await until("ann sees bob's arrival", () => ann.presence.some((p) => p.guest.id === bob.id && p.joined && p.count === 2));
+const visitor = await guest("visitor");
+await ask(visitor.s, "room:join", { room: "lobby" });
+await until("ann sees the visitor arrive", () => ann.presence.some((p) => p.guest.id === visitor.id && p.joined && p.count === 3));
+visitor.s.disconnect();
+await until("ann sees the visitor leave", () => ann.presence.some((p) => p.guest.id === visitor.id && !p.joined && p.count === 2));
 
 // The live statistics broadcast (every 200 ms here).
 await until("a stats broadcast", () => ann.stats && ann.stats.users >= 2 && ann.stats.rooms >= 1);

@@ -25,6 +25,10 @@ pub struct Config {
     pub session_ttl: Duration,
     /// Largest engine.io packet accepted; a larger one closes that connection.
     pub max_payload: u64,
+    /// Messages, typing and DMs a socket may send (`MESSAGE_RATE`, `N/s`, `N/m` or `off`).
+    pub message_rate: Option<crate::realtime::Rate>,
+    /// The same for all sockets of one client address (`ADDRESS_RATE`).
+    pub address_rate: Option<crate::realtime::Rate>,
     /// Reverse proxies whose `X-Forwarded-For` / `CF-Connecting-IP` are believed.
     pub trusted_proxies: Vec<IpAddr>,
     /// The daemon's local bus (`CHATCTL_BUS`): rooms shared with the other workers of this host.
@@ -142,6 +146,8 @@ impl Config {
                     urls
                 }
             },
+            message_rate: rate(&lookup, "MESSAGE_RATE", crate::realtime::SOCKET_RATE)?,
+            address_rate: rate(&lookup, "ADDRESS_RATE", crate::realtime::ADDRESS_RATE)?,
             turn_secret: lookup("TURN_SECRET").filter(|s| !s.is_empty()).map(String::into_bytes),
             turn_ttl: parse(&lookup, "TURN_TTL", HumanDuration(Duration::from_secs(3600)))?.0,
             trusted_proxies: match lookup("TRUSTED_PROXIES") {
@@ -160,6 +166,17 @@ impl Config {
                     .collect::<Result<_, _>>()?,
             },
         })
+    }
+}
+
+fn rate(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: crate::realtime::Rate,
+) -> Result<Option<crate::realtime::Rate>, ConfigError> {
+    match lookup(name) {
+        None => Ok(Some(default)),
+        Some(value) => crate::realtime::Rate::parse(&value).map_err(|why| ConfigError { name, value, why }),
     }
 }
 

@@ -8,10 +8,32 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// `rate` tokens a second, at most `burst` saved up.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Rate {
-    pub(super) per_second: f64,
-    pub(super) burst: f64,
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+impl Rate {
+    /// `N/s` or `N/m` (a burst of twice the per-second rate, at least 1), or `off` (`None`).
+    pub fn parse(text: &str) -> Result<Option<Rate>, String> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let (count, per) = text.split_once('/').ok_or_else(|| format!("{text:?}: expected N/s, N/m or off"))?;
+        let count: f64 = count.trim().parse().map_err(|_| format!("{count:?} is not a number"))?;
+        let seconds = match per.trim() {
+            "s" => 1.0,
+            "m" => 60.0,
+            other => return Err(format!("{other:?}: the unit is s or m")),
+        };
+        if !(count.is_finite() && count > 0.0) {
+            return Err(format!("{text:?}: the count must be positive (or the whole value off)"));
+        }
+        let per_second = count / seconds;
+        Ok(Some(Rate { per_second, burst: (per_second * 2.0).max(1.0) }))
+    }
 }
 
 #[derive(Debug)]
@@ -78,6 +100,16 @@ impl PerAddress {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(Rate::parse("10/s"), Ok(Some(Rate { per_second: 10.0, burst: 20.0 })));
+        assert_eq!(Rate::parse("30/m"), Ok(Some(Rate { per_second: 0.5, burst: 1.0 })));
+        assert_eq!(Rate::parse("OFF"), Ok(None));
+        for bad in ["10", "0/s", "x/s", "10/h", "-1/s"] {
+            assert!(Rate::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn a_burst_then_the_rate() {

@@ -14,7 +14,8 @@
 //!   as a new visitor.
 //! - `room:join {room, since?}` / `room:leave {room}` → `{ok, room, members}` (a join also
 //!   `missed`: the room's recent messages after `since`, or all retained); every member of the room
-//!   then receives `room:members {room, members}`.
+//!   then receives `room:presence {room, guest, joined, count}`, and `room:members {room, members}`
+//!   (the whole list) while the room has at most 100 members. Disconnecting leaves every room.
 //! - `message {room, text}` → `{ok, id, time}`; every member of the room, the sender included,
 //!   receives `message {id, room, from: {id, name}, text, time}`.
 //! - `typing {room, typing}`: the other members receive `typing {room, guest, typing}`.
@@ -50,17 +51,27 @@ use crate::store::Store;
 use calls::Calls;
 pub use calls::IceConfig;
 pub use history::History;
-use limits::{Bucket, PerAddress, Rate};
+pub use limits::Rate;
+use limits::{Bucket, PerAddress};
 
 const MAX_NAME_CHARS: usize = 32;
 const MAX_ROOM_CHARS: usize = 64;
 const MAX_TEXT_CHARS: usize = 4000;
 /// Rooms the server uses itself start with this; clients cannot name one so.
 const INTERNAL: char = '@';
-/// Messages, typing and DMs per socket.
-const SOCKET_RATE: Rate = Rate { per_second: 10.0, burst: 20.0 };
-/// The same, per client address (several tabs, a NAT).
-const ADDRESS_RATE: Rate = Rate { per_second: 50.0, burst: 100.0 };
+/// Messages, typing and DMs per socket, unless configured (`MESSAGE_RATE`).
+pub const SOCKET_RATE: Rate = Rate { per_second: 10.0, burst: 20.0 };
+/// The same, per client address (several tabs, a NAT), unless configured (`ADDRESS_RATE`).
+pub const ADDRESS_RATE: Rate = Rate { per_second: 50.0, burst: 100.0 };
+
+/// Who may send how much; `None` rates are off.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub socket: Option<Rate>,
+    pub address: Option<Rate>,
+    /// Peers whose `X-Forwarded-For` / `CF-Connecting-IP` name the client (a reverse proxy, a CDN).
+    pub trusted_proxies: Vec<IpAddr>,
+}
 /// Refusals in a row after which a socket is disconnected.
 const ABUSE: u32 = 50;
 
@@ -79,8 +90,8 @@ pub struct Chat {
     pub delivered: Arc<AtomicU64>,
     pub history: History,
     ids: MessageIds,
-    per_address: PerAddress,
-    /// Peers whose `X-Forwarded-For` / `CF-Connecting-IP` name the client (a reverse proxy, a CDN).
+    socket_rate: Option<Rate>,
+    per_address: Option<PerAddress>,
     trusted_proxies: Vec<IpAddr>,
     calls: Calls,
     /// Where room messages are told to the other workers' histories.
@@ -213,7 +224,7 @@ impl Chat {
         sessions: Sessions,
         delivered: Arc<AtomicU64>,
         history: History,
-        trusted_proxies: Vec<IpAddr>,
+        limits: Limits,
         ice: IceConfig,
         shared: Option<Shared>,
     ) -> Chat {
@@ -222,12 +233,10 @@ impl Chat {
             sessions,
             delivered,
             history,
-            ids: MessageIds {
-                prefix: format!("{}.{}", instance.unwrap_or("0"), std::process::id()),
-                next: AtomicU64::new(1),
-            },
-            per_address: PerAddress::new(ADDRESS_RATE),
-            trusted_proxies,
+            ids: MessageIds::new(instance),
+            socket_rate: limits.socket,
+            per_address: limits.address.map(PerAddress::new),
+            trusted_proxies: limits.trusted_proxies,
             calls: Calls::shared(shared.as_ref().map(|s| s.calls.clone())),
             history_bus: shared.as_ref().map(|s| s.history.clone()),
             sync_bus: shared.as_ref().map(|s| s.sync.clone()),
@@ -309,14 +318,20 @@ struct Direct {
     text: String,
 }
 
-/// Message ids: unique per worker process and sortable; `instance-pid-seq` keeps them unique across a
-/// cluster without coordination.
+/// Message ids: `instance.pid.random-seq`, unique across a cluster and its hosts without
+/// coordination (two hosts' workers may well have the same instance and pid, in containers).
 struct MessageIds {
     prefix: String,
     next: AtomicU64,
 }
 
 impl MessageIds {
+    fn new(instance: Option<&str>) -> MessageIds {
+        let random = crate::session::random_secret().map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let prefix = format!("{}.{}.{random:08x}", instance.unwrap_or("0"), std::process::id());
+        MessageIds { prefix, next: AtomicU64::new(1) }
+    }
+
     fn next(&self) -> String {
         format!("{}-{}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
     }
@@ -326,12 +341,15 @@ impl MessageIds {
 #[derive(Clone)]
 struct IceFor(Value);
 
-/// A socket's own rate limit and the address it counts against.
+/// A socket's own rate limit.
 #[derive(Clone)]
 struct Limit {
     bucket: Arc<Mutex<Bucket>>,
-    address: IpAddr,
 }
+
+/// The client address a socket counts against.
+#[derive(Clone, Copy)]
+struct Address(IpAddr);
 
 /// Registers the handlers on the default namespace; with `origins`, a connection from a page of
 /// another origin is refused (`connect_error` "origin not allowed").
@@ -362,7 +380,10 @@ pub async fn register(
         async move {
             tracing::debug!(sid = %socket.id, "socket connected");
             let address = client_address(&socket, &chat.trusted_proxies);
-            socket.extensions.insert(Limit { bucket: Arc::new(Mutex::new(Bucket::new(SOCKET_RATE))), address });
+            if let Some(rate) = chat.socket_rate {
+                socket.extensions.insert(Limit { bucket: Arc::new(Mutex::new(Bucket::new(rate))) });
+            }
+            socket.extensions.insert(Address(address));
             let auth = auth.unwrap_or_default();
             let resumed = match auth.token.as_deref() {
                 Some(token) => Some(chat.resume(token).await),
@@ -422,7 +443,7 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                     let reply = match room_change(&socket, data, join) {
                         Ok(room) => {
                             send_session(&socket, &chat);
-                            match room_members_changed(&socket, &room).await {
+                            match room_members_changed(&socket, &room, join).await {
                                 Ok(mut reply) if join => {
                                     reply["missed"] = Value::from(chat.missed(&room, since.as_deref()).await);
                                     Ok(reply)
@@ -516,12 +537,10 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
             let rooms: Vec<String> =
                 socket.rooms().into_iter().filter(|r| !r.starts_with(INTERNAL)).map(|r| r.to_string()).collect();
             socket.leave_all();
-            for room in rooms {
-                let members = members(&socket, &room).await;
-                let _ = socket
-                    .within(room.clone())
-                    .emit("room:members", &json!({ "room": room, "members": members }))
-                    .await;
+            if let Some(guest) = socket.extensions.get::<Guest>() {
+                for room in rooms {
+                    tell_presence(&socket, &room, &guest, false).await;
+                }
             }
         }
     });
@@ -547,16 +566,23 @@ fn client_address(socket: &SocketRef<Adapter>, trusted: &[IpAddr]) -> IpAddr {
 
 /// Takes a token from the socket's and its address's buckets; disconnects an abusive socket.
 fn limited(socket: &SocketRef<Adapter>, chat: &Chat) -> Result<(), String> {
-    let Some(limit) = socket.extensions.get::<Limit>() else { return Ok(()) };
-    let (allowed, abusive) = match limit.bucket.lock() {
-        Ok(mut bucket) => {
-            let allowed = bucket.take(SOCKET_RATE, Instant::now()) && chat.per_address.take(limit.address);
-            (allowed, bucket.refused_in_a_row() >= ABUSE)
-        }
-        Err(_) => (true, false),
+    let address = socket.extensions.get::<Address>().map(|a| a.0);
+    let by_address = || match (&chat.per_address, address) {
+        (Some(per_address), Some(address)) => per_address.take(address),
+        _ => true,
+    };
+    let (allowed, abusive) = match (chat.socket_rate, socket.extensions.get::<Limit>()) {
+        (Some(rate), Some(limit)) => match limit.bucket.lock() {
+            Ok(mut bucket) => {
+                let allowed = bucket.take(rate, Instant::now()) && by_address();
+                (allowed, bucket.refused_in_a_row() >= ABUSE)
+            }
+            Err(_) => (true, false),
+        },
+        _ => (by_address(), false),
     };
     if abusive {
-        tracing::warn!(sid = %socket.id, address = %limit.address, "disconnecting a socket that keeps exceeding its rate limit");
+        tracing::warn!(sid = %socket.id, address = ?address, "disconnecting a socket that keeps exceeding its rate limit");
         let _ = socket.clone().disconnect();
     }
     if allowed { Ok(()) } else { Err("rate limited".into()) }
@@ -576,7 +602,7 @@ async fn restore(
     socket.extensions.insert(guest);
     for room in claims.rooms.into_iter().filter(|r| valid_room(r)) {
         socket.join(room.clone());
-        let _ = room_members_changed(socket, &room).await;
+        let _ = room_members_changed(socket, &room, true).await;
         if let Some(last) = since.get(&room) {
             let missed = chat.missed(&room, Some(last)).await;
             let _ = socket.emit("history", &json!({ "room": room, "messages": missed }));
@@ -657,15 +683,34 @@ fn valid_room(room: &str) -> bool {
     !room.is_empty() && room.chars().count() <= MAX_ROOM_CHARS && !room.starts_with(INTERNAL)
 }
 
-/// Tells the room its new member list and answers the caller with it.
-async fn room_members_changed(socket: &SocketRef<Adapter>, room: &str) -> Result<Value, String> {
-    let members = members(socket, room).await;
-    let update = json!({ "room": room, "members": members });
-    if let Err(e) = socket.within(room.to_owned()).emit("room:members", &update).await {
-        tracing::warn!(room, error = %e, "member list broadcast failed");
-    }
+/// Tells the room who came or went and answers the caller with the member list.
+async fn room_members_changed(socket: &SocketRef<Adapter>, room: &str, joined: bool) -> Result<Value, String> {
+    let guest = guest_of(socket)?;
+    let members = tell_presence(socket, room, &guest, joined).await;
     // The caller may have just left: it gets the list too, though it is no longer in the room.
     Ok(json!({ "ok": true, "room": room, "members": members }))
+}
+
+/// Rooms up to this many members also get the whole member list on every change.
+const FULL_LISTS_UP_TO: usize = 100;
+
+/// Tells the room that `guest` joined or left: `room:presence {room, guest, joined, count}` always
+/// (a few bytes to each member), and the whole list (`room:members`) while the room is small.
+/// Whole lists to everyone on every change cost O(members²) bytes per join: 60 MB for one join to a
+/// room of 1,000, and a room filling up took seconds of the worker's time.
+async fn tell_presence(socket: &SocketRef<Adapter>, room: &str, guest: &Guest, joined: bool) -> Vec<Guest> {
+    let members = members(socket, room).await;
+    let presence = json!({ "room": room, "guest": guest, "joined": joined, "count": members.len() });
+    if let Err(e) = socket.within(room.to_owned()).emit("room:presence", &presence).await {
+        tracing::warn!(room, error = %e, "presence broadcast failed");
+    }
+    if members.len() <= FULL_LISTS_UP_TO {
+        let update = json!({ "room": room, "members": members });
+        if let Err(e) = socket.within(room.to_owned()).emit("room:members", &update).await {
+            tracing::warn!(room, error = %e, "member list broadcast failed");
+        }
+    }
+    members
 }
 
 /// The internal room that names a guest: every worker can list who is in a room by asking for the

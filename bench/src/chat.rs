@@ -1,0 +1,534 @@
+//! `chatctl-bench chat`: the chat worker beside the Node Socket.IO server (socket.io 4.8, what the
+//! original app ran), each as 1 worker and as a 2-worker cluster, under the same load from the same
+//! client in the same run: deliveries per second, end-to-end latency (p50/p99) and the servers' CPU
+//! for rooms of 2, 100 and 1,000 members, then memory per idle connection at 10,000 connections.
+//!
+//! The load client is `sio.rs` (Rust, 2 threads, on the same 2 cores as the servers, as in the
+//! reference measurements). Each message carries its send time; a delivery's latency is its arrival
+//! time minus that. Deliveries are counted as they arrive within a 5 s window after a 1 s warm-up,
+//! so a saturated server shows fewer deliveries than offered and a growing latency.
+//!
+//! Servers: ours with rate limits off (`MESSAGE_RATE`/`ADDRESS_RATE`), run alone (1 worker) and
+//! under chatctl (2 workers on the daemon's local bus, and 2 workers through Redis when
+//! redis-server is installed); Node's `bench/node/server.mjs` alone and with Node's cluster module
+//! and the Redis adapter (2 workers, as the original ran under PM2). The CPU of the daemon (its bus)
+//! or of redis-server is counted with the workers'.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::{self, Bench, release_bin};
+use crate::sio;
+
+const WARM_UP: Duration = Duration::from_secs(1);
+const WINDOW: Duration = Duration::from_secs(5);
+const IDLE_CONNECTIONS: usize = 10_000;
+
+struct Scenario {
+    label: &'static str,
+    members: usize,
+    senders: usize,
+    /// Offered deliveries per second (messages per second times members).
+    offered: f64,
+    /// Node's figure from the reference measurements, where there is one: (delivered/s, p50, p99).
+    reference: Option<(f64, f64, f64)>,
+}
+
+const SCENARIOS: [Scenario; 5] = [
+    Scenario { label: "room of 2, 10k/s offered", members: 2, senders: 2, offered: 10_000.0, reference: None },
+    Scenario {
+        label: "room of 100, 10k/s offered",
+        members: 100,
+        senders: 10,
+        offered: 10_000.0,
+        reference: Some((10_000.0, 1.9, 4.0)),
+    },
+    Scenario {
+        label: "room of 100, 100k/s offered",
+        members: 100,
+        senders: 10,
+        offered: 100_000.0,
+        reference: Some((100_000.0, 8.4, 50.0)),
+    },
+    Scenario {
+        label: "room of 1000, 100k/s offered",
+        members: 1000,
+        senders: 10,
+        offered: 100_000.0,
+        reference: Some((99_000.0, 367.0, 921.0)),
+    },
+    Scenario { label: "room of 1000, 300k/s offered", members: 1000, senders: 10, offered: 300_000.0, reference: None },
+];
+
+#[derive(Clone, Copy)]
+struct Figures {
+    delivered: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Percent of one core, the server's processes together.
+    cpu: f64,
+    /// Deliveries that never arrived (of every message sent, warm-up included), in percent.
+    lost: f64,
+}
+
+/// A server under test; stopped (by pid, or `chatctl kill`) when dropped.
+struct Server {
+    name: &'static str,
+    addr: SocketAddr,
+    /// Whose CPU and memory count.
+    pids: Vec<u32>,
+    _children: Vec<ChildGuard>,
+    _bench: Option<Bench>,
+}
+
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `chatctl-bench chat-memory`: memory per idle connection only, guests (with a name) and bare
+/// Socket.IO connections, ours and Node's.
+pub(crate) fn memory() {
+    raise_fd_limit();
+    let node_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    for kind in ["chat-worker x1", "node x1"] {
+        for named in [true, false] {
+            let server = start(kind, &node_dir);
+            print!("{}: ", if named { "guests" } else { "bare connections" });
+            if let Err(e) = runtime.block_on(idle_memory_as(&server, named)) {
+                println!("failed: {e}");
+            }
+        }
+    }
+}
+
+pub(crate) fn chat() {
+    raise_fd_limit();
+    let node_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
+    if !node_dir.join("node_modules/socket.io").exists() {
+        println!("(installing the Node reference server: npm ci --prefix bench/node)");
+        let ok = Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--prefix"]).arg(&node_dir).status();
+        assert!(ok.is_ok_and(|s| s.success()), "npm ci --prefix bench/node failed");
+    }
+    let redis = which("redis-server");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let mut kinds = vec!["chat-worker x1", "node x1", "chatctl x2 (local bus)"];
+    if redis {
+        kinds.extend(["chatctl x2 (Redis)", "node x2 (cluster + Redis)"]);
+    } else {
+        println!("(redis-server not found: the Redis configurations are skipped)");
+    }
+    let mut results: Vec<Measured> = Vec::new();
+    for kind in kinds {
+        let server = start(kind, &node_dir);
+        // Memory first, on a fresh server: what the load rounds leave in the allocator would count.
+        let memory = match runtime.block_on(idle_memory(&server)) {
+            Ok(kib) => Some(kib),
+            Err(e) => {
+                println!("  {kind}, idle connections: failed: {e}");
+                None
+            }
+        };
+        let figures: Vec<Option<Figures>> = SCENARIOS
+            .iter()
+            .enumerate()
+            .map(|(round, scenario)| match runtime.block_on(run(&server, scenario, round)) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    println!("  {kind}, {}: failed: {e}", scenario.label);
+                    None
+                }
+            })
+            .collect();
+        results.push((kind, figures, memory));
+        drop(server);
+    }
+    report(&results);
+}
+
+/// One server's figures: per scenario (`None`: that round failed), and KiB per idle connection.
+type Measured = (&'static str, Vec<Option<Figures>>, Option<f64>);
+
+fn report(results: &[Measured]) {
+    println!();
+    println!(
+        "{:<30} {:<26} {:>12} {:>9} {:>9} {:>7} {:>13} {:>7}",
+        "scenario", "server", "delivered/s", "p50 ms", "p99 ms", "CPU %", "per core-s", "lost %"
+    );
+    for (i, scenario) in SCENARIOS.iter().enumerate() {
+        for (kind, figures, _) in results {
+            match figures[i] {
+                Some(f) => println!(
+                    "{:<30} {:<26} {:>12.0} {:>9.2} {:>9.2} {:>7.0} {:>13.0} {:>7.2}",
+                    scenario.label,
+                    kind,
+                    f.delivered,
+                    f.p50_ms,
+                    f.p99_ms,
+                    f.cpu,
+                    f.delivered / (f.cpu / 100.0).max(0.01),
+                    f.lost
+                ),
+                None => println!("{:<30} {kind:<26} failed", scenario.label),
+            }
+        }
+        if let Some((d, p50, p99)) = scenario.reference {
+            println!("{:<30} {:<26} {d:>12.0} {p50:>9.2} {p99:>9.2}", scenario.label, "(reference: node x1)");
+        }
+        for (ours, theirs) in [("chat-worker x1", "node x1"), ("chatctl x2 (Redis)", "node x2 (cluster + Redis)")] {
+            let find = |k: &str| results.iter().find(|(kind, _, _)| *kind == k).and_then(|(_, f, _)| f[i]);
+            if let (Some(a), Some(b)) = (find(ours), find(theirs)) {
+                println!(
+                    "{:<30} {:<26} {:>11.1}x {:>8.1}x {:>8.1}x {:>7} {:>12.1}x",
+                    "",
+                    format!("ratio {ours} / {theirs}").chars().take(26).collect::<String>(),
+                    a.delivered / b.delivered,
+                    b.p50_ms / a.p50_ms.max(0.001),
+                    b.p99_ms / a.p99_ms.max(0.001),
+                    "",
+                    (a.delivered / (a.cpu / 100.0).max(0.01)) / (b.delivered / (b.cpu / 100.0).max(0.01)),
+                );
+            }
+        }
+    }
+    println!();
+    println!("memory per idle connection ({IDLE_CONNECTIONS} connections), KiB; reference node x1: 15.4");
+    for (kind, _, memory) in results {
+        println!("  {kind:<28} {}", memory.map_or("failed".to_owned(), |m| format!("{m:.1}")));
+    }
+    println!("(latency ratios are node/ours: above 1 means ours is faster; per core-s: deliveries per CPU-second)");
+}
+
+fn which(program: &str) -> bool {
+    Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// Our worker's settings for the benchmark: every message counts, so no rate limit.
+const OURS_ENV: [(&str, &str); 3] = [("MESSAGE_RATE", "off"), ("ADDRESS_RATE", "off"), ("RUST_LOG", "warn")];
+
+fn start(kind: &'static str, node_dir: &std::path::Path) -> Server {
+    let port = free_port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let spawn =
+        |command: &mut Command| ChildGuard(command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn"));
+    let redis_server = || {
+        let redis_port = free_port();
+        let child = spawn(Command::new("redis-server").args([
+            "--port",
+            &redis_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]));
+        wait(|| std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_ok());
+        (child, format!("redis://127.0.0.1:{redis_port}"))
+    };
+    let server = match kind {
+        "chat-worker x1" => {
+            let child = spawn(Command::new(release_bin("chat-worker")).env("PORT", port.to_string()).envs(OURS_ENV));
+            Server { name: kind, addr, pids: vec![child.0.id()], _children: vec![child], _bench: None }
+        }
+        "node x1" => {
+            let child = spawn(Command::new("node").arg(node_dir.join("server.mjs")).arg(port.to_string()));
+            Server { name: kind, addr, pids: vec![child.0.id()], _children: vec![child], _bench: None }
+        }
+        "node x2 (cluster + Redis)" => {
+            let (redis, url) = redis_server();
+            let child =
+                spawn(Command::new("node").arg(node_dir.join("server.mjs")).args([&port.to_string(), "2", &url]));
+            let primary = child.0.id();
+            wait(|| children(primary).len() == 2);
+            let mut pids = vec![primary, redis.0.id()];
+            pids.extend(children(primary));
+            Server { name: kind, addr, pids, _children: vec![child, redis], _bench: None }
+        }
+        _ => {
+            let (redis, url) = if kind.contains("Redis") {
+                let (child, url) = redis_server();
+                (Some(child), Some(url))
+            } else {
+                (None, None)
+            };
+            let bench = Bench::new();
+            let mut env: Vec<String> = OURS_ENV.iter().map(|(k, v)| format!("{k} = \"{v}\"")).collect();
+            if let Some(url) = &url {
+                env.push(format!("REDIS_URL = \"{url}\""));
+            }
+            bench.config(&format!(
+                "[apps.chat]\nscript = \"{}\"\nport = {port}\ninstances = 2\nexec_mode = \"cluster\"\nenv = {{ {} }}\n",
+                release_bin("chat-worker").display(),
+                env.join(", ")
+            ));
+            bench.chatctl(&["start"]);
+            let mut pids = vec![bench.daemon_pid()];
+            pids.extend((0..2).filter_map(|i| bench.instance(i).pid));
+            let mut children = Vec::new();
+            if let Some(redis) = redis {
+                pids.push(redis.0.id());
+                children.push(redis);
+            }
+            Server { name: kind, addr, pids, _children: children, _bench: Some(bench) }
+        }
+    };
+    wait(|| health_ok(server.addr));
+    server
+}
+
+fn wait(mut ready: impl FnMut() -> bool) {
+    let begun = Instant::now();
+    while !ready() {
+        assert!(begun.elapsed() < Duration::from_secs(15), "a server did not start within 15 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn health_ok(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = String::new();
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n").is_ok()
+        && stream.read_to_string(&mut reply).is_ok()
+        && reply.starts_with("HTTP/1.1 200")
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The send time a benchmark message carries in its text.
+fn sent_us(frame: &str) -> Option<u64> {
+    let start = frame.find("\"text\":\"")? + 8;
+    let digits = &frame[start..];
+    digits[..digits.find('"')?].parse().ok()
+}
+
+async fn connect_all(addr: SocketAddr, count: usize, room: Option<&str>) -> Result<Vec<sio::Client>, String> {
+    connect_all_as(addr, count, room, true).await
+}
+
+async fn connect_all_as(
+    addr: SocketAddr,
+    count: usize,
+    room: Option<&str>,
+    named: bool,
+) -> Result<Vec<sio::Client>, String> {
+    let join = room.map(|r| format!("{{\"room\":\"{r}\"}}"));
+    futures_util::stream::iter(0..count)
+        .map(|i| {
+            let join = join.clone();
+            async move {
+                let name = if named { format!("m{i}") } else { String::new() };
+                let mut client = sio::connect(addr, &name).await?;
+                if let Some(join) = join {
+                    let ack = client.call("room:join", &join).await?;
+                    if !ack.contains("\"ok\":true") {
+                        return Err(format!("room:join refused: {ack}"));
+                    }
+                }
+                Ok(client)
+            }
+        })
+        .buffer_unordered(100)
+        .collect::<Vec<Result<sio::Client, String>>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
+async fn run(server: &Server, scenario: &Scenario, round: usize) -> Result<Figures, String> {
+    let room = format!("bench-{round}");
+    let filling = Instant::now();
+    let clients = connect_all(server.addr, scenario.members, Some(&room)).await?;
+    let filled_ms = filling.elapsed().as_secs_f64() * 1e3;
+    let samples: Arc<Mutex<Vec<(u64, u32)>>> = Arc::default();
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut outs = Vec::new();
+    let mut readers = Vec::new();
+    for client in clients {
+        let (out, mut frames) = (client.out, client.frames);
+        outs.push(out.clone());
+        let (samples, received, mut stop) = (samples.clone(), received.clone(), stop_rx.clone());
+        readers.push(tokio::spawn(async move {
+            let mut local = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    frame = frames.next() => match frame {
+                        Some(Ok(Message::Text(text))) => {
+                            if text.as_str() == "2" {
+                                let _ = out.send("3".into());
+                            } else if text.starts_with("42[\"message\"") && let Some(sent) = sent_us(text.as_str()) {
+                                let now = now_us();
+                                local.push((now, now.saturating_sub(sent) as u32));
+                                received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    },
+                }
+            }
+            if let Ok(mut all) = samples.lock() {
+                all.extend(local);
+            }
+        }));
+    }
+    let messages_per_s = scenario.offered / scenario.members as f64;
+    let period = Duration::from_secs_f64(scenario.senders as f64 / messages_per_s);
+    let begun = tokio::time::Instant::now() + Duration::from_millis(100);
+    let end = begun + WARM_UP + WINDOW;
+    let mut senders = Vec::new();
+    for (i, out) in outs.iter().take(scenario.senders).enumerate() {
+        let (out, room) = (out.clone(), room.clone());
+        let offset = period.mul_f64(i as f64 / scenario.senders as f64);
+        senders.push(tokio::spawn(async move {
+            let mut due = begun + offset;
+            let mut sent = 0u64;
+            while due < end {
+                tokio::time::sleep_until(due).await;
+                // Every message due by now leaves (the timer is coarser than the period).
+                let now = tokio::time::Instant::now();
+                while due <= now && due < end {
+                    let _ = out.send(format!("42[\"message\",{{\"room\":\"{room}\",\"text\":\"{}\"}}]", now_us()));
+                    due += period;
+                    sent += 1;
+                }
+            }
+            sent
+        }));
+    }
+    // The servers' CPU over the measured window.
+    tokio::time::sleep_until(begun + WARM_UP).await;
+    let window_start = now_us();
+    let ticks_before: u64 = server.pids.iter().map(|p| harness::cpu_ticks(*p)).sum();
+    tokio::time::sleep_until(end).await;
+    let ticks_after: u64 = server.pids.iter().map(|p| harness::cpu_ticks(*p)).sum();
+    let window_end = now_us();
+    let mut sent = 0;
+    for sender in senders {
+        sent += sender.await.unwrap_or(0);
+    }
+    // Let what is in flight arrive (it does not count for the window, but it is not lost), until
+    // everything came or nothing more comes for a second (at most 10 s).
+    let expected = sent * scenario.members as u64;
+    let (mut last, mut quiet_since, drain_begun) = (0, Instant::now(), Instant::now());
+    loop {
+        let now = received.load(std::sync::atomic::Ordering::Relaxed);
+        if now >= expected
+            || quiet_since.elapsed() > Duration::from_secs(1)
+            || drain_begun.elapsed() > Duration::from_secs(10)
+        {
+            break;
+        }
+        if now != last {
+            (last, quiet_since) = (now, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lost = expected.saturating_sub(received.load(std::sync::atomic::Ordering::Relaxed));
+    let _ = stop_tx.send(true);
+    for reader in readers {
+        let _ = reader.await;
+    }
+    drop(outs);
+    let mut latencies: Vec<u32> = samples
+        .lock()
+        .map_err(|_| "samples lock")?
+        .iter()
+        .filter(|(at, _)| (window_start..window_end).contains(at))
+        .map(|(_, latency)| *latency)
+        .collect();
+    if latencies.is_empty() {
+        return Err("nothing delivered".into());
+    }
+    latencies.sort_unstable();
+    let percentile = |p: f64| f64::from(latencies[((latencies.len() - 1) as f64 * p) as usize]) / 1000.0;
+    let seconds = (window_end - window_start) as f64 / 1e6;
+    let figures = Figures {
+        delivered: latencies.len() as f64 / seconds,
+        p50_ms: percentile(0.5),
+        p99_ms: percentile(0.99),
+        cpu: ticks_after.saturating_sub(ticks_before) as f64 / harness::ticks_per_second() / seconds * 100.0,
+        lost: lost as f64 * 100.0 / expected.max(1) as f64,
+    };
+    println!(
+        "  {:<26} {:<30} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  CPU {:>4.0}%  lost {:.2}%  (room filled in {filled_ms:.0} ms)",
+        server.name, scenario.label, figures.delivered, figures.p50_ms, figures.p99_ms, figures.cpu, figures.lost
+    );
+    // Give the server a moment to close the room's sockets before the next round.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(figures)
+}
+
+/// Resident memory the server grows by per idle connection (connected, named, in no room).
+async fn idle_memory(server: &Server) -> Result<f64, String> {
+    idle_memory_as(server, true).await
+}
+
+async fn idle_memory_as(server: &Server, named: bool) -> Result<f64, String> {
+    let rss = || server.pids.iter().map(|p| harness::rss_kib(*p).0).sum::<u64>();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss();
+    let clients = connect_all_as(server.addr, IDLE_CONNECTIONS, None, named).await?;
+    // Answer pings while idle, as a browser would.
+    let mut keep = Vec::new();
+    for client in clients {
+        let (out, mut frames) = (client.out, client.frames);
+        keep.push(tokio::spawn(async move {
+            while let Some(Ok(frame)) = frames.next().await {
+                if matches!(&frame, Message::Text(t) if t.as_str() == "2") {
+                    let _ = out.send("3".into());
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss();
+    for task in &keep {
+        task.abort();
+    }
+    let per = after.saturating_sub(before) as f64 / IDLE_CONNECTIONS as f64;
+    println!(
+        "  {:<26} {IDLE_CONNECTIONS} idle connections: {:.1} -> {:.1} MiB, {per:.1} KiB each",
+        server.name,
+        before as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(per)
+}
