@@ -59,7 +59,7 @@ fn production_cluster_chats_with_socket_io_client_and_kill_leaves_nothing() {
     // The workers' own figures reach the supervisor (list, monit, /metrics) with the samples.
     wait_until("the chat figures sampled", Duration::from_secs(15), || {
         let apps = env.list();
-        let messages: u64 = apps[0].instances.iter().filter_map(|i| i.chat).map(|c| c.messages).sum();
+        let messages: u64 = apps[0].instances.iter().filter_map(|i| i.chat.as_ref()).map(|c| c.messages).sum();
         (messages >= 2).then_some(())
     });
 
@@ -193,4 +193,17 @@ fn workers_do_not_outlive_a_daemon_killed_with_sigkill() {
     // A new daemon takes over the home: the stale socket and lock are handled.
     env.ok(&["start"]);
     env.online_pids("chat", 2);
+}
+
+/// A guest's calls end when its last tab closes, wherever its tabs are connected.
+#[test]
+fn a_call_survives_closing_one_of_two_tabs_on_different_instances() {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    env.write("ecosystem.toml", &production_config(port).replace(r#"instances = "max""#, "instances = 2"));
+    env.ok(&["start", "production"]);
+    env.online_pids("chat", 2);
+    let out = node("tabs.mjs", &[&format!("http://127.0.0.1:{port}")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "tabs failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
 }

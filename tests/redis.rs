@@ -171,8 +171,13 @@ fn a_worker_starts_degraded_without_redis_and_joins_when_it_appears() {
     redis.kill();
     let port = free_port();
     // Nothing listens on Redis's port: the worker starts anyway, healthy but degraded.
-    let _host = host(&redis.url(), port, 1);
+    let host = host(&redis.url(), port, 1);
     assert!(degraded(port), "{:?}", health(port));
+    // Operators see it in `chatctl list` too, with the reason, once the health probe has run.
+    wait_until("list shows the worker degraded", Duration::from_secs(10), || {
+        let out = host.ok(&["list"]);
+        out.contains("degraded: redis link down").then_some(())
+    });
     let out = node("chat.mjs", &[&format!("http://127.0.0.1:{port}"), "2", "lobby"]);
     assert!(out.status.success(), "a degraded worker still chats: {}", String::from_utf8_lossy(&out.stdout));
     redis.resume();

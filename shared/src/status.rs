@@ -41,12 +41,15 @@ pub struct InstanceStatus {
     pub chat: Option<ChatFigures>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatFigures {
     pub connections: usize,
     pub rooms: usize,
     /// A counter since the worker started.
     pub messages: u64,
+    /// Why the worker is cut off from the other workers (it serves its own clients meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 /// The externally visible phase of an instance (the daemon's state machine has more detail).

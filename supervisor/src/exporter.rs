@@ -84,7 +84,7 @@ pub(crate) fn render(instances: &[InstanceFigures], apps: &[AppFigures]) -> Stri
         if let Some(l) = i.health_latency_seconds {
             latency.get_or_create(&labels).set(l);
         }
-        if let Some(c) = i.chat {
+        if let Some(c) = &i.chat {
             connections.get_or_create(&labels).set(c.connections as f64);
             rooms.get_or_create(&labels).set(c.rooms as f64);
             messages.get_or_create(&labels).inc_by(c.messages);

@@ -109,21 +109,27 @@ impl Store {
     }
 
     /// Appends a room message to the room's stream (capped near the history's count, expiring with
-    /// its age).
-    pub fn append(&self, room: &str, message: &Value) {
+    /// its age), and waits until Redis has it: a message is in the stream before anyone hears of
+    /// it, so an answer to it always comes after it there, whichever worker each was sent to.
+    pub async fn append(&self, room: &str, message: &Value) {
         let Some(redis) = self.driver.store() else { return };
         let key = self.history_key(room);
-        redis.send(
-            redis::cmd("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.history_count)
-                .arg("*")
-                .arg("m")
-                .arg(message.to_string())
-                .clone(),
-        );
+        let added: Option<String> = redis
+            .query(
+                redis::cmd("XADD")
+                    .arg(&key)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(self.history_count)
+                    .arg("*")
+                    .arg("m")
+                    .arg(message.to_string())
+                    .clone(),
+            )
+            .await;
+        if added.is_none() {
+            tracing::debug!(room, "a message did not reach the room's stream in Redis");
+        }
         redis.send(redis::cmd("PEXPIRE").arg(&key).arg(self.history_age.as_millis() as u64).clone());
     }
 

@@ -17,7 +17,11 @@ pub(super) fn render(apps: &[AppStatus]) -> String {
                 ExecMode::Fork => "fork",
             };
             let note = match (i.status, &i.note, &i.last_exit) {
-                (Phase::Online, _, _) => String::new(),
+                // Online but cut off from the other workers (its /health says why).
+                (Phase::Online, _, _) => match i.chat.as_ref().and_then(|c| c.degraded.as_deref()) {
+                    Some(why) => format!("degraded: {why}"),
+                    None => String::new(),
+                },
                 (_, Some(note), _) => note.clone(),
                 (_, None, Some(exit)) => exit.to_string(),
                 _ => String::new(),

@@ -265,7 +265,20 @@ pub async fn run(
 }
 
 fn figures(body: &chat_shared::health::HealthBody) -> chat_shared::status::ChatFigures {
-    chat_shared::status::ChatFigures { connections: body.connections, rooms: body.rooms, messages: body.messages }
+    use chat_shared::health::HealthStatus;
+    let degraded = match (&body.status, &body.cluster) {
+        (HealthStatus::Degraded, Some(link)) => {
+            Some(format!("{} link down: {}", link.via, link.error.as_deref().unwrap_or("unknown reason")))
+        }
+        (HealthStatus::Degraded, None) => Some("degraded".to_owned()),
+        _ => None,
+    };
+    chat_shared::status::ChatFigures {
+        connections: body.connections,
+        rooms: body.rooms,
+        messages: body.messages,
+        degraded,
+    }
 }
 
 /// The bus socket, private to the daemon's user; a stale file is replaced (we hold the home's lock).
@@ -308,7 +321,7 @@ impl Daemon {
                     cpu_percent: i.cpu_percent,
                     health_latency_seconds: slot.probes.back().map(|p| p.latency_ms as f64 / 1000.0),
                     health_failures: slot.probe_failures,
-                    chat: slot.chat,
+                    chat: slot.chat.clone(),
                 });
             }
             let (log_lines, log_bytes) = app.logs.counts();

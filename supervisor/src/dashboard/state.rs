@@ -70,7 +70,7 @@ impl Dashboard {
     /// Sums over the chat workers: (connections, rooms), if any reports them.
     pub(crate) fn chat_totals(&self) -> Option<(usize, usize)> {
         let snapshot = self.snapshot.as_ref()?;
-        let figures: Vec<_> = snapshot.apps.iter().flat_map(|a| &a.instances).filter_map(|i| i.chat).collect();
+        let figures: Vec<_> = snapshot.apps.iter().flat_map(|a| &a.instances).filter_map(|i| i.chat.as_ref()).collect();
         (!figures.is_empty())
             .then(|| (figures.iter().map(|f| f.connections).sum(), figures.iter().map(|f| f.rooms).sum()))
     }
@@ -93,7 +93,7 @@ impl Dashboard {
     pub(crate) fn on_snapshot(&mut self, snapshot: Snapshot) {
         let now = std::time::Instant::now();
         let total: u64 =
-            snapshot.apps.iter().flat_map(|a| &a.instances).filter_map(|i| i.chat).map(|c| c.messages).sum();
+            snapshot.apps.iter().flat_map(|a| &a.instances).filter_map(|i| i.chat.as_ref()).map(|c| c.messages).sum();
         if let Some((before, at)) = self.previous_messages {
             let seconds = now.duration_since(at).as_secs_f64();
             // A restarted worker starts its counter again: never a negative rate.
@@ -213,7 +213,12 @@ pub(crate) mod tests {
                             last_exit: None,
                             note: None,
                             last_probe: Some((true, 2)),
-                            chat: Some(chat_shared::status::ChatFigures { connections: 3, rooms: 1, messages: 10 }),
+                            chat: Some(chat_shared::status::ChatFigures {
+                                connections: 3,
+                                rooms: 1,
+                                messages: 10,
+                                degraded: None,
+                            }),
                         })
                         .collect(),
                 })

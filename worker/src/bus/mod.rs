@@ -250,6 +250,15 @@ impl Channel {
         self.driver.is_solo()
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Another channel on the same link.
+    pub fn named(&self, name: &str) -> Channel {
+        Channel { driver: self.driver.clone(), name: name.to_owned() }
+    }
+
     /// How many workers follow this channel (this one included once it does).
     pub async fn listeners(&self) -> u16 {
         self.driver.num_serv(&self.name).await.unwrap_or(0)

@@ -151,32 +151,48 @@ impl Chat {
                 return;
             }
             let me = self.calls.origin();
-            let hello = || {
-                bus.tell(&CatchUp::Hello { from: me.to_owned() });
-                self.said_hello.notify_one();
-            };
-            bus.follow_then(16, hello, |message: CatchUp| match message {
-                CatchUp::Hello { from } if from != me => {
-                    bus.tell(&CatchUp::Snapshot {
-                        to: from,
-                        calls: self.calls.dump(),
-                        history: self.history.dump(SNAPSHOT_BYTES),
-                    });
-                    // Two workers starting together: the other may have subscribed after our hello
-                    // but before we counted it, so ask once more rather than wait in vain.
-                    if !self.synced.load(Ordering::SeqCst) && !self.asked_again.swap(true, Ordering::SeqCst) {
-                        bus.tell(&CatchUp::Hello { from: me.to_owned() });
-                    }
-                }
-                CatchUp::Snapshot { to, calls, history } if to == me && !self.synced.swap(true, Ordering::SeqCst) => {
+            // Snapshots come on a channel of this worker's own: a broadcast would bring every
+            // snapshot to every worker, N·(N-1) of up to 8 MiB each when N workers are reloaded.
+            let mine = bus.named(&format!("{}:{me}", bus.name()));
+            let take = |message: CatchUp| {
+                if let CatchUp::Snapshot { to, calls, history } = message
+                    && to == me
+                    && !self.synced.swap(true, Ordering::SeqCst)
+                {
                     tracing::info!(calls = calls.len(), rooms = history.len(), "took in what the other workers know");
                     self.calls.merge(calls);
                     self.history.merge(history);
                     self.caught_up.notify_one();
                 }
-                _ => {}
-            })
-            .await;
+            };
+            let listening = tokio::sync::Notify::new();
+            let snapshots = mine.follow_then(4, || listening.notify_one(), take);
+            let hellos = async {
+                listening.notified().await;
+                let hello = || {
+                    bus.tell(&CatchUp::Hello { from: me.to_owned() });
+                    self.said_hello.notify_one();
+                };
+                bus.follow_then(16, hello, |message: CatchUp| match message {
+                    CatchUp::Hello { from } if from != me => {
+                        bus.named(&format!("{}:{from}", bus.name())).tell(&CatchUp::Snapshot {
+                            to: from,
+                            calls: self.calls.dump(),
+                            history: self.history.dump(SNAPSHOT_BYTES),
+                        });
+                        // Two workers starting together: the other may have subscribed after our
+                        // hello but before we counted it, so ask once more rather than wait in vain.
+                        if !self.synced.load(Ordering::SeqCst) && !self.asked_again.swap(true, Ordering::SeqCst) {
+                            bus.tell(&CatchUp::Hello { from: me.to_owned() });
+                        }
+                    }
+                    // From a worker of the previous release, which answered on the shared channel.
+                    snapshot @ CatchUp::Snapshot { .. } => take(snapshot),
+                    CatchUp::Hello { .. } => {}
+                })
+                .await;
+            };
+            tokio::join!(snapshots, hellos);
         };
         tokio::join!(self.calls.listen(), history, sync);
     }
@@ -209,9 +225,9 @@ impl Chat {
 
     /// Keeps a room message for recovery, on every worker: applied when the bus brings it back, so
     /// that every worker keeps the messages of a room in the same order (the bus's).
-    fn record(&self, room: &str, id: &str, message: Value) {
+    async fn record(&self, room: &str, id: &str, message: Value) {
         if let Some(store) = &self.store {
-            store.append(room, &message);
+            store.append(room, &message).await;
         }
         match &self.history_bus {
             Some(bus) if !bus.is_solo() => bus.tell(&ToldMessage { room: room.to_owned(), id: id.to_owned(), message }),
@@ -512,14 +528,10 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                 if let Some(store) = &chat.store {
                     store.touch(&guest.id);
                 }
-                // The guest's last socket here leaves its calls.
-                let others = socket
-                    .within(guest_room(&guest.id))
-                    .sockets()
-                    .into_iter()
-                    .filter(|s| s.id != socket.id && s.connected())
-                    .count();
-                if others == 0 {
+                // The guest's last socket anywhere leaves its calls: another tab may be on another
+                // worker (asked cluster-wide, after this socket left the guest's room).
+                socket.leave(guest_room(&guest.id));
+                if !connected(&socket, &guest.id).await {
                     for call in chat.calls.of_guest(&guest.id) {
                         if let Some((left, over)) = chat.calls.leave(&call, &guest.id) {
                             let event = if over { "call:end" } else { "call:leave" };
@@ -765,8 +777,9 @@ async fn send_message(
     checked_text(&text)?;
     let (id, time) = (chat.ids.next(), now_ms());
     let message = json!({ "id": id, "room": room, "from": guest, "text": text, "time": time });
+    // Recorded first: with Redis, the room's stream has it before anyone can answer it.
+    chat.record(&room, &id, message.clone()).await;
     socket.within(room.clone()).emit("message", &message).await.map_err(|e| format!("broadcast failed: {e}"))?;
-    chat.record(&room, &id, message);
     chat.delivered.fetch_add(1, Ordering::Relaxed);
     Ok(json!({ "ok": true, "id": id, "time": time }))
 }

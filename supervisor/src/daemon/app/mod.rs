@@ -371,7 +371,7 @@ impl App {
                     last_exit: current.instance.last_exit,
                     note,
                     last_probe: slot.probes.back().map(|p| (p.ok, p.latency_ms)),
-                    chat: slot.chat,
+                    chat: slot.chat.clone(),
                 }
             })
             .collect();
