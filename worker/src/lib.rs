@@ -143,7 +143,7 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
         }),
     );
     let chat = Arc::new(chat);
-    let follow_task = tokio::spawn(chat.clone().follow());
+    let follow_task = tokio::spawn(chat.clone().follow(io.clone()));
     // Before any listener serves: a reload's successor must know the calls and history first.
     chat.catch_up(CATCH_UP).await;
     realtime::register(&io, chat, config.origins.clone()).await.map_err(std::io::Error::other)?;

@@ -280,6 +280,28 @@ impl Channel {
         self.follow_then(size, || {}, apply).await;
     }
 
+    /// [`Channel::follow`] for work that awaits: each value's future is run to its end before the
+    /// next value is taken, so values are handled in the order they were told.
+    pub async fn follow_each<T, F>(&self, size: usize, mut apply: impl FnMut(T) -> F)
+    where
+        T: serde::de::DeserializeOwned,
+        F: Future<Output = ()>,
+    {
+        let mut stream = match self.driver.subscribe(self.name.clone(), size).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(channel = %self.name, error = %e, "cannot follow the other workers");
+                return;
+            }
+        };
+        while let Some((_, data)) = futures_util::StreamExt::next(&mut stream).await {
+            match serde_json::from_slice::<T>(&data) {
+                Ok(value) => apply(value).await,
+                Err(e) => tracing::debug!(channel = %self.name, error = %e, "a malformed value was ignored"),
+            }
+        }
+    }
+
     /// [`Channel::follow`], calling `subscribed` once the link has the subscription (what is told
     /// after that reaches this worker).
     pub async fn follow_then<T: serde::de::DeserializeOwned>(

@@ -137,11 +137,24 @@ struct ToldMessage {
 }
 
 impl Chat {
-    /// Follows the other workers' calls and messages until the worker stops.
-    pub async fn follow(self: Arc<Self>) {
+    /// Follows the other workers' calls and messages until the worker stops. Room messages reach
+    /// this worker's members from here (see [`Chat::share`]).
+    pub async fn follow(self: Arc<Self>, io: SocketIo<Adapter>) {
         let history = async {
             let Some(bus) = &self.history_bus else { return };
-            bus.follow(8192, |told: ToldMessage| self.history.push(&told.room, &told.id, told.message)).await;
+            bus.follow_each(8192, |told: ToldMessage| {
+                self.history.push(&told.room, &told.id, told.message.clone());
+                let room = io.of("/").map(|ns| ns.to(told.room).local());
+                async move {
+                    // Before the namespace exists nobody here can be in the room.
+                    if let Some(room) = room
+                        && let Err(e) = room.emit("message", &told.message).await
+                    {
+                        tracing::warn!(error = %e, "a room message could not be delivered here");
+                    }
+                }
+            })
+            .await;
         };
         // Polled in this order, so the calls and history subscriptions are in place before the
         // hello below asks the other workers for what they know.
@@ -223,15 +236,26 @@ impl Chat {
         }
     }
 
-    /// Keeps a room message for recovery, on every worker: applied when the bus brings it back, so
-    /// that every worker keeps the messages of a room in the same order (the bus's).
-    async fn record(&self, room: &str, id: &str, message: Value) {
+    /// Delivers a room message to its members on every worker and keeps it for recovery, with one
+    /// publication: each worker (this one included) takes it from the bus, keeps it, and emits it
+    /// to its own members, so every worker keeps and delivers a room's messages in the same order
+    /// (the bus's). Telling the copies apart from the adapter's broadcast cost two publications and
+    /// three deliveries per message. With Redis, the room's stream has the message first, so an
+    /// answer to it is always recorded after it, whichever host it was sent to.
+    async fn share(&self, socket: &SocketRef<Adapter>, room: &str, id: &str, message: Value) -> Result<(), String> {
         if let Some(store) = &self.store {
             store.append(room, &message).await;
         }
         match &self.history_bus {
-            Some(bus) if !bus.is_solo() => bus.tell(&ToldMessage { room: room.to_owned(), id: id.to_owned(), message }),
-            _ => self.history.push(room, id, message),
+            Some(bus) if !bus.is_solo() => {
+                bus.tell(&ToldMessage { room: room.to_owned(), id: id.to_owned(), message });
+                Ok(())
+            }
+            _ => {
+                self.history.push(room, id, message.clone());
+                let delivery = socket.within(room.to_owned()).emit("message", &message).await;
+                delivery.map_err(|e| format!("broadcast failed: {e}"))
+            }
         }
     }
 
@@ -777,9 +801,7 @@ async fn send_message(
     checked_text(&text)?;
     let (id, time) = (chat.ids.next(), now_ms());
     let message = json!({ "id": id, "room": room, "from": guest, "text": text, "time": time });
-    // Recorded first: with Redis, the room's stream has it before anyone can answer it.
-    chat.record(&room, &id, message.clone()).await;
-    socket.within(room.clone()).emit("message", &message).await.map_err(|e| format!("broadcast failed: {e}"))?;
+    chat.share(socket, &room, &id, message).await?;
     chat.delivered.fetch_add(1, Ordering::Relaxed);
     Ok(json!({ "ok": true, "id": id, "time": time }))
 }
