@@ -15,9 +15,14 @@
 //! # Layout
 //! - `config`: environment variables → [`Config`].
 //! - `listeners`: inherited fds (`LISTEN_FDS`) or a bound port.
-//! - `http`: `/health`, `/api/socket/stats`.
-//! - `realtime`: Socket.IO guests, rooms and messages.
+//! - `http`: `/health`, `/api/socket/stats`, and the copy of each request head out of hyper's
+//!   read buffer (socketioxide keeps every socket's head).
+//! - `realtime`: Socket.IO guests, rooms, messages, presence, calls, recovery, limits.
 //! - `session`: signed guest session tokens (identity and rooms survive a reconnect).
+//! - `bus`: the adapter's driver over Redis, the daemon's local bus, or nothing (a bus of one),
+//!   and the named channels the workers copy state through.
+//! - `store`: sessions and history streams kept in Redis itself.
+//! - `cluster_stats`: live figures summed from every worker's reports.
 
 pub mod bus;
 pub mod cluster_stats;

@@ -94,7 +94,7 @@ pub struct Chat {
     per_address: Option<PerAddress>,
     trusted_proxies: Vec<IpAddr>,
     calls: Calls,
-    /// Where room messages are told to the other workers' histories.
+    /// Where room messages travel to every worker (its members and its copy of the history).
     history_bus: Option<Channel>,
     sync_bus: Option<Channel>,
     synced: std::sync::atomic::AtomicBool,
