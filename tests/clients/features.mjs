@@ -125,6 +125,14 @@ for (let i = 0; i < 40; i++) {
 }
 if (refused < 10) fail(`only ${refused} of 40 flood messages refused`);
 if (!(await ask(bob.s, "message", { room: "lobby", text: "still here" })).ok) fail("bob was limited by someone else's flood");
+// Joins are limited too (each asks every worker for the member list and tells the whole room).
+let joinsRefused = 0;
+for (let i = 0; i < 30; i++) {
+  const r = await ask(flooder.s, "room:join", { room: `hop-${i}` });
+  if (!r.ok && r.error === "rate limited") joinsRefused++;
+}
+if (joinsRefused < 10) fail(`only ${joinsRefused} of 30 rapid joins refused`);
+if (!(await ask(bob.s, "room:join", { room: "elsewhere" })).ok) fail("bob's join was limited by someone else's flood");
 for (let i = 0; i < 80 && !flooder.closed; i++) flooder.s.emit("message", { room: "lobby", text: "more" });
 await until("the abusive socket disconnected", () => flooder.closed);
 

@@ -27,6 +27,8 @@ pub struct Config {
     pub max_payload: u64,
     /// Messages, typing and DMs a socket may send (`MESSAGE_RATE`, `N/s`, `N/m` or `off`).
     pub message_rate: Option<crate::realtime::Rate>,
+    /// `guest:join`, `room:join` and `room:leave` a socket may send (`JOIN_RATE`).
+    pub join_rate: Option<crate::realtime::Rate>,
     /// The same for all sockets of one client address (`ADDRESS_RATE`).
     pub address_rate: Option<crate::realtime::Rate>,
     /// Reverse proxies whose `X-Forwarded-For` / `CF-Connecting-IP` are believed.
@@ -147,6 +149,7 @@ impl Config {
                 }
             },
             message_rate: rate(&lookup, "MESSAGE_RATE", crate::realtime::SOCKET_RATE)?,
+            join_rate: rate(&lookup, "JOIN_RATE", crate::realtime::JOIN_RATE)?,
             address_rate: rate(&lookup, "ADDRESS_RATE", crate::realtime::ADDRESS_RATE)?,
             turn_secret: lookup("TURN_SECRET").filter(|s| !s.is_empty()).map(String::into_bytes),
             turn_ttl: parse(&lookup, "TURN_TTL", HumanDuration(Duration::from_secs(3600)))?.0,

@@ -123,6 +123,7 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
         realtime::History::new(realtime::HISTORY_COUNT, realtime::HISTORY_AGE),
         realtime::Limits {
             socket: config.message_rate,
+            joins: config.join_rate,
             address: config.address_rate,
             trusted_proxies: config.trusted_proxies.clone(),
         },

@@ -63,11 +63,16 @@ const INTERNAL: char = '@';
 pub const SOCKET_RATE: Rate = Rate { per_second: 10.0, burst: 20.0 };
 /// The same, per client address (several tabs, a NAT), unless configured (`ADDRESS_RATE`).
 pub const ADDRESS_RATE: Rate = Rate { per_second: 50.0, burst: 100.0 };
+/// Joins (`guest:join`, `room:join`, `room:leave`) per socket, unless configured (`JOIN_RATE`): each
+/// asks every worker for the member list and tells the whole room. They also count against the
+/// address's bucket.
+pub const JOIN_RATE: Rate = Rate { per_second: 5.0, burst: 10.0 };
 
 /// Who may send how much; `None` rates are off.
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub socket: Option<Rate>,
+    pub joins: Option<Rate>,
     pub address: Option<Rate>,
     /// Peers whose `X-Forwarded-For` / `CF-Connecting-IP` name the client (a reverse proxy, a CDN).
     pub trusted_proxies: Vec<IpAddr>,
@@ -91,6 +96,7 @@ pub struct Chat {
     pub history: History,
     ids: MessageIds,
     socket_rate: Option<Rate>,
+    join_rate: Option<Rate>,
     per_address: Option<PerAddress>,
     trusted_proxies: Vec<IpAddr>,
     calls: Calls,
@@ -275,6 +281,7 @@ impl Chat {
             history,
             ids: MessageIds::new(instance),
             socket_rate: limits.socket,
+            join_rate: limits.joins,
             per_address: limits.address.map(PerAddress::new),
             trusted_proxies: limits.trusted_proxies,
             calls: Calls::shared(shared.as_ref().map(|s| s.calls.clone())),
@@ -381,10 +388,18 @@ impl MessageIds {
 #[derive(Clone)]
 struct IceFor(Value);
 
-/// A socket's own rate limit.
+/// A socket's own rate limits (`None`: off).
 #[derive(Clone)]
 struct Limit {
-    bucket: Arc<Mutex<Bucket>>,
+    messages: Option<Arc<Mutex<Bucket>>>,
+    joins: Option<Arc<Mutex<Bucket>>>,
+}
+
+/// What an event spends.
+#[derive(Clone, Copy)]
+enum Spend {
+    Message,
+    Join,
 }
 
 /// The client address a socket counts against.
@@ -420,9 +435,8 @@ pub async fn register(
         async move {
             tracing::debug!(sid = %socket.id, "socket connected");
             let address = client_address(&socket, &chat.trusted_proxies);
-            if let Some(rate) = chat.socket_rate {
-                socket.extensions.insert(Limit { bucket: Arc::new(Mutex::new(Bucket::new(rate))) });
-            }
+            let bucket = |rate: Option<Rate>| rate.map(|r| Arc::new(Mutex::new(Bucket::new(r))));
+            socket.extensions.insert(Limit { messages: bucket(chat.socket_rate), joins: bucket(chat.join_rate) });
             socket.extensions.insert(Address(address));
             let auth = auth.unwrap_or_default();
             let resumed = match auth.token.as_deref() {
@@ -459,14 +473,15 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
         move |socket: SocketRef<Adapter>, TryData(data): TryData<JoinGuest>, ack: AckSender<Adapter>| {
             let chat = c.clone();
             async move {
-                let reply = match data {
+                let reply = match (limited_for(&socket, &chat, Spend::Join), data) {
+                    (Err(e), _) => Err(e),
                     // `instance` tells the client (and tests) which worker of a cluster serves it.
-                    Ok(join) => join_guest(&socket, join).map(|g| {
+                    (Ok(()), Ok(join)) => join_guest(&socket, join).map(|g| {
                         socket.extensions.insert(IceFor(chat.ice.for_guest(&g.id, now_ms() / 1000)));
                         let token = send_session(&socket, &chat);
                         json!({ "ok": true, "guest": g, "instance": chat.instance.as_deref(), "token": token })
                     }),
-                    Err(e) => Err(format!("expected {{name}}: {e}")),
+                    (Ok(()), Err(e)) => Err(format!("expected {{name}}: {e}")),
                 };
                 answer(ack, reply);
             }
@@ -480,7 +495,9 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                 let chat = c.clone();
                 async move {
                     let since = data.as_ref().ok().and_then(|d| d.since.clone());
-                    let reply = match room_change(&socket, data, join) {
+                    let change =
+                        limited_for(&socket, &chat, Spend::Join).and_then(|()| room_change(&socket, data, join));
+                    let reply = match change {
                         Ok(room) => {
                             send_session(&socket, &chat);
                             match room_members_changed(&socket, &room, join).await {
@@ -600,15 +617,25 @@ fn client_address(socket: &SocketRef<Adapter>, trusted: &[IpAddr]) -> IpAddr {
         .unwrap_or(peer)
 }
 
-/// Takes a token from the socket's and its address's buckets; disconnects an abusive socket.
+/// Takes a token for a message (or typing, a DM, a call signal) from the socket's and its address's
+/// buckets; disconnects an abusive socket.
 fn limited(socket: &SocketRef<Adapter>, chat: &Chat) -> Result<(), String> {
+    limited_for(socket, chat, Spend::Message)
+}
+
+fn limited_for(socket: &SocketRef<Adapter>, chat: &Chat, spend: Spend) -> Result<(), String> {
     let address = socket.extensions.get::<Address>().map(|a| a.0);
     let by_address = || match (&chat.per_address, address) {
         (Some(per_address), Some(address)) => per_address.take(address),
         _ => true,
     };
-    let (allowed, abusive) = match (chat.socket_rate, socket.extensions.get::<Limit>()) {
-        (Some(rate), Some(limit)) => match limit.bucket.lock() {
+    let (rate, bucket) = match (spend, socket.extensions.get::<Limit>()) {
+        (Spend::Message, Some(limit)) => (chat.socket_rate, limit.messages),
+        (Spend::Join, Some(limit)) => (chat.join_rate, limit.joins),
+        (_, None) => (None, None),
+    };
+    let (allowed, abusive) = match (rate, bucket) {
+        (Some(rate), Some(bucket)) => match bucket.lock() {
             Ok(mut bucket) => {
                 let allowed = bucket.take(rate, Instant::now()) && by_address();
                 (allowed, bucket.refused_in_a_row() >= ABUSE)
