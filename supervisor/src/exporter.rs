@@ -68,6 +68,11 @@ pub(crate) fn render(instances: &[InstanceFigures], apps: &[AppFigures]) -> Stri
     let connections = gauge(&mut registry, "chat_connections", "Socket.IO connections on a chat worker");
     let rooms = gauge(&mut registry, "chat_rooms", "Rooms with members on a chat worker");
     let messages = counter(&mut registry, "chat_messages", "Room messages delivered by a chat worker since it started");
+    let degraded = gauge(
+        &mut registry,
+        "chat_degraded",
+        "1 when a chat worker serves its own clients only (its link to the other workers, Redis or the bus, is down)",
+    );
     let lines = counter(&mut registry, "log_lines", "Lines captured from the app's instances");
     let bytes = counter(&mut registry, "log_bytes", "Bytes captured from the app's instances");
     for i in instances {
@@ -88,6 +93,7 @@ pub(crate) fn render(instances: &[InstanceFigures], apps: &[AppFigures]) -> Stri
             connections.get_or_create(&labels).set(c.connections as f64);
             rooms.get_or_create(&labels).set(c.rooms as f64);
             messages.get_or_create(&labels).inc_by(c.messages);
+            degraded.get_or_create(&labels).set(if c.degraded.is_some() { 1.0 } else { 0.0 });
         }
     }
     for a in apps {

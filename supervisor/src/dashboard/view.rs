@@ -72,7 +72,10 @@ fn table(frame: &mut Frame<'_>, d: &Dashboard, area: Rect, narrow: bool) {
         .rows()
         .into_iter()
         .map(|(app, i)| {
+            let degraded = i.chat.as_ref().and_then(|c| c.degraded.as_deref());
             let color = match i.status {
+                // Serving, but cut off from the other workers.
+                Phase::Online if degraded.is_some() => Color::Yellow,
                 Phase::Online => Color::Green,
                 Phase::Starting | Phase::Waiting => Color::Yellow,
                 Phase::Stopping => Color::Cyan,
@@ -81,6 +84,8 @@ fn table(frame: &mut Frame<'_>, d: &Dashboard, area: Rect, narrow: bool) {
             };
             let status = if i.note.as_deref().is_some_and(|n| n.starts_with("draining")) {
                 "draining".to_owned()
+            } else if i.status == Phase::Online && degraded.is_some() {
+                "degraded".to_owned()
             } else {
                 i.status.as_str().to_owned()
             };
@@ -99,7 +104,7 @@ fn table(frame: &mut Frame<'_>, d: &Dashboard, area: Rect, narrow: bool) {
                     None => Span::raw("-"),
                 });
                 cells.push(Span::raw(i.uptime_ms.map_or("-".into(), uptime)));
-                cells.push(Span::raw(i.note.clone().unwrap_or_default()));
+                cells.push(Span::raw(degraded.map(str::to_owned).or_else(|| i.note.clone()).unwrap_or_default()));
             }
             Row::new(cells)
         })
@@ -211,5 +216,17 @@ mod tests {
         assert!(narrow.contains("4243") && !narrow.contains("cpu of"), "{narrow}");
         let waiting = render(&Dashboard::new(), 80, 10);
         assert!(waiting.contains("waiting for the daemon"), "{waiting}");
+    }
+
+    #[test]
+    fn a_worker_cut_off_from_the_others_shows_degraded_with_the_reason() {
+        let mut d = Dashboard::new();
+        let mut s = snapshot(&[("chat", &[4242])]);
+        if let Some(chat) = s.apps[0].instances[0].chat.as_mut() {
+            chat.degraded = Some("redis link down: connection refused".into());
+        }
+        d.on_snapshot(s);
+        let wide = render(&d, 120, 30);
+        assert!(wide.contains("degraded") && wide.contains("redis link down: connection refused"), "{wide}");
     }
 }
