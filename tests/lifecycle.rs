@@ -400,4 +400,5 @@ fn metrics_are_prometheus_text_matching_list() {
     assert!(body.contains("chatctl_log_lines_total{app=\"chat\"}"), "{body}");
     assert_eq!(value("chatctl_chat_connections", "0"), 0.0, "a chat worker's figures are exported");
     assert_eq!(value("chatctl_chat_degraded", "0"), 0.0, "a worker alone is not cut off from anyone");
+    assert_eq!(value("chatctl_chat_dropped_total", "0"), 0.0);
 }

@@ -34,6 +34,9 @@ pub struct ClusterHealth {
     /// For how long it has been down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub down_ms: Option<u64>,
+    /// Messages from the other workers dropped because this worker fell behind (a counter).
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

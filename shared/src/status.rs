@@ -47,6 +47,9 @@ pub struct ChatFigures {
     pub rooms: usize,
     /// A counter since the worker started.
     pub messages: u64,
+    /// Messages from the other workers it dropped because it fell behind (a counter).
+    #[serde(default)]
+    pub dropped: u64,
     /// Why the worker is cut off from the other workers (it serves its own clients meanwhile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,

@@ -68,6 +68,11 @@ pub(crate) fn render(instances: &[InstanceFigures], apps: &[AppFigures]) -> Stri
     let connections = gauge(&mut registry, "chat_connections", "Socket.IO connections on a chat worker");
     let rooms = gauge(&mut registry, "chat_rooms", "Rooms with members on a chat worker");
     let messages = counter(&mut registry, "chat_messages", "Room messages delivered by a chat worker since it started");
+    let dropped = counter(
+        &mut registry,
+        "chat_dropped",
+        "Messages from the other workers a chat worker dropped because it fell behind",
+    );
     let degraded = gauge(
         &mut registry,
         "chat_degraded",
@@ -94,6 +99,7 @@ pub(crate) fn render(instances: &[InstanceFigures], apps: &[AppFigures]) -> Stri
             rooms.get_or_create(&labels).set(c.rooms as f64);
             messages.get_or_create(&labels).inc_by(c.messages);
             degraded.get_or_create(&labels).set(if c.degraded.is_some() { 1.0 } else { 0.0 });
+            dropped.get_or_create(&labels).inc_by(c.dropped);
         }
     }
     for a in apps {

@@ -277,6 +277,7 @@ fn figures(body: &chat_shared::health::HealthBody) -> chat_shared::status::ChatF
         connections: body.connections,
         rooms: body.rooms,
         messages: body.messages,
+        dropped: body.cluster.as_ref().map_or(0, |c| c.dropped),
         degraded,
     }
 }

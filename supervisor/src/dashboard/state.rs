@@ -217,6 +217,7 @@ pub(crate) mod tests {
                                 connections: 3,
                                 rooms: 1,
                                 messages: 10,
+                                dropped: 0,
                                 degraded: None,
                             }),
                         })

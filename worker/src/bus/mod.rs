@@ -48,6 +48,8 @@ enum Link {
 struct Table {
     /// `std::sync::Mutex`: held for an insert or a lookup, never across an await.
     subscriptions: Mutex<HashMap<String, mpsc::Sender<ChanItem>>>,
+    /// Messages dropped because a follower fell behind (shown on `/health`).
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 impl Table {
@@ -56,7 +58,11 @@ impl Table {
         if let Some(sender) = sender
             && sender.try_send((chan, data)).is_err()
         {
-            tracing::warn!("an adapter subscription fell behind: a cluster message was dropped");
+            // The first, then one line per thousand: an overloaded worker must not also flood its log.
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped % 1000 == 1 {
+                tracing::warn!(dropped, "a follower of the bus fell behind: cluster messages were dropped");
+            }
         }
     }
 
@@ -151,6 +157,7 @@ impl BusDriver {
             connected: state.is_up(),
             error: down.as_ref().map(|(why, _)| why.clone()),
             down_ms: down.map(|(_, since)| since.elapsed().as_millis() as u64),
+            dropped: self.inner.table.dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -326,5 +333,26 @@ impl Channel {
                 Err(e) => tracing::debug!(channel = %self.name, error = %e, "a malformed value was ignored"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bus_of_one_echoes_and_counts_what_a_slow_follower_misses() {
+        let bus = BusDriver::solo();
+        let mut stream = bus.subscribe("room".into(), 1).await.expect("subscribe");
+        assert_eq!(bus.num_serv("room").await.expect("count"), 1, "this worker follows it");
+        assert_eq!(bus.num_serv("other").await.expect("count"), 0);
+        for i in 0..3u8 {
+            bus.publish_now("room".into(), vec![i]).expect("publish");
+        }
+        let first = futures_util::StreamExt::next(&mut stream).await.expect("one message");
+        assert_eq!(first, ("room".to_owned(), vec![0]));
+        let health = bus.health();
+        assert_eq!((health.via.as_str(), health.connected, health.dropped), ("none", true, 2), "{health:?}");
+        assert!(bus.is_solo());
     }
 }
