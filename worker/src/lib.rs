@@ -111,7 +111,10 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     let secret = match &config.session_secret {
         Some(secret) => secret.clone(),
         None => {
-            tracing::warn!("no CHAT_SESSION_SECRET: guest sessions last only as long as this process");
+            // With Redis a token is also believed when it is the one Redis keeps for its guest.
+            if config.redis_url.is_none() {
+                tracing::warn!("no CHAT_SESSION_SECRET: guest sessions last only as long as this process");
+            }
             session::random_secret()?
         }
     };
