@@ -19,8 +19,18 @@ pub(crate) struct Client {
     pub(crate) frames: futures_util::stream::SplitStream<Ws>,
 }
 
+/// The longest a connection or an acknowledgement may take: a server that stops answering fails the
+/// round instead of hanging the benchmark.
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Connects and joins the default namespace with `auth = {name}` (no `auth` when `name` is empty).
 pub(crate) async fn connect(addr: SocketAddr, name: &str) -> Result<Client, String> {
+    tokio::time::timeout(ANSWER_WITHIN, connect_now(addr, name))
+        .await
+        .map_err(|_| format!("no connection within {ANSWER_WITHIN:?}"))?
+}
+
+async fn connect_now(addr: SocketAddr, name: &str) -> Result<Client, String> {
     let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.map_err(|e| format!("connect: {e}"))?;
     next_text(&mut ws, |t| t.starts_with('0')).await?;
@@ -59,6 +69,12 @@ impl Client {
     /// Emits `event` with `data` (JSON) and waits for its acknowledgement.
     pub(crate) async fn call(&mut self, event: &str, data: &str) -> Result<String, String> {
         self.out.send(format!("421[\"{event}\",{data}]")).map_err(|_| "writer gone".to_owned())?;
+        tokio::time::timeout(ANSWER_WITHIN, self.acknowledgement())
+            .await
+            .map_err(|_| format!("no acknowledgement of {event} within {ANSWER_WITHIN:?}"))?
+    }
+
+    async fn acknowledgement(&mut self) -> Result<String, String> {
         while let Some(frame) = self.frames.next().await {
             match frame.map_err(|e| e.to_string())? {
                 Message::Text(text) if text.as_str() == "2" => {

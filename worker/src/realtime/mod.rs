@@ -570,10 +570,13 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                     store.touch(&guest.id);
                 }
                 // The guest's last socket anywhere leaves its calls: another tab may be on another
-                // worker (asked cluster-wide, after this socket left the guest's room).
+                // worker (asked cluster-wide, after this socket left the guest's room). Asked only
+                // for a guest in a call: a cluster-wide question per disconnect flooded the bus when
+                // 10,000 clients left at once (the benchmark's idle round).
                 socket.leave(guest_room(&guest.id));
-                if !connected(&socket, &guest.id).await {
-                    for call in chat.calls.of_guest(&guest.id) {
+                let calls = chat.calls.of_guest(&guest.id);
+                if !calls.is_empty() && !connected(&socket, &guest.id).await {
+                    for call in calls {
                         if let Some((left, over)) = chat.calls.leave(&call, &guest.id) {
                             let event = if over { "call:end" } else { "call:leave" };
                             for id in left {
