@@ -129,6 +129,10 @@ pub(crate) fn chat() {
     } else {
         println!("(redis-server not found: the Redis configurations are skipped)");
     }
+    // `CHAT_BENCH_ONLY=redis` runs only the servers whose name contains it (case-insensitive).
+    if let Ok(only) = std::env::var("CHAT_BENCH_ONLY") {
+        kinds.retain(|k| k.to_lowercase().contains(&only.to_lowercase()));
+    }
     let mut results: Vec<Measured> = Vec::new();
     for kind in kinds {
         let server = start(kind, &node_dir);
