@@ -294,17 +294,10 @@ impl Channel {
         T: serde::de::DeserializeOwned,
         F: Future<Output = ()>,
     {
-        let mut stream = match self.driver.subscribe(self.name.clone(), size).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!(channel = %self.name, error = %e, "cannot follow the other workers");
-                return;
-            }
-        };
+        let Some(mut stream) = self.subscription(size).await else { return };
         while let Some((_, data)) = futures_util::StreamExt::next(&mut stream).await {
-            match serde_json::from_slice::<T>(&data) {
-                Ok(value) => apply(value).await,
-                Err(e) => tracing::debug!(channel = %self.name, error = %e, "a malformed value was ignored"),
+            if let Some(value) = self.decode(&data) {
+                apply(value).await;
             }
         }
     }
@@ -317,22 +310,31 @@ impl Channel {
         subscribed: impl FnOnce(),
         mut apply: impl FnMut(T),
     ) {
-        let mut stream = match self.driver.subscribe(self.name.clone(), size).await {
-            Ok(stream) => stream,
-            Err(e) => {
-                tracing::warn!(channel = %self.name, error = %e, "cannot follow the other workers");
-                return;
-            }
-        };
+        let Some(mut stream) = self.subscription(size).await else { return };
         // The local bus: frames leave in order on one connection, so the broker registers the
         // subscription first. Redis: `subscribe` returned once Redis confirmed it.
         subscribed();
         while let Some((_, data)) = futures_util::StreamExt::next(&mut stream).await {
-            match serde_json::from_slice::<T>(&data) {
-                Ok(value) => apply(value),
-                Err(e) => tracing::debug!(channel = %self.name, error = %e, "a malformed value was ignored"),
+            if let Some(value) = self.decode(&data) {
+                apply(value);
             }
         }
+    }
+
+    async fn subscription(&self, size: usize) -> Option<MessageStream<ChanItem>> {
+        match self.driver.subscribe(self.name.clone(), size).await {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                tracing::warn!(channel = %self.name, error = %e, "cannot follow the other workers");
+                None
+            }
+        }
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, data: &[u8]) -> Option<T> {
+        serde_json::from_slice(data)
+            .map_err(|e| tracing::debug!(channel = %self.name, error = %e, "a malformed value was ignored"))
+            .ok()
     }
 }
 
