@@ -9,7 +9,8 @@ use chat_shared::health::{HealthBody, HealthStatus};
 use crate::support::redis::RedisServer;
 use crate::support::{Env, bin, free_port, http_get, node, wait_until};
 
-/// One "host": a daemon with its own home running a 1-worker cluster of the chat on `port`.
+/// One "host": a daemon with its own home running `instances` workers of the chat in cluster mode on
+/// `port`, linked through the Redis at `redis`.
 fn host(redis: &str, port: u16, instances: usize) -> Env {
     let env = Env::new();
     env.write(
