@@ -371,7 +371,12 @@ fn metrics_are_prometheus_text_matching_list() {
     assert!(out.status.success(), "{}", crate::support::stderr(&out));
     let pids = env.online_pids("chat", 2);
     crate::support::sigkill(pids[1]);
-    wait_until("instance 1 back", Duration::from_secs(10), || (env.list()[0].instances[1].restarts == 1).then_some(()));
+    // Back *online*, not only started again: a scrape between the two says up 0 for it.
+    wait_until("instance 1 back online", Duration::from_secs(10), || {
+        let i = &env.list()[0].instances[1];
+        (i.restarts == 1 && i.status == Phase::Online).then_some(())
+    });
+    let list = env.list();
     let (status, body) = crate::support::http_get(([127, 0, 0, 1], metrics_port).into(), "/metrics").expect("scrape");
     assert_eq!(status, 200, "{body}");
     let lines = body.lines().map(|l| Ok(l.to_owned()));
@@ -391,7 +396,6 @@ fn metrics_are_prometheus_text_matching_list() {
             })
             .unwrap_or_else(|| panic!("{name}{{instance={instance}}} missing:\n{body}"))
     };
-    let list = env.list();
     for i in &list[0].instances {
         let index = i.index.to_string();
         assert_eq!(value("chatctl_instance_up", &index), 1.0);

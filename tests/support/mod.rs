@@ -51,16 +51,27 @@ pub(crate) fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut
     }
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("ephemeral port").port()
-}
+/// Ports handed out by this test process, below the kernel's ephemeral range (32768 and up on
+/// Linux). A port the kernel picked for `bind(:0)` and we released is also a candidate for the next
+/// outgoing connection's local port: with tests running side by side, a client of another test took
+/// one between our check and the daemon's `bind` (EADDRINUSE in CI). Below the range no outgoing
+/// connection lands, and the counter keeps two tests of this process apart; the pid spreads two test
+/// processes of one machine apart.
+static NEXT_PORT: std::sync::OnceLock<std::sync::atomic::AtomicU16> = std::sync::OnceLock::new();
+const PORTS: std::ops::Range<u16> = 12_000..32_000;
 
-/// `n` consecutive ports that were free a moment ago.
+/// `n` consecutive ports of 127.0.0.1, free now and handed to no other test of this process.
 pub(crate) fn free_ports(n: u16) -> u16 {
-    for _ in 0..200 {
-        let base = free_port();
-        if base.checked_add(n).is_none() {
+    use std::sync::atomic::Ordering;
+    let next = NEXT_PORT.get_or_init(|| {
+        let spread = (std::process::id() % 40) as u16 * 500;
+        std::sync::atomic::AtomicU16::new(PORTS.start + spread)
+    });
+    for _ in 0..2_000 {
+        let base = next.fetch_add(n, Ordering::Relaxed);
+        if base.checked_add(n).is_none_or(|end| end > PORTS.end) {
+            // At the top: start over at the bottom (tests are short-lived; those ports are long free).
+            next.store(PORTS.start, Ordering::Relaxed);
             continue;
         }
         let held: Vec<_> = (base..base + n).map_while(|p| TcpListener::bind(("127.0.0.1", p)).ok()).collect();
@@ -68,7 +79,12 @@ pub(crate) fn free_ports(n: u16) -> u16 {
             return base;
         }
     }
-    panic!("no {n} consecutive free ports found");
+    panic!("no {n} consecutive free ports found in {PORTS:?}");
+}
+
+/// A port of 127.0.0.1, free now and handed to no other test of this process.
+pub(crate) fn free_port() -> u16 {
+    free_ports(1)
 }
 
 /// The start time of `pid` (clock ticks since boot, `/proc/PID/stat` field 22): with the pid, it
