@@ -99,6 +99,25 @@ fn guests_on_different_instances_share_rooms_through_the_bus() {
     env.ok(&["kill"]);
 }
 
+/// Long-polling works across the instances of one shared port with no sticky balancer: whichever
+/// instance accepts a request's connection hands it to the one that has its session. Half the
+/// clients poll only, half upgrade to websocket (the upgrade is a new connection too).
+#[test]
+fn polling_clients_work_across_instances_without_sticky_sessions() {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    env.write("ecosystem.toml", &production_config(port).replace(r#"instances = "max""#, "instances = 2"));
+    env.ok(&["start", "production"]);
+    env.online_pids("chat", 2);
+    let out = node("polling.mjs", &[&format!("http://127.0.0.1:{port}"), "8", "lobby", "4"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "polling failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("polling report");
+    assert_eq!(report["upgraded"], 4, "every client allowed to upgraded: {report}");
+    assert_eq!(report["messages"], 32, "{report}");
+    env.ok(&["kill"]);
+}
+
 /// A reload replaces every worker, yet the history survives it: each successor asks the workers
 /// still running for the calls and messages they keep, before it serves.
 #[test]

@@ -5,12 +5,16 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::Stdio;
 
+use chat_shared::ecosystem::ExecMode;
 use chat_shared::spec::AppSpec;
 use chat_shared::worker_env;
 use tokio::process::{Child, Command};
 
 /// The local bus's socket inside the daemon's home.
 pub(crate) const BUS_FILE: &str = "bus.sock";
+
+/// The directory, inside the daemon's home, of each cluster-mode app's handoff sockets.
+pub(crate) const HANDOFF_DIR: &str = "handoff";
 
 /// A socket passed to the child, in order from fd 3, with its `LISTEN_FDNAMES` name.
 pub(crate) struct PassedFd<'a> {
@@ -62,6 +66,10 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
     // none (a `chatctl run` under systemd has NOTIFY_SOCKET, and the apps' env inherits it).
     for inherited in [worker_env::NOTIFY_SOCKET, worker_env::LISTEN_FDS, worker_env::LISTEN_FDNAMES, "LISTEN_PID"] {
         command.env_remove(inherited);
+    }
+    // Instances sharing a port hand each other the connections of polling sessions.
+    if spec.exec_mode == ExecMode::Cluster {
+        command.env(worker_env::HANDOFF, home.join(HANDOFF_DIR).join(&spec.name));
     }
     if let Some(path) = notify {
         command.env(worker_env::NOTIFY_SOCKET, path);

@@ -25,7 +25,7 @@ const urls = url.split(",");
 
 function connect(name, target = urls[0]) {
   return new Promise((resolve, reject) => {
-    // websocket only: without sticky sessions, long-polling cannot work across instances.
+    // websocket only: the placement below needs one connection per client (polling.mjs covers polling).
     const socket = io(target, { transports: ["websocket"], reconnection: false, timeout: 5000 });
     socket.on("connect_error", (e) => reject(new Error(`connect_error: ${e.message}`)));
     socket.on("connect", () => {

@@ -35,6 +35,9 @@ pub struct Config {
     pub trusted_proxies: Vec<IpAddr>,
     /// The daemon's local bus (`CHATCTL_BUS`): rooms shared with the other workers of this host.
     pub bus: Option<std::path::PathBuf>,
+    /// The app's handoff directory (`CHATCTL_HANDOFF`, cluster mode): polling sessions work across
+    /// the instances of the shared port.
+    pub handoff: Option<std::path::PathBuf>,
     /// Redis (`REDIS_URL`, Redis 7 or later): rooms, sessions and history shared with every worker
     /// of every host; replaces the local bus. Checked at start; never logged (it may hold a password).
     pub redis_url: Option<String>,
@@ -109,6 +112,7 @@ impl Config {
             session_ttl: parse(&lookup, "SESSION_TTL", HumanDuration(Duration::from_secs(86_400)))?.0,
             max_payload: parse(&lookup, "MAX_PAYLOAD", ByteSize(64 << 10))?.0,
             bus: lookup(worker_env::BUS).filter(|p| !p.is_empty()).map(std::path::PathBuf::from),
+            handoff: lookup(worker_env::HANDOFF).filter(|p| !p.is_empty()).map(std::path::PathBuf::from),
             redis_url: match lookup("REDIS_URL").filter(|u| !u.trim().is_empty()) {
                 None => None,
                 Some(url) => match redis::Client::open(url.trim()) {

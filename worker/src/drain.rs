@@ -50,11 +50,11 @@ impl<L: Listener> Listener for Draining<L> {
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
-impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Draining<L>>> for PeerAddr
+impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::handoff::Routed<L>>> for PeerAddr
 where
-    L: Listener<Addr = std::net::SocketAddr>,
+    L: Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr>,
 {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, Draining<L>>) -> Self {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::handoff::Routed<L>>) -> Self {
         PeerAddr(*stream.remote_addr())
     }
 }

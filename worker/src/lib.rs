@@ -15,6 +15,7 @@
 //! # Layout
 //! - `config`: environment variables → [`Config`].
 //! - `listeners`: inherited fds (`LISTEN_FDS`) or a bound port.
+//! - `handoff`: a polling session's connections reach the instance that has it (cluster mode).
 //! - `http`: `/health`, `/api/socket/stats`, and the copy of each request head out of hyper's
 //!   read buffer (socketioxide keeps every socket's head).
 //! - `realtime`: Socket.IO guests, rooms, messages, presence, calls, recovery, limits.
@@ -28,6 +29,7 @@ pub mod bus;
 pub mod cluster_stats;
 pub mod config;
 pub mod drain;
+pub mod handoff;
 pub mod http;
 pub mod listeners;
 pub mod origins;
@@ -182,13 +184,32 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     // Nagle off: socketioxide's small frames otherwise wait for ACKs (p99 29 ms instead of 2.8 ms).
     let public = tokio::net::TcpListener::from_std(listeners.public)?;
     tracing::info!(addr = ?public.local_addr().ok(), inherited = listeners.inherited, "serving");
-    let public = Draining::new(
+    // In cluster mode a polling session's requests are handed to the instance that has it.
+    let handoff = config.handoff.as_deref().and_then(|dir| {
+        let instance = config.instance.as_deref().unwrap_or("0");
+        match handoff::Handoff::start(dir, instance, io.clone()) {
+            Ok(started) => Some(started),
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot take connections from the other instances: polling clients need sticky sessions");
+                None
+            }
+        }
+    });
+    let (handoff, incomings) = match handoff {
+        Some((handoff, incomings)) => (Some(handoff), incomings),
+        None => (None, handoff::Incomings::direct()),
+    };
+    let public = incomings.route(Draining::new(
         public.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         }),
         accepting_rx,
-    );
-    let mut router = http::router(state.clone()).layer(layer).layer(axum::middleware::map_request(http::detach_head));
+    ));
+    let mut router = http::router(state.clone()).layer(layer);
+    if let Some(handoff) = &handoff {
+        router = router.layer(axum::middleware::from_fn_with_state(handoff.clone(), handoff::observe));
+    }
+    let mut router = router.layer(axum::middleware::map_request(http::detach_head));
     if let Some(origins) = &config.origins {
         router = router.layer(origins.cors_layer());
     }
@@ -214,6 +235,9 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     let open = io.sockets().len();
     tracing::info!(sockets = open, deadline_ms = config.shutdown_timeout.as_millis() as u64, "draining");
     let _ = accepting_tx.send(true);
+    if let Some(handoff) = &handoff {
+        handoff.close();
+    }
     tokio::time::sleep(DRAIN_GRACE.min(config.shutdown_timeout / 2)).await;
     let _ = stop_tx.send(true);
     let drain = async {
