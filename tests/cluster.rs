@@ -118,6 +118,35 @@ fn polling_clients_work_across_instances_without_sticky_sessions() {
     env.ok(&["kill"]);
 }
 
+/// One client address gets its rate once in the cluster, not once per instance: two sockets of one
+/// address on two instances, flooding together, get about what one would (the workers tell each
+/// other what a busy address spent).
+#[test]
+fn an_address_gets_its_rate_once_across_the_instances() {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    let config = production_config(port)
+        .replace(r#"instances = "max""#, "instances = 2")
+        .replace(r#"RUST_LOG = "info""#, r#"RUST_LOG = "info", ADDRESS_RATE = "5/s", MESSAGE_RATE = "off""#);
+    env.write("ecosystem.toml", &config);
+    env.ok(&["start", "production"]);
+    env.online_pids("chat", 2);
+    let seconds = 4.0;
+    let out = node("address-flood.mjs", &[&format!("http://127.0.0.1:{port}"), &seconds.to_string()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "flood failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("flood report");
+    eprintln!("one address over two instances: {report}");
+    let accepted = report["accepted"].as_f64().expect("accepted");
+    // One address: a burst of 10 and 5/s, plus the slack of half a burst per worker. Limited per
+    // worker instead, the two sockets would get twice the burst and twice the rate (60).
+    let (burst, rate, slack) = (10.0, 5.0, 2.0 * 5.0);
+    assert!(accepted <= burst + rate * seconds + slack, "too many accepted for one address: {report}");
+    assert!(accepted >= rate * seconds, "the address did not get its rate: {report}");
+    assert!(report["refused"].as_u64() > Some(0), "{report}");
+    env.ok(&["kill"]);
+}
+
 /// A reload replaces every worker, yet the history survives it: each successor asks the workers
 /// still running for the calls and messages they keep, before it serves.
 #[test]

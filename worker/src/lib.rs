@@ -141,6 +141,7 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
             calls: bus::Channel::new(driver.clone(), format!("{prefix}-calls")),
             history: bus::Channel::new(driver.clone(), format!("{prefix}-history")),
             sync: bus::Channel::new(driver.clone(), format!("{prefix}-sync")),
+            rates: bus::Channel::new(driver.clone(), format!("{prefix}-rates")),
             store: config.redis_url.as_ref().map(|_| {
                 let app = config.app.as_deref().unwrap_or("chat");
                 store::Store::new(

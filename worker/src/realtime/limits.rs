@@ -1,6 +1,14 @@
 //! Rate limits: a token bucket per socket and per client address, so one client cannot flood a
 //! room or the worker. Excess is refused with an error; a socket that keeps pushing is
 //! disconnected.
+//!
+//! An address's sockets may be spread over every worker of the cluster (and of every host, with
+//! Redis), so each worker tells the others what a *busy* address spent here (its bucket below half
+//! full), a few times a second, and takes their spending out of its own bucket for that address:
+//! under a sustained flood every worker's bucket sees the whole cluster's spending, and the address
+//! gets its rate once, not once per worker. An address well within its rate is never told about
+//! (no traffic for ordinary clients); what it spends before its buckets fall below half, and in the
+//! moment between reports, is the slack (at most about half a burst per worker).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -67,32 +75,74 @@ impl Bucket {
     pub(super) fn refused_in_a_row(&self) -> u32 {
         self.refused
     }
+
+    /// Takes out what was spent elsewhere, into debt down to one burst.
+    fn debit(&mut self, rate: Rate, spent: f64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = ((self.tokens + elapsed * rate.per_second).min(rate.burst) - spent).max(-rate.burst);
+    }
 }
 
-/// Buckets per client address, shared by all its sockets.
+/// Buckets per client address, shared by all its sockets here, and by the other workers' reports.
 pub(super) struct PerAddress {
     rate: Rate,
-    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+    table: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    buckets: HashMap<IpAddr, Bucket>,
+    /// What busy addresses spent here since the last report to the other workers.
+    spent: HashMap<IpAddr, u32>,
 }
 
 impl PerAddress {
     pub(super) fn new(rate: Rate) -> PerAddress {
-        PerAddress { rate, buckets: Mutex::new(HashMap::new()) }
+        PerAddress { rate, table: Mutex::new(Table::default()) }
     }
 
     pub(super) fn take(&self, addr: IpAddr) -> bool {
-        let Ok(mut buckets) = self.buckets.lock() else { return true };
+        let Ok(mut table) = self.table.lock() else { return true };
         let now = Instant::now();
-        // Keep the table small: forget addresses whose bucket is full again.
-        if buckets.len() > 10_000 {
-            let rate = self.rate;
-            buckets.retain(|_, b| {
+        let rate = self.rate;
+        table.forget_idle(rate, now);
+        let bucket = table.buckets.entry(addr).or_insert_with(|| Bucket::new(rate));
+        let taken = bucket.take(rate, now);
+        if taken && bucket.tokens < rate.burst / 2.0 {
+            *table.spent.entry(addr).or_default() += 1;
+        }
+        taken
+    }
+
+    /// What busy addresses spent here since the last call, for the other workers.
+    pub(super) fn report(&self) -> Vec<(IpAddr, u32)> {
+        let Ok(mut table) = self.table.lock() else { return Vec::new() };
+        table.spent.drain().collect()
+    }
+
+    /// Takes what another worker reported out of this worker's buckets.
+    pub(super) fn debit(&self, spent: &[(IpAddr, u32)]) {
+        let Ok(mut table) = self.table.lock() else { return };
+        let now = Instant::now();
+        let rate = self.rate;
+        table.forget_idle(rate, now);
+        for (addr, count) in spent {
+            table.buckets.entry(*addr).or_insert_with(|| Bucket::new(rate)).debit(rate, f64::from(*count), now);
+        }
+    }
+}
+
+impl Table {
+    /// Keeps the table small: forgets addresses whose bucket is full again.
+    fn forget_idle(&mut self, rate: Rate, now: Instant) {
+        if self.buckets.len() > 10_000 {
+            self.buckets.retain(|_, b| {
                 let mut probe = Bucket { tokens: b.tokens, last: b.last, refused: 0 };
                 probe.take(rate, now);
                 probe.tokens + 1.0 < rate.burst
             });
         }
-        buckets.entry(addr).or_insert_with(|| Bucket::new(self.rate)).take(self.rate, now)
     }
 }
 
@@ -121,5 +171,24 @@ mod tests {
         assert_eq!(bucket.refused_in_a_row(), 1);
         assert!(bucket.take(rate, t0 + Duration::from_millis(100)), "one token back after 100 ms");
         assert_eq!(bucket.refused_in_a_row(), 0);
+    }
+
+    #[test]
+    fn busy_addresses_are_reported_and_what_others_spent_is_taken_out() {
+        let rate = Rate { per_second: 1.0, burst: 4.0 };
+        let (here, there) = (PerAddress::new(rate), PerAddress::new(rate));
+        let addr: IpAddr = [10, 0, 0, 1].into();
+        assert!(here.take(addr) && here.take(addr), "4 -> 2 tokens: half full, not busy yet");
+        assert!(here.report().is_empty(), "an address within its rate is never told about");
+        assert!(here.take(addr), "2 -> 1: busy");
+        let report = here.report();
+        assert_eq!(report, vec![(addr, 1)]);
+        assert!(here.report().is_empty(), "reported once");
+        there.debit(&[(addr, 3)]);
+        assert!(there.take(addr), "4 - 3 = 1 token left there");
+        assert!(!there.take(addr), "then none: the address spent its burst across both workers");
+        there.debit(&[(addr, 100)]);
+        let table = there.table.lock().expect("unpoisoned");
+        assert!(table.buckets[&addr].tokens >= -rate.burst, "debt is bounded by one burst");
     }
 }

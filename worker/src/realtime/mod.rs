@@ -103,6 +103,7 @@ pub struct Chat {
     /// Where room messages travel to every worker (its members and its copy of the history).
     history_bus: Option<Channel>,
     sync_bus: Option<Channel>,
+    rates_bus: Option<Channel>,
     synced: std::sync::atomic::AtomicBool,
     asked_again: std::sync::atomic::AtomicBool,
     /// Permits (`Notify` keeps one for a late waiter): the hello is out; a snapshot is in.
@@ -119,6 +120,8 @@ pub struct Shared {
     pub history: Channel,
     /// Where a starting worker asks the others for the calls and history they keep.
     pub sync: Channel,
+    /// Where workers tell each other what busy client addresses spent (see `limits`).
+    pub rates: Channel,
     /// Redis itself (sessions, history streams), when the app has `REDIS_URL`.
     pub store: Option<Store>,
 }
@@ -133,6 +136,17 @@ enum CatchUp {
     Hello { from: String },
     /// The first answer wins; a worker takes in one snapshot in its life.
     Snapshot { to: String, calls: Vec<(String, std::collections::BTreeSet<String>)>, history: Vec<history::RoomDump> },
+}
+
+/// How often a worker tells the others what busy addresses spent: the lag, and so the slack, of a
+/// cluster-wide address limit.
+const RATE_REPORTS: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// What busy client addresses spent on one worker since its last report.
+#[derive(serde::Serialize, Deserialize)]
+struct Spent {
+    from: String,
+    spent: Vec<(IpAddr, u32)>,
 }
 
 #[derive(serde::Serialize, Deserialize)]
@@ -213,7 +227,32 @@ impl Chat {
             };
             tokio::join!(snapshots, hellos);
         };
-        tokio::join!(self.calls.listen(), history, sync);
+        tokio::join!(self.calls.listen(), history, sync, self.share_rates());
+    }
+
+    /// Tells the other workers what busy addresses spent here, and takes what they tell out of
+    /// this worker's buckets, so an address gets its rate once in the cluster (see `limits`).
+    async fn share_rates(&self) {
+        let (Some(bus), Some(per_address)) = (&self.rates_bus, &self.per_address) else { return };
+        let me = self.calls.origin();
+        let tell = async {
+            let mut ticks = tokio::time::interval(RATE_REPORTS);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let spent = per_address.report();
+                // Alone (or cut off) nobody would hear it.
+                if !spent.is_empty() && !bus.is_solo() {
+                    bus.tell(&Spent { from: me.to_owned(), spent });
+                }
+            }
+        };
+        let hear = bus.follow(64, |told: Spent| {
+            if told.from != me {
+                per_address.debit(&told.spent);
+            }
+        });
+        tokio::join!(tell, hear);
     }
 
     /// Waits, at most `within`, for the snapshot of the other workers' calls and history, so that a
@@ -287,6 +326,7 @@ impl Chat {
             calls: Calls::shared(shared.as_ref().map(|s| s.calls.clone())),
             history_bus: shared.as_ref().map(|s| s.history.clone()),
             sync_bus: shared.as_ref().map(|s| s.sync.clone()),
+            rates_bus: shared.as_ref().map(|s| s.rates.clone()),
             synced: std::sync::atomic::AtomicBool::new(false),
             asked_again: std::sync::atomic::AtomicBool::new(false),
             said_hello: tokio::sync::Notify::new(),
