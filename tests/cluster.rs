@@ -147,6 +147,21 @@ fn an_address_gets_its_rate_once_across_the_instances() {
     env.ok(&["kill"]);
 }
 
+/// Presence in a crowd on two instances: 40 guests joining and leaving at once are each told once,
+/// the counts end right, and a guest with another tab still in the room is not told as gone.
+#[test]
+fn a_crowd_joining_and_leaving_at_once_is_told_once_each() {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    env.write("ecosystem.toml", &production_config(port).replace(r#"instances = "max""#, "instances = 2"));
+    env.ok(&["start", "production"]);
+    env.online_pids("chat", 2);
+    let out = node("presence.mjs", &[&format!("http://127.0.0.1:{port}"), "40", "crowd"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "presence failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    env.ok(&["kill"]);
+}
+
 /// A reload replaces every worker, yet the history survives it: each successor asks the workers
 /// still running for the calls and messages they keep, before it serves.
 #[test]

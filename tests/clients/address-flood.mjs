@@ -17,9 +17,14 @@ async function connect(name) {
     socket.on("connect_error", (e) => fail(`connect_error: ${e.message}`));
     socket.on("connect", resolve);
   });
-  const reply = await ask(socket, "guest:join", { name });
-  if (!reply.ok) fail(`guest:join: ${JSON.stringify(reply)}`);
-  return { socket, instance: reply.instance };
+  // Placing the second socket may take many tries, and joins count against the address's buckets.
+  for (let tries = 0; tries < 20; tries++) {
+    const reply = await ask(socket, "guest:join", { name });
+    if (reply.ok) return { socket, instance: reply.instance };
+    if (reply.error !== "rate limited") fail(`guest:join: ${JSON.stringify(reply)}`);
+    await new Promise((res) => setTimeout(res, 300));
+  }
+  fail("guest:join stayed rate limited");
 }
 
 const first = await connect("a");

@@ -15,7 +15,8 @@
 //! - `room:join {room, since?}` / `room:leave {room}` → `{ok, room, members}` (a join also
 //!   `missed`: the room's recent messages after `since`, or all retained); every member of the room
 //!   then receives `room:presence {room, guest, joined, count}`, and `room:members {room, members}`
-//!   (the whole list) while the room has at most 100 members. Disconnecting leaves every room.
+//!   (the whole list) while the room has at most 100 members. Disconnecting leaves every room; a
+//!   guest leaves a room when its last tab there does (see `presence`).
 //! - `message {room, text}` → `{ok, id, time}`; every member of the room, the sender included,
 //!   receives `message {id, room, from: {id, name}, text, time}`.
 //! - `typing {room, typing}`: the other members receive `typing {room, guest, typing}`.
@@ -32,6 +33,7 @@
 mod calls;
 mod history;
 mod limits;
+mod presence;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +55,7 @@ pub use calls::IceConfig;
 pub use history::History;
 pub use limits::Rate;
 use limits::{Bucket, PerAddress};
+use presence::{Presence, who_room};
 
 const MAX_NAME_CHARS: usize = 32;
 const MAX_ROOM_CHARS: usize = 64;
@@ -104,6 +107,7 @@ pub struct Chat {
     history_bus: Option<Channel>,
     sync_bus: Option<Channel>,
     rates_bus: Option<Channel>,
+    presence: Arc<Presence>,
     synced: std::sync::atomic::AtomicBool,
     asked_again: std::sync::atomic::AtomicBool,
     /// Permits (`Notify` keeps one for a late waiter): the hello is out; a snapshot is in.
@@ -327,6 +331,7 @@ impl Chat {
             history_bus: shared.as_ref().map(|s| s.history.clone()),
             sync_bus: shared.as_ref().map(|s| s.sync.clone()),
             rates_bus: shared.as_ref().map(|s| s.rates.clone()),
+            presence: Arc::default(),
             synced: std::sync::atomic::AtomicBool::new(false),
             asked_again: std::sync::atomic::AtomicBool::new(false),
             said_hello: tokio::sync::Notify::new(),
@@ -540,7 +545,7 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                     let reply = match change {
                         Ok(room) => {
                             send_session(&socket, &chat);
-                            match room_members_changed(&socket, &room, join).await {
+                            match room_members_changed(&socket, &chat, &room, join).await {
                                 Ok(mut reply) if join => {
                                     reply["missed"] = Value::from(chat.missed(&room, since.as_deref()).await);
                                     Ok(reply)
@@ -635,7 +640,7 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
             socket.leave_all();
             if let Some(guest) = socket.extensions.get::<Guest>() {
                 for room in rooms {
-                    tell_presence(&socket, &room, &guest, false).await;
+                    chat.presence.changed(&socket, &room, &guest, false).await;
                 }
             }
         }
@@ -708,7 +713,7 @@ async fn restore(
     socket.extensions.insert(guest);
     for room in claims.rooms.into_iter().filter(|r| valid_room(r)) {
         socket.join(room.clone());
-        let _ = room_members_changed(socket, &room, true).await;
+        let _ = room_members_changed(socket, chat, &room, true).await;
         if let Some(last) = since.get(&room) {
             let missed = chat.missed(&room, Some(last)).await;
             let _ = socket.emit("history", &json!({ "room": room, "messages": missed }));
@@ -790,56 +795,16 @@ fn valid_room(room: &str) -> bool {
 }
 
 /// Tells the room who came or went and answers the caller with the member list.
-async fn room_members_changed(socket: &SocketRef<Adapter>, room: &str, joined: bool) -> Result<Value, String> {
+async fn room_members_changed(
+    socket: &SocketRef<Adapter>,
+    chat: &Chat,
+    room: &str,
+    joined: bool,
+) -> Result<Value, String> {
     let guest = guest_of(socket)?;
-    let members = tell_presence(socket, room, &guest, joined).await;
+    let members = chat.presence.changed(socket, room, &guest, joined).await;
     // The caller may have just left: it gets the list too, though it is no longer in the room.
     Ok(json!({ "ok": true, "room": room, "members": members }))
-}
-
-/// Rooms up to this many members also get the whole member list on every change.
-const FULL_LISTS_UP_TO: usize = 100;
-
-/// Tells the room that `guest` joined or left: `room:presence {room, guest, joined, count}` always
-/// (a few bytes to each member), and the whole list (`room:members`) while the room is small.
-/// Whole lists to everyone on every change cost O(members²) bytes per join: 60 MB for one join to a
-/// room of 1,000, and a room filling up took seconds of the worker's time.
-async fn tell_presence(socket: &SocketRef<Adapter>, room: &str, guest: &Guest, joined: bool) -> Vec<Guest> {
-    let members = members(socket, room).await;
-    let presence = json!({ "room": room, "guest": guest, "joined": joined, "count": members.len() });
-    if let Err(e) = socket.within(room.to_owned()).emit("room:presence", &presence).await {
-        tracing::warn!(room, error = %e, "presence broadcast failed");
-    }
-    if members.len() <= FULL_LISTS_UP_TO {
-        let update = json!({ "room": room, "members": members });
-        if let Err(e) = socket.within(room.to_owned()).emit("room:members", &update).await {
-            tracing::warn!(room, error = %e, "member list broadcast failed");
-        }
-    }
-    members
-}
-
-/// The internal room that names a guest: every worker can list who is in a room by asking for the
-/// rooms of its sockets (one cluster-wide query), where socket extensions stay on their worker.
-fn who_room(guest: &Guest) -> String {
-    format!("{INTERNAL}who:{}:{}", guest.id, guest.name)
-}
-
-/// Guests in `room` on every worker (a worker that does not answer in time is left out).
-async fn members(socket: &SocketRef<Adapter>, room: &str) -> Vec<Guest> {
-    let rooms = socket.within(room.to_owned()).rooms().await.unwrap_or_else(|e| {
-        tracing::warn!(room, error = %e, "listing members across workers failed");
-        Vec::new()
-    });
-    let mut guests: Vec<Guest> = rooms
-        .iter()
-        .filter_map(|r| r.strip_prefix("@who:"))
-        .filter_map(|rest| rest.split_once(':'))
-        .map(|(id, name)| Guest { id: id.to_owned(), name: name.to_owned() })
-        .collect();
-    guests.sort_by(|a, b| a.id.cmp(&b.id));
-    guests.dedup_by(|a, b| a.id == b.id);
-    guests
 }
 
 /// Whether any socket of guest `id` is connected, on any worker.

@@ -1,0 +1,141 @@
+//! Presence: who is in a room, told to the room when guests join and leave.
+//!
+//! Knowing a room's members means asking every worker (one cluster-wide question whose answer
+//! grows with the room). Asked once per join or leave, a crowd arriving or leaving at once (a
+//! worker's clients reconnecting elsewhere during a reload, 1,000 members of one room) cost one
+//! question each: 1,000 questions whose answers hold 1,000 members, from every worker. So changes
+//! to one room go in rounds: while a question about the room is out, the changes that come in wait
+//! for the next one, which then serves them all (group commit). There is at most one question per
+//! room in flight, and no fixed delay: a lone change is asked at once. The rounds of a room run in
+//! a task of their own, so a change's caller waits for its round only, however busy the room.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use socketioxide::extract::SocketRef;
+use tokio::sync::oneshot;
+
+use super::{Guest, INTERNAL};
+use crate::Adapter;
+
+/// Rooms up to this many members also get the whole member list on every change.
+const FULL_LISTS_UP_TO: usize = 100;
+
+/// The rounds of the rooms with changes in flight.
+#[derive(Default)]
+pub(super) struct Presence {
+    rooms: Mutex<HashMap<String, Round>>,
+}
+
+/// A room's changes waiting for the next question (the current one, if any, is out).
+#[derive(Default)]
+struct Round {
+    waiting: Vec<Change>,
+}
+
+struct Change {
+    guest: Guest,
+    joined: bool,
+    members: oneshot::Sender<Vec<Guest>>,
+}
+
+impl Presence {
+    /// Tells the room that `guest` joined or left, and returns its members (on every worker) after
+    /// the change. `socket` asks the question; it may be one that just disconnected.
+    pub(super) async fn changed(
+        self: &Arc<Self>,
+        socket: &SocketRef<Adapter>,
+        room: &str,
+        guest: &Guest,
+        joined: bool,
+    ) -> Vec<Guest> {
+        let (tx, rx) = oneshot::channel();
+        let change = Change { guest: guest.clone(), joined, members: tx };
+        let drives = {
+            let mut rooms = self.rooms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match rooms.get_mut(room) {
+                // A round is out: this change waits for the next one, which that round's driver asks.
+                Some(round) => {
+                    round.waiting.push(change);
+                    false
+                }
+                None => {
+                    rooms.insert(room.to_owned(), Round { waiting: vec![change] });
+                    true
+                }
+            }
+        };
+        if drives {
+            tokio::spawn(self.clone().drive(socket.clone(), room.to_owned()));
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Asks about `room` for every change waiting, again while new ones came in meanwhile.
+    async fn drive(self: Arc<Self>, socket: SocketRef<Adapter>, room: String) {
+        let (socket, room) = (&socket, room.as_str());
+        loop {
+            let batch = {
+                let mut rooms = self.rooms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let Some(round) = rooms.get_mut(room) else { return };
+                if round.waiting.is_empty() {
+                    rooms.remove(room);
+                    return;
+                }
+                std::mem::take(&mut round.waiting)
+            };
+            let members = members(socket, room).await;
+            tell(socket, room, &batch, &members).await;
+            for change in batch {
+                let _ = change.members.send(members.clone());
+            }
+        }
+    }
+}
+
+/// `room:presence {room, guest, joined, count}` for each change (a few bytes to each member), and
+/// the whole list (`room:members`) once, while the room is small. Whole lists to everyone on every
+/// change cost O(members²) bytes per join: 60 MB for one join to a room of 1,000.
+async fn tell(socket: &SocketRef<Adapter>, room: &str, batch: &[Change], members: &[Guest]) {
+    for change in batch {
+        // A guest with another tab still in the room has not left it.
+        if !change.joined && members.iter().any(|m| m.id == change.guest.id) {
+            continue;
+        }
+        let presence = json!({ "room": room, "guest": change.guest, "joined": change.joined, "count": members.len() });
+        if let Err(e) = socket.within(room.to_owned()).emit("room:presence", &presence).await {
+            tracing::warn!(room, error = %e, "presence broadcast failed");
+        }
+    }
+    if members.len() <= FULL_LISTS_UP_TO {
+        let update = json!({ "room": room, "members": members });
+        if let Err(e) = socket.within(room.to_owned()).emit("room:members", &update).await {
+            tracing::warn!(room, error = %e, "member list broadcast failed");
+        }
+    }
+}
+
+/// The internal room that names a guest: every worker can list who is in a room by asking for the
+/// rooms of its sockets (one cluster-wide query), where socket extensions stay on their worker.
+pub(super) fn who_room(guest: &Guest) -> String {
+    format!("{INTERNAL}who:{}:{}", guest.id, guest.name)
+}
+
+/// Guests in `room` on every worker (a worker that does not answer in time is left out).
+async fn members(socket: &SocketRef<Adapter>, room: &str) -> Vec<Guest> {
+    let rooms = socket.within(room.to_owned()).rooms().await.unwrap_or_else(|e| {
+        tracing::warn!(room, error = %e, "listing members across workers failed");
+        Vec::new()
+    });
+    let who = format!("{INTERNAL}who:");
+    let mut guests: Vec<Guest> = rooms
+        .iter()
+        .filter_map(|r| r.strip_prefix(who.as_str()))
+        .filter_map(|rest| rest.split_once(':'))
+        .map(|(id, name)| Guest { id: id.to_owned(), name: name.to_owned() })
+        .collect();
+    guests.sort_by(|a, b| a.id.cmp(&b.id));
+    guests.dedup_by(|a, b| a.id == b.id);
+    guests
+}
