@@ -29,6 +29,29 @@ instances = "max"
     )
 }
 
+/// A production cluster of two instances with `env` added to the app's environment (`KEY = "v"`
+/// pairs, comma-separated), started and online: the daemon's home, its port, the workers' pids.
+fn two_instances(env_extra: &str) -> (Env, u16, Vec<u32>) {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    let mut config = production_config(port).replace(r#"instances = "max""#, "instances = 2");
+    if !env_extra.is_empty() {
+        config = config.replace(r#"RUST_LOG = "info""#, &format!(r#"RUST_LOG = "info", {env_extra}"#));
+    }
+    env.write("ecosystem.toml", &config);
+    env.ok(&["start", "production"]);
+    let pids = env.online_pids("chat", 2);
+    (env, port, pids)
+}
+
+/// A node client's one-line JSON report; panics with what it printed when it failed.
+#[track_caller]
+fn report_of(what: &str, out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{what} failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{what} report: {e}: {stdout}"))
+}
+
 #[test]
 fn production_cluster_chats_with_socket_io_client_and_kill_leaves_nothing() {
     let env = Env::new();
@@ -75,14 +98,7 @@ fn production_cluster_chats_with_socket_io_client_and_kill_leaves_nothing() {
 /// each other's messages and direct messages, through the daemon's bus and not Redis.
 #[test]
 fn guests_on_different_instances_share_rooms_through_the_bus() {
-    let env = Env::new();
-    let port = crate::support::free_port();
-    let config = production_config(port)
-        .replace(r#"instances = "max""#, "instances = 2")
-        .replace(r#"RUST_LOG = "info""#, r#"RUST_LOG = "info", STATS_INTERVAL = "200ms""#);
-    env.write("ecosystem.toml", &config);
-    env.ok(&["start", "production"]);
-    env.online_pids("chat", 2);
+    let (env, port, _) = two_instances(r#"STATS_INTERVAL = "200ms""#);
     // Whichever instance answers, its statistics count both workers, through the bus.
     let public: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     wait_until("both workers in the cluster statistics", Duration::from_secs(10), || {
@@ -91,10 +107,7 @@ fn guests_on_different_instances_share_rooms_through_the_bus() {
         (stats["cluster"]["workers"] == 2).then_some(())
     });
 
-    let out = node("chat.mjs", &[&format!("http://127.0.0.1:{port}"), "2", "lobby", "spread"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "chat failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("chat report");
+    let report = report_of("chat", &node("chat.mjs", &[&format!("http://127.0.0.1:{port}"), "2", "lobby", "spread"]));
     assert_eq!(report["instances"].as_array().map(Vec::len), Some(2), "{report}");
     env.ok(&["kill"]);
 }
@@ -104,15 +117,8 @@ fn guests_on_different_instances_share_rooms_through_the_bus() {
 /// clients poll only, half upgrade to websocket (the upgrade is a new connection too).
 #[test]
 fn polling_clients_work_across_instances_without_sticky_sessions() {
-    let env = Env::new();
-    let port = crate::support::free_port();
-    env.write("ecosystem.toml", &production_config(port).replace(r#"instances = "max""#, "instances = 2"));
-    env.ok(&["start", "production"]);
-    env.online_pids("chat", 2);
-    let out = node("polling.mjs", &[&format!("http://127.0.0.1:{port}"), "8", "lobby", "4"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "polling failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("polling report");
+    let (env, port, _) = two_instances("");
+    let report = report_of("polling", &node("polling.mjs", &[&format!("http://127.0.0.1:{port}"), "8", "lobby", "4"]));
     assert_eq!(report["upgraded"], 4, "every client allowed to upgraded: {report}");
     assert_eq!(report["messages"], 32, "{report}");
     env.ok(&["kill"]);
@@ -123,19 +129,10 @@ fn polling_clients_work_across_instances_without_sticky_sessions() {
 /// other what a busy address spent).
 #[test]
 fn an_address_gets_its_rate_once_across_the_instances() {
-    let env = Env::new();
-    let port = crate::support::free_port();
-    let config = production_config(port)
-        .replace(r#"instances = "max""#, "instances = 2")
-        .replace(r#"RUST_LOG = "info""#, r#"RUST_LOG = "info", ADDRESS_RATE = "5/s", MESSAGE_RATE = "off""#);
-    env.write("ecosystem.toml", &config);
-    env.ok(&["start", "production"]);
-    env.online_pids("chat", 2);
+    let (env, port, _) = two_instances(r#"ADDRESS_RATE = "5/s", MESSAGE_RATE = "off""#);
     let seconds = 4.0;
     let out = node("address-flood.mjs", &[&format!("http://127.0.0.1:{port}"), &seconds.to_string()]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "flood failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("flood report");
+    let report = report_of("flood", &out);
     eprintln!("one address over two instances: {report}");
     let accepted = report["accepted"].as_f64().expect("accepted");
     // One address: a burst of 10 and 5/s, plus the slack of half a burst per worker. Limited per
@@ -151,14 +148,8 @@ fn an_address_gets_its_rate_once_across_the_instances() {
 /// the counts end right, and a guest with another tab still in the room is not told as gone.
 #[test]
 fn a_crowd_joining_and_leaving_at_once_is_told_once_each() {
-    let env = Env::new();
-    let port = crate::support::free_port();
-    env.write("ecosystem.toml", &production_config(port).replace(r#"instances = "max""#, "instances = 2"));
-    env.ok(&["start", "production"]);
-    env.online_pids("chat", 2);
-    let out = node("presence.mjs", &[&format!("http://127.0.0.1:{port}"), "40", "crowd"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "presence failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let (env, port, _) = two_instances("");
+    report_of("presence", &node("presence.mjs", &[&format!("http://127.0.0.1:{port}"), "40", "crowd"]));
     env.ok(&["kill"]);
 }
 
@@ -166,11 +157,7 @@ fn a_crowd_joining_and_leaving_at_once_is_told_once_each() {
 /// still running for the calls and messages they keep, before it serves.
 #[test]
 fn messages_sent_before_a_reload_are_recovered_after_it() {
-    let env = Env::new();
-    let port = crate::support::free_port();
-    env.write("ecosystem.toml", &production_config(port).replace(r#"instances = "max""#, "instances = 2"));
-    env.ok(&["start", "production"]);
-    let before = env.online_pids("chat", 2);
+    let (env, port, before) = two_instances("");
     let url = format!("http://127.0.0.1:{port}");
     let recovered = || {
         let out = node("recover.mjs", &[&url, "lobby"]);
@@ -261,12 +248,6 @@ fn workers_do_not_outlive_a_daemon_killed_with_sigkill() {
 /// A guest's calls end when its last tab closes, wherever its tabs are connected.
 #[test]
 fn a_call_survives_closing_one_of_two_tabs_on_different_instances() {
-    let env = Env::new();
-    let port = crate::support::free_port();
-    env.write("ecosystem.toml", &production_config(port).replace(r#"instances = "max""#, "instances = 2"));
-    env.ok(&["start", "production"]);
-    env.online_pids("chat", 2);
-    let out = node("tabs.mjs", &[&format!("http://127.0.0.1:{port}")]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "tabs failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let (_env, port, _) = two_instances("");
+    report_of("tabs", &node("tabs.mjs", &[&format!("http://127.0.0.1:{port}")]));
 }
