@@ -91,7 +91,7 @@ impl Handoff {
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(handoff.clone().take_in(listener, tx.clone()));
         tracing::debug!(path = %handoff.own.display(), "taking polling sessions' connections from the other instances");
-        Ok((handoff.clone(), Incomings { tx, rx, handoff: Some(handoff) }))
+        Ok((handoff.clone(), Incomings { tx, rx, handoff }))
     }
 
     /// Stops taking connections in (draining: sessions here are about to close).
@@ -244,30 +244,25 @@ async fn receive(stream: &UnixStream) -> io::Result<(Sid, OwnedFd)> {
         .await
 }
 
-/// The connections this worker serves: its listener's, routed first when handoff is on, and those
+/// The connections this worker serves once routed: its listener's that are its own, and those
 /// handed in by the other workers.
 pub struct Incomings {
     tx: mpsc::Sender<Incoming>,
     rx: mpsc::Receiver<Incoming>,
-    handoff: Option<Arc<Handoff>>,
+    handoff: Arc<Handoff>,
 }
 
-impl Incomings {
-    /// Without handoff: the listener's connections, as they come.
-    pub fn direct() -> Incomings {
-        let (tx, rx) = mpsc::channel(1);
-        Incomings { tx, rx, handoff: None }
-    }
-
-    pub fn route<L>(self, inner: L) -> Routed<L> {
-        Routed { inner, incomings: self }
-    }
-}
-
-/// A listener whose connections go to the worker that owns their session.
+/// A listener whose connections go to the worker that owns their session (with `Incomings`), or
+/// that serves its own as they come (without).
 pub struct Routed<L> {
     inner: L,
-    incomings: Incomings,
+    incomings: Option<Incomings>,
+}
+
+impl<L> Routed<L> {
+    pub fn new(inner: L, incomings: Option<Incomings>) -> Routed<L> {
+        Routed { inner, incomings }
+    }
 }
 
 impl<L: Listener<Io = TcpStream, Addr = SocketAddr>> Listener for Routed<L> {
@@ -275,13 +270,13 @@ impl<L: Listener<Io = TcpStream, Addr = SocketAddr>> Listener for Routed<L> {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> Incoming {
-        let Some(handoff) = &self.incomings.handoff else { return self.inner.accept().await };
+        let Some(incomings) = &mut self.incomings else { return self.inner.accept().await };
         loop {
             tokio::select! {
                 // Both are cancel-safe: a connection is only taken when its branch completes.
-                Some(incoming) = self.incomings.rx.recv() => return incoming,
+                Some(incoming) = incomings.rx.recv() => return incoming,
                 (tcp, peer) = self.inner.accept() => {
-                    tokio::spawn(route(handoff.clone(), tcp, peer, self.incomings.tx.clone()));
+                    tokio::spawn(route(incomings.handoff.clone(), tcp, peer, incomings.tx.clone()));
                 }
             }
         }

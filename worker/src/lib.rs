@@ -196,16 +196,16 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
             }
         }
     });
-    let (handoff, incomings) = match handoff {
-        Some((handoff, incomings)) => (Some(handoff), incomings),
-        None => (None, handoff::Incomings::direct()),
-    };
-    let public = incomings.route(Draining::new(
-        public.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        }),
-        accepting_rx,
-    ));
+    let (handoff, incomings) = handoff.unzip();
+    let public = handoff::Routed::new(
+        Draining::new(
+            public.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            }),
+            accepting_rx,
+        ),
+        incomings,
+    );
     let mut router = http::router(state.clone()).layer(layer);
     if let Some(handoff) = &handoff {
         router = router.layer(axum::middleware::from_fn_with_state(handoff.clone(), handoff::observe));
