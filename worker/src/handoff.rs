@@ -76,7 +76,8 @@ impl Handoff {
     /// Binds `DIR/INSTANCE-PID.sock` (a reload's successor runs beside its predecessor), and takes
     /// in connections offered there for as long as the worker runs.
     pub fn start(dir: &Path, instance: &str, io: SocketIo<Adapter>) -> io::Result<(Arc<Handoff>, Incomings)> {
-        std::fs::create_dir_all(dir)?;
+        // Whoever can connect there can hand this worker connections: the app's user only.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700).create(dir)?;
         let own = dir.join(format!("{instance}-{}.sock", std::process::id()));
         // A file of that name can only be a leftover of a process that had our pid.
         let _ = std::fs::remove_file(&own);
