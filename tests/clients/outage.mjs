@@ -4,7 +4,9 @@
 // so in /health, then restarts it and writes "up" once both are linked again.
 // - Before: b hears a1 (through Redis); a2 hears a1.
 // - Down: a2 keeps hearing a1, every message once and in order (local clients keep chatting).
-// - Up: b hears a1 again (cross-host delivery resumes), a1 hears b.
+// - Up: b hears a1 again (cross-host delivery resumes), a1 hears b; a guest joining on host B with
+//   the last message it saw before the outage recovers what a1 sent during it, once each and in
+//   order (host A appends them to the room's stream in Redis once Redis is back).
 // Prints one JSON line; exits 1 with a reason on any failure.
 //
 // usage: node outage.mjs URL_A URL_B ROOM
@@ -78,6 +80,25 @@ if (JSON.stringify(heardByA2) !== JSON.stringify(all)) {
   const missing = all.filter((id) => !heardByA2.includes(id));
   fail(`a2 heard ${heardByA2.length} of ${all.length} (missing ${JSON.stringify(missing.slice(0, 5))}), or out of order / twice`);
 }
+// A late guest on host B, whose last message was the last one before the outage, recovers the
+// outage's messages from Redis (asked again a few times: A appends them once it sees Redis back).
+const before = ids("before").at(-1);
+const down = ids("down");
+let recovered = [];
+for (let tries = 0; tries < 20; tries++) {
+  const late = io(urlB, { transports: ["websocket"], reconnection: false, auth: { name: "late" } });
+  await new Promise((resolve) => late.on("connect", resolve));
+  const reply = await late.timeout(5000).emitWithAck("room:join", { room, since: before }).catch((e) => fail(`late join: ${e}`));
+  late.disconnect();
+  if (!reply.ok) fail(`late join refused: ${JSON.stringify(reply)}`);
+  recovered = reply.missed.map((m) => m.id).filter((id) => down.includes(id));
+  if (recovered.length === down.length) break;
+  await new Promise((r) => setTimeout(r, 250));
+}
+if (JSON.stringify(recovered) !== JSON.stringify(down)) {
+  fail(`a late guest on B recovered ${recovered.length} of the ${down.length} outage messages (or out of order / twice)`);
+}
+
 const heardByB = new Set(b.heard.map((m) => m.id));
 if (b.heard.length !== heardByB.size) fail("b heard a message twice");
 console.log(JSON.stringify({
@@ -86,6 +107,7 @@ console.log(JSON.stringify({
   down: ids("down").length,
   b_heard_during_outage: ids("down").filter((id) => heardByB.has(id)).length,
   b_heard_after: ids("up").filter((id) => heardByB.has(id)).length,
+  recovered_on_b: recovered.length,
   up_sent: sent.length - upFirst,
 }));
 for (const c of [a1, a2, b]) {

@@ -3,10 +3,16 @@
 //! Writes are queued behind the link's publications and never awaited; reads fall back to the
 //! worker's own copies when Redis is down (`None`).
 //!
+//! A room message that cannot reach its stream (Redis down) is kept, in order, and appended once
+//! Redis is back, so recovery (which reads the stream) has it: after the messages other hosts sent
+//! meanwhile, since a stream only grows at its end.
+//!
 //! Keys: `chat:{app}:session:{guest id}` (`name`, `rooms` as JSON, `token`, `created`, `last_seen`,
 //! ms since the epoch) and `chat:{app}:history:{room}` (entries `m` = the message's JSON; the
 //! entry's id carries its time, which bounds the age).
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
@@ -23,7 +29,23 @@ pub struct Store {
     session_ttl: Duration,
     history_count: usize,
     history_age: Duration,
+    unstored: Arc<Mutex<Unstored>>,
 }
+
+/// Room messages that did not reach their stream, oldest first.
+#[derive(Default)]
+struct Unstored {
+    messages: VecDeque<(String, Value)>,
+    /// Whether a task is appending them (it ends when none is left).
+    appending: bool,
+}
+
+/// The most messages kept for Redis's return; older ones are dropped first (the worker's own
+/// history still has the latest of each room).
+const UNSTORED_MAX: usize = 10_000;
+
+/// How often the appending task looks whether Redis is back.
+const UNSTORED_RETRY: Duration = Duration::from_millis(250);
 
 /// A guest's session as Redis keeps it.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,7 +65,14 @@ impl Store {
         history_count: usize,
         history_age: Duration,
     ) -> Store {
-        Store { driver, prefix: format!("chat:{app}"), session_ttl, history_count, history_age }
+        Store {
+            driver,
+            prefix: format!("chat:{app}"),
+            session_ttl,
+            history_count,
+            history_age,
+            unstored: Arc::default(),
+        }
     }
 
     fn session_key(&self, id: &str) -> String {
@@ -111,8 +140,16 @@ impl Store {
     /// Appends a room message to the room's stream (capped near the history's count, expiring with
     /// its age), and waits until Redis has it: a message is in the stream before anyone hears of
     /// it, so an answer to it always comes after it there, whichever worker each was sent to.
+    /// When Redis is down (or refuses), the message is kept and appended once it is back.
     pub async fn append(&self, room: &str, message: &Value) {
-        let Some(redis) = self.driver.store() else { return };
+        // Behind messages still waiting for Redis: a room's stream keeps the order they were sent in.
+        if !self.lock_unstored().messages.is_empty() || !self.try_append(room, message).await {
+            self.keep(room, message);
+        }
+    }
+
+    async fn try_append(&self, room: &str, message: &Value) -> bool {
+        let Some(redis) = self.driver.store() else { return false };
         let key = self.history_key(room);
         let added: Option<String> = redis
             .query(
@@ -127,10 +164,59 @@ impl Store {
                     .clone(),
             )
             .await;
-        if added.is_none() {
-            tracing::debug!(room, "a message did not reach the room's stream in Redis");
-        }
         redis.send(redis::cmd("PEXPIRE").arg(&key).arg(self.history_age.as_millis() as u64).clone());
+        added.is_some()
+    }
+
+    fn lock_unstored(&self) -> std::sync::MutexGuard<'_, Unstored> {
+        self.unstored.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps a message for Redis's return, and starts the task that appends them then.
+    fn keep(&self, room: &str, message: &Value) {
+        let mut unstored = self.lock_unstored();
+        if unstored.messages.len() >= UNSTORED_MAX {
+            unstored.messages.pop_front();
+        }
+        unstored.messages.push_back((room.to_owned(), message.clone()));
+        if !unstored.appending {
+            unstored.appending = true;
+            tracing::debug!(room, "a message did not reach the room's stream in Redis: kept for its return");
+            tokio::spawn(self.clone().append_kept());
+        }
+    }
+
+    /// Appends the kept messages, oldest first, once Redis takes them; ends when none is left.
+    async fn append_kept(self) {
+        let mut appended = 0usize;
+        loop {
+            let next = {
+                let mut unstored = self.lock_unstored();
+                match unstored.messages.front() {
+                    Some(next) => next.clone(),
+                    None => {
+                        unstored.appending = false;
+                        if appended > 0 {
+                            tracing::info!(
+                                messages = appended,
+                                "appended the messages sent while Redis was away to their streams"
+                            );
+                        }
+                        return;
+                    }
+                }
+            };
+            if self.try_append(&next.0, &next.1).await {
+                let mut unstored = self.lock_unstored();
+                // Unless dropped meanwhile to stay under the bound.
+                if unstored.messages.front() == Some(&next) {
+                    unstored.messages.pop_front();
+                }
+                appended += 1;
+            } else {
+                tokio::time::sleep(UNSTORED_RETRY).await;
+            }
+        }
     }
 
     /// The room's messages after the one with id `since` (all retained when `since` is unknown or
