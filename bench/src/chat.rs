@@ -103,10 +103,10 @@ pub(crate) fn memory() {
     let node_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     for kind in ["chat-worker x1", "node x1"] {
-        for named in [true, false] {
+        for how in [Connecting::Guests, Connecting::Bare, Connecting::Browsers] {
             let server = start(kind, &node_dir);
-            print!("{}: ", if named { "guests" } else { "bare connections" });
-            if let Err(e) = runtime.block_on(idle_memory_as(&server, named)) {
+            print!("{}: ", how.label());
+            if let Err(e) = runtime.block_on(idle_memory_as(&server, how)) {
                 println!("failed: {e}");
             }
         }
@@ -340,23 +340,71 @@ fn sent_us(frame: &str) -> Option<u64> {
     digits[..digits.find('"')?].parse().ok()
 }
 
+/// How the idle connections of a memory figure connect.
+#[derive(Clone, Copy)]
+enum Connecting {
+    /// Guests with a name (`auth`), as the load rounds connect.
+    Guests,
+    /// No `auth`: a connection and nothing else.
+    Bare,
+    /// Guests sending what a browser sends with a websocket handshake (agent, languages, 1 KiB of
+    /// cookies): servers keep each socket's request, so this is closer to production.
+    Browsers,
+}
+
+impl Connecting {
+    fn label(self) -> &'static str {
+        match self {
+            Connecting::Guests => "guests",
+            Connecting::Bare => "bare connections",
+            Connecting::Browsers => "guests with a browser's headers",
+        }
+    }
+}
+
+/// A Chrome's websocket handshake headers on a site with analytics and consent cookies.
+fn browser_headers() -> Vec<(&'static str, String)> {
+    let cookie = format!(
+        "_ga=GA1.1.1234567890.1732000000; _ga_X1Y2Z3W4V5=GS1.1.1732000000.3.1.1732000999.0.0.0; \
+         theme=dark; lang=en; consent={}; session={}",
+        "a".repeat(420),
+        "s".repeat(400)
+    );
+    vec![
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+                .into(),
+        ),
+        ("origin", "http://127.0.0.1".into()),
+        ("accept-language", "en-US,en;q=0.9,fr;q=0.8".into()),
+        ("accept-encoding", "gzip, deflate, br, zstd".into()),
+        ("cache-control", "no-cache".into()),
+        ("pragma", "no-cache".into()),
+        ("cookie", cookie),
+    ]
+}
+
 async fn connect_all(addr: SocketAddr, count: usize, room: Option<&str>) -> Result<Vec<sio::Client>, String> {
-    connect_all_as(addr, count, room, true).await
+    connect_all_as(addr, count, room, Connecting::Guests).await
 }
 
 async fn connect_all_as(
     addr: SocketAddr,
     count: usize,
     room: Option<&str>,
-    named: bool,
+    how: Connecting,
 ) -> Result<Vec<sio::Client>, String> {
     let join = room.map(|r| format!("{{\"room\":\"{r}\"}}"));
+    let headers = if matches!(how, Connecting::Browsers) { browser_headers() } else { Vec::new() };
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let headers = &headers;
     futures_util::stream::iter(0..count)
         .map(|i| {
             let join = join.clone();
             async move {
-                let name = if named { format!("m{i}") } else { String::new() };
-                let mut client = sio::connect(addr, &name).await?;
+                let name = if matches!(how, Connecting::Bare) { String::new() } else { format!("m{i}") };
+                let mut client = sio::connect(addr, &name, headers).await?;
                 if let Some(join) = join {
                     let ack = client.call("room:join", &join).await?;
                     if !ack.contains("\"ok\":true") {
@@ -501,14 +549,14 @@ async fn run(server: &Server, scenario: &Scenario, round: usize) -> Result<Figur
 
 /// Resident memory the server grows by per idle connection (connected, named, in no room).
 async fn idle_memory(server: &Server) -> Result<f64, String> {
-    idle_memory_as(server, true).await
+    idle_memory_as(server, Connecting::Guests).await
 }
 
-async fn idle_memory_as(server: &Server, named: bool) -> Result<f64, String> {
+async fn idle_memory_as(server: &Server, how: Connecting) -> Result<f64, String> {
     let rss = || server.pids.iter().map(|p| harness::rss_kib(*p).0).sum::<u64>();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss();
-    let clients = connect_all_as(server.addr, IDLE_CONNECTIONS, None, named).await?;
+    let clients = connect_all_as(server.addr, IDLE_CONNECTIONS, None, how).await?;
     // Answer pings while idle, as a browser would.
     let mut keep = Vec::new();
     for client in clients {

@@ -23,16 +23,24 @@ pub(crate) struct Client {
 /// round instead of hanging the benchmark.
 const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Connects and joins the default namespace with `auth = {name}` (no `auth` when `name` is empty).
-pub(crate) async fn connect(addr: SocketAddr, name: &str) -> Result<Client, String> {
-    tokio::time::timeout(ANSWER_WITHIN, connect_now(addr, name))
+/// Connects and joins the default namespace with `auth = {name}` (no `auth` when `name` is empty),
+/// sending `headers` with the websocket handshake.
+pub(crate) async fn connect(addr: SocketAddr, name: &str, headers: &[(&str, &str)]) -> Result<Client, String> {
+    tokio::time::timeout(ANSWER_WITHIN, connect_now(addr, name, headers))
         .await
         .map_err(|_| format!("no connection within {ANSWER_WITHIN:?}"))?
 }
 
-async fn connect_now(addr: SocketAddr, name: &str) -> Result<Client, String> {
+async fn connect_now(addr: SocketAddr, name: &str, headers: &[(&str, &str)]) -> Result<Client, String> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
     let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket");
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.map_err(|e| format!("connect: {e}"))?;
+    let mut request = url.into_client_request().map_err(|e| format!("request: {e}"))?;
+    for (name, value) in headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+        request.headers_mut().insert(name, HeaderValue::from_str(value).map_err(|e| e.to_string())?);
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| format!("connect: {e}"))?;
     next_text(&mut ws, |t| t.starts_with('0')).await?;
     let connect = if name.is_empty() { "40".to_owned() } else { format!("40{{\"name\":\"{name}\"}}") };
     ws.send(Message::text(connect)).await.map_err(|e| e.to_string())?;
