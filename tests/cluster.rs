@@ -129,7 +129,7 @@ fn polling_clients_work_across_instances_without_sticky_sessions() {
 /// other what a busy address spent).
 #[test]
 fn an_address_gets_its_rate_once_across_the_instances() {
-    let (env, port, _) = two_instances(r#"ADDRESS_RATE = "5/s", MESSAGE_RATE = "off""#);
+    let (env, port, _) = two_instances(r#"ADDRESS_RATE = "5/s", MESSAGE_RATE = "off", STATS_INTERVAL = "100ms""#);
     let seconds = 4.0;
     let out = node("address-flood.mjs", &[&format!("http://127.0.0.1:{port}"), &seconds.to_string()]);
     let report = report_of("flood", &out);

@@ -11,37 +11,35 @@ const seconds = Number(secondsArg ?? 3);
 deadline(seconds + 22);
 const ask = (s, event, data) => s.timeout(5000).emitWithAck(event, data).catch((e) => fail(`${event}: ${e}`));
 
-async function connect(name) {
+// Which instance serves a socket, from the worker's first `stats` broadcast: placing the sockets
+// must not spend joins, which count against the address's buckets too.
+async function connect() {
   const socket = io(url, { transports: ["websocket"], reconnection: false });
-  await new Promise((resolve) => {
-    socket.on("connect_error", (e) => fail(`connect_error: ${e.message}`));
-    socket.on("connect", resolve);
-  });
-  // Placing the second socket may take many tries, and joins count against the address's buckets.
-  for (let tries = 0; tries < 20; tries++) {
-    const reply = await ask(socket, "guest:join", { name });
-    if (reply.ok) return { socket, instance: reply.instance };
-    if (reply.error !== "rate limited") fail(`guest:join: ${JSON.stringify(reply)}`);
-    await new Promise((res) => setTimeout(res, 300));
-  }
-  fail("guest:join stayed rate limited");
+  const stats = new Promise((resolve) => socket.once("stats", resolve));
+  socket.on("connect_error", (e) => fail(`connect_error: ${e.message}`));
+  const { instance } = await stats;
+  return { socket, instance };
 }
 
-const first = await connect("a");
+const first = await connect();
 let second;
 for (let i = 0; i < 40 && !second; i++) {
-  const c = await connect("b");
+  const c = await connect();
   if (c.instance !== first.instance) second = c;
   else c.socket.disconnect();
 }
 if (!second) fail("could not place the second socket on another instance in 40 tries");
+for (const [c, name] of [[first, "a"], [second, "b"]]) {
+  const reply = await ask(c.socket, "guest:join", { name });
+  if (!reply.ok) fail(`guest:join: ${JSON.stringify(reply)}`);
+}
 for (const c of [first, second]) {
   const joined = await ask(c.socket, "room:join", { room: "flood" });
   if (!joined.ok) fail(`room:join: ${JSON.stringify(joined)}`);
 }
 
-// Placing the sockets spent joins from the address's buckets: let them fill up again first.
-await new Promise((res) => setTimeout(res, 2500));
+// The joins above spent from the address's buckets: let them fill up again first.
+await new Promise((res) => setTimeout(res, 2000));
 
 let accepted = 0;
 let refused = 0;
