@@ -185,23 +185,37 @@ fn a_program_that_binds_its_own_port_is_reloaded_by_restarting_one_by_one() {
     }
 }
 
+/// Long-polling guests (no websocket) on two instances: every request of theirs reaches the instance
+/// with their session before the reload, and they reconnect through it with identity and rooms.
 #[test]
-fn chatting_guests_reconnect_through_a_reload_with_their_identity_and_rooms() {
+fn polling_guests_chat_through_a_reload_of_two_instances() {
+    chat_through_a_reload(2, "polling");
+}
+
+/// Starts `instances` chat workers in cluster mode, and runs `reload-chat.mjs` with `transport`
+/// against them: guests chat, `chatctl reload` runs, they must come back as themselves.
+fn chat_through_a_reload(instances: usize, transport: &str) {
     let env = Env::new();
     let port = crate::support::free_port();
-    // One instance, so every guest is served by the worker that replaced the old one: what this
-    // checks is that identity and rooms survive the process (cluster.rs covers several workers).
-    env.write("ecosystem.toml", &chat_app(port, "cluster", 1, ""));
+    env.write("ecosystem.toml", &chat_app(port, "cluster", instances, ""));
     env.ok(&["start"]);
     let out = crate::support::run_bounded(
         std::process::Command::new("node")
             .arg(crate::support::tests_dir().join("clients/reload-chat.mjs"))
             .arg(format!("http://127.0.0.1:{port}"))
             .arg(bin("chatctl"))
+            .args([transport, &instances.to_string()])
             .env("CHATCTL_HOME", env.home())
             .current_dir(env.dir.path()),
         Duration::from_secs(60),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}\n{}", stderr(&out), env.daemon_log());
+}
+
+#[test]
+fn chatting_guests_reconnect_through_a_reload_with_their_identity_and_rooms() {
+    // One instance, so every guest is served by the worker that replaced the old one: what this
+    // checks is that identity and rooms survive the process (cluster.rs covers several workers).
+    chat_through_a_reload(1, "websocket");
 }
