@@ -29,18 +29,18 @@ instances = "max"
     )
 }
 
-/// A production cluster of two instances with `env` added to the app's environment (`KEY = "v"`
+/// A production cluster of `instances` with `env_extra` added to the app's environment (`KEY = "v"`
 /// pairs, comma-separated), started and online: the daemon's home, its port, the workers' pids.
-fn two_instances(env_extra: &str) -> (Env, u16, Vec<u32>) {
+fn cluster(instances: usize, env_extra: &str) -> (Env, u16, Vec<u32>) {
     let env = Env::new();
     let port = crate::support::free_port();
-    let mut config = production_config(port).replace(r#"instances = "max""#, "instances = 2");
+    let mut config = production_config(port).replace(r#"instances = "max""#, &format!("instances = {instances}"));
     if !env_extra.is_empty() {
         config = config.replace(r#"RUST_LOG = "info""#, &format!(r#"RUST_LOG = "info", {env_extra}"#));
     }
     env.write("ecosystem.toml", &config);
     env.ok(&["start", "production"]);
-    let pids = env.online_pids("chat", 2);
+    let pids = env.online_pids("chat", instances);
     (env, port, pids)
 }
 
@@ -98,7 +98,7 @@ fn production_cluster_chats_with_socket_io_client_and_kill_leaves_nothing() {
 /// each other's messages and direct messages, through the daemon's bus and not Redis.
 #[test]
 fn guests_on_different_instances_share_rooms_through_the_bus() {
-    let (env, port, _) = two_instances(r#"STATS_INTERVAL = "200ms""#);
+    let (env, port, _) = cluster(2, r#"STATS_INTERVAL = "200ms""#);
     // Whichever instance answers, its statistics count both workers, through the bus.
     let public: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     wait_until("both workers in the cluster statistics", Duration::from_secs(10), || {
@@ -113,11 +113,12 @@ fn guests_on_different_instances_share_rooms_through_the_bus() {
 }
 
 /// Long-polling works across the instances of one shared port with no sticky balancer: whichever
-/// instance accepts a request's connection hands it to the one that has its session. Half the
-/// clients poll only, half upgrade to websocket (the upgrade is a new connection too).
+/// instance accepts a request's connection hands it to the one that has its session (three, so
+/// that one sibling asked may decline). Half the clients poll only, half upgrade to websocket (the
+/// upgrade is a new connection too).
 #[test]
 fn polling_clients_work_across_instances_without_sticky_sessions() {
-    let (env, port, _) = two_instances("");
+    let (env, port, _) = cluster(3, "");
     let report = report_of("polling", &node("polling.mjs", &[&format!("http://127.0.0.1:{port}"), "8", "lobby", "4"]));
     assert_eq!(report["upgraded"], 4, "every client allowed to upgraded: {report}");
     assert_eq!(report["messages"], 32, "{report}");
@@ -129,7 +130,7 @@ fn polling_clients_work_across_instances_without_sticky_sessions() {
 /// other what a busy address spent).
 #[test]
 fn an_address_gets_its_rate_once_across_the_instances() {
-    let (env, port, _) = two_instances(r#"ADDRESS_RATE = "5/s", MESSAGE_RATE = "off", STATS_INTERVAL = "100ms""#);
+    let (env, port, _) = cluster(2, r#"ADDRESS_RATE = "5/s", MESSAGE_RATE = "off", STATS_INTERVAL = "100ms""#);
     let seconds = 4.0;
     let out = node("address-flood.mjs", &[&format!("http://127.0.0.1:{port}"), &seconds.to_string()]);
     let report = report_of("flood", &out);
@@ -148,7 +149,7 @@ fn an_address_gets_its_rate_once_across_the_instances() {
 /// the counts end right, and a guest with another tab still in the room is not told as gone.
 #[test]
 fn a_crowd_joining_and_leaving_at_once_is_told_once_each() {
-    let (env, port, _) = two_instances("");
+    let (env, port, _) = cluster(2, "");
     report_of("presence", &node("presence.mjs", &[&format!("http://127.0.0.1:{port}"), "40", "crowd"]));
     env.ok(&["kill"]);
 }
@@ -157,7 +158,7 @@ fn a_crowd_joining_and_leaving_at_once_is_told_once_each() {
 /// still running for the calls and messages they keep, before it serves.
 #[test]
 fn messages_sent_before_a_reload_are_recovered_after_it() {
-    let (env, port, before) = two_instances("");
+    let (env, port, before) = cluster(2, "");
     let url = format!("http://127.0.0.1:{port}");
     let recovered = || {
         let out = node("recover.mjs", &[&url, "lobby"]);
@@ -248,6 +249,6 @@ fn workers_do_not_outlive_a_daemon_killed_with_sigkill() {
 /// A guest's calls end when its last tab closes, wherever its tabs are connected.
 #[test]
 fn a_call_survives_closing_one_of_two_tabs_on_different_instances() {
-    let (_env, port, _) = two_instances("");
+    let (_env, port, _) = cluster(2, "");
     report_of("tabs", &node("tabs.mjs", &[&format!("http://127.0.0.1:{port}")]));
 }

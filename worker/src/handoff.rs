@@ -58,6 +58,11 @@ const FIRST_LINE: Duration = Duration::from_secs(30);
 /// the sibling took the connection, so it closes its copy rather than risk two servers on one.
 const ANSWER: Duration = Duration::from_secs(2);
 
+/// How many session owners a worker remembers before it forgets the stale ones, and after how long
+/// one is stale (longer than engine.io's ping interval plus timeout: the session is gone).
+const OWNERS_KEPT: usize = 10_000;
+const OWNER_HINT: Duration = Duration::from_secs(120);
+
 /// Connections waiting to be served by this worker: accepted and routed here, or handed in.
 type Incoming = (TcpStream, SocketAddr);
 
@@ -68,6 +73,9 @@ pub struct Handoff {
     io: SocketIo<Adapter>,
     /// Sessions opened here by a polling handshake and not yet connected to a namespace.
     opened: Mutex<HashMap<Sid, Instant>>,
+    /// Which worker took a session's connections from here, and when: a polling session sends a
+    /// request every few seconds, and with many instances asking each in turn every time adds up.
+    owners: Mutex<HashMap<Sid, (PathBuf, Instant)>>,
     /// Set when draining: connections are no longer taken in.
     closed: AtomicBool,
 }
@@ -87,6 +95,7 @@ impl Handoff {
             own,
             io,
             opened: Mutex::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::channel(1024);
@@ -154,31 +163,61 @@ impl Handoff {
         Ok(())
     }
 
-    /// Offers `tcp` to every other worker of the app until one takes it.
+    /// Offers `tcp` to the other workers of the app until one takes it: first to the one that took
+    /// this session's last connection from here, then to each in turn.
     async fn pass(&self, tcp: &TcpStream, sid: Sid) -> Passed {
+        let hint = self.lock_owners().get(&sid).map(|(path, _)| path.clone());
+        if let Some(path) = &hint {
+            if let Some(passed) = self.offer_to(path, tcp, sid).await {
+                if let Some((_, at)) = self.lock_owners().get_mut(&sid) {
+                    *at = Instant::now();
+                }
+                return passed;
+            }
+            self.lock_owners().remove(&sid);
+        }
         // A handful of entries on a local directory: cheaper read at once than through a thread.
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return Passed::Nobody };
         for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-            if path == self.own || path.extension().is_none_or(|e| e != "sock") {
+            if path == self.own || hint.as_ref() == Some(&path) || path.extension().is_none_or(|e| e != "sock") {
                 continue;
             }
-            match offer(&path, tcp, sid).await {
-                Ok(true) => return Passed::Taken,
-                Ok(false) => {}
-                Err(Offer::Unreachable(e)) => {
-                    // Nobody listens there any more: a worker that was killed before it could clean up.
-                    if matches!(e.kind(), io::ErrorKind::ConnectionRefused) {
-                        let _ = std::fs::remove_file(&path);
+            if let Some(passed) = self.offer_to(&path, tcp, sid).await {
+                if matches!(passed, Passed::Taken) {
+                    let mut owners = self.lock_owners();
+                    if owners.len() >= OWNERS_KEPT {
+                        owners.retain(|_, (_, at)| at.elapsed() < OWNER_HINT);
                     }
-                    tracing::debug!(path = %path.display(), error = %e, "cannot offer a connection");
+                    owners.insert(sid, (path, Instant::now()));
                 }
-                Err(Offer::Unanswered(e)) => {
-                    tracing::warn!(path = %path.display(), error = %e, "an instance did not answer a handoff; closing the connection");
-                    return Passed::Lost;
-                }
+                return passed;
             }
         }
         Passed::Nobody
+    }
+
+    /// Offers `tcp` to the worker at `path`: `None` when it did not take it (and nothing is lost).
+    async fn offer_to(&self, path: &Path, tcp: &TcpStream, sid: Sid) -> Option<Passed> {
+        match offer(path, tcp, sid).await {
+            Ok(true) => Some(Passed::Taken),
+            Ok(false) => None,
+            Err(Offer::Unreachable(e)) => {
+                // Nobody listens there any more: a worker that was killed before it could clean up.
+                if matches!(e.kind(), io::ErrorKind::ConnectionRefused) {
+                    let _ = std::fs::remove_file(path);
+                }
+                tracing::debug!(path = %path.display(), error = %e, "cannot offer a connection");
+                None
+            }
+            Err(Offer::Unanswered(e)) => {
+                tracing::warn!(path = %path.display(), error = %e, "an instance did not answer a handoff; closing the connection");
+                Some(Passed::Lost)
+            }
+        }
+    }
+
+    fn lock_owners(&self) -> std::sync::MutexGuard<'_, HashMap<Sid, (PathBuf, Instant)>> {
+        self.owners.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
