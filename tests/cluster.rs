@@ -122,6 +122,17 @@ fn polling_clients_work_across_instances_without_sticky_sessions() {
     let report = report_of("polling", &node("polling.mjs", &[&format!("http://127.0.0.1:{port}"), "8", "lobby", "4"]));
     assert_eq!(report["upgraded"], 4, "every client allowed to upgraded: {report}");
     assert_eq!(report["messages"], 32, "{report}");
+    // Each instance counts what it handed out and took in (`/health`, then `list` and `/metrics`).
+    let (mut handed, mut taken) = (0, 0);
+    for instance in &env.list()[0].instances {
+        let admin: SocketAddr = instance.admin_addr.as_deref().expect("admin address").parse().expect("addr");
+        let (_, body) = http_get(admin, "/health").expect("admin health");
+        let health: chat_shared::health::HealthBody = serde_json::from_str(&body).expect("health json");
+        let handoff = health.handoff.expect("handoff figures in cluster mode");
+        assert_eq!(handoff.lost, 0, "{body}");
+        (handed, taken) = (handed + handoff.handed, taken + handoff.taken);
+    }
+    assert!(handed > 0 && handed == taken, "handed {handed}, taken {taken}");
     env.ok(&["kill"]);
 }
 

@@ -405,4 +405,6 @@ fn metrics_are_prometheus_text_matching_list() {
     assert_eq!(value("chatctl_chat_connections", "0"), 0.0, "a chat worker's figures are exported");
     assert_eq!(value("chatctl_chat_degraded", "0"), 0.0, "a worker alone is not cut off from anyone");
     assert_eq!(value("chatctl_chat_dropped_total", "0"), 0.0);
+    assert_eq!(value("chatctl_chat_handed_total", "0"), 0.0, "no polling client: nothing handed over");
+    assert_eq!(value("chatctl_chat_taken_total", "0"), 0.0);
 }

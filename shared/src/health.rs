@@ -20,6 +20,21 @@ pub struct HealthBody {
     /// How this worker reaches the others (absent from workers that predate it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterHealth>,
+    /// Polling sessions' connections passed between the instances of a shared port (cluster mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<HandoffHealth>,
+}
+
+/// Counters since the worker started, of connections whose first request named another
+/// instance's session (see the worker's `handoff` module).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffHealth {
+    /// Accepted here and handed to the instance with the session.
+    pub handed: u64,
+    /// Handed in by another instance.
+    pub taken: u64,
+    /// Offered to an instance that never answered: closed (the client retries).
+    pub lost: u64,
 }
 
 /// The link that shares rooms with the other workers.

@@ -50,6 +50,12 @@ pub struct ChatFigures {
     /// Messages from the other workers it dropped because it fell behind (a counter).
     #[serde(default)]
     pub dropped: u64,
+    /// Connections it handed to, and took from, the other instances for their polling sessions
+    /// (counters).
+    #[serde(default)]
+    pub handed: u64,
+    #[serde(default)]
+    pub taken: u64,
     /// Why the worker is cut off from the other workers (it serves its own clients meanwhile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,

@@ -73,6 +73,16 @@ pub(crate) fn render(instances: &[InstanceFigures], apps: &[AppFigures]) -> Stri
         "chat_dropped",
         "Messages from the other workers a chat worker dropped because it fell behind",
     );
+    let handed = counter(
+        &mut registry,
+        "chat_handed",
+        "Connections a chat worker accepted and handed to the instance with their polling session",
+    );
+    let taken = counter(
+        &mut registry,
+        "chat_taken",
+        "Connections a chat worker took from another instance for one of its polling sessions",
+    );
     let degraded = gauge(
         &mut registry,
         "chat_degraded",
@@ -100,6 +110,8 @@ pub(crate) fn render(instances: &[InstanceFigures], apps: &[AppFigures]) -> Stri
             messages.get_or_create(&labels).inc_by(c.messages);
             degraded.get_or_create(&labels).set(if c.degraded.is_some() { 1.0 } else { 0.0 });
             dropped.get_or_create(&labels).inc_by(c.dropped);
+            handed.get_or_create(&labels).inc_by(c.handed);
+            taken.get_or_create(&labels).inc_by(c.taken);
         }
     }
     for a in apps {

@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,9 @@ pub struct Handoff {
     owners: Mutex<HashMap<Sid, (PathBuf, Instant)>>,
     /// Set when draining: connections are no longer taken in.
     closed: AtomicBool,
+    handed: AtomicU64,
+    taken: AtomicU64,
+    lost: AtomicU64,
 }
 
 impl Handoff {
@@ -97,6 +100,9 @@ impl Handoff {
             opened: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
+            handed: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(handoff.clone().take_in(listener, tx.clone()));
@@ -108,6 +114,15 @@ impl Handoff {
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         let _ = std::fs::remove_file(&self.own);
+    }
+
+    /// What was handed out, taken in and lost since the worker started (for `/health`).
+    pub fn figures(&self) -> chat_shared::health::HandoffHealth {
+        chat_shared::health::HandoffHealth {
+            handed: self.handed.load(Ordering::Relaxed),
+            taken: self.taken.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether the engine.io session `sid` lives in this worker.
@@ -157,6 +172,7 @@ impl Handoff {
         if mine {
             tcp.set_nonblocking(true)?;
             let tcp = TcpStream::from_std(tcp)?;
+            self.taken.fetch_add(1, Ordering::Relaxed);
             tracing::trace!(%peer, sid = %sid, "took a connection for a session of ours");
             let _ = tx.send((tcp, peer)).await;
         }
@@ -333,7 +349,14 @@ async fn route(handoff: Arc<Handoff>, tcp: TcpStream, peer: SocketAddr, tx: mpsc
         // Gone, or silent for too long: nothing to serve.
         Peeked::Closed => return,
         Peeked::Sid(sid) if !handoff.owns(sid) => match handoff.pass(&tcp, sid).await {
-            Passed::Taken | Passed::Lost => return,
+            Passed::Taken => {
+                handoff.handed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Passed::Lost => {
+                handoff.lost.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             // Nobody has it: here engine.io says so ("Session ID unknown"), as a lone worker would.
             Passed::Nobody => {}
         },

@@ -77,6 +77,7 @@ async fn health(State(state): State<Arc<WorkerState>>) -> (StatusCode, Json<Heal
         rooms: state.io.local().rooms().await.map_or(0, |r| r.iter().filter(|r| !r.starts_with('@')).count()),
         messages: state.messages.load(Ordering::Relaxed),
         cluster: Some(cluster),
+        handoff: state.handoff.as_ref().map(|h| h.figures()),
     };
     // 503 while draining, so a load balancer probing the same path takes this instance out too.
     let code = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };

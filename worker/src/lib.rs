@@ -64,6 +64,8 @@ pub struct WorkerState {
     pub cluster: Arc<cluster_stats::ClusterStats>,
     /// How this worker reaches the others (for `/health`).
     pub link: bus::BusDriver,
+    /// Its end of the polling sessions' handoff (cluster mode).
+    pub handoff: Option<Arc<handoff::Handoff>>,
 }
 
 /// Bytes read from a websocket at a time.
@@ -159,6 +161,18 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     // Before any listener serves: a reload's successor must know the calls and history first.
     chat.catch_up(CATCH_UP).await;
     realtime::register(&io, chat, config.origins.clone()).await.map_err(std::io::Error::other)?;
+    // In cluster mode a polling session's requests are handed to the instance that has it.
+    let handoff = config.handoff.as_deref().and_then(|dir| {
+        let instance = config.instance.as_deref().unwrap_or("0");
+        match handoff::Handoff::start(dir, instance, io.clone()) {
+            Ok(started) => Some(started),
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "cannot take connections from the other instances: polling clients need sticky sessions");
+                None
+            }
+        }
+    });
+    let (handoff, incomings) = handoff.unzip();
     let state = Arc::new(WorkerState {
         started: Instant::now(),
         messages,
@@ -167,6 +181,7 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
         io: io.clone(),
         cluster,
         link: driver.clone(),
+        handoff: handoff.clone(),
     });
     // Draining is two steps: first stop accepting (the shared socket's queue goes to the other
     // instances) while connections already accepted deliver their requests; then shut the
@@ -185,18 +200,6 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     // Nagle off: socketioxide's small frames otherwise wait for ACKs (p99 29 ms instead of 2.8 ms).
     let public = tokio::net::TcpListener::from_std(listeners.public)?;
     tracing::info!(addr = ?public.local_addr().ok(), inherited = listeners.inherited, "serving");
-    // In cluster mode a polling session's requests are handed to the instance that has it.
-    let handoff = config.handoff.as_deref().and_then(|dir| {
-        let instance = config.instance.as_deref().unwrap_or("0");
-        match handoff::Handoff::start(dir, instance, io.clone()) {
-            Ok(started) => Some(started),
-            Err(e) => {
-                tracing::error!(dir = %dir.display(), error = %e, "cannot take connections from the other instances: polling clients need sticky sessions");
-                None
-            }
-        }
-    });
-    let (handoff, incomings) = handoff.unzip();
     let public = handoff::Routed::new(
         Draining::new(
             public.tap_io(|tcp| {

@@ -278,6 +278,8 @@ fn figures(body: &chat_shared::health::HealthBody) -> chat_shared::status::ChatF
         rooms: body.rooms,
         messages: body.messages,
         dropped: body.cluster.as_ref().map_or(0, |c| c.dropped),
+        handed: body.handoff.map_or(0, |h| h.handed),
+        taken: body.handoff.map_or(0, |h| h.taken),
         degraded,
     }
 }

@@ -218,6 +218,8 @@ pub(crate) mod tests {
                                 rooms: 1,
                                 messages: 10,
                                 dropped: 0,
+                                handed: 0,
+                                taken: 0,
                                 degraded: None,
                             }),
                         })
