@@ -58,10 +58,40 @@ const FIRST_LINE: Duration = Duration::from_secs(30);
 /// the sibling took the connection, so it closes its copy rather than risk two servers on one.
 const ANSWER: Duration = Duration::from_secs(2);
 
-/// How many session owners a worker remembers before it forgets the stale ones, and after how long
-/// one is stale (longer than engine.io's ping interval plus timeout: the session is gone).
-const OWNERS_KEPT: usize = 10_000;
+/// After how long a remembered session owner is stale (longer than engine.io's ping interval plus
+/// timeout: the session is gone).
 const OWNER_HINT: Duration = Duration::from_secs(120);
+
+/// Sessions noted with the time they were noted, forgotten once older than `max_age`. Stale entries
+/// are swept when the table has doubled since the last sweep: O(1) a note, however many sessions.
+struct Noted<V> {
+    entries: HashMap<Sid, (V, Instant)>,
+    max_age: Duration,
+    sweep_at: usize,
+}
+
+impl<V> Noted<V> {
+    fn new(max_age: Duration) -> Noted<V> {
+        Noted { entries: HashMap::new(), max_age, sweep_at: 1024 }
+    }
+
+    fn note(&mut self, sid: Sid, value: V) {
+        if self.entries.len() >= self.sweep_at {
+            let max_age = self.max_age;
+            self.entries.retain(|_, (_, at)| at.elapsed() < max_age);
+            self.sweep_at = (self.entries.len() * 2).max(1024);
+        }
+        self.entries.insert(sid, (value, Instant::now()));
+    }
+
+    fn get(&self, sid: &Sid) -> Option<&V> {
+        self.entries.get(sid).filter(|(_, at)| at.elapsed() < self.max_age).map(|(value, _)| value)
+    }
+
+    fn forget(&mut self, sid: &Sid) {
+        self.entries.remove(sid);
+    }
+}
 
 /// Connections waiting to be served by this worker: accepted and routed here, or handed in.
 type Incoming = (TcpStream, SocketAddr);
@@ -72,10 +102,10 @@ pub struct Handoff {
     own: PathBuf,
     io: SocketIo<Adapter>,
     /// Sessions opened here by a polling handshake and not yet connected to a namespace.
-    opened: Mutex<HashMap<Sid, Instant>>,
-    /// Which worker took a session's connections from here, and when: a polling session sends a
-    /// request every few seconds, and with many instances asking each in turn every time adds up.
-    owners: Mutex<HashMap<Sid, (PathBuf, Instant)>>,
+    opened: Mutex<Noted<()>>,
+    /// Which worker took a session's connections from here: a polling session sends a request
+    /// every few seconds, and with many instances asking each in turn every time adds up.
+    owners: Mutex<Noted<PathBuf>>,
     /// Set when draining: connections are no longer taken in.
     closed: AtomicBool,
     handed: AtomicU64,
@@ -97,8 +127,8 @@ impl Handoff {
             dir: dir.to_owned(),
             own,
             io,
-            opened: Mutex::new(HashMap::new()),
-            owners: Mutex::new(HashMap::new()),
+            opened: Mutex::new(Noted::new(OPEN_WINDOW)),
+            owners: Mutex::new(Noted::new(OWNER_HINT)),
             closed: AtomicBool::new(false),
             handed: AtomicU64::new(0),
             taken: AtomicU64::new(0),
@@ -130,14 +160,11 @@ impl Handoff {
         if self.io.get_socket(sid).is_some() {
             return true;
         }
-        let opened = self.opened.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        opened.get(&sid).is_some_and(|at| at.elapsed() < OPEN_WINDOW)
+        self.opened.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&sid).is_some()
     }
 
     fn opened(&self, sid: Sid) {
-        let mut opened = self.opened.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        opened.retain(|_, at| at.elapsed() < OPEN_WINDOW);
-        opened.insert(sid, Instant::now());
+        self.opened.lock().unwrap_or_else(std::sync::PoisonError::into_inner).note(sid, ());
     }
 
     async fn take_in(self: Arc<Self>, listener: UnixListener, tx: mpsc::Sender<Incoming>) {
@@ -182,15 +209,13 @@ impl Handoff {
     /// Offers `tcp` to the other workers of the app until one takes it: first to the one that took
     /// this session's last connection from here, then to each in turn.
     async fn pass(&self, tcp: &TcpStream, sid: Sid) -> Passed {
-        let hint = self.lock_owners().get(&sid).map(|(path, _)| path.clone());
+        let hint = self.lock_owners().get(&sid).cloned();
         if let Some(path) = &hint {
             if let Some(passed) = self.offer_to(path, tcp, sid).await {
-                if let Some((_, at)) = self.lock_owners().get_mut(&sid) {
-                    *at = Instant::now();
-                }
+                self.lock_owners().note(sid, path.clone());
                 return passed;
             }
-            self.lock_owners().remove(&sid);
+            self.lock_owners().forget(&sid);
         }
         // A handful of entries on a local directory: cheaper read at once than through a thread.
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return Passed::Nobody };
@@ -200,11 +225,7 @@ impl Handoff {
             }
             if let Some(passed) = self.offer_to(&path, tcp, sid).await {
                 if matches!(passed, Passed::Taken) {
-                    let mut owners = self.lock_owners();
-                    if owners.len() >= OWNERS_KEPT {
-                        owners.retain(|_, (_, at)| at.elapsed() < OWNER_HINT);
-                    }
-                    owners.insert(sid, (path, Instant::now()));
+                    self.lock_owners().note(sid, path);
                 }
                 return passed;
             }
@@ -232,7 +253,7 @@ impl Handoff {
         }
     }
 
-    fn lock_owners(&self) -> std::sync::MutexGuard<'_, HashMap<Sid, (PathBuf, Instant)>> {
+    fn lock_owners(&self) -> std::sync::MutexGuard<'_, Noted<PathBuf>> {
         self.owners.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -458,6 +479,24 @@ mod tests {
         assert_eq!(sid(&format!("GET /health?sid={id} HTTP/1.1")), None, "another path");
         assert_eq!(sid("GET /socket.io/?sid=short HTTP/1.1"), None, "not a session id");
         assert_eq!(sid("\u{0}\u{1}garbage"), None);
+    }
+
+    #[test]
+    fn noted_sessions_expire_and_stale_ones_are_swept_as_the_table_doubles() {
+        let sid = |i: u32| Sid::from_str(&format!("{i:0>16}")).expect("sid");
+        let mut noted = Noted::new(Duration::from_millis(30));
+        noted.note(sid(1), "a");
+        assert_eq!(noted.get(&sid(1)), Some(&"a"));
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(noted.get(&sid(1)), None, "too old");
+        for i in 2..1026 {
+            noted.note(sid(i), "b");
+        }
+        assert!(noted.entries.len() <= 1025, "swept at 1024 entries: {}", noted.entries.len());
+        assert!(!noted.entries.contains_key(&sid(1)), "the stale entry went with the sweep");
+        assert_eq!(noted.sweep_at, 2 * 1023, "1023 fresh entries left: the next sweep at twice as many");
+        noted.forget(&sid(2));
+        assert_eq!(noted.get(&sid(2)), None);
     }
 
     #[test]

@@ -90,16 +90,22 @@ pub(super) struct PerAddress {
     table: Mutex<Table>,
 }
 
-#[derive(Default)]
 struct Table {
     buckets: HashMap<IpAddr, Bucket>,
     /// What busy addresses spent here since the last report to the other workers.
     spent: HashMap<IpAddr, u32>,
+    /// The table's size at which addresses whose bucket is full again are forgotten: twice what
+    /// was left by the last sweep, so each take costs O(1) however many addresses are busy.
+    sweep_at: usize,
 }
+
+/// The smallest table that is swept.
+const SWEEP_FROM: usize = 10_000;
 
 impl PerAddress {
     pub(super) fn new(rate: Rate) -> PerAddress {
-        PerAddress { rate, table: Mutex::new(Table::default()) }
+        let table = Table { buckets: HashMap::new(), spent: HashMap::new(), sweep_at: SWEEP_FROM };
+        PerAddress { rate, table: Mutex::new(table) }
     }
 
     pub(super) fn take(&self, addr: IpAddr) -> bool {
@@ -136,12 +142,13 @@ impl PerAddress {
 impl Table {
     /// Keeps the table small: forgets addresses whose bucket is full again.
     fn forget_idle(&mut self, rate: Rate, now: Instant) {
-        if self.buckets.len() > 10_000 {
+        if self.buckets.len() >= self.sweep_at {
             self.buckets.retain(|_, b| {
                 let mut probe = Bucket { tokens: b.tokens, last: b.last, refused: 0 };
                 probe.take(rate, now);
                 probe.tokens + 1.0 < rate.burst
             });
+            self.sweep_at = (self.buckets.len() * 2).max(SWEEP_FROM);
         }
     }
 }
@@ -171,6 +178,17 @@ mod tests {
         assert_eq!(bucket.refused_in_a_row(), 1);
         assert!(bucket.take(rate, t0 + Duration::from_millis(100)), "one token back after 100 ms");
         assert_eq!(bucket.refused_in_a_row(), 0);
+    }
+
+    #[test]
+    fn a_table_of_busy_addresses_is_swept_only_when_it_doubles() {
+        let per_address = PerAddress::new(Rate { per_second: 0.001, burst: 2.0 });
+        for i in 0..=SWEEP_FROM as u32 {
+            assert!(per_address.take(IpAddr::from(i.to_be_bytes())), "a first message from each");
+        }
+        let table = per_address.table.lock().expect("unpoisoned");
+        assert_eq!(table.buckets.len(), SWEEP_FROM + 1, "none is full again: none forgotten");
+        assert_eq!(table.sweep_at, 2 * SWEEP_FROM, "the next sweep once the table has doubled");
     }
 
     #[test]
