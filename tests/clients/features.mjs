@@ -116,14 +116,22 @@ dave.s.disconnect();
 await until("ann told the call ended", () => seen(ann, "call:end"));
 
 // A flood is refused past the burst; the others keep chatting; a socket that keeps going is cut off.
+// Refusals are also told as `chat:error` (for events sent without an acknowledgement), at most once
+// a second however many there are.
 const flooder = await guest("flood");
+const told = [];
+flooder.s.on("chat:error", (e) => told.push(e));
 await ask(flooder.s, "room:join", { room: "lobby" });
 let refused = 0;
+const flooding = Date.now();
 for (let i = 0; i < 40; i++) {
   const r = await ask(flooder.s, "message", { room: "lobby", text: `spam ${i}` });
   if (!r.ok && r.error === "rate limited") refused++;
 }
 if (refused < 10) fail(`only ${refused} of 40 flood messages refused`);
+await until("the flooder told it is refused", () => told.length > 0);
+if (told[0].error !== "rate limited" || told[0].limit !== "messages") fail(`chat:error: ${JSON.stringify(told[0])}`);
+if (told.length > (Date.now() - flooding) / 1000 + 1) fail(`told ${told.length} times in ${Date.now() - flooding} ms`);
 if (!(await ask(bob.s, "message", { room: "lobby", text: "still here" })).ok) fail("bob was limited by someone else's flood");
 // Joins are limited too (each asks every worker for the member list and tells the whole room).
 let joinsRefused = 0;

@@ -24,8 +24,9 @@
 //!   `dm {id, from, to, text, time}`.
 //!
 //! Messages, typing and direct messages are rate limited per socket and per client address; a
-//! refused event is answered `{ok: false, error: "rate limited"}`, and a socket that keeps going is
-//! disconnected. Text is data: it is relayed as JSON strings, never interpreted.
+//! refused event is answered `{ok: false, error: "rate limited"}` (and, at most once a second, the
+//! socket gets `chat:error {error, limit}`, for events sent without an acknowledgement), and a socket
+//! that keeps going is disconnected. Text is data: it is relayed as JSON strings, never interpreted.
 //!
 //! Rooms span every worker linked to this one (see `bus`): the daemon's local bus on one host, Redis
 //! across hosts. With Redis, sessions and each room's recent messages are also kept there (`store`).
@@ -438,7 +439,14 @@ struct IceFor(Value);
 struct Limit {
     messages: Option<Arc<Mutex<Bucket>>>,
     joins: Option<Arc<Mutex<Bucket>>>,
+    /// When the socket was last sent `chat:error` for a refusal.
+    told: Arc<Mutex<Option<Instant>>>,
 }
+
+/// A socket whose events are refused hears so (`chat:error`) at most this often: an event sent
+/// without an acknowledgement (`typing`, say) has no other way to learn it, and a flood must not
+/// be answered with a flood.
+const REFUSALS_TOLD_EVERY: Duration = Duration::from_secs(1);
 
 /// What an event spends.
 #[derive(Clone, Copy)]
@@ -481,7 +489,11 @@ pub async fn register(
             tracing::debug!(sid = %socket.id, "socket connected");
             let address = client_address(&socket, &chat.trusted_proxies);
             let bucket = |rate: Option<Rate>| rate.map(|r| Arc::new(Mutex::new(Bucket::new(r))));
-            socket.extensions.insert(Limit { messages: bucket(chat.socket_rate), joins: bucket(chat.join_rate) });
+            socket.extensions.insert(Limit {
+                messages: bucket(chat.socket_rate),
+                joins: bucket(chat.join_rate),
+                told: Arc::default(),
+            });
             socket.extensions.insert(Address(address));
             let auth = auth.unwrap_or_default();
             let resumed = match auth.token.as_deref() {
@@ -677,9 +689,10 @@ fn limited_for(socket: &SocketRef<Adapter>, chat: &Chat, spend: Spend) -> Result
         (Some(per_address), Some(address)) => per_address.take(address),
         _ => true,
     };
-    let (rate, bucket) = match (spend, socket.extensions.get::<Limit>()) {
-        (Spend::Message, Some(limit)) => (chat.socket_rate, limit.messages),
-        (Spend::Join, Some(limit)) => (chat.join_rate, limit.joins),
+    let limit = socket.extensions.get::<Limit>();
+    let (rate, bucket) = match (spend, &limit) {
+        (Spend::Message, Some(limit)) => (chat.socket_rate, limit.messages.clone()),
+        (Spend::Join, Some(limit)) => (chat.join_rate, limit.joins.clone()),
         (_, None) => (None, None),
     };
     let (allowed, abusive) = match (rate, bucket) {
@@ -696,7 +709,21 @@ fn limited_for(socket: &SocketRef<Adapter>, chat: &Chat, spend: Spend) -> Result
         tracing::warn!(sid = %socket.id, address = ?address, "disconnecting a socket that keeps exceeding its rate limit");
         let _ = socket.clone().disconnect();
     }
-    if allowed { Ok(()) } else { Err("rate limited".into()) }
+    if allowed {
+        return Ok(());
+    }
+    if let Some(limit) = limit
+        && let Ok(mut told) = limit.told.lock()
+        && told.is_none_or(|at| at.elapsed() >= REFUSALS_TOLD_EVERY)
+    {
+        *told = Some(Instant::now());
+        let what = match spend {
+            Spend::Message => "messages",
+            Spend::Join => "joins",
+        };
+        let _ = socket.emit("chat:error", &json!({ "error": "rate limited", "limit": what }));
+    }
+    Err("rate limited".into())
 }
 
 /// A returning guest: same identity, back in its rooms (the rooms are told), missed messages sent.
