@@ -108,6 +108,8 @@ pub struct Chat {
     history_bus: Option<Channel>,
     sync_bus: Option<Channel>,
     rates_bus: Option<Channel>,
+    /// Messages of this worker's senders waiting to come back from the bus, by id (see `share`).
+    ordering: Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<()>>>,
     presence: Arc<Presence>,
     synced: std::sync::atomic::AtomicBool,
     asked_again: std::sync::atomic::AtomicBool,
@@ -143,6 +145,10 @@ enum CatchUp {
     Snapshot { to: String, calls: Vec<(String, std::collections::BTreeSet<String>)>, history: Vec<history::RoomDump> },
 }
 
+/// The longest a sender waits for its message to come back from the bus before it is acknowledged
+/// anyway (a link going down meanwhile).
+const ORDERED_WITHIN: Duration = Duration::from_secs(2);
+
 /// How often a worker tells the others what busy addresses spent: the lag, and so the slack, of a
 /// cluster-wide address limit.
 const RATE_REPORTS: std::time::Duration = std::time::Duration::from_millis(100);
@@ -169,6 +175,9 @@ impl Chat {
             let Some(bus) = &self.history_bus else { return };
             bus.follow_each(8192, |told: ToldMessage| {
                 self.history.push(&told.room, &told.id, told.message.clone());
+                if let Some(ordered) = self.lock_ordering().remove(&told.id) {
+                    let _ = ordered.send(());
+                }
                 let room = io.of("/").map(|ns| ns.to(told.room).local());
                 async move {
                     // Before the namespace exists nobody here can be in the room.
@@ -298,7 +307,17 @@ impl Chat {
         }
         match &self.history_bus {
             Some(bus) if !bus.is_solo() => {
+                // Acknowledged once the bus has it in its order (it came back here): a reply sent
+                // after the acknowledgement, from any worker, is then after it in every worker's
+                // history. Acknowledged when the publication was only queued, a reply on another
+                // worker could reach the bus first (a late joiner recovered the two the wrong way round).
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.lock_ordering().insert(id.to_owned(), tx);
                 bus.tell(&ToldMessage { room: room.to_owned(), id: id.to_owned(), message });
+                if tokio::time::timeout(ORDERED_WITHIN, rx).await.is_err() {
+                    self.lock_ordering().remove(id);
+                    tracing::debug!(room, id, "a message did not come back from the bus in time: acknowledged anyway");
+                }
                 Ok(())
             }
             _ => {
@@ -332,6 +351,7 @@ impl Chat {
             history_bus: shared.as_ref().map(|s| s.history.clone()),
             sync_bus: shared.as_ref().map(|s| s.sync.clone()),
             rates_bus: shared.as_ref().map(|s| s.rates.clone()),
+            ordering: Mutex::default(),
             presence: Arc::default(),
             synced: std::sync::atomic::AtomicBool::new(false),
             asked_again: std::sync::atomic::AtomicBool::new(false),
@@ -340,6 +360,12 @@ impl Chat {
             ice,
             store: shared.and_then(|s| s.store),
         }
+    }
+
+    fn lock_ordering(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, tokio::sync::oneshot::Sender<()>>> {
+        self.ordering.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A room's messages after `since` (all retained if unknown): Redis's stream when Redis is
