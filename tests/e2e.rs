@@ -5,6 +5,7 @@ mod support;
 
 mod cluster;
 mod config_errors;
+mod faults;
 mod fork;
 mod health;
 mod lifecycle;
