@@ -124,11 +124,15 @@ pub enum ScaleTo {
 }
 
 impl ScaleTo {
-    /// The new count from the current one; never below 1.
-    pub fn from(self, current: usize) -> usize {
+    /// The new count from the current one; never below 1. `None` when it does not fit a `usize`
+    /// (a request may carry any `i64`); the caller still checks it against the instance limit.
+    pub fn from(self, current: usize) -> Option<usize> {
         match self {
-            ScaleTo::Exactly(n) => n.max(1),
-            ScaleTo::By(delta) => (current as i64 + delta).max(1) as usize,
+            ScaleTo::Exactly(n) => Some(n.max(1)),
+            ScaleTo::By(delta) => {
+                let new = i64::try_from(current).ok()?.checked_add(delta)?;
+                usize::try_from(new.max(1)).ok()
+            }
         }
     }
 }
@@ -392,9 +396,9 @@ mod tests {
 
     #[test]
     fn scale_targets() {
-        assert_eq!("3".parse::<ScaleTo>().map(|s| s.from(5)), Ok(3));
-        assert_eq!("+2".parse::<ScaleTo>().map(|s| s.from(5)), Ok(7));
-        assert_eq!("-9".parse::<ScaleTo>().map(|s| s.from(5)), Ok(1));
+        assert_eq!("3".parse::<ScaleTo>().map(|s| s.from(5)), Ok(Some(3)));
+        assert_eq!("+2".parse::<ScaleTo>().map(|s| s.from(5)), Ok(Some(7)));
+        assert_eq!("-9".parse::<ScaleTo>().map(|s| s.from(5)), Ok(Some(1)));
         assert!("0".parse::<ScaleTo>().is_err() && "many".parse::<ScaleTo>().is_err());
     }
 

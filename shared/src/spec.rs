@@ -11,6 +11,26 @@ use serde::{Deserialize, Serialize};
 use crate::ecosystem::{ExecMode, Readiness, StopSignal};
 use crate::units::{ByteSize, HumanDuration};
 
+/// The most instances one app may have, in a file, a request or after `chatctl scale`: far more
+/// than any machine runs, small enough that a slot table of this size is cheap.
+pub const MAX_INSTANCES: usize = 4096;
+
+/// The longest duration a spec may carry (365 days). Deadlines are `Instant + duration`, which
+/// panics on overflow; a year is longer than any sane timeout and far from that overflow.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+
+/// A spec the daemon refuses: `key` is the `ecosystem.toml` key at fault.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct SpecError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+fn refuse(key: &'static str, message: impl Into<String>) -> Result<(), SpecError> {
+    Err(SpecError { key, message: message.into() })
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppSpec {
     pub name: String,
@@ -98,6 +118,96 @@ pub struct HealthSpec {
 }
 
 impl AppSpec {
+    /// Checks what the config validation checks and what the daemon relies on to do arithmetic and
+    /// spawn without panicking. The daemon runs it on every spec a request carries: a spec comes
+    /// from whoever can connect to the socket, or from an old dump, not only from a validated file.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        use crate::ecosystem::validate;
+        validate::app_name(&self.name).or_else(|why| refuse("name", why))?;
+        if let Some(profile) = &self.profile {
+            validate::profile_name(profile).or_else(|why| refuse("profile", why))?;
+        }
+        if self.script.trim().is_empty() {
+            refuse("script", "`script` is empty")?;
+        }
+        if !self.cwd.is_absolute() {
+            refuse("cwd", format!("{} is not an absolute path", self.cwd.display()))?;
+        }
+        if !(1..=MAX_INSTANCES).contains(&self.instances) {
+            refuse("instances", format!("{} instances: must be 1 to {MAX_INSTANCES}", self.instances))?;
+        }
+        if !(1..=MAX_INSTANCES).contains(&self.reload_batch) {
+            refuse("reload_batch", format!("{}: must be 1 to {MAX_INSTANCES}", self.reload_batch))?;
+        }
+        if let Some(listen) = &self.listen
+            && self.exec_mode == ExecMode::Fork
+            && listen.port != 0
+            && usize::from(listen.port).checked_add(self.instances - 1).is_none_or(|last| last > usize::from(u16::MAX))
+        {
+            refuse("port", format!("port {} + {} instances runs past 65535", listen.port, self.instances))?;
+        }
+        for (key, name) in [("increment_var", &self.increment_var), ("instance_var", &self.instance_var)] {
+            validate::env_name(name).or_else(|why| refuse(key, why))?;
+        }
+        if let Some(bad) = self.env.keys().find(|k| validate::env_name(k).is_err()) {
+            refuse("env", format!("invalid environment variable name {bad:?}"))?;
+        }
+        let mut durations = vec![
+            ("kill_timeout", self.kill_timeout),
+            ("restart_delay", self.restart_delay),
+            ("max_restart_delay", self.max_restart_delay),
+            ("min_uptime", self.min_uptime),
+            ("listen_timeout", self.listen_timeout),
+            ("memory_check_interval", self.memory_check_interval),
+        ];
+        if let Some(watch) = &self.watch {
+            durations.push(("watch_delay", watch.delay));
+        }
+        if let Some(h) = &self.health {
+            durations.extend([
+                ("health.interval", h.interval),
+                ("health.timeout", h.timeout),
+                ("health.grace", h.grace),
+            ]);
+        }
+        if let Some((key, d)) = durations.iter().find(|(_, d)| d.0 > MAX_DURATION) {
+            refuse(key, format!("{d} is longer than the limit of {}", HumanDuration(MAX_DURATION)))?;
+        }
+        if self.listen_timeout.0.is_zero() {
+            refuse("listen_timeout", "must be more than 0s")?;
+        }
+        if self.memory_check_interval.0 < std::time::Duration::from_millis(100) {
+            refuse("memory_check_interval", "must be at least 100ms")?;
+        }
+        if let Some(h) = &self.health {
+            if !h.path.starts_with('/') {
+                refuse("health.path", format!("health path {:?} must start with '/'", h.path))?;
+            }
+            if h.interval.0.is_zero() || h.timeout.0.is_zero() || h.timeout > h.interval {
+                refuse("health.timeout", "interval and timeout must be more than 0s, timeout at most the interval")?;
+            }
+            if h.unhealthy_threshold == 0 {
+                refuse("health.unhealthy_threshold", "must be at least 1")?;
+            }
+        }
+        if let Some(format) = &self.logs.date_format {
+            use chrono::format::{Item, StrftimeItems};
+            // chrono panics when an invalid format is displayed.
+            if StrftimeItems::new(format).any(|item| matches!(item, Item::Error)) {
+                refuse("log_date_format", format!("invalid strftime format {format:?}"))?;
+            }
+        }
+        if self.logs.max_size.0 < 4096 {
+            refuse("max_size", "a log file of less than 4K would rotate on nearly every line")?;
+        }
+        for pattern in self.watch.iter().flat_map(|w| &w.ignore) {
+            if let Err(e) = globset::Glob::new(pattern) {
+                refuse("ignore_watch", format!("invalid glob {pattern:?}: {}", e.kind()))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether `other` can replace this spec's processes on the same sockets (a reload): same
     /// listening address, mode and socket passing.
     pub fn same_sockets(&self, other: &AppSpec) -> bool {
@@ -113,5 +223,62 @@ impl AppSpec {
             // Validation guarantees port + instances - 1 fits in a u16.
             ExecMode::Fork => u16::try_from(usize::from(listen.port) + index).ok(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> AppSpec {
+        let text = "[apps.a]\nscript = \"x\"\nport = 3000\ninstances = 2\n";
+        let eco = crate::ecosystem::Ecosystem::parse(text, std::path::Path::new("/srv/e.toml")).expect("valid");
+        eco.resolve(None, None, &BTreeMap::new()).expect("resolves").remove(0)
+    }
+
+    #[test]
+    fn a_resolved_spec_is_valid() {
+        assert_eq!(spec().validate(), Ok(()));
+    }
+
+    #[test]
+    fn what_a_request_may_not_carry_is_refused_by_key() {
+        type Edit = fn(&mut AppSpec);
+        let cases: &[(&str, Edit)] = &[
+            ("instances", |s| s.instances = 1 << 62),
+            ("instances", |s| s.instances = 0),
+            ("instances", |s| s.instances = MAX_INSTANCES + 1),
+            ("port", |s| {
+                s.instances = 100;
+                s.listen.as_mut().expect("listens").port = 65_500;
+            }),
+            ("reload_batch", |s| s.reload_batch = 0),
+            ("name", |s| s.name = "../x".into()),
+            ("cwd", |s| s.cwd = "relative".into()),
+            ("script", |s| s.script = " ".into()),
+            ("instance_var", |s| s.instance_var = "A=B".into()),
+            ("env", |s| {
+                s.env.insert("X\0".into(), "y".into());
+            }),
+            ("kill_timeout", |s| s.kill_timeout = HumanDuration(std::time::Duration::from_secs(u64::MAX))),
+            ("health.timeout", |s| s.health.as_mut().expect("health").interval = HumanDuration::default()),
+            ("memory_check_interval", |s| s.memory_check_interval = HumanDuration::default()),
+            ("log_date_format", |s| s.logs.date_format = Some("%Q".into())),
+        ];
+        for (key, edit) in cases {
+            let mut spec = spec();
+            edit(&mut spec);
+            assert_eq!(spec.validate().map_err(|e| e.key), Err(*key), "{spec:?}");
+        }
+    }
+
+    #[test]
+    fn scale_arithmetic_cannot_wrap() {
+        use crate::ipc::ScaleTo;
+        assert_eq!(ScaleTo::By(2).from(3), Some(5));
+        assert_eq!(ScaleTo::By(-9).from(3), Some(1));
+        assert_eq!(ScaleTo::By(i64::MAX).from(3), None);
+        assert_eq!(ScaleTo::By(i64::MIN).from(3), Some(1));
+        assert_eq!(ScaleTo::Exactly(0).from(3), Some(1));
     }
 }

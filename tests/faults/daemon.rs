@@ -1,2 +1,91 @@
 //! Faults of the daemon and its control plane: requests it must refuse, state files it must keep
 //! private, descendants it must not lose.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use chat_shared::ipc::{Hello, PROTOCOL_VERSION, Request, Response, ScaleTo, Welcome};
+use chat_shared::status::Phase;
+
+use crate::support::{Env, bin};
+
+fn fixture_config(name: &str, args: &[&str], extra: &str) -> String {
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    format!("[apps.{name}]\nscript = \"{}\"\nargs = [{}]\n{extra}\n", bin("fixture-app").display(), args.join(", "))
+}
+
+/// A control connection spoken by hand: what any process of the daemon's user can send.
+struct Raw {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Raw {
+    fn connect(env: &Env) -> Raw {
+        let stream = UnixStream::connect(env.home().join("daemon.sock")).expect("control socket");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+        let mut raw = Raw { reader: BufReader::new(stream.try_clone().expect("clone")), writer: stream };
+        raw.send(serde_json::to_value(Hello { protocol: PROTOCOL_VERSION, version: "test".into() }).expect("json"));
+        let welcome: Welcome = serde_json::from_str(&raw.line().expect("a welcome")).expect("welcome");
+        assert!(matches!(welcome, Welcome::Accepted { .. }), "{welcome:?}");
+        raw
+    }
+
+    fn send(&mut self, frame: serde_json::Value) {
+        let mut bytes = serde_json::to_vec(&frame).expect("json");
+        bytes.push(b'\n');
+        self.writer.write_all(&bytes).expect("write a frame");
+    }
+
+    /// The next line; `None` once the daemon closed the connection.
+    fn line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(line),
+            Err(e) => panic!("no answer from the daemon: {e}"),
+        }
+    }
+
+    fn request(&mut self, request: &Request) -> Response {
+        self.send(serde_json::to_value(request).expect("json"));
+        let line = self.line().expect("an answer before the daemon hung up");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+    }
+}
+
+/// The spec `chatctl start` would send for `ecosystem.toml` in `env`.
+fn resolved(env: &Env) -> chat_shared::spec::AppSpec {
+    let eco = chat_shared::ecosystem::Ecosystem::load(&env.path("ecosystem.toml")).expect("valid file");
+    eco.resolve(None, None, &Default::default()).expect("resolves").remove(0)
+}
+
+#[test]
+fn start_and_scale_requests_past_the_instance_limit_are_refused_and_the_daemon_lives() {
+    let env = Env::new();
+    env.write("ecosystem.toml", &fixture_config("steady", &[], ""));
+    env.ok(&["start"]);
+    let before = env.online_pids("steady", 1);
+    let mut raw = Raw::connect(&env);
+
+    let mut huge = resolved(&env);
+    huge.name = "huge".into();
+    huge.instances = 1 << 62;
+    match raw.request(&Request::Start { apps: vec![huge] }) {
+        Response::Error { message } => assert!(message.contains("instances"), "{message}"),
+        other => panic!("a start of 2^62 instances was not refused: {other:?}"),
+    }
+    for to in [ScaleTo::By(i64::MAX), ScaleTo::Exactly(usize::MAX)] {
+        match raw.request(&Request::Scale { app: "steady".into(), to }) {
+            Response::Error { message } => assert!(message.contains("steady"), "{message}"),
+            other => panic!("scale {to:?} was not refused: {other:?}"),
+        }
+    }
+    // The daemon still answers on the same connection and on a new one, and nothing was touched.
+    assert!(matches!(raw.request(&Request::List), Response::List { .. }));
+    let apps = env.list();
+    assert_eq!(apps.len(), 1, "{apps:?}");
+    let pids: Vec<u32> = apps[0].instances.iter().filter_map(|i| i.pid).collect();
+    assert_eq!((pids, apps[0].instances[0].status), (before, Phase::Online));
+}

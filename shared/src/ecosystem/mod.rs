@@ -13,7 +13,7 @@ mod json_schema;
 mod load;
 mod resolve;
 mod schema;
-mod validate;
+pub(crate) mod validate;
 
 pub use issue::{ConfigErrors, ConfigIssue, Severity};
 pub use json_schema::ecosystem_schema;

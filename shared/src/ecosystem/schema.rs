@@ -170,7 +170,8 @@ impl<'de> Deserialize<'de> for Instances {
                 f.write_str("a number of instances, \"max\" (one per CPU) or a negative number (CPUs minus n)")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Instances, E> {
-                const LIMIT: i64 = 4096;
+                // The daemon refuses more too (`AppSpec::validate`); lossless, the limit is small.
+                const LIMIT: i64 = crate::spec::MAX_INSTANCES as i64;
                 if !(-LIMIT..=LIMIT).contains(&v) {
                     return Err(E::custom(format!("{v} instances is out of range (-{LIMIT}..={LIMIT})")));
                 }

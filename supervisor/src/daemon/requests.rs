@@ -35,6 +35,15 @@ impl StartError {
     }
 }
 
+/// Every spec of a request checked as the config validation would, before anything is touched: a
+/// request comes from whoever can reach the socket, not only from a validated file.
+fn checked(specs: &[AppSpec]) -> Result<(), String> {
+    for spec in specs {
+        spec.validate().map_err(|e| format!("app {:?}: refused: {e}", spec.name))?;
+    }
+    Ok(())
+}
+
 impl Daemon {
     pub(super) fn request(&mut self, request: Request, reply: oneshot::Sender<Response>, now: Instant) {
         if self.killing.is_some() && !matches!(request, Request::List) {
@@ -43,9 +52,10 @@ impl Daemon {
         }
         tracing::debug!(?request, "request");
         let response = match request {
-            Request::Start { apps } => match self.start(apps, now) {
+            Request::Start { apps } => match checked(&apps).and_then(|()| self.start(apps, now).map_err(|e| e.chain()))
+            {
                 Ok(response) => response,
-                Err(e) => Response::Error { message: e.chain() },
+                Err(message) => Response::Error { message },
             },
             Request::List => {
                 self.refresh_usage(now);
@@ -223,6 +233,10 @@ impl Daemon {
         reply: oneshot::Sender<Response>,
         now: Instant,
     ) {
+        if let Err(message) = checked(&specs) {
+            let _ = reply.send(Response::Error { message });
+            return;
+        }
         let mut jobs = Vec::new();
         let mut to_start = Vec::new();
         for spec in specs {
@@ -301,7 +315,16 @@ impl Daemon {
             return;
         }
         let mut spec = app.spec.clone();
-        spec.instances = to.from(app.slots.len());
+        let Some(instances) = to.from(app.slots.len()) else {
+            let message = format!("`{name}`: {to:?} from {} instances does not fit a count", app.slots.len());
+            let _ = reply.send(Response::Error { message });
+            return;
+        };
+        spec.instances = instances;
+        if let Err(e) = spec.validate() {
+            let _ = reply.send(Response::Error { message: format!("`{name}`: cannot scale: {e}") });
+            return;
+        }
         let mut job = reload::Job::scale(app.id, spec, events, reply);
         let env = effect_env!(self);
         job.advance(&mut self.apps, now, &env);
