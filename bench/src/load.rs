@@ -2,6 +2,11 @@
 //! threads that open a new connection per request, and threads that keep one connection alive and
 //! reuse it. A reused connection the server closed while idle is retried once on a new connection,
 //! as every HTTP client does; only a request that then fails counts as failed.
+//!
+//! [`Load::paced`] is stricter, as `wrk` is: kept-alive connections that pause a little between
+//! requests and never retry, so a server that closes a kept-alive connection while the client is
+//! about to send on it (the keep-alive close race) shows as failed requests, and a non-2xx answer
+//! is counted apart.
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,6 +22,8 @@ struct Counts {
     ok: AtomicU64,
     refused: AtomicU64,
     failed: AtomicU64,
+    /// Answered with a status other than 2xx (paced loads only; the others count those as failed).
+    non_2xx: AtomicU64,
     stop: AtomicBool,
     /// Microseconds per answered request, when `Load::record_latency` asked for them.
     latencies: Mutex<Vec<u32>>,
@@ -42,6 +49,8 @@ pub struct Outcome {
     pub ok: u64,
     pub refused: u64,
     pub failed: u64,
+    /// Answers that were not 2xx (paced loads only).
+    pub non_2xx: u64,
     /// Sorted, microseconds (empty unless recorded).
     pub latencies: Vec<u32>,
 }
@@ -105,6 +114,27 @@ impl Load {
         Load { counts, threads }
     }
 
+    /// `connections` kept-alive connections spread over `addrs`, each sending `GET` requests for
+    /// `paths` in turn and pausing between 0 and `max_pause` (a different pause each time) after
+    /// every answer. A connection is reused until an answer says `Connection: close`; then the next
+    /// request opens a new one. Nothing is retried: a connection found closed when a request is
+    /// sent or read is a failed request, as in `wrk`.
+    pub fn paced(
+        addrs: Vec<SocketAddr>,
+        paths: &'static [&'static str],
+        connections: usize,
+        max_pause: Duration,
+    ) -> Load {
+        let counts = Arc::new(Counts::default());
+        let threads = (0..connections)
+            .map(|n| {
+                let (counts, addr) = (counts.clone(), addrs[n % addrs.len()]);
+                std::thread::spawn(move || paced(addr, paths, n as u64, max_pause, &counts))
+            })
+            .collect();
+        Load { counts, threads }
+    }
+
     /// Waits until `more` further requests have been answered.
     #[track_caller]
     pub fn wait_for(&self, more: u64) {
@@ -140,6 +170,7 @@ impl Load {
             ok: c.ok.load(Ordering::Relaxed),
             refused: c.refused.load(Ordering::Relaxed),
             failed: c.failed.load(Ordering::Relaxed),
+            non_2xx: c.non_2xx.load(Ordering::Relaxed),
             latencies,
         }
     }
@@ -175,24 +206,9 @@ fn keep_alive(addr: SocketAddr, path: &str, counts: &Counts) {
         // One retry on a new connection when a reused one turned out closed.
         for _attempt in 0..2 {
             let reused = connection.is_some();
-            let conn = match connection.take() {
-                Some(c) => c,
-                None => match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-                    Ok(s) => {
-                        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                        std::io::BufReader::new(s)
-                    }
-                    Err(e) => {
-                        let counter = if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                            &counts.refused
-                        } else {
-                            &counts.failed
-                        };
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        outcome = Kept::Failed;
-                        break;
-                    }
-                },
+            let Some(conn) = connection.take().or_else(|| connect(addr, counts)) else {
+                outcome = Kept::Failed;
+                break;
             };
             let (result, conn) = kept_request(conn, path);
             connection = conn;
@@ -226,26 +242,101 @@ fn kept_request(mut conn: std::io::BufReader<TcpStream>, path: &str) -> (Kept, O
         Err(_) => return (Kept::Failed, None),
         Ok(_) => {}
     }
-    let mut length = 0usize;
-    let mut close = false;
-    loop {
-        let mut header = String::new();
-        if conn.read_line(&mut header).unwrap_or(0) == 0 {
-            return (Kept::Failed, None);
-        }
-        let lower = header.to_ascii_lowercase();
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
-        }
-        close |= lower.starts_with("connection:") && lower.contains("close");
-        if header == "\r\n" {
-            break;
-        }
-    }
+    let Some((length, close)) = read_head(&mut conn) else { return (Kept::Failed, None) };
     let mut body = vec![0u8; length];
     if conn.read_exact(&mut body).is_err() {
         return (Kept::Failed, None);
     }
     let ok = status.starts_with("HTTP/1.1 200");
     (if ok { Kept::Ok } else { Kept::Failed }, (!close).then_some(conn))
+}
+
+/// One connection of [`Load::paced`]; `seed` makes each thread's pauses its own.
+fn paced(addr: SocketAddr, paths: &[&str], seed: u64, max_pause: Duration, counts: &Counts) {
+    // xorshift: pauses spread over [0, max_pause], so requests reach the server at every moment.
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut pause = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        max_pause.mul_f64((state % 1_000) as f64 / 999.0)
+    };
+    let mut connection: Option<std::io::BufReader<TcpStream>> = None;
+    for n in 0..MAX_REQUESTS as usize {
+        if counts.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(conn) = connection.take().or_else(|| connect(addr, counts)) else {
+            std::thread::sleep(pause());
+            continue;
+        };
+        let started = Instant::now();
+        match answer(conn, paths[n % paths.len()]) {
+            Some((status, conn)) if (200..300).contains(&status) => {
+                counts.answered(started);
+                connection = conn;
+            }
+            Some((_, conn)) => {
+                counts.non_2xx.fetch_add(1, Ordering::Relaxed);
+                connection = conn;
+            }
+            None => {
+                counts.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        std::thread::sleep(pause());
+    }
+}
+
+/// Sends one request and reads its whole answer: its status, and the connection unless the answer
+/// closed it. `None`: no complete answer (closed, reset or timed out).
+fn answer(mut conn: std::io::BufReader<TcpStream>, path: &str) -> Option<(u16, Option<std::io::BufReader<TcpStream>>)> {
+    use std::io::{BufRead, Read, Write};
+    conn.get_mut().write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).ok()?;
+    let mut status_line = String::new();
+    if conn.read_line(&mut status_line).ok()? == 0 {
+        return None;
+    }
+    let status: u16 = status_line.split(' ').nth(1)?.parse().ok()?;
+    let (length, close) = read_head(&mut conn)?;
+    let mut body = vec![0u8; length];
+    conn.read_exact(&mut body).ok()?;
+    Some((status, (!close).then_some(conn)))
+}
+
+/// A new connection to `addr`, or `None` with the failure counted (refused apart).
+fn connect(addr: SocketAddr, counts: &Counts) -> Option<std::io::BufReader<TcpStream>> {
+    match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        Ok(stream) => {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = stream.set_nodelay(true);
+            Some(std::io::BufReader::new(stream))
+        }
+        Err(e) => {
+            let refused = e.kind() == std::io::ErrorKind::ConnectionRefused;
+            (if refused { &counts.refused } else { &counts.failed }).fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+/// Reads an answer's header lines, after its status line: its `Content-Length` and whether it
+/// closes the connection. `None`: the connection ended first.
+fn read_head(conn: &mut std::io::BufReader<TcpStream>) -> Option<(usize, bool)> {
+    use std::io::BufRead;
+    let (mut length, mut close) = (0usize, false);
+    loop {
+        let mut header = String::new();
+        if conn.read_line(&mut header).ok()? == 0 {
+            return None;
+        }
+        let lower = header.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().ok()?;
+        }
+        close |= lower.starts_with("connection:") && lower.contains("close");
+        if header == "\r\n" {
+            return Some((length, close));
+        }
+    }
 }

@@ -51,6 +51,14 @@ pub(crate) fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut
     }
 }
 
+/// Held by a test that puts heavy load on the machine, so that two such tests never run at once:
+/// side by side on two cores they would starve each other (and every test beside them).
+pub(crate) fn heavy_load() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A panicking heavy test poisons the lock; the next one may still run.
+    HEAVY.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Ports handed out by this test process, below the kernel's ephemeral range (32768 and up on
 /// Linux). A port the kernel picked for `bind(:0)` and we released is also a candidate for the next
 /// outgoing connection's local port: with tests running side by side, a client of another test took

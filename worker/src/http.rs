@@ -1,4 +1,5 @@
-//! Plain HTTP routes: `/health` (what the supervisor probes) and `/api/socket/stats`.
+//! Plain HTTP routes: `/health` (what the supervisor probes) and `/api/socket/stats`, and how a
+//! draining worker answers on its kept-alive connections.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,7 +15,28 @@ use crate::WorkerState;
 
 /// Routes served on the public port (with the Socket.IO layer added by the caller).
 pub fn router(state: Arc<WorkerState>) -> Router {
-    admin_router(state.clone()).route("/api/socket/stats", get(stats)).with_state(state)
+    Router::new()
+        .route("/health", get(public_health))
+        .route("/api/socket/stats", get(stats))
+        .with_state(state.clone())
+        .layer(axum::middleware::map_response_with_state(state, close_when_draining))
+}
+
+/// While draining, every answer says `Connection: close`, and hyper closes the connection once it
+/// is sent: a kept-alive client learns it must reconnect (landing on another instance) from the
+/// answer to its next request, instead of finding the connection closed under it at the moment it
+/// sends one (the keep-alive close race: read errors in `wrk`, failed requests in browsers that do
+/// not retry). Connections that send nothing are closed later, once idle for the drain's grace.
+///
+/// A websocket upgrade is left alone: its `Connection: upgrade` is what makes it one.
+async fn close_when_draining(
+    State(state): State<Arc<WorkerState>>,
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    if state.draining.load(Ordering::Relaxed) && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Copies a request's URI and headers out of the connection's read buffer.
@@ -59,7 +81,28 @@ pub fn admin_router(state: Arc<WorkerState>) -> Router<Arc<WorkerState>> {
     Router::new().route("/health", get(health))
 }
 
+/// The supervisor's probe: 503 while draining, so a draining instance is never taken for a ready one.
 async fn health(State(state): State<Arc<WorkerState>>) -> (StatusCode, Json<HealthBody>) {
+    let body = health_body(&state).await;
+    let code = if body.status == HealthStatus::Draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    (code, Json(body))
+}
+
+/// `/health` on the public port. In cluster mode that port is the whole host's (every instance
+/// accepts on it), so it answers for the host: a load balancer probing it must not take the host
+/// out because one instance of it is being replaced. A draining instance there answers 200 with
+/// its state in the body (and `Connection: close`, so the balancer's next probe reaches a serving
+/// instance); the per-instance truth stays on the admin listener the supervisor probes. In fork
+/// mode each port is its own backend and its instance answers 503 while draining, as on the admin
+/// listener.
+async fn public_health(State(state): State<Arc<WorkerState>>) -> (StatusCode, Json<HealthBody>) {
+    if !state.shared_port {
+        return health(State(state)).await;
+    }
+    (StatusCode::OK, Json(health_body(&state).await))
+}
+
+async fn health_body(state: &WorkerState) -> HealthBody {
     let draining = state.draining.load(Ordering::SeqCst);
     let cluster = state.link.health();
     let status = match (draining, cluster.connected) {
@@ -67,7 +110,7 @@ async fn health(State(state): State<Arc<WorkerState>>) -> (StatusCode, Json<Heal
         (false, false) => HealthStatus::Degraded,
         (false, true) => HealthStatus::Ok,
     };
-    let body = HealthBody {
+    HealthBody {
         status,
         uptime_ms: state.started.elapsed().as_millis() as u64,
         version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -78,10 +121,7 @@ async fn health(State(state): State<Arc<WorkerState>>) -> (StatusCode, Json<Heal
         messages: state.messages.load(Ordering::Relaxed),
         cluster: Some(cluster),
         handoff: state.handoff.as_ref().map(|h| h.figures()),
-    };
-    // 503 while draining, so a load balancer probing the same path takes this instance out too.
-    let code = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
-    (code, Json(body))
+    }
 }
 
 async fn stats(State(state): State<Arc<WorkerState>>) -> Json<Value> {

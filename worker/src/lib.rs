@@ -7,10 +7,11 @@
 //! private admin listener on which the supervisor probes this instance's `/health`.
 //!
 //! On shutdown the worker reports `draining` on `/health` and stops accepting (the supervisor's
-//! shared socket stays open, so new connections wait for the other instances); a moment later it
-//! closes idle connections and every Socket.IO session (clients reconnect, landing on another
-//! instance), lets in-flight HTTP requests finish, and returns when all is done or when the drain
-//! deadline passes, whichever comes first.
+//! shared socket stays open, so new connections wait for the other instances). Every answer from
+//! then on carries `Connection: close`, so each kept-alive client learns from its next answer to
+//! reconnect, landing on another instance. After a grace it closes the connections that stayed
+//! idle all along, and every Socket.IO session (clients reconnect), lets in-flight HTTP requests
+//! finish, and returns when all is done or when the drain deadline passes, whichever comes first.
 //!
 //! # Layout
 //! - `config`: environment variables → [`Config`].
@@ -58,6 +59,8 @@ pub struct WorkerState {
     /// Room messages delivered (for `/health`, which the supervisor samples).
     pub messages: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub draining: AtomicBool,
+    /// Cluster mode: the public port is shared by every instance of the host (see `http`).
+    pub shared_port: bool,
     pub instance: Option<String>,
     pub io: SocketIo<Adapter>,
     /// Figures summed over every worker that shares this one's bus.
@@ -177,6 +180,8 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
         started: Instant::now(),
         messages,
         draining: AtomicBool::new(false),
+        // Only cluster mode gives an instance a private admin listener beside the shared port.
+        shared_port: listeners.admin.is_some(),
         instance: config.instance.clone(),
         io: io.clone(),
         cluster,
@@ -242,7 +247,7 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     if let Some(handoff) = &handoff {
         handoff.close();
     }
-    tokio::time::sleep(DRAIN_GRACE.min(config.shutdown_timeout / 2)).await;
+    tokio::time::sleep(DRAIN_IDLE_GRACE.min(config.shutdown_timeout / 2)).await;
     let _ = stop_tx.send(true);
     let drain = async {
         // Clients told to go reconnect; with the shared socket they land on another instance.
@@ -323,8 +328,12 @@ pub async fn shutdown_signal() {
 }
 
 /// Between "stop accepting" and "close idle connections": time for connections accepted just
-/// before to deliver their first request.
-const DRAIN_GRACE: Duration = Duration::from_millis(250);
+/// before to deliver their first request, and for kept-alive clients to send their next one and
+/// be told `Connection: close` in its answer. A connection still open and idle when it ends has
+/// sent nothing since the drain began: closing it can only race a client that stayed quiet this
+/// long and sends at that very moment (a browser retries such a request; a load balancer's pool
+/// does too). Every drained instance holds a reload for this long (they drain one at a time).
+const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(500);
 
 /// Upper bound on a drain, whatever the configuration says.
 pub const MAX_SHUTDOWN: Duration = Duration::from_secs(300);
