@@ -1,7 +1,8 @@
 //! `$CHATCTL_HOME` (default `~/.chatctl`): the control socket, the daemon's lock and log, app logs.
 
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use chat_shared::ipc::SOCKET_FILE;
@@ -57,4 +58,24 @@ impl Home {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(self.logs_dir())?;
         Ok(())
     }
+}
+
+/// Open options for a state file of the home (dump, pid files, the daemon's log): created readable
+/// by its owner only. The mode goes to open(2), so the file is never readable by others, not even
+/// between a create and a chmod; the dump holds every app's environment, secrets included, and
+/// survives being copied out of the 0700 home into a backup.
+pub fn private_file() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.mode(0o600);
+    options
+}
+
+/// Tightens a state file an older chatctl created with the umask's mode (an open does not change
+/// the mode of a file that exists).
+pub fn keep_private(file: &File) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if file.metadata()?.mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
 }

@@ -27,6 +27,7 @@
 //! - `instance`: the per-instance state machine (pure).
 //! - `spawn`, `listen`, `probe`, `notify`, `logs`, `metrics`, `watch`: the effects' machinery.
 //! - `reaper`, `leftovers`: no process outlives the daemon, however it dies.
+//! - `limits`: the daemon's own open-file limit raised, the apps' left as the daemon got it.
 //! - `dashboard`: `chatctl monit`; `exporter`: `/metrics`.
 //! - `bus`: the publish/subscribe broker the workers share rooms through.
 
@@ -40,6 +41,7 @@ pub mod home;
 mod instance;
 mod ipc_server;
 mod leftovers;
+mod limits;
 mod listen;
 mod logs;
 mod metrics;

@@ -44,6 +44,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 /// `PR_SET_PDEATHSIG` needs), until `chatctl kill` or SIGTERM.
 fn daemon(home: &Home) -> anyhow::Result<ExitCode> {
     let lock = chatctl::process::lock(home)?;
+    // The appender would create a missing log with the umask's mode: create it private first.
+    let log = chatctl::home::private_file().create(true).append(true).open(home.daemon_log())?;
+    chatctl::home::keep_private(&log)?;
+    drop(log);
     let appender = tracing_appender::rolling::never(home.dir(), "daemon.log");
     // A small queue: the default (128k lines) is allocated and touched up front, which alone was
     // about half of the idle daemon's memory; the daemon logs a few lines per event.

@@ -1,7 +1,7 @@
 //! Being the daemon process: one per home (an exclusive lock on the pid file), the control socket
 //! (0600, stale file replaced), and starting the daemon detached from a CLI.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
@@ -46,13 +46,14 @@ pub struct DaemonLock {
 pub fn lock(home: &Home) -> Result<DaemonLock, ProcessError> {
     home.ensure().map_err(io_err(format!("cannot create {}", home.dir().display())))?;
     let path = home.lock_file();
-    let file = OpenOptions::new()
+    let file = crate::home::private_file()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
         .map_err(io_err(format!("cannot open {}", path.display())))?;
+    crate::home::keep_private(&file).map_err(io_err(format!("cannot chmod {}", path.display())))?;
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,
         Err((_, _)) => {
@@ -88,11 +89,12 @@ pub async fn connect_or_start(home: &Home) -> Result<Client, ProcessError> {
     }
     home.ensure().map_err(io_err(format!("cannot create {}", home.dir().display())))?;
     let log_path = home.daemon_log();
-    let log = OpenOptions::new()
+    let log = crate::home::private_file()
         .create(true)
         .append(true)
         .open(&log_path)
         .map_err(io_err(format!("cannot open {}", log_path.display())))?;
+    crate::home::keep_private(&log).map_err(io_err(format!("cannot chmod {}", log_path.display())))?;
     let exe = std::env::current_exe().map_err(io_err("cannot find the chatctl executable"))?;
     let mut command = std::process::Command::new(exe);
     command

@@ -86,10 +86,12 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "at most 8 sockets can be passed"));
     }
     let parent = std::process::id() as libc::pid_t;
+    // The daemon raised its own open-file limit; the app gets the one the daemon was started with.
+    let nofile = crate::limits::nofile_for_children();
     #[allow(unsafe_code)]
     // SAFETY: the closure runs in the child between fork and exec and calls only async-signal-safe
-    // functions (prctl, getppid, fcntl, dup2, _exit) on plain integers captured by value; it
-    // allocates nothing (`raw` was allocated before the fork and is only read).
+    // functions (prctl, getppid, setrlimit, fcntl, dup2, _exit) on plain integers and structs
+    // captured by value; it allocates nothing (`raw` was allocated before the fork and is only read).
     unsafe {
         command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
@@ -98,6 +100,11 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
             // The daemon may have died between fork and prctl; then nobody would ever stop us.
             if libc::getppid() != parent {
                 libc::_exit(1);
+            }
+            if let Some(limit) = &nofile
+                && libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0
+            {
+                return Err(io::Error::last_os_error());
             }
             // Move every fd above the target range first, so no dup2 overwrites a source that is
             // still to be copied; dup2 onto a different fd clears FD_CLOEXEC, as exec needs.

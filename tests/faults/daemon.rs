@@ -89,3 +89,52 @@ fn start_and_scale_requests_past_the_instance_limit_are_refused_and_the_daemon_l
     let pids: Vec<u32> = apps[0].instances.iter().filter_map(|i| i.pid).collect();
     assert_eq!((pids, apps[0].instances[0].status), (before, Phase::Online));
 }
+
+#[test]
+fn save_writes_the_dump_private_to_its_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.write("ecosystem.toml", &fixture_config("steady", &[], "env = { SECRET_TOKEN = \"hunter2\" }"));
+    env.ok(&["start"]);
+    env.online_pids("steady", 1);
+    // The daemon runs with the test's umask (022 usually): only a mode given at creation makes it 0600.
+    env.ok(&["save"]);
+    let dump = env.home().join("dump.json");
+    let mode = std::fs::metadata(&dump).expect("dump.json").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "dump.json mode {:o}", mode & 0o777);
+    assert!(std::fs::read_to_string(&dump).expect("dump").contains("hunter2"), "the dump holds the env");
+}
+
+/// Soft and hard `Max open files` of `pid`.
+fn nofile(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("Max open files");
+    let numbers: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    (numbers[0], numbers[1])
+}
+
+#[test]
+fn the_daemon_raises_its_own_open_file_limit_and_apps_keep_the_one_it_was_started_with() {
+    let env = Env::new();
+    env.write("ecosystem.toml", &fixture_config("steady", &[], ""));
+    let (_, hard) = nofile(std::process::id());
+    let soft = 777.min(hard);
+    // `chatctl start` starts the daemon, which inherits the shell's soft limit.
+    let mut command = std::process::Command::new("sh");
+    command
+        .args([
+            "-c",
+            &format!("ulimit -Sn {soft} && exec \"$0\" \"$@\""),
+            bin("chatctl").to_str().expect("utf-8"),
+            "start",
+        ])
+        .env("CHATCTL_HOME", env.home())
+        .current_dir(env.dir.path());
+    let out = crate::support::run_bounded(&mut command, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    let daemon = env.daemon_pid().expect("daemon pid");
+    env.remember(daemon);
+    let app = env.online_pids("steady", 1)[0];
+    assert_eq!(nofile(app), (soft, hard), "the app gets the limit the daemon was started with");
+    assert_eq!(nofile(daemon), (hard, hard), "the daemon raised its own soft limit");
+}

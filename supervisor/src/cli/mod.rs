@@ -157,6 +157,10 @@ pub struct StartupArgs {
     /// Write the unit to this path instead of printing it (e.g. /etc/systemd/system/chat.service).
     #[arg(long, value_name = "PATH")]
     pub install: Option<PathBuf>,
+    /// The account the unit runs chatctl and the apps as (`User=`); default: the user who ran
+    /// `sudo`, else the current user.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Args)]

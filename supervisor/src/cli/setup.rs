@@ -82,36 +82,23 @@ pub(super) fn startup(args: StartupArgs, home: &Home) -> anyhow::Result<ExitCode
         return Ok(ExitCode::from(super::start::exit::CONFIG));
     }
     let exe = std::env::current_exe().context("cannot find the chatctl executable")?;
-    let profile = args.profile.as_deref().map(|p| format!(" {p}")).unwrap_or_default();
-    let dir = config.parent().unwrap_or(Path::new("/"));
-    let unit = format!(
-        r#"[Unit]
-Description=chatctl apps of {config}
-After=network-online.target
-Wants=network-online.target
-
-[Service]
-# chatctl run sends READY=1 once every instance is online.
-Type=notify
-NotifyAccess=main
-WorkingDirectory={dir}
-Environment={HOME_VAR}={home}
-ExecStart={exe} run{profile} -c {config}
-ExecReload={exe} reload all{profile} -c {config}
-# chatctl stops every instance itself (stop signal, then SIGKILL after each app's kill_timeout);
-# systemd only steps in if that takes longer than this.
-KillMode=mixed
-TimeoutStopSec=60
-Restart=on-failure
-
-[Install]
-WantedBy=multi-user.target
-"#,
-        config = config.display(),
-        dir = dir.display(),
-        home = home.dir().display(),
-        exe = exe.display(),
-    );
+    let user = service_user(args.user.as_deref())?;
+    // Under sudo, HOME is root's: the unit's user gets their own home unless CHATCTL_HOME says.
+    let home = match std::env::var_os(HOME_VAR).filter(|d| !d.is_empty()) {
+        None if !user.is_current => user.dir.join(".chatctl"),
+        _ => home.dir().to_owned(),
+    };
+    if user.name == "root" {
+        eprintln!("warning: the unit runs chatctl and every app as root; pass --user NAME to run them as a user");
+    }
+    let unit = unit_text(&Unit {
+        config: &config,
+        dir: config.parent().unwrap_or(Path::new("/")),
+        home: &home,
+        exe: &exe,
+        profile: args.profile.as_deref(),
+        user: &user.name,
+    });
     match args.install {
         None => print!("{unit}"),
         Some(path) => {
@@ -121,6 +108,107 @@ WantedBy=multi-user.target
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The account a unit runs as: `--user NAME`, else the one who ran `sudo`, else whoever runs this.
+struct ServiceUser {
+    name: String,
+    dir: std::path::PathBuf,
+    /// The account running this command (then `CHATCTL_HOME` and `HOME` are already its own).
+    is_current: bool,
+}
+
+fn service_user(wanted: Option<&str>) -> anyhow::Result<ServiceUser> {
+    use nix::unistd::{Uid, User};
+    let current = Uid::current();
+    let sudo = std::env::var("SUDO_USER").ok().filter(|u| current.is_root() && !u.is_empty() && u != "root");
+    let found = match wanted.map(str::to_owned).or(sudo) {
+        Some(name) => User::from_name(&name)
+            .with_context(|| format!("cannot look up user {name:?}"))?
+            .with_context(|| format!("no user named {name:?}"))?,
+        None => User::from_uid(current)
+            .context("cannot look up the current user")?
+            .with_context(|| format!("uid {current} has no user name"))?,
+    };
+    Ok(ServiceUser { is_current: found.uid == current, name: found.name, dir: found.dir })
+}
+
+/// What differs between two units.
+struct Unit<'a> {
+    config: &'a Path,
+    dir: &'a Path,
+    home: &'a Path,
+    exe: &'a Path,
+    profile: Option<&'a str>,
+    user: &'a str,
+}
+
+/// The open files each service gets. systemd's default soft limit is 1024, which a chat server
+/// with one socket per connected client passes at about a thousand clients.
+const LIMIT_NOFILE: u32 = 65_536;
+
+/// A systemd unit for `chatctl run`, hardened as far as a process manager allows: it forks apps
+/// that bind ports and write where they were deployed, so the file system stays writable outside
+/// the system directories.
+fn unit_text(u: &Unit<'_>) -> String {
+    let profile = u.profile.map(|p| format!(" {p}")).unwrap_or_default();
+    format!(
+        r#"[Unit]
+Description=chatctl apps of {config}
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+# chatctl run sends READY=1 once every instance is online.
+Type=notify
+NotifyAccess=main
+User={user}
+WorkingDirectory={dir}
+Environment={HOME_VAR}={home}
+ExecStart={exe} run{profile} -c {config}
+ExecReload={exe} reload all{profile} -c {config}
+# chatctl stops every instance itself (stop signal, then SIGKILL after each app's kill_timeout);
+# systemd only steps in if that takes longer than this.
+KillMode=mixed
+TimeoutStopSec=60
+Restart=on-failure
+# Every app inherits this; systemd's default soft limit (1024) is about a thousand clients.
+LimitNOFILE={LIMIT_NOFILE}
+# chatctl may manage the cgroup below its own (one per instance, to kill what escapes a group).
+Delegate=yes
+
+# Hardening that leaves a process manager working: apps still fork, bind ports and write files.
+NoNewPrivileges=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+RestrictRealtime=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectSystem=full
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectClock=yes
+ProtectHostname=yes
+SystemCallArchitectures=native
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK
+# Not set, on purpose:
+# - ProtectSystem=strict: apps write where they are deployed (uploads, caches), which the unit
+#   cannot know; "full" keeps /usr, /boot and /etc read-only.
+# - ProtectHome: the chatctl home (logs, socket) and often the apps live under /home.
+# - ProtectControlGroups: it makes /sys/fs/cgroup read-only, and chatctl uses its delegated cgroup.
+# - MemoryDenyWriteExecute: breaks JIT runtimes (Node).
+# - RestrictNamespaces: breaks sandboxes apps may start (headless Chromium).
+
+[Install]
+WantedBy=multi-user.target
+"#,
+        config = u.config.display(),
+        dir = u.dir.display(),
+        home = u.home.display(),
+        exe = u.exe.display(),
+        user = u.user,
+    )
 }
 
 #[cfg(test)]
@@ -135,6 +223,41 @@ mod tests {
             let text = super::template(dir.path());
             let eco = chat_shared::ecosystem::Ecosystem::parse(&text, std::path::Path::new("e.toml"));
             assert!(eco.is_ok(), "{marker:?}: {}", eco.expect_err("checked"));
+        }
+    }
+
+    #[test]
+    fn the_unit_runs_as_a_user_with_a_file_limit_and_hardening() {
+        use std::path::Path;
+        let text = super::unit_text(&super::Unit {
+            config: Path::new("/srv/chat/ecosystem.toml"),
+            dir: Path::new("/srv/chat"),
+            home: Path::new("/home/chat/.chatctl"),
+            exe: Path::new("/usr/local/bin/chatctl"),
+            profile: Some("production"),
+            user: "chat",
+        });
+        let keys: Vec<(&str, &str)> =
+            text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once('=')).collect();
+        for wanted in [
+            ("User", "chat"),
+            ("LimitNOFILE", "65536"),
+            ("NoNewPrivileges", "yes"),
+            ("PrivateTmp", "yes"),
+            ("ProtectSystem", "full"),
+            ("ProtectKernelTunables", "yes"),
+            ("ProtectKernelModules", "yes"),
+            ("RestrictSUIDSGID", "yes"),
+            ("LockPersonality", "yes"),
+            ("Delegate", "yes"),
+            ("ExecStart", "/usr/local/bin/chatctl run production -c /srv/chat/ecosystem.toml"),
+            ("Environment", "CHATCTL_HOME=/home/chat/.chatctl"),
+        ] {
+            assert!(keys.contains(&wanted), "{wanted:?} missing:\n{text}");
+        }
+        // Keys that would break a process manager that manages cgroups or runs apps from /home.
+        for absent in ["ProtectControlGroups", "ProtectHome", "MemoryDenyWriteExecute"] {
+            assert!(!keys.iter().any(|(k, _)| *k == absent), "{absent} set:\n{text}");
         }
     }
 }

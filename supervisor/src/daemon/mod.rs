@@ -172,6 +172,13 @@ pub async fn run(
     let RunOptions { exit_when_idle, notify_socket } = options;
     let mut ready_sent = notify_socket.is_none();
     let (tx, mut rx) = mpsc::unbounded_channel();
+    match crate::limits::raise_nofile() {
+        Ok((from, to)) if from != to => {
+            tracing::info!(from, to, "raised the daemon's open-file limit (apps keep {from})")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the daemon's open-file limit"),
+    }
     let ended = crate::leftovers::end(home.dir());
     if ended > 0 {
         tracing::warn!(ended, "ended leftovers of a previous daemon");
@@ -179,7 +186,16 @@ pub async fn run(
     let mut daemon = Daemon::new(home, tx.clone());
     match Reaper::start(std::process::Stdio::inherit()) {
         Ok(reaper) => {
-            let _ = std::fs::write(daemon.home.dir().join("reaper.pid"), format!("{}\n", reaper.pid()));
+            let path = daemon.home.dir().join("reaper.pid");
+            let written = crate::home::private_file()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{}\n", reaper.pid()).as_bytes()));
+            if let Err(e) = written {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the reaper's pid");
+            }
             daemon.reaper = Some(std::cell::RefCell::new(reaper));
         }
         Err(e) => tracing::error!(error = %e, "cannot start the reaper: grandchildren may outlive a killed daemon"),

@@ -287,7 +287,13 @@ impl Daemon {
         };
         let path = self.home.dir().join(chat_shared::ipc::DUMP_FILE);
         let tmp = path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&tmp)?;
+        // A fresh file, so it gets our mode (0600: it holds every app's environment) even where a
+        // crash left a temporary file of an older chatctl behind.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut file = crate::home::private_file().write(true).create_new(true).open(&tmp)?;
         file.write_all(&serde_json::to_vec_pretty(&dump).map_err(std::io::Error::other)?)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
