@@ -4,3 +4,4 @@
 
 mod daemon;
 mod drain;
+mod limits;

@@ -25,6 +25,9 @@ pub struct Config {
     pub session_ttl: Duration,
     /// Largest engine.io packet accepted; a larger one closes that connection.
     pub max_payload: u64,
+    /// Public connections open at once (`MAX_CONNECTIONS`); `None`: the descriptor limit less a
+    /// reserve for the admin listener, the bus and the logs (see `admission`).
+    pub max_connections: Option<usize>,
     /// Messages, typing and DMs a socket may send (`MESSAGE_RATE`, `N/s`, `N/m` or `off`).
     pub message_rate: Option<crate::realtime::Rate>,
     /// `guest:join`, `room:join` and `room:leave` a socket may send (`JOIN_RATE`).
@@ -111,6 +114,10 @@ impl Config {
                 .map(String::into_bytes),
             session_ttl: parse(&lookup, "SESSION_TTL", HumanDuration(Duration::from_secs(86_400)))?.0,
             max_payload: parse(&lookup, "MAX_PAYLOAD", ByteSize(64 << 10))?.0,
+            max_connections: match lookup("MAX_CONNECTIONS") {
+                None => None,
+                Some(_) => Some(parse(&lookup, "MAX_CONNECTIONS", 0usize)?.max(1)),
+            },
             bus: lookup(worker_env::BUS).filter(|p| !p.is_empty()).map(std::path::PathBuf::from),
             handoff: lookup(worker_env::HANDOFF).filter(|p| !p.is_empty()).map(std::path::PathBuf::from),
             redis_url: match lookup("REDIS_URL").filter(|u| !u.trim().is_empty()) {

@@ -52,7 +52,7 @@ pub struct PeerAddr(pub std::net::SocketAddr);
 
 impl<L> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::handoff::Routed<L>>> for PeerAddr
 where
-    L: Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr>,
+    L: Listener<Io = crate::admission::Conn, Addr = std::net::SocketAddr>,
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, crate::handoff::Routed<L>>) -> Self {
         PeerAddr(*stream.remote_addr())

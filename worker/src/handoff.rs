@@ -42,6 +42,7 @@ use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 use crate::Adapter;
+use crate::admission::{Admission, Conn, FIRST_LINE};
 
 /// Where socketioxide serves engine.io (its default).
 const ENGINE_PATH: &str = "/socket.io";
@@ -49,10 +50,6 @@ const ENGINE_PATH: &str = "/socket.io";
 /// How long a session opened by a polling handshake counts as ours before it connects to a
 /// namespace (then socketioxide knows it): engine.io's connect timeout is 45 s.
 const OPEN_WINDOW: Duration = Duration::from_secs(60);
-
-/// How long a new connection may take to send its request line. Longer than hyper's own wait for
-/// a request head would be pointless: the connection is closed after it.
-const FIRST_LINE: Duration = Duration::from_secs(30);
 
 /// How long the offering worker waits for a sibling's answer. On no answer it cannot know whether
 /// the sibling took the connection, so it closes its copy rather than risk two servers on one.
@@ -94,7 +91,7 @@ impl<V> Noted<V> {
 }
 
 /// Connections waiting to be served by this worker: accepted and routed here, or handed in.
-type Incoming = (TcpStream, SocketAddr);
+type Incoming = (Conn, SocketAddr);
 
 /// This worker's end of the handoff: its Unix socket in the app's directory and the sessions it has.
 pub struct Handoff {
@@ -108,6 +105,8 @@ pub struct Handoff {
     owners: Mutex<Noted<PathBuf>>,
     /// Set when draining: connections are no longer taken in.
     closed: AtomicBool,
+    /// Connections taken in count against this worker's cap too.
+    admission: Admission,
     handed: AtomicU64,
     taken: AtomicU64,
     lost: AtomicU64,
@@ -116,7 +115,12 @@ pub struct Handoff {
 impl Handoff {
     /// Binds `DIR/INSTANCE-PID.sock` (a reload's successor runs beside its predecessor), and takes
     /// in connections offered there for as long as the worker runs.
-    pub fn start(dir: &Path, instance: &str, io: SocketIo<Adapter>) -> io::Result<(Arc<Handoff>, Incomings)> {
+    pub fn start(
+        dir: &Path,
+        instance: &str,
+        io: SocketIo<Adapter>,
+        admission: Admission,
+    ) -> io::Result<(Arc<Handoff>, Incomings)> {
         // Whoever can connect there can hand this worker connections: the app's user only.
         std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700).create(dir)?;
         let own = dir.join(format!("{instance}-{}.sock", std::process::id()));
@@ -130,14 +134,15 @@ impl Handoff {
             opened: Mutex::new(Noted::new(OPEN_WINDOW)),
             owners: Mutex::new(Noted::new(OWNER_HINT)),
             closed: AtomicBool::new(false),
+            admission,
             handed: AtomicU64::new(0),
             taken: AtomicU64::new(0),
             lost: AtomicU64::new(0),
         });
-        let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(handoff.clone().take_in(listener, tx.clone()));
+        let incomings = Incomings::new(Some(handoff.clone()));
+        tokio::spawn(handoff.clone().take_in(listener, incomings.tx.clone()));
         tracing::debug!(path = %handoff.own.display(), "taking polling sessions' connections from the other instances");
-        Ok((handoff.clone(), Incomings { tx, rx, handoff }))
+        Ok((handoff, incomings))
     }
 
     /// Stops taking connections in (draining: sessions here are about to close).
@@ -198,10 +203,10 @@ impl Handoff {
         stream.write_all(if mine { b"1" } else { b"0" }).await?;
         if mine {
             tcp.set_nonblocking(true)?;
-            let tcp = TcpStream::from_std(tcp)?;
+            let conn = self.admission.admit(TcpStream::from_std(tcp)?);
             self.taken.fetch_add(1, Ordering::Relaxed);
             tracing::trace!(%peer, sid = %sid, "took a connection for a session of ours");
-            let _ = tx.send((tcp, peer)).await;
+            let _ = tx.send((conn, peer)).await;
         }
         Ok(())
     }
@@ -326,34 +331,48 @@ async fn receive(stream: &UnixStream) -> io::Result<(Sid, OwnedFd)> {
 pub struct Incomings {
     tx: mpsc::Sender<Incoming>,
     rx: mpsc::Receiver<Incoming>,
-    handoff: Arc<Handoff>,
+    /// `None`: no other instance to hand connections to (fork mode, or a worker on its own).
+    handoff: Option<Arc<Handoff>>,
 }
 
-/// A listener whose connections go to the worker that owns their session (with `Incomings`), or
-/// that serves its own as they come (without).
+impl Incomings {
+    /// Connections that stay with this worker: none is handed in or out.
+    pub fn local() -> Incomings {
+        Incomings::new(None)
+    }
+
+    fn new(handoff: Option<Arc<Handoff>>) -> Incomings {
+        let (tx, rx) = mpsc::channel(1024);
+        Incomings { tx, rx, handoff }
+    }
+}
+
+/// A listener whose connections are served once their request line has come (a connection silent
+/// for [`FIRST_LINE`] is closed), by the worker that owns their session when one is named and there
+/// are other workers to hand it to.
 pub struct Routed<L> {
     inner: L,
-    incomings: Option<Incomings>,
+    incomings: Incomings,
 }
 
 impl<L> Routed<L> {
-    pub fn new(inner: L, incomings: Option<Incomings>) -> Routed<L> {
+    pub fn new(inner: L, incomings: Incomings) -> Routed<L> {
         Routed { inner, incomings }
     }
 }
 
-impl<L: Listener<Io = TcpStream, Addr = SocketAddr>> Listener for Routed<L> {
-    type Io = TcpStream;
+impl<L: Listener<Io = Conn, Addr = SocketAddr>> Listener for Routed<L> {
+    type Io = Conn;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> Incoming {
-        let Some(incomings) = &mut self.incomings else { return self.inner.accept().await };
+        let incomings = &mut self.incomings;
         loop {
             tokio::select! {
                 // Both are cancel-safe: a connection is only taken when its branch completes.
                 Some(incoming) = incomings.rx.recv() => return incoming,
-                (tcp, peer) = self.inner.accept() => {
-                    tokio::spawn(route(incomings.handoff.clone(), tcp, peer, incomings.tx.clone()));
+                (conn, peer) = self.inner.accept() => {
+                    tokio::spawn(route(incomings.handoff.clone(), conn, peer, incomings.tx.clone()));
                 }
             }
         }
@@ -364,12 +383,13 @@ impl<L: Listener<Io = TcpStream, Addr = SocketAddr>> Listener for Routed<L> {
     }
 }
 
-/// Serves `tcp` here unless its first request names another worker's session.
-async fn route(handoff: Arc<Handoff>, tcp: TcpStream, peer: SocketAddr, tx: mpsc::Sender<Incoming>) {
-    match first_request_sid(&tcp).await {
+/// Serves `conn` here once its request line has come, unless that line names a session another
+/// worker has.
+async fn route(handoff: Option<Arc<Handoff>>, conn: Conn, peer: SocketAddr, tx: mpsc::Sender<Incoming>) {
+    match (first_request_sid(&conn.tcp).await, handoff) {
         // Gone, or silent for too long: nothing to serve.
-        Peeked::Closed => return,
-        Peeked::Sid(sid) if !handoff.owns(sid) => match handoff.pass(&tcp, sid).await {
+        (Peeked::Closed, _) => return,
+        (Peeked::Sid(sid), Some(handoff)) if !handoff.owns(sid) => match handoff.pass(&conn.tcp, sid).await {
             Passed::Taken => {
                 handoff.handed.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -381,9 +401,9 @@ async fn route(handoff: Arc<Handoff>, tcp: TcpStream, peer: SocketAddr, tx: mpsc
             // Nobody has it: here engine.io says so ("Session ID unknown"), as a lone worker would.
             Passed::Nobody => {}
         },
-        Peeked::Sid(_) | Peeked::Other => {}
+        (Peeked::Sid(_) | Peeked::Other, _) => {}
     }
-    let _ = tx.send((tcp, peer)).await;
+    let _ = tx.send((conn, peer)).await;
 }
 
 enum Peeked {

@@ -16,6 +16,8 @@
 //! # Layout
 //! - `config`: environment variables → [`Config`].
 //! - `listeners`: inherited fds (`LISTEN_FDS`) or a bound port.
+//! - `admission`: the descriptor limit, the cap on connections that keeps a reserve for the admin
+//!   listener and the bus, and the wait for a connection's first line.
 //! - `handoff`: a polling session's connections reach the instance that has it (cluster mode).
 //! - `http`: `/health`, `/api/socket/stats`, and the copy of each request head out of hyper's
 //!   read buffer (socketioxide keeps every socket's head).
@@ -26,6 +28,7 @@
 //! - `store`: sessions and history streams kept in Redis itself.
 //! - `cluster_stats`: live figures summed from every worker's reports.
 
+pub mod admission;
 pub mod bus;
 pub mod cluster_stats;
 pub mod config;
@@ -164,10 +167,12 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     // Before any listener serves: a reload's successor must know the calls and history first.
     chat.catch_up(CATCH_UP).await;
     realtime::register(&io, chat, config.origins.clone()).await.map_err(std::io::Error::other)?;
+    let admission =
+        admission::Admission::new(config.max_connections.unwrap_or_else(|| admission::cap_for(admission::fd_limit())));
     // In cluster mode a polling session's requests are handed to the instance that has it.
     let handoff = config.handoff.as_deref().and_then(|dir| {
         let instance = config.instance.as_deref().unwrap_or("0");
-        match handoff::Handoff::start(dir, instance, io.clone()) {
+        match handoff::Handoff::start(dir, instance, io.clone(), admission.clone()) {
             Ok(started) => Some(started),
             Err(e) => {
                 tracing::error!(dir = %dir.display(), error = %e, "cannot take connections from the other instances: polling clients need sticky sessions");
@@ -176,6 +181,7 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
         }
     });
     let (handoff, incomings) = handoff.unzip();
+    let incomings = incomings.unwrap_or_else(handoff::Incomings::local);
     let state = Arc::new(WorkerState {
         started: Instant::now(),
         messages,
@@ -204,16 +210,17 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
 
     // Nagle off: socketioxide's small frames otherwise wait for ACKs (p99 29 ms instead of 2.8 ms).
     let public = tokio::net::TcpListener::from_std(listeners.public)?;
-    tracing::info!(addr = ?public.local_addr().ok(), inherited = listeners.inherited, "serving");
-    let public = handoff::Routed::new(
-        Draining::new(
-            public.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            }),
-            accepting_rx,
-        ),
-        incomings,
+    tracing::info!(
+        addr = ?public.local_addr().ok(),
+        inherited = listeners.inherited,
+        max_connections = admission.cap(),
+        "serving"
     );
+    let nodelay = public.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let public =
+        handoff::Routed::new(Draining::new(admission::Capped::new(nodelay, admission), accepting_rx), incomings);
     let mut router = http::router(state.clone()).layer(layer);
     if let Some(handoff) = &handoff {
         router = router.layer(axum::middleware::from_fn_with_state(handoff.clone(), handoff::observe));

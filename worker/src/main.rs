@@ -13,6 +13,12 @@ fn main() -> ExitCode {
         .with_current_span(false)
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
+    // Before any descriptor is opened for a client (see `admission`).
+    match chat_worker::admission::raise_fd_limit() {
+        Ok((before, after)) if before < after => tracing::debug!(before, after, "raised the descriptor limit"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the descriptor limit"),
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
