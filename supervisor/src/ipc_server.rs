@@ -15,11 +15,50 @@ use crate::daemon::Msg;
 /// A client that connects and says nothing is dropped after this long.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A client that sends no request for this long (outside a subscription, where it only listens) is
+/// dropped: each connection holds a task and a descriptor, and a forgotten one holds them forever.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Overrides [`IDLE_TIMEOUT`], in milliseconds (tests use a short one).
+pub(crate) const IDLE_TIMEOUT_VAR: &str = "CHATCTL_IPC_IDLE_TIMEOUT_MS";
+
+fn idle_timeout() -> Duration {
+    match std::env::var(IDLE_TIMEOUT_VAR).map(|v| v.parse::<u64>()) {
+        Ok(Ok(ms)) if ms > 0 => Duration::from_millis(ms),
+        Ok(_) => {
+            tracing::warn!(var = IDLE_TIMEOUT_VAR, "not a positive number of milliseconds: using the default");
+            IDLE_TIMEOUT
+        }
+        Err(_) => IDLE_TIMEOUT,
+    }
+}
+
+/// Whether the peer may control this daemon: the daemon's own user, or root. The socket is 0600 in
+/// a 0700 home, but a socket file's mode is not honoured everywhere, and a home can be created
+/// with looser modes by hand; the kernel's record of the peer (`SO_PEERCRED`) cannot be faked.
+fn peer_allowed(stream: &UnixStream) -> bool {
+    let own = nix::unistd::geteuid().as_raw();
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == own || cred.uid() == 0 => true,
+        Ok(cred) => {
+            tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "refused a control connection from another user");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "refused a control connection whose peer cannot be identified");
+            false
+        }
+    }
+}
+
 pub(crate) async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Msg>) {
+    let idle = idle_timeout();
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, tx.clone()));
+                if peer_allowed(&stream) {
+                    tokio::spawn(connection(stream, tx.clone(), idle));
+                }
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
@@ -30,7 +69,7 @@ pub(crate) async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Msg>
     }
 }
 
-async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>) {
+async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>, idle: Duration) {
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     let mut buf = Vec::new();
@@ -61,7 +100,11 @@ async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>) {
         Ok(Ok(None)) | Err(_) => return,
     }
     loop {
-        let request: Request = match ipc::read_frame(&mut read, &mut buf).await {
+        let Ok(next) = tokio::time::timeout(idle, ipc::read_frame(&mut read, &mut buf)).await else {
+            tracing::debug!(idle_ms = idle.as_millis() as u64, "closed an idle control connection");
+            return;
+        };
+        let request: Request = match next {
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(e) => {

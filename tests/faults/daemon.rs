@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chat_shared::ipc::{Hello, PROTOCOL_VERSION, Request, Response, ScaleTo, Welcome};
 use chat_shared::status::Phase;
@@ -137,4 +137,63 @@ fn the_daemon_raises_its_own_open_file_limit_and_apps_keep_the_one_it_was_starte
     let app = env.online_pids("steady", 1)[0];
     assert_eq!(nofile(app), (soft, hard), "the app gets the limit the daemon was started with");
     assert_eq!(nofile(daemon), (hard, hard), "the daemon raised its own soft limit");
+}
+
+#[test]
+fn an_idle_control_connection_is_closed_and_a_quiet_subscription_is_not() {
+    let env = Env::new();
+    env.write("ecosystem.toml", &fixture_config("steady", &[], ""));
+    // The daemon inherits the environment of the `chatctl` that starts it.
+    let out = crate::support::run_bounded(
+        env.command().env("CHATCTL_IPC_IDLE_TIMEOUT_MS", "300").arg("start"),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    env.remember(env.daemon_pid().expect("daemon pid"));
+    env.online_pids("steady", 1);
+
+    let mut idle = Raw::connect(&env);
+    // Requests keep it open well past the timeout.
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(matches!(idle.request(&Request::List), Response::List { .. }));
+    }
+    let last_request = Instant::now();
+    let mut follower = Raw::connect(&env);
+    let logs = Request::Logs { app: Some("steady".into()), lines: 0, stream: None, follow: true };
+    assert!(matches!(follower.request(&logs), Response::Logs { .. }));
+
+    assert_eq!(idle.line(), None, "the daemon closes a connection that sends nothing");
+    let took = last_request.elapsed();
+    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(5), "closed after {took:?}");
+    // The subscription, silent for as long, is still open: a read times out instead of ending.
+    follower.writer.set_read_timeout(Some(Duration::from_millis(700))).expect("read timeout");
+    let mut line = String::new();
+    match follower.reader.read_line(&mut line) {
+        Err(e) => assert!(matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{e}"),
+        Ok(n) => assert!(n > 0, "the daemon closed a log subscription as idle"),
+    }
+}
+
+#[test]
+fn a_missing_cwd_or_a_script_that_cannot_run_is_a_config_error_at_its_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let script = env.write("server.js", "console.log('hi')\n");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    for (text, (line, key, message)) in [
+        (
+            format!("[apps.a]\nscript = \"{}\"\ncwd = \"missing\"\n", bin("fixture-app").display()),
+            (3, "apps.a.cwd", "no such directory"),
+        ),
+        ("[apps.a]\nscript = \"./server.js\"\n".to_owned(), (2, "apps.a.script", "is not executable")),
+    ] {
+        env.write("ecosystem.toml", &text);
+        let out = env.chatctl(&["start"]);
+        let stderr = crate::support::stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{text}\n{stderr}");
+        let wanted = format!("ecosystem.toml:{line}:1: error: {key}: ");
+        assert!(stderr.contains(&wanted) && stderr.contains(message), "{text}\nwanted {wanted} … {message}:\n{stderr}");
+    }
+    assert!(!env.home().join("daemon.sock").exists(), "nothing was started");
 }

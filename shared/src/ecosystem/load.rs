@@ -22,6 +22,10 @@ pub struct Ecosystem {
     pub dir: PathBuf,
     /// In file order (the order apps start in).
     pub apps: Vec<AppEntry>,
+    /// The file's text and where each key is, to locate the problems found after loading
+    /// (`check_files`, which looks at the file system).
+    pub(crate) text: String,
+    pub(crate) spans: BTreeMap<String, Range<usize>>,
 }
 
 #[derive(Clone, Debug)]
@@ -83,7 +87,7 @@ impl Ecosystem {
         }
         let dir = file.parent().map(Path::to_owned).unwrap_or_default();
         let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
-        Ok(Ecosystem { file: file.to_owned(), dir, apps })
+        Ok(Ecosystem { file: file.to_owned(), dir, apps, text: text.to_owned(), spans: walk.spans })
     }
 }
 

@@ -6,8 +6,10 @@
 //! - `load`: parse, type-check key by key, collect every issue with its location.
 //! - `validate`: checks across keys and across apps (ports), for every profile.
 //! - `resolve`: defaults, profile overlay, absolute paths.
+//! - `files`: the resolved `cwd` and `script` exist and can run (the file system, not the text).
 //! - `issue`: located errors and warnings, rendered like a compiler's.
 
+mod files;
 mod issue;
 mod json_schema;
 mod load;

@@ -91,7 +91,7 @@ fn port_range(config: &AppConfig) -> Option<(std::net::IpAddr, u32, u32)> {
     Some((host, port, port + count - 1))
 }
 
-fn keys(app: &str, profile: Option<&str>, key: &str) -> Vec<String> {
+pub(crate) fn keys(app: &str, profile: Option<&str>, key: &str) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(p) = profile {
         out.push(format!("apps.{app}.profiles.{p}.{key}"));

@@ -1,5 +1,9 @@
 //! `import`: a PM2 ecosystem file (`ecosystem.config.js` through `node`, or JSON) converted to
 //! `ecosystem.toml`, every option it knows mapped and the others listed.
+//!
+//! A JavaScript file is code: reading it means running it with `node`, with the caller's
+//! privileges. `--help` and the command's output say so. Every value and key written to the TOML
+//! is quoted by the `toml` crate, so no string of the PM2 file can add keys or tables.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -22,16 +26,26 @@ pub(super) fn import(source: &Path, output: &Path, force: bool) -> anyhow::Resul
     }
     std::fs::write(output, &text).with_context(|| format!("cannot write {}", output.display()))?;
     println!("wrote {}", output.display());
+    if is_js(source) {
+        println!("  (read by executing {} with node)", source.display());
+    }
     for note in &notes {
         println!("  {note}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
+fn is_js(source: &Path) -> bool {
+    source.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "js" | "cjs" | "mjs"))
+}
+
 /// The PM2 file as JSON: `.json` directly, JavaScript through `node`.
 fn read(source: &Path) -> anyhow::Result<Value> {
-    let is_js = source.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "js" | "cjs" | "mjs"));
-    let text = if is_js {
+    let text = if is_js(source) {
+        eprintln!(
+            "executing {} with node to read it (it runs with your privileges: import only files you trust)",
+            source.display()
+        );
         let path = std::path::absolute(source)?;
         let script = "import(require('url').pathToFileURL(process.argv[1]).href).then(m => \
                       console.log(JSON.stringify(m.default ?? m))).catch(e => { console.error(e.message); process.exit(1) })";
@@ -64,6 +78,21 @@ fn duration(value: &Value) -> Option<String> {
 fn toml_value(value: &Value) -> Option<String> {
     let value: toml::Value = serde_json::from_value(value.clone()).ok()?;
     Some(value.to_string())
+}
+
+/// A TOML string literal of `text`, escaped by the `toml` crate.
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
+/// `text` as one TOML key: bare when it can be, else quoted (a `.` or `]` in a PM2 app name must
+/// not open another table). Keys cannot be multi-line strings, so the `toml` crate's own key
+/// rendering is taken from a one-key table.
+fn toml_key(text: &str) -> String {
+    let mut table = toml::Table::new();
+    table.insert(text.to_owned(), toml::Value::Boolean(true));
+    let line = toml::to_string(&table).unwrap_or_default();
+    line.trim_end().strip_suffix(" = true").unwrap_or(text).to_owned()
 }
 
 /// Converts; returns the file's text and what the operator should know.
@@ -100,7 +129,7 @@ pub(crate) fn convert(pm2: &Value) -> anyhow::Result<(String, Vec<String>)> {
                 args.insert(0, script.to_owned());
             }
             (None, true) => {
-                keys.insert("script", "\"node\"".into());
+                keys.insert("script", toml_string("node"));
                 args.insert(0, script.to_owned());
             }
         }
@@ -125,15 +154,15 @@ pub(crate) fn convert(pm2: &Value) -> anyhow::Result<(String, Vec<String>)> {
                     _ => None,
                 },
                 "max_memory_restart" => match value {
-                    Value::Number(n) => n.as_u64().map(|b| ("max_memory_restart", format!("\"{b}\""))),
-                    Value::String(s) => Some(("max_memory_restart", format!("\"{s}\""))),
+                    Value::Number(n) => n.as_u64().map(|b| ("max_memory_restart", toml_string(&b.to_string()))),
+                    Value::String(s) => Some(("max_memory_restart", toml_string(s))),
                     _ => None,
                 },
                 "min_uptime" | "kill_timeout" | "restart_delay" | "listen_timeout" => {
-                    duration(value).map(|d| (key.as_str(), format!("\"{d}\"")))
+                    duration(value).map(|d| (key.as_str(), toml_string(&d)))
                 }
-                "watch_delay" => duration(value).map(|d| ("watch_delay", format!("\"{d}\""))),
-                "exp_backoff_restart_delay" => duration(value).map(|d| ("restart_delay", format!("\"{d}\""))),
+                "watch_delay" => duration(value).map(|d| ("watch_delay", toml_string(&d))),
+                "exp_backoff_restart_delay" => duration(value).map(|d| ("restart_delay", toml_string(&d))),
                 other if other.starts_with("env_") => {
                     if let Some(o) = value.as_object() {
                         profiles.insert(other["env_".len()..].to_owned(), o.clone());
@@ -164,7 +193,8 @@ pub(crate) fn convert(pm2: &Value) -> anyhow::Result<(String, Vec<String>)> {
                 keys.insert("inherit_socket", "false".into());
             }
         }
-        let _ = writeln!(text, "\n[apps.{name}]");
+        let table = format!("apps.{}", toml_key(&name));
+        let _ = writeln!(text, "\n[{table}]");
         for (k, v) in &keys {
             let _ = writeln!(text, "{k} = {v}");
         }
@@ -172,7 +202,7 @@ pub(crate) fn convert(pm2: &Value) -> anyhow::Result<(String, Vec<String>)> {
             let _ = writeln!(text, "env = {}", toml_value(&Value::Object(env)).unwrap_or_else(|| "{}".into()));
         }
         for (profile, profile_env) in profiles {
-            let _ = writeln!(text, "\n[apps.{name}.profiles.{profile}]");
+            let _ = writeln!(text, "\n[{table}.profiles.{}]", toml_key(&profile));
             let _ = writeln!(text, "env = {}", toml_value(&Value::Object(profile_env)).unwrap_or_else(|| "{}".into()));
         }
         if !unmapped.is_empty() {
@@ -208,5 +238,26 @@ mod tests {
         }
         assert!(Ecosystem::parse(&text, Path::new("e.toml")).is_ok(), "{text}");
         assert!(notes.iter().any(|n| n.contains("log_date_format") && n.contains("wait_ready")), "{notes:?}");
+    }
+
+    #[test]
+    fn strings_of_the_pm2_file_cannot_add_keys_or_tables() {
+        let sneaky = "1G\"\nautorestart = false\n[apps.evil]\nscript = \"/bin/sh";
+        let pm2 = serde_json::json!({ "apps": [{
+            "name": "chat.v2", "script": "/srv/x\"\nwatch = true", "max_memory_restart": sneaky,
+            "kill_timeout": "5s\"\nmax_restarts = 0", "env_prod]\n[apps.evil2": { "A": "b" }
+        }]});
+        let (text, _) = convert(&pm2).expect("converts");
+        let doc: toml::Table = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let apps = doc["apps"].as_table().expect("apps");
+        assert_eq!(apps.keys().collect::<Vec<_>>(), ["chat.v2"], "{text}");
+        let app = apps["chat.v2"].as_table().expect("app");
+        assert_eq!(app["max_memory_restart"].as_str(), Some(sneaky), "{text}");
+        assert_eq!(app["script"].as_str(), Some("/srv/x\"\nwatch = true"), "{text}");
+        for injected in ["autorestart", "watch", "max_restarts"] {
+            assert!(!app.contains_key(injected), "{injected} injected:\n{text}");
+        }
+        let profiles = app["profiles"].as_table().expect("profiles");
+        assert_eq!(profiles.keys().collect::<Vec<_>>(), ["prod]\n[apps.evil2"], "{text}");
     }
 }

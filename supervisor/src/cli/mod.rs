@@ -87,7 +87,10 @@ pub enum Command {
     ReloadLogs,
     /// Print a shell completion script: `chatctl completions bash > /etc/bash_completion.d/chatctl`.
     Completions { shell: clap_complete::Shell },
-    /// Convert a PM2 ecosystem file (ecosystem.config.js through node, or JSON) to ecosystem.toml.
+    /// Convert a PM2 ecosystem file (ecosystem.config.js, or JSON) to ecosystem.toml.
+    ///
+    /// A .js/.cjs/.mjs file is EXECUTED with `node` to read it: whatever code it holds runs with
+    /// your privileges. Import only files you trust, or export the JSON yourself and import that.
     Import {
         /// The PM2 file.
         source: PathBuf,

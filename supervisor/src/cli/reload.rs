@@ -8,7 +8,7 @@ use chat_shared::ipc::{Event, ReloadPhase, Request, Response, ScaleTo};
 use chat_shared::spec::AppSpec;
 
 use super::ReloadArgs;
-use super::start::{exit, load};
+use super::start::{check_files, exit, load_unchecked as load};
 use crate::client::Client;
 use crate::home::Home;
 
@@ -42,6 +42,10 @@ pub(super) async fn reload(args: ReloadArgs, home: &Home) -> anyhow::Result<Exit
                 return Ok(ExitCode::from(exit::CONFIG));
             }
         }
+    }
+    // After the build, which may be what creates the script.
+    if let Err(code) = check_files(&args.config, &specs) {
+        return Ok(code);
     }
     client.send(&Request::Reload { apps: specs, batch: args.batch }).await?;
     progress(&mut client, args.json).await

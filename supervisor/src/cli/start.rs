@@ -30,7 +30,20 @@ pub(crate) mod exit {
     pub(crate) const RELOAD_FAILED: u8 = 6;
 }
 
+/// The specs of `config` for `profile`, after checking that every `cwd` and `script` exists and can
+/// run; problems are printed as the config errors are.
 pub(super) fn load(
+    config: &std::path::Path,
+    profile: Option<&str>,
+    only: Option<&str>,
+) -> Result<Vec<AppSpec>, ExitCode> {
+    let specs = load_unchecked(config, profile, only)?;
+    check_files(config, &specs)?;
+    Ok(specs)
+}
+
+/// The specs without looking at the file system: `reload --build` may create the script first.
+pub(super) fn load_unchecked(
     config: &std::path::Path,
     profile: Option<&str>,
     only: Option<&str>,
@@ -45,6 +58,16 @@ pub(super) fn load(
     let env: BTreeMap<String, String> = std::env::vars().collect();
     eco.resolve(profile, only, &env).map_err(|e| {
         eprintln!("error: {e}");
+        ExitCode::from(exit::CONFIG)
+    })
+}
+
+/// Every `cwd` of `specs` is a directory and every `script` an executable, or the problems are
+/// printed, located in `config`.
+pub(super) fn check_files(config: &std::path::Path, specs: &[AppSpec]) -> Result<(), ExitCode> {
+    let checked = Ecosystem::load(config).and_then(|eco| eco.check_files(specs));
+    checked.map_err(|errors| {
+        eprintln!("{errors}");
         ExitCode::from(exit::CONFIG)
     })
 }

@@ -293,6 +293,10 @@ impl App {
             Ok(child) => child,
             Err(e) => {
                 tracing::error!(app = %self.spec.name, index, script = %spec.script, error = %e, "spawn failed");
+                // chdir happens before exec, and both fail with ENOENT: name the path that is missing.
+                if !spec.cwd.is_dir() {
+                    return Input::SpawnFailed(format!("cwd {}: {e}", spec.cwd.display()));
+                }
                 return Input::SpawnFailed(format!("{}: {e}", spec.script));
             }
         };
