@@ -3,47 +3,23 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{alive, bin, free_port, http_get, node, sigkill, wait_until};
+use crate::support::{Worker, alive, http_get, node};
 
-/// A chat-worker process, killed on drop.
-struct Worker {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Worker {
-    fn start() -> Worker {
-        let port = free_port();
-        let child = Command::new(bin("chat-worker"))
-            .env("PORT", port.to_string())
-            .env("RUST_LOG", "warn")
-            .env("ICE_SERVERS", "stun:stun.example.org:3478,turn:turn.example.org:3478?transport=udp")
-            .env("TURN_SECRET", "north")
-            .env("CORS_ORIGINS", "https://chat.example.com,https://*.vercel.app")
-            .env("STATS_INTERVAL", "200ms")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chat-worker");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        wait_until("the worker answers", Duration::from_secs(15), || http_get(addr, "/health").ok().map(|_| ()));
-        Worker { child, addr }
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        sigkill(self.child.id());
-        let _ = self.child.wait();
-    }
+/// The worker as these tests run it: ICE and TURN, two allowed origins, frequent stats.
+fn start() -> Worker {
+    Worker::start(&[
+        ("ICE_SERVERS", "stun:stun.example.org:3478,turn:turn.example.org:3478?transport=udp"),
+        ("TURN_SECRET", "north"),
+        ("CORS_ORIGINS", "https://chat.example.com,https://*.vercel.app"),
+        ("STATS_INTERVAL", "200ms"),
+    ])
 }
 
 #[test]
 fn typing_direct_messages_recovery_calls_ice_limits_and_oversized_packets() {
-    let worker = Worker::start();
+    let worker = start();
     let out = node("features.mjs", &[&format!("http://{}", worker.addr)]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -77,7 +53,7 @@ fn malformed_session(addr: SocketAddr, garbage: &[u8]) {
 
 #[test]
 fn malformed_engine_io_and_socket_io_frames_close_one_connection_not_the_worker() {
-    let worker = Worker::start();
+    let worker = start();
     let addr = worker.addr;
     let polling = |body: &str| {
         let request = format!(

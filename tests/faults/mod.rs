@@ -4,4 +4,5 @@
 
 mod daemon;
 mod drain;
+mod hostile;
 mod limits;

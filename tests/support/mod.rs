@@ -268,6 +268,45 @@ impl Drop for Env {
     }
 }
 
+/// A chat-worker on its own (bound to a port, as it runs outside chatctl), killed on drop.
+pub(crate) struct Worker {
+    pub(crate) child: std::process::Child,
+    pub(crate) addr: SocketAddr,
+}
+
+impl Worker {
+    /// Starts one with `env` added to `PORT` and `RUST_LOG=warn`; returns once it answers.
+    pub(crate) fn start(env: &[(&str, &str)]) -> Worker {
+        let port = free_port();
+        let child = Command::new(bin("chat-worker"))
+            .env("PORT", port.to_string())
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chat-worker");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let worker = Worker { child, addr };
+        wait_until("the worker answers", Duration::from_secs(15), || http_get(addr, "/health").ok().map(|_| ()));
+        worker
+    }
+
+    /// Its resident memory now, in bytes.
+    pub(crate) fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).expect("worker status");
+        let kib = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next());
+        kib.and_then(|k| k.parse::<u64>().ok()).expect("VmRSS") * 1024
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        sigkill(self.child.id());
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs a Node script from `tests/clients` with the real npm socket.io-client.
 #[track_caller]
 pub(crate) fn node(script: &str, args: &[&str]) -> Output {

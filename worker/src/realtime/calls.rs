@@ -272,7 +272,7 @@ pub(super) fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                     Ok(json!({ "ok": true, "call": id }))
                 }
                 .await;
-                answer(ack, reply);
+                answer(&socket, ack, reply);
             }
         },
     );
@@ -305,7 +305,7 @@ pub(super) fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                         Ok(json!({ "ok": true }))
                     }
                     .await;
-                    answer(ack, reply);
+                    answer(&socket, ack, reply);
                 }
             },
         );
@@ -330,7 +330,7 @@ pub(super) fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                     Ok(json!({ "ok": true }))
                 }
                 .await;
-                answer(ack, reply);
+                answer(&socket, ack, reply);
             }
         });
     }

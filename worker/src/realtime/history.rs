@@ -50,6 +50,54 @@ impl History {
     }
 }
 
+/// Messages one answer carries at most (a join's `missed`, a `history` event, a `room:history`
+/// page): a client asks for the next page when it wants it. Whole pages of the history (200
+/// messages of 4,000 characters) in every join's acknowledgement let a client that never reads
+/// queue megabytes in the worker with a few bytes sent (30 joins: 37 MB).
+pub(super) const PAGE_COUNT: usize = 50;
+/// ... and JSON bytes at most (one message always fits, whatever its size).
+pub(super) const PAGE_BYTES: usize = 16 << 10;
+
+/// One page of a room's history, oldest first.
+#[derive(Debug, PartialEq)]
+pub(super) struct Page {
+    pub(super) messages: Vec<Value>,
+    /// More messages lie beyond the page: after its last one when it was cut from the oldest, before
+    /// its first when cut from the newest.
+    pub(super) more: bool,
+}
+
+/// Which end of a run of messages a page keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum End {
+    /// Recovery (`since`): the earliest, so the client can ask again from the page's last message.
+    Oldest,
+    /// A plain join (`before`, or nothing): the latest, so the newest messages show first.
+    Newest,
+}
+
+/// Cuts `messages` (oldest first) to one page of at most [`PAGE_COUNT`] messages and [`PAGE_BYTES`].
+pub(super) fn page(mut messages: Vec<Value>, end: End) -> Page {
+    let total = messages.len();
+    if end == End::Newest {
+        messages.reverse();
+    }
+    let mut bytes = 0;
+    let mut keep = 0;
+    for message in messages.iter().take(PAGE_COUNT) {
+        bytes += message.to_string().len();
+        if keep > 0 && bytes > PAGE_BYTES {
+            break;
+        }
+        keep += 1;
+    }
+    messages.truncate(keep);
+    if end == End::Newest {
+        messages.reverse();
+    }
+    Page { more: keep < total, messages }
+}
+
 /// A room's retained messages as one worker tells them to a worker that starts later.
 #[derive(serde::Serialize, serde::Deserialize)]
 pub struct RoomDump {
@@ -132,6 +180,23 @@ mod tests {
         old.push("r", "a", json!(1));
         std::thread::sleep(Duration::from_millis(2));
         assert!(old.since("r", None).is_empty(), "too old");
+    }
+
+    #[test]
+    fn a_page_keeps_one_end_within_its_count_and_bytes() {
+        let all: Vec<Value> = (0..120).map(|i| json!(i)).collect();
+        let first = page(all.clone(), End::Oldest);
+        assert_eq!((first.messages.len(), first.more), (PAGE_COUNT, true));
+        assert_eq!(first.messages[0], json!(0));
+        let last = page(all.clone(), End::Newest);
+        assert_eq!(last.messages.first(), Some(&json!(70)));
+        assert_eq!(last.messages.last(), Some(&json!(119)), "the newest, oldest first");
+        assert_eq!(page(all[..3].to_vec(), End::Newest), Page { messages: all[..3].to_vec(), more: false });
+        let long: Vec<Value> = (0..10).map(|i| json!({ "id": i, "text": "x".repeat(4000) })).collect();
+        let cut = page(long.clone(), End::Oldest);
+        assert_eq!((cut.messages.len(), cut.more), (4, true), "16 KiB hold four messages of 4,000 characters");
+        let huge = vec![json!("y".repeat(PAGE_BYTES * 2))];
+        assert_eq!(page(huge.clone(), End::Oldest), Page { messages: huge, more: false }, "one always fits");
     }
 
     #[test]

@@ -370,13 +370,25 @@ impl Chat {
 
     /// A room's messages after `since` (all retained if unknown): Redis's stream when Redis is
     /// there, this worker's copy otherwise.
-    async fn missed(&self, room: &str, since: Option<&str>) -> Vec<Value> {
-        if let Some(store) = &self.store
-            && let Some(messages) = store.since(room, since).await
-        {
-            return messages;
+    /// One page of `room`'s history: after `since` (recovery: the earliest first), or before
+    /// `before`, or the latest (a plain join).
+    async fn history(&self, room: &str, since: Option<&str>, before: Option<&str>) -> history::Page {
+        let retained = match &self.store {
+            Some(store) => match store.since(room, since).await {
+                Some(messages) => messages,
+                None => self.history.since(room, since),
+            },
+            None => self.history.since(room, since),
+        };
+        match (since, before) {
+            (Some(_), _) => history::page(retained, history::End::Oldest),
+            (None, Some(before)) => {
+                // An id this worker does not know (too old) has nothing before it here.
+                let cut = retained.iter().position(|m| m["id"] == before).unwrap_or(0);
+                history::page(retained.into_iter().take(cut).collect(), history::End::Newest)
+            }
+            (None, None) => history::page(retained, history::End::Newest),
         }
-        self.history.since(room, since)
     }
 
     /// Who a returning client's token says it is. A token this app's secret did not sign may come
@@ -416,7 +428,11 @@ struct Auth {
 #[derive(Debug, Deserialize)]
 struct RoomRef {
     room: String,
+    /// `room:join`: recover what came after this message; `room:history`: the page after it.
     since: Option<String>,
+    /// `room:history`: the page before this message.
+    #[serde(default)]
+    before: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -566,7 +582,7 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                     }),
                     (Ok(()), Err(e)) => Err(format!("expected {{name}}: {e}")),
                 };
-                answer(ack, reply);
+                answer(&socket, ack, reply);
             }
         },
     );
@@ -585,7 +601,9 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                             send_session(&socket, &chat);
                             match room_members_changed(&socket, &chat, &room, join).await {
                                 Ok(mut reply) if join => {
-                                    reply["missed"] = Value::from(chat.missed(&room, since.as_deref()).await);
+                                    let page = chat.history(&room, since.as_deref(), None).await;
+                                    reply["missed"] = Value::from(page.messages);
+                                    reply["more"] = Value::from(page.more);
                                     Ok(reply)
                                 }
                                 other => other,
@@ -593,11 +611,32 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                         }
                         Err(e) => Err(e),
                     };
-                    answer(ack, reply);
+                    answer(&socket, ack, reply);
                 }
             },
         );
     }
+    let c = chat.clone();
+    socket.on(
+        "room:history",
+        move |socket: SocketRef<Adapter>, TryData(data): TryData<RoomRef>, ack: AckSender<Adapter>| {
+            let chat = c.clone();
+            async move {
+                let reply = match (limited(&socket, &chat), data) {
+                    (Err(e), _) => Err(e),
+                    (Ok(()), Err(e)) => Err(format!("expected {{room, since?, before?}}: {e}")),
+                    (Ok(()), Ok(RoomRef { room, .. })) if !socket.rooms().iter().any(|r| r == &room) => {
+                        Err(format!("join room {room:?} first"))
+                    }
+                    (Ok(()), Ok(RoomRef { room, since, before })) => {
+                        let page = chat.history(&room, since.as_deref(), before.as_deref()).await;
+                        Ok(json!({ "ok": true, "room": room, "messages": page.messages, "more": page.more }))
+                    }
+                };
+                answer(&socket, ack, reply);
+            }
+        },
+    );
     let c = chat.clone();
     socket.on(
         "message",
@@ -608,7 +647,7 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                     Err(e) => Err(e),
                     Ok(()) => send_message(&socket, data, &chat).await,
                 };
-                answer(ack, reply);
+                answer(&socket, ack, reply);
             }
         },
     );
@@ -628,7 +667,7 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                 }
                 (Ok(()), Ok(_), Ok(Typing { room, .. })) => Err(format!("join room {room:?} first")),
             };
-            answer(ack, reply);
+            answer(&socket, ack, reply);
         }
     });
     let c = chat.clone();
@@ -639,7 +678,7 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                 Err(e) => Err(e),
                 Ok(()) => direct_message(&socket, data, &chat).await,
             };
-            answer(ack, reply);
+            answer(&socket, ack, reply);
         }
     });
     calls::handlers(socket, chat);
@@ -768,8 +807,11 @@ async fn restore(
         socket.join(room.clone());
         let _ = room_members_changed(socket, chat, &room, true).await;
         if let Some(last) = since.get(&room) {
-            let missed = chat.missed(&room, Some(last)).await;
-            let _ = socket.emit("history", &json!({ "room": room, "messages": missed }));
+            let page = chat.history(&room, Some(last), None).await;
+            let sent = socket.emit("history", &json!({ "room": room, "messages": page.messages, "more": page.more }));
+            if unread(socket, sent) {
+                return;
+            }
         }
     }
     send_session(socket, chat);
@@ -791,13 +833,29 @@ fn send_session(socket: &SocketRef<Adapter>, chat: &Chat) -> Option<String> {
     Some(token)
 }
 
-fn answer(ack: AckSender<Adapter>, reply: Result<Value, String>) {
+fn answer(socket: &SocketRef<Adapter>, ack: AckSender<Adapter>, reply: Result<Value, String>) {
     let body = match reply {
         Ok(value) => value,
         Err(error) => json!({ "ok": false, "error": error }),
     };
     // The client may not have asked for an acknowledgement; then there is nobody to tell.
-    let _ = ack.send(&body);
+    unread(socket, ack.send(&body));
+}
+
+/// Whether `sent` failed because the socket's queue is full; then the socket is disconnected.
+///
+/// A socket's queue (engine.io's, 128 packets) fills only when its client stops reading while it
+/// keeps asking: what it asked for would wait in this worker's memory for as long as the client
+/// likes. A client that reads never gets here; one that does not is cut off, as Node's `ws` does
+/// past its send buffer. (Broadcasts to a full queue are dropped for that socket alone.)
+fn unread(socket: &SocketRef<Adapter>, sent: Result<(), socketioxide::SendError>) -> bool {
+    use socketioxide::{SendError, SocketError};
+    let full = matches!(sent, Err(SendError::Socket(SocketError::InternalChannelFull)));
+    if full {
+        tracing::warn!(sid = %socket.id, "disconnecting a socket that does not read what it asks for");
+        let _ = socket.clone().disconnect();
+    }
+    full
 }
 
 /// The room every socket of a guest is in, for direct messages.
