@@ -31,6 +31,9 @@ pub const KILL_TIMEOUT_MS: &str = "CHATCTL_KILL_TIMEOUT_MS";
 /// Set to the supervisor's home directory in every instance's environment (and so, usually, in
 /// their children's): a new daemon ends processes that carry its home's mark but are not its own.
 pub const SUPERVISOR_MARK: &str = "CHATCTL_SUPERVISOR";
+/// A per-spawn id (`<daemon pid>.<n>`) in every instance's environment: the daemon finds the
+/// instance's descendants by it after they left its process group, where it cannot use cgroups.
+pub const LAUNCH: &str = "CHATCTL_LAUNCH";
 /// Path of the datagram socket an instance with `readiness = "notify"` sends `READY=1` to
 /// (systemd's sd_notify protocol).
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";

@@ -26,7 +26,8 @@
 //! - `daemon`: the owner loop, apps and slots, request handling.
 //! - `instance`: the per-instance state machine (pure).
 //! - `spawn`, `listen`, `probe`, `notify`, `logs`, `metrics`, `watch`: the effects' machinery.
-//! - `reaper`, `leftovers`: no process outlives the daemon, however it dies.
+//! - `reaper`, `leftovers`, `descendants`: no process outlives its instance or the daemon, however
+//!   it dies, not even one that left its process group.
 //! - `limits`: the daemon's own open-file limit raised, the apps' left as the daemon got it.
 //! - `dashboard`: `chatctl monit`; `exporter`: `/metrics`.
 //! - `bus`: the publish/subscribe broker the workers share rooms through.
@@ -36,6 +37,7 @@ pub mod cli;
 pub mod client;
 mod daemon;
 pub mod dashboard;
+mod descendants;
 pub mod exporter;
 pub mod home;
 mod instance;

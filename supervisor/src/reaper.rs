@@ -7,6 +7,10 @@
 //! lives only in the daemon (close-on-exec keeps it out of instances), so when the daemon dies for
 //! any reason the reaper reads end-of-file and SIGKILLs every group it still knows, then exits.
 //! A graceful daemon stop leaves it nothing to do.
+//!
+//! Processes that left their group (`setsid`) are not in any group it knows: the daemon also tells
+//! it (`c<dir>`, `d<pid>`) where they are (see `descendants`), and after the groups it kills every
+//! process of the daemon's cgroup directory and every process launched by that daemon.
 
 use std::collections::BTreeSet;
 use std::io::{self, BufRead, Write};
@@ -42,18 +46,27 @@ impl Reaper {
         self.child.id()
     }
 
-    pub fn watch(&mut self, pgid: u32) {
+    pub(crate) fn watch(&mut self, pgid: u32) {
         self.send('+', pgid);
     }
 
-    pub fn forget(&mut self, pgid: u32) {
+    pub(crate) fn forget(&mut self, pgid: u32) {
         self.send('-', pgid);
     }
 
-    fn send(&mut self, op: char, pgid: u32) {
+    /// Where the daemon's instances' descendants are: its cgroup directory, if any, and its pid
+    /// (the prefix of every `CHATCTL_LAUNCH`).
+    pub(crate) fn sweep(&mut self, cgroup: Option<&std::path::Path>, daemon_pid: u32) {
+        if let Some(dir) = cgroup {
+            self.send('c', dir.display());
+        }
+        self.send('d', daemon_pid);
+    }
+
+    fn send(&mut self, op: char, arg: impl std::fmt::Display) {
         let Some(pipe) = self.pipe.as_mut() else { return };
         // A few bytes into a pipe the reaper drains continuously: this does not block in practice.
-        if let Err(e) = writeln!(pipe, "{op}{pgid}") {
+        if let Err(e) = writeln!(pipe, "{op}{arg}") {
             tracing::error!(error = %e, "the reaper is gone: process groups will not be swept if the daemon dies");
             self.pipe = None;
         }
@@ -71,21 +84,34 @@ impl Drop for Reaper {
 /// `chatctl __reaper`: follow the daemon's list of groups until end-of-file, then kill them all.
 pub fn main() -> ExitCode {
     let mut groups = BTreeSet::new();
+    let mut cgroup = None;
+    let mut daemon_pid = None;
     for line in io::stdin().lock().lines() {
         let Ok(line) = line else { break };
-        let (op, pgid) = line.split_at(line.len().min(1));
-        let Ok(pgid) = pgid.parse::<i32>() else { continue };
-        match op {
-            "+" => groups.insert(pgid),
-            "-" => groups.remove(&pgid),
-            _ => continue,
-        };
+        let (op, arg) = line.split_at(line.chars().next().map_or(0, char::len_utf8));
+        match (op, arg.parse::<i32>()) {
+            ("+", Ok(pgid)) => {
+                groups.insert(pgid);
+            }
+            ("-", Ok(pgid)) => {
+                groups.remove(&pgid);
+            }
+            ("d", Ok(pid)) => daemon_pid = u32::try_from(pid).ok(),
+            ("c", _) => cgroup = Some(std::path::PathBuf::from(arg)),
+            _ => {}
+        }
     }
     for pgid in &groups {
         match killpg(Pid::from_raw(*pgid), Signal::SIGKILL) {
             Ok(()) => eprintln!("chatctl reaper: the daemon died; killed process group {pgid}"),
             Err(nix::errno::Errno::ESRCH) => {}
             Err(e) => eprintln!("chatctl reaper: cannot kill process group {pgid}: {e}"),
+        }
+    }
+    if let Some(pid) = daemon_pid {
+        let killed = crate::descendants::end_all(cgroup.as_deref(), pid);
+        if killed > 0 {
+            eprintln!("chatctl reaper: killed {killed} process(es) that had left their instance's group");
         }
     }
     ExitCode::SUCCESS

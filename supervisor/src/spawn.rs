@@ -34,6 +34,8 @@ pub(crate) struct Launch<'a> {
     pub(crate) notify: Option<&'a std::path::Path>,
     /// The app's shared secret (`CHATCTL_APP_SECRET`).
     pub(crate) secret: &'a str,
+    /// `CHATCTL_LAUNCH`, and the leaf cgroup to join (see `descendants`).
+    pub(crate) tracking: &'a crate::descendants::Prepared,
 }
 
 /// Spawns instance `index` of `spec`.
@@ -42,7 +44,7 @@ pub(crate) struct Launch<'a> {
 /// fires when the *thread* that forked exits, so a short-lived blocking-pool thread would kill the
 /// child early.
 pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
-    let Launch { spec, index, port, fds, home, notify, secret } = *launch;
+    let Launch { spec, index, port, fds, home, notify, secret, tracking } = *launch;
     let mut command = Command::new(&spec.script);
     command
         .args(&spec.args)
@@ -55,6 +57,7 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
         .env(worker_env::KILL_TIMEOUT_MS, spec.kill_timeout.0.as_millis().to_string())
         .env(worker_env::SUPERVISOR_MARK, home)
         .env(worker_env::APP_SECRET, secret)
+        .env(worker_env::LAUNCH, &tracking.id)
         .env(worker_env::BUS, home.join(BUS_FILE))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -88,10 +91,13 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
     let parent = std::process::id() as libc::pid_t;
     // The daemon raised its own open-file limit; the app gets the one the daemon was started with.
     let nofile = crate::limits::nofile_for_children();
+    // Cloned before the fork: the child only reads it.
+    let cgroup_procs = tracking.leaf.as_ref().map(|leaf| leaf.procs.clone());
     #[allow(unsafe_code)]
     // SAFETY: the closure runs in the child between fork and exec and calls only async-signal-safe
-    // functions (prctl, getppid, setrlimit, fcntl, dup2, _exit) on plain integers and structs
-    // captured by value; it allocates nothing (`raw` was allocated before the fork and is only read).
+    // functions (prctl, getppid, setrlimit, open, write, close, fcntl, dup2, _exit) on plain
+    // integers, structs and a C string made before the fork; it allocates nothing (`raw` and the
+    // path were allocated before the fork and are only read).
     unsafe {
         command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
@@ -100,6 +106,15 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
             // The daemon may have died between fork and prctl; then nobody would ever stop us.
             if libc::getppid() != parent {
                 libc::_exit(1);
+            }
+            // Into the instance's own cgroup before exec, so every descendant is born in it. A
+            // failure leaves it in the daemon's cgroup; the daemon checks and falls back.
+            if let Some(path) = &cgroup_procs {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
             }
             if let Some(limit) = &nofile
                 && libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use chat_shared::ipc::{Hello, PROTOCOL_VERSION, Request, Response, ScaleTo, Welcome};
 use chat_shared::status::Phase;
 
-use crate::support::{Env, bin};
+use crate::support::{Env, alive, bin, sigkill, wait_until};
 
 fn fixture_config(name: &str, args: &[&str], extra: &str) -> String {
     let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
@@ -196,4 +196,75 @@ fn a_missing_cwd_or_a_script_that_cannot_run_is_a_config_error_at_its_key() {
         assert!(stderr.contains(&wanted) && stderr.contains(message), "{text}\nwanted {wanted} … {message}:\n{stderr}");
     }
     assert!(!env.home().join("daemon.sock").exists(), "nothing was started");
+}
+
+/// How the test ends the app whose grandchild escaped its process group.
+#[derive(Clone, Copy, Debug)]
+enum Ending {
+    Stop,
+    Kill,
+    DaemonSigkill,
+}
+
+/// Starts an instance with a `setsid` grandchild, ends it as `ending` says, and waits (bounded)
+/// for the grandchild to be gone. `cgroups: false` forces the environment-marker mechanism.
+fn escaped_grandchild_is_gone_after(ending: Ending, cgroups: bool) {
+    let env = Env::new();
+    let pid_file = env.path("pids");
+    let pid_arg = pid_file.to_str().expect("utf-8");
+    env.write("ecosystem.toml", &fixture_config("family", &["--setsid-grandchild", "--pid-file", pid_arg], ""));
+    let mut start = env.command();
+    if !cgroups {
+        start.env("CHATCTL_CGROUP", "off");
+    }
+    let out = crate::support::run_bounded(start.arg("start"), Duration::from_secs(60));
+    assert!(out.status.success(), "{}", crate::support::stderr(&out));
+    let daemon = env.daemon_pid().expect("daemon pid");
+    env.remember(daemon);
+    env.online_pids("family", 1);
+    let pids: Vec<u32> = wait_until("pid file", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&pid_file).ok()?;
+        let pids: Vec<u32> = text.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        (pids.len() == 2).then_some(pids)
+    });
+    for pid in &pids {
+        env.remember(*pid);
+    }
+    let grandchild = pids[1];
+    assert!(alive(grandchild), "the grandchild runs");
+    match ending {
+        Ending::Stop => {
+            env.ok(&["stop", "family"]);
+        }
+        Ending::Kill => {
+            env.ok(&["kill"]);
+        }
+        Ending::DaemonSigkill => sigkill(daemon),
+    }
+    wait_until(
+        &format!("the setsid grandchild gone after {ending:?} (cgroups: {cgroups})"),
+        Duration::from_secs(10),
+        || (!alive(grandchild)).then_some(()),
+    );
+    if let Ending::DaemonSigkill = ending {
+        wait_until("the reaper exits", Duration::from_secs(10), || (!alive(daemon)).then_some(()));
+    }
+}
+
+#[test]
+fn a_setsid_grandchild_dies_with_its_instance_on_stop() {
+    escaped_grandchild_is_gone_after(Ending::Stop, true);
+    escaped_grandchild_is_gone_after(Ending::Stop, false);
+}
+
+#[test]
+fn a_setsid_grandchild_dies_with_its_instance_on_kill() {
+    escaped_grandchild_is_gone_after(Ending::Kill, true);
+    escaped_grandchild_is_gone_after(Ending::Kill, false);
+}
+
+#[test]
+fn a_setsid_grandchild_dies_when_the_daemon_is_sigkilled() {
+    escaped_grandchild_is_gone_after(Ending::DaemonSigkill, true);
+    escaped_grandchild_is_gone_after(Ending::DaemonSigkill, false);
 }

@@ -41,6 +41,7 @@ macro_rules! effect_env {
             home: $daemon.home.dir(),
             follow: &$daemon.follow,
             reaper: $daemon.reaper.as_ref(),
+            descendants: &$daemon.descendants,
         }
     };
 }
@@ -140,6 +141,8 @@ pub(crate) struct Daemon {
     next_sample: Instant,
     waiters: Vec<Waiter>,
     reaper: Option<std::cell::RefCell<Reaper>>,
+    /// Instances' descendants, killed when the instance's main process exits.
+    descendants: crate::descendants::Descendants,
     /// Rolling reloads under way.
     reloads: Vec<reload::Job>,
     /// Every captured line, for followers; costs nothing while nobody follows.
@@ -196,6 +199,8 @@ pub async fn run(
             if let Err(e) = written {
                 tracing::warn!(path = %path.display(), error = %e, "cannot write the reaper's pid");
             }
+            let mut reaper = reaper;
+            reaper.sweep(daemon.descendants.base(), std::process::id());
             daemon.reaper = Some(std::cell::RefCell::new(reaper));
         }
         Err(e) => tracing::error!(error = %e, "cannot start the reaper: grandchildren may outlive a killed daemon"),
@@ -373,6 +378,7 @@ impl Daemon {
 
     fn new(home: Home, tx: mpsc::UnboundedSender<Msg>) -> Daemon {
         Daemon {
+            descendants: crate::descendants::Descendants::setup(home.dir()),
             home,
             apps: Vec::new(),
             next_app_id: 1,
@@ -405,6 +411,10 @@ impl Daemon {
                 match status {
                     ExitKind::Code(0) => tracing::info!(app = %app.spec.name, index, pid, "exited with code 0"),
                     other => tracing::info!(app = %app.spec.name, index, pid, exit = %other, "exited"),
+                }
+                // Before the machine may spawn a replacement into the slot.
+                if let Some(tracked) = app.slots[index].proc_mut(which).and_then(|p| p.tracked.take()) {
+                    crate::descendants::end(tracked);
                 }
                 let env = effect_env!(self);
                 app.drive(index, which, Input::Exited(status), now, &env);

@@ -26,6 +26,8 @@ pub(super) struct Proc {
     pub(super) probe_addr: Option<SocketAddr>,
     /// `readiness = "notify"`: this process's `NOTIFY_SOCKET`.
     pub(super) notify: Option<NotifySocket>,
+    /// How the running process's descendants are found once it exits (set at each spawn).
+    pub(super) tracked: Option<crate::descendants::Tracked>,
 }
 
 pub(super) struct Slot {
@@ -193,7 +195,7 @@ mod tests {
             instance.last_exit = Some(chat_shared::status::ExitKind::Code(1));
         }
         let spec = std::sync::Arc::new(test_spec());
-        Proc { instance, spec, key: 0, admin: None, probe_addr: None, notify: None }
+        Proc { instance, spec, key: 0, admin: None, probe_addr: None, notify: None, tracked: None }
     }
 
     fn test_spec() -> chat_shared::spec::AppSpec {

@@ -145,6 +145,7 @@ impl App {
             admin: None,
             probe_addr: None,
             notify: None,
+            tracked: None,
         };
         if let Some(l) = &spec.listen {
             match spec.exec_mode {
@@ -280,6 +281,7 @@ impl App {
             fds.push(PassedFd { fd: admin, name: FD_NAME_ADMIN });
         }
         let spec = proc.spec.clone();
+        let tracking = env.descendants.prepare(&spec.name, index);
         let launch = Launch {
             spec: &spec,
             index,
@@ -288,10 +290,12 @@ impl App {
             home: env.home,
             notify: proc.notify.as_ref().map(NotifySocket::path),
             secret: &self.secret,
+            tracking: &tracking,
         };
         let mut child = match spawn::spawn(&launch) {
             Ok(child) => child,
             Err(e) => {
+                env.descendants.discard(tracking);
                 tracing::error!(app = %self.spec.name, index, script = %spec.script, error = %e, "spawn failed");
                 // chdir happens before exec, and both fail with ENOENT: name the path that is missing.
                 if !spec.cwd.is_dir() {
@@ -301,8 +305,13 @@ impl App {
             }
         };
         let Some(pid) = child.id() else {
+            env.descendants.discard(tracking);
             return Input::SpawnFailed("the process exited before its pid could be read".into());
         };
+        let tracked = env.descendants.tracked(tracking, pid);
+        if let Some(proc) = self.slots[index].proc_mut(which) {
+            proc.tracked = Some(tracked);
+        }
         if let Some(out) = child.stdout.take() {
             self.logs.capture(out, LogStream::Out, index);
         }
@@ -400,6 +409,8 @@ pub(super) struct Env<'a> {
     pub(super) follow: &'a tokio::sync::broadcast::Sender<std::sync::Arc<chat_shared::ipc::LogRecord>>,
     /// Told about every process group, so they die with the daemon.
     pub(super) reaper: Option<&'a std::cell::RefCell<Reaper>>,
+    /// Each spawn's cgroup or launch id, so that its descendants die with it.
+    pub(super) descendants: &'a crate::descendants::Descendants,
 }
 
 #[derive(Debug, thiserror::Error)]
