@@ -101,3 +101,27 @@ fn a_socket_that_never_reads_grows_the_worker_by_less_than_4_mb_and_history_come
     assert!(alive(worker.child.id()));
     drop(deaf);
 }
+
+/// Before: call signals were not limited (500 offers of 2 KB relayed), `call:invite` asked the
+/// cluster once per `to` entry before deduplicating, a socket could join any number of rooms, and a
+/// token reconnecting in a loop re-joined all its rooms every time (20 reconnects of 12 rooms: 240
+/// joins outside the join limit).
+#[test]
+fn signals_invitations_rooms_and_restores_are_bounded() {
+    let worker = Worker::start(&[("JOIN_RATE", "off"), ("ADDRESS_RATE", "off"), ("MESSAGE_RATE", "off")]);
+    let out = node("hostile-limits.mjs", &[&format!("http://{}", worker.addr)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("report");
+    eprintln!("hostile limits: {report}");
+    let count = |path: &[&str]| path.iter().fold(&report, |v, k| &v[*k]).as_u64().unwrap_or(u64::MAX);
+    // SIGNAL_RATE's burst is 100 (a call's setup trickles a few dozen candidates at once).
+    assert!(count(&["offers", "relayed"]) <= 110, "the signal flood is limited: {report}");
+    assert!(count(&["offers", "relayed"]) >= 90, "a call's burst still goes through: {report}");
+    assert_eq!(report["self_invite"]["error"], "invite at least one other guest", "{report}");
+    assert_eq!(report["repeated_invite"]["ok"], true, "3,000 entries naming one guest are one invitee: {report}");
+    assert_eq!(count(&["rooms", "joined"]), 20, "{report}");
+    assert_eq!(report["restores"]["per_reconnect"][0], 12, "the first reconnect gets every room back: {report}");
+    assert!(count(&["restores", "total"]) <= 45, "a reconnect loop gets its rooms back about twice: {report}");
+    assert!(alive(worker.child.id()));
+}

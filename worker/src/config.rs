@@ -32,6 +32,8 @@ pub struct Config {
     pub message_rate: Option<crate::realtime::Rate>,
     /// `guest:join`, `room:join` and `room:leave` a socket may send (`JOIN_RATE`).
     pub join_rate: Option<crate::realtime::Rate>,
+    /// Call signals a socket may send (`SIGNAL_RATE`).
+    pub signal_rate: Option<crate::realtime::Rate>,
     /// The same for all sockets of one client address (`ADDRESS_RATE`).
     pub address_rate: Option<crate::realtime::Rate>,
     /// Reverse proxies whose `X-Forwarded-For` / `CF-Connecting-IP` are believed.
@@ -161,6 +163,7 @@ impl Config {
             },
             message_rate: rate(&lookup, "MESSAGE_RATE", crate::realtime::SOCKET_RATE)?,
             join_rate: rate(&lookup, "JOIN_RATE", crate::realtime::JOIN_RATE)?,
+            signal_rate: rate(&lookup, "SIGNAL_RATE", crate::realtime::SIGNAL_RATE)?,
             address_rate: rate(&lookup, "ADDRESS_RATE", crate::realtime::ADDRESS_RATE)?,
             turn_secret: lookup("TURN_SECRET").filter(|s| !s.is_empty()).map(String::into_bytes),
             turn_ttl: parse(&lookup, "TURN_TTL", HumanDuration(Duration::from_secs(3600)))?.0,

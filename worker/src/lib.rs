@@ -137,6 +137,7 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
         realtime::Limits {
             socket: config.message_rate,
             joins: config.join_rate,
+            signals: config.signal_rate,
             address: config.address_rate,
             trusted_proxies: config.trusted_proxies.clone(),
         },

@@ -140,16 +140,53 @@ impl PerAddress {
 }
 
 impl Table {
-    /// Keeps the table small: forgets addresses whose bucket is full again.
     fn forget_idle(&mut self, rate: Rate, now: Instant) {
-        if self.buckets.len() >= self.sweep_at {
-            self.buckets.retain(|_, b| {
-                let mut probe = Bucket { tokens: b.tokens, last: b.last, refused: 0 };
-                probe.take(rate, now);
-                probe.tokens + 1.0 < rate.burst
-            });
-            self.sweep_at = (self.buckets.len() * 2).max(SWEEP_FROM);
-        }
+        forget_full(&mut self.buckets, &mut self.sweep_at, rate, now);
+    }
+}
+
+/// Keeps a table of buckets small: once it has reached `sweep_at`, forgets the buckets that are
+/// full again (a new one would be the same) and waits for the table to double before the next
+/// sweep, so each take costs O(1) however many keys are busy.
+fn forget_full<K: std::hash::Hash + Eq>(
+    buckets: &mut HashMap<K, Bucket>,
+    sweep_at: &mut usize,
+    rate: Rate,
+    now: Instant,
+) {
+    if buckets.len() >= *sweep_at {
+        buckets.retain(|_, b| {
+            let mut probe = Bucket { tokens: b.tokens, last: b.last, refused: 0 };
+            probe.take(rate, now);
+            probe.tokens + 1.0 < rate.burst
+        });
+        *sweep_at = (buckets.len() * 2).max(SWEEP_FROM);
+    }
+}
+
+/// Rooms a session token may put its guest back into, per guest: a reload (every client
+/// reconnects once) or a whole NAT reconnecting at once restores every room, while a client that
+/// reconnects in a loop gets its rooms back once or twice and then a few a minute. Each restored
+/// room is a join (a question to every worker, an event to every member): without a budget of
+/// its own, 20 reconnects of a token holding 12 rooms were 240 joins outside the join limit.
+pub(super) struct Restores {
+    rate: Rate,
+    table: Mutex<(HashMap<String, Bucket>, usize)>,
+}
+
+impl Restores {
+    pub(super) fn new(rate: Rate) -> Restores {
+        Restores { rate, table: Mutex::new((HashMap::new(), SWEEP_FROM)) }
+    }
+
+    /// Takes up to `rooms` restores from `guest`'s budget; returns how many it may have.
+    pub(super) fn take(&self, guest: &str, rooms: usize) -> usize {
+        let Ok(mut table) = self.table.lock() else { return rooms };
+        let (buckets, sweep_at) = &mut *table;
+        let now = Instant::now();
+        forget_full(buckets, sweep_at, self.rate, now);
+        let bucket = buckets.entry(guest.to_owned()).or_insert_with(|| Bucket::new(self.rate));
+        (0..rooms).take_while(|_| bucket.take(self.rate, now)).count()
     }
 }
 
@@ -189,6 +226,17 @@ mod tests {
         let table = per_address.table.lock().expect("unpoisoned");
         assert_eq!(table.buckets.len(), SWEEP_FROM + 1, "none is full again: none forgotten");
         assert_eq!(table.sweep_at, 2 * SWEEP_FROM, "the next sweep once the table has doubled");
+    }
+
+    #[test]
+    fn a_guest_gets_its_rooms_back_twice_then_a_few() {
+        let restores = Restores::new(Rate { per_second: 20.0 / 60.0, burst: 40.0 });
+        assert_eq!(restores.take("g", 12), 12, "a reload");
+        assert_eq!(restores.take("g", 12), 12, "a flaky network");
+        assert_eq!(restores.take("g", 12), 12);
+        assert_eq!(restores.take("g", 12), 4, "a loop: what is left of the budget");
+        assert_eq!(restores.take("g", 12), 0);
+        assert_eq!(restores.take("other", 12), 12, "per guest");
     }
 
     #[test]

@@ -55,7 +55,7 @@ use calls::Calls;
 pub use calls::IceConfig;
 pub use history::History;
 pub use limits::Rate;
-use limits::{Bucket, PerAddress};
+use limits::{Bucket, PerAddress, Restores};
 use presence::{Presence, who_room};
 
 const MAX_NAME_CHARS: usize = 32;
@@ -71,12 +71,21 @@ pub const ADDRESS_RATE: Rate = Rate { per_second: 50.0, burst: 100.0 };
 /// asks every worker for the member list and tells the whole room. They also count against the
 /// address's bucket.
 pub const JOIN_RATE: Rate = Rate { per_second: 5.0, burst: 10.0 };
+/// Call signals (`offer`, `answer`, `ice-candidate`, `call:accept|reject|end`) per socket, unless
+/// configured (`SIGNAL_RATE`): a call's setup trickles a few dozen ICE candidates within a second,
+/// a relay loop must not go unbounded (500 offers of 2 KB were relayed in 51 ms).
+pub const SIGNAL_RATE: Rate = Rate { per_second: 50.0, burst: 100.0 };
+/// Rooms one socket may be in (its own internal rooms aside).
+const MAX_ROOMS: usize = 20;
+/// Rooms a session token restores per guest: two full restores at once, then 20 a minute.
+const RESTORE_RATE: Rate = Rate { per_second: MAX_ROOMS as f64 / 60.0, burst: 2.0 * MAX_ROOMS as f64 };
 
 /// Who may send how much; `None` rates are off.
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub socket: Option<Rate>,
     pub joins: Option<Rate>,
+    pub signals: Option<Rate>,
     pub address: Option<Rate>,
     /// Peers whose `X-Forwarded-For` / `CF-Connecting-IP` name the client (a reverse proxy, a CDN).
     pub trusted_proxies: Vec<IpAddr>,
@@ -101,7 +110,9 @@ pub struct Chat {
     ids: MessageIds,
     socket_rate: Option<Rate>,
     join_rate: Option<Rate>,
+    signal_rate: Option<Rate>,
     per_address: Option<PerAddress>,
+    restores: Restores,
     trusted_proxies: Vec<IpAddr>,
     calls: Calls,
     /// Where room messages travel to every worker (its members and its copy of the history).
@@ -345,7 +356,9 @@ impl Chat {
             ids: MessageIds::new(instance),
             socket_rate: limits.socket,
             join_rate: limits.joins,
+            signal_rate: limits.signals,
             per_address: limits.address.map(PerAddress::new),
+            restores: Restores::new(RESTORE_RATE),
             trusted_proxies: limits.trusted_proxies,
             calls: Calls::shared(shared.as_ref().map(|s| s.calls.clone())),
             history_bus: shared.as_ref().map(|s| s.history.clone()),
@@ -481,6 +494,7 @@ struct IceFor(Value);
 struct Limit {
     messages: Option<Arc<Mutex<Bucket>>>,
     joins: Option<Arc<Mutex<Bucket>>>,
+    signals: Option<Arc<Mutex<Bucket>>>,
     /// When the socket was last sent `chat:error` for a refusal.
     told: Arc<Mutex<Option<Instant>>>,
 }
@@ -495,6 +509,7 @@ const REFUSALS_TOLD_EVERY: Duration = Duration::from_secs(1);
 enum Spend {
     Message,
     Join,
+    Signal,
 }
 
 /// The client address a socket counts against.
@@ -534,6 +549,7 @@ pub async fn register(
             socket.extensions.insert(Limit {
                 messages: bucket(chat.socket_rate),
                 joins: bucket(chat.join_rate),
+                signals: bucket(chat.signal_rate),
                 told: Arc::default(),
             });
             socket.extensions.insert(Address(address));
@@ -758,6 +774,7 @@ fn limited_for(socket: &SocketRef<Adapter>, chat: &Chat, spend: Spend) -> Result
     let (rate, bucket) = match (spend, &limit) {
         (Spend::Message, Some(limit)) => (chat.socket_rate, limit.messages.clone()),
         (Spend::Join, Some(limit)) => (chat.join_rate, limit.joins.clone()),
+        (Spend::Signal, Some(limit)) => (chat.signal_rate, limit.signals.clone()),
         (_, None) => (None, None),
     };
     let (allowed, abusive) = match (rate, bucket) {
@@ -785,6 +802,7 @@ fn limited_for(socket: &SocketRef<Adapter>, chat: &Chat, spend: Spend) -> Result
         let what = match spend {
             Spend::Message => "messages",
             Spend::Join => "joins",
+            Spend::Signal => "signals",
         };
         let _ = socket.emit("chat:error", &json!({ "error": "rate limited", "limit": what }));
     }
@@ -802,8 +820,15 @@ async fn restore(
     tracing::debug!(sid = %socket.id, guest = %guest.id, rooms = claims.rooms.len(), "session restored");
     socket.join(guest_room(&guest.id));
     socket.join(who_room(&guest));
-    socket.extensions.insert(guest);
-    for room in claims.rooms.into_iter().filter(|r| valid_room(r)) {
+    socket.extensions.insert(guest.clone());
+    let rooms: Vec<String> = claims.rooms.into_iter().filter(|r| valid_room(r)).take(MAX_ROOMS).collect();
+    let granted = chat.restores.take(&guest.id, rooms.len());
+    if granted < rooms.len() {
+        tracing::info!(sid = %socket.id, guest = %guest.id, granted, asked = rooms.len(), "restore budget spent");
+        let skipped = &rooms[granted..];
+        let _ = socket.emit("chat:error", &json!({ "error": "rate limited", "limit": "restores", "rooms": skipped }));
+    }
+    for room in rooms.into_iter().take(granted) {
         socket.join(room.clone());
         let _ = room_members_changed(socket, chat, &room, true).await;
         if let Some(last) = since.get(&room) {
@@ -894,6 +919,10 @@ fn room_change(socket: &SocketRef<Adapter>, data: Result<RoomRef, ParserError>, 
         return Err(format!("a room name is 1-{MAX_ROOM_CHARS} characters, not starting with '{INTERNAL}'"));
     }
     if join {
+        let mine = socket.rooms().iter().filter(|r| !r.starts_with(INTERNAL) && **r != room).count();
+        if mine >= MAX_ROOMS {
+            return Err(format!("a guest is in at most {MAX_ROOMS} rooms at once: leave one first"));
+        }
         socket.join(room.clone());
     } else {
         socket.leave(room.clone());
