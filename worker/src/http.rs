@@ -17,7 +17,7 @@ use crate::WorkerState;
 pub fn router(state: Arc<WorkerState>) -> Router {
     Router::new()
         .route("/health", get(public_health))
-        .route("/api/socket/stats", get(stats))
+        .route("/api/socket/stats", get(public_stats))
         .with_state(state.clone())
         .layer(axum::middleware::map_response_with_state(state, close_when_draining))
 }
@@ -78,7 +78,7 @@ fn unread(name: &str) -> bool {
 /// Routes served on the private admin listener: only what the supervisor reads.
 pub fn admin_router(state: Arc<WorkerState>) -> Router<Arc<WorkerState>> {
     let _ = state;
-    Router::new().route("/health", get(health))
+    Router::new().route("/health", get(health)).route("/api/socket/stats", get(stats))
 }
 
 /// The supervisor's probe: 503 while draining, so a draining instance is never taken for a ready one.
@@ -124,6 +124,19 @@ async fn health_body(state: &WorkerState) -> HealthBody {
     }
 }
 
+/// `/api/socket/stats` on the public port: figures, no names. Room names are what guests chose to
+/// meet in (a private room's name is its only secret), so anyone who can reach the port must not
+/// be able to list them; the admin listener, which only the supervisor's host reaches, lists them.
+async fn public_stats(State(state): State<Arc<WorkerState>>) -> Json<Value> {
+    let Json(mut stats) = stats(State(state)).await;
+    stats["rooms"] = Value::from(stats["rooms"].as_array().map_or(0, Vec::len));
+    if let Some(stats) = stats.as_object_mut() {
+        stats.remove("pid");
+    }
+    Json(stats)
+}
+
+/// `/api/socket/stats` on the admin listener: every room of this worker with its members here.
 async fn stats(State(state): State<Arc<WorkerState>>) -> Json<Value> {
     let mut rooms: Vec<Value> = match state.io.local().rooms().await {
         // Rooms starting with '@' are the server's own (a guest's direct-message room).

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 
-use super::{Chat, Spend, answer, connected, guest_of, guest_room, limited, limited_for};
+use super::{Chat, Spend, answer, connected, guest_of, guest_room, limited, limited_for, send_ice};
 use crate::Adapter;
 use crate::bus::Channel;
 
@@ -274,6 +274,7 @@ pub(super) fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                     }
                     let id = format!("call-{}", chat.ids.next());
                     let call = chat.calls.create(&id, &guest.id, &to)?;
+                    send_ice(&socket, &chat);
                     let invite =
                         json!({ "call": id, "from": guest, "media": media, "participants": call.participants });
                     for invitee in &to {
@@ -298,6 +299,9 @@ pub(super) fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                         let guest = guest_of(&socket)?;
                         let CallRef { call } = data.map_err(|e| format!("expected {{call}}: {e}"))?;
                         let current = chat.calls.of(&call, &guest.id)?;
+                        if event == "call:accept" {
+                            send_ice(&socket, &chat);
+                        }
                         let (notify, ended) = match event {
                             "call:end" => (chat.calls.end(&call).unwrap_or_default(), true),
                             "call:reject" => match chat.calls.leave(&call, &guest.id) {

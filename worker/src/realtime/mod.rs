@@ -485,9 +485,11 @@ impl MessageIds {
     }
 }
 
-/// The ICE configuration a guest's client gets (with its own TURN credentials), set on join.
+/// When the TURN credentials a socket's client was last sent expire (unix seconds).
 #[derive(Clone)]
-struct IceFor(Value);
+struct IceFor {
+    expires: u64,
+}
 
 /// A socket's own rate limits (`None`: off).
 #[derive(Clone)]
@@ -566,9 +568,6 @@ pub async fn register(
                 }
                 None => {}
             }
-            if let Some(guest) = socket.extensions.get::<Guest>() {
-                socket.extensions.insert(IceFor(chat.ice.for_guest(&guest.id, now_ms() / 1000)));
-            }
             if let (Some(name), None) = (auth.name, socket.extensions.get::<Guest>()) {
                 // A bad name in `auth` is ignored here; the client can still `guest:join`.
                 if join_guest(&socket, JoinGuest { name }).is_ok() {
@@ -592,7 +591,6 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                     (Err(e), _) => Err(e),
                     // `instance` tells the client (and tests) which worker of a cluster serves it.
                     (Ok(()), Ok(join)) => join_guest(&socket, join).map(|g| {
-                        socket.extensions.insert(IceFor(chat.ice.for_guest(&g.id, now_ms() / 1000)));
                         let token = send_session(&socket, &chat);
                         json!({ "ok": true, "guest": g, "instance": chat.instance.as_deref(), "token": token })
                     }),
@@ -674,7 +672,9 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
             let reply = match (limited(&socket, &chat), guest_of(&socket), data) {
                 (Err(e), _, _) | (_, Err(e), _) => Err(e),
                 (_, _, Err(e)) => Err(format!("expected {{room, typing}}: {e}")),
-                (Ok(()), Ok(guest), Ok(Typing { room, typing })) if socket.rooms().iter().any(|r| r == &room) => {
+                (Ok(()), Ok(guest), Ok(Typing { room, typing }))
+                    if !room.starts_with(INTERNAL) && socket.rooms().iter().any(|r| r == &room) =>
+                {
                     let _ = socket
                         .to(room.clone())
                         .emit("typing", &json!({ "room": room, "guest": guest, "typing": typing }))
@@ -845,9 +845,7 @@ async fn restore(
 /// Sends the guest a fresh token for who it is and its rooms now; returns it.
 fn send_session(socket: &SocketRef<Adapter>, chat: &Chat) -> Option<String> {
     let guest = socket.extensions.get::<Guest>()?;
-    if let Some(ice) = socket.extensions.get::<IceFor>() {
-        let _ = socket.emit("ice:servers", &ice.0);
-    }
+    send_ice(socket, chat);
     let rooms: Vec<String> =
         socket.rooms().into_iter().filter(|r| !r.starts_with(INTERNAL)).map(|r| r.to_string()).collect();
     let token = chat.sessions.issue(&guest.id, &guest.name, rooms.clone());
@@ -856,6 +854,21 @@ fn send_session(socket: &SocketRef<Adapter>, chat: &Chat) -> Option<String> {
     }
     let _ = socket.emit("session", &json!({ "token": token, "guest": guest }));
     Some(token)
+}
+
+/// Sends the guest's client its ICE servers when it has none yet, or when its TURN credentials are
+/// past half their life: a connection that lives for hours still starts a call with credentials
+/// the TURN server takes (the first ones were resent unchanged, expired, on every session).
+fn send_ice(socket: &SocketRef<Adapter>, chat: &Chat) {
+    let Some(guest) = socket.extensions.get::<Guest>() else { return };
+    let now = now_ms() / 1000;
+    let ttl = chat.ice.turn_ttl.as_secs();
+    if socket.extensions.get::<IceFor>().is_some_and(|ice| now + ttl / 2 < ice.expires) {
+        return;
+    }
+    let expires = if chat.ice.turn_secret.is_some() { now + ttl } else { u64::MAX };
+    socket.extensions.insert(IceFor { expires });
+    let _ = socket.emit("ice:servers", &chat.ice.for_guest(&guest.id, now));
 }
 
 fn answer(socket: &SocketRef<Adapter>, ack: AckSender<Adapter>, reply: Result<Value, String>) {
@@ -890,7 +903,7 @@ fn guest_room(id: &str) -> String {
 
 fn join_guest(socket: &SocketRef<Adapter>, join: JoinGuest) -> Result<Guest, String> {
     let name = join.name.trim();
-    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+    if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.chars().any(unseen) {
         return Err(format!("a name is 1-{MAX_NAME_CHARS} printable characters"));
     }
     let guest = match socket.extensions.get::<Guest>() {
@@ -916,7 +929,7 @@ fn room_change(socket: &SocketRef<Adapter>, data: Result<RoomRef, ParserError>, 
     let room = data.map_err(|e| format!("expected {{room}}: {e}"))?.room;
     let room = room.trim().to_owned();
     if !valid_room(&room) {
-        return Err(format!("a room name is 1-{MAX_ROOM_CHARS} characters, not starting with '{INTERNAL}'"));
+        return Err(format!("a room name is 1-{MAX_ROOM_CHARS} visible characters, not starting with '{INTERNAL}'"));
     }
     if join {
         let mine = socket.rooms().iter().filter(|r| !r.starts_with(INTERNAL) && **r != room).count();
@@ -931,7 +944,17 @@ fn room_change(socket: &SocketRef<Adapter>, data: Result<RoomRef, ParserError>, 
 }
 
 fn valid_room(room: &str) -> bool {
-    !room.is_empty() && room.chars().count() <= MAX_ROOM_CHARS && !room.starts_with(INTERNAL)
+    !room.is_empty()
+        && room.chars().count() <= MAX_ROOM_CHARS
+        && !room.starts_with(INTERNAL)
+        && !room.chars().any(unseen)
+}
+
+/// Characters that are not shown but change what is: control characters, bidi controls (a room
+/// named "\u{202E}nimda" reads "admin") and zero-width ones. Refused in names, never in message text.
+fn unseen(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// Tells the room who came or went and answers the caller with the member list.
@@ -970,7 +993,8 @@ async fn send_message(
 ) -> Result<Value, String> {
     let guest = guest_of(socket)?;
     let SendMessage { room, text } = data.map_err(|e| format!("expected {{room, text}}: {e}"))?;
-    if !socket.rooms().iter().any(|r| r == &room) {
+    // A socket is in its guest's own internal room too: not a room to send (and store) messages in.
+    if room.starts_with(INTERNAL) || !socket.rooms().iter().any(|r| r == &room) {
         return Err(format!("join room {room:?} before sending to it"));
     }
     checked_text(&text)?;
