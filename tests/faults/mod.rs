@@ -6,3 +6,4 @@ mod daemon;
 mod drain;
 mod hostile;
 mod limits;
+mod state;

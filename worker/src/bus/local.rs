@@ -2,8 +2,10 @@
 //! `chat_shared::bus`).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chat_shared::bus::{OP_MSG, OP_NUMSUB, OP_NUMSUB_REPLY, OP_PUB, OP_SUB, OP_UNSUB, frame, put_str, take_str};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
@@ -20,40 +22,18 @@ pub(super) struct Local {
 }
 
 impl Local {
+    /// Connects to the daemon's bus at `path` (the first connection must succeed), then keeps the
+    /// link: a link that closes while the daemon lives (it drops a connection that sent a frame it
+    /// refuses) is reconnected, and every channel of `table` followed again.
     pub(super) async fn connect(
         path: &std::path::Path,
         table: Arc<Table>,
         state: Arc<LinkState>,
     ) -> std::io::Result<Local> {
         let stream = UnixStream::connect(path).await?;
-        let (read, mut write) = stream.into_split();
-        let (out, mut frames) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (out, frames) = mpsc::unbounded_channel::<Vec<u8>>();
         let pending: Arc<Mutex<HashMap<u32, oneshot::Sender<u16>>>> = Arc::default();
-        tokio::spawn(async move {
-            while let Some(frame) = frames.recv().await {
-                if write.write_all(&frame).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let waiting = pending.clone();
-        tokio::spawn(async move {
-            let mut read = BufReader::new(read);
-            while let Ok(len) = read.read_u32().await {
-                let mut frame = vec![0; (len as usize).min(chat_shared::bus::MAX_FRAME)];
-                if len as usize > chat_shared::bus::MAX_FRAME || read.read_exact(&mut frame).await.is_err() {
-                    break;
-                }
-                received(&frame, &table, &waiting);
-            }
-            // Fail the requests still waiting for an answer rather than leave them hanging.
-            if let Ok(mut pending) = waiting.lock() {
-                pending.clear();
-            }
-            // The daemon is gone; it takes its workers with it, so there is nothing to reconnect to.
-            state.set_down("the daemon's bus closed".into());
-            tracing::error!("the local bus closed: rooms are no longer shared with the other workers");
-        });
+        tokio::spawn(keep(path.to_owned(), stream, frames, table, state, pending.clone()));
         Ok(Local { out, pending, next_request: AtomicU32::new(1) })
     }
 
@@ -62,6 +42,11 @@ impl Local {
     }
 
     pub(super) fn publish(&self, chan: &str, val: &[u8]) -> Result<(), BusError> {
+        // The broker drops a connection that sends a larger frame: refused here, it costs one
+        // publication instead of the link.
+        if 1 + 2 + chan.len() + val.len() > chat_shared::bus::MAX_FRAME {
+            return Err(BusError::TooBig { channel: chan.to_owned(), bytes: val.len() });
+        }
         let mut body = Vec::with_capacity(2 + chan.len() + val.len());
         put_str(&mut body, chan);
         body.extend_from_slice(val);
@@ -94,6 +79,84 @@ impl Local {
     }
 }
 
+/// The longest wait between two tries to reconnect.
+const RECONNECT_AT_MOST: Duration = Duration::from_secs(2);
+
+/// Runs the link: frames from `frames` to the broker, the broker's to `table`; reconnects when the
+/// connection closes, for as long as the worker holds its `Local`.
+async fn keep(
+    path: PathBuf,
+    mut stream: UnixStream,
+    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
+    table: Arc<Table>,
+    state: Arc<LinkState>,
+    pending: Arc<Mutex<HashMap<u32, oneshot::Sender<u16>>>>,
+) {
+    loop {
+        let (read, mut write) = stream.into_split();
+        let mut reader = tokio::spawn(read_frames(read, table.clone(), pending.clone()));
+        let closed = loop {
+            tokio::select! {
+                frame = frames.recv() => match frame {
+                    // The worker is done with the link.
+                    None => { reader.abort(); return; }
+                    Some(frame) => if write.write_all(&frame).await.is_err() { break "the daemon's bus refused a write" },
+                },
+                _ = &mut reader => break "the daemon's bus closed",
+            }
+        };
+        reader.abort();
+        // Fail the requests still waiting for an answer rather than leave them hanging.
+        if let Ok(mut pending) = pending.lock() {
+            pending.clear();
+        }
+        state.set_down(closed.into());
+        tracing::error!(
+            reason = closed,
+            "the local bus link is down: rooms are not shared with the other workers until it is back"
+        );
+        let mut pause = Duration::from_millis(50);
+        stream = loop {
+            tokio::time::sleep(pause).await;
+            match UnixStream::connect(&path).await {
+                Ok(stream) => break stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the local bus is not back yet");
+                    pause = (pause * 2).min(RECONNECT_AT_MOST);
+                }
+            }
+        };
+        // Follow again everything this worker follows, before anything else is sent.
+        for chan in table.channels() {
+            let mut body = Vec::new();
+            put_str(&mut body, &chan);
+            if stream.write_all(&frame(OP_SUB, &body)).await.is_err() {
+                break;
+            }
+        }
+        state.set_up();
+        tracing::info!("the local bus link is back");
+    }
+}
+
+async fn read_frames(
+    read: tokio::net::unix::OwnedReadHalf,
+    table: Arc<Table>,
+    pending: Arc<Mutex<HashMap<u32, oneshot::Sender<u16>>>>,
+) {
+    let mut read = BufReader::new(read);
+    while let Ok(len) = read.read_u32().await {
+        if len as usize > chat_shared::bus::MAX_FRAME {
+            return;
+        }
+        let mut frame = vec![0; len as usize];
+        if read.read_exact(&mut frame).await.is_err() {
+            return;
+        }
+        received(&frame, &table, &pending);
+    }
+}
+
 fn received(frame: &[u8], table: &Table, pending: &Mutex<HashMap<u32, oneshot::Sender<u16>>>) {
     let Some((&op, rest)) = frame.split_first() else { return };
     match op {
@@ -110,5 +173,51 @@ fn received(frame: &[u8], table: &Table, pending: &Mutex<HashMap<u32, oneshot::S
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::UnixListener;
+
+    /// Reads one frame as the broker does.
+    async fn read_frame(stream: &mut UnixStream) -> Vec<u8> {
+        let len = stream.read_u32().await.expect("a frame's length");
+        let mut frame = vec![0; len as usize];
+        stream.read_exact(&mut frame).await.expect("a frame");
+        frame
+    }
+
+    #[tokio::test]
+    async fn a_closed_link_comes_back_and_follows_its_channels_again() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("bus.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let table = Arc::new(Table::default());
+        let state = Arc::new(LinkState::new("local", true));
+        let local = Local::connect(&path, table.clone(), state.clone()).await.expect("connect");
+        let (mut first, _) = listener.accept().await.expect("first connection");
+        table.subscriptions.lock().expect("table").insert("room".into(), mpsc::channel(1).0);
+        local.subscribe("room").expect("subscribe");
+        assert_eq!(read_frame(&mut first).await[0], OP_SUB);
+        // The broker drops the connection (as it does one that sent a frame it refuses).
+        drop(first);
+        let (mut second, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("reconnected within 5 s")
+            .expect("second connection");
+        let again = read_frame(&mut second).await;
+        assert_eq!(again[0], OP_SUB);
+        assert_eq!(take_str(&again[1..]).map(|(chan, _)| chan), Some("room".to_owned()));
+        for _ in 0..100 {
+            if state.is_up() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(state.is_up(), "the link is up again");
+        let too_big = vec![0u8; chat_shared::bus::MAX_FRAME];
+        assert!(matches!(local.publish("room", &too_big), Err(BusError::TooBig { .. })), "refused, not sent");
     }
 }

@@ -24,6 +24,8 @@ use tokio::sync::mpsc;
 pub enum BusError {
     #[error("the local bus is gone")]
     Gone,
+    #[error("{bytes} bytes for channel {channel}: more than a bus frame holds")]
+    TooBig { channel: String, bytes: usize },
 }
 
 #[derive(Clone)]

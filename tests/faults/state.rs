@@ -1,0 +1,38 @@
+//! Faults of the state workers keep and share: what outgrows its bounds, and a link to the other
+//! workers that must come back.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::support::{Env, chat_app, free_port, http_get, node};
+
+/// Before: a publication larger than a bus frame (16 MiB) made the daemon's broker drop the
+/// worker's link, and the worker never reconnected: `/health` said degraded for good and rooms were
+/// no longer shared. Now such a publication is refused by the worker (the link stays up), and a
+/// link that does close is reconnected (the bus module's unit test).
+#[test]
+fn a_publication_too_large_for_the_bus_does_not_cut_the_worker_off() {
+    let env = Env::new();
+    let port = free_port();
+    env.write("ecosystem.toml", &chat_app(port, "cluster", 2, "env = { MAX_PAYLOAD = \"20M\" }"));
+    env.ok(&["start"]);
+    env.online_pids("chat", 2);
+    let out = node("big-signal.mjs", &[&format!("http://127.0.0.1:{port}"), &(17 << 20).to_string()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let admins: Vec<SocketAddr> =
+        env.list()[0].instances.iter().filter_map(|i| i.admin_addr.as_deref()?.parse().ok()).collect();
+    assert_eq!(admins.len(), 2);
+    // The broker reads the frame a moment after the offer is answered: watch the links for a while.
+    let begun = Instant::now();
+    while begun.elapsed() < Duration::from_secs(2) {
+        for admin in &admins {
+            let (_, body) = http_get(*admin, "/health").expect("admin /health");
+            let health: chat_shared::health::HealthBody = serde_json::from_str(&body).expect("health");
+            let cluster = health.cluster.expect("cluster figures");
+            assert!(cluster.connected, "the link of the worker at {admin} went down: {cluster:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    env.ok(&["kill"]);
+}
