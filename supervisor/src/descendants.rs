@@ -266,21 +266,30 @@ fn cgroup_base(home: &Path, daemon_pid: u32) -> Option<PathBuf> {
 
 /// The cgroup v2 mount point and this process's cgroup path relative to it.
 fn own_cgroup() -> Option<(PathBuf, String)> {
-    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let rel = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?.to_owned();
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let rel = cgroup_v2_path(&std::fs::read_to_string("/proc/self/cgroup").ok()?)?;
+    let mount = cgroup_v2_mount(&std::fs::read_to_string("/proc/self/mountinfo").ok()?)?;
+    Some((mount, rel))
+}
+
+/// The v2 entry (`0::PATH`) of a `/proc/PID/cgroup`.
+fn cgroup_v2_path(cgroup: &str) -> Option<String> {
+    cgroup.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned)
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a
+/// hybrid system), from `/proc/self/mountinfo`.
+fn cgroup_v2_mount(mountinfo: &str) -> Option<PathBuf> {
     // "ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS... - FSTYPE SOURCE SUPEROPTS"
-    let mount = mountinfo.lines().find_map(|line| {
+    mountinfo.lines().find_map(|line| {
         let (fields, rest) = line.split_once(" - ")?;
         if rest.split_whitespace().next()? != "cgroup2" {
             return None;
         }
         let fields: Vec<&str> = fields.split_whitespace().collect();
-        // Only a mount of the hierarchy's root (or of our cgroup namespace's root) maps paths 1:1.
         let (root, mount_point) = (*fields.get(3)?, *fields.get(4)?);
+        // Only a mount of the hierarchy's root (or of our cgroup namespace's root) maps paths 1:1.
         (root == "/").then(|| PathBuf::from(mount_point))
-    })?;
-    Some((mount, rel))
+    })
 }
 
 fn join(mount: &Path, rel: &str) -> PathBuf {
@@ -290,4 +299,36 @@ fn join(mount: &Path, rel: &str) -> PathBuf {
 /// A stable 64-bit hash (FNV-1a): the home's directory name must not change between daemons.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_v2_hierarchy_is_found_on_pure_and_hybrid_systems() {
+        let pure = "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        let hybrid = "25 24 0:22 / /sys/fs/cgroup ro - tmpfs tmpfs ro,mode=755\n\
+                      26 25 0:23 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
+                      27 25 0:24 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        let v1_only = "27 25 0:24 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        let bind_of_a_subtree = "30 23 0:26 /user.slice /mnt/cg rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup_v2_mount(pure), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(cgroup_v2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(cgroup_v2_mount(v1_only), None);
+        assert_eq!(cgroup_v2_mount(bind_of_a_subtree), None);
+        let cgroup = "4:memory:/x\n0::/system.slice/chat.service\n";
+        assert_eq!(cgroup_v2_path(cgroup).as_deref(), Some("/system.slice/chat.service"));
+        assert_eq!(
+            join(Path::new("/sys/fs/cgroup"), "/system.slice/chat.service"),
+            PathBuf::from("/sys/fs/cgroup/system.slice/chat.service")
+        );
+        assert_eq!(join(Path::new("/sys/fs/cgroup"), "/"), PathBuf::from("/sys/fs/cgroup"));
+    }
+
+    #[test]
+    fn a_home_names_the_same_directory_in_every_daemon() {
+        assert_eq!(fnv1a(b"/srv/chat/.chatctl"), fnv1a(b"/srv/chat/.chatctl"));
+        assert_ne!(fnv1a(b"/srv/chat/.chatctl"), fnv1a(b"/srv/chat/.chatctl2"));
+    }
 }

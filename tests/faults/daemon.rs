@@ -268,3 +268,29 @@ fn a_setsid_grandchild_dies_when_the_daemon_is_sigkilled() {
     escaped_grandchild_is_gone_after(Ending::DaemonSigkill, true);
     escaped_grandchild_is_gone_after(Ending::DaemonSigkill, false);
 }
+
+#[test]
+fn a_client_of_another_user_is_refused_by_its_credentials() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: running a client as another user needs root");
+        return;
+    }
+    let env = Env::new();
+    env.write("ecosystem.toml", &fixture_config("steady", &[], ""));
+    env.ok(&["start"]);
+    env.online_pids("steady", 1);
+    // Open the way to the socket, so that only the daemon's credential check stands in between.
+    for (path, mode) in
+        [(env.dir.path().to_owned(), 0o711), (env.home(), 0o711), (env.home().join("daemon.sock"), 0o666)]
+    {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    let mut other = env.command();
+    other.uid(65_534).gid(65_534).arg("list");
+    let out = crate::support::run_bounded(&mut other, Duration::from_secs(30));
+    assert!(!out.status.success(), "uid 65534 listed the apps: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(env.daemon_log().contains("refused a control connection from another user"), "{}", env.daemon_log());
+    assert_eq!(env.list().len(), 1, "the daemon still serves its own user");
+}
