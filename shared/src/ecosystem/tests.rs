@@ -99,6 +99,9 @@ fn broken_files_report_line_column_and_key() {
             "[apps.a]\nscript = \"x\"\n[apps.a.profiles.prod]\ninstances = \"many\"\n",
             &[(4, 13, "apps.a.profiles.prod.instances")],
         ),
+        // semantic: a duration the daemon could not add to a deadline
+        ("[apps.a]\nscript = \"x\"\nkill_timeout = \"400d\"\n", &[(3, 1, "apps.a.kill_timeout")]),
+        ("[apps.a]\nscript = \"x\"\nport = 1\nhealth = { grace = \"9999d\" }\n", &[(4, 12, "apps.a.health.grace")]),
         // semantic: missing script points at the app's name
         ("[apps.a]\nport = 3000\n", &[(1, 7, "apps.a.script")]),
         // semantic: fork ports past 65535

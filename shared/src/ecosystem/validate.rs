@@ -179,6 +179,27 @@ fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
             problem("ignore_watch", format!("invalid glob {pattern:?}: {}", e.kind()));
         }
     }
+    let health = c.health.as_ref();
+    for (key, value) in [
+        ("kill_timeout", c.kill_timeout),
+        ("restart_delay", c.restart_delay),
+        ("max_restart_delay", c.max_restart_delay),
+        ("min_uptime", c.min_uptime),
+        ("listen_timeout", c.listen_timeout),
+        ("memory_check_interval", c.memory_check_interval),
+        ("watch_delay", c.watch_delay),
+        ("health.interval", health.and_then(|h| h.interval)),
+        ("health.timeout", health.and_then(|h| h.timeout)),
+        ("health.grace", health.and_then(|h| h.grace)),
+    ] {
+        // The daemon refuses longer ones too (`AppSpec::validate`): deadlines are Instant + duration.
+        if let Some(d) = value.filter(|d| d.0 > crate::spec::MAX_DURATION) {
+            problem(
+                key,
+                format!("{d} is longer than the limit of {}", crate::units::HumanDuration(crate::spec::MAX_DURATION)),
+            );
+        }
+    }
     if c.reload_batch == Some(0) {
         problem("reload_batch", "must be at least 1".to_owned());
     }
