@@ -36,3 +36,26 @@ fn a_publication_too_large_for_the_bus_does_not_cut_the_worker_off() {
     }
     env.ok(&["kill"]);
 }
+
+/// Before: the recovery history kept every room anyone ever wrote in (for the history's age), and a
+/// call lived as long as its participants stayed connected, answered or not.
+#[test]
+fn history_keeps_the_most_recent_rooms_and_an_unanswered_call_ends() {
+    let worker = crate::support::Worker::start(&[
+        ("HISTORY_ROOMS", "10"),
+        ("CALL_RING_TIMEOUT", "1s"),
+        ("MESSAGE_RATE", "off"),
+        ("JOIN_RATE", "off"),
+        ("ADDRESS_RATE", "off"),
+    ]);
+    let out = node("bounded-state.mjs", &[&format!("http://{}", worker.addr)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("report");
+    eprintln!("bounded state: {report}");
+    assert_eq!(report["recovered"]["first"], 0, "the least recent room was let go: {report}");
+    assert_eq!(report["recovered"]["last"], 1, "the most recent room is kept: {report}");
+    let unanswered = serde_json::json!([{ "call": "unanswered", "reason": "no answer" }]);
+    assert_eq!(report["ann_told"], unanswered, "only the unanswered call ended: {report}");
+    assert_eq!(report["bob_told"], unanswered, "{report}");
+}

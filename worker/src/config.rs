@@ -25,6 +25,12 @@ pub struct Config {
     pub session_ttl: Duration,
     /// Largest engine.io packet accepted; a larger one closes that connection.
     pub max_payload: u64,
+    /// Rooms whose recent messages are kept (`HISTORY_ROOMS`), and their JSON bytes over all
+    /// rooms (`HISTORY_BYTES`): the least recently active go first.
+    pub history_rooms: usize,
+    pub history_bytes: u64,
+    /// How long a call nobody accepted rings before it ends (`CALL_RING_TIMEOUT`).
+    pub call_ring: Duration,
     /// Public connections open at once (`MAX_CONNECTIONS`); `None`: the descriptor limit less a
     /// reserve for the admin listener, the bus and the logs (see `admission`).
     pub max_connections: Option<usize>,
@@ -116,6 +122,9 @@ impl Config {
                 .map(String::into_bytes),
             session_ttl: parse(&lookup, "SESSION_TTL", HumanDuration(Duration::from_secs(86_400)))?.0,
             max_payload: parse(&lookup, "MAX_PAYLOAD", ByteSize(64 << 10))?.0,
+            history_rooms: parse(&lookup, "HISTORY_ROOMS", crate::realtime::HISTORY_ROOMS)?.max(1),
+            history_bytes: parse(&lookup, "HISTORY_BYTES", ByteSize(crate::realtime::HISTORY_BYTES as u64))?.0,
+            call_ring: parse(&lookup, "CALL_RING_TIMEOUT", HumanDuration(crate::realtime::CALL_RING))?.0,
             max_connections: match lookup("MAX_CONNECTIONS") {
                 None => None,
                 Some(_) => Some(parse(&lookup, "MAX_CONNECTIONS", 0usize)?.max(1)),

@@ -133,13 +133,19 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
         config.instance.as_deref(),
         session::Sessions::new(secret, config.session_ttl),
         messages.clone(),
-        realtime::History::new(realtime::HISTORY_COUNT, realtime::HISTORY_AGE),
+        realtime::History::bounded(
+            realtime::HISTORY_COUNT,
+            realtime::HISTORY_AGE,
+            config.history_rooms,
+            usize::try_from(config.history_bytes).unwrap_or(usize::MAX),
+        ),
         realtime::Limits {
             socket: config.message_rate,
             joins: config.join_rate,
             signals: config.signal_rate,
             address: config.address_rate,
             trusted_proxies: config.trusted_proxies.clone(),
+            call_ring: config.call_ring,
         },
         realtime::IceConfig {
             urls: config.ice_servers.clone(),

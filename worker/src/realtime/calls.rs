@@ -11,6 +11,11 @@
 //! - `call:end {call}`: everyone gets `call:end {call, by}`. A participant whose last socket
 //!   disconnects leaves the call the same way.
 //!
+//! A call nobody accepted ends after `CALL_RING_TIMEOUT` (default 60 s) and any call after
+//! [`LONGEST`], told as `call:end {call, reason}`; a guest starts at most [`PER_GUEST`] calls at
+//! once and a worker keeps at most [`MAX_CALLS`]. Without these a call lived as long as its
+//! participants stayed connected, accepted or not.
+//!
 //! Every worker keeps a copy of the call registry: each change (a call created, a participant gone,
 //! a call ended) is applied here and told to the other workers on the bus, which apply it to
 //! theirs. So a guest may accept or signal from any worker; all the messages themselves go through
@@ -18,6 +23,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -30,18 +36,68 @@ use crate::bus::Channel;
 /// At most this many people in one call (a small-room call, not a conference).
 pub(super) const MAX_PARTICIPANTS: usize = 8;
 
+/// How long a call nobody accepted rings, unless configured (`CALL_RING_TIMEOUT`).
+pub const CALL_RING: Duration = Duration::from_secs(60);
+
+/// The longest a call lasts.
+pub(super) const LONGEST: Duration = Duration::from_secs(12 * 3600);
+
+/// Calls a guest may have started and still be in at once.
+pub(super) const PER_GUEST: usize = 4;
+
+/// Calls one worker's registry holds at most (and a snapshot carries).
+pub(super) const MAX_CALLS: usize = 10_000;
+
 #[derive(Debug, Clone)]
 pub(super) struct Call {
     pub(super) participants: BTreeSet<String>,
+    /// Who started it (it counts against that guest's calls).
+    caller: String,
+    /// When this worker learnt of it.
+    since: Instant,
+    accepted: bool,
+    /// Started on this worker, which ends it when it rings too long or lasts too long (the others
+    /// hear it as any end); a call whose worker is gone is dropped quietly after [`LONGEST`].
+    here: bool,
+}
+
+/// Why a call ended by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Expiry {
+    NoAnswer,
+    TooLong,
+}
+
+impl Expiry {
+    pub(super) fn reason(self) -> &'static str {
+        match self {
+            Expiry::NoAnswer => "no answer",
+            Expiry::TooLong => "too long",
+        }
+    }
 }
 
 /// A change to the registry, as told to the other workers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Change {
-    Create { id: String, participants: BTreeSet<String> },
-    Leave { id: String, guest: String },
-    End { id: String },
+    Create {
+        id: String,
+        participants: BTreeSet<String>,
+        /// Absent from workers of earlier releases.
+        #[serde(default)]
+        caller: String,
+    },
+    Accept {
+        id: String,
+    },
+    Leave {
+        id: String,
+        guest: String,
+    },
+    End {
+        id: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -51,18 +107,55 @@ struct Told {
     change: Change,
 }
 
-#[derive(Default)]
 pub(super) struct Calls {
     /// `std::sync::Mutex`: held for a lookup or an update, never across an await.
     calls: Mutex<HashMap<String, Call>>,
     bus: Option<Channel>,
     origin: String,
+    ring: Duration,
 }
 
 impl Calls {
-    pub(super) fn shared(bus: Option<Channel>) -> Calls {
+    pub(super) fn shared(bus: Option<Channel>, ring: Duration) -> Calls {
         let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        Calls { calls: Mutex::default(), bus, origin: format!("{}-{}", std::process::id(), since_epoch.as_nanos()) }
+        let origin = format!("{}-{}", std::process::id(), since_epoch.as_nanos());
+        Calls { calls: Mutex::default(), bus, origin, ring }
+    }
+
+    /// How often [`Calls::expire`] should run: often enough for the ring timeout.
+    pub(super) fn sweep_every(&self) -> Duration {
+        (self.ring / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
+    }
+
+    /// Ends the calls of this worker that rang unanswered for the ring timeout or lasted
+    /// [`LONGEST`] (the others are told), and drops quietly the calls of workers that are gone;
+    /// returns the ended calls with their participants, for them to be told.
+    pub(super) fn expire(&self, now: Instant) -> Vec<(String, Vec<String>, Expiry)> {
+        let Ok(mut calls) = self.calls.lock() else { return Vec::new() };
+        let ring = self.ring;
+        let mut ended = Vec::new();
+        calls.retain(|id, call| {
+            let age = now.saturating_duration_since(call.since);
+            let expiry = match (call.here, call.accepted) {
+                (true, false) if age >= ring => Some(Expiry::NoAnswer),
+                (true, _) if age >= LONGEST => Some(Expiry::TooLong),
+                // Another worker's, which would have ended it by now: that worker is gone.
+                (false, _) if age >= LONGEST + ring => {
+                    tracing::debug!(call = %id, "dropping a call whose worker is gone");
+                    return false;
+                }
+                _ => None,
+            };
+            if let Some(expiry) = expiry {
+                ended.push((id.clone(), call.participants.iter().cloned().collect(), expiry));
+            }
+            expiry.is_none()
+        });
+        drop(calls);
+        for (id, _, _) in &ended {
+            self.tell(Change::End { id: id.clone() });
+        }
+        ended
     }
 
     /// Applies the other workers' changes until the worker stops.
@@ -91,14 +184,17 @@ impl Calls {
     /// Every call, for a worker that starts later.
     pub(super) fn dump(&self) -> Vec<(String, BTreeSet<String>)> {
         let Ok(calls) = self.calls.lock() else { return Vec::new() };
-        calls.iter().map(|(id, call)| (id.clone(), call.participants.clone())).collect()
+        calls.iter().take(MAX_CALLS).map(|(id, call)| (id.clone(), call.participants.clone())).collect()
     }
 
     /// Takes in another worker's calls; a call this worker already knows keeps its own state.
     pub(super) fn merge(&self, dump: Vec<(String, BTreeSet<String>)>) {
         let Ok(mut calls) = self.calls.lock() else { return };
-        for (id, participants) in dump {
-            calls.entry(id).or_insert(Call { participants });
+        let now = Instant::now();
+        for (id, participants) in dump.into_iter().take(MAX_CALLS.saturating_sub(calls.len())) {
+            // Its age and state are not in a snapshot: kept as another worker's, accepted.
+            let caller = participants.iter().next().cloned().unwrap_or_default();
+            calls.entry(id).or_insert(Call { participants, caller, since: now, accepted: true, here: false });
         }
     }
 
@@ -106,8 +202,17 @@ impl Calls {
     fn apply(&self, change: Change) -> Option<(Vec<String>, bool)> {
         let mut calls = self.calls.lock().ok()?;
         match change {
-            Change::Create { id, participants } => {
-                calls.insert(id, Call { participants });
+            Change::Create { id, participants, caller } => {
+                if calls.len() < MAX_CALLS {
+                    let call = Call { participants, caller, since: Instant::now(), accepted: false, here: false };
+                    calls.insert(id, call);
+                }
+                None
+            }
+            Change::Accept { id } => {
+                if let Some(call) = calls.get_mut(&id) {
+                    call.accepted = true;
+                }
                 None
             }
             Change::Leave { id, guest } => {
@@ -129,11 +234,30 @@ impl Calls {
         participants.remove(from);
         invitees(participants.len())?;
         participants.insert(from.to_owned());
-        let call = Call { participants: participants.clone() };
-        let change = Change::Create { id: id.to_owned(), participants };
+        let call = Call { participants, caller: from.to_owned(), since: Instant::now(), accepted: false, here: true };
+        {
+            let mut calls = self.calls.lock().map_err(|_| "call registry unavailable".to_owned())?;
+            if calls.values().filter(|c| c.caller == from).count() >= PER_GUEST {
+                return Err(format!("a guest starts at most {PER_GUEST} calls at once: end one first"));
+            }
+            if calls.len() >= MAX_CALLS {
+                return Err("too many calls on this server: try again later".into());
+            }
+            calls.insert(id.to_owned(), call.clone());
+        }
+        self.tell(Change::Create {
+            id: id.to_owned(),
+            participants: call.participants.clone(),
+            caller: from.to_owned(),
+        });
+        Ok(call)
+    }
+
+    /// Marks a call answered: it no longer ends for want of an answer.
+    pub(super) fn accept(&self, id: &str) {
+        let change = Change::Accept { id: id.to_owned() };
         self.apply(change.clone());
         self.tell(change);
-        Ok(call)
     }
 
     /// The call, if `guest` takes part in it.
@@ -300,6 +424,7 @@ pub(super) fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                         let CallRef { call } = data.map_err(|e| format!("expected {{call}}: {e}"))?;
                         let current = chat.calls.of(&call, &guest.id)?;
                         if event == "call:accept" {
+                            chat.calls.accept(&call);
                             send_ice(&socket, &chat);
                         }
                         let (notify, ended) = match event {
@@ -358,7 +483,7 @@ mod tests {
 
     #[test]
     fn participants_only_and_ending() {
-        let calls = Calls::default();
+        let calls = Calls::shared(None, CALL_RING);
         assert!(calls.create("c1", "a", &[]).is_err());
         calls.create("c1", "a", &["b".into(), "c".into()]).expect("created");
         assert!(calls.of("c1", "b").is_ok());
@@ -370,13 +495,35 @@ mod tests {
     }
 
     #[test]
+    fn calls_end_unanswered_or_too_long_and_a_guest_starts_a_few() {
+        let calls = Calls::shared(None, Duration::from_secs(60));
+        calls.create("rings", "a", &["b".into()]).expect("created");
+        calls.create("talks", "a", &["c".into()]).expect("created");
+        calls.accept("talks");
+        let now = Instant::now();
+        assert!(calls.expire(now).is_empty(), "nothing yet");
+        let ended = calls.expire(now + Duration::from_secs(61));
+        assert_eq!(ended.len(), 1);
+        assert_eq!((ended[0].0.as_str(), ended[0].2), ("rings", Expiry::NoAnswer));
+        assert_eq!(ended[0].1, vec!["a".to_owned(), "b".to_owned()], "its participants, to be told");
+        let ended = calls.expire(now + LONGEST + Duration::from_secs(1));
+        assert_eq!((ended[0].0.as_str(), ended[0].2), ("talks", Expiry::TooLong));
+        for i in 0..PER_GUEST {
+            calls.create(&format!("c{i}"), "a", &["b".into()]).expect("created");
+        }
+        assert!(calls.create("one more", "a", &["b".into()]).is_err(), "at most {PER_GUEST} at once");
+        assert!(calls.create("b's", "b", &["a".into()]).is_ok(), "per guest");
+    }
+
+    #[test]
     fn a_change_told_by_one_worker_applies_to_another() {
-        let (here, there) = (Calls::default(), Calls::default());
+        let (here, there) = (Calls::shared(None, CALL_RING), Calls::shared(None, CALL_RING));
         let wire = |change: Change| {
             let told = Told { origin: "here".into(), change };
             serde_json::from_slice::<Told>(&serde_json::to_vec(&told).expect("encodes")).expect("decodes").change
         };
-        there.apply(wire(Change::Create { id: "c1".into(), participants: ["a".into(), "b".into()].into() }));
+        let participants = ["a".into(), "b".into()].into();
+        there.apply(wire(Change::Create { id: "c1".into(), participants, caller: "a".into() }));
         assert!(there.of("c1", "b").is_ok());
         there.apply(wire(Change::Leave { id: "c1".into(), guest: "b".into() }));
         assert_eq!(there.len(), 0, "one participant left: the call is over everywhere");

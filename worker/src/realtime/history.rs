@@ -11,28 +11,92 @@ use serde_json::Value;
 
 pub struct History {
     /// `std::sync::Mutex`: held for a push or a copy, never across an await.
-    rooms: Mutex<HashMap<String, VecDeque<Entry>>>,
+    rooms: Mutex<Rooms>,
     max_count: usize,
     max_age: Duration,
+    /// Rooms kept at most, and JSON bytes over all of them: a room is a name anyone may make up,
+    /// so without these bounds a client writing one message into each of a million rooms would
+    /// keep them all for the history's age (and the whole copy is what a new worker is sent).
+    max_rooms: usize,
+    max_bytes: usize,
+}
+
+/// Rooms kept by default (`HISTORY_ROOMS`).
+pub const MAX_ROOMS: usize = 10_000;
+/// JSON bytes kept by default over every room (`HISTORY_BYTES`).
+pub const MAX_BYTES: usize = 64 << 20;
+
+#[derive(Default)]
+struct Rooms {
+    map: HashMap<String, VecDeque<Entry>>,
+    /// The sum of every entry's `size`.
+    bytes: usize,
 }
 
 struct Entry {
     id: String,
     at: Instant,
     message: Value,
+    /// The message's JSON length, counted against the history's byte bound.
+    size: usize,
+}
+
+impl Rooms {
+    fn pop_front(&mut self, room: &str) {
+        if let Some(entry) = self.map.get_mut(room).and_then(VecDeque::pop_front) {
+            self.bytes -= entry.size;
+        }
+    }
+
+    /// Forgets the least recently active rooms (never `keep`) until both bounds have a tenth to
+    /// spare, so that a full history pays for a sort once per tenth of its rooms, not per push.
+    fn evict(&mut self, keep: &str, max_rooms: usize, max_bytes: usize) {
+        let (room_goal, byte_goal) = (max_rooms - max_rooms / 10, max_bytes - max_bytes / 10);
+        let mut by_activity: Vec<(Option<Instant>, String)> = self
+            .map
+            .iter()
+            .filter(|(name, _)| *name != keep)
+            .map(|(name, e)| (e.back().map(|e| e.at), name.clone()))
+            .collect();
+        by_activity.sort_unstable();
+        for (_, room) in by_activity {
+            if self.map.len() <= room_goal && self.bytes <= byte_goal {
+                break;
+            }
+            if let Some(entries) = self.map.remove(&room) {
+                self.bytes -= entries.iter().map(|e| e.size).sum::<usize>();
+            }
+        }
+    }
 }
 
 impl History {
     pub fn new(max_count: usize, max_age: Duration) -> History {
-        History { rooms: Mutex::new(HashMap::new()), max_count, max_age }
+        History::bounded(max_count, max_age, MAX_ROOMS, MAX_BYTES)
+    }
+
+    pub fn bounded(max_count: usize, max_age: Duration, max_rooms: usize, max_bytes: usize) -> History {
+        History {
+            rooms: Mutex::default(),
+            max_count,
+            max_age,
+            max_rooms: max_rooms.max(1),
+            max_bytes: max_bytes.max(1),
+        }
     }
 
     pub fn push(&self, room: &str, id: &str, message: Value) {
         let Ok(mut rooms) = self.rooms.lock() else { return };
-        let entries = rooms.entry(room.to_owned()).or_default();
-        entries.push_back(Entry { id: id.to_owned(), at: Instant::now(), message });
-        while entries.len() > self.max_count {
-            entries.pop_front();
+        let size = message.to_string().len();
+        rooms.bytes += size;
+        let entries = rooms.map.entry(room.to_owned()).or_default();
+        entries.push_back(Entry { id: id.to_owned(), at: Instant::now(), message, size });
+        let excess = entries.len().saturating_sub(self.max_count);
+        for _ in 0..excess {
+            rooms.pop_front(room);
+        }
+        if rooms.map.len() > self.max_rooms || rooms.bytes > self.max_bytes {
+            rooms.evict(room, self.max_rooms, self.max_bytes);
         }
     }
 
@@ -40,11 +104,11 @@ impl History {
     /// `since` is unknown here (too old, or never seen) or not given.
     pub fn since(&self, room: &str, since: Option<&str>) -> Vec<Value> {
         let Ok(mut rooms) = self.rooms.lock() else { return Vec::new() };
-        let Some(entries) = rooms.get_mut(room) else { return Vec::new() };
         let now = Instant::now();
-        while entries.front().is_some_and(|e| now.duration_since(e.at) > self.max_age) {
-            entries.pop_front();
+        while rooms.map.get(room).and_then(|e| e.front()).is_some_and(|e| now.duration_since(e.at) > self.max_age) {
+            rooms.pop_front(room);
         }
+        let Some(entries) = rooms.map.get(room) else { return Vec::new() };
         let start = since.and_then(|id| entries.iter().position(|e| e.id == id)).map_or(0, |i| i + 1);
         entries.iter().skip(start).map(|e| e.message.clone()).collect()
     }
@@ -112,7 +176,7 @@ impl History {
     pub fn dump(&self, max_bytes: usize) -> Vec<RoomDump> {
         let Ok(rooms) = self.rooms.lock() else { return Vec::new() };
         let now = Instant::now();
-        let mut by_activity: Vec<(&String, &VecDeque<Entry>)> = rooms.iter().collect();
+        let mut by_activity: Vec<(&String, &VecDeque<Entry>)> = rooms.map.iter().collect();
         by_activity.sort_by_key(|(_, entries)| std::cmp::Reverse(entries.back().map(|e| e.at)));
         let mut dump = Vec::new();
         let mut bytes = 0;
@@ -138,12 +202,14 @@ impl History {
         let Ok(mut rooms) = self.rooms.lock() else { return };
         let now = Instant::now();
         for RoomDump { room, entries } in dump {
-            let mine = rooms.remove(&room).unwrap_or_default();
+            let mine = rooms.map.remove(&room).unwrap_or_default();
+            rooms.bytes -= mine.iter().map(|e| e.size).sum::<usize>();
             let mut merged: VecDeque<Entry> = entries
                 .into_iter()
                 .map(|(id, age, message)| Entry {
                     id,
                     at: now.checked_sub(Duration::from_millis(age)).unwrap_or(now),
+                    size: message.to_string().len(),
                     message,
                 })
                 .collect();
@@ -155,7 +221,11 @@ impl History {
             while merged.len() > self.max_count {
                 merged.pop_front();
             }
-            rooms.insert(room, merged);
+            rooms.bytes += merged.iter().map(|e| e.size).sum::<usize>();
+            rooms.map.insert(room.clone(), merged);
+            if rooms.map.len() > self.max_rooms || rooms.bytes > self.max_bytes {
+                rooms.evict(&room, self.max_rooms, self.max_bytes);
+            }
         }
     }
 }
@@ -180,6 +250,25 @@ mod tests {
         old.push("r", "a", json!(1));
         std::thread::sleep(Duration::from_millis(2));
         assert!(old.since("r", None).is_empty(), "too old");
+    }
+
+    #[test]
+    fn rooms_and_bytes_are_bounded_the_least_recently_active_go_first() {
+        let history = History::bounded(10, Duration::from_secs(60), 10, 1 << 20);
+        for i in 0..25 {
+            history.push(&format!("room-{i}"), "m", json!(i));
+        }
+        let kept = |h: &History| h.rooms.lock().expect("unpoisoned").map.len();
+        assert!(kept(&history) <= 10, "at most 10 rooms: {}", kept(&history));
+        assert_eq!(history.since("room-24", None), vec![json!(24)], "the newest stays");
+        assert!(history.since("room-0", None).is_empty(), "the oldest went first");
+        let by_bytes = History::bounded(200, Duration::from_secs(60), 100, 10_000);
+        for i in 0..20 {
+            by_bytes.push(&format!("r{i}"), &format!("m{i}"), json!("x".repeat(1000)));
+        }
+        let rooms = by_bytes.rooms.lock().expect("unpoisoned");
+        assert!(rooms.bytes <= 10_000, "{} bytes kept", rooms.bytes);
+        assert_eq!(rooms.bytes, rooms.map.values().flatten().map(|e| e.size).sum::<usize>(), "the count is exact");
     }
 
     #[test]

@@ -52,8 +52,8 @@ use crate::bus::Channel;
 use crate::session::{Claims, Sessions, TokenError};
 use crate::store::Store;
 use calls::Calls;
-pub use calls::IceConfig;
-pub use history::History;
+pub use calls::{CALL_RING, IceConfig};
+pub use history::{History, MAX_BYTES as HISTORY_BYTES, MAX_ROOMS as HISTORY_ROOMS};
 pub use limits::Rate;
 use limits::{Bucket, PerAddress, Restores};
 use presence::{Presence, who_room};
@@ -89,6 +89,8 @@ pub struct Limits {
     pub address: Option<Rate>,
     /// Peers whose `X-Forwarded-For` / `CF-Connecting-IP` name the client (a reverse proxy, a CDN).
     pub trusted_proxies: Vec<IpAddr>,
+    /// How long a call nobody accepted rings (see `calls`).
+    pub call_ring: Duration,
 }
 /// Refusals in a row after which a socket is disconnected.
 const ABUSE: u32 = 50;
@@ -252,11 +254,27 @@ impl Chat {
             };
             tokio::join!(snapshots, hellos);
         };
-        tokio::join!(self.calls.listen(), history, sync, self.share_rates());
+        tokio::join!(self.calls.listen(), history, sync, self.share_rates(), self.end_calls(&io));
     }
 
     /// Tells the other workers what busy addresses spent here, and takes what they tell out of
     /// this worker's buckets, so an address gets its rate once in the cluster (see `limits`).
+    /// Ends the calls that rang unanswered or lasted too long, telling their participants.
+    async fn end_calls(&self, io: &SocketIo<Adapter>) {
+        let mut ticks = tokio::time::interval(self.calls.sweep_every());
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            ticks.tick().await;
+            for (call, participants, expiry) in self.calls.expire(Instant::now()) {
+                tracing::debug!(call, reason = expiry.reason(), "call ended by itself");
+                let body = json!({ "call": call, "reason": expiry.reason() });
+                for id in participants {
+                    let _ = io.to(guest_room(&id)).emit("call:end", &body).await;
+                }
+            }
+        }
+    }
+
     async fn share_rates(&self) {
         let (Some(bus), Some(per_address)) = (&self.rates_bus, &self.per_address) else { return };
         let me = self.calls.origin();
@@ -360,7 +378,7 @@ impl Chat {
             per_address: limits.address.map(PerAddress::new),
             restores: Restores::new(RESTORE_RATE),
             trusted_proxies: limits.trusted_proxies,
-            calls: Calls::shared(shared.as_ref().map(|s| s.calls.clone())),
+            calls: Calls::shared(shared.as_ref().map(|s| s.calls.clone()), limits.call_ring),
             history_bus: shared.as_ref().map(|s| s.history.clone()),
             sync_bus: shared.as_ref().map(|s| s.sync.clone()),
             rates_bus: shared.as_ref().map(|s| s.rates.clone()),
