@@ -59,3 +59,63 @@ fn history_keeps_the_most_recent_rooms_and_an_unanswered_call_ends() {
     assert_eq!(report["ann_told"], unanswered, "only the unanswered call ended: {report}");
     assert_eq!(report["bob_told"], unanswered, "{report}");
 }
+
+/// Before: while Redis was away, the workers of one host stopped sharing rooms too (a guest heard
+/// 10 of 40 messages from a guest on another instance of the same host). Now the daemon's bus
+/// stands in for Redis on the host.
+#[test]
+fn redis_away_the_workers_of_one_host_keep_sharing_rooms() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+
+    let mut redis = crate::support::redis::RedisServer::start();
+    let env = Env::new();
+    let port = free_port();
+    let extra = format!("env = {{ REDIS_URL = \"{}\", STATS_INTERVAL = \"200ms\" }}", redis.url());
+    env.write("ecosystem.toml", &chat_app(port, "cluster", 2, &extra));
+    env.ok(&["start"]);
+    env.online_pids("chat", 2);
+    let mut client = Command::new("node")
+        .arg(crate::support::tests_dir().join("clients/host-outage.mjs"))
+        .args([&format!("http://127.0.0.1:{port}"), "lobby"])
+        .current_dir(crate::support::tests_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node");
+    env.remember(client.id());
+    let mut stdin = client.stdin.take().expect("stdin");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = client.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let next_line =
+        || lines.recv_timeout(Duration::from_secs(40)).unwrap_or_else(|_| "(no line: node timed out)".into());
+    assert_eq!(next_line(), "ready");
+    redis.kill();
+    let admins: Vec<SocketAddr> =
+        env.list()[0].instances.iter().filter_map(|i| i.admin_addr.as_deref()?.parse().ok()).collect();
+    crate::support::wait_until("both instances without Redis", Duration::from_secs(10), || {
+        admins
+            .iter()
+            .all(|admin| {
+                http_get(*admin, "/health")
+                    .ok()
+                    .is_some_and(|(_, body)| body.contains("\"via\":\"redis\",\"connected\":false"))
+            })
+            .then_some(())
+    });
+    writeln!(stdin, "down").expect("write");
+    let report = next_line();
+    let _ = client.kill();
+    let _ = client.wait();
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap_or_else(|_| panic!("outage report: {report}"));
+    eprintln!("Redis away, one host: {report}");
+    assert_eq!(report["sent"], 20, "{report}");
+    assert_eq!(report["heard"], 20, "every message reached the other instance: {report}");
+    assert_eq!(report["in_order"], true, "{report}");
+    env.ok(&["kill"]);
+}

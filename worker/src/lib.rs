@@ -88,8 +88,9 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     // An oversized packet closes that one connection (engine.io's max payload), not the worker.
     let max = config.max_payload;
     let driver = match (&config.redis_url, &config.bus) {
-        // Redis spans every host, so it replaces the local bus rather than joining it.
-        (Some(url), _) => bus::BusDriver::redis(url, REDIS_FIRST_TRY).await,
+        // Redis spans every host, so it replaces the local bus, which stays as its stand-in for the
+        // workers of this host while Redis is away.
+        (Some(url), local) => bus::BusDriver::redis(url, REDIS_FIRST_TRY, local.as_deref()).await,
         (None, Some(path)) => match bus::BusDriver::connect(path).await {
             Ok(driver) => driver,
             Err(e) => {

@@ -5,6 +5,10 @@
 //!
 //! A link that goes down (Redis stopped, the daemon gone) turns the driver into a bus of one until
 //! it comes back: this worker keeps serving its own clients, and `/health` says it is degraded.
+//! Under chatctl a worker on Redis also keeps the daemon's local bus as a fallback: while Redis is
+//! away it publishes there, so the workers of one host keep sharing rooms (the hosts are split
+//! until Redis is back). It follows both all along, and publishes on one at a time (Redis whenever
+//! it is up), so nothing arrives twice.
 
 mod local;
 mod redis_link;
@@ -42,7 +46,20 @@ struct Inner {
 enum Link {
     Solo,
     Local(local::Local),
-    Redis(RedisLink),
+    Redis(RedisLink, Option<Fallback>),
+}
+
+/// The local bus beside Redis, with its own state (it comes and goes on its own).
+struct Fallback {
+    local: local::Local,
+    state: Arc<LinkState>,
+}
+
+impl Fallback {
+    /// The local bus, when it is there to carry what Redis cannot.
+    fn up(&self) -> Option<&local::Local> {
+        self.state.is_up().then_some(&self.local)
+    }
 }
 
 /// The channels this worker follows, and where their messages go.
@@ -134,20 +151,42 @@ impl BusDriver {
 
     /// Links to Redis at `url` (checked by the configuration). Waits at most `first_try` for the
     /// first connection; without it the worker starts degraded and keeps trying in the background.
-    pub async fn redis(url: &str, first_try: std::time::Duration) -> BusDriver {
+    /// With `local` (under chatctl), the daemon's bus carries this host's share while Redis is away.
+    pub async fn redis(url: &str, first_try: std::time::Duration, local: Option<&std::path::Path>) -> BusDriver {
         let table = Arc::new(Table::default());
+        let fallback = match local {
+            Some(path) => {
+                let state = Arc::new(LinkState::new("local", true));
+                match local::Local::connect(path, table.clone(), state.clone()).await {
+                    Ok(local) => Some(Fallback { local, state }),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "no local bus to fall back on while Redis is away");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         let state = Arc::new(LinkState::new("redis", false));
         let link = RedisLink::start(url, table.clone(), state.clone(), first_try).await;
-        BusDriver::with(Link::Redis(link), table, state)
+        BusDriver::with(Link::Redis(link, fallback), table, state)
+    }
+
+    /// The local bus standing in for Redis, while Redis is down.
+    fn fallback(&self) -> Option<&local::Local> {
+        match &self.inner.link {
+            Link::Redis(_, Some(fallback)) if !self.inner.state.is_up() => fallback.up(),
+            _ => None,
+        }
     }
 
     fn with(link: Link, table: Arc<Table>, state: Arc<LinkState>) -> BusDriver {
         BusDriver { inner: Arc::new(Inner { link, table, state }) }
     }
 
-    /// No other worker can hear this one: run alone, or the link is down.
+    /// No other worker can hear this one: run alone, or every link is down.
     pub fn is_solo(&self) -> bool {
-        matches!(self.inner.link, Link::Solo) || !self.inner.state.is_up()
+        matches!(self.inner.link, Link::Solo) || (!self.inner.state.is_up() && self.fallback().is_none())
     }
 
     /// What `/health` says about the link.
@@ -166,7 +205,7 @@ impl BusDriver {
     /// The Redis link, for what is kept in Redis itself (sessions, history streams).
     pub(crate) fn store(&self) -> Option<&RedisLink> {
         match &self.inner.link {
-            Link::Redis(link) if self.inner.state.is_up() => Some(link),
+            Link::Redis(link, _) if self.inner.state.is_up() => Some(link),
             _ => None,
         }
     }
@@ -178,10 +217,13 @@ impl BusDriver {
             self.inner.table.deliver(chan, val);
             return Ok(());
         }
+        if let Some(local) = self.fallback() {
+            return local.publish(&chan, &val);
+        }
         match &self.inner.link {
             Link::Solo => Ok(()),
             Link::Local(local) => local.publish(&chan, &val),
-            Link::Redis(redis) => {
+            Link::Redis(redis, _) => {
                 redis.publish(chan, val);
                 Ok(())
             }
@@ -205,7 +247,12 @@ impl Driver for BusDriver {
             Link::Solo => {}
             Link::Local(local) => local.subscribe(&chan)?,
             // Registered above first: a link coming up subscribes to everything in the table.
-            Link::Redis(redis) => redis.subscribe(chan).await,
+            Link::Redis(redis, fallback) => {
+                if let Some(fallback) = fallback {
+                    fallback.local.subscribe(&chan)?;
+                }
+                redis.subscribe(chan).await
+            }
         }
         Ok(MessageStream::new(rx))
     }
@@ -217,7 +264,10 @@ impl Driver for BusDriver {
         match &self.inner.link {
             Link::Solo => Ok(()),
             Link::Local(local) => local.unsubscribe(&chan),
-            Link::Redis(redis) => {
+            Link::Redis(redis, fallback) => {
+                if let Some(fallback) = fallback {
+                    fallback.local.unsubscribe(&chan)?;
+                }
                 redis.unsubscribe(chan).await;
                 Ok(())
             }
@@ -229,12 +279,15 @@ impl Driver for BusDriver {
         if self.is_solo() {
             return solo();
         }
+        if let Some(local) = self.fallback() {
+            return local.listeners(chan).await;
+        }
         match &self.inner.link {
             Link::Solo => solo(),
             Link::Local(local) => local.listeners(chan).await,
             // A failed count (the link just went down) counts this worker alone: requests then
             // expect no answer rather than wait for the timeout.
-            Link::Redis(redis) => {
+            Link::Redis(redis, _) => {
                 Ok(redis.listeners(chan).await.unwrap_or_else(|| u16::from(self.inner.table.follows(chan))))
             }
         }
