@@ -12,6 +12,7 @@ mod lifecycle;
 mod logs;
 mod memory;
 mod monit;
+mod node_app;
 mod redis;
 mod reload;
 mod watch;

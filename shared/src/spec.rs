@@ -67,6 +67,12 @@ pub struct AppSpec {
     pub memory_check_interval: HumanDuration,
     /// Restart on file changes (development).
     pub watch: Option<WatchSpec>,
+    /// The script an interpreter runs (then `script` is the interpreter and this is in `args`).
+    #[serde(default)]
+    pub interpreted: Option<String>,
+    /// Spawn Node with chatctl's preload (see the supervisor's `spawn::node`).
+    #[serde(default)]
+    pub node_preload: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -43,6 +43,10 @@ pub const APP_SECRET: &str = "CHATCTL_APP_SECRET";
 /// Path of the daemon's local bus (publish/subscribe on a Unix socket): the workers of one host
 /// share rooms through it when no Redis is configured.
 pub const BUS: &str = "CHATCTL_BUS";
+
+/// The instance's port (whatever `increment_var` names it): the Node preload takes the listen on
+/// this port.
+pub const PORT: &str = "CHATCTL_PORT";
 /// Directory of the Unix sockets through which the instances of one cluster-mode app hand each
 /// other the connections of long-polling sessions (the worker's `handoff` module).
 pub const HANDOFF: &str = "CHATCTL_HANDOFF";

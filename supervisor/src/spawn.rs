@@ -10,6 +10,8 @@ use chat_shared::spec::AppSpec;
 use chat_shared::worker_env;
 use tokio::process::{Child, Command};
 
+mod node;
+
 /// The local bus's socket inside the daemon's home.
 pub(crate) const BUS_FILE: &str = "bus.sock";
 
@@ -78,7 +80,12 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
         command.env(worker_env::NOTIFY_SOCKET, path);
     }
     if let Some(port) = port {
-        command.env(&spec.increment_var, port.to_string());
+        command.env(&spec.increment_var, port.to_string()).env(worker_env::PORT, port.to_string());
+    }
+    // A Node program takes its inherited socket through the preload (nothing to take without one).
+    if spec.node_preload && !fds.is_empty() {
+        let options = node::node_options(home, spec.env.get("NODE_OPTIONS").map(String::as_str))?;
+        command.env("NODE_OPTIONS", options);
     }
     if !fds.is_empty() {
         let names: Vec<&str> = fds.iter().map(|f| f.name).collect();

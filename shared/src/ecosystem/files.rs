@@ -29,8 +29,21 @@ impl Ecosystem {
                 // A relative script is resolved against the cwd: its error would only repeat this one.
                 continue;
             }
-            if let Err(why) = runnable(&spec.script, spec.env.get("PATH").map(String::as_str)) {
-                problem("script", why);
+            match &spec.interpreted {
+                // The interpreter must run, and the script must be there (it need not be executable).
+                Some(file) => {
+                    if let Err(why) = runnable(&spec.script, spec.env.get("PATH").map(String::as_str)) {
+                        problem("interpreter", format!("{why} (it runs {file}; set `interpreter`)"));
+                    }
+                    if !Path::new(file).is_file() {
+                        problem("script", format!("{file}: no such file"));
+                    }
+                }
+                None => {
+                    if let Err(why) = runnable(&spec.script, spec.env.get("PATH").map(String::as_str)) {
+                        problem("script", why);
+                    }
+                }
             }
         }
         if issues.is_empty() { Ok(()) } else { Err(ConfigErrors { issues }) }
@@ -73,10 +86,10 @@ mod tests {
     use super::Ecosystem;
 
     /// (line, column, key, message) of every problem `check_files` finds in `text`, written as
-    /// `eco.toml` into a temp dir holding `run.sh` (executable) and `data.js` (not executable).
+    /// `eco.toml` into a temp dir holding `run.sh` (executable) and `data.txt` (not executable).
     fn problems(text: &str) -> Vec<(usize, usize, String, String)> {
         let dir = tempfile::tempdir().expect("tempdir");
-        for (name, mode) in [("run.sh", 0o755), ("data.js", 0o644)] {
+        for (name, mode) in [("run.sh", 0o755), ("data.txt", 0o644)] {
             let path = dir.path().join(name);
             std::fs::write(&path, "#!/bin/sh\n").expect("write");
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
@@ -103,7 +116,12 @@ mod tests {
         type Case = (&'static str, (usize, usize, &'static str, &'static str));
         let cases: &[Case] = &[
             ("[apps.a]\nscript = \"./run.sh\"\ncwd = \"gone\"\n", (3, 1, "apps.a.cwd", "gone: no such directory")),
-            ("[apps.a]\nscript = \"./data.js\"\n", (2, 1, "apps.a.script", "data.js is not executable")),
+            ("[apps.a]\nscript = \"./data.txt\"\n", (2, 1, "apps.a.script", "data.txt is not executable")),
+            ("[apps.a]\nscript = \"gone.js\"\n", (2, 1, "apps.a.script", "gone.js: no such file")),
+            (
+                "[apps.a]\nscript = \"run.sh\"\ninterpreter = \"no-such-interpreter\"\n",
+                (3, 1, "apps.a.interpreter", "not an executable in the app's PATH"),
+            ),
             ("[apps.a]\nscript = \"./nothing\"\n", (2, 1, "apps.a.script", "nothing: no such file")),
             (
                 "[apps.a]\nscript = \"no-such-command-x\"\n",

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use super::load::Ecosystem;
-use super::schema::{ExecMode, LogType, Readiness, StopSignal, Watch};
+use super::schema::{AppConfig, ExecMode, LogType, Readiness, StopSignal, Watch};
 use crate::spec::{AppSpec, HealthSpec, ListenSpec, LogSpec, WatchSpec};
 use crate::units::{ByteSize, HumanDuration};
 
@@ -89,12 +89,23 @@ impl Ecosystem {
                 let cwd = std::path::absolute(&cwd).unwrap_or(cwd);
                 // Validation guarantees a script.
                 let script = c.script.clone().unwrap_or_default();
-                let script = if script.contains('/') {
+                let script = if script.contains('/') || interpreter_of(&c).is_some() {
                     let path = cwd.join(&script);
                     std::path::absolute(&path).unwrap_or(path).display().to_string()
                 } else {
                     script
                 };
+                // An interpreter runs the script: it becomes the program, the script its argument.
+                let (script, args, interpreted) = match interpreter_of(&c) {
+                    Some(interpreter) => {
+                        let mut args = c.interpreter_args.clone().unwrap_or_default();
+                        args.push(script.clone());
+                        args.extend(c.args.clone().unwrap_or_default());
+                        (interpreter, args, Some(script))
+                    }
+                    None => (script, c.args.clone().unwrap_or_default(), None),
+                };
+                let node_preload = c.node_preload != Some(false) && runs_node(&script);
                 let mut env = inherited_env.clone();
                 env.extend(c.env.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())));
                 let listen = c.port.map(|port| ListenSpec {
@@ -137,7 +148,9 @@ impl Ecosystem {
                     name: app.name.clone(),
                     profile: over.map(|(n, _)| n.clone()),
                     script,
-                    args: c.args.clone().unwrap_or_default(),
+                    args,
+                    interpreted,
+                    node_preload,
                     cwd,
                     env,
                     instances: c.instances.map_or(1, |i| i.resolve(cpus)),
@@ -177,4 +190,23 @@ impl Ecosystem {
             .collect();
         Ok(specs)
     }
+}
+
+/// The program that runs `c`'s script: its `interpreter`, or `node` for a JavaScript file (PM2's
+/// rule); `None` when the script runs itself (`interpreter = "none"`, or any other file).
+fn interpreter_of(c: &AppConfig) -> Option<String> {
+    match c.interpreter.as_deref() {
+        Some("none") => None,
+        Some(interpreter) => Some(interpreter.to_owned()),
+        None => {
+            let script = c.script.as_deref().unwrap_or_default();
+            [".js", ".mjs", ".cjs"].iter().any(|ext| script.ends_with(ext)).then(|| "node".to_owned())
+        }
+    }
+}
+
+/// Whether `program` is Node itself, or a package manager that runs a Node program (`npm start`).
+fn runs_node(program: &str) -> bool {
+    let name = program.rsplit('/').next().unwrap_or(program);
+    matches!(name, "node" | "nodejs" | "npm" | "npx" | "yarn" | "pnpm")
 }

@@ -22,6 +22,15 @@ pub struct AppConfig {
     /// Program to run: a path (relative to `cwd`) or a command looked up in `PATH`.
     pub script: Option<String>,
     pub args: Option<Vec<String>>,
+    /// Runs `script` through this program: `node` by default for a `.js`, `.mjs` or `.cjs` script
+    /// (as PM2 does), `"none"` to run the script itself.
+    pub interpreter: Option<String>,
+    /// Arguments for the interpreter, before the script (PM2's `node_args` is the same key).
+    #[serde(alias = "node_args")]
+    pub interpreter_args: Option<Vec<String>>,
+    /// For a Node program: load chatctl's preload, so that its listen on its port takes the
+    /// inherited socket (the default); `false` leaves the program as it is.
+    pub node_preload: Option<bool>,
     /// Working directory, relative to the directory of `ecosystem.toml`.
     pub cwd: Option<PathBuf>,
     /// Added to the environment; a profile's `env` is merged key by key over the base `env`.
@@ -101,6 +110,9 @@ impl AppConfig {
         pick!(
             script,
             args,
+            interpreter,
+            interpreter_args,
+            node_preload,
             cwd,
             instances,
             exec_mode,

@@ -159,3 +159,45 @@ fn the_repos_ecosystem_file_loads_with_every_profile() {
         }
     }
 }
+
+#[test]
+fn a_javascript_file_runs_through_node_with_the_preload_unless_told_otherwise() {
+    let text = r#"
+[apps.js]
+script = "server.js"
+args = ["--verbose"]
+node_args = ["--max-old-space-size=512"]
+
+[apps.npm]
+script = "npm"
+args = ["start"]
+
+[apps.own]
+script = "bin/server.mjs"
+interpreter = "none"
+
+[apps.bun]
+script = "app.ts"
+interpreter = "bun"
+
+[apps.plain]
+script = "server.js"
+node_preload = false
+"#;
+    let specs =
+        Ecosystem::parse(text, Path::new("/srv/app/eco.toml")).expect("valid").resolve(None, None, &BTreeMap::new());
+    let specs = specs.expect("resolves");
+    let by = |name: &str| specs.iter().find(|s| s.name == name).expect("app");
+    let js = by("js");
+    assert_eq!(js.script, "node");
+    assert_eq!(js.args, ["--max-old-space-size=512", "/srv/app/server.js", "--verbose"]);
+    assert_eq!((js.interpreted.as_deref(), js.node_preload), (Some("/srv/app/server.js"), true));
+    assert!(by("npm").node_preload && by("npm").interpreted.is_none(), "npm start runs node");
+    assert_eq!((by("own").script.as_str(), by("own").node_preload), ("/srv/app/bin/server.mjs", false));
+    assert_eq!(
+        (by("bun").script.as_str(), by("bun").args.as_slice()),
+        ("bun", ["/srv/app/app.ts".to_owned()].as_slice())
+    );
+    assert!(!by("bun").node_preload);
+    assert!(!by("plain").node_preload && by("plain").script == "node");
+}

@@ -111,34 +111,27 @@ pub(crate) fn convert(pm2: &Value) -> anyhow::Result<(String, Vec<String>)> {
         let mut unmapped = Vec::new();
         let mut env: Map<String, Value> = app.get("env").and_then(Value::as_object).cloned().unwrap_or_default();
         let mut profiles: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
-        // A Node script runs through node (or the interpreter PM2 was told about).
+        // The script as it is: a `.js` file runs through node by itself, as under PM2.
         let script = app.get("script").and_then(Value::as_str).unwrap_or("index.js");
-        let interpreter = app.get("interpreter").and_then(Value::as_str);
-        let mut args: Vec<String> = match app.get("args") {
-            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
-            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
-            _ => Vec::new(),
+        keys.insert("script", toml_string(script));
+        let words = |value: &Value| -> Vec<String> {
+            match value {
+                Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
+                Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+                _ => Vec::new(),
+            }
         };
-        let js = script.ends_with(".js") || script.ends_with(".cjs") || script.ends_with(".mjs");
-        match (interpreter, js) {
-            (Some("none"), _) | (None, false) => {
-                keys.insert("script", toml_value(&Value::from(script)).unwrap_or_default());
-            }
-            (Some(interpreter), _) => {
-                keys.insert("script", toml_value(&Value::from(interpreter)).unwrap_or_default());
-                args.insert(0, script.to_owned());
-            }
-            (None, true) => {
-                keys.insert("script", toml_string("node"));
-                args.insert(0, script.to_owned());
-            }
-        }
+        let args = app.get("args").map(words).unwrap_or_default();
         if !args.is_empty() {
             keys.insert("args", toml_value(&Value::from(args)).unwrap_or_default());
         }
         for (key, value) in app {
             let mapped = match key.as_str() {
-                "name" | "script" | "args" | "interpreter" | "env" => continue,
+                "name" | "script" | "args" | "env" => continue,
+                "interpreter" => value.as_str().map(|i| ("interpreter", toml_string(i))),
+                "node_args" | "interpreter_args" => {
+                    toml_value(&Value::from(words(value))).map(|v| ("interpreter_args", v))
+                }
                 "cwd" | "out_file" | "error_file" | "merge_logs" | "autorestart" | "max_restarts" | "increment_var"
                 | "instance_var" | "stop_exit_codes" | "ignore_watch" => toml_value(value).map(|v| (key.as_str(), v)),
                 "watch" => toml_value(value).map(|v| ("watch", v)),
@@ -185,9 +178,9 @@ pub(crate) fn convert(pm2: &Value) -> anyhow::Result<(String, Vec<String>)> {
             keys.insert("port", port.to_string());
             if keys.get("exec_mode").map(String::as_str) == Some("\"cluster\"") {
                 notes.push(format!(
-                    "{name}: cluster mode now means the supervisor binds {port} and passes it as fd 3; \
-                     a Node server listens on it with server.listen({{ fd: 3 }}) when LISTEN_FDS is set \
-                     (or use exec_mode = \"fork\" with inherit_socket = false)"
+                    "{name}: cluster mode means the supervisor binds {port} and every instance accepts on it \
+                     (fd 3); a Node program does so unchanged through chatctl's preload, a program in \
+                     another language listens on fd 3 (or use exec_mode = \"fork\" with inherit_socket = false)"
                 ));
             } else {
                 keys.insert("inherit_socket", "false".into());
@@ -222,12 +215,12 @@ mod tests {
             "name": "chat", "script": "server.js", "instances": "max", "exec_mode": "cluster_mode",
             "max_memory_restart": "1G", "kill_timeout": 5000, "min_uptime": "10s", "max_restarts": 5,
             "env": { "PORT": 3000, "NODE_ENV": "development" }, "env_production": { "NODE_ENV": "production" },
-            "wait_ready": true, "log_date_format": "YYYY-MM-DD"
+            "wait_ready": true, "log_date_format": "YYYY-MM-DD", "node_args": "--max-old-space-size=512 --trace-warnings"
         }]});
         let (text, notes) = convert(&pm2).expect("converts");
         for line in [
-            "script = \"node\"",
-            "args = [\"server.js\"]",
+            "script = \"server.js\"",
+            "interpreter_args = [\"--max-old-space-size=512\", \"--trace-warnings\"]",
             "instances = \"max\"",
             "exec_mode = \"cluster\"",
             "kill_timeout = \"5s\"",

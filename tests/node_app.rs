@@ -1,0 +1,104 @@
+//! A PM2 user's unmodified Node app under chatctl: the plain Express + Socket.IO server in
+//! `tests/apps/express-chat.js` (it calls `server.listen(process.env.PORT || 3000)` and knows
+//! nothing of chatctl), in cluster mode and on incremented ports, through chatctl's Node preload.
+//! Before the preload every instance crash-looped with EADDRINUSE (chatctl holds the port).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chat_bench::load::Load;
+use chat_shared::status::Phase;
+
+use crate::support::redis::RedisServer;
+use crate::support::{Env, free_port, free_ports, heavy_load, node, stderr, tests_dir, wait_until};
+
+/// The app table: the script itself (a `.js` file runs through node), fast probes on its own
+/// `/health`, a short kill timeout.
+fn express_app(port: u16, mode: &str, instances: usize, env: &str) -> String {
+    format!(
+        "[apps.web]\nscript = \"{}\"\nport = {port}\ninstances = {instances}\nexec_mode = \"{mode}\"\n\
+         kill_timeout = \"3s\"\n\
+         health = {{ path = \"/health\", interval = \"300ms\", timeout = \"300ms\", unhealthy_threshold = 2, grace = \"0s\" }}\n\
+         env = {{ {env} }}\n",
+        tests_dir().join("apps/express-chat.js").display()
+    )
+}
+
+#[test]
+fn an_unmodified_express_app_runs_as_a_cluster_with_per_instance_health_kills_and_reloads_refusing_nothing() {
+    let _heavy = heavy_load();
+    let redis = RedisServer::start();
+    let env = Env::new();
+    let port = free_port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    env.write("ecosystem.toml", &express_app(port, "cluster", 2, &format!("REDIS_URL = \"{}\"", redis.url())));
+    env.ok(&["start"]);
+    let pids = env.online_pids("web", 2);
+
+    // Socket.IO across the two instances (websocket transport; the app's own Redis adapter).
+    let out = node("node-app-chat.mjs", &[&format!("http://{addr}")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "chat across instances: {stdout}\n{}", stderr(&out));
+
+    // Each instance is probed on its own /health (its admin socket, served by the app's handler):
+    // a stopped one is found out and replaced while the other serves.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0] as i32), nix::sys::signal::Signal::SIGSTOP)
+        .expect("stop");
+    let replaced = wait_until("the stopped instance replaced", Duration::from_secs(20), || {
+        let i = env.list()[0].instances[0].clone();
+        (i.status == Phase::Online && i.pid.is_some_and(|p| p != pids[0])).then_some(i.pid)
+    });
+    crate::support::sigkill(pids[0]);
+
+    // kill -9 under load: nothing refused (the port stays open in the supervisor).
+    let load = Load::mixed(vec![addr], "/api/hello", 1, 1);
+    load.wait_for(200);
+    let victim = env.online_pids("web", 2)[1];
+    crate::support::sigkill(victim);
+    wait_until("the killed instance back", Duration::from_secs(20), || {
+        let i = env.list()[0].instances[1].clone();
+        (i.status == Phase::Online && i.pid != Some(victim)).then_some(())
+    });
+    load.wait_for(200);
+    let (ok, refused, failed) = load.stop();
+    eprintln!("kill -9 of an Express instance under load: {ok} ok, {refused} refused, {failed} failed");
+    assert_eq!(refused, 0, "a killed instance's port refuses nothing");
+
+    // A reload under load: nothing fails (the preload drains the old process like our worker).
+    env.write(
+        "ecosystem.toml",
+        &express_app(port, "cluster", 2, &format!("REDIS_URL = \"{}\", RELEASE = \"2\"", redis.url())),
+    );
+    let before = env.online_pids("web", 2);
+    let load = Load::mixed(vec![addr], "/api/hello", 1, 1);
+    load.wait_for(200);
+    let out = env.ok(&["reload", "web"]);
+    load.wait_for(200);
+    let (ok, refused, failed) = load.stop();
+    eprintln!("reload of an Express cluster of 2 under load: {ok} ok, {refused} refused, {failed} failed");
+    assert_eq!((refused, failed), (0, 0), "no request fails during a reload\n{out}");
+    let after = env.online_pids("web", 2);
+    assert!(before.iter().all(|p| !after.contains(p)), "replaced: {before:?} -> {after:?} ({replaced:?})");
+    env.ok(&["kill"]);
+}
+
+#[test]
+fn an_unmodified_express_app_on_four_ports_reloads_refusing_nothing() {
+    let _heavy = heavy_load();
+    let env = Env::new();
+    let base = free_ports(4);
+    env.write("ecosystem.toml", &express_app(base, "fork", 4, ""));
+    env.ok(&["start"]);
+    let before = env.online_pids("web", 4);
+    env.write("ecosystem.toml", &express_app(base, "fork", 4, "RELEASE = \"2\""));
+    let addrs: Vec<SocketAddr> = (0..4).map(|i| SocketAddr::from(([127, 0, 0, 1], base + i))).collect();
+    let load = Load::mixed(addrs, "/api/hello", 1, 1);
+    load.wait_for(200);
+    let out = env.ok(&["reload", "web"]);
+    load.wait_for(200);
+    let (ok, refused, failed) = load.stop();
+    eprintln!("reload of an Express app on 4 ports under load: {ok} ok, {refused} refused, {failed} failed");
+    assert_eq!((refused, failed), (0, 0), "no request fails during a reload\n{out}");
+    let after = env.online_pids("web", 4);
+    assert!(before.iter().all(|p| !after.contains(p)), "replaced: {before:?} -> {after:?}");
+}
