@@ -10,10 +10,15 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWr
 use crate::spec::AppSpec;
 use crate::status::AppStatus;
 
-/// Bumped on any incompatible change of the types in this module.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped on any incompatible change of the types in this module (2: a log tail comes as
+/// [`Event::Tail`] frames before its [`Response::Logs`]).
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Longest frame either side accepts; a longer one is an error, not an allocation.
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
+/// Most lines of each file one `logs` request gets; a larger `lines` is capped to this. A tail is
+/// streamed (memory stays bounded whatever the count), but past this a person is better served by
+/// the file itself, and a typo such as `-n 100000000` must not keep the daemon reading gigabytes.
+pub const MAX_TAIL_LINES: usize = 100_000;
 /// Name of the control socket inside `$CHATCTL_HOME`.
 pub const SOCKET_FILE: &str = "daemon.sock";
 
@@ -67,8 +72,9 @@ pub enum Request {
     Delete { app: Option<String> },
     /// Stop every app, then the daemon exits.
     Kill,
-    /// The last `lines` lines of the apps' current log files; with `follow`, the connection then
-    /// carries an [`Event`] per new line until the client closes it.
+    /// The last `lines` lines (at most [`MAX_TAIL_LINES`]) of the apps' current log files, as
+    /// [`Event::Tail`] frames then a [`Response::Logs`]; with `follow`, the connection then carries
+    /// an [`Event::Log`] per new line until the client closes it.
     Logs { app: Option<String>, lines: usize, stream: Option<LogStream>, follow: bool },
     /// Empty the apps' current log files.
     Flush { app: Option<String> },
@@ -171,7 +177,7 @@ pub struct LogRecord {
     pub message: String,
 }
 
-/// The tail of one log file.
+/// The tail of one log file, or a part of it (see [`Event::Tail`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogTail {
     pub app: String,
@@ -193,6 +199,10 @@ pub enum Event {
     },
     Reload(ReloadStep),
     Snapshot(Snapshot),
+    /// Lines of a `logs` tail, oldest first: each file's lines in one or more consecutive frames
+    /// (one with no lines for an empty file), files one after the other. Frames stay far below
+    /// [`MAX_FRAME_BYTES`] however long the tail.
+    Tail(LogTail),
 }
 
 /// One step of a rolling reload, as it happens.
@@ -252,9 +262,11 @@ pub enum Response {
         instances_stopped: usize,
         forced: usize,
     },
-    /// The tails asked for; a follow subscription's events come after this.
+    /// The end of a tail (its lines came before, as [`Event::Tail`] frames): at most `per_file`
+    /// lines of each file were sent, the request's count capped at [`MAX_TAIL_LINES`]. A follow
+    /// subscription's events come after this.
     Logs {
-        files: Vec<LogTail>,
+        per_file: usize,
     },
     /// Every instance of these apps was replaced.
     Reloaded {
@@ -362,15 +374,7 @@ mod tests {
             Response::Done { apps: vec!["a".into()] },
             Response::Killed { instances_stopped: 3, forced: 1 },
             Response::Error { message: "no".into() },
-            Response::Logs {
-                files: vec![LogTail {
-                    app: "a".into(),
-                    stream: LogStream::Out,
-                    instance: Some(1),
-                    path: "/x".into(),
-                    lines: vec!["l".into()],
-                }],
-            },
+            Response::Logs { per_file: MAX_TAIL_LINES },
         ] {
             round_trip(response).await;
         }
@@ -378,6 +382,14 @@ mod tests {
             LogRecord { time: "t".into(), app: "a".into(), instance: 0, stream: LogStream::Out, message: "m".into() };
         round_trip(Event::Log(record)).await;
         round_trip(Event::Skipped { count: 3 }).await;
+        round_trip(Event::Tail(LogTail {
+            app: "a".into(),
+            stream: LogStream::Out,
+            instance: Some(1),
+            path: "/x".into(),
+            lines: vec!["l".into()],
+        }))
+        .await;
         round_trip(Event::Reload(ReloadStep {
             app: "a".into(),
             index: 2,

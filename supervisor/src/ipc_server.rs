@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use chat_shared::ipc::{self, Event, Hello, LogRecord, LogStream, PROTOCOL_VERSION, Request, Response, Welcome};
+use chat_shared::ipc::{
+    self, Event, Hello, LogRecord, LogStream, LogTail, MAX_TAIL_LINES, PROTOCOL_VERSION, Request, Response, Welcome,
+};
 use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -122,35 +124,107 @@ async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>, idle: Du
             monitor(&mut read, &mut write, &tx, every_ms).await;
             return;
         }
-        let follow = match &request {
-            Request::Logs { app, stream, follow: true, .. } => Some((app.clone(), *stream)),
-            _ => None,
-        };
-        // Subscribe before the tail is read: a line may then be shown twice, but none is missed.
-        let subscription = match follow {
-            Some(_) => {
-                let (sub_tx, sub_rx) = oneshot::channel();
-                if tx.send(Msg::Follow(sub_tx)).is_err() {
-                    return;
-                }
-                sub_rx.await.ok()
+        if let Request::Logs { app, lines, stream, follow } = request {
+            if !logs(&mut read, &mut write, &tx, app, lines, stream, follow).await {
+                return;
             }
-            None => None,
-        };
+            continue;
+        }
         let (reply_tx, reply_rx) = oneshot::channel();
         if tx.send(Msg::Request(request, reply_tx)).is_err() {
             return;
         }
         let response = reply_rx.await.unwrap_or(Response::Error { message: "the daemon stopped".into() });
-        let failed = matches!(response, Response::Error { .. });
         if ipc::write_frame(&mut write, &response).await.is_err() {
             return;
         }
-        if let (Some((app, stream)), Some(receiver), false) = (follow, subscription, failed) {
-            stream_logs(&mut read, &mut write, receiver, app, stream).await;
-            return;
+    }
+}
+
+/// `chatctl logs`: the tail as [`Event::Tail`] frames, then [`Response::Logs`], then with `follow`
+/// every new line until the client hangs up. The daemon only names the files; they are read here,
+/// off its thread. False when the connection is done.
+async fn logs(
+    read: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    tx: &mpsc::UnboundedSender<Msg>,
+    app: Option<String>,
+    lines: usize,
+    stream: Option<LogStream>,
+    follow: bool,
+) -> bool {
+    // Subscribe before the tail is read: a line may then be shown twice, but none is missed.
+    let subscription = if follow {
+        let (sub_tx, sub_rx) = oneshot::channel();
+        if tx.send(Msg::Follow(sub_tx)).is_err() {
+            return false;
+        }
+        match sub_rx.await {
+            Ok(receiver) => Some(receiver),
+            Err(_) => return false,
+        }
+    } else {
+        None
+    };
+    let (files_tx, files_rx) = oneshot::channel();
+    if tx.send(Msg::LogFiles { app: app.clone(), stream, reply: files_tx }).is_err() {
+        return false;
+    }
+    let files = match files_rx.await {
+        Ok(Ok(files)) => files,
+        Ok(Err(message)) => return ipc::write_frame(write, &Response::Error { message }).await.is_ok(),
+        Err(_) => return false,
+    };
+    let per_file = lines.min(MAX_TAIL_LINES);
+    if per_file > 0 && !tail(write, files, per_file).await {
+        return false;
+    }
+    if ipc::write_frame(write, &Response::Logs { per_file }).await.is_err() {
+        return false;
+    }
+    match subscription {
+        Some(receiver) => {
+            stream_logs(read, write, receiver, app, stream).await;
+            false
+        }
+        None => true,
+    }
+}
+
+/// Chunks of a tail queued between the reading thread and the connection: a client that reads
+/// slowly holds the reader back by this much, and never the daemon.
+const TAIL_QUEUE: usize = 4;
+
+/// Reads the last `per_file` lines of each of `files` on the blocking pool and writes them as
+/// [`Event::Tail`] frames. False when the client went away (the reader then stops too).
+async fn tail(write: &mut tokio::net::unix::OwnedWriteHalf, files: Vec<LogTail>, per_file: usize) -> bool {
+    let (chunks_tx, mut chunks) = mpsc::channel::<LogTail>(TAIL_QUEUE);
+    let reader = tokio::task::spawn_blocking(move || {
+        for file in files {
+            let path = std::path::PathBuf::from(&file.path);
+            let read = crate::logs::stream_tail(&path, per_file, |lines| {
+                chunks_tx.blocking_send(LogTail { lines, ..file.clone() }).is_ok()
+            });
+            if let Err(e) = read {
+                let line = format!("(cannot read {}: {e})", file.path);
+                if chunks_tx.blocking_send(LogTail { lines: vec![line], ..file }).is_err() {
+                    return;
+                }
+            }
+            if chunks_tx.is_closed() {
+                return;
+            }
+        }
+    });
+    while let Some(chunk) = chunks.recv().await {
+        if ipc::write_frame(write, &Event::Tail(chunk)).await.is_err() {
+            return false;
         }
     }
+    if let Err(e) = reader.await {
+        tracing::warn!(error = %e, "reading a log tail failed");
+    }
+    true
 }
 
 /// `chatctl monit`: a snapshot now, then one every `every_ms` (at least 200 ms), until the client

@@ -6,4 +6,5 @@ mod daemon;
 mod drain;
 mod hostile;
 mod limits;
+mod logs;
 mod state;

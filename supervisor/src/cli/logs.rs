@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use chat_shared::ipc::{Event, LogStream, Request, Response};
+use std::io::Write;
+
+use chat_shared::ipc::{Event, LogStream, LogTail, Request, Response};
 
 use super::LogsArgs;
 use crate::client::Client;
@@ -17,20 +19,53 @@ pub(super) async fn logs(args: LogsArgs, home: &Home) -> anyhow::Result<ExitCode
     };
     let mut client = Client::connect(home).await.context("cannot reach the daemon")?;
     let request = Request::Logs { app: args.app, lines: args.lines, stream, follow: args.follow };
-    let files = match client.request(&request).await? {
-        Response::Logs { files } => files,
-        Response::Error { message } => bail!("{message}"),
-        other => bail!("unexpected answer: {other:?}"),
-    };
-    for file in &files {
-        if args.json {
-            println!("{}", serde_json::to_string(file)?);
-        } else if args.lines > 0 {
-            println!("==> {} <==", file.path);
-            for line in &file.lines {
-                println!("{line}");
+    client.send(&request).await?;
+    // The tail comes in parts; text is printed as it comes (a long tail does not wait in memory),
+    // JSON keeps one object per file as before.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut current: Option<LogTail> = None;
+    let per_file = loop {
+        match client.next_event_or_response().await? {
+            Ok(Event::Tail(part)) => {
+                let same = current.as_ref().is_some_and(|c| c.path == part.path && c.app == part.app);
+                if args.json {
+                    match current.as_mut() {
+                        Some(file) if same => file.lines.extend(part.lines),
+                        _ => {
+                            if let Some(done) = current.replace(part) {
+                                writeln!(out, "{}", serde_json::to_string(&done)?)?;
+                            }
+                        }
+                    }
+                } else {
+                    if !same {
+                        writeln!(out, "==> {} <==", part.path)?;
+                    }
+                    for line in &part.lines {
+                        writeln!(out, "{line}")?;
+                    }
+                    out.flush()?;
+                    current = Some(LogTail { lines: Vec::new(), ..part });
+                }
             }
+            Ok(_) => {}
+            Err(Response::Logs { per_file }) => break per_file,
+            Err(Response::Error { message }) => bail!("{message}"),
+            Err(other) => bail!("unexpected answer: {other:?}"),
         }
+    };
+    if args.json
+        && let Some(done) = current.take()
+    {
+        writeln!(out, "{}", serde_json::to_string(&done)?)?;
+    }
+    out.flush()?;
+    drop(out);
+    if per_file < args.lines {
+        eprintln!(
+            "chatctl: showing at most the last {per_file} lines of each file (asked for {}); the files hold the rest",
+            args.lines
+        );
     }
     if !args.follow {
         return Ok(ExitCode::SUCCESS);
@@ -45,7 +80,7 @@ pub(super) async fn logs(args: LogsArgs, home: &Home) -> anyhow::Result<ExitCode
             Event::Skipped { count } => {
                 eprintln!("chatctl: {count} line(s) skipped: this terminal fell behind (they are in the files)")
             }
-            Event::Reload(_) | Event::Snapshot(_) => {}
+            Event::Reload(_) | Event::Snapshot(_) | Event::Tail(_) => {}
         }
     }
     Ok(ExitCode::SUCCESS)

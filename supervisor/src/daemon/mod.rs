@@ -98,6 +98,12 @@ pub(crate) enum Msg {
     Metrics(oneshot::Sender<String>),
     /// A `logs --follow` connection subscribing to captured lines.
     Follow(oneshot::Sender<broadcast::Receiver<Arc<LogRecord>>>),
+    /// A `logs` connection asking which files to tail (it reads them itself, off this thread).
+    LogFiles {
+        app: Option<String>,
+        stream: Option<chat_shared::ipc::LogStream>,
+        reply: oneshot::Sender<Result<Vec<chat_shared::ipc::LogTail>, String>>,
+    },
 }
 
 /// How the daemon ended, for `chatctl run`'s exit code.
@@ -456,6 +462,9 @@ impl Daemon {
             }
             Msg::Follow(reply) => {
                 let _ = reply.send(self.follow.subscribe());
+            }
+            Msg::LogFiles { app, stream, reply } => {
+                let _ = reply.send(self.log_files(app.as_deref(), stream));
             }
             Msg::Notify { app_id, key, notice } => {
                 let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };

@@ -324,7 +324,7 @@ impl App {
     pub(super) fn log_tail(&self, lines: usize) -> String {
         let mut out = String::new();
         for (stream, _, path) in self.logs.current_files(self.slots.len()) {
-            let tail = crate::logs::tail(&path, lines).unwrap_or_default();
+            let tail = crate::logs::last_lines(&path, lines).unwrap_or_default();
             if tail.is_empty() {
                 continue;
             }

@@ -74,10 +74,8 @@ impl Daemon {
                 self.begin_kill(Some(reply));
                 return;
             }
-            Request::Logs { app, lines, stream, follow: _ } => match self.chosen(app.as_deref()) {
-                Ok(chosen) => Response::Logs { files: self.tails(&chosen, lines, stream) },
-                Err(message) => Response::Error { message },
-            },
+            // The connection reads the files itself (`Msg::LogFiles`), off this thread.
+            Request::Logs { .. } => Response::Error { message: "a log tail is streamed by its connection".into() },
             Request::Flush { app } => return self.log_control(app.as_deref(), false, reply),
             Request::ReloadLogs => return self.log_control(None, true, reply),
             // The connection turns a reload into `Msg::Reload`, with a progress channel.
@@ -177,26 +175,25 @@ impl Daemon {
         }
     }
 
-    /// The last `lines` lines of every current log file of `chosen` apps.
-    fn tails(&self, chosen: &[usize], lines: usize, stream: Option<LogStream>) -> Vec<LogTail> {
+    /// The current log files of `target` (every app when `None`), as tails without lines yet: the
+    /// connection reads them off this thread (see `ipc_server::tail`).
+    pub(super) fn log_files(&self, target: Option<&str>, stream: Option<LogStream>) -> Result<Vec<LogTail>, String> {
         let mut out = Vec::new();
-        for app in chosen.iter().map(|i| &self.apps[*i]) {
+        for app in self.chosen(target)?.into_iter().map(|i| &self.apps[i]) {
             for (file_stream, instance, path) in app.logs.current_files(app.slots.len()) {
                 if stream.is_some_and(|s| s != file_stream) {
                     continue;
                 }
-                let lines = crate::logs::tail(&path, lines)
-                    .unwrap_or_else(|e| vec![format!("(cannot read {}: {e})", path.display())]);
                 out.push(LogTail {
                     app: app.spec.name.clone(),
                     stream: file_stream,
                     instance,
                     path: path.display().to_string(),
-                    lines,
+                    lines: Vec::new(),
                 });
             }
         }
-        out
+        Ok(out)
     }
 
     /// `flush` (truncate) or `reload-logs` (reopen) on the writers; answered when all are done.

@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use rotate::{RotatePolicy, RotatingFile};
-pub(crate) use tail::tail;
+pub(crate) use tail::{last_lines, stream_tail};
 
 /// A line longer than this is cut, each piece written as a line.
 const MAX_LINE: usize = 64 * 1024;
