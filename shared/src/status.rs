@@ -14,6 +14,10 @@ pub struct AppStatus {
     /// config asked for port 0.
     pub port: Option<u16>,
     pub instances: Vec<InstanceStatus>,
+    /// Why some of the app's output is not reaching its files right now (a failed write or
+    /// rotation, with what was dropped); `None` while every line is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_issue: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,10 +1,15 @@
-//! Log faults (issue 11, item 6): a huge tail must not stop the daemon.
+//! Log faults (issue 11, items 6 and 7): a huge tail must not stop the daemon; a log that cannot be
+//! rotated or written must neither lose the lines it can still write nor flood `daemon.log`, and
+//! must resume by itself; `flush` must free a full disk.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Env, bin, sigkill};
+use chat_shared::status::{AppStatus, Phase};
+
+use crate::support::{Env, alive, bin, sigkill, wait_until};
 
 fn app(name: &str, args: &[&str], extra: &str) -> String {
     let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
@@ -13,6 +18,31 @@ fn app(name: &str, args: &[&str], extra: &str) -> String {
         bin("fixture-app").display(),
         args.join(", ")
     )
+}
+
+fn find<'a>(apps: &'a [AppStatus], name: &str) -> &'a AppStatus {
+    apps.iter().find(|a| a.name == name).unwrap_or_else(|| panic!("{name} in {apps:?}"))
+}
+
+/// Rotated siblings of `path` (`NAME.<stamp>`).
+fn rotated(path: &Path) -> Vec<PathBuf> {
+    let name = path.file_name().and_then(|n| n.to_str()).expect("name");
+    let Ok(entries) = std::fs::read_dir(path.parent().expect("dir")) else { return Vec::new() };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{name}.2"))))
+        .collect();
+    files.sort();
+    files
+}
+
+fn size(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// Lines of `daemon.log` at WARN or ERROR that mention `needle`.
+fn complaints(env: &Env, needle: &str) -> usize {
+    env.daemon_log().lines().filter(|l| (l.contains("WARN") || l.contains("ERROR")) && l.contains(needle)).count()
 }
 
 /// Kills `pid` after `after` unless disarmed (dropped) first: a blocking read of a child's output
@@ -93,4 +123,136 @@ fn list_answers_while_a_huge_tail_is_still_streaming() {
     assert!(lines[0].starts_with(&format!("line {:07} ", LINES - 100_000)), "{}", lines[0]);
     assert!(lines[lines.len() - 1].starts_with(&format!("line {:07} ", LINES - 1)), "{}", lines[lines.len() - 1]);
     assert!(stderr.contains("100000"), "the cap is said: {stderr:?}");
+}
+
+#[test]
+fn a_log_directory_replaced_by_a_file_and_back_loses_no_writable_line_and_resumes() {
+    let env = Env::new();
+    let dir = env.path("applogs");
+    std::fs::create_dir(&dir).expect("log dir");
+    let out = dir.join("tick-out.log");
+    env.write(
+        "ecosystem.toml",
+        &app(
+            "tick",
+            &["--tick", "1"],
+            &format!(
+                "out_file = {:?}\nerror_file = {:?}\nmax_size = \"4K\"\nretain = 1000",
+                out.display().to_string(),
+                dir.join("tick-err.log").display().to_string()
+            ),
+        ),
+    );
+    env.ok(&["start"]);
+    wait_until("a first rotation", Duration::from_secs(30), || (!rotated(&out).is_empty()).then_some(()));
+
+    // The directory becomes a file: a rotation (rename into it) fails, even for root.
+    let away = env.path("applogs.away");
+    std::fs::rename(&dir, &away).expect("move the log dir");
+    std::fs::write(&dir, "not a directory").expect("a file in its place");
+    let current = away.join("tick-out.log");
+    // The open file (now under `away`) keeps taking lines past max_size instead of dropping them.
+    wait_until("lines appended past max_size while rotation fails", Duration::from_secs(30), || {
+        (size(&current) > 12 * 1024).then_some(())
+    });
+    let issue = wait_until("the problem shown in list", Duration::from_secs(10), || {
+        find(&env.list(), "tick").log_issue.clone()
+    });
+    assert!(issue.contains("tick-out.log") && issue.contains("rotat"), "{issue}");
+    let described = env.ok(&["describe", "tick"]);
+    assert!(described.contains(&format!("log problem  {issue}")), "{described}");
+    let table = env.ok(&["list"]);
+    assert!(table.contains(&format!("tick: log problem: {issue}")), "{table}");
+    // Hundreds of lines failed to rotate by now: daemon.log got a line or two, not one per line.
+    let logged = complaints(&env, "tick-out.log");
+    assert!((1..=3).contains(&logged), "{logged} complaints:\n{}", env.daemon_log());
+
+    // Back to normal: rotation resumes by itself, the note goes away, nothing restarted.
+    std::fs::remove_file(&dir).expect("remove the file");
+    std::fs::rename(&away, &dir).expect("the log dir back");
+    let before = rotated(&out).len();
+    wait_until("rotation resumed and the problem cleared", Duration::from_secs(30), || {
+        let apps = env.list();
+        let tick = find(&apps, "tick");
+        (rotated(&out).len() > before + 1 && tick.log_issue.is_none()).then_some(())
+    });
+    assert!(size(&out) <= 4096, "the current file is small again: {}", size(&out));
+    let apps = env.list();
+    let instance = &find(&apps, "tick").instances[0];
+    assert_eq!((instance.status, instance.restarts), (Phase::Online, 0), "{instance:?}");
+}
+
+/// A size-limited tmpfs at `path`, unmounted on drop; `None` (the test skips) where mounting is
+/// not allowed, except under `CI=true`, where the test must run.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(path).expect("mount point");
+        let ran = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .stdout(Stdio::null())
+            .output();
+        match ran {
+            Ok(out) if out.status.success() => Some(Tmpfs(path.to_owned())),
+            other => {
+                let why = match other {
+                    Ok(out) => String::from_utf8_lossy(&out.stderr).into_owned(),
+                    Err(e) => e.to_string(),
+                };
+                assert!(std::env::var("CI").as_deref() != Ok("true"), "CI must run this test (as root): mount: {why}");
+                eprintln!("skipped: a size-limited tmpfs needs root (mount: {})", why.trim());
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: the daemon may still hold a file open here; the mount goes once it closes it.
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn flush_on_a_full_disk_frees_it_and_logging_resumes() {
+    let env = Env::new();
+    let Some(_disk) = Tmpfs::mount(&env.path("disk"), "256k") else { return };
+    let out = env.path("disk/fill-out.log");
+    env.write(
+        "ecosystem.toml",
+        &app(
+            "fill",
+            &["--lines", "20000", "--line-bytes", "100", "--tick", "20"],
+            &format!(
+                "out_file = {:?}\nerror_file = {:?}\nmax_size = \"1G\"",
+                out.display().to_string(),
+                env.path("fill-err.log").display().to_string()
+            ),
+        ),
+    );
+    env.ok(&["start"]);
+    wait_until("the disk full", Duration::from_secs(30), || (size(&out) > 200 * 1024).then_some(()));
+    let issue = wait_until("the write failure shown in list", Duration::from_secs(10), || {
+        find(&env.list(), "fill").log_issue.clone()
+    });
+    assert!(issue.contains("fill-out.log") && issue.contains("dropped"), "{issue}");
+
+    let flushed = env.chatctl(&["flush", "fill"]);
+    assert!(flushed.status.success(), "flush on a full disk: {}", String::from_utf8_lossy(&flushed.stderr));
+    wait_until("new lines after the flush, and the problem cleared", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&out).ok()?;
+        let ticks = text.lines().filter(|l| l.starts_with("tick ")).count();
+        (ticks >= 3 && find(&env.list(), "fill").log_issue.is_none()).then_some(())
+    });
+    let logged = complaints(&env, "fill-out.log");
+    assert!((1..=3).contains(&logged), "{logged} complaints:\n{}", env.daemon_log());
+    assert!(env.daemon_log().contains("dropped"), "the dropped count is in daemon.log:\n{}", env.daemon_log());
+    // Stop the app before the tmpfs goes.
+    env.ok(&["kill"]);
+    if let Some(pid) = env.daemon_pid() {
+        wait_until("the daemon gone", Duration::from_secs(30), || (!alive(pid)).then_some(()));
+    }
 }

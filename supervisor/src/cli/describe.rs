@@ -92,6 +92,9 @@ fn render(d: &AppDescription) -> String {
             if s.logs.compress { ", gzip" } else { "" }
         ),
     );
+    if let Some(issue) = &d.status.log_issue {
+        field("log problem", issue.clone());
+    }
     field(
         "reload",
         format!(

@@ -57,6 +57,12 @@ pub(super) fn render(apps: &[AppStatus]) -> String {
     for row in &rows {
         line(row);
     }
+    // App-level: a log file failing concerns every instance writing to it.
+    for app in apps {
+        if let Some(issue) = &app.log_issue {
+            out.push_str(&format!("{}: log problem: {issue}\n", app.name));
+        }
+    }
     out
 }
 

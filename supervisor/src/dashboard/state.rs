@@ -197,6 +197,7 @@ pub(crate) mod tests {
                     exec_mode: ExecMode::Cluster,
                     script: "x".into(),
                     port: Some(3000),
+                    log_issue: None,
                     instances: pids
                         .iter()
                         .enumerate()

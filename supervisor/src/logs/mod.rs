@@ -1,18 +1,21 @@
 //! Capturing instances' stdout and stderr into the app's log files.
 //!
 //! One reader task per pipe cuts the stream into chunks of whole lines and sends them, over a
-//! bounded channel, to the app's one writer task, which owns the app's files. Whole lines mean lines
+//! bounded channel, to the app's one writer thread, which owns the app's files. Whole lines mean lines
 //! of different instances never interleave mid-line; the bounded channel means a worker that writes
 //! faster than the disk is slowed down (its pipe fills and its `write` blocks), never silently
 //! dropped. Followers (`chatctl logs --follow`) get the lines through a broadcast channel; one that
 //! falls behind loses lines and is told how many.
 //!
-//! Writes are plain blocking `write`s into the page cache, as nginx does for its logs; `tokio::fs`
-//! would cost a thread hop per write. Rotation (`rotate`) renames and reopens; compression runs on
-//! the blocking pool.
+//! Writes are plain blocking `write`s into the page cache, as nginx does for its logs, on a thread
+//! of the app's own: a disk that stalls (full, remote, failing) stalls that thread, never the
+//! daemon's, which supervises, probes and answers `chatctl`. Rotation (`rotate`) renames and
+//! reopens; compression runs on the blocking pool. A file that cannot be written or rotated is
+//! reported without flooding (`trouble`), shown in `chatctl list`, and retried by itself.
 
 pub(crate) mod rotate;
 mod tail;
+mod trouble;
 
 use std::collections::HashMap;
 use std::io;
@@ -74,19 +77,28 @@ enum Control {
     Truncate(oneshot::Sender<io::Result<()>>),
 }
 
+/// What the writer thread receives: lines, and requests that act on the files after the lines
+/// queued before them.
+enum Item {
+    Chunk(Chunk),
+    Control(Control),
+}
+
 /// Handle to an app's log writer; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct LogSink {
-    chunks: mpsc::Sender<Chunk>,
-    control: mpsc::UnboundedSender<Control>,
+    items: mpsc::Sender<Item>,
     pub(crate) paths: LogPaths,
     pub(crate) merge: bool,
     /// Lines and bytes captured so far (for `/metrics`).
     counts: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
+    /// What the writer cannot write or rotate now (see [`LogSink::issue`]). A std mutex: held for
+    /// a clone, never across an await.
+    issue: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl LogSink {
-    /// Opens (appending) the app's files and starts its writer task.
+    /// Opens (appending) the app's files and starts its writer thread.
     pub(crate) fn open(
         app: &str,
         paths: LogPaths,
@@ -94,8 +106,13 @@ impl LogSink {
         instances: usize,
         follow: broadcast::Sender<Arc<LogRecord>>,
     ) -> io::Result<LogSink> {
-        let policy =
-            RotatePolicy { max_size: spec.max_size.0, retain: spec.retain, compress: spec.compress, daily: spec.daily };
+        let policy = RotatePolicy {
+            max_size: spec.max_size.0,
+            retain: spec.retain,
+            compress: spec.compress,
+            daily: spec.daily,
+            private: false,
+        };
         let mut files = HashMap::new();
         let same = paths.out == paths.err;
         for stream in [LogStream::Out, LogStream::Err] {
@@ -107,8 +124,8 @@ impl LogSink {
             }
         }
         let counts = Arc::new((std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0)));
-        let (chunks, rx) = mpsc::channel(QUEUE);
-        let (control, control_rx) = mpsc::unbounded_channel();
+        let issue = Arc::new(std::sync::Mutex::new(None));
+        let (items, rx) = mpsc::channel(QUEUE);
         let writer = Writer {
             app: app.into(),
             files,
@@ -119,14 +136,21 @@ impl LogSink {
             format: Format::of(spec),
             follow,
             counts: counts.clone(),
+            issue: issue.clone(),
+            shown: None,
         };
-        tokio::spawn(writer.run(rx, control_rx));
-        Ok(LogSink { chunks, control, paths, merge: spec.merge, counts })
+        // Compression of rotated files goes to this runtime's blocking pool.
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new().name(format!("log-{app}")).spawn(move || {
+            let _entered = runtime.enter();
+            writer.run(rx);
+        })?;
+        Ok(LogSink { items, paths, merge: spec.merge, counts, issue })
     }
 
     /// Reads `pipe` to its end, forwarding whole lines.
     pub(crate) fn capture(&self, pipe: impl AsyncRead + Unpin + Send + 'static, stream: LogStream, instance: usize) {
-        let tx = self.chunks.clone();
+        let tx = self.items.clone();
         tokio::spawn(async move {
             let mut pipe = pipe;
             let mut pending: Vec<u8> = Vec::with_capacity(MAX_LINE);
@@ -157,7 +181,7 @@ impl LogSink {
                 } else {
                     continue;
                 };
-                if tx.send(Chunk { stream, instance, bytes: ready }).await.is_err() || n == 0 {
+                if tx.send(Item::Chunk(Chunk { stream, instance, bytes: ready })).await.is_err() || n == 0 {
                     return;
                 }
             }
@@ -168,6 +192,11 @@ impl LogSink {
     pub(crate) fn counts(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         (self.counts.0.load(Relaxed), self.counts.1.load(Relaxed))
+    }
+
+    /// What keeps some of this app's output from its files right now, for `list` and `describe`.
+    pub(crate) fn issue(&self) -> Option<String> {
+        self.issue.lock().map_or_else(|poisoned| poisoned.into_inner().clone(), |issue| issue.clone())
     }
 
     /// Reopens every file (after an external logrotate moved them).
@@ -183,7 +212,7 @@ impl LogSink {
     async fn ask(&self, make: fn(oneshot::Sender<io::Result<()>>) -> Control) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
         let gone = || io::Error::other("the log writer stopped");
-        self.control.send(make(tx)).map_err(|_| gone())?;
+        self.items.send(Item::Control(make(tx))).await.map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
 
@@ -240,28 +269,40 @@ struct Writer {
     format: Format,
     follow: broadcast::Sender<Arc<LogRecord>>,
     counts: Arc<(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64)>,
+    issue: Arc<std::sync::Mutex<Option<String>>>,
+    /// The issue last published, so the mutex is taken only when it changes.
+    shown: Option<String>,
 }
 
 impl Writer {
-    async fn run(mut self, mut chunks: mpsc::Receiver<Chunk>, mut control: mpsc::UnboundedReceiver<Control>) {
+    /// Until every sender is gone (the app deleted, the daemon stopping).
+    fn run(mut self, mut items: mpsc::Receiver<Item>) {
         let mut scratch = Vec::with_capacity(64 * 1024);
-        loop {
-            tokio::select! {
-                chunk = chunks.recv() => {
-                    let Some(first) = chunk else { break };
-                    // Write everything queued, then flush once: few syscalls under load, nothing held
-                    // back when idle.
-                    let mut next = Some(first);
-                    while let Some(chunk) = next {
-                        self.write(&chunk, &mut scratch);
-                        next = chunks.try_recv().ok();
-                    }
-                    self.flush();
+        while let Some(first) = items.blocking_recv() {
+            // Write everything queued, then flush once: few syscalls under load, nothing held back
+            // when idle.
+            let mut next = Some(first);
+            while let Some(item) = next {
+                match item {
+                    Item::Chunk(chunk) => self.write(&chunk, &mut scratch),
+                    Item::Control(request) => self.control(request),
                 }
-                Some(request) = control.recv() => self.control(request),
+                next = items.try_recv().ok();
             }
+            self.flush();
+            self.publish_issue();
         }
         self.flush();
+    }
+
+    fn publish_issue(&mut self) {
+        let issues: Vec<String> = self.files.values().filter_map(RotatingFile::issue).collect();
+        let issue = (!issues.is_empty()).then(|| issues.join("; "));
+        if issue != self.shown {
+            let mut shared = self.issue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            shared.clone_from(&issue);
+            self.shown = issue;
+        }
     }
 
     fn write(&mut self, chunk: &Chunk, scratch: &mut Vec<u8>) {
@@ -298,22 +339,13 @@ impl Writer {
                 scratch
             }
         };
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.files.entry(key) {
-            let path = self.paths.file(key.stream, key.instance);
-            match RotatingFile::open(path.clone(), self.policy.clone()) {
-                Ok(file) => {
-                    slot.insert(file);
-                }
-                Err(e) => {
-                    tracing::error!(app = %self.app, path = %path.display(), error = %e, "cannot open a log file")
-                }
-            }
-        }
-        if let Some(file) = self.files.get_mut(&key)
-            && let Err(e) = file.write(bytes)
-        {
-            tracing::error!(app = %self.app, path = %file.path().display(), error = %e, "writing a log file failed");
-        }
+        // A file that cannot be opened yet is reported and retried by its first flushes.
+        let paths = &self.paths;
+        let policy = &self.policy;
+        self.files
+            .entry(key)
+            .or_insert_with(|| RotatingFile::closed(paths.file(key.stream, key.instance), policy.clone()))
+            .write(bytes);
         if let Some(now) = now.filter(|_| following) {
             for line in chunk.bytes.split_inclusive(|b| *b == b'\n') {
                 // No follower left is not an error.
@@ -334,11 +366,7 @@ impl Writer {
     }
 
     fn flush(&mut self) {
-        for file in self.files.values_mut() {
-            if let Err(e) = file.flush() {
-                tracing::error!(app = %self.app, path = %file.path().display(), error = %e, "flushing a log file failed");
-            }
-        }
+        self.files.values_mut().for_each(RotatingFile::flush);
     }
 
     fn control(&mut self, request: Control) {

@@ -395,6 +395,7 @@ impl App {
             script: self.spec.script.clone(),
             port: self.port,
             instances,
+            log_issue: self.logs.issue(),
         }
     }
 }
