@@ -1,7 +1,7 @@
 //! `chatctl-bench`: measures the supervisor with the real release binaries and prints figures beside
 //! PM2's (reference figures measured on the same kind of 2-core machine), as medians.
 //!
-//! usage: cargo build --release --workspace && ./target/release/chatctl-bench [start|crash|logs|rss|list|reload|monit|chat|all]
+//! usage: cargo build --release --workspace && ./target/release/chatctl-bench [start|crash|logs|rss|list|reload|reload-wrk|monit|chat|all]
 //!
 //! `chat` (the chat worker beside the Node Socket.IO server) needs Node.js and npm, and
 //! redis-server for its cluster rows; see `chat.rs`.
@@ -10,6 +10,7 @@
 
 mod chat;
 mod harness;
+mod reload_wrk;
 mod sio;
 
 use std::net::SocketAddr;
@@ -52,6 +53,9 @@ fn main() {
     }
     if all || what == "reload" {
         reload();
+    }
+    if all || what == "reload-wrk" {
+        reload_wrk::reload_wrk();
     }
     if all || what == "monit" {
         monit();
