@@ -55,3 +55,4 @@ mod spawn;
 mod watch;
 
 pub use daemon::{Outcome, RunOptions, StartError, run as run_daemon};
+pub use logs::DaemonLog;

@@ -48,7 +48,8 @@ fn daemon(home: &Home) -> anyhow::Result<ExitCode> {
     let log = chatctl::home::private_file().create(true).append(true).open(home.daemon_log())?;
     chatctl::home::keep_private(&log)?;
     drop(log);
-    let appender = tracing_appender::rolling::never(home.dir(), "daemon.log");
+    // Rotated by size (see `DaemonLog`), written from the appender's thread.
+    let appender = chatctl::DaemonLog::open(home.daemon_log())?;
     // A small queue: the default (128k lines) is allocated and touched up front, which alone was
     // about half of the idle daemon's memory; the daemon logs a few lines per event.
     let (writer, _guard) =

@@ -1,6 +1,6 @@
 //! Log faults (issue 11, items 6 and 7): a huge tail must not stop the daemon; a log that cannot be
 //! rotated or written must neither lose the lines it can still write nor flood `daemon.log`, and
-//! must resume by itself; `flush` must free a full disk.
+//! must resume by itself; `flush` must free a full disk; `daemon.log` itself rotates.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -255,4 +255,32 @@ fn flush_on_a_full_disk_frees_it_and_logging_resumes() {
     if let Some(pid) = env.daemon_pid() {
         wait_until("the daemon gone", Duration::from_secs(30), || (!alive(pid)).then_some(()));
     }
+}
+
+#[test]
+fn daemon_log_rotates_by_size_and_keeps_a_few() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let home = env.home();
+    std::fs::create_dir_all(&home).expect("home");
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).expect("chmod home");
+    let log = home.join("daemon.log");
+    // Older rotations, and a current file past the 10 MB limit.
+    for day in 1..=4 {
+        std::fs::write(home.join(format!("daemon.log.2020010{day}-000000.000")), "old\n").expect("old rotation");
+    }
+    std::fs::write(&log, "a line of a previous daemon\n".repeat(400_000)).expect("a big daemon.log");
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o600)).expect("chmod log");
+    env.write("ecosystem.toml", &app("quiet", &[], ""));
+    env.ok(&["start"]);
+
+    let files = wait_until("daemon.log rotated", Duration::from_secs(30), || {
+        let files = rotated(&log);
+        files.iter().any(|f| size(f) > 10 << 20).then_some(files)
+    });
+    assert_eq!(files.len(), 3, "a few rotations kept, the oldest deleted: {files:?}");
+    assert!(size(&log) < 1 << 20, "a fresh daemon.log: {}", size(&log));
+    assert!(env.daemon_log().contains("daemon starting"), "{}", env.daemon_log());
+    let mode = std::fs::metadata(&log).expect("daemon.log").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "daemon.log stays private");
 }

@@ -13,6 +13,7 @@
 //! reopens; compression runs on the blocking pool. A file that cannot be written or rotated is
 //! reported without flooding (`trouble`), shown in `chatctl list`, and retried by itself.
 
+mod daemon_log;
 pub(crate) mod rotate;
 mod tail;
 mod trouble;
@@ -27,6 +28,7 @@ use chat_shared::spec::LogSpec;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+pub use daemon_log::DaemonLog;
 use rotate::{RotatePolicy, RotatingFile};
 pub(crate) use tail::{last_lines, stream_tail};
 

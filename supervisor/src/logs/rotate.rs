@@ -52,6 +52,8 @@ pub(crate) struct RotatingFile {
     rotate_after: Option<Instant>,
     writing: Trouble,
     rotating: Trouble,
+    /// Rotations done, so a holder of the old descriptor can tell (`daemon_log`).
+    rotations: u64,
 }
 
 /// Why a write rotates first, if it does. Pure, for tests.
@@ -91,7 +93,18 @@ impl RotatingFile {
             rotate_after: None,
             writing: Trouble::default(),
             rotating: Trouble::default(),
+            rotations: 0,
         }
+    }
+
+    /// Rotations done so far.
+    pub(crate) fn rotations(&self) -> u64 {
+        self.rotations
+    }
+
+    /// The file lines go to now, if it is open.
+    pub(crate) fn file(&self) -> Option<&File> {
+        self.file.as_ref()
     }
 
     /// Appends whole lines, rotating first when they would not fit. A rotation that fails is
@@ -247,6 +260,7 @@ impl RotatingFile {
         self.flush();
         let rotated = self.free_rotated_name();
         std::fs::rename(&self.path, &rotated)?;
+        self.rotations += 1;
         self.file = None;
         self.size = self.buf.len() as u64;
         self.day = today();
