@@ -3,6 +3,7 @@
 
 mod support;
 
+mod adhoc;
 mod cluster;
 mod config_errors;
 mod faults;

@@ -73,6 +73,10 @@ pub struct AppSpec {
     /// Spawn Node with chatctl's preload (see the supervisor's `spawn::node`).
     #[serde(default)]
     pub node_preload: bool,
+    /// The ecosystem file the app was resolved from (absolute), which `chatctl reload APP` reads
+    /// again from any directory; `None` for a program started on its own (`chatctl start app.js`).
+    #[serde(default)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +121,9 @@ pub struct ListenSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthSpec {
     pub path: String,
+    /// Any HTTP answer passes (a 404 too), not only 2xx/3xx: for programs without a health route.
+    #[serde(default)]
+    pub any_answer: bool,
     pub interval: HumanDuration,
     pub timeout: HumanDuration,
     pub unhealthy_threshold: u32,

@@ -1,4 +1,9 @@
-//! The per-instance HTTP health probe: `GET <path>` on the instance's own address, 2xx or 3xx passes.
+//! The per-instance HTTP health probe: `GET <path>` on the instance's own address, 2xx or 3xx passes
+//! (any answer with `any_answer`: a program with no health route is up when it answers at all).
+//!
+//! Never a bare TCP connect: with inherited sockets the supervisor holds every listening socket, so
+//! the kernel accepts a connection into the queue whether or not the program is alive; only an
+//! answer shows that the program took the connection and served it.
 //!
 //! hyper-util's client rather than reqwest: for plain-HTTP loopback probes reqwest (even without
 //! default features) cost +82 s of release build and +1 MB of binary for nothing we use.
@@ -31,13 +36,15 @@ impl Prober {
         Prober { client }
     }
 
-    /// `Ok` when the instance answered in time with a success status, with the body when it is a
-    /// chat worker's `/health` (its connections, rooms and messages); else why not.
+    /// `Ok` when the instance answered in time with a success status (any status with
+    /// `any_answer`), with the body when it is a chat worker's `/health` (its connections, rooms
+    /// and messages); else why not.
     pub(crate) async fn probe(
         &self,
         addr: SocketAddr,
         path: &str,
         timeout: Duration,
+        any_answer: bool,
     ) -> Result<Option<HealthBody>, String> {
         let uri = format!("http://{addr}{path}");
         let request = hyper::Request::get(uri.as_str())
@@ -50,7 +57,7 @@ impl Prober {
                 format!("GET {uri}: {cause}")
             })?;
             let status = response.status();
-            if !(status.is_success() || status.is_redirection()) {
+            if !(any_answer || status.is_success() || status.is_redirection()) {
                 return Err(format!("GET {uri}: HTTP {status}"));
             }
             // A small body is read for the figures it may carry; a large or odd one is ignored.

@@ -120,6 +120,7 @@ impl Ecosystem {
                         let h = h.clone().unwrap_or_default();
                         Some(HealthSpec {
                             path: h.path.unwrap_or_else(|| DEFAULT_HEALTH_PATH.to_owned()),
+                            any_answer: h.any_answer.unwrap_or(false),
                             interval: h.interval.unwrap_or(DEFAULT_HEALTH_INTERVAL),
                             timeout: h.timeout.unwrap_or(DEFAULT_HEALTH_TIMEOUT),
                             unhealthy_threshold: h.unhealthy_threshold.unwrap_or(DEFAULT_UNHEALTHY_THRESHOLD),
@@ -151,6 +152,7 @@ impl Ecosystem {
                     args,
                     interpreted,
                     node_preload,
+                    source: Some(std::path::absolute(&self.file).unwrap_or_else(|_| self.file.clone())),
                     cwd,
                     env,
                     instances: c.instances.map_or(1, |i| i.resolve(cpus)),

@@ -280,6 +280,9 @@ pub struct HealthConfig {
     /// `false` turns probing off: an instance is online as soon as it is spawned.
     pub enabled: Option<bool>,
     pub path: Option<String>,
+    /// Any HTTP answer passes (a 404 too): the program is up and serving, though it has no health
+    /// route. What `chatctl start app.js`, `init` and `import` use.
+    pub any_answer: Option<bool>,
     pub interval: Option<HumanDuration>,
     pub timeout: Option<HumanDuration>,
     pub unhealthy_threshold: Option<u32>,

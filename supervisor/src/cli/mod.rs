@@ -4,6 +4,7 @@ mod control;
 mod describe;
 mod import;
 mod logs;
+mod program;
 mod reload;
 mod setup;
 mod start;
@@ -116,10 +117,36 @@ pub enum Command {
     Daemon,
 }
 
+/// The ecosystem file a command reads when not told another.
+pub(crate) const DEFAULT_CONFIG: &str = "ecosystem.toml";
+
 #[derive(Debug, Args)]
 pub struct StartArgs {
-    /// Profile of the ecosystem file to apply (e.g. development, production, loadbalanced).
+    /// A profile of the ecosystem file (development, production, loadbalanced...), or a program to
+    /// start on its own, as `pm2 start` does: an existing file (`server.js`, `./app`) or a command
+    /// with spaces (`"python3 -m http.server"`). A bare word that is both is refused, naming both.
+    #[arg(value_name = "PROFILE|PROGRAM")]
     pub profile: Option<String>,
+    /// A program's own arguments, after `--`.
+    #[arg(last = true, value_name = "ARGS")]
+    pub program_args: Vec<String>,
+    /// A program: how many instances (a number, `max`, or negative: CPUs minus n); with `--port`
+    /// they share it (cluster mode), as `pm2 start -i` does.
+    #[arg(short = 'i', long, value_name = "N", allow_hyphen_values = true)]
+    pub instances: Option<String>,
+    /// A program: the app's name (default: the file's name without extension, or the command).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A program: its port (default: `$PORT` when set), passed as `PORT` and, to programs that
+    /// can take it, as an inherited socket.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// A program: restart it when a file of this directory changes.
+    #[arg(long)]
+    pub watch: bool,
+    /// A program: replace an instance whose memory passes this (`512M`, `1G`).
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory_restart: Option<String>,
     /// Start only this app.
     #[arg(long, value_name = "APP")]
     pub only: Option<String>,
@@ -168,12 +195,14 @@ pub struct StartupArgs {
 
 #[derive(Debug, Args)]
 pub struct ReloadArgs {
-    /// An app name, or `all` (the default).
+    /// An app name (read again from the file it was started from, from any directory), or `all`
+    /// (the default: the apps of the ecosystem file here).
     pub app: Option<String>,
     /// Profile of the ecosystem file to apply.
     pub profile: Option<String>,
-    #[arg(short = 'c', long = "config", value_name = "FILE", default_value = "ecosystem.toml")]
-    pub config: PathBuf,
+    /// The ecosystem file (default: `ecosystem.toml` here, or for one app the file it was started from).
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Instances replaced at once (default: each app's `reload_batch`, else 1).
     #[arg(long)]
     pub batch: Option<usize>,

@@ -1,14 +1,15 @@
 //! `reload`: validate the file again, optionally build, then replace instances one at a time while
 //! printing each step.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use chat_shared::ipc::{Event, ReloadPhase, Request, Response, ScaleTo};
 use chat_shared::spec::AppSpec;
 
-use super::ReloadArgs;
 use super::start::{check_files, exit, load_unchecked as load};
+use super::{DEFAULT_CONFIG, ReloadArgs};
 use crate::client::Client;
 use crate::home::Home;
 
@@ -16,9 +17,16 @@ pub(super) async fn reload(args: ReloadArgs, home: &Home) -> anyhow::Result<Exit
     let only = args.app.as_deref().filter(|a| *a != "all");
     let mut client =
         Client::connect(home).await.context("cannot reach the daemon (nothing to reload: use `chatctl start`)")?;
-    let specs = match args.profile.as_deref() {
-        Some(profile) => load(&args.config, Some(profile), only),
-        None => load_as_started(&mut client, &args.config, only).await?,
+    let (config, specs) = match started_from(&mut client, args.config.as_deref(), only).await? {
+        // A program started on its own: the same program again, each instance replaced.
+        Origin::Program(spec) => (None, Ok(vec![*spec])),
+        Origin::File(config) => {
+            let specs = match args.profile.as_deref() {
+                Some(profile) => load(&config, Some(profile), only),
+                None => load_as_started(&mut client, &config, only).await?,
+            };
+            (Some(config), specs)
+        }
     };
     let specs = match specs {
         Ok(specs) => specs,
@@ -44,11 +52,40 @@ pub(super) async fn reload(args: ReloadArgs, home: &Home) -> anyhow::Result<Exit
         }
     }
     // After the build, which may be what creates the script.
-    if let Err(code) = check_files(&args.config, &specs) {
+    if let Some(config) = &config
+        && let Err(code) = check_files(config, &specs)
+    {
         return Ok(code);
     }
     client.send(&Request::Reload { apps: specs, batch: args.batch }).await?;
     progress(&mut client, args.json).await
+}
+
+/// Where the specs of a reload come from.
+enum Origin {
+    /// An ecosystem file.
+    File(PathBuf),
+    /// A program started on its own, as it was started.
+    Program(Box<AppSpec>),
+}
+
+/// `-c FILE` when given; for one named app, the file it was started from (as `pm2 reload NAME`
+/// works from any directory), or the program itself when it was started on its own; else
+/// `ecosystem.toml` here.
+async fn started_from(client: &mut Client, config: Option<&Path>, app: Option<&str>) -> anyhow::Result<Origin> {
+    if let Some(config) = config {
+        return Ok(Origin::File(config.to_owned()));
+    }
+    let Some(app) = app else { return Ok(Origin::File(PathBuf::from(DEFAULT_CONFIG))) };
+    let spec = match client.request(&Request::Describe { app: app.to_owned() }).await? {
+        Response::Described(description) => description.spec,
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    Ok(match spec.source {
+        Some(file) => Origin::File(file),
+        None => Origin::Program(Box::new(spec)),
+    })
 }
 
 /// Without a PROFILE on the command line, every app is resolved with the profile it was started

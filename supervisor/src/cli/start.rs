@@ -73,7 +73,7 @@ pub(super) fn check_files(config: &std::path::Path, specs: &[AppSpec]) -> Result
 }
 
 pub(super) async fn start(args: StartArgs, home: &Home) -> anyhow::Result<ExitCode> {
-    let specs = match load(&args.config, args.profile.as_deref(), args.only.as_deref()) {
+    let specs = match start_specs(&args) {
         Ok(specs) => specs,
         Err(code) => return Ok(code),
     };
@@ -104,6 +104,31 @@ pub(super) async fn start(args: StartArgs, home: &Home) -> anyhow::Result<ExitCo
     let mut all = started;
     all.extend(already);
     wait_online(&mut client, &all, args.json).await
+}
+
+/// What `chatctl start X` starts: a program on its own, or the apps of the ecosystem file.
+fn start_specs(args: &StartArgs) -> Result<Vec<AppSpec>, ExitCode> {
+    // The file's profiles, to tell `start production` from `start ./production`.
+    let profiles: Vec<String> = Ecosystem::load(&args.config)
+        .map(|eco| eco.apps.iter().flat_map(|a| a.profiles.iter().map(|(p, _)| p.clone())).collect())
+        .unwrap_or_default();
+    match super::program::target(args, &profiles) {
+        Err(why) => {
+            eprintln!("error: {why}");
+            Err(ExitCode::from(exit::CONFIG))
+        }
+        Ok(super::program::Target::Profile) => load(&args.config, args.profile.as_deref(), args.only.as_deref()),
+        Ok(super::program::Target::Program(words)) => {
+            let env: BTreeMap<String, String> = std::env::vars().collect();
+            let env_port = env.get("PORT").and_then(|p| p.parse().ok());
+            let text = super::program::table(args, &words, env_port);
+            let here = std::env::current_dir().unwrap_or_default();
+            super::program::specs(&text, &here, &env).map_err(|why| {
+                eprintln!("{why}");
+                ExitCode::from(exit::CONFIG)
+            })
+        }
+    }
 }
 
 /// `chatctl resurrect`: the apps of the last `save`, started as they were. A dump that cannot be read

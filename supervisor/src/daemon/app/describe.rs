@@ -63,7 +63,7 @@ impl App {
             let (prober, tx, app_id, path, timeout) =
                 (env.prober.clone(), env.tx.clone(), self.id, health.path.clone(), health.timeout.0);
             tokio::spawn(async move {
-                if let Ok(Some(body)) = prober.probe(addr, &path, timeout).await {
+                if let Ok(Some(body)) = prober.probe(addr, &path, timeout, false).await {
                     let _ = tx.send(Msg::Stats { app_id, pid, body });
                 }
             });

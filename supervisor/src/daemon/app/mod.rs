@@ -255,10 +255,10 @@ impl App {
                     return Some(Input::ProbePassed);
                 };
                 let (prober, tx, app_id) = (env.prober.clone(), env.tx.clone(), self.id);
-                let (path, timeout) = (health.path.clone(), health.timeout.0);
+                let (path, timeout, any_answer) = (health.path.clone(), health.timeout.0, health.any_answer);
                 tokio::spawn(async move {
                     let begun = Instant::now();
-                    let result = prober.probe(addr, &path, timeout).await;
+                    let result = prober.probe(addr, &path, timeout, any_answer).await;
                     let latency_ms = begun.elapsed().as_millis() as u64;
                     let _ = tx.send(Msg::Probe { app_id, pid, result, latency_ms });
                 });
