@@ -141,10 +141,10 @@ impl LogSink {
             issue: issue.clone(),
             shown: None,
         };
-        // Compression of rotated files goes to this runtime's blocking pool.
-        let runtime = tokio::runtime::Handle::current();
+        // Compression of rotated files goes to this runtime's blocking pool (else to a thread).
+        let runtime = tokio::runtime::Handle::try_current().ok();
         std::thread::Builder::new().name(format!("log-{app}")).spawn(move || {
-            let _entered = runtime.enter();
+            let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
             writer.run(rx);
         })?;
         Ok(LogSink { items, paths, merge: spec.merge, counts, issue })
