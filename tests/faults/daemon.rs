@@ -179,14 +179,15 @@ fn an_idle_control_connection_is_closed_and_a_quiet_subscription_is_not() {
 fn a_missing_cwd_or_a_script_that_cannot_run_is_a_config_error_at_its_key() {
     use std::os::unix::fs::PermissionsExt;
     let env = Env::new();
-    let script = env.write("server.js", "console.log('hi')\n");
+    // Not a .js file: those run through node, as under PM2.
+    let script = env.write("server.sh", "echo hi\n");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     for (text, (line, key, message)) in [
         (
             format!("[apps.a]\nscript = \"{}\"\ncwd = \"missing\"\n", bin("fixture-app").display()),
             (3, "apps.a.cwd", "no such directory"),
         ),
-        ("[apps.a]\nscript = \"./server.js\"\n".to_owned(), (2, "apps.a.script", "is not executable")),
+        ("[apps.a]\nscript = \"./server.sh\"\n".to_owned(), (2, "apps.a.script", "is not executable")),
     ] {
         env.write("ecosystem.toml", &text);
         let out = env.chatctl(&["start"]);
