@@ -102,3 +102,23 @@ fn an_unmodified_express_app_on_four_ports_reloads_refusing_nothing() {
     let after = env.online_pids("web", 4);
     assert!(before.iter().all(|p| !after.contains(p)), "replaced: {before:?} -> {after:?}");
 }
+
+/// Before: a program passed its port that binds it itself crash-looped with EADDRINUSE until
+/// max_restarts, with no hint. Now its own output says so, and it is errored at once with what to
+/// change (here an Express app with the preload turned off, in fork mode).
+#[test]
+fn a_program_that_binds_the_port_chatctl_holds_is_errored_at_once_saying_what_to_do() {
+    let env = Env::new();
+    let port = free_port();
+    let config = express_app(port, "fork", 1, "").replace("kill_timeout", "node_preload = false\nkill_timeout");
+    env.write("ecosystem.toml", &config);
+    let out = env.chatctl(&["start"]);
+    assert_eq!(out.status.code(), Some(5), "not online: {}", stderr(&out));
+    let instance = env.list()[0].instances[0].clone();
+    assert_eq!(instance.status, Phase::Errored, "{instance:?}");
+    assert_eq!(instance.restarts, 0, "errored at once, not after max_restarts: {instance:?}");
+    let note = instance.note.unwrap_or_default();
+    for what in ["address in use", &format!("port {port}"), "fd 3", "inherit_socket = false"] {
+        assert!(note.contains(what), "{what:?} in the note: {note}");
+    }
+}

@@ -136,6 +136,12 @@ pub(crate) enum Input {
     },
     SpawnFailed(String),
     Exited(ExitKind),
+    /// It exited, and its output shows why restarting cannot help (it binds the port chatctl
+    /// holds): errored at once with `why`, which says what to change.
+    Misconfigured {
+        kind: ExitKind,
+        why: String,
+    },
     ProbePassed,
     ProbeFailed(String),
     /// `READY=1` arrived on the instance's notify socket.
@@ -314,6 +320,17 @@ impl Instance {
             }
 
             // Exits.
+            (State::Starting { pid, .. } | State::Online { pid, .. }, Input::Misconfigured { kind, why }) => {
+                self.last_exit = Some(kind);
+                effects.push(Effect::KillGroup { pid });
+                self.incident(format!("exited ({kind}): {why}"));
+                State::Errored
+            }
+            // Elsewhere (a stop under way) it is an exit like any other.
+            (state, Input::Misconfigured { kind, .. }) => {
+                self.state = state;
+                return self.step(Input::Exited(kind), now, policy);
+            }
             (State::Starting { pid, since, .. } | State::Online { pid, since, .. }, Input::Exited(kind)) => {
                 self.last_exit = Some(kind);
                 effects.push(Effect::KillGroup { pid });

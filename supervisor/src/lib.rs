@@ -38,6 +38,7 @@ pub mod client;
 mod daemon;
 pub mod dashboard;
 mod descendants;
+mod diagnose;
 pub mod exporter;
 pub mod home;
 mod instance;

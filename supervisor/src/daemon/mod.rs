@@ -63,6 +63,8 @@ pub(crate) enum Msg {
         app_id: u64,
         pid: u32,
         status: ExitKind,
+        /// What its output showed is wrong with how it is set up (see `diagnose`).
+        misconfigured: Option<String>,
     },
     Probe {
         app_id: u64,
@@ -406,7 +408,7 @@ impl Daemon {
         let now = Instant::now();
         match msg {
             Msg::Request(request, reply) => self.request(request, reply, now),
-            Msg::Exited { app_id, pid, status } => {
+            Msg::Exited { app_id, pid, status, misconfigured } => {
                 let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
                 // A stale exit (no process of this app has that pid any more) changes nothing.
                 let Some((index, which)) = app.find_pid(pid) else { return };
@@ -423,7 +425,11 @@ impl Daemon {
                     crate::descendants::end(tracked);
                 }
                 let env = effect_env!(self);
-                app.drive(index, which, Input::Exited(status), now, &env);
+                let input = match misconfigured {
+                    Some(why) => Input::Misconfigured { kind: status, why },
+                    None => Input::Exited(status),
+                };
+                app.drive(index, which, input, now, &env);
                 if let Some(reaper) = &self.reaper {
                     reaper.borrow_mut().forget(pid);
                 }

@@ -273,3 +273,27 @@ fn notify_readiness_waits_for_ready_1_and_probes_only_after() {
     assert_eq!(inst.phase(), Phase::Online);
     assert_eq!(inst.next_deadline(), Some(ms(t0, 30_200)), "liveness probes start one interval later");
 }
+
+#[test]
+fn a_program_that_binds_the_port_chatctl_holds_is_errored_at_once_and_a_stop_is_still_a_stop() {
+    let bound = || Input::Misconfigured { kind: ExitKind::Code(1), why: "address in use: take fd 3".into() };
+    let inst = run(
+        true,
+        &[
+            (0, Input::Start, Phase::Waiting, &[Effect::Spawn]),
+            (1, Input::Spawned { pid: PID }, Phase::Starting, &[]),
+            (300, bound(), Phase::Errored, &[KILL]),
+            (400, Input::Tick, Phase::Errored, &[]),
+        ],
+    );
+    assert_eq!(inst.note.as_deref(), Some("exited (exit 1): address in use: take fd 3"));
+    run(
+        true,
+        &[
+            (0, Input::Start, Phase::Waiting, &[Effect::Spawn]),
+            (1, Input::Spawned { pid: PID }, Phase::Starting, &[]),
+            (2, Input::Stop, Phase::Stopping, &[TERM]),
+            (3, bound(), Phase::Stopped, &[KILL]),
+        ],
+    );
+}

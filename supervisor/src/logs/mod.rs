@@ -150,8 +150,15 @@ impl LogSink {
         Ok(LogSink { items, paths, merge: spec.merge, counts, issue })
     }
 
-    /// Reads `pipe` to its end, forwarding whole lines.
-    pub(crate) fn capture(&self, pipe: impl AsyncRead + Unpin + Send + 'static, stream: LogStream, instance: usize) {
+    /// Reads `pipe` to its end, forwarding whole lines (and showing them to `watch`); the task
+    /// ends at the end of the pipe.
+    pub(crate) fn capture(
+        &self,
+        pipe: impl AsyncRead + Unpin + Send + 'static,
+        stream: LogStream,
+        instance: usize,
+        watch: Option<Arc<crate::diagnose::BindWatch>>,
+    ) -> tokio::task::JoinHandle<()> {
         let tx = self.items.clone();
         tokio::spawn(async move {
             let mut pipe = pipe;
@@ -183,11 +190,14 @@ impl LogSink {
                 } else {
                     continue;
                 };
+                if let Some(watch) = &watch {
+                    watch.scan(&ready);
+                }
                 if tx.send(Item::Chunk(Chunk { stream, instance, bytes: ready })).await.is_err() || n == 0 {
                     return;
                 }
             }
-        });
+        })
     }
 
     /// (lines, bytes) captured so far.

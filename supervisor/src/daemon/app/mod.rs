@@ -2,7 +2,12 @@
 //! and the carrying out of the state machine's effects for them.
 
 use std::net::{SocketAddr, TcpListener};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// After an instance exits, how long its output may take to reach the end of its pipes before the
+/// exit is handled anyway (a descendant that outlives it may hold them open).
+const PIPES_AFTER_EXIT: Duration = Duration::from_millis(200);
 
 use chat_shared::ecosystem::{ExecMode, Readiness, StopSignal};
 use chat_shared::spec::AppSpec;
@@ -292,6 +297,12 @@ impl App {
             secret: &self.secret,
             tracking: &tracking,
         };
+        // Watched for in the program's output when it was passed its port (see below).
+        let watch =
+            match (fds.is_empty(), slot.port.or_else(|| self.shared.as_ref()?.local_addr().ok().map(|a| a.port()))) {
+                (false, Some(port)) => Some(Arc::new(crate::diagnose::BindWatch::new(port))),
+                _ => None,
+            };
         let mut child = match spawn::spawn(&launch) {
             Ok(child) => child,
             Err(e) => {
@@ -312,11 +323,14 @@ impl App {
         if let Some(proc) = self.slots[index].proc_mut(which) {
             proc.tracked = Some(tracked);
         }
+        // A program passed its port that binds it itself fails the same way every time: its
+        // output is watched, so that the exit says what to do instead of restarting in vain.
+        let mut pipes = Vec::new();
         if let Some(out) = child.stdout.take() {
-            self.logs.capture(out, LogStream::Out, index);
+            pipes.push(self.logs.capture(out, LogStream::Out, index, watch.clone()));
         }
         if let Some(err) = child.stderr.take() {
-            self.logs.capture(err, LogStream::Err, index);
+            pipes.push(self.logs.capture(err, LogStream::Err, index, watch.clone()));
         }
         let (tx, app_id) = (env.tx.clone(), self.id);
         tokio::spawn(async move {
@@ -327,7 +341,15 @@ impl App {
                     ExitKind::Code(-1)
                 }
             };
-            let _ = tx.send(Msg::Exited { app_id, pid, status });
+            // Its last words first (a descendant may hold the pipes open: not for long).
+            let _ = tokio::time::timeout(PIPES_AFTER_EXIT, async {
+                for pipe in pipes {
+                    let _ = pipe.await;
+                }
+            })
+            .await;
+            let misconfigured = watch.filter(|w| w.seen()).map(|w| w.advice());
+            let _ = tx.send(Msg::Exited { app_id, pid, status, misconfigured });
         });
         if let Some(reaper) = env.reaper {
             reaper.borrow_mut().watch(pid);
