@@ -39,3 +39,59 @@ fn touching_a_watched_file_restarts_once_and_log_writes_never_do() {
     assert_eq!((i.restarts, i.pid), (1, new_pid), "one change, one restart");
     assert!(env.daemon_log().contains("files changed: restarting"));
 }
+
+/// Development mode with a build (the issue: editing a source restarted the old binary). A change
+/// builds first (a build of about a second), then reloads on success: the new version serves; a
+/// failing build leaves the previous version serving and says so in `list`, its output in the logs.
+#[test]
+fn a_change_is_built_then_reloaded_and_a_failing_build_keeps_the_running_version() {
+    use std::net::SocketAddr;
+    let env = Env::new();
+    let port = crate::support::free_port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    for dir in ["src", "built"] {
+        std::fs::create_dir_all(env.path(dir)).expect("dir");
+    }
+    env.write("src/version.txt", "v1");
+    env.write("built/version.txt", "v1");
+    env.write(
+        "build.sh",
+        "sleep 1\nif grep -q broken src/version.txt; then echo 'build: the source is broken' >&2; exit 1; fi\n\
+         mkdir -p built && cp src/version.txt built/version.txt\necho 'build: done'\n",
+    );
+    env.write(
+        "ecosystem.toml",
+        &format!(
+            "[apps.dev]\nscript = \"{}\"\nport = {port}\nwatch = [\"src\"]\nwatch_delay = \"100ms\"\nbuild = \"sh build.sh\"\n\
+             health = {{ path = \"/health\", interval = \"300ms\", timeout = \"300ms\" }}\n",
+            crate::support::tests_dir().join("apps/versioned.js").display()
+        ),
+    );
+    env.ok(&["start"]);
+    let version = || -> Option<String> {
+        let (_, body) = crate::support::http_get(addr, "/health").ok()?;
+        let health: serde_json::Value = serde_json::from_str(&body).ok()?;
+        health["version"].as_str().map(str::to_owned)
+    };
+    assert_eq!(version().as_deref(), Some("v1"));
+
+    env.write("src/version.txt", "v2");
+    wait_until("the new build serving", Duration::from_secs(20), || (version().as_deref() == Some("v2")).then_some(()));
+    let pid = env.online_pids("dev", 1)[0];
+
+    env.write("src/version.txt", "broken");
+    let note = wait_until("the failed build in list", Duration::from_secs(20), || {
+        env.list()[0].build.clone().filter(|b| b.contains("build failed"))
+    });
+    assert!(note.contains("exit 1") && note.contains("previous version keeps serving"), "{note}");
+    assert_eq!(version().as_deref(), Some("v2"), "the running version keeps serving");
+    assert_eq!(env.online_pids("dev", 1), vec![pid], "nothing was restarted");
+    let logs = env.ok(&["logs", "dev", "-n", "50"]);
+    assert!(logs.contains("build: the source is broken"), "the build's output is in the app's logs:\n{logs}");
+
+    env.write("src/version.txt", "v3");
+    wait_until("the fixed build serving", Duration::from_secs(20), || {
+        (version().as_deref() == Some("v3")).then_some(())
+    });
+    wait_until("the failure cleared", Duration::from_secs(5), || env.list()[0].build.is_none().then_some(()));
+}

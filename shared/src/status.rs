@@ -18,6 +18,10 @@ pub struct AppStatus {
     /// rotation, with what was dropped); `None` while every line is written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_issue: Option<String>,
+    /// Development mode (`watch` with `build`): a build under way after a change, or why the last
+    /// one failed while the previous version keeps serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -62,6 +62,9 @@ pub(super) fn render(apps: &[AppStatus]) -> String {
         if let Some(issue) = &app.log_issue {
             out.push_str(&format!("{}: log problem: {issue}\n", app.name));
         }
+        if let Some(build) = &app.build {
+            out.push_str(&format!("{}: {build}\n", app.name));
+        }
     }
     out
 }

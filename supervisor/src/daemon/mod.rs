@@ -6,6 +6,7 @@
 //! delete, kill) park their reply in a [`Waiter`] that is answered when its condition holds.
 
 mod app;
+mod build;
 mod reload;
 mod requests;
 mod slot;
@@ -59,6 +60,11 @@ const FRESH_ENOUGH: Duration = Duration::from_millis(250);
 pub(crate) enum Msg {
     Request(Request, oneshot::Sender<Response>),
     /// Processes are found by pid: a slot may hold two (a replacement), and slots move on.
+    /// An app's development build ended (see `build`).
+    Built {
+        app_id: u64,
+        result: Result<(), String>,
+    },
     Exited {
         app_id: u64,
         pid: u32,
@@ -437,6 +443,12 @@ impl Daemon {
             Msg::Changed { app_id, paths } => {
                 let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
                 let first = paths.first().map(|p| p.display().to_string()).unwrap_or_default();
+                if app.spec.build.is_some() {
+                    tracing::info!(app = %app.spec.name, changed = paths.len(), first, "files changed: building");
+                    let action = app.builder.step(build::Event::Changed);
+                    self.build_then(app_id, action, now);
+                    return;
+                }
                 tracing::info!(app = %app.spec.name, changed = paths.len(), first, "files changed: restarting");
                 let env = effect_env!(self);
                 for index in 0..app.slots.len() {
@@ -446,6 +458,17 @@ impl Daemon {
                         app.drive(index, Which::Current, Input::Restart, now, &env);
                     }
                 }
+            }
+            Msg::Built { app_id, result } => {
+                let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
+                match &result {
+                    Ok(()) => tracing::info!(app = %app.spec.name, "build succeeded"),
+                    Err(why) => {
+                        tracing::warn!(app = %app.spec.name, why, "build failed: the running version keeps serving")
+                    }
+                }
+                let action = app.builder.step(build::Event::Finished(result));
+                self.build_then(app_id, action, now);
             }
             Msg::Reload { request: Request::Reload { apps, batch }, events, reply } => {
                 self.reload(apps, batch, events, reply, now)

@@ -198,6 +198,7 @@ pub(crate) mod tests {
                     script: "x".into(),
                     port: Some(3000),
                     log_issue: None,
+                    build: None,
                     instances: pids
                         .iter()
                         .enumerate()

@@ -38,6 +38,8 @@ pub(super) struct App {
     /// Unique for the daemon's life, so messages about a deleted app cannot reach a new one of the
     /// same name.
     pub(super) id: u64,
+    /// Development mode's rebuild cycle (`watch` with `build`).
+    pub(super) builder: super::build::Builder,
     pub(super) spec: AppSpec,
     pub(super) policy: Policy,
     /// Cluster mode: the one socket every instance accepts on.
@@ -115,6 +117,7 @@ impl App {
             successor_policy: Policy::for_successor(&policy),
             policy,
             outcomes: Vec::new(),
+            builder: super::build::Builder::default(),
             reloads: 0,
             secret: app_secret().map_err(|source| AppError::Secret { source })?,
             spec,
@@ -418,6 +421,7 @@ impl App {
             port: self.port,
             instances,
             log_issue: self.logs.issue(),
+            build: self.builder.note(),
         }
     }
 }

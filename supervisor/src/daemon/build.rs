@@ -1,0 +1,169 @@
+//! Development mode that rebuilds: for an app with both `watch` and `build`, a change runs the build
+//! first and reloads the instances only when it succeeded, so the running version keeps serving
+//! through a broken edit and a compiled program runs its new code (restarting the old binary, as a
+//! plain watch does, would not). A change that arrives during a build runs the build again once it
+//! ends: what is reloaded is never older than the last change.
+//!
+//! The decisions are a pure machine (`Builder::step`); running the command and the reload are the
+//! daemon's.
+
+/// Where an app's rebuild cycle is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) enum Builder {
+    /// No build running. `failed` holds why the last one failed (shown in `list`), until one
+    /// succeeds.
+    #[default]
+    Idle,
+    Failed(String),
+    /// A build is running; `again` when files changed since it started.
+    Building {
+        again: bool,
+    },
+}
+
+/// What changed for the builder.
+#[derive(Debug)]
+pub(super) enum Event {
+    Changed,
+    /// The build ended: `Ok`, or why it failed.
+    Finished(Result<(), String>),
+}
+
+/// What the daemon does next.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Action {
+    Nothing,
+    /// Run the build command.
+    Build,
+    /// The build succeeded: replace every instance with the new program.
+    Reload,
+}
+
+impl Builder {
+    pub(super) fn step(&mut self, event: Event) -> Action {
+        let (next, action) = match (std::mem::take(self), event) {
+            (Builder::Idle | Builder::Failed(_), Event::Changed) => (Builder::Building { again: false }, Action::Build),
+            (Builder::Building { .. }, Event::Changed) => (Builder::Building { again: true }, Action::Nothing),
+            // Built from files that have changed since: build again before reloading anything.
+            (Builder::Building { again: true }, Event::Finished(_)) => {
+                (Builder::Building { again: false }, Action::Build)
+            }
+            (Builder::Building { again: false }, Event::Finished(Ok(()))) => (Builder::Idle, Action::Reload),
+            (Builder::Building { again: false }, Event::Finished(Err(why))) => (Builder::Failed(why), Action::Nothing),
+            // A build result without a build (it cannot happen): nothing to act on.
+            (state @ (Builder::Idle | Builder::Failed(_)), Event::Finished(_)) => (state, Action::Nothing),
+        };
+        *self = next;
+        action
+    }
+
+    /// For `list` and `monit`: a build under way, or the last one's failure.
+    pub(super) fn note(&self) -> Option<String> {
+        match self {
+            Builder::Idle => None,
+            Builder::Building { .. } => Some("building after a change".into()),
+            Builder::Failed(why) => Some(format!("build failed ({why}): the previous version keeps serving")),
+        }
+    }
+}
+
+impl super::Daemon {
+    /// Carries out what the builder of app `app_id` decided.
+    pub(super) fn build_then(&mut self, app_id: u64, action: Action, now: std::time::Instant) {
+        let Some(app) = self.apps.iter().find(|a| a.id == app_id) else { return };
+        match action {
+            Action::Nothing => {}
+            Action::Build => {
+                if let Err(e) = run(app, self.tx.clone()) {
+                    let _ = self.tx.send(super::Msg::Built { app_id, result: Err(format!("cannot run it: {e}")) });
+                }
+            }
+            Action::Reload => {
+                tracing::info!(app = %app.spec.name, "reloading the new build");
+                // Nobody waits on this reload: its progress and outcome go to the daemon's log.
+                let (events, _) = tokio::sync::mpsc::unbounded_channel();
+                let (reply, _) = tokio::sync::oneshot::channel();
+                let spec = app.spec.clone();
+                self.reload(vec![spec], None, events, reply, now);
+            }
+        }
+    }
+}
+
+/// Runs `app`'s build command (through `sh -c`, in its `cwd`, with its environment), its output
+/// into the app's logs as instance 0's; `Msg::Built` says how it ended. Spawned from the daemon's
+/// thread like every process; its own process group, killed if the daemon drops it.
+fn run(app: &super::app::App, tx: tokio::sync::mpsc::UnboundedSender<super::Msg>) -> std::io::Result<()> {
+    use chat_shared::ipc::LogStream;
+    let command = app.spec.build.clone().unwrap_or_default();
+    tracing::info!(app = %app.spec.name, command, "building");
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .current_dir(&app.spec.cwd)
+        .env_clear()
+        .envs(&app.spec.env)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut pipes = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        pipes.push(app.logs.capture(out, LogStream::Out, 0, None));
+    }
+    if let Some(err) = child.stderr.take() {
+        pipes.push(app.logs.capture(err, LogStream::Err, 0, None));
+    }
+    let app_id = app.id;
+    tokio::spawn(async move {
+        let result = match child.wait().await {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(status.code().map_or_else(|| status.to_string(), |c| format!("exit {c}"))),
+            Err(e) => Err(e.to_string()),
+        };
+        // Its output is in the log before the outcome is acted on (unless something it started
+        // in the background keeps the pipes open).
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            for pipe in pipes {
+                let _ = pipe.await;
+            }
+        })
+        .await;
+        let _ = tx.send(super::Msg::Built { app_id, result });
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_builds_a_success_reloads_a_failure_keeps_serving_a_change_during_a_build_builds_again() {
+        let failed = || Event::Finished(Err("exit 1".into()));
+        let rows: Vec<(Event, Action, Builder)> = vec![
+            (Event::Changed, Action::Build, Builder::Building { again: false }),
+            (Event::Finished(Ok(())), Action::Reload, Builder::Idle),
+            (Event::Changed, Action::Build, Builder::Building { again: false }),
+            (failed(), Action::Nothing, Builder::Failed("exit 1".into())),
+            (Event::Changed, Action::Build, Builder::Building { again: false }),
+            (Event::Changed, Action::Nothing, Builder::Building { again: true }),
+            (Event::Changed, Action::Nothing, Builder::Building { again: true }),
+            // Whatever the stale build gave, the newest files are built before anything reloads.
+            (Event::Finished(Ok(())), Action::Build, Builder::Building { again: false }),
+            (Event::Finished(Ok(())), Action::Reload, Builder::Idle),
+            (Event::Finished(Ok(())), Action::Nothing, Builder::Idle),
+        ];
+        let mut builder = Builder::default();
+        for (i, (event, action, state)) in rows.into_iter().enumerate() {
+            let got = builder.step(event);
+            assert_eq!((got, &builder), (action, &state), "row {i}");
+        }
+        assert_eq!(
+            Builder::Failed("exit 1".into()).note().as_deref(),
+            Some("build failed (exit 1): the previous version keeps serving")
+        );
+    }
+}
