@@ -16,5 +16,6 @@ mod monit;
 mod node_app;
 mod redis;
 mod reload;
+mod verbs;
 mod watch;
 mod worker;

@@ -11,8 +11,9 @@ use crate::spec::AppSpec;
 use crate::status::AppStatus;
 
 /// Bumped on any incompatible change of the types in this module (2: a log tail comes as
-/// [`Event::Tail`] frames before its [`Response::Logs`]).
-pub const PROTOCOL_VERSION: u32 = 2;
+/// [`Event::Tail`] frames before its [`Response::Logs`]; 3: [`Request::Signal`], which a daemon of
+/// protocol 2 would answer with a malformed-frame error instead of refusing the handshake).
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Longest frame either side accepts; a longer one is an error, not an allocation.
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
 /// Most lines of each file one `logs` request gets; a larger `lines` is capped to this. A tail is
@@ -70,6 +71,14 @@ pub enum Request {
     },
     /// Stop and forget.
     Delete { app: Option<String> },
+    /// Send `signal` to the main process of each running instance of `app` (or only `instance`),
+    /// as `pm2 sendSignal` does; answered with [`Response::Signalled`].
+    Signal {
+        app: String,
+        #[serde(default)]
+        instance: Option<usize>,
+        signal: SignalName,
+    },
     /// Stop every app, then the daemon exits.
     Kill,
     /// The last `lines` lines (at most [`MAX_TAIL_LINES`]) of the apps' current log files, as
@@ -279,9 +288,101 @@ pub enum Response {
         apps: Vec<String>,
     },
     Snapshot(Snapshot),
+    /// `signal`: the instances signalled, as (index, pid).
+    Signalled {
+        app: String,
+        signal: SignalName,
+        sent: Vec<(usize, u32)>,
+    },
     Error {
         message: String,
     },
+}
+
+/// A signal `chatctl signal` may send to an instance. A closed list, by name: SIGSEGV and the
+/// like are not messages to a program, and a number would mean different signals on different
+/// systems.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SignalName {
+    #[serde(rename = "SIGHUP")]
+    Hup,
+    #[serde(rename = "SIGINT")]
+    Int,
+    #[serde(rename = "SIGQUIT")]
+    Quit,
+    #[serde(rename = "SIGKILL")]
+    Kill,
+    #[serde(rename = "SIGUSR1")]
+    Usr1,
+    #[serde(rename = "SIGUSR2")]
+    Usr2,
+    #[serde(rename = "SIGTERM")]
+    Term,
+    #[serde(rename = "SIGCONT")]
+    Cont,
+    #[serde(rename = "SIGSTOP")]
+    Stop,
+    #[serde(rename = "SIGTSTP")]
+    Tstp,
+    #[serde(rename = "SIGWINCH")]
+    Winch,
+    #[serde(rename = "SIGALRM")]
+    Alrm,
+}
+
+impl SignalName {
+    pub const ALL: [SignalName; 12] = [
+        SignalName::Hup,
+        SignalName::Int,
+        SignalName::Quit,
+        SignalName::Kill,
+        SignalName::Usr1,
+        SignalName::Usr2,
+        SignalName::Term,
+        SignalName::Cont,
+        SignalName::Stop,
+        SignalName::Tstp,
+        SignalName::Winch,
+        SignalName::Alrm,
+    ];
+
+    /// The name with its `SIG` prefix, as `kill -l` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignalName::Hup => "SIGHUP",
+            SignalName::Int => "SIGINT",
+            SignalName::Quit => "SIGQUIT",
+            SignalName::Kill => "SIGKILL",
+            SignalName::Usr1 => "SIGUSR1",
+            SignalName::Usr2 => "SIGUSR2",
+            SignalName::Term => "SIGTERM",
+            SignalName::Cont => "SIGCONT",
+            SignalName::Stop => "SIGSTOP",
+            SignalName::Tstp => "SIGTSTP",
+            SignalName::Winch => "SIGWINCH",
+            SignalName::Alrm => "SIGALRM",
+        }
+    }
+}
+
+impl std::fmt::Display for SignalName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SignalName {
+    type Err = String;
+
+    /// `SIGUSR2`, `USR2`, `sigusr2`: with or without the prefix, in any case.
+    fn from_str(text: &str) -> Result<SignalName, String> {
+        let upper = text.to_ascii_uppercase();
+        let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+        SignalName::ALL.into_iter().find(|s| &s.as_str()[3..] == bare).ok_or_else(|| {
+            let known: Vec<&str> = SignalName::ALL.iter().map(|s| s.as_str()).collect();
+            format!("{text:?}: not a signal chatctl sends (one of {})", known.join(", "))
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -365,6 +466,8 @@ mod tests {
             Request::Scale { app: "chat".into(), to: ScaleTo::By(-1) },
             Request::Describe { app: "chat".into() },
             Request::Save,
+            Request::Signal { app: "chat".into(), instance: Some(1), signal: SignalName::Usr2 },
+            Request::Signal { app: "chat".into(), instance: None, signal: SignalName::Winch },
         ] {
             round_trip(request).await;
         }
@@ -375,6 +478,7 @@ mod tests {
             Response::Killed { instances_stopped: 3, forced: 1 },
             Response::Error { message: "no".into() },
             Response::Logs { per_file: MAX_TAIL_LINES },
+            Response::Signalled { app: "a".into(), signal: SignalName::Hup, sent: vec![(0, 12), (1, 13)] },
         ] {
             round_trip(response).await;
         }
@@ -412,6 +516,22 @@ mod tests {
         assert_eq!("+2".parse::<ScaleTo>().map(|s| s.from(5)), Ok(Some(7)));
         assert_eq!("-9".parse::<ScaleTo>().map(|s| s.from(5)), Ok(Some(1)));
         assert!("0".parse::<ScaleTo>().is_err() && "many".parse::<ScaleTo>().is_err());
+    }
+
+    #[test]
+    fn signal_names() {
+        for (text, want) in [("SIGUSR2", SignalName::Usr2), ("usr2", SignalName::Usr2), ("SigHup", SignalName::Hup)] {
+            assert_eq!(text.parse::<SignalName>(), Ok(want), "{text}");
+        }
+        for every in SignalName::ALL {
+            assert_eq!(every.as_str().parse::<SignalName>(), Ok(every));
+            let wire = serde_json::to_string(&every).expect("UNWRAP: a unit variant serializes");
+            assert_eq!(wire, format!("\"{every}\""));
+        }
+        for bad in ["SIGSEGV", "9", "", "SIG", "USR3"] {
+            let error = bad.parse::<SignalName>().expect_err(bad);
+            assert!(error.contains("SIGUSR2"), "{error}");
+        }
     }
 
     #[tokio::test]

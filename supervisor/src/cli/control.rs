@@ -1,4 +1,4 @@
-//! `list`, `stop`, `restart`, `delete`, `kill`.
+//! `list`, `stop`, `restart`, `delete`, `signal`, `kill`.
 
 use std::process::ExitCode;
 
@@ -8,6 +8,7 @@ use chat_shared::ipc::{Request, Response};
 use super::Target;
 use super::start::wait_online;
 use super::table;
+use super::target::InstanceTarget;
 use crate::client::{Client, ClientError};
 use crate::home::Home;
 
@@ -38,14 +39,17 @@ async fn act(request: Request, home: &Home) -> anyhow::Result<Vec<String>> {
     }
 }
 
-pub(super) async fn stop(target: Target, home: &Home) -> anyhow::Result<ExitCode> {
-    let apps = act(Request::Stop { app: target.app(), instance: None }, home).await?;
-    println!("stopped: {}", names(&apps));
+pub(super) async fn stop(target: InstanceTarget, home: &Home) -> anyhow::Result<ExitCode> {
+    let apps = act(Request::Stop { app: target.app.clone(), instance: target.index }, home).await?;
+    match target.index {
+        Some(index) => println!("stopped: {}", names(&apps.iter().map(|a| format!("{a}:{index}")).collect::<Vec<_>>())),
+        None => println!("stopped: {}", names(&apps)),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-pub(super) async fn restart(target: Target, home: &Home) -> anyhow::Result<ExitCode> {
-    let apps = act(Request::Restart { app: target.app(), instance: None }, home).await?;
+pub(super) async fn restart(target: InstanceTarget, home: &Home) -> anyhow::Result<ExitCode> {
+    let apps = act(Request::Restart { app: target.app.clone(), instance: target.index }, home).await?;
     let mut client = Client::connect(home).await?;
     wait_online(&mut client, &apps, false).await
 }
@@ -53,6 +57,25 @@ pub(super) async fn restart(target: Target, home: &Home) -> anyhow::Result<ExitC
 pub(super) async fn delete(target: Target, home: &Home) -> anyhow::Result<ExitCode> {
     let apps = act(Request::Delete { app: target.app() }, home).await?;
     println!("deleted: {}", names(&apps));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) async fn signal(
+    signal: chat_shared::ipc::SignalName,
+    target: InstanceTarget,
+    home: &Home,
+) -> anyhow::Result<ExitCode> {
+    let app = target.one_app().map_err(anyhow::Error::msg)?.to_owned();
+    let mut client = Client::connect(home).await.context("cannot reach the daemon")?;
+    match client.request(&Request::Signal { app, instance: target.index, signal }).await? {
+        Response::Signalled { app, signal, sent } => {
+            for (index, pid) in sent {
+                println!("{signal} sent to {app}:{index} (pid {pid})");
+            }
+        }
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -2,6 +2,7 @@
 
 mod control;
 mod describe;
+mod env;
 mod import;
 mod logs;
 mod program;
@@ -9,6 +10,7 @@ mod reload;
 mod setup;
 mod start;
 mod table;
+pub mod target;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,10 +56,34 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Stop an app's instances (stop signal to each process group, SIGKILL after kill_timeout).
-    Stop(Target),
-    /// Stop then start an app's instances.
-    Restart(Target),
+    /// Stop an app's instances, or one (APP:INDEX): stop signal to each process group, SIGKILL
+    /// after kill_timeout.
+    Stop(InstanceArgs),
+    /// Stop then start an app's instances, or one (APP:INDEX).
+    Restart(InstanceArgs),
+    /// Send a signal (SIGUSR2, HUP, ...) to the main process of an app's running instances, or of
+    /// one (APP:INDEX).
+    Signal {
+        /// SIGHUP, SIGINT, SIGQUIT, SIGKILL, SIGUSR1, SIGUSR2, SIGTERM, SIGCONT, SIGSTOP, SIGTSTP,
+        /// SIGWINCH or SIGALRM (the SIG prefix may be left out).
+        signal: chat_shared::ipc::SignalName,
+        /// APP or APP:INDEX.
+        #[arg(value_name = "APP[:INDEX]")]
+        target: target::InstanceTarget,
+    },
+    /// The environment an instance runs with, as its process got it; values of keys that look like
+    /// secrets, and passwords in URLs, are masked.
+    Env {
+        /// APP:INDEX (APP alone for an app of one instance).
+        #[arg(value_name = "APP[:INDEX]")]
+        target: target::InstanceTarget,
+        /// Show secret values as they are.
+        #[arg(long)]
+        show_secrets: bool,
+        /// One JSON object, name to value.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop an app and forget it.
     #[command(alias = "del")]
     Delete(Target),
@@ -236,6 +262,13 @@ pub struct LogsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct InstanceArgs {
+    /// An app name, one of its instances (`web:2`, from 0), or `all`.
+    #[arg(value_name = "APP[:INDEX]|all")]
+    pub target: target::InstanceTarget,
+}
+
+#[derive(Debug, Args)]
 pub struct Target {
     /// An app name, or `all`.
     pub app: String,
@@ -256,8 +289,10 @@ pub async fn client_command(command: Command, home: &crate::home::Home) -> anyho
         Command::Save => control::save(home).await,
         Command::Monit => crate::dashboard::monit(home).await,
         Command::Resurrect => start::resurrect(home).await,
-        Command::Stop(target) => control::stop(target, home).await,
-        Command::Restart(target) => control::restart(target, home).await,
+        Command::Stop(args) => control::stop(args.target, home).await,
+        Command::Restart(args) => control::restart(args.target, home).await,
+        Command::Signal { signal, target } => control::signal(signal, target, home).await,
+        Command::Env { target, show_secrets, json } => env::env(target, show_secrets, json, home).await,
         Command::Delete(target) => control::delete(target, home).await,
         Command::Reload(args) => reload::reload(args, home).await,
         Command::Scale { app, to, json } => reload::scale(app, to, json, home).await,

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use chat_shared::ipc::{LogStream, LogTail, Request, Response};
+use chat_shared::ipc::{LogStream, LogTail, Request, Response, SignalName};
 use chat_shared::spec::AppSpec;
 use chat_shared::status::Phase;
 use tokio::sync::oneshot;
@@ -32,6 +32,33 @@ impl StartError {
             source = cause.source();
         }
         text
+    }
+}
+
+/// `Ok` when `app` has an instance `index`, else the message that says how many it has.
+fn has_instance(app: &App, index: usize) -> Result<(), String> {
+    match app.slots.len() {
+        n if index < n => Ok(()),
+        1 => Err(format!("`{}` has no instance {index}: it has one instance, 0", app.spec.name)),
+        n => Err(format!("`{}` has no instance {index}: it has {n} instances, 0 to {}", app.spec.name, n - 1)),
+    }
+}
+
+fn to_nix(signal: SignalName) -> nix::sys::signal::Signal {
+    use nix::sys::signal::Signal;
+    match signal {
+        SignalName::Hup => Signal::SIGHUP,
+        SignalName::Int => Signal::SIGINT,
+        SignalName::Quit => Signal::SIGQUIT,
+        SignalName::Kill => Signal::SIGKILL,
+        SignalName::Usr1 => Signal::SIGUSR1,
+        SignalName::Usr2 => Signal::SIGUSR2,
+        SignalName::Term => Signal::SIGTERM,
+        SignalName::Cont => Signal::SIGCONT,
+        SignalName::Stop => Signal::SIGSTOP,
+        SignalName::Tstp => Signal::SIGTSTP,
+        SignalName::Winch => Signal::SIGWINCH,
+        SignalName::Alrm => Signal::SIGALRM,
     }
 }
 
@@ -70,6 +97,7 @@ impl Daemon {
             Request::Delete { app } => {
                 return self.act(app.as_deref(), None, Input::Stop, Until::Down, true, reply, now);
             }
+            Request::Signal { app, instance, signal } => self.signal(&app, instance, signal),
             Request::Kill => {
                 self.begin_kill(Some(reply));
                 return;
@@ -374,9 +402,8 @@ impl Daemon {
             None => (0..self.apps.len()).collect(),
         };
         if let (Some(index), [app]) = (instance, chosen.as_slice())
-            && index >= self.apps[*app].slots.len()
+            && let Err(message) = has_instance(&self.apps[*app], index)
         {
-            let message = format!("`{}` has no instance {index}", self.apps[*app].spec.name);
             let _ = reply.send(Response::Error { message });
             return;
         }
@@ -398,6 +425,43 @@ impl Daemon {
             }
         }
         self.waiters.push(Waiter { app_ids, slot: instance, until, reply, response: Response::Done { apps: names } });
+    }
+
+    /// `chatctl signal`: `signal` to the main process of each chosen instance that has one.
+    ///
+    /// To the process, not its group, as PM2 does: such a signal is a message to the program
+    /// (SIGUSR2: reopen your logs, SIGHUP: read your config again), and the program decides what
+    /// its children hear; a group would also reach helpers that die of SIGUSR1's default action.
+    /// Stops, which must reach every descendant, signal the group. The pid is one the daemon has
+    /// not reaped yet, so it cannot name another program. A signal that ends the process (SIGTERM,
+    /// SIGKILL) counts as an exit like any other: `autorestart` decides what follows.
+    fn signal(&self, name: &str, instance: Option<usize>, signal: SignalName) -> Response {
+        let app = match self.chosen(Some(name)) {
+            Ok(chosen) => &self.apps[chosen[0]],
+            Err(message) => return Response::Error { message },
+        };
+        if let Some(index) = instance
+            && let Err(message) = has_instance(app, index)
+        {
+            return Response::Error { message };
+        }
+        let mut sent = Vec::new();
+        for (index, slot) in app.slots.iter().enumerate().filter(|(i, _)| instance.is_none_or(|want| want == *i)) {
+            let Some(pid) = slot.current.instance.pid() else { continue };
+            let Ok(raw) = i32::try_from(pid) else { continue };
+            match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), to_nix(signal)) {
+                Ok(()) => sent.push((index, pid)),
+                // Exited a moment ago: its exit is on its way to this loop.
+                Err(nix::errno::Errno::ESRCH) => {}
+                Err(e) => return Response::Error { message: format!("{signal} to pid {pid} ({name}:{index}): {e}") },
+            }
+        }
+        if sent.is_empty() {
+            let which = instance.map_or_else(|| format!("no instance of `{name}`"), |i| format!("`{name}:{i}`"));
+            return Response::Error { message: format!("{which} is running: no process to send {signal} to") };
+        }
+        tracing::info!(app = %name, %signal, ?sent, "signal sent on request");
+        Response::Signalled { app: name.to_owned(), signal, sent }
     }
 
     /// Stops every app; the daemon exits once all are down, answering `reply` first.

@@ -1,0 +1,115 @@
+//! Everyday verbs on one instance: `APP:INDEX` targets for stop, restart and signal, `chatctl
+//! signal`, and `chatctl env` with its masking.
+
+use std::time::Duration;
+
+use chat_shared::status::Phase;
+
+use crate::support::{Env, bin, stderr, wait_until};
+
+/// Two instances of the fixture that print `usr2 <instance>` on SIGUSR2, with a secret, a URL with
+/// a password and a plain value in their `env`.
+fn two_instances(env: &Env) {
+    env.write(
+        "ecosystem.toml",
+        &format!(
+            "[apps.web]\nscript = \"{}\"\nargs = [\"--say-on-usr2\"]\ninstances = 2\nkill_timeout = \"2s\"\n\
+             env = {{ API_TOKEN = \"tok123\", CACHE_URL = \"redis://:pw@127.0.0.1:1/0\", PLAIN = \"x\" }}\n",
+            bin("fixture-app").display()
+        ),
+    );
+    env.ok(&["start"]);
+}
+
+fn out_log(env: &Env) -> String {
+    std::fs::read_to_string(env.home().join("logs").join("web-out.log")).unwrap_or_default()
+}
+
+#[test]
+fn signal_reaches_the_named_instance_only_and_a_bad_target_is_refused() {
+    let env = Env::new();
+    two_instances(&env);
+    let pids = env.online_pids("web", 2);
+
+    let said = env.ok(&["signal", "SIGUSR2", "web:1"]);
+    assert!(said.contains(&format!("SIGUSR2 sent to web:1 (pid {})", pids[1])), "{said}");
+    wait_until("instance 1 printed its SIGUSR2", Duration::from_secs(10), || {
+        out_log(&env).contains("usr2 1").then_some(())
+    });
+    assert!(!out_log(&env).contains("usr2 0"), "instance 0 got the signal too:\n{}", out_log(&env));
+
+    // Without an index: every instance; the name without its prefix, in any case.
+    env.ok(&["signal", "usr2", "web"]);
+    wait_until("instance 0 printed its SIGUSR2", Duration::from_secs(10), || {
+        out_log(&env).contains("usr2 0").then_some(())
+    });
+    assert_eq!(env.online_pids("web", 2), pids, "a signal the program handles restarts nothing");
+
+    for (args, says) in [
+        (&["signal", "SIGSEGV", "web"][..], "not a signal chatctl sends"),
+        (&["signal", "USR2", "web:x"], "INDEX an instance number"),
+        (&["signal", "USR2", "web:2"], "it has 2 instances, 0 to 1"),
+        (&["signal", "USR2", "nope"], "no app named `nope`"),
+        (&["signal", "USR2", "all"], "name one app"),
+        (&["stop", "web:5"], "it has 2 instances, 0 to 1"),
+        (&["restart", "all:0"], "`all` takes no instance"),
+    ] {
+        let out = env.chatctl(args);
+        assert!(!out.status.success(), "chatctl {args:?} succeeded");
+        assert!(stderr(&out).contains(says), "chatctl {args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn restart_and_stop_of_one_instance_leave_the_other_running() {
+    let env = Env::new();
+    two_instances(&env);
+    let pids = env.online_pids("web", 2);
+
+    env.ok(&["restart", "web:0"]);
+    let after = env.online_pids("web", 2);
+    assert_ne!(after[0], pids[0], "instance 0 has a new process");
+    assert_eq!(after[1], pids[1], "instance 1 kept its process");
+
+    let said = env.ok(&["stop", "web:1"]);
+    assert!(said.contains("stopped: web:1"), "{said}");
+    let apps = env.list();
+    let states: Vec<(Phase, Option<u32>)> = apps[0].instances.iter().map(|i| (i.status, i.pid)).collect();
+    assert_eq!(states, [(Phase::Online, Some(after[0])), (Phase::Stopped, None)]);
+
+    let out = env.chatctl(&["signal", "USR2", "web:1"]);
+    assert!(!out.status.success() && stderr(&out).contains("`web:1` is running: no process"), "{}", stderr(&out));
+    let out = env.chatctl(&["env", "web:1"]);
+    assert!(!out.status.success() && stderr(&out).contains("no process"), "{}", stderr(&out));
+}
+
+#[test]
+fn env_shows_what_the_instance_got_with_secrets_masked() {
+    let env = Env::new();
+    two_instances(&env);
+    env.online_pids("web", 2);
+
+    let shown = env.ok(&["env", "web:1"]);
+    let lines: Vec<&str> = shown.lines().collect();
+    for want in [
+        "INSTANCE_ID=1",
+        "CHATCTL_INSTANCE=1",
+        "CHATCTL_APP=web",
+        "PLAIN=x",
+        "API_TOKEN=***",
+        "CHATCTL_APP_SECRET=***",
+        "CACHE_URL=redis://:***@127.0.0.1:1/0",
+    ] {
+        assert!(lines.contains(&want), "no {want:?} in:\n{shown}");
+    }
+    assert!(!shown.contains("tok123") && !shown.contains(":pw@"), "a secret shows:\n{shown}");
+
+    let revealed = env.ok(&["env", "web:1", "--show-secrets", "--json"]);
+    let vars: std::collections::BTreeMap<String, String> = serde_json::from_str(&revealed).expect("env --json parses");
+    assert_eq!(vars.get("API_TOKEN").map(String::as_str), Some("tok123"));
+    assert_eq!(vars.get("CACHE_URL").map(String::as_str), Some("redis://:pw@127.0.0.1:1/0"));
+    assert_eq!(vars.get("INSTANCE_ID").map(String::as_str), Some("1"));
+
+    let out = env.chatctl(&["env", "web"]);
+    assert!(!out.status.success() && stderr(&out).contains("name one, `web:0` to `web:1`"), "{}", stderr(&out));
+}
