@@ -9,6 +9,7 @@ mod config_errors;
 mod faults;
 mod fork;
 mod health;
+mod init;
 mod lifecycle;
 mod logs;
 mod memory;

@@ -174,6 +174,9 @@ impl Env {
 
     pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.path(name);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("the file's directory");
+        }
         std::fs::write(&path, text).expect("write file");
         path
     }

@@ -28,7 +28,26 @@ pub(super) fn init(force: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A commented file for the project in `dir`: a Rust binary, a Node app, or a placeholder.
+/// What `init` found in the directory, and how such a project runs.
+struct Project {
+    /// `script` and `args` of the app table, as TOML lines.
+    program: String,
+    /// Keys that only this kind of project needs, as TOML lines (may be empty).
+    extra: String,
+    /// Environment of the base settings, as a TOML inline table's content.
+    env: &'static str,
+    /// The development profile's keys.
+    development: String,
+    /// The production profile's keys.
+    production: &'static str,
+    what: &'static str,
+}
+
+/// Cluster mode on every CPU: one port shared by every instance.
+const CLUSTER: &str = "exec_mode = \"cluster\"\ninstances = \"max\"               # one per CPU, all on the one port\n";
+
+/// A commented file for the project in `dir`: a Rust binary, a Node app, a Python app, or a
+/// placeholder; written so that it starts and stays online as it is.
 pub(crate) fn template(dir: &Path) -> String {
     let name: String = dir
         .file_name()
@@ -38,41 +57,109 @@ pub(crate) fn template(dir: &Path) -> String {
         .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
         .collect();
     let name = if name.is_empty() || name == "all" { "app".to_owned() } else { name };
-    let (script, args) = if dir.join("Cargo.toml").exists() {
-        (format!("target/release/{name}"), String::new())
-    } else if dir.join("package.json").exists() {
-        ("node".to_owned(), "args = [\"index.js\"]\n".to_owned())
-    } else {
-        ("./run.sh".to_owned(), String::new())
-    };
+    let project = rust(dir).or_else(|| node(dir)).or_else(|| python(dir)).unwrap_or_else(|| Project {
+        program: "script = \"./run.sh\"\n".into(),
+        extra: String::new(),
+        env: "",
+        development: "watch = true                    # restart on file changes (logs, target/, .git/ ignored)\n"
+            .into(),
+        production: CLUSTER,
+        what: "no Rust, Node or Python project here: point script at your program",
+    });
+    let Project { program, extra, env, development, production, what } = project;
     format!(
-        r#"# chatctl ecosystem file. Reference of every key: the README of chatctl, "ecosystem.toml".
+        r#"# chatctl ecosystem file ({what}). Reference of every key: the README of chatctl, "ecosystem.toml".
 #   chatctl start               the base settings below
+#   chatctl start development   rebuilt and reloaded on source changes
 #   chatctl start production    with the production profile applied
 #   chatctl reload              zero-downtime deploy of a new version
 
 [apps.{name}]
-script = "{script}"
-{args}# The supervisor binds the port and passes it to the instances (fd 3, systemd-style);
+{program}# The supervisor binds the port and passes it to the instances (fd 3, systemd-style);
 # a program that cannot take it sets inherit_socket = false and binds $PORT itself.
 port = 3000
 instances = 1
 exec_mode = "fork"              # "cluster": every instance on the one port
-kill_timeout = "5s"             # SIGTERM, then SIGKILL after this
+{extra}kill_timeout = "5s"             # SIGTERM, then SIGKILL after this
 max_memory_restart = "1G"       # replaced without downtime when its process tree passes this
 max_restarts = 5                # errored after 5 starts shorter than min_uptime
 min_uptime = "10s"
-health = {{ path = "/health", interval = "30s", timeout = "5s" }}
-env = {{ RUST_LOG = "info" }}
+# Any HTTP answer shows the program up (it may have no /health route); with one, drop any_answer.
+health = {{ path = "/health", any_answer = true, interval = "30s", timeout = "5s" }}
+env = {{ {env} }}
 
 [apps.{name}.profiles.development]
-watch = true                    # restart on file changes (logs, target/, .git/ ignored)
-
+{development}
 [apps.{name}.profiles.production]
-exec_mode = "cluster"
-instances = "max"               # one per CPU
-"#
+{production}"#
     )
+}
+
+/// A Cargo package: its binary, built in release; development builds and reloads on change.
+fn rust(dir: &Path) -> Option<Project> {
+    let manifest: toml::Table = std::fs::read_to_string(dir.join("Cargo.toml")).ok()?.parse().ok()?;
+    let bin = manifest.get("bin").and_then(|b| b.as_array()).and_then(|b| b.first()).and_then(|b| b.get("name"));
+    let package = manifest.get("package").and_then(|p| p.get("name"));
+    let binary = bin.or(package).and_then(|n| n.as_str()).unwrap_or("app").to_owned();
+    Some(Project {
+        program: format!(
+            "script = \"target/release/{binary}\"\nbuild = \"cargo build --release\"   # `chatctl reload --build` runs it first\n"
+        ),
+        extra: String::new(),
+        env: "RUST_LOG = \"info\"",
+        development: format!(
+            "script = \"target/debug/{binary}\"\nbuild = \"cargo build\"           # a change builds, then reloads if it succeeded\nwatch = [\"src\"]\n"
+        ),
+        production: CLUSTER,
+        what: "a Rust project: build it once (cargo build --release) before `chatctl start`",
+    })
+}
+
+/// A Node project: what `npm start` runs when it is `node FILE`, else `main`, else `npm start`.
+fn node(dir: &Path) -> Option<Project> {
+    let package: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("package.json")).ok()?).ok()?;
+    let start = package["scripts"]["start"].as_str();
+    let file = start
+        .and_then(|s| s.strip_prefix("node "))
+        .map(|rest| rest.split_whitespace().next().unwrap_or_default().to_owned())
+        .filter(|f| !f.is_empty())
+        .or_else(|| package["main"].as_str().map(str::to_owned))
+        .or_else(|| dir.join("index.js").exists().then(|| "index.js".to_owned()));
+    let program = match (file, start) {
+        (Some(file), _) => format!("script = \"{file}\"              # a .js file runs through node\n"),
+        (None, Some(_)) => "script = \"npm\"\nargs = [\"start\"]\n".into(),
+        (None, None) => "script = \"index.js\"\n".into(),
+    };
+    Some(Project {
+        program,
+        extra: String::new(),
+        env: "NODE_ENV = \"production\"",
+        development: "watch = true                    # restart on file changes (node_modules/, logs, .git/ ignored)\nenv = { NODE_ENV = \"development\" }\n".into(),
+        production: CLUSTER,
+        what: "a Node project: it listens on its port unmodified (chatctl's preload)",
+    })
+}
+
+/// A Python project: its `app.py`, `main.py` or `server.py` through python3, binding `$PORT` itself
+/// (a Python server takes an inherited socket only when told: gunicorn --bind fd://3, uvicorn --fd 3).
+fn python(dir: &Path) -> Option<Project> {
+    let markers = ["pyproject.toml", "requirements.txt", "app.py", "main.py", "server.py"];
+    if !markers.iter().any(|m| dir.join(m).exists()) {
+        return None;
+    }
+    let file = ["app.py", "main.py", "server.py"].into_iter().find(|f| dir.join(f).exists()).unwrap_or("app.py");
+    Some(Project {
+        program: format!("script = \"python3\"\nargs = [\"{file}\"]\n"),
+        extra: "# It binds $PORT itself; for cluster mode serve with gunicorn --bind fd://3 or uvicorn --fd 3\n\
+                # and remove this line.\ninherit_socket = false\n"
+            .into(),
+        env: "PYTHONUNBUFFERED = \"1\"",
+        development: "watch = true                    # restart on file changes\n".into(),
+        // Each instance binds its own port (3000, 3001, ...): put a balancer in front.
+        production: "instances = \"max\"               # one per CPU, on ports 3000, 3001, ...\n",
+        what: "a Python project",
+    })
 }
 
 pub(super) fn startup(args: StartupArgs, home: &Home) -> anyhow::Result<ExitCode> {
@@ -215,14 +302,26 @@ WantedBy=multi-user.target
 mod tests {
     #[test]
     fn the_templates_validate() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        for marker in [None, Some("Cargo.toml"), Some("package.json")] {
-            if let Some(m) = marker {
-                std::fs::write(dir.path().join(m), "").expect("marker");
+        let kinds: &[(&[(&str, &str)], &str)] = &[
+            (&[], "script = \"./run.sh\""),
+            (&[("Cargo.toml", "[package]\nname = \"demo\"\n")], "script = \"target/release/demo\""),
+            (&[("package.json", r#"{"scripts": {"start": "node server.js"}}"#)], "script = \"server.js\""),
+            (&[("package.json", r#"{"main": "lib/app.js"}"#)], "script = \"lib/app.js\""),
+            (&[("package.json", r#"{"scripts": {"start": "next start"}}"#)], "args = [\"start\"]"),
+            (&[("requirements.txt", ""), ("main.py", "")], "args = [\"main.py\"]"),
+        ];
+        for (files, expected) in kinds {
+            let dir = tempfile::tempdir().expect("tempdir");
+            for (name, text) in *files {
+                std::fs::write(dir.path().join(name), text).expect("write");
             }
             let text = super::template(dir.path());
+            assert!(text.contains(expected), "{files:?}: {expected} in\n{text}");
             let eco = chat_shared::ecosystem::Ecosystem::parse(&text, std::path::Path::new("e.toml"));
-            assert!(eco.is_ok(), "{marker:?}: {}", eco.expect_err("checked"));
+            let eco = eco.unwrap_or_else(|e| panic!("{files:?}: {e}\n{text}"));
+            for profile in [None, Some("development"), Some("production")] {
+                assert!(eco.resolve(profile, None, &Default::default()).is_ok(), "{files:?} {profile:?}");
+            }
         }
     }
 
