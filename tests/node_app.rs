@@ -122,3 +122,34 @@ fn a_program_that_binds_the_port_chatctl_holds_is_errored_at_once_saying_what_to
         assert!(note.contains(what), "{what:?} in the note: {note}");
     }
 }
+
+/// PM2's `wait_ready`: a Node program that says `process.send('ready')` late is not online before
+/// it has (readiness = "notify": for Node, through an IPC channel, since Node cannot write to
+/// NOTIFY_SOCKET). The program marks a file just before it says so: every `list` that shows it
+/// online comes after the mark.
+#[test]
+fn a_node_program_that_says_ready_late_is_not_online_before_it_does() {
+    let env = Env::new();
+    let port = free_port();
+    let mark = env.path("ready.mark");
+    env.write(
+        "ecosystem.toml",
+        &format!(
+            "[apps.late]\nscript = \"{}\"\nport = {port}\nreadiness = \"notify\"\nenv = {{ READY_MARK = \"{}\" }}\n",
+            tests_dir().join("apps/late-ready.js").display(),
+            mark.display()
+        ),
+    );
+    env.ok(&["start", "--no-wait"]);
+    let mut seen_starting = false;
+    wait_until("online once it said ready", Duration::from_secs(20), || {
+        // The status first, then the mark: an online seen before the mark was written would be a
+        // real early online, never a race of this check.
+        let status = env.list()[0].instances[0].status;
+        let marked = mark.exists();
+        assert!(status != Phase::Online || marked, "online before it said ready");
+        seen_starting |= status == Phase::Starting && !marked;
+        (status == Phase::Online).then_some(())
+    });
+    assert!(seen_starting, "it was seen starting, not yet ready, first");
+}

@@ -79,9 +79,49 @@ impl Drop for NotifySocket {
     }
 }
 
+/// Readiness from a Node program, PM2's way (`wait_ready`): Node cannot send datagrams to
+/// `NOTIFY_SOCKET`, but a program started with an IPC channel (`NODE_CHANNEL_FD`) has
+/// `process.send`, and `process.send('ready')` writes the line `"ready"` on it (JSON serialization).
+/// Returns the child's end, to pass at spawn; `on_notice` gets `READY` for that line.
+pub(crate) fn node_channel(on_notice: impl Fn(Notice) + Send + 'static) -> io::Result<std::os::unix::net::UnixStream> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    ours.set_nonblocking(true)?;
+    let ours = tokio::net::UnixStream::from_std(ours)?;
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(ours.take(MAX_CHANNEL_BYTES)).lines();
+        // Ends when the program (and whatever inherited the channel) has closed it.
+        while let Ok(Some(line)) = lines.next_line().await {
+            if is_ready(&line) {
+                on_notice(Notice { ready: true, status: None });
+            }
+        }
+    });
+    Ok(theirs)
+}
+
+/// The most a program's channel is read, in all: it says `ready` once, not a stream.
+const MAX_CHANNEL_BYTES: u64 = 1 << 20;
+
+/// `process.send('ready')`, or PM2's `{ type: 'process:msg', data: 'ready' }`.
+fn is_ready(line: &str) -> bool {
+    match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(serde_json::Value::String(text)) => text == "ready",
+        Ok(value) => value.get("data").and_then(serde_json::Value::as_str) == Some("ready"),
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_programs_ready_message() {
+        assert!(is_ready("\"ready\""));
+        assert!(is_ready(r#"{"type":"process:msg","data":"ready"}"#));
+        assert!(!is_ready("\"starting\"") && !is_ready("ready") && !is_ready("{}"));
+    }
 
     #[test]
     fn parses_the_assignments_we_act_on() {

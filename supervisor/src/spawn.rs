@@ -18,6 +18,10 @@ pub(crate) const BUS_FILE: &str = "bus.sock";
 /// The directory, inside the daemon's home, of each cluster-mode app's handoff sockets.
 pub(crate) const HANDOFF_DIR: &str = "handoff";
 
+/// Node's IPC channel: the fd, and how messages are written on it (JSON lines).
+const NODE_CHANNEL_FD: &str = "NODE_CHANNEL_FD";
+const NODE_CHANNEL_SERIALIZATION_MODE: &str = "NODE_CHANNEL_SERIALIZATION_MODE";
+
 /// A socket passed to the child, in order from fd 3, with its `LISTEN_FDNAMES` name.
 pub(crate) struct PassedFd<'a> {
     pub(crate) fd: &'a dyn AsRawFd,
@@ -38,6 +42,9 @@ pub(crate) struct Launch<'a> {
     pub(crate) secret: &'a str,
     /// `CHATCTL_LAUNCH`, and the leaf cgroup to join (see `descendants`).
     pub(crate) tracking: &'a crate::descendants::Prepared,
+    /// A Node program's IPC channel (the child's end of a socket pair), so that its
+    /// `process.send('ready')` reaches the daemon: PM2's `wait_ready`.
+    pub(crate) channel: Option<&'a dyn AsRawFd>,
 }
 
 /// Spawns instance `index` of `spec`.
@@ -46,7 +53,7 @@ pub(crate) struct Launch<'a> {
 /// fires when the *thread* that forked exits, so a short-lived blocking-pool thread would kill the
 /// child early.
 pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
-    let Launch { spec, index, port, fds, home, notify, secret, tracking } = *launch;
+    let Launch { spec, index, port, fds, home, notify, secret, tracking, channel } = *launch;
     let mut command = Command::new(&spec.script);
     command
         .args(&spec.args)
@@ -69,7 +76,14 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
         .kill_on_drop(false);
     // What chatctl itself got from its service manager is not the instance's: it gets its own or
     // none (a `chatctl run` under systemd has NOTIFY_SOCKET, and the apps' env inherits it).
-    for inherited in [worker_env::NOTIFY_SOCKET, worker_env::LISTEN_FDS, worker_env::LISTEN_FDNAMES, "LISTEN_PID"] {
+    for inherited in [
+        worker_env::NOTIFY_SOCKET,
+        worker_env::LISTEN_FDS,
+        worker_env::LISTEN_FDNAMES,
+        "LISTEN_PID",
+        NODE_CHANNEL_FD,
+        NODE_CHANNEL_SERIALIZATION_MODE,
+    ] {
         command.env_remove(inherited);
     }
     // Instances sharing a port hand each other the connections of polling sessions.
@@ -91,7 +105,13 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
         let names: Vec<&str> = fds.iter().map(|f| f.name).collect();
         command.env(worker_env::LISTEN_FDS, fds.len().to_string()).env(worker_env::LISTEN_FDNAMES, names.join(":"));
     }
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.fd.as_raw_fd()).collect();
+    let mut raw: Vec<RawFd> = fds.iter().map(|f| f.fd.as_raw_fd()).collect();
+    // After the sockets, outside LISTEN_FDS: Node finds its channel by NODE_CHANNEL_FD.
+    if let Some(channel) = channel {
+        raw.push(channel.as_raw_fd());
+        let at = worker_env::LISTEN_FDS_START + raw.len() as RawFd - 1;
+        command.env(NODE_CHANNEL_FD, at.to_string()).env(NODE_CHANNEL_SERIALIZATION_MODE, "json");
+    }
     if raw.len() > 8 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "at most 8 sockets can be passed"));
     }

@@ -290,6 +290,22 @@ impl App {
         }
         let spec = proc.spec.clone();
         let tracking = env.descendants.prepare(&spec.name, index);
+        // A Node program that says it is ready the PM2 way (`process.send('ready')`).
+        let channel = match (spec.readiness, spec.node_preload) {
+            (Some(Readiness::Notify), true) => {
+                let (tx, app_id, key) = (env.tx.clone(), self.id, proc.key);
+                match crate::notify::node_channel(move |notice| {
+                    let _ = tx.send(Msg::Notify { app_id, key, notice });
+                }) {
+                    Ok(channel) => Some(channel),
+                    Err(e) => {
+                        env.descendants.discard(tracking);
+                        return Input::SpawnFailed(format!("cannot make the Node IPC channel: {e}"));
+                    }
+                }
+            }
+            _ => None,
+        };
         let launch = Launch {
             spec: &spec,
             index,
@@ -299,6 +315,7 @@ impl App {
             notify: proc.notify.as_ref().map(NotifySocket::path),
             secret: &self.secret,
             tracking: &tracking,
+            channel: channel.as_ref().map(|c| c as &dyn std::os::fd::AsRawFd),
         };
         // Watched for in the program's output when it was passed its port (see below).
         let watch =
