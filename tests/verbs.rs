@@ -113,3 +113,40 @@ fn env_shows_what_the_instance_got_with_secrets_masked() {
     let out = env.chatctl(&["env", "web"]);
     assert!(!out.status.success() && stderr(&out).contains("name one, `web:0` to `web:1`"), "{}", stderr(&out));
 }
+
+#[test]
+fn cron_restart_reloads_the_app_on_its_schedule_and_leaves_a_stopped_app_alone() {
+    let env = Env::new();
+    // Six fields, seconds first: every two seconds, so no clock needs faking.
+    env.write(
+        "ecosystem.toml",
+        &format!(
+            "[apps.timed]\nscript = \"{}\"\ninstances = 2\nkill_timeout = \"2s\"\ncron_restart = \"*/2 * * * * *\"\n",
+            bin("fixture-app").display()
+        ),
+    );
+    env.ok(&["start"]);
+    let mut seen = vec![env.online_pids("timed", 2)];
+    for round in 1..=2 {
+        let before = seen[seen.len() - 1].clone();
+        let after = wait_until(&format!("cron reload {round}"), Duration::from_secs(15), || {
+            let pids = env.online_pids("timed", 2);
+            pids.iter().all(|p| !before.contains(p)).then_some(pids)
+        });
+        seen.push(after);
+    }
+    let apps = env.list();
+    assert!(
+        apps[0].instances.iter().all(|i| i.note.as_deref() == Some("replaced: reload")),
+        "a scheduled restart is a rolling reload (each successor ready before its predecessor stops): {:?}",
+        apps[0].instances
+    );
+    let log = env.daemon_log();
+    assert!(log.contains("cron_restart: reloading"), "{log}");
+
+    env.ok(&["stop", "timed"]);
+    // Past more than one fire time: nothing starts it again.
+    std::thread::sleep(Duration::from_millis(2500));
+    let apps = env.list();
+    assert!(apps[0].instances.iter().all(|i| i.status == Phase::Stopped), "{:?}", apps[0].instances);
+}

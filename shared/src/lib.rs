@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`bus`]: the local bus's frames (workers of one host share rooms through it).
+//! - [`cron`]: `cron_restart` expressions and their next time.
 //! - [`ecosystem`]: the `ecosystem.toml` schema, its validation and its resolution into specs.
 //! - [`spec`]: an app as the daemon runs it.
 //! - [`ipc`]: the CLI ↔ daemon protocol and its framing.
@@ -12,6 +13,7 @@
 //! - [`units`]: human durations and sizes.
 
 pub mod bus;
+pub mod cron;
 pub mod ecosystem;
 pub mod health;
 pub mod ipc;

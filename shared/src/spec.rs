@@ -58,6 +58,9 @@ pub struct AppSpec {
     pub listen_timeout: HumanDuration,
     pub reload_batch: usize,
     pub build: Option<String>,
+    /// A cron expression: the daemon reloads the app each time it fires (see [`crate::cron`]).
+    #[serde(default)]
+    pub cron_restart: Option<String>,
     /// `None`: online as soon as it runs (no health check, no notify).
     pub readiness: Option<Readiness>,
     pub health: Option<HealthSpec>,
@@ -211,6 +214,9 @@ impl AppSpec {
                 refuse("log_date_format", format!("invalid strftime format {format:?}"))?;
             }
         }
+        if let Some(Err(why)) = self.cron_restart.as_deref().map(crate::cron::CronSchedule::parse) {
+            refuse("cron_restart", why)?;
+        }
         if self.logs.max_size.0 < 4096 {
             refuse("max_size", "a log file of less than 4K would rotate on nearly every line")?;
         }
@@ -267,6 +273,7 @@ mod tests {
                 s.listen.as_mut().expect("listens").port = 65_500;
             }),
             ("reload_batch", |s| s.reload_batch = 0),
+            ("cron_restart", |s| s.cron_restart = Some("61 * * * *".into())),
             ("name", |s| s.name = "../x".into()),
             ("cwd", |s| s.cwd = "relative".into()),
             ("script", |s| s.script = " ".into()),

@@ -171,6 +171,7 @@ impl Ecosystem {
                     listen_timeout: c.listen_timeout.unwrap_or(DEFAULT_LISTEN_TIMEOUT),
                     reload_batch: c.reload_batch.map_or(1, |b| b.max(1) as usize),
                     build: c.build.clone(),
+                    cron_restart: c.cron_restart.clone(),
                     readiness,
                     health,
                     max_memory: c.max_memory_restart,

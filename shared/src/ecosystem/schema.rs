@@ -63,6 +63,9 @@ pub struct AppConfig {
     /// A deploy step `chatctl reload --build` runs (through `sh -c`, in `cwd`) before touching any
     /// instance, e.g. `cargo build --release`.
     pub build: Option<String>,
+    /// Reload the app (zero downtime) when this cron expression fires, in local time: five fields
+    /// (`"0 4 * * *"`: every day at 04:00), or six with seconds first (`"*/30 * * * * *"`).
+    pub cron_restart: Option<String>,
     /// How long a new instance may take to become ready.
     pub listen_timeout: Option<HumanDuration>,
     /// How an instance says it is ready: its first passing health probe, or `READY=1` on
@@ -130,6 +133,7 @@ impl AppConfig {
             listen_timeout,
             reload_batch,
             build,
+            cron_restart,
             readiness,
             health,
             out_file,

@@ -102,6 +102,8 @@ fn broken_files_report_line_column_and_key() {
         // semantic: a duration the daemon could not add to a deadline
         ("[apps.a]\nscript = \"x\"\nkill_timeout = \"400d\"\n", &[(3, 1, "apps.a.kill_timeout")]),
         ("[apps.a]\nscript = \"x\"\nport = 1\nhealth = { grace = \"9999d\" }\n", &[(4, 12, "apps.a.health.grace")]),
+        // semantic: a cron expression croner cannot read
+        ("[apps.a]\nscript = \"x\"\ncron_restart = \"61 * * * *\"\n", &[(3, 1, "apps.a.cron_restart")]),
         // semantic: missing script points at the app's name
         ("[apps.a]\nport = 3000\n", &[(1, 7, "apps.a.script")]),
         // semantic: fork ports past 65535

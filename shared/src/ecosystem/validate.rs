@@ -200,6 +200,9 @@ fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
             );
         }
     }
+    if let Some(Err(why)) = c.cron_restart.as_deref().map(crate::cron::CronSchedule::parse) {
+        problem("cron_restart", why);
+    }
     if c.reload_batch == Some(0) {
         problem("reload_batch", "must be at least 1".to_owned());
     }

@@ -98,9 +98,10 @@ fn render(d: &AppDescription) -> String {
     field(
         "reload",
         format!(
-            "{} at a time{}",
+            "{} at a time{}{}",
             s.reload_batch,
-            s.build.as_deref().map(|b| format!(", build: {b}")).unwrap_or_default()
+            s.build.as_deref().map(|b| format!(", build: {b}")).unwrap_or_default(),
+            s.cron_restart.as_deref().map(|c| format!(", on schedule: {c}")).unwrap_or_default()
         ),
     );
     field(

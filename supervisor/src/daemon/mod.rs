@@ -7,6 +7,7 @@
 
 mod app;
 mod build;
+mod cron;
 mod reload;
 mod requests;
 mod slot;
@@ -159,6 +160,8 @@ pub(crate) struct Daemon {
     descendants: crate::descendants::Descendants,
     /// Rolling reloads under way.
     reloads: Vec<reload::Job>,
+    /// When each app with a `cron_restart` is reloaded next.
+    crons: cron::Crons,
     /// Every captured line, for followers; costs nothing while nobody follows.
     follow: broadcast::Sender<Arc<LogRecord>>,
     /// Set once a kill (request or signal) began; the reply goes out when everything is down.
@@ -266,6 +269,7 @@ pub async fn run(
         }
         let now = Instant::now();
         daemon.tick(now);
+        daemon.run_crons(now);
         daemon.advance_reloads(now);
         daemon.answer_waiters();
         if !ready_sent && daemon.all_online() {
@@ -404,6 +408,7 @@ impl Daemon {
             waiters: Vec::new(),
             reaper: None,
             reloads: Vec::new(),
+            crons: cron::Crons::default(),
             follow: broadcast::channel(FOLLOW_BUFFER).0,
             killing: None,
             forced: 0,
@@ -534,7 +539,8 @@ impl Daemon {
     }
 
     fn next_deadline(&self) -> Instant {
-        self.apps.iter().filter_map(App::next_deadline).min().map_or(self.next_sample, |d| d.min(self.next_sample))
+        let nearest = self.apps.iter().filter_map(App::next_deadline).chain(self.crons.next()).min();
+        nearest.map_or(self.next_sample, |d| d.min(self.next_sample))
     }
 
     /// Gives every instance whose deadline passed a `Tick`; samples usage when due.
