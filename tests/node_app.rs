@@ -153,3 +153,53 @@ fn a_node_program_that_says_ready_late_is_not_online_before_it_does() {
     });
     assert!(seen_starting, "it was seen starting, not yet ready, first");
 }
+
+/// The issue's "done when": a PM2 user's `ecosystem.config.js` for the unmodified Express app,
+/// `chatctl import`, `chatctl start production`: a working cluster, each instance probed on its own
+/// `/health`, and a reload under load that fails nothing.
+#[test]
+fn a_pm2_ecosystem_imports_and_its_production_cluster_runs_the_unmodified_app() {
+    let _heavy = heavy_load();
+    let env = Env::new();
+    let port = free_port();
+    env.write(
+        "ecosystem.config.js",
+        &format!(
+            r#"module.exports = {{
+  apps: [{{
+    name: "chat",
+    script: "{script}",
+    instances: 2,
+    exec_mode: "cluster",
+    max_memory_restart: "1G",
+    kill_timeout: 5000,
+    env: {{ PORT: {port}, NODE_ENV: "development" }},
+    env_production: {{ NODE_ENV: "production" }},
+  }}],
+}};
+"#,
+            script = tests_dir().join("apps/express-chat.js").display()
+        ),
+    );
+    env.ok(&["import", "ecosystem.config.js"]);
+    env.ok(&["start", "production"]);
+    let pids = env.online_pids("chat", 2);
+    let described = env.ok(&["describe", "chat", "--json"]);
+    let described: serde_json::Value = serde_json::from_str(&described).expect("describe json");
+    let probed: Vec<bool> = described["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| i["probes"].as_array().is_some_and(|p| p.iter().any(|p| p["ok"] == true)))
+        .collect();
+    assert_eq!(probed, [true, true], "each instance probed on its own /health: {described}");
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let load = Load::mixed(vec![addr], "/api/hello", 1, 1);
+    load.wait_for(200);
+    let out = env.ok(&["reload", "chat"]);
+    load.wait_for(200);
+    let (ok, refused, failed) = load.stop();
+    eprintln!("PM2 file imported, production reloaded under load: {ok} ok, {refused} refused, {failed} failed");
+    assert_eq!((refused, failed), (0, 0), "{out}");
+    assert!(env.online_pids("chat", 2).iter().all(|p| !pids.contains(p)));
+}
