@@ -97,13 +97,25 @@ fn toml_key(text: &str) -> String {
 
 /// Converts; returns the file's text and what the operator should know.
 pub(crate) fn convert(pm2: &Value) -> anyhow::Result<(String, Vec<String>)> {
+    let mut notes = Vec::new();
     let apps = match pm2 {
-        Value::Object(o) => o.get("apps").and_then(Value::as_array).cloned().context("no `apps` array")?,
+        Value::Object(o) => {
+            // Beside `apps`, a PM2 file may hold `deploy` (and nothing else PM2 reads): named,
+            // never dropped silently.
+            for key in o.keys().filter(|k| *k != "apps") {
+                notes.push(match key.as_str() {
+                    "deploy" => "deploy: not converted: chatctl has no remote deploy yet; on the host, an app's \
+                                 `build` key with `chatctl reload --build` builds then reloads with no downtime"
+                        .to_owned(),
+                    other => format!("{other}: not converted (not an app setting)"),
+                });
+            }
+            o.get("apps").and_then(Value::as_array).cloned().context("no `apps` array")?
+        }
         Value::Array(a) => a.clone(),
         _ => bail!("expected {{ apps: [...] }}"),
     };
     let mut text = String::from("# Converted from a PM2 ecosystem file by `chatctl import`.\n");
-    let mut notes = Vec::new();
     for (n, app) in apps.iter().enumerate() {
         let app = app.as_object().with_context(|| format!("apps[{n}] is not an object"))?;
         let name = app.get("name").and_then(Value::as_str).map_or_else(|| format!("app{n}"), str::to_owned);
@@ -156,6 +168,30 @@ pub(crate) fn convert(pm2: &Value) -> anyhow::Result<(String, Vec<String>)> {
                 }
                 "watch_delay" => duration(value).map(|d| ("watch_delay", toml_string(&d))),
                 "exp_backoff_restart_delay" => duration(value).map(|d| ("restart_delay", toml_string(&d))),
+                "cron_restart" => value
+                    .as_str()
+                    .filter(|c| chat_shared::cron::CronSchedule::parse(c).is_ok())
+                    .map(|c| ("cron_restart", toml_string(c))),
+                // PM2's `time: true` prefixes each line with the time; PM2's log_date_format (a
+                // moment.js format) is not converted (it is listed), so the prefix is ISO 8601.
+                "time" => match value {
+                    Value::Bool(true) => Some(("log_date_format", toml_string("%Y-%m-%dT%H:%M:%S"))),
+                    // No prefix: our default too.
+                    Value::Bool(false) => continue,
+                    _ => None,
+                },
+                // Readiness from `process.send('ready')` has no equivalent: an IPC channel to a
+                // Node parent. Said with what to do instead, not only listed.
+                "wait_ready" => {
+                    if value.as_bool() == Some(true) {
+                        notes.push(format!(
+                            "{name}: wait_ready not converted: an instance is ready at its first passing health \
+                             probe; a program that can send READY=1 to NOTIFY_SOCKET can set readiness = \"notify\" \
+                             (process.send('ready') is not read)"
+                        ));
+                    }
+                    continue;
+                }
                 other if other.starts_with("env_") => {
                     if let Some(o) = value.as_object() {
                         profiles.insert(other["env_".len()..].to_owned(), o.clone());
@@ -230,7 +266,46 @@ mod tests {
             assert!(text.contains(line), "{line:?} missing:\n{text}");
         }
         assert!(Ecosystem::parse(&text, Path::new("e.toml")).is_ok(), "{text}");
-        assert!(notes.iter().any(|n| n.contains("log_date_format") && n.contains("wait_ready")), "{notes:?}");
+        assert!(notes.iter().any(|n| n.contains("not converted") && n.contains("log_date_format")), "{notes:?}");
+        assert!(notes.iter().any(|n| n.contains("wait_ready") && n.contains("readiness = \"notify\"")), "{notes:?}");
+    }
+
+    /// The issue's case: node_args, wait_ready, cron_restart, exp_backoff_restart_delay, time and a
+    /// deploy section, each converted or named.
+    #[test]
+    fn every_key_is_converted_or_named() {
+        let pm2 = serde_json::json!({
+            "apps": [{
+                "name": "api", "script": "app.js", "node_args": ["--inspect=0"], "wait_ready": true,
+                "cron_restart": "0 4 * * *", "exp_backoff_restart_delay": 100, "time": true,
+                "vizion": false
+            }, {
+                "name": "bad", "script": "b.js", "cron_restart": "every day"
+            }],
+            "deploy": { "production": { "user": "node", "host": "example.org", "ref": "origin/main" } }
+        });
+        let (text, notes) = convert(&pm2).expect("converts");
+        for line in [
+            "interpreter_args = [\"--inspect=0\"]",
+            "cron_restart = \"0 4 * * *\"",
+            "restart_delay = \"100ms\"",
+            "log_date_format = \"%Y-%m-%dT%H:%M:%S\"",
+        ] {
+            assert!(text.contains(line), "{line:?} missing:\n{text}");
+        }
+        assert!(!text.contains("every day"), "an expression we cannot read is not written:\n{text}");
+        if let Err(e) = Ecosystem::parse(&text, Path::new("e.toml")) {
+            panic!("{e}\n{text}");
+        }
+        for (says, about) in [
+            ("deploy: not converted", "deploy"),
+            ("api: wait_ready not converted", "wait_ready"),
+            ("api: not converted (no equivalent or not understood): vizion", "vizion"),
+            ("bad: not converted (no equivalent or not understood): cron_restart", "cron_restart"),
+        ] {
+            assert!(notes.iter().any(|n| n.starts_with(says)), "{about} not named: {notes:#?}");
+        }
+        assert_eq!(notes.len(), 4, "{notes:#?}");
     }
 
     #[test]
