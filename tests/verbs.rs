@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chat_shared::status::Phase;
 
-use crate::support::{Env, bin, stderr, wait_until};
+use crate::support::{Env, bin, run_bounded, stderr, wait_until};
 
 /// Two instances of the fixture that print `usr2 <instance>` on SIGUSR2, with a secret, a URL with
 /// a password and a plain value in their `env`.
@@ -181,4 +181,50 @@ fn import_converts_cron_restart_and_time_and_names_wait_ready_and_deploy() {
     // What was written starts as it is.
     env.ok(&["start", "-c", "converted.toml"]);
     env.online_pids("api", 1);
+}
+
+#[test]
+fn reload_keeps_the_started_environment_unless_update_env() {
+    let env = Env::new();
+    let config = |plain: &str| {
+        format!(
+            "[apps.envy]\nscript = \"{}\"\nkill_timeout = \"2s\"\nenv = {{ PLAIN = \"{plain}\" }}\n",
+            bin("fixture-app").display()
+        )
+    };
+    let chatctl_with = |shell: &str, args: &[&str]| {
+        let out = run_bounded(env.command().env("FROM_SHELL", shell).args(args), Duration::from_secs(60));
+        assert!(out.status.success(), "chatctl {args:?}: {}\n{}", stderr(&out), env.daemon_log());
+    };
+    let shown = || {
+        let text = env.ok(&["env", "envy", "--json"]);
+        let vars: std::collections::BTreeMap<String, String> = serde_json::from_str(&text).expect("env --json");
+        (vars.get("FROM_SHELL").cloned().unwrap_or_default(), vars.get("PLAIN").cloned().unwrap_or_default())
+    };
+    env.write("ecosystem.toml", &config("one"));
+    chatctl_with("start", &["start"]);
+    let first = env.online_pids("envy", 1);
+    assert_eq!(shown(), ("start".to_owned(), "one".to_owned()));
+
+    // From another shell and another directory: the file's table is read again, the shell's is not.
+    env.write("ecosystem.toml", &config("two"));
+    let elsewhere = env.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+    let out = run_bounded(
+        env.command().current_dir(&elsewhere).env("FROM_SHELL", "reload").args(["reload", "envy"]),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "reload: {}", stderr(&out));
+    let second = wait_until("a new process", Duration::from_secs(15), || {
+        let pids = env.online_pids("envy", 1);
+        (pids != first).then_some(pids)
+    });
+    assert_eq!(shown(), ("start".to_owned(), "two".to_owned()));
+
+    chatctl_with("updated", &["reload", "envy", "--update-env"]);
+    wait_until("a third process", Duration::from_secs(15), || {
+        let pids = env.online_pids("envy", 1);
+        (pids != second).then_some(())
+    });
+    assert_eq!(shown(), ("updated".to_owned(), "two".to_owned()));
 }

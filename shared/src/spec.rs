@@ -42,6 +42,12 @@ pub struct AppSpec {
     pub cwd: PathBuf,
     /// The complete environment: the environment `chatctl start` ran in, then the file's `env`.
     pub env: BTreeMap<String, String>,
+    /// Which names of `env` the ecosystem file set (its `env` table, after the profile); the others
+    /// came from the environment `chatctl start` ran in. A reload keeps those (PM2's rule, see
+    /// [`AppSpec::with_started_env`]) unless `--update-env`. Empty in a spec saved before this
+    /// existed: then the whole started environment is kept and the file's table applied over it.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub env_from_file: std::collections::BTreeSet<String>,
     pub instances: usize,
     pub exec_mode: ExecMode,
     pub listen: Option<ListenSpec>,
@@ -228,6 +234,24 @@ impl AppSpec {
         Ok(())
     }
 
+    /// This spec (read again from its file for a reload) with the environment `started` was
+    /// started with, as PM2 keeps it unless `--update-env`: what `started` inherited from the shell
+    /// that ran `chatctl start`, then this file's `env` table over it (a key the file set before
+    /// and no longer sets is gone, as it would be from a fresh start).
+    pub fn with_started_env(mut self, started: &AppSpec) -> AppSpec {
+        let mut env: BTreeMap<String, String> = started
+            .env
+            .iter()
+            .filter(|(k, _)| !started.env_from_file.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        env.extend(
+            self.env.iter().filter(|(k, _)| self.env_from_file.contains(*k)).map(|(k, v)| (k.clone(), v.clone())),
+        );
+        self.env = env;
+        self
+    }
+
     /// Whether `other` can replace this spec's processes on the same sockets (a reload): same
     /// listening address, mode and socket passing.
     pub fn same_sockets(&self, other: &AppSpec) -> bool {
@@ -254,6 +278,35 @@ mod tests {
         let text = "[apps.a]\nscript = \"x\"\nport = 3000\ninstances = 2\n";
         let eco = crate::ecosystem::Ecosystem::parse(text, std::path::Path::new("/srv/e.toml")).expect("valid");
         eco.resolve(None, None, &BTreeMap::new()).expect("resolves").remove(0)
+    }
+
+    #[test]
+    fn a_reload_keeps_the_started_environment_and_applies_the_files_table() {
+        let text = "[apps.a]\nscript = \"x\"\nenv = { FILE = \"1\", OLD = \"o\", SHELL_TOO = \"file\" }\n";
+        let eco = crate::ecosystem::Ecosystem::parse(text, std::path::Path::new("/srv/e.toml")).expect("valid");
+        let shell = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let started = eco
+            .resolve(None, None, &shell(&[("FROM_SHELL", "start"), ("SHELL_TOO", "shell"), ("PATH", "/a")]))
+            .expect("resolves")
+            .remove(0);
+        assert_eq!(started.env_from_file.iter().collect::<Vec<_>>(), ["FILE", "OLD", "SHELL_TOO"]);
+
+        let text = "[apps.a]\nscript = \"x\"\nenv = { FILE = \"2\", NEW = \"n\" }\n";
+        let eco = crate::ecosystem::Ecosystem::parse(text, std::path::Path::new("/srv/e.toml")).expect("valid");
+        let reread = eco.resolve(None, None, &shell(&[("FROM_SHELL", "reload"), ("PATH", "/b")])).expect("resolves");
+        let kept = reread[0].clone().with_started_env(&started);
+        let want = shell(&[("FILE", "2"), ("FROM_SHELL", "start"), ("NEW", "n"), ("PATH", "/a")]);
+        assert_eq!(kept.env, want, "the shell of the start, the file of now");
+        // --update-env is the spec as read.
+        assert_eq!(reread[0].env.get("FROM_SHELL").map(String::as_str), Some("reload"));
+
+        // A spec from an older dump knows no file keys: all of it is kept, the file's table over it.
+        let old = AppSpec { env_from_file: Default::default(), ..started };
+        let kept = reread[0].clone().with_started_env(&old);
+        assert_eq!(kept.env.get("OLD").map(String::as_str), Some("o"));
+        assert_eq!(kept.env.get("FILE").map(String::as_str), Some("2"));
     }
 
     #[test]

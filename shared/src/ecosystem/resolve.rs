@@ -154,6 +154,7 @@ impl Ecosystem {
                     node_preload,
                     source: Some(std::path::absolute(&self.file).unwrap_or_else(|_| self.file.clone())),
                     cwd,
+                    env_from_file: c.env.iter().flatten().map(|(k, _)| k.clone()).collect(),
                     env,
                     instances: c.instances.map_or(1, |i| i.resolve(cpus)),
                     exec_mode: c.exec_mode.unwrap_or(DEFAULT_EXEC_MODE),

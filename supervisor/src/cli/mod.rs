@@ -235,6 +235,10 @@ pub struct ReloadArgs {
     /// Run each app's `build` command first; a failing build touches no instance.
     #[arg(long)]
     pub build: bool,
+    /// Take the environment of this shell, as a start would; without it an app keeps the
+    /// environment it was started with (PM2's rule), the file's `env` table applied again.
+    #[arg(long)]
+    pub update_env: bool,
     /// Progress and summary as JSON lines.
     #[arg(long)]
     pub json: bool,

@@ -28,10 +28,13 @@ pub(super) async fn reload(args: ReloadArgs, home: &Home) -> anyhow::Result<Exit
             (Some(config), specs)
         }
     };
-    let specs = match specs {
+    let mut specs = match specs {
         Ok(specs) => specs,
         Err(code) => return Ok(code),
     };
+    if !args.update_env && config.is_some() {
+        specs = with_started_env(&mut client, specs).await?;
+    }
     if args.build {
         for spec in specs.iter().filter(|s| s.build.is_some()) {
             let command = spec.build.as_deref().unwrap_or_default();
@@ -116,6 +119,20 @@ async fn load_as_started(
         }
     }
     Ok(Ok(specs))
+}
+
+/// Each spec read again with the environment its app was started with, for the apps that run
+/// (see `AppSpec::with_started_env`); apps the daemon does not know are started as read.
+async fn with_started_env(client: &mut Client, specs: Vec<AppSpec>) -> anyhow::Result<Vec<AppSpec>> {
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        match client.request(&Request::Describe { app: spec.name.clone() }).await? {
+            Response::Described(running) => out.push(spec.with_started_env(&running.spec)),
+            Response::Error { .. } => out.push(spec),
+            other => bail!("unexpected answer: {other:?}"),
+        }
+    }
+    Ok(out)
 }
 
 /// `chatctl scale APP N|+N|-N`.
