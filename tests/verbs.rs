@@ -228,3 +228,38 @@ fn reload_keeps_the_started_environment_unless_update_env() {
     });
     assert_eq!(shown(), ("updated".to_owned(), "two".to_owned()));
 }
+
+#[test]
+fn logs_and_describe_of_one_instance() {
+    let env = Env::new();
+    let fixture = bin("fixture-app");
+    env.write(
+        "ecosystem.toml",
+        &format!(
+            "[apps.apart]\nscript = \"{f}\"\nargs = [\"--lines\", \"3\"]\ninstances = 2\nmerge_logs = false\n\
+             [apps.mixed]\nscript = \"{f}\"\nargs = [\"--lines\", \"3\"]\ninstances = 2\nlog_type = \"json\"\n",
+            f = fixture.display()
+        ),
+    );
+    env.ok(&["start"]);
+    env.online_pids("apart", 2);
+    env.online_pids("mixed", 2);
+    for app in ["apart", "mixed"] {
+        let text = wait_until(&format!("{app}:1's lines"), Duration::from_secs(10), || {
+            let text = env.ok(&["logs", &format!("{app}:1"), "-n", "20", "--out"]);
+            text.contains("L 1 2").then_some(text)
+        });
+        assert!(!text.contains("L 0 "), "{app}:1 shows instance 0's lines:\n{text}");
+        wait_until(&format!("{app}: every instance's lines without an index"), Duration::from_secs(10), || {
+            let all = env.ok(&["logs", app, "-n", "20", "--out"]);
+            (all.contains("L 0 2") && all.contains("L 1 2")).then_some(())
+        });
+    }
+
+    let one = env.ok(&["describe", "apart:1"]);
+    assert!(one.contains("\ninstance 1:") && !one.contains("\ninstance 0:"), "{one}");
+    for args in [&["logs", "apart:2"][..], &["describe", "apart:7"]] {
+        let out = env.chatctl(args);
+        assert!(!out.status.success() && stderr(&out).contains("has no instance"), "{args:?}: {}", stderr(&out));
+    }
+}

@@ -1,4 +1,4 @@
-//! `describe APP`: every setting in effect and each instance's details and recent history.
+//! `describe APP[:INDEX]`: every setting in effect and each instance's details and recent history.
 
 use std::process::ExitCode;
 
@@ -6,22 +6,42 @@ use anyhow::{Context, bail};
 use chat_shared::ipc::{Request, Response};
 use chat_shared::status::AppDescription;
 
+use super::target::InstanceTarget;
 use crate::client::Client;
 use crate::home::Home;
 
-pub(super) async fn describe(app: String, json: bool, home: &Home) -> anyhow::Result<ExitCode> {
+pub(super) async fn describe(target: InstanceTarget, json: bool, home: &Home) -> anyhow::Result<ExitCode> {
+    let app = target.one_app().map_err(anyhow::Error::msg)?.to_owned();
     let mut client = Client::connect(home).await.context("cannot reach the daemon")?;
-    let description = match client.request(&Request::Describe { app }).await? {
+    let mut description = match client.request(&Request::Describe { app }).await? {
         Response::Described(description) => description,
         Response::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer: {other:?}"),
     };
+    if let Some(index) = target.index {
+        only_instance(&mut description, index).map_err(anyhow::Error::msg)?;
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&description)?);
     } else {
         print!("{}", render(&description));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `describe APP:INDEX`: the app's settings and that one instance.
+fn only_instance(d: &mut AppDescription, index: usize) -> Result<(), String> {
+    let count = d.instances.len();
+    if !d.instances.iter().any(|i| i.index == index) {
+        return Err(format!(
+            "`{}` has no instance {index}: it has {count} instance(s){}",
+            d.spec.name,
+            if count > 0 { format!(", 0 to {}", count - 1) } else { String::new() }
+        ));
+    }
+    d.instances.retain(|i| i.index == index);
+    d.status.instances.retain(|i| i.index == index);
+    Ok(())
 }
 
 fn render(d: &AppDescription) -> String {

@@ -18,7 +18,21 @@ pub(super) async fn logs(args: LogsArgs, home: &Home) -> anyhow::Result<ExitCode
         _ => None,
     };
     let mut client = Client::connect(home).await.context("cannot reach the daemon")?;
-    let request = Request::Logs { app: args.app, lines: args.lines, stream, follow: args.follow };
+    let (app, only) = args.app.map_or((None, None), |t| (t.app, t.index));
+    if let (Some(name), Some(index)) = (&app, only) {
+        has_instance(&mut client, name, index).await?;
+    }
+    // Of one instance: its own files whole, a merged file's lines that say they are its own.
+    let keep = |part: &mut LogTail| match (only, part.instance) {
+        (Some(index), Some(of)) => of == index,
+        (Some(index), None) => {
+            part.lines.retain(|line| record_instance(line).is_none_or(|of| of == index));
+            true
+        }
+        (None, _) => true,
+    };
+    let mut mixed_told = false;
+    let request = Request::Logs { app, lines: args.lines, stream, follow: args.follow };
     client.send(&request).await?;
     // The tail comes in parts; text is printed as it comes (a long tail does not wait in memory),
     // JSON keeps one object per file as before.
@@ -26,7 +40,22 @@ pub(super) async fn logs(args: LogsArgs, home: &Home) -> anyhow::Result<ExitCode
     let mut current: Option<LogTail> = None;
     let per_file = loop {
         match client.next_event_or_response().await? {
-            Ok(Event::Tail(part)) => {
+            Ok(Event::Tail(mut part)) => {
+                if !keep(&mut part) {
+                    continue;
+                }
+                if let Some(index) = only
+                    && part.instance.is_none()
+                    && !mixed_told
+                    && part.lines.iter().any(|l| record_instance(l).is_none())
+                {
+                    mixed_told = true;
+                    eprintln!(
+                        "chatctl: {} holds the lines of every instance (merge_logs) without saying whose: \
+                         all are shown; with log_type = \"json\" only instance {index}'s would be",
+                        part.path
+                    );
+                }
                 let same = current.as_ref().is_some_and(|c| c.path == part.path && c.app == part.app);
                 if args.json {
                     match current.as_mut() {
@@ -72,6 +101,7 @@ pub(super) async fn logs(args: LogsArgs, home: &Home) -> anyhow::Result<ExitCode
     }
     while let Some(event) = client.next_event().await? {
         match event {
+            Event::Log(record) if only.is_some_and(|i| i != record.instance) => {}
             Event::Log(record) if args.json => println!("{}", serde_json::to_string(&record)?),
             Event::Log(record) => {
                 let mark = if record.stream == LogStream::Err { " err" } else { "" };
@@ -84,6 +114,26 @@ pub(super) async fn logs(args: LogsArgs, home: &Home) -> anyhow::Result<ExitCode
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The instance a line of a `log_type = "json"` file belongs to; `None` for a raw line.
+fn record_instance(line: &str) -> Option<usize> {
+    serde_json::from_str::<chat_shared::ipc::LogRecord>(line).ok().map(|r| r.instance)
+}
+
+/// `Ok` when `app` has an instance `index`; else the error names its instance count.
+async fn has_instance(client: &mut Client, app: &str, index: usize) -> anyhow::Result<()> {
+    let apps = match client.request(&Request::List).await? {
+        Response::List { apps } => apps,
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    let Some(found) = apps.iter().find(|a| a.name == app) else { bail!("no app named `{app}`") };
+    let count = found.instances.len();
+    if index >= count {
+        bail!("`{app}` has no instance {index}: it has {count} instance(s), from 0");
+    }
+    Ok(())
 }
 
 pub(super) async fn flush(app: Option<String>, home: &Home) -> anyhow::Result<ExitCode> {

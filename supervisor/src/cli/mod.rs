@@ -37,9 +37,11 @@ pub enum Command {
     Start(StartArgs),
     /// Run the apps in the foreground, without a daemon (containers, systemd units). SIGTERM or Ctrl-C stops everything.
     Run(RunArgs),
-    /// Every setting in effect for an app, and each instance's sockets, logs, history and probes.
+    /// Every setting in effect for an app, and each instance's sockets, logs, history and probes
+    /// (only one instance's with APP:INDEX).
     Describe {
-        app: String,
+        #[arg(value_name = "APP[:INDEX]")]
+        target: target::InstanceTarget,
         #[arg(long)]
         json: bool,
     },
@@ -246,8 +248,10 @@ pub struct ReloadArgs {
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// An app name; every app when omitted.
-    pub app: Option<String>,
+    /// An app name, or one of its instances (`web:1`: its own files, or its lines of a merged
+    /// file when they are JSON records; its new lines only with --follow); every app when omitted.
+    #[arg(value_name = "APP[:INDEX]")]
+    pub app: Option<target::InstanceTarget>,
     /// Lines of each file to show first.
     #[arg(long, short = 'n', default_value_t = 15)]
     pub lines: usize,
@@ -289,7 +293,7 @@ pub async fn client_command(command: Command, home: &crate::home::Home) -> anyho
     match command {
         Command::Start(args) => start::start(args, home).await,
         Command::List { json } => control::list(json, home).await,
-        Command::Describe { app, json } => describe::describe(app, json, home).await,
+        Command::Describe { target, json } => describe::describe(target, json, home).await,
         Command::Save => control::save(home).await,
         Command::Monit => crate::dashboard::monit(home).await,
         Command::Resurrect => start::resurrect(home).await,
