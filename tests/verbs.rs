@@ -263,3 +263,24 @@ fn logs_and_describe_of_one_instance() {
         assert!(!out.status.success() && stderr(&out).contains("has no instance"), "{args:?}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn reload_of_one_instance_replaces_it_alone_surge_first() {
+    let env = Env::new();
+    two_instances(&env);
+    let pids = env.online_pids("web", 2);
+    let said = env.ok(&["reload", "web:1"]);
+    assert!(said.contains("web[1]: starting a new process beside pid"), "{said}");
+    assert!(said.contains("reloaded web: 1 replaced, 0 added, 0 removed") && !said.contains("web[0]"), "{said}");
+    let after = env.online_pids("web", 2);
+    assert_eq!(after[0], pids[0], "instance 0 kept its process");
+    assert_ne!(after[1], pids[1], "instance 1 has a new process");
+    for (args, says) in [
+        (&["reload", "web:2"][..], "it has 2 instances, 0 to 1"),
+        (&["reload", "web:1", "--build"], "replaces one instance"),
+        (&["reload", "all:1"], "`all` takes no instance"),
+    ] {
+        let out = env.chatctl(args);
+        assert!(!out.status.success() && stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+}

@@ -12,8 +12,9 @@ use crate::status::AppStatus;
 
 /// Bumped on any incompatible change of the types in this module (2: a log tail comes as
 /// [`Event::Tail`] frames before its [`Response::Logs`]; 3: [`Request::Signal`], which a daemon of
-/// protocol 2 would answer with a malformed-frame error instead of refusing the handshake).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// protocol 2 would answer with a malformed-frame error instead of refusing the handshake; 4:
+/// [`Request::ReloadInstance`]).
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Longest frame either side accepts; a longer one is an error, not an allocation.
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
 /// Most lines of each file one `logs` request gets; a larger `lines` is capped to this. A tail is
@@ -93,6 +94,9 @@ pub enum Request {
     /// `reload_batch`) at a time, each successor ready before its predecessor stops; progress comes
     /// as [`Event::Reload`] frames, then one [`Response`].
     Reload { apps: Vec<AppSpec>, batch: Option<usize> },
+    /// Replace instance `instance` of `app` by a new process of the same spec, ready before the
+    /// old one drains (`chatctl reload APP:INDEX`); progress and outcome as for a reload.
+    ReloadInstance { app: String, instance: usize },
     /// Add or remove instances at the end of `app`, keeping the others as they are; progress and
     /// outcome as for a reload.
     Scale { app: String, to: ScaleTo },
@@ -464,6 +468,7 @@ mod tests {
             Request::ReloadLogs,
             Request::Reload { apps: vec![], batch: Some(2) },
             Request::Scale { app: "chat".into(), to: ScaleTo::By(-1) },
+            Request::ReloadInstance { app: "chat".into(), instance: 3 },
             Request::Describe { app: "chat".into() },
             Request::Save,
             Request::Signal { app: "chat".into(), instance: Some(1), signal: SignalName::Usr2 },

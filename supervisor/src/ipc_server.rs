@@ -114,7 +114,7 @@ async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>, idle: Du
                 return;
             }
         };
-        if matches!(request, Request::Reload { .. } | Request::Scale { .. }) {
+        if matches!(request, Request::Reload { .. } | Request::ReloadInstance { .. } | Request::Scale { .. }) {
             if !reload(&mut write, &tx, request).await {
                 return;
             }

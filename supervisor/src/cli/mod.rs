@@ -224,7 +224,9 @@ pub struct StartupArgs {
 #[derive(Debug, Args)]
 pub struct ReloadArgs {
     /// An app name (read again from the file it was started from, from any directory), or `all`
-    /// (the default: the apps of the ecosystem file here).
+    /// (the default: the apps of the ecosystem file here); APP:INDEX replaces only that instance,
+    /// with the version the app runs.
+    #[arg(value_name = "APP[:INDEX]|all")]
     pub app: Option<String>,
     /// Profile of the ecosystem file to apply.
     pub profile: Option<String>,

@@ -9,11 +9,17 @@ use chat_shared::ipc::{Event, ReloadPhase, Request, Response, ScaleTo};
 use chat_shared::spec::AppSpec;
 
 use super::start::{check_files, exit, load_unchecked as load};
+use super::target::InstanceTarget;
 use super::{DEFAULT_CONFIG, ReloadArgs};
 use crate::client::Client;
 use crate::home::Home;
 
 pub(super) async fn reload(args: ReloadArgs, home: &Home) -> anyhow::Result<ExitCode> {
+    if let Some(target) = &args.app
+        && target.contains(':')
+    {
+        return reload_instance(target.parse().map_err(anyhow::Error::msg)?, &args, home).await;
+    }
     let only = args.app.as_deref().filter(|a| *a != "all");
     let mut client =
         Client::connect(home).await.context("cannot reach the daemon (nothing to reload: use `chatctl start`)")?;
@@ -64,6 +70,22 @@ pub(super) async fn reload(args: ReloadArgs, home: &Home) -> anyhow::Result<Exit
     progress(&mut client, args.json).await
 }
 
+/// `reload APP:INDEX`: one instance replaced by a new process of the version the app runs.
+async fn reload_instance(target: InstanceTarget, args: &ReloadArgs, home: &Home) -> anyhow::Result<ExitCode> {
+    let (Ok(app), Some(instance)) = (target.one_app(), target.index) else {
+        bail!("`{target}`: name an app and one of its instances, e.g. web:1")
+    };
+    if args.profile.is_some() || args.config.is_some() || args.build || args.update_env || args.batch.is_some() {
+        bail!(
+            "`reload {target}` replaces one instance with the version the app runs; PROFILE, -c, --build, \
+             --update-env and --batch apply to a reload of the whole app (`chatctl reload {app}`)"
+        );
+    }
+    let mut client = Client::connect(home).await.context("cannot reach the daemon")?;
+    client.send(&Request::ReloadInstance { app: app.to_owned(), instance }).await?;
+    progress(&mut client, args.json).await
+}
+
 /// Where the specs of a reload come from.
 enum Origin {
     /// An ecosystem file.
@@ -82,7 +104,8 @@ async fn started_from(client: &mut Client, config: Option<&Path>, app: Option<&s
     let Some(app) = app else { return Ok(Origin::File(PathBuf::from(DEFAULT_CONFIG))) };
     let spec = match client.request(&Request::Describe { app: app.to_owned() }).await? {
         Response::Described(description) => description.spec,
-        Response::Error { message } => bail!("{message}"),
+        // Not running: the file here may define it (a reload then starts it).
+        Response::Error { .. } => return Ok(Origin::File(PathBuf::from(DEFAULT_CONFIG))),
         other => bail!("unexpected answer: {other:?}"),
     };
     Ok(match spec.source {

@@ -28,6 +28,8 @@ pub(super) struct Job {
     current: Option<AppReload>,
     /// Overrides each app's `reload_batch`.
     batch: Option<usize>,
+    /// Replace only this instance (`reload APP:INDEX`), not every one.
+    only: Option<usize>,
     summaries: Vec<ReloadSummary>,
     events: mpsc::UnboundedSender<Event>,
     reply: Option<oneshot::Sender<Response>>,
@@ -72,6 +74,7 @@ impl Job {
             replace: true,
             current: None,
             batch,
+            only: None,
             summaries: Vec::new(),
             events,
             reply: Some(reply),
@@ -86,6 +89,17 @@ impl Job {
         reply: oneshot::Sender<Response>,
     ) -> Job {
         Job { replace: false, ..Job::new(vec![(app_id, spec)], None, events, reply) }
+    }
+
+    /// Instance `index` of the app replaced by a new process of `spec` (the app's own).
+    pub(super) fn instance(
+        app_id: u64,
+        spec: AppSpec,
+        index: usize,
+        events: mpsc::UnboundedSender<Event>,
+        reply: oneshot::Sender<Response>,
+    ) -> Job {
+        Job { only: Some(index), ..Job::new(vec![(app_id, spec)], None, events, reply) }
     }
 
     pub(super) fn covers(&self, app_id: u64) -> bool {
@@ -118,7 +132,7 @@ impl Job {
                     return;
                 };
                 let Some(app) = apps.iter_mut().find(|a| a.id == app_id) else { continue };
-                self.current = Some(AppReload::begin(app, spec, self.replace, now));
+                self.current = Some(AppReload::begin(app, spec, self.replace, self.only, now));
             }
             let Some(reload) = self.current.as_mut() else { return };
             let Some(app) = apps.iter_mut().find(|a| a.id == reload.app_id) else {
@@ -144,7 +158,7 @@ impl Job {
 }
 
 impl AppReload {
-    fn begin(app: &mut App, spec: AppSpec, replace: bool, now: Instant) -> AppReload {
+    fn begin(app: &mut App, spec: AppSpec, replace: bool, only: Option<usize>, now: Instant) -> AppReload {
         let old_count = app.slots.len();
         let target = spec.instances;
         let previous = app.spec.clone();
@@ -158,7 +172,11 @@ impl AppReload {
             previous,
             name: app.spec.name.clone(),
             started: now,
-            pending: if replace { (0..old_count.min(target)).collect() } else { VecDeque::new() },
+            pending: match (replace, only) {
+                (false, _) => VecDeque::new(),
+                (true, Some(index)) => (index..(index + 1).min(old_count.min(target))).collect(),
+                (true, None) => (0..old_count.min(target)).collect(),
+            },
             active: Vec::new(),
             failed: None,
             target,

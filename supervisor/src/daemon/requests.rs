@@ -122,7 +122,7 @@ impl Daemon {
                 Ok(response) => response,
                 Err(e) => Response::Error { message: format!("cannot write the dump: {e}") },
             },
-            Request::Reload { .. } | Request::Scale { .. } => {
+            Request::Reload { .. } | Request::ReloadInstance { .. } | Request::Scale { .. } => {
                 Response::Error { message: "a reload needs a progress stream".into() }
             }
         };
@@ -357,6 +357,40 @@ impl Daemon {
             return;
         }
         let mut job = reload::Job::scale(app.id, spec, events, reply);
+        let env = effect_env!(self);
+        job.advance(&mut self.apps, now, &env);
+        if !job.is_finished() {
+            self.reloads.push(job);
+        }
+    }
+
+    /// `chatctl reload APP:INDEX`: that instance replaced by a new process of the app's spec as it
+    /// runs (the file is not read: the instances of one app run one version), surge first.
+    pub(super) fn reload_instance(
+        &mut self,
+        name: &str,
+        index: usize,
+        events: tokio::sync::mpsc::UnboundedSender<chat_shared::ipc::Event>,
+        reply: oneshot::Sender<Response>,
+        now: Instant,
+    ) {
+        let app = match self.chosen(Some(name)) {
+            Ok(chosen) => &self.apps[chosen[0]],
+            Err(message) => {
+                let _ = reply.send(Response::Error { message });
+                return;
+            }
+        };
+        if let Err(message) = has_instance(app, index) {
+            let _ = reply.send(Response::Error { message });
+            return;
+        }
+        if self.reloads.iter().any(|j| j.covers(app.id)) {
+            let message = format!("a reload of `{name}` is already under way; wait for it to finish");
+            let _ = reply.send(Response::Error { message });
+            return;
+        }
+        let mut job = reload::Job::instance(app.id, app.spec.clone(), index, events, reply);
         let env = effect_env!(self);
         job.advance(&mut self.apps, now, &env);
         if !job.is_finished() {
