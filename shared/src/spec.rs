@@ -309,6 +309,18 @@ mod tests {
         assert_eq!(kept.env.get("FILE").map(String::as_str), Some("2"));
     }
 
+    /// A dump written before `cron_restart` and `env_from_file` existed (dump version 1 all
+    /// along) still reads, and means what it meant: no schedule, the whole environment started.
+    #[test]
+    fn a_spec_saved_before_cron_restart_and_env_from_file_reads() {
+        let mut value = serde_json::to_value(spec()).expect("UNWRAP: a spec serializes");
+        let object = value.as_object_mut().expect("UNWRAP: a struct serializes as an object");
+        object.remove("cron_restart");
+        object.remove("env_from_file");
+        let old: AppSpec = serde_json::from_value(value).expect("an older spec reads");
+        assert_eq!((old.cron_restart, old.env_from_file.len()), (None, 0));
+    }
+
     #[test]
     fn a_resolved_spec_is_valid() {
         assert_eq!(spec().validate(), Ok(()));
