@@ -57,11 +57,15 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Numbers written as `:N` (`:::3000`, `0.0.0.0:3000`, `tcp :3000`).
+/// Numbers of three digits or more written as `:N` (`:::3000`, `0.0.0.0:3000`, `tcp :3000`); the
+/// two-digit parts of a timestamp (`12:04:05`) are not ports.
 fn numbers_after_colon(line: &[u8]) -> Vec<u32> {
     let mut found = Vec::new();
     for (i, _) in line.iter().enumerate().filter(|(_, b)| **b == b':') {
         let digits: Vec<u8> = line[i + 1..].iter().take_while(|b| b.is_ascii_digit()).copied().collect();
+        if digits.len() < 3 {
+            continue;
+        }
         if let Some(n) = std::str::from_utf8(&digits).ok().and_then(|d| d.parse().ok()) {
             found.push(n);
         }
@@ -95,6 +99,7 @@ mod tests {
             ("Error: listen EADDRINUSE: address already in use :::6379", false),
             ("java.net.BindException: Address already in use (Bind failed) on port 3000", true),
             ("everything is fine on 3000", false),
+            ("12:04:05 OSError: [Errno 98] Address already in use", true),
         ];
         for (line, expected) in cases {
             let watch = BindWatch::new(3000);

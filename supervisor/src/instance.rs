@@ -320,13 +320,15 @@ impl Instance {
             }
 
             // Exits.
-            (State::Starting { pid, .. } | State::Online { pid, .. }, Input::Misconfigured { kind, why }) => {
+            // Only before it was ever ready: a program that served and later crashes gets the usual
+            // restarts, whatever it may have logged along the way.
+            (State::Starting { pid, .. }, Input::Misconfigured { kind, why }) => {
                 self.last_exit = Some(kind);
                 effects.push(Effect::KillGroup { pid });
                 self.incident(format!("exited ({kind}): {why}"));
                 State::Errored
             }
-            // Elsewhere (a stop under way) it is an exit like any other.
+            // Elsewhere (online, a stop under way) it is an exit like any other.
             (state, Input::Misconfigured { kind, .. }) => {
                 self.state = state;
                 return self.step(Input::Exited(kind), now, policy);

@@ -15,11 +15,7 @@ use crate::WorkerState;
 
 /// Routes served on the public port (with the Socket.IO layer added by the caller).
 pub fn router(state: Arc<WorkerState>) -> Router {
-    Router::new()
-        .route("/health", get(public_health))
-        .route("/api/socket/stats", get(public_stats))
-        .with_state(state.clone())
-        .layer(axum::middleware::map_response_with_state(state, close_when_draining))
+    Router::new().route("/health", get(public_health)).route("/api/socket/stats", get(public_stats)).with_state(state)
 }
 
 /// While draining, every answer says `Connection: close`, and hyper closes the connection once it
@@ -29,7 +25,10 @@ pub fn router(state: Arc<WorkerState>) -> Router {
 /// not retry). Connections that send nothing are closed later, once idle for the drain's grace.
 ///
 /// A websocket upgrade is left alone: its `Connection: upgrade` is what makes it one.
-async fn close_when_draining(
+///
+/// The outermost layer (see `serve`): it must see socketioxide's answers too (polling responses,
+/// websocket upgrades), which never reach the routes' own layers.
+pub async fn close_when_draining(
     State(state): State<Arc<WorkerState>>,
     mut response: axum::response::Response,
 ) -> axum::response::Response {

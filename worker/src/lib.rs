@@ -237,6 +237,8 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     if let Some(origins) = &config.origins {
         router = router.layer(origins.cors_layer());
     }
+    // Outermost, so that every answer a draining worker gives says `Connection: close`.
+    let router = router.layer(axum::middleware::map_response_with_state(state.clone(), http::close_when_draining));
     // The peer address reaches the Socket.IO handlers (rate limits per client address).
     let service = router.into_make_service_with_connect_info::<drain::PeerAddr>();
     let public_task = tokio::spawn(axum::serve(public, service).with_graceful_shutdown(stopped()).into_future());

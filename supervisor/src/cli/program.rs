@@ -35,7 +35,8 @@ pub(super) fn target(args: &StartArgs, profiles: &[String]) -> Result<Target, St
             None => Ok(Target::Profile),
         };
     };
-    if word.split_whitespace().count() > 1 {
+    // A file whose name has a space is still a file.
+    if word.split_whitespace().count() > 1 && !Path::new(word).is_file() {
         let mut words: Vec<String> = word.split_whitespace().map(str::to_owned).collect();
         words.extend(args.program_args.iter().cloned());
         return Ok(Target::Program(words));
@@ -77,8 +78,10 @@ fn program_options(args: &StartArgs) -> Vec<&'static str> {
 pub(super) fn table(args: &StartArgs, words: &[String], env_port: Option<u16>) -> String {
     use toml::Value;
     let program = &words[0];
+    // `python3 app.py` is named after app.py, not after python3.
+    let named_after = words.iter().skip(1).find(|w| Path::new(w.as_str()).is_file()).filter(|_| interpreter(program));
     let name = args.name.clone().unwrap_or_else(|| {
-        let base = Path::new(program);
+        let base = Path::new(named_after.unwrap_or(program));
         let stem = base.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| program.clone());
         stem.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' }).collect()
     });
@@ -98,6 +101,11 @@ pub(super) fn table(args: &StartArgs, words: &[String], env_port: Option<u16>) -
         // Several instances on one port share it (PM2's `-i`); one has its own.
         let one = matches!(instances, None | Some(Value::Integer(1)));
         table.insert("exec_mode".into(), Value::String(if one { "fork" } else { "cluster" }.into()));
+        // One instance of a program that cannot take the inherited socket binds the port itself
+        // (a Node program takes it through the preload; a cluster needs every instance to).
+        if one && !node(words) {
+            table.insert("inherit_socket".into(), Value::Boolean(false));
+        }
         // Most programs have no health route: any HTTP answer shows it up and serving.
         let mut health = toml::Table::new();
         health.insert("any_answer".into(), Value::Boolean(true));
@@ -114,6 +122,21 @@ pub(super) fn table(args: &StartArgs, words: &[String], env_port: Option<u16>) -
     let mut doc = toml::Table::new();
     doc.insert("apps".into(), Value::Table(apps));
     toml::to_string(&doc).unwrap_or_default()
+}
+
+/// Whether `program` runs its first argument (`python3 app.py`, `node server.js`).
+fn interpreter(program: &str) -> bool {
+    let name = Path::new(program).file_name().and_then(|n| n.to_str()).unwrap_or(program);
+    ["node", "nodejs", "python", "python3", "ruby", "perl", "php", "bun", "deno", "sh", "bash"]
+        .iter()
+        .any(|i| name == *i || name.strip_prefix(*i).is_some_and(|v| v.chars().all(|c| c.is_ascii_digit() || c == '.')))
+}
+
+/// Whether `words` run a Node program (which takes its inherited socket through the preload).
+fn node(words: &[String]) -> bool {
+    let name = Path::new(&words[0]).file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    [".js", ".mjs", ".cjs"].iter().any(|ext| name.ends_with(ext))
+        || matches!(name, "node" | "nodejs" | "npm" | "npx" | "yarn" | "pnpm")
 }
 
 /// The spec of the program `text` describes, checked as a file would be (located in "the command
@@ -184,6 +207,16 @@ mod tests {
         assert!(spec.node_preload && spec.source.is_none() && spec.watch.is_some());
         assert!(spec.health.as_ref().is_some_and(|h| h.any_answer), "{text}");
         assert_eq!(spec.args.last().map(String::as_str), Some("--verbose"));
+        // One instance of a program that cannot take fd 3 binds the port itself, named after its file.
+        let py = dir.path().join("app.py");
+        std::fs::write(&py, "").expect("write");
+        let words = vec!["python3".to_owned(), py.display().to_string()];
+        let text = table(&start(&["start", "x", "--port", "8000"]), &words, None);
+        assert!(text.contains("[apps.app]") && text.contains("inherit_socket = false"), "{text}");
+        let words = vec![script.display().to_string()];
+        let text = table(&start(&["start", "x", "--port", "8000"]), &words, None);
+        assert!(!text.contains("inherit_socket"), "a Node program takes the socket: {text}");
+        let words = vec![dir.path().join("server.js").display().to_string()];
         let bad = start(&["start", "x", "--max-memory-restart", "lots"]);
         let error = specs(&table(&bad, &words, None), dir.path(), &env).expect_err("a bad size");
         assert!(error.contains("max_memory_restart"), "{error}");

@@ -78,6 +78,18 @@ impl super::Daemon {
                     let _ = self.tx.send(super::Msg::Built { app_id, result: Err(format!("cannot run it: {e}")) });
                 }
             }
+            Action::Reload if app.is_down() => {
+                tracing::info!(app = %app.spec.name, "built, but stopped meanwhile: not reloading");
+            }
+            Action::Reload if self.reloads.iter().any(|job| job.covers(app_id)) => {
+                // Another reload of the app is under way (an operator's, or the previous build's):
+                // this build is reloaded once it is done, not dropped.
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                    let _ = tx.send(super::Msg::BuiltWaiting { app_id });
+                });
+            }
             Action::Reload => {
                 tracing::info!(app = %app.spec.name, "reloading the new build");
                 // Nobody waits on this reload: its progress and outcome go to the daemon's log.

@@ -66,6 +66,10 @@ pub(crate) enum Msg {
         app_id: u64,
         result: Result<(), String>,
     },
+    /// A successful build waited for another reload of its app to end: reload it now.
+    BuiltWaiting {
+        app_id: u64,
+    },
     Exited {
         app_id: u64,
         pid: u32,
@@ -449,6 +453,11 @@ impl Daemon {
                 let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
                 let first = paths.first().map(|p| p.display().to_string()).unwrap_or_default();
                 if app.spec.build.is_some() {
+                    // An app an operator stopped stays stopped: nothing to build for.
+                    if app.is_down() {
+                        tracing::info!(app = %app.spec.name, first, "files changed; stopped, so not building");
+                        return;
+                    }
                     tracing::info!(app = %app.spec.name, changed = paths.len(), first, "files changed: building");
                     let action = app.builder.step(build::Event::Changed);
                     self.build_then(app_id, action, now);
@@ -464,6 +473,7 @@ impl Daemon {
                     }
                 }
             }
+            Msg::BuiltWaiting { app_id } => self.build_then(app_id, build::Action::Reload, now),
             Msg::Built { app_id, result } => {
                 let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
                 match &result {
@@ -480,9 +490,6 @@ impl Daemon {
             }
             Msg::Reload { request: Request::Scale { app, to }, events, reply } => {
                 self.scale(&app, to, events, reply, now)
-            }
-            Msg::Reload { request: Request::ReloadInstance { app, instance }, events, reply } => {
-                self.reload_instance(&app, instance, events, reply, now)
             }
             Msg::Reload { reply, .. } => {
                 let _ = reply.send(Response::Error { message: "not a reload".into() });

@@ -287,6 +287,16 @@ fn a_program_that_binds_the_port_chatctl_holds_is_errored_at_once_and_a_stop_is_
         ],
     );
     assert_eq!(inst.note.as_deref(), Some("exited (exit 1): address in use: take fd 3"));
+    // Once it has served, a crash is a crash: restarted as usual.
+    run(
+        true,
+        &[
+            (0, Input::Start, Phase::Waiting, &[Effect::Spawn]),
+            (1, Input::Spawned { pid: PID }, Phase::Starting, &[]),
+            (2, Input::ProbePassed, Phase::Online, &[]),
+            (20_000, bound(), Phase::Waiting, &[KILL]),
+        ],
+    );
     run(
         true,
         &[

@@ -11,13 +11,15 @@
 //    (`LISTEN_FDNAMES` "admin"), through the program's own request handler: the supervisor probes
 //    each instance's `/health` there although all of them share one port.
 //
-// 3. That server drains on SIGTERM the way chatctl's own worker does, instead of Node's default
+// 3. That server drains on SIGTERM (or SIGINT) the way chatctl's own worker does, instead of Node's default
 //    of dying at once: it stops accepting (the shared socket's queue goes to the other instances),
 //    answers every request from then on with `Connection: close` (a kept-alive client learns to
 //    reconnect from its next answer rather than finding its connection closed as it sends), closes
 //    the connections still idle after 500 ms, and exits once every connection is done, or at four
-//    fifths of `kill_timeout`. A SIGTERM handler of the program's own still runs, and then decides
-//    when the program exits.
+//    fifths of `kill_timeout`. A SIGTERM handler of the program's own still runs, and may exit
+//    earlier; at that deadline the program exits in any case.
+//    A second listen on the port (Fastify listens on each address `localhost` resolves to) fails
+//    with EADDRINUSE instead of binding a private socket beside chatctl's.
 //
 // Once it has taken the socket it removes LISTEN_FDS and LISTEN_FDNAMES from `process.env`, so the
 // program's own child processes (which inherit NODE_OPTIONS, and so this preload) bind what they
@@ -52,7 +54,18 @@
   }
 
   net.Server.prototype.listen = function chatctlListen(...args) {
-    if (taken || portOf(args) !== port) return listen.apply(this, args);
+    if (portOf(args) !== port) return listen.apply(this, args);
+    if (taken) {
+      // A second listen on the port (Fastify binds every address `localhost` resolves to) would
+      // bind a private socket beside chatctl's: it fails as a bind of a taken port does.
+      const error = Object.assign(new Error(`listen EADDRINUSE: address already in use :${port}`), {
+        code: "EADDRINUSE",
+        syscall: "listen",
+        port,
+      });
+      process.nextTick(() => this.emit("error", error));
+      return this;
+    }
     taken = true;
     delete env.LISTEN_FDS;
     delete env.LISTEN_FDNAMES;
@@ -66,9 +79,13 @@
 
   function drainOnSigterm(server) {
     const deadline = Number(env.CHATCTL_KILL_TIMEOUT_MS || 5000) * 0.8;
-    process.once("SIGTERM", () => {
-      // The program's own handler (there is one when listeners are left) decides when to exit.
-      const exit = process.listenerCount("SIGTERM") === 0 ? () => process.exit(0) : () => {};
+    let draining = false;
+    const drain = (signal) => {
+      if (draining) return;
+      draining = true;
+      // A handler of the program's own (listeners left) may exit earlier; at the deadline this
+      // one does in any case (a library's listener, signal-exit's say, must not keep it alive).
+      const exit = process.listenerCount(signal) === 0 ? () => process.exit(0) : () => {};
       server.prependListener("request", (req, res) => {
         if (!res.headersSent) res.setHeader("Connection", "close");
       });
@@ -81,8 +98,11 @@
         server.closeIdleConnections = closeIdle;
         closeIdle.call(server);
       }, Math.min(500, deadline / 2)).unref();
-      setTimeout(exit, deadline).unref();
-    });
+      setTimeout(() => process.exit(0), deadline).unref();
+    };
+    // `kill_signal` may be SIGINT too.
+    process.once("SIGTERM", () => drain("SIGTERM"));
+    process.once("SIGINT", () => drain("SIGINT"));
   }
 
   function serveAdmin(server) {

@@ -52,7 +52,7 @@ pub(super) const MAX_CALLS: usize = 10_000;
 pub(super) struct Call {
     pub(super) participants: BTreeSet<String>,
     /// Who started it (it counts against that guest's calls).
-    caller: String,
+    pub(super) caller: String,
     /// When this worker learnt of it.
     since: Instant,
     accepted: bool,
@@ -423,6 +423,9 @@ pub(super) fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
                         let guest = guest_of(&socket)?;
                         let CallRef { call } = data.map_err(|e| format!("expected {{call}}: {e}"))?;
                         let current = chat.calls.of(&call, &guest.id)?;
+                        if event == "call:accept" && current.caller == guest.id {
+                            return Err("the caller cannot accept its own call".to_owned());
+                        }
                         if event == "call:accept" {
                             chat.calls.accept(&call);
                             send_ice(&socket, &chat);

@@ -573,6 +573,7 @@ pub async fn register(
                 told: Arc::default(),
             });
             socket.extensions.insert(Address(address));
+            socket.extensions.insert(Unread::default());
             let auth = auth.unwrap_or_default();
             let resumed = match auth.token.as_deref() {
                 Some(token) => Some(chat.resume(token).await),
@@ -784,8 +785,11 @@ fn limited(socket: &SocketRef<Adapter>, chat: &Chat) -> Result<(), String> {
 
 fn limited_for(socket: &SocketRef<Adapter>, chat: &Chat, spend: Spend) -> Result<(), String> {
     let address = socket.extensions.get::<Address>().map(|a| a.0);
-    let by_address = || match (&chat.per_address, address) {
-        (Some(per_address), Some(address)) => per_address.take(address),
+    // Call signals come in bursts per call (a few dozen ICE candidates): many calls behind one NAT
+    // would spend the address's whole bucket, so they count against the socket's own only.
+    let by_address = || match (&chat.per_address, address, spend) {
+        (_, _, Spend::Signal) => true,
+        (Some(per_address), Some(address), _) => per_address.take(address),
         _ => true,
     };
     let limit = socket.extensions.get::<Limit>();
@@ -898,21 +902,35 @@ fn answer(socket: &SocketRef<Adapter>, ack: AckSender<Adapter>, reply: Result<Va
     unread(socket, ack.send(&body));
 }
 
-/// Whether `sent` failed because the socket's queue is full; then the socket is disconnected.
+/// Whether `sent` failed because the socket's queue is full; after [`UNREAD_LIMIT`] such failures in
+/// a row the socket is disconnected.
 ///
-/// A socket's queue (engine.io's, 128 packets) fills only when its client stops reading while it
-/// keeps asking: what it asked for would wait in this worker's memory for as long as the client
-/// likes. A client that reads never gets here; one that does not is cut off, as Node's `ws` does
-/// past its send buffer. (Broadcasts to a full queue are dropped for that socket alone.)
+/// A socket's queue (engine.io's, 128 packets) stays full only when its client stops reading while
+/// it keeps asking: what it asked for would wait in this worker's memory for as long as the client
+/// likes. A client that reads but was slow for a moment (a busy room's broadcasts filled its queue)
+/// sees its queue drain, and the next answer resets the count; one that never reads is cut off, as
+/// Node's `ws` does past its send buffer. (Broadcasts to a full queue are dropped for that socket.)
 fn unread(socket: &SocketRef<Adapter>, sent: Result<(), socketioxide::SendError>) -> bool {
     use socketioxide::{SendError, SocketError};
     let full = matches!(sent, Err(SendError::Socket(SocketError::InternalChannelFull)));
-    if full {
+    let Some(unread) = socket.extensions.get::<Unread>() else { return full };
+    if !full {
+        unread.0.store(0, Ordering::Relaxed);
+        return false;
+    }
+    if unread.0.fetch_add(1, Ordering::Relaxed) + 1 >= UNREAD_LIMIT {
         tracing::warn!(sid = %socket.id, "disconnecting a socket that does not read what it asks for");
         let _ = socket.clone().disconnect();
     }
-    full
+    true
 }
+
+/// Answers in a row that found a socket's queue full before it is cut off.
+const UNREAD_LIMIT: u32 = 8;
+
+/// A socket's answers that found its queue full, in a row.
+#[derive(Clone, Default)]
+struct Unread(Arc<std::sync::atomic::AtomicU32>);
 
 /// The room every socket of a guest is in, for direct messages.
 fn guest_room(id: &str) -> String {
