@@ -491,6 +491,9 @@ impl Daemon {
             Msg::Reload { request: Request::Scale { app, to }, events, reply } => {
                 self.scale(&app, to, events, reply, now)
             }
+            Msg::Reload { request: Request::ReloadInstance { app, instance }, events, reply } => {
+                self.reload_instance(&app, instance, events, reply, now)
+            }
             Msg::Reload { reply, .. } => {
                 let _ = reply.send(Response::Error { message: "not a reload".into() });
             }
