@@ -152,14 +152,14 @@ fn cron_restart_reloads_the_app_on_its_schedule_and_leaves_a_stopped_app_alone()
 }
 
 #[test]
-fn import_converts_cron_restart_and_time_and_names_wait_ready_and_deploy() {
+fn import_converts_cron_restart_wait_ready_and_time_and_names_deploy() {
     let env = Env::new();
     env.write(
         "pm2.json",
         &serde_json::json!({
             "apps": [{
                 "name": "api", "script": bin("fixture-app").display().to_string(), "interpreter": "none",
-                "node_args": "--max-old-space-size=256", "wait_ready": true, "cron_restart": "0 4 * * *",
+                "node_args": "--max-old-space-size=256", "cron_restart": "0 4 * * *",
                 "exp_backoff_restart_delay": 250, "time": true
             }],
             "deploy": { "production": { "user": "node", "host": ["example.org"], "ref": "origin/main" } }
@@ -168,7 +168,6 @@ fn import_converts_cron_restart_and_time_and_names_wait_ready_and_deploy() {
     );
     let said = env.ok(&["import", "pm2.json", "-o", "converted.toml"]);
     assert!(said.contains("deploy: not converted"), "{said}");
-    assert!(said.contains("api: wait_ready not converted") && said.contains("readiness = \"notify\""), "{said}");
     let text = std::fs::read_to_string(env.path("converted.toml")).expect("written");
     for line in [
         "cron_restart = \"0 4 * * *\"",

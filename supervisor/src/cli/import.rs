@@ -95,6 +95,16 @@ fn toml_key(text: &str) -> String {
     line.trim_end().strip_suffix(" = true").unwrap_or(text).to_owned()
 }
 
+/// Whether the PM2 app runs through node (its `interpreter`, else a JavaScript script), where
+/// `process.send` exists.
+fn runs_node(app: &Map<String, Value>, script: &str) -> bool {
+    match app.get("interpreter").and_then(Value::as_str) {
+        Some("none") => false,
+        Some(interpreter) => interpreter.rsplit('/').next().is_some_and(|n| matches!(n, "node" | "nodejs")),
+        None => [".js", ".cjs", ".mjs"].iter().any(|ext| script.ends_with(ext)),
+    }
+}
+
 /// Converts; returns the file's text and what the operator should know.
 pub(crate) fn convert(pm2: &Value) -> anyhow::Result<(String, Vec<String>)> {
     let mut notes = Vec::new();
@@ -180,18 +190,21 @@ pub(crate) fn convert(pm2: &Value) -> anyhow::Result<(String, Vec<String>)> {
                     Value::Bool(false) => continue,
                     _ => None,
                 },
-                // Readiness from `process.send('ready')` has no equivalent: an IPC channel to a
-                // Node parent. Said with what to do instead, not only listed.
-                "wait_ready" => {
-                    if value.as_bool() == Some(true) {
-                        notes.push(format!(
-                            "{name}: wait_ready not converted: an instance is ready at its first passing health \
-                             probe; a program that can send READY=1 to NOTIFY_SOCKET can set readiness = \"notify\" \
-                             (process.send('ready') is not read)"
-                        ));
+                // A Node program's `process.send('ready')` reaches the daemon with readiness =
+                // "notify" (through Node's IPC channel); another program must send READY=1.
+                "wait_ready" => match value {
+                    Value::Bool(true) => {
+                        if !runs_node(app, script) {
+                            notes.push(format!(
+                                "{name}: wait_ready became readiness = \"notify\": this program is not run by node, \
+                                 so it must send READY=1 to NOTIFY_SOCKET (process.send('ready') exists in Node only)"
+                            ));
+                        }
+                        Some(("readiness", toml_string("notify")))
                     }
-                    continue;
-                }
+                    Value::Bool(false) => continue,
+                    _ => None,
+                },
                 other if other.starts_with("env_") => {
                     if let Some(o) = value.as_object() {
                         profiles.insert(other["env_".len()..].to_owned(), o.clone());
@@ -267,11 +280,12 @@ mod tests {
         }
         assert!(Ecosystem::parse(&text, Path::new("e.toml")).is_ok(), "{text}");
         assert!(notes.iter().any(|n| n.contains("not converted") && n.contains("log_date_format")), "{notes:?}");
-        assert!(notes.iter().any(|n| n.contains("wait_ready") && n.contains("readiness = \"notify\"")), "{notes:?}");
+        assert!(text.contains("readiness = \"notify\""), "{text}");
+        assert!(!notes.iter().any(|n| n.contains("wait_ready")), "a Node program needs no note: {notes:?}");
     }
 
     /// The issue's case: node_args, wait_ready, cron_restart, exp_backoff_restart_delay, time and a
-    /// deploy section, each converted or named.
+    /// deploy section, each converted or named (wait_ready of a program node does not run: both).
     #[test]
     fn every_key_is_converted_or_named() {
         let pm2 = serde_json::json!({
@@ -281,6 +295,8 @@ mod tests {
                 "vizion": false
             }, {
                 "name": "bad", "script": "b.js", "cron_restart": "every day"
+            }, {
+                "name": "native", "script": "./server", "wait_ready": true
             }],
             "deploy": { "production": { "user": "node", "host": "example.org", "ref": "origin/main" } }
         });
@@ -294,12 +310,13 @@ mod tests {
             assert!(text.contains(line), "{line:?} missing:\n{text}");
         }
         assert!(!text.contains("every day"), "an expression we cannot read is not written:\n{text}");
+        assert_eq!(text.matches("readiness = \"notify\"").count(), 2, "wait_ready of api and native:\n{text}");
         if let Err(e) = Ecosystem::parse(&text, Path::new("e.toml")) {
             panic!("{e}\n{text}");
         }
         for (says, about) in [
             ("deploy: not converted", "deploy"),
-            ("api: wait_ready not converted", "wait_ready"),
+            ("native: wait_ready became readiness = \"notify\"", "wait_ready of a program not run by node"),
             ("api: not converted (no equivalent or not understood): vizion", "vizion"),
             ("bad: not converted (no equivalent or not understood): cron_restart", "cron_restart"),
         ] {
