@@ -203,3 +203,39 @@ fn a_pm2_ecosystem_imports_and_its_production_cluster_runs_the_unmodified_app() 
     assert_eq!((refused, failed), (0, 0), "{out}");
     assert!(env.online_pids("chat", 2).iter().all(|p| !pids.contains(p)));
 }
+
+/// Fastify and Koa too, as their users write them: a cluster of 2 comes online with each instance
+/// probed on its own `/health` through the app's own handler, and reloads under load failing
+/// nothing. Fastify listens on its default `localhost`, which it binds on every address it resolves
+/// to: the preload gives it chatctl's socket once and fails the second bind, as a taken port would.
+#[test]
+fn fastify_and_koa_apps_run_unmodified_as_a_cluster() {
+    let _heavy = heavy_load();
+    for script in ["apps/fastify-app.js", "apps/koa-app.js"] {
+        let env = Env::new();
+        let port = free_port();
+        let config = express_app(port, "cluster", 2, "").replace("apps/express-chat.js", script);
+        env.write("ecosystem.toml", &config);
+        env.ok(&["start"]);
+        let pids = env.online_pids("web", 2);
+        let described: serde_json::Value =
+            serde_json::from_str(&env.ok(&["describe", "web", "--json"])).expect("describe json");
+        let probed: Vec<bool> = described["instances"]
+            .as_array()
+            .expect("instances")
+            .iter()
+            .map(|i| i["probes"].as_array().is_some_and(|p| p.iter().any(|p| p["ok"] == true)))
+            .collect();
+        assert_eq!(probed, [true, true], "{script}: each instance probed on its own /health");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let load = Load::mixed(vec![addr], "/api/hello", 1, 1);
+        load.wait_for(200);
+        let out = env.ok(&["reload", "web"]);
+        load.wait_for(200);
+        let (ok, refused, failed) = load.stop();
+        eprintln!("{script}: reload of a cluster of 2 under load: {ok} ok, {refused} refused, {failed} failed");
+        assert_eq!((refused, failed), (0, 0), "{script}\n{out}");
+        assert!(env.online_pids("web", 2).iter().all(|p| !pids.contains(p)), "{script}: replaced");
+        env.ok(&["kill"]);
+    }
+}

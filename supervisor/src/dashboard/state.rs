@@ -86,6 +86,12 @@ impl Dashboard {
             .collect()
     }
 
+    /// What concerns a whole app: a development build under way or failed, or a log problem.
+    pub(crate) fn app_note(&self, app: &str) -> Option<&str> {
+        let app = self.snapshot.as_ref()?.apps.iter().find(|a| a.name == app)?;
+        app.build.as_deref().or(app.log_issue.as_deref())
+    }
+
     pub(crate) fn selected_row(&self) -> Option<(String, usize)> {
         self.rows().get(self.selected).map(|(app, i)| ((*app).to_owned(), i.index))
     }

@@ -104,7 +104,8 @@ fn table(frame: &mut Frame<'_>, d: &Dashboard, area: Rect, narrow: bool) {
                     None => Span::raw("-"),
                 });
                 cells.push(Span::raw(i.uptime_ms.map_or("-".into(), uptime)));
-                cells.push(Span::raw(degraded.map(str::to_owned).or_else(|| i.note.clone()).unwrap_or_default()));
+                let note = degraded.or(d.app_note(app)).map(str::to_owned).or_else(|| i.note.clone());
+                cells.push(Span::raw(note.unwrap_or_default()));
             }
             Row::new(cells)
         })
@@ -228,5 +229,15 @@ mod tests {
         d.on_snapshot(s);
         let wide = render(&d, 120, 30);
         assert!(wide.contains("degraded") && wide.contains("redis link down: connection refused"), "{wide}");
+    }
+
+    #[test]
+    fn a_failed_development_build_shows_on_its_apps_rows() {
+        let mut d = Dashboard::new();
+        let mut s = snapshot(&[("web", &[4242])]);
+        s.apps[0].build = Some("build failed (exit 1): the previous version keeps serving".into());
+        d.on_snapshot(s);
+        let wide = render(&d, 140, 30);
+        assert!(wide.contains("build failed (exit 1)"), "{wide}");
     }
 }
