@@ -146,7 +146,7 @@ async fn load_as_started(
 
 /// Each spec read again with the environment its app was started with, for the apps that run
 /// (see `AppSpec::with_started_env`); apps the daemon does not know are started as read.
-async fn with_started_env(client: &mut Client, specs: Vec<AppSpec>) -> anyhow::Result<Vec<AppSpec>> {
+pub(super) async fn with_started_env(client: &mut Client, specs: Vec<AppSpec>) -> anyhow::Result<Vec<AppSpec>> {
     let mut out = Vec::with_capacity(specs.len());
     for spec in specs {
         match client.request(&Request::Describe { app: spec.name.clone() }).await? {

@@ -88,6 +88,8 @@ pub(super) async fn start(args: StartArgs, home: &Home) -> anyhow::Result<ExitCo
     };
     if args.reload && !already.is_empty() {
         let running: Vec<_> = specs.into_iter().filter(|s| already.contains(&s.name)).collect();
+        // As `reload` without --update-env: the environment each app was started with is kept.
+        let running = super::reload::with_started_env(&mut client, running).await?;
         client.send(&Request::Reload { apps: running, batch: None }).await?;
         let code = super::reload::progress(&mut client, args.json).await?;
         if code != ExitCode::SUCCESS {
