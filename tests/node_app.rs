@@ -183,25 +183,7 @@ fn a_pm2_ecosystem_imports_and_its_production_cluster_runs_the_unmodified_app() 
     );
     env.ok(&["import", "ecosystem.config.js"]);
     env.ok(&["start", "production"]);
-    let pids = env.online_pids("chat", 2);
-    let described = env.ok(&["describe", "chat", "--json"]);
-    let described: serde_json::Value = serde_json::from_str(&described).expect("describe json");
-    let probed: Vec<bool> = described["instances"]
-        .as_array()
-        .expect("instances")
-        .iter()
-        .map(|i| i["probes"].as_array().is_some_and(|p| p.iter().any(|p| p["ok"] == true)))
-        .collect();
-    assert_eq!(probed, [true, true], "each instance probed on its own /health: {described}");
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let load = Load::mixed(vec![addr], "/api/hello", 1, 1);
-    load.wait_for(200);
-    let out = env.ok(&["reload", "chat"]);
-    load.wait_for(200);
-    let (ok, refused, failed) = load.stop();
-    eprintln!("PM2 file imported, production reloaded under load: {ok} ok, {refused} refused, {failed} failed");
-    assert_eq!((refused, failed), (0, 0), "{out}");
-    assert!(env.online_pids("chat", 2).iter().all(|p| !pids.contains(p)));
+    probed_then_reloaded(&env, "chat", port, "a PM2 file imported, production");
 }
 
 /// Fastify and Koa too, as their users write them: a cluster of 2 comes online with each instance
@@ -217,25 +199,30 @@ fn fastify_and_koa_apps_run_unmodified_as_a_cluster() {
         let config = express_app(port, "cluster", 2, "").replace("apps/express-chat.js", script);
         env.write("ecosystem.toml", &config);
         env.ok(&["start"]);
-        let pids = env.online_pids("web", 2);
-        let described: serde_json::Value =
-            serde_json::from_str(&env.ok(&["describe", "web", "--json"])).expect("describe json");
-        let probed: Vec<bool> = described["instances"]
-            .as_array()
-            .expect("instances")
-            .iter()
-            .map(|i| i["probes"].as_array().is_some_and(|p| p.iter().any(|p| p["ok"] == true)))
-            .collect();
-        assert_eq!(probed, [true, true], "{script}: each instance probed on its own /health");
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let load = Load::mixed(vec![addr], "/api/hello", 1, 1);
-        load.wait_for(200);
-        let out = env.ok(&["reload", "web"]);
-        load.wait_for(200);
-        let (ok, refused, failed) = load.stop();
-        eprintln!("{script}: reload of a cluster of 2 under load: {ok} ok, {refused} refused, {failed} failed");
-        assert_eq!((refused, failed), (0, 0), "{script}\n{out}");
-        assert!(env.online_pids("web", 2).iter().all(|p| !pids.contains(p)), "{script}: replaced");
+        probed_then_reloaded(&env, "web", port, script);
         env.ok(&["kill"]);
     }
+}
+
+/// `app`'s 2 instances online, each with a passing probe of its own (through the app's handler on
+/// its admin socket), then reloaded under load on `port` with nothing refused or failed.
+fn probed_then_reloaded(env: &Env, app: &str, port: u16, what: &str) {
+    let pids = env.online_pids(app, 2);
+    let described: serde_json::Value =
+        serde_json::from_str(&env.ok(&["describe", app, "--json"])).expect("describe json");
+    let probed: Vec<bool> = described["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(|i| i["probes"].as_array().is_some_and(|p| p.iter().any(|p| p["ok"] == true)))
+        .collect();
+    assert_eq!(probed, [true, true], "{what}: each instance probed on its own /health");
+    let load = Load::mixed(vec![SocketAddr::from(([127, 0, 0, 1], port))], "/api/hello", 1, 1);
+    load.wait_for(200);
+    let out = env.ok(&["reload", app]);
+    load.wait_for(200);
+    let (ok, refused, failed) = load.stop();
+    eprintln!("{what}: reload of a cluster of 2 under load: {ok} ok, {refused} refused, {failed} failed");
+    assert_eq!((refused, failed), (0, 0), "{what}\n{out}");
+    assert!(env.online_pids(app, 2).iter().all(|p| !pids.contains(p)), "{what}: every instance replaced");
 }

@@ -110,60 +110,28 @@ fn degraded(port: u16) -> bool {
 
 #[test]
 fn redis_stopped_and_restarted_under_traffic() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::{Command, Stdio};
-
     let mut redis = RedisServer::start();
     let (port_a, port_b) = (free_port(), free_port());
     let _a = host(&redis.url(), port_a, 1);
     let _b = host(&redis.url(), port_b, 1);
-    let script = crate::support::tests_dir().join("clients/outage.mjs");
-    let mut client = Command::new("node")
-        .arg(script)
-        .args([&format!("http://127.0.0.1:{port_a}"), &format!("http://127.0.0.1:{port_b}"), "lobby"])
-        .current_dir(crate::support::tests_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node");
-    let mut stdin = client.stdin.take().expect("stdin");
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    let stdout = client.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let next_line =
-        || lines.recv_timeout(Duration::from_secs(40)).unwrap_or_else(|_| "(no line: node timed out)".into());
-    let guard = scopeguard(client);
-
-    assert_eq!(next_line(), "ready");
+    let mut client = crate::support::Scripted::start(
+        "outage.mjs",
+        &[&format!("http://127.0.0.1:{port_a}"), &format!("http://127.0.0.1:{port_b}"), "lobby"],
+    );
+    assert_eq!(client.next_line(), "ready");
     redis.kill();
     wait_until("both hosts degraded", Duration::from_secs(10), || (degraded(port_a) && degraded(port_b)).then_some(()));
-    writeln!(stdin, "down").expect("write");
-    assert_eq!(next_line(), "restart");
+    client.say("down");
+    assert_eq!(client.next_line(), "restart");
     redis.resume();
     wait_until("both hosts linked again", Duration::from_secs(10), || (linked(port_a) && linked(port_b)).then_some(()));
-    writeln!(stdin, "up").expect("write");
-    let report = next_line();
-    drop(guard);
+    client.say("up");
+    let report = client.next_line();
+    drop(client);
     let report: serde_json::Value = serde_json::from_str(&report).unwrap_or_else(|_| panic!("outage report: {report}"));
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["b_heard_during_outage"], 0, "{report}");
     eprintln!("outage: {report}");
-}
-
-/// Kills the child (by pid) when dropped, whatever happened.
-fn scopeguard(child: std::process::Child) -> impl Drop {
-    struct Guard(std::process::Child);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    Guard(child)
 }
 
 #[test]

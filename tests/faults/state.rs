@@ -65,9 +65,6 @@ fn history_keeps_the_most_recent_rooms_and_an_unanswered_call_ends() {
 /// stands in for Redis on the host.
 #[test]
 fn redis_away_the_workers_of_one_host_keep_sharing_rooms() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::{Command, Stdio};
-
     let mut redis = crate::support::redis::RedisServer::start();
     let env = Env::new();
     let port = free_port();
@@ -75,26 +72,9 @@ fn redis_away_the_workers_of_one_host_keep_sharing_rooms() {
     env.write("ecosystem.toml", &chat_app(port, "cluster", 2, &extra));
     env.ok(&["start"]);
     env.online_pids("chat", 2);
-    let mut client = Command::new("node")
-        .arg(crate::support::tests_dir().join("clients/host-outage.mjs"))
-        .args([&format!("http://127.0.0.1:{port}"), "lobby"])
-        .current_dir(crate::support::tests_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node");
-    env.remember(client.id());
-    let mut stdin = client.stdin.take().expect("stdin");
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    let stdout = client.stdout.take().expect("stdout");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let next_line =
-        || lines.recv_timeout(Duration::from_secs(40)).unwrap_or_else(|_| "(no line: node timed out)".into());
-    assert_eq!(next_line(), "ready");
+    let mut client =
+        crate::support::Scripted::start("host-outage.mjs", &[&format!("http://127.0.0.1:{port}"), "lobby"]);
+    assert_eq!(client.next_line(), "ready");
     redis.kill();
     let admins: Vec<SocketAddr> =
         env.list()[0].instances.iter().filter_map(|i| i.admin_addr.as_deref()?.parse().ok()).collect();
@@ -108,10 +88,9 @@ fn redis_away_the_workers_of_one_host_keep_sharing_rooms() {
             })
             .then_some(())
     });
-    writeln!(stdin, "down").expect("write");
-    let report = next_line();
-    let _ = client.kill();
-    let _ = client.wait();
+    client.say("down");
+    let report = client.next_line();
+    drop(client);
     let report: serde_json::Value = serde_json::from_str(&report).unwrap_or_else(|_| panic!("outage report: {report}"));
     eprintln!("Redis away, one host: {report}");
     assert_eq!(report["sent"], 20, "{report}");

@@ -310,6 +310,54 @@ impl Drop for Worker {
     }
 }
 
+/// A Node script from `tests/clients` driven line by line: the test reads what it prints and
+/// writes words to its stdin (the phases of an outage, say). Killed (by pid) when dropped.
+pub(crate) struct Scripted {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Scripted {
+    pub(crate) fn start(script: &str, args: &[&str]) -> Scripted {
+        use std::io::BufRead;
+        let dir = tests_dir();
+        let mut child = Command::new("node")
+            .arg(dir.join("clients").join(script))
+            .args(args)
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Scripted { child, stdin, lines }
+    }
+
+    /// The next line it prints, within 40 s.
+    pub(crate) fn next_line(&self) -> String {
+        self.lines.recv_timeout(Duration::from_secs(40)).unwrap_or_else(|_| "(no line: node timed out)".into())
+    }
+
+    pub(crate) fn say(&mut self, word: &str) {
+        writeln!(self.stdin, "{word}").expect("write to the script");
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs a Node script from `tests/clients` with the real npm socket.io-client.
 #[track_caller]
 pub(crate) fn node(script: &str, args: &[&str]) -> Output {
