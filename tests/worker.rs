@@ -94,3 +94,39 @@ fn malformed_engine_io_and_socket_io_frames_close_one_connection_not_the_worker(
     let health: chat_shared::health::HealthBody = serde_json::from_str(&body).expect("health");
     assert_eq!(health.connections, 0, "no socket leaked from the hostile inputs");
 }
+
+/// `/socket.io/socket.io.js` serves the socket.io-client browser bundle, as Node's server does
+/// (before: 400 from engine.io), and it is the very file of the socket.io-client the tests install:
+/// the committed copy cannot drift from the client the wire tests use.
+#[test]
+fn the_client_bundle_is_served_as_node_serves_it_and_matches_the_installed_client() {
+    use std::io::{Read, Write};
+    let installed = crate::support::tests_dir().join("node_modules/socket.io-client");
+    let bundle = std::fs::read_to_string(installed.join("dist/socket.io.min.js")).expect("installed bundle");
+    let package: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(installed.join("package.json")).expect("package.json"))
+            .expect("package json");
+    let committed = crate::support::tests_dir().join("../worker/assets/socket.io-client/VERSION");
+    let committed = std::fs::read_to_string(committed).expect("VERSION");
+    assert_eq!(Some(committed.trim()), package["version"].as_str(), "worker/assets/socket.io-client is that version");
+    let worker = Worker::start(&[]);
+    for path in ["/socket.io/socket.io.js", "/socket.io/socket.io.min.js"] {
+        let (status, body) = http_get(worker.addr, path).expect("GET");
+        assert_eq!(status, 200, "{path}");
+        assert!(body == bundle, "{path}: the served bundle is the installed client's file");
+    }
+    // Revalidation by ETag.
+    let mut stream = TcpStream::connect(worker.addr).expect("connect");
+    let etag = format!("\"socket.io-client-{}\"", committed.trim());
+    write!(
+        stream,
+        "GET /socket.io/socket.io.js HTTP/1.1\r\nHost: x\r\nIf-None-Match: {etag}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    assert!(answer.starts_with("HTTP/1.1 304"), "{answer}");
+    // The engine still answers the rest of /socket.io/.
+    let (status, _) = http_get(worker.addr, "/socket.io/?EIO=4&transport=polling").expect("handshake");
+    assert_eq!(status, 200);
+}

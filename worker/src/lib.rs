@@ -19,6 +19,7 @@
 //! - `admission`: the descriptor limit, the cap on connections that keeps a reserve for the admin
 //!   listener and the bus, and the wait for a connection's first line.
 //! - `handoff`: a polling session's connections reach the instance that has it (cluster mode).
+//! - `bundle`: the socket.io-client browser bundle at `/socket.io/socket.io.js`, as Node serves it.
 //! - `http`: `/health`, `/api/socket/stats`, and the copy of each request head out of hyper's
 //!   read buffer (socketioxide keeps every socket's head).
 //! - `realtime`: Socket.IO guests, rooms, messages, presence, calls, recovery, limits.
@@ -29,6 +30,7 @@
 //! - `cluster_stats`: live figures summed from every worker's reports.
 
 pub mod admission;
+pub mod bundle;
 pub mod bus;
 pub mod cluster_stats;
 pub mod config;
@@ -229,7 +231,8 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     });
     let public =
         handoff::Routed::new(Draining::new(admission::Capped::new(nodelay, admission), accepting_rx), incomings);
-    let mut router = http::router(state.clone()).layer(layer);
+    // The client bundle outside socketioxide's layer, which takes everything under /socket.io/.
+    let mut router = http::router(state.clone()).layer(layer).layer(axum::middleware::from_fn(bundle::client_bundle));
     if let Some(handoff) = &handoff {
         router = router.layer(axum::middleware::from_fn_with_state(handoff.clone(), handoff::observe));
     }
