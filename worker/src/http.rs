@@ -15,7 +15,12 @@ use crate::WorkerState;
 
 /// Routes served on the public port (with the Socket.IO layer added by the caller).
 pub fn router(state: Arc<WorkerState>) -> Router {
-    Router::new().route("/health", get(public_health)).route("/api/socket/stats", get(public_stats)).with_state(state)
+    Router::new()
+        .route("/health", get(public_health))
+        .route("/api/socket/stats", get(public_stats))
+        .route("/", get(crate::web::index))
+        .route("/assets/{file}", get(crate::web::asset))
+        .with_state(state)
 }
 
 /// While draining, every answer says `Connection: close`, and hyper closes the connection once it

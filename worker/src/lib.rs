@@ -28,6 +28,7 @@
 //!   and the named channels the workers copy state through.
 //! - `store`: sessions and history streams kept in Redis itself.
 //! - `cluster_stats`: live figures summed from every worker's reports.
+//! - `web`: the chat's web client at `/`, compiled in.
 
 pub mod admission;
 pub mod bundle;
@@ -42,6 +43,7 @@ pub mod origins;
 pub mod realtime;
 pub mod session;
 pub mod store;
+pub mod web;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,0 +1,107 @@
+// Two people in a real browser (headless Chromium through puppeteer-core, the system's browser, no
+// download), on the web client the worker serves at `/`, on two different instances of a cluster:
+// they enter, join a room, talk both ways, see each other arrive and type, send a direct message;
+// screenshots at desktop and phone width are written to OUTDIR. Then it prints "ready" and waits
+// for "reloaded" on stdin (the test runs `chatctl reload`): both pages must have shown
+// "reconnecting", come back as the same guests, and the next message must reach the other.
+// Prints one JSON line; exits 1 with a reason on any failure.
+//
+// usage: node browser-chat.mjs URL OUTDIR CHROMIUM
+import puppeteer from "puppeteer-core";
+import { createInterface } from "node:readline";
+import { deadline, fail, until } from "./common.mjs";
+
+const [url, outdir, chromium] = process.argv.slice(2);
+deadline(90);
+const commands = [];
+createInterface({ input: process.stdin }).on("line", (l) => commands.push(l.trim()));
+
+const browser = await puppeteer.launch({
+  executablePath: chromium,
+  headless: true,
+  args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
+});
+const wait = (page, what, fn, ...args) =>
+  page.waitForFunction(fn, { timeout: 15000 }, ...args).catch((e) => fail(`${what}: ${e.message}`));
+
+/// A person in a browser context of their own (their own storage), on an instance other than `not`.
+async function person(name, not) {
+  for (let i = 0; i < 30; i++) {
+    const context = await browser.createBrowserContext();
+    const page = await context.newPage();
+    page.on("pageerror", (e) => fail(`${name}'s page: ${e.message}`));
+    await page.goto(url, { waitUntil: "load" });
+    await page.type("#name", name);
+    await page.click("#welcome button");
+    await wait(page, `${name} entered`, () => !!document.body.dataset.instance && !document.getElementById("app").hidden);
+    const instance = await page.evaluate(() => document.body.dataset.instance);
+    if (instance !== not) return { name, page, instance };
+    await context.close();
+  }
+  fail(`could not place ${name} on an instance other than ${not}`);
+}
+
+async function say(who, text) {
+  await who.page.type("#text", text);
+  await who.page.keyboard.press("Enter");
+}
+
+const heard = async (who, text) => {
+  const ok = await who.page
+    .waitForFunction((t) => [...document.querySelectorAll("#messages li")].some((li) => li.textContent.includes(t)), { timeout: 15000 }, text)
+    .then(() => true)
+    .catch(() => false);
+  if (!ok) {
+    const seen = await who.page.evaluate(() => [...document.querySelectorAll("#messages li")].map((li) => li.textContent));
+    const others = await Promise.all([ann, bob].map((p) => p.page.evaluate(() => ({ current: window.chat.current, rooms: [...window.chat.rooms.keys()], connected: window.chat.socket.connected, last: [...window.chat.rooms.get("lobby")?.messages ?? []].slice(-3) }))));
+    fail(`${who.name} did not hear "${text}": saw ${JSON.stringify(seen.slice(-4))}; pages ${JSON.stringify(others)}`);
+  }
+};
+
+let ann, bob;
+ann = await person("ann");
+bob = await person("bob", ann.instance);
+for (const who of [ann, bob]) {
+  await who.page.type("#room", "lobby");
+  await who.page.keyboard.press("Enter");
+  await wait(who.page, `${who.name} in the room`, () => document.getElementById("title").textContent === "# lobby");
+}
+await wait(ann.page, "ann seeing bob", () => document.getElementById("members").textContent.includes("bob"));
+await say(ann, "hello from ann");
+await heard(bob, "hello from ann");
+await say(bob, "hi ann, bob here");
+await heard(ann, "hi ann, bob here");
+// Typing, seen by the other.
+await bob.page.type("#text", "typing something");
+await wait(ann.page, "ann seeing bob type", () => document.getElementById("typing").textContent.includes("bob is typing"));
+await bob.page.evaluate(() => (document.getElementById("text").value = ""));
+// A direct message: ann clicks bob.
+await ann.page.evaluate(() => [...document.querySelectorAll("#members li")].find((li) => li.textContent === "bob").click());
+await wait(ann.page, "ann in the direct conversation", () => document.getElementById("title").textContent === "Direct: bob");
+await say(ann, "psst, bob");
+await wait(bob.page, "bob receiving the direct message", () =>
+  [...window.chat.rooms.entries()].some(([name, r]) => name.startsWith("@dm:") && r.messages.some((m) => m.text === "psst, bob")),
+);
+await ann.page.evaluate(() => document.querySelector('#rooms li[data-room="lobby"]').click());
+
+// What a person sees, at desktop and phone width.
+await ann.page.setViewport({ width: 1100, height: 700 });
+await ann.page.screenshot({ path: `${outdir}/web-client-desktop.png` });
+// (isMobile would reload the page: the width is what the layout follows.)
+await bob.page.setViewport({ width: 390, height: 780 });
+await bob.page.screenshot({ path: `${outdir}/web-client-phone.png` });
+
+const ids = {};
+for (const who of [ann, bob]) ids[who.name] = await who.page.evaluate(() => window.chat.me.id);
+console.log("ready");
+await until('"reloaded" on stdin', () => commands.includes("reloaded"), 60_000);
+for (const who of [ann, bob]) {
+  await wait(who.page, `${who.name} reconnected`, () => document.body.dataset.sawReconnecting === "yes" && document.body.dataset.connected === "yes");
+}
+const same = [];
+for (const who of [ann, bob]) same.push((await who.page.evaluate(() => window.chat.me.id)) === ids[who.name]);
+await say(ann, "after the reload");
+await heard(bob, "after the reload");
+console.log(JSON.stringify({ ok: true, instances: [ann.instance, bob.instance], same_guests: same }));
+await browser.close();
+process.exit(0);
