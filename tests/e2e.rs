@@ -8,6 +8,7 @@ mod browser;
 mod cluster;
 mod config_errors;
 mod faults;
+mod files;
 mod fork;
 mod health;
 mod init;

@@ -44,6 +44,10 @@ pub const APP_SECRET: &str = "CHATCTL_APP_SECRET";
 /// share rooms through it when no Redis is configured.
 pub const BUS: &str = "CHATCTL_BUS";
 
+/// The app's data directory, shared by its instances and kept across reloads (the chat worker keeps
+/// its shared files there).
+pub const DATA_DIR: &str = "CHATCTL_DATA_DIR";
+
 /// The instance's port (whatever `increment_var` names it): the Node preload takes the listen on
 /// this port.
 pub const PORT: &str = "CHATCTL_PORT";

@@ -68,6 +68,7 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
         .env(worker_env::APP_SECRET, secret)
         .env(worker_env::LAUNCH, &tracking.id)
         .env(worker_env::BUS, home.join(BUS_FILE))
+        .env(worker_env::DATA_DIR, home.join("data").join(&spec.name))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -29,6 +29,8 @@ pub struct Config {
     /// rooms (`HISTORY_BYTES`): the least recently active go first.
     pub history_rooms: usize,
     pub history_bytes: u64,
+    /// File sharing: where files live and their limits (see `files`).
+    pub files: crate::files::FileConfig,
     /// How long a call nobody accepted rings before it ends (`CALL_RING_TIMEOUT`).
     pub call_ring: Duration,
     /// Public connections open at once (`MAX_CONNECTIONS`); `None`: the descriptor limit less a
@@ -125,6 +127,24 @@ impl Config {
             history_rooms: parse(&lookup, "HISTORY_ROOMS", crate::realtime::HISTORY_ROOMS)?.max(1),
             history_bytes: parse(&lookup, "HISTORY_BYTES", ByteSize(crate::realtime::HISTORY_BYTES as u64))?.0,
             call_ring: parse(&lookup, "CALL_RING_TIMEOUT", HumanDuration(crate::realtime::CALL_RING))?.0,
+            files: crate::files::FileConfig {
+                // Every instance of a host shares the supervisor's data directory for the app.
+                dir: lookup("FILE_DIR").filter(|d| !d.is_empty()).map(std::path::PathBuf::from).unwrap_or_else(|| {
+                    lookup(worker_env::DATA_DIR)
+                        .filter(|d| !d.is_empty())
+                        .map_or_else(
+                            // On its own, a directory of its own user's.
+                            || std::env::temp_dir().join(format!("chat-worker-{}", nix::unistd::getuid())),
+                            std::path::PathBuf::from,
+                        )
+                        .join("files")
+                }),
+                max_size: parse(&lookup, "FILE_MAX_SIZE", ByteSize(25 << 20))?.0,
+                quota: parse(&lookup, "FILE_QUOTA", ByteSize(100 << 20))?.0,
+                store_max: parse(&lookup, "FILE_STORE_MAX", ByteSize(1 << 30))?.0,
+                retention: parse(&lookup, "FILE_RETENTION", HumanDuration(Duration::from_secs(24 * 3600)))?.0,
+                upload_rate: rate(&lookup, "FILE_UPLOAD_RATE", crate::realtime::Rate { per_second: 0.5, burst: 10.0 })?,
+            },
             max_connections: match lookup("MAX_CONNECTIONS") {
                 None => None,
                 Some(_) => Some(parse(&lookup, "MAX_CONNECTIONS", 0usize)?.max(1)),

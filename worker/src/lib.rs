@@ -19,6 +19,7 @@
 //! - `admission`: the descriptor limit, the cap on connections that keeps a reserve for the admin
 //!   listener and the bus, and the wait for a connection's first line.
 //! - `handoff`: a polling session's connections reach the instance that has it (cluster mode).
+//! - `files`: temporary file sharing (upload, download, limits, expiry) in the app's data directory.
 //! - `bundle`: the socket.io-client browser bundle at `/socket.io/socket.io.js`, as Node serves it.
 //! - `http`: `/health`, `/api/socket/stats`, and the copy of each request head out of hyper's
 //!   read buffer (socketioxide keeps every socket's head).
@@ -36,6 +37,7 @@ pub mod bus;
 pub mod cluster_stats;
 pub mod config;
 pub mod drain;
+pub mod files;
 pub mod handoff;
 pub mod http;
 pub mod listeners;
@@ -133,6 +135,8 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
             session::random_secret()?
         }
     };
+    let files = files::Files::start(config.files.clone(), session::Sessions::new(secret.clone(), config.session_ttl))
+        .map_err(|e| std::io::Error::other(format!("file store {}: {e}", config.files.dir.display())))?;
     let messages = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let chat = realtime::Chat::new(
         config.instance.as_deref(),
@@ -234,7 +238,15 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
     let public =
         handoff::Routed::new(Draining::new(admission::Capped::new(nodelay, admission), accepting_rx), incomings);
     // The client bundle outside socketioxide's layer, which takes everything under /socket.io/.
-    let mut router = http::router(state.clone()).layer(layer).layer(axum::middleware::from_fn(bundle::client_bundle));
+    let mut router = http::router(state.clone())
+        .merge(
+            axum::Router::new()
+                .route("/api/files", axum::routing::post(files::upload))
+                .route("/api/files/{id}", axum::routing::get(files::download))
+                .with_state(files),
+        )
+        .layer(layer)
+        .layer(axum::middleware::from_fn(bundle::client_bundle));
     if let Some(handoff) = &handoff {
         router = router.layer(axum::middleware::from_fn_with_state(handoff.clone(), handoff::observe));
     }

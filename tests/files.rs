@@ -1,0 +1,110 @@
+//! Temporary file sharing over HTTP on a 2-instance cluster: upload with a guest's token, download
+//! from any instance (the host's data directory is shared), types from the bytes, ranges, every
+//! limit's status, nothing half-written left behind, expiry.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use crate::support::{Env, chat_app, free_port, node, wait_until};
+
+/// One HTTP/1.1 request with `Connection: close`: status, head, body.
+fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut head =
+        format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).expect("head");
+    // The server may answer (413) and close before all of a large body is written.
+    let _ = stream.write_all(body);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").expect("a head");
+    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_ascii_lowercase(), answer[split + 4..].to_vec())
+}
+
+fn token(port: u16, name: &str) -> String {
+    let out = node("token.mjs", &[&format!("http://127.0.0.1:{port}"), name]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn upload(addr: SocketAddr, token: &str, name: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    let bearer = format!("Bearer {token}");
+    let (status, _, body) =
+        http(addr, "POST", "/api/files", &[("Authorization", &bearer), ("X-File-Name", name)], body);
+    (status, serde_json::from_slice(&body).unwrap_or_default())
+}
+
+#[test]
+fn files_upload_download_limits_and_expiry() {
+    let env = Env::new();
+    let port = free_port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let limits = "env = { FILE_MAX_SIZE = \"1M\", FILE_QUOTA = \"2M\", FILE_STORE_MAX = \"3M\", FILE_RETENTION = \"3s\", FILE_UPLOAD_RATE = \"off\" }";
+    env.write("ecosystem.toml", &chat_app(port, "cluster", 2, limits));
+    env.ok(&["start"]);
+    env.online_pids("chat", 2);
+    let (ann, bob) = (token(port, "ann"), token(port, "bob"));
+
+    // A PNG by its bytes, whatever it is called; downloaded whole and by range, shown inline.
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    png.extend((0..100_000u32).map(|i| (i * 7 % 251) as u8));
+    let (status, file) = upload(addr, &ann, "holiday.txt", &png);
+    assert_eq!(status, 200, "{file}");
+    assert_eq!((file["type"].as_str(), file["size"].as_u64()), (Some("image/png"), Some(png.len() as u64)), "{file}");
+    let url = file["url"].as_str().expect("url").to_owned();
+    for _ in 0..4 {
+        // Any instance serves it (the connections land on both).
+        let (status, head, body) = http(addr, "GET", &url, &[], b"");
+        assert_eq!(status, 200);
+        assert!(body == png, "the same bytes");
+        assert!(head.contains("content-type: image/png") && head.contains("content-disposition: inline"), "{head}");
+        assert!(head.contains("x-content-type-options: nosniff") && head.contains("sandbox"), "{head}");
+    }
+    let (status, head, body) = http(addr, "GET", &url, &[("Range", "bytes=10-19")], b"");
+    assert_eq!((status, body.as_slice()), (206, &png[10..20]), "{head}");
+
+    // Script is never served inline.
+    let (status, file) = upload(addr, &ann, "page.html", b"<html><script>alert(1)</script></html>");
+    assert_eq!(status, 200, "{file}");
+    let (_, head, _) = http(addr, "GET", file["url"].as_str().expect("url"), &[], b"");
+    assert!(head.contains("content-disposition: attachment"), "{head}");
+
+    // Limits: no token 401, too large 413 (nothing half-written left), quota 429, store 507.
+    assert_eq!(upload(addr, "nope", "x", b"x").0, 401);
+    assert_eq!(upload(addr, &ann, "big.bin", &vec![1u8; 1_200_000]).0, 413);
+    let dir = env.home().join("data/chat/files");
+    let leftovers = || {
+        std::fs::read_dir(&dir)
+            .expect("data dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".upload-"))
+            .count()
+    };
+    assert_eq!(leftovers(), 0, "an aborted upload leaves nothing");
+    // ann has 0.1 MB; 1 MB more fits her 2 MiB, another does not.
+    let mb = vec![2u8; 1_000_000];
+    assert_eq!(upload(addr, &ann, "a.bin", &mb).0, 200);
+    assert_eq!(upload(addr, &ann, "b.bin", &mb).0, 429, "ann's quota of 2M");
+    // The store holds 1.1 MB; bob's 1.04 MB fits, a second would pass the store's 3 MiB.
+    let most = vec![3u8; 1_040_000];
+    assert_eq!(upload(addr, &bob, "c.bin", &most).0, 200);
+    assert_eq!(upload(addr, &bob, "d.bin", &most).0, 507, "the store's 3M");
+
+    // Expiry: gone from the answer and from the disk.
+    assert_eq!(http(addr, "GET", "/api/files/unknown", &[], b"").0, 404);
+    wait_until("the files expired", Duration::from_secs(15), || {
+        let status = http(addr, "GET", &url, &[], b"").0;
+        matches!(status, 404 | 410).then_some(())
+    });
+    wait_until("the store swept", Duration::from_secs(15), || {
+        (std::fs::read_dir(&dir).expect("data dir").count() == 0).then_some(())
+    });
+}
