@@ -1,12 +1,17 @@
 // Two people in a real browser (headless Chromium through puppeteer-core, the system's browser, no
 // download), on the web client the worker serves at `/`, on two different instances of a cluster:
-// they enter, join a room, talk both ways, see each other arrive and type, send a direct message;
+// they enter, join a room, talk both ways, see each other arrive and type, send a direct message,
+// share a file (the other downloads the very bytes);
 // screenshots at desktop and phone width are written to OUTDIR. Then it prints "ready" and waits
 // for "reloaded" on stdin (the test runs `chatctl reload`): both pages must have shown
 // "reconnecting", come back as the same guests, and the next message must reach the other.
 // Prints one JSON line; exits 1 with a reason on any failure.
 //
 // usage: node browser-chat.mjs URL OUTDIR CHROMIUM
+import { createHash, randomBytes } from "node:crypto";
+import { unlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import puppeteer from "puppeteer-core";
 import { createInterface } from "node:readline";
 import { deadline, fail, until } from "./common.mjs";
@@ -83,6 +88,24 @@ await wait(bob.page, "bob receiving the direct message", () =>
   [...window.chat.rooms.entries()].some(([name, r]) => name.startsWith("@dm:") && r.messages.some((m) => m.text === "psst, bob")),
 );
 await ann.page.evaluate(() => document.querySelector('#rooms li[data-room="lobby"]').click());
+await wait(ann.page, "ann back in the room", () => document.getElementById("title").textContent === "# lobby");
+
+// A file: ann shares one, bob downloads the very bytes.
+const bytes = randomBytes(300_000);
+const shared = join(tmpdir(), `chat-test-${process.pid}.bin`);
+writeFileSync(shared, bytes);
+const sent = createHash("sha256").update(bytes).digest("hex");
+const input = await ann.page.$("#file");
+await input.uploadFile(shared);
+await wait(bob.page, "bob seeing the file", () => !!document.querySelector("#messages a.file"));
+const got = await bob.page.evaluate(async () => {
+  const url = document.querySelector("#messages a.file").getAttribute("href");
+  const body = await (await fetch(url)).arrayBuffer();
+  const hash = await crypto.subtle.digest("SHA-256", body);
+  return [...new Uint8Array(hash)].map((b) => b.toString(16).padStart(2, "0")).join("");
+});
+unlinkSync(shared);
+if (got !== sent) fail(`bob downloaded other bytes: ${got} != ${sent}`);
 
 // What a person sees, at desktop and phone width.
 await ann.page.setViewport({ width: 1100, height: 700 });

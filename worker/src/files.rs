@@ -108,6 +108,20 @@ impl Files {
     fn path(&self, id: &str) -> PathBuf {
         self.config.dir.join(id)
     }
+
+    /// What a message carrying file `id` shows of it: `{id, name, size, type, url, expires}`, or
+    /// `None` when there is no such file (or it has expired).
+    pub async fn attachment(&self, id: &str) -> Option<serde_json::Value> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return None;
+        }
+        let bytes = tokio::fs::read(self.config.dir.join(format!("{id}.json"))).await.ok()?;
+        let meta: Meta = serde_json::from_slice(&bytes).ok()?;
+        (meta.expires > now_ms()).then(|| {
+            serde_json::json!({ "id": meta.id, "name": meta.name, "size": meta.size, "type": meta.kind,
+                "url": format!("/api/files/{}", meta.id), "expires": meta.expires })
+        })
+    }
 }
 
 /// Deletes every expired file (and its metadata) and temporary files older than an hour (uploads
@@ -354,10 +368,33 @@ fn byte_range(header: &str, size: u64) -> Option<(u64, u64)> {
     (start <= end && start < size).then_some((start, end))
 }
 
-/// A name safe to show and to put in a header: no path, no control characters, at most 200 chars.
+/// A name safe to show and to put in a header: percent-decoded (a header carries only ASCII, so
+/// the page encodes it), no path, no control characters, at most 200 characters.
 fn clean_name(raw: &str) -> String {
+    let decoded = percent_decode(raw);
+    let raw = decoded.as_str();
     let base = raw.rsplit(['/', '\\']).next().unwrap_or(raw);
     base.chars().filter(|c| !c.is_control()).take(200).collect::<String>().trim().to_owned()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn random_id() -> String {
@@ -387,5 +424,6 @@ mod tests {
         assert_eq!(byte_range("bytes=0-1,5-6", 100), None);
         assert_eq!(clean_name("../../etc/passwd"), "passwd");
         assert_eq!(clean_name("a\u{7}b.txt"), "ab.txt");
+        assert_eq!(clean_name("caf%C3%A9%20menu.pdf"), "café menu.pdf");
     }
 }

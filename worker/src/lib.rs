@@ -166,6 +166,7 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
             history: bus::Channel::new(driver.clone(), format!("{prefix}-history")),
             sync: bus::Channel::new(driver.clone(), format!("{prefix}-sync")),
             rates: bus::Channel::new(driver.clone(), format!("{prefix}-rates")),
+            files: Some(files.clone()),
             store: config.redis_url.as_ref().map(|_| {
                 let app = config.app.as_deref().unwrap_or("chat");
                 store::Store::new(

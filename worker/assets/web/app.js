@@ -202,10 +202,56 @@ function renderMessages() {
       const text = document.createElement("span");
       text.textContent = m.text;
       li.append(from, text);
+      if (m.file) li.append(fileLink(m.file));
     }
     list.append(li);
   }
   list.scrollTop = list.scrollHeight;
+}
+
+/// A shared file in a message: a download link, with a picture for images.
+function fileLink(file) {
+  const a = document.createElement("a");
+  a.className = "file";
+  a.href = file.url;
+  a.download = file.name;
+  if (file.type.startsWith("image/")) {
+    const img = document.createElement("img");
+    img.src = file.url;
+    img.alt = file.name;
+    a.append(img);
+  }
+  const label = document.createElement("span");
+  const kb = file.size < 1024 * 1024 ? `${Math.ceil(file.size / 1024)} KB` : `${(file.size / 1048576).toFixed(1)} MB`;
+  label.textContent = `${file.name} (${kb})`;
+  a.append(label);
+  return a;
+}
+
+/// Uploads `file` with the guest's token, showing its progress, then sends it to the conversation.
+function upload(file, room) {
+  const saved = JSON.parse(localStorage.getItem("chat.session") || "null");
+  const xhr = new XMLHttpRequest();
+  xhr.open("POST", "/api/files");
+  xhr.setRequestHeader("Authorization", `Bearer ${saved ? saved.token : ""}`);
+  xhr.setRequestHeader("X-File-Name", encodeURIComponent(file.name));
+  xhr.upload.onprogress = (e) => {
+    if (e.lengthComputable) $("typing").textContent = `Uploading ${file.name}: ${Math.round((100 * e.loaded) / e.total)}%`;
+  };
+  xhr.onerror = () => notice(room, `${file.name}: the upload failed`);
+  xhr.onload = async () => {
+    $("typing").textContent = "";
+    let reply = {};
+    try {
+      reply = JSON.parse(xhr.responseText);
+    } catch {}
+    if (xhr.status !== 200) return notice(room, `${file.name}: ${reply.error || `upload failed (${xhr.status})`}`);
+    const sent = room.startsWith("@dm:")
+      ? await ask("dm", { to: room.slice(4), text: "", file: reply.id })
+      : await ask("message", { room, text: "", file: reply.id });
+    if (!sent.ok) notice(room, sent.error);
+  };
+  xhr.send(file);
 }
 
 function renderTyping() {
@@ -242,6 +288,12 @@ $("leave").onclick = async () => {
 };
 
 $("back").onclick = () => $("app").classList.add("rooms");
+
+$("file").onchange = () => {
+  const file = $("file").files[0];
+  $("file").value = "";
+  if (file && state.current) upload(file, state.current);
+};
 
 $("say").onsubmit = async (e) => {
   e.preventDefault();

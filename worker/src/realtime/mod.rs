@@ -132,6 +132,8 @@ pub struct Chat {
     ice: IceConfig,
     /// Redis itself (sessions, history streams), when the app has `REDIS_URL`.
     store: Option<Store>,
+    /// Shared files, which a message may carry.
+    files: Option<Arc<crate::files::Files>>,
 }
 
 /// The bus channels a worker copies state through.
@@ -144,6 +146,8 @@ pub struct Shared {
     pub rates: Channel,
     /// Redis itself (sessions, history streams), when the app has `REDIS_URL`.
     pub store: Option<Store>,
+    /// Shared files, which a message may carry.
+    pub files: Option<Arc<crate::files::Files>>,
 }
 
 /// A snapshot's history stays under this much JSON, well inside one bus frame.
@@ -389,6 +393,7 @@ impl Chat {
             said_hello: tokio::sync::Notify::new(),
             caught_up: tokio::sync::Notify::new(),
             ice,
+            files: shared.as_ref().and_then(|s| s.files.clone()),
             store: shared.and_then(|s| s.store),
         }
     }
@@ -469,7 +474,12 @@ struct RoomRef {
 #[derive(Debug, Deserialize)]
 struct SendMessage {
     room: String,
+    /// May be empty when the message carries a file.
+    #[serde(default)]
     text: String,
+    /// The id of a shared file (`POST /api/files`) the message carries.
+    #[serde(default)]
+    file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -481,7 +491,10 @@ struct Typing {
 #[derive(Debug, Deserialize)]
 struct Direct {
     to: String,
+    #[serde(default)]
     text: String,
+    #[serde(default)]
+    file: Option<String>,
 }
 
 /// Message ids: `instance.pid.random-seq`, unique across a cluster and its hosts without
@@ -1022,20 +1035,39 @@ fn checked_text(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The shared file a message carries, checked to exist; the text may then be empty.
+async fn attached(chat: &Chat, file: Option<&str>, text: &str) -> Result<Option<Value>, String> {
+    let Some(id) = file else {
+        checked_text(text)?;
+        return Ok(None);
+    };
+    if !text.is_empty() {
+        checked_text(text)?;
+    }
+    let files = chat.files.as_ref().ok_or("files are not shared here")?;
+    match files.attachment(id).await {
+        Some(file) => Ok(Some(file)),
+        None => Err(format!("no file {id:?} (expired, or never uploaded here)")),
+    }
+}
+
 async fn send_message(
     socket: &SocketRef<Adapter>,
     data: Result<SendMessage, ParserError>,
     chat: &Chat,
 ) -> Result<Value, String> {
     let guest = guest_of(socket)?;
-    let SendMessage { room, text } = data.map_err(|e| format!("expected {{room, text}}: {e}"))?;
+    let SendMessage { room, text, file } = data.map_err(|e| format!("expected {{room, text, file?}}: {e}"))?;
     // A socket is in its guest's own internal room too: not a room to send (and store) messages in.
     if room.starts_with(INTERNAL) || !socket.rooms().iter().any(|r| r == &room) {
         return Err(format!("join room {room:?} before sending to it"));
     }
-    checked_text(&text)?;
+    let file = attached(chat, file.as_deref(), &text).await?;
     let (id, time) = (chat.ids.next(), now_ms());
-    let message = json!({ "id": id, "room": room, "from": guest, "text": text, "time": time });
+    let mut message = json!({ "id": id, "room": room, "from": guest, "text": text, "time": time });
+    if let Some(file) = file {
+        message["file"] = file;
+    }
     chat.share(socket, &room, &id, message).await?;
     chat.delivered.fetch_add(1, Ordering::Relaxed);
     Ok(json!({ "ok": true, "id": id, "time": time }))
@@ -1047,13 +1079,16 @@ async fn direct_message(
     chat: &Chat,
 ) -> Result<Value, String> {
     let guest = guest_of(socket)?;
-    let Direct { to, text } = data.map_err(|e| format!("expected {{to, text}}: {e}"))?;
-    checked_text(&text)?;
+    let Direct { to, text, file } = data.map_err(|e| format!("expected {{to, text, file?}}: {e}"))?;
+    let file = attached(chat, file.as_deref(), &text).await?;
     if !connected(socket, &to).await {
         return Err(format!("guest {to:?} is not connected"));
     }
     let (id, time) = (chat.ids.next(), now_ms());
-    let message = json!({ "id": id, "from": guest, "to": to, "text": text, "time": time });
+    let mut message = json!({ "id": id, "from": guest, "to": to, "text": text, "time": time });
+    if let Some(file) = file {
+        message["file"] = file;
+    }
     // The addressee, and the sender's other tabs.
     socket
         .within(guest_room(&to))
