@@ -1,7 +1,7 @@
 //! `chatctl-bench`: measures the supervisor with the real release binaries and prints figures beside
 //! PM2's (reference figures measured on the same kind of 2-core machine), as medians.
 //!
-//! usage: cargo build --release --workspace && ./target/release/chatctl-bench [start|crash|logs|rss|list|reload|reload-wrk|monit|chat|all]
+//! usage: cargo build --release --workspace && ./target/release/chatctl-bench [start|crash|logs|rss|list|reload|reload-wrk|monit|chat|chat-memory|files|all]
 //!
 //! `chat` (the chat worker beside the Node Socket.IO server) needs Node.js and npm, and
 //! redis-server for its cluster rows; see `chat.rs`.
@@ -9,6 +9,7 @@
 //! Every process it starts is stopped with `chatctl kill` (by its own home) before it exits.
 
 mod chat;
+mod files;
 mod harness;
 mod reload_wrk;
 mod sio;
@@ -62,6 +63,9 @@ fn main() {
     }
     if all || what == "chat" {
         chat::chat();
+    }
+    if what == "files" {
+        files::files();
     }
     if what == "chat-memory" {
         chat::memory();
