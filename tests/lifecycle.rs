@@ -8,12 +8,7 @@ use std::time::Duration;
 
 use chat_shared::status::{ExitKind, Phase};
 
-use crate::support::{Env, alive, bin, wait_until};
-
-fn fixture_config(name: &str, args: &[&str], extra: &str) -> String {
-    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
-    format!("[apps.{name}]\nscript = \"{}\"\nargs = [{}]\n{extra}\n", bin("fixture-app").display(), args.join(", "))
-}
+use crate::support::{Env, alive, bin, fixture_app, wait_until};
 
 #[test]
 fn stop_kills_a_term_ignoring_worker_and_its_grandchild_after_kill_timeout() {
@@ -22,22 +17,11 @@ fn stop_kills_a_term_ignoring_worker_and_its_grandchild_after_kill_timeout() {
     let pid_arg = pid_file.to_str().expect("utf-8");
     env.write(
         "ecosystem.toml",
-        &fixture_config(
-            "stubborn",
-            &["--ignore-term", "--grandchild", "--pid-file", pid_arg],
-            "kill_timeout = \"700ms\"",
-        ),
+        &fixture_app("stubborn", &["--ignore-term", "--grandchild", "--pid-file", pid_arg], "kill_timeout = \"700ms\""),
     );
     env.ok(&["start"]);
     env.online_pids("stubborn", 1);
-    let pids: Vec<u32> = wait_until("pid file", Duration::from_secs(10), || {
-        let text = std::fs::read_to_string(&pid_file).ok()?;
-        let pids: Vec<u32> = text.split_whitespace().filter_map(|p| p.parse().ok()).collect();
-        (pids.len() == 2).then_some(pids)
-    });
-    for pid in &pids {
-        env.remember(*pid);
-    }
+    let pids = env.pids_in(&pid_file, 2);
     let begun = std::time::Instant::now();
     env.ok(&["stop", "stubborn"]);
     let took = begun.elapsed();
@@ -55,7 +39,7 @@ fn a_crash_loop_backs_off_then_is_errored_after_exactly_max_restarts_unstable_st
     let env = Env::new();
     env.write(
         "ecosystem.toml",
-        &fixture_config("crashy", &["--exit-after", "50", "--code", "3"], "min_uptime = \"5s\"\nmax_restarts = 4"),
+        &fixture_app("crashy", &["--exit-after", "50", "--code", "3"], "min_uptime = \"5s\"\nmax_restarts = 4"),
     );
     env.ok(&["start", "--no-wait"]);
     let apps = wait_until("crash loop detected", Duration::from_secs(20), || {
@@ -89,7 +73,7 @@ fn a_slow_crasher_keeps_being_restarted() {
     let env = Env::new();
     env.write(
         "ecosystem.toml",
-        &fixture_config("slow", &["--exit-after", "250", "--code", "1"], "min_uptime = \"200ms\"\nmax_restarts = 2"),
+        &fixture_app("slow", &["--exit-after", "250", "--code", "1"], "min_uptime = \"200ms\"\nmax_restarts = 2"),
     );
     env.ok(&["start", "--no-wait"]);
     let instance = wait_until("four restarts", Duration::from_secs(20), || {
@@ -104,7 +88,7 @@ fn a_stop_exit_code_is_not_restarted() {
     let env = Env::new();
     env.write(
         "ecosystem.toml",
-        &fixture_config("oneshot", &["--exit-after", "50", "--code", "0"], "stop_exit_codes = [0]"),
+        &fixture_app("oneshot", &["--exit-after", "50", "--code", "0"], "stop_exit_codes = [0]"),
     );
     env.ok(&["start", "--no-wait"]);
     let instance = wait_until("stopped", Duration::from_secs(10), || {
@@ -117,7 +101,7 @@ fn a_stop_exit_code_is_not_restarted() {
 #[test]
 fn restart_replaces_pids_and_delete_forgets_the_app() {
     let env = Env::new();
-    env.write("ecosystem.toml", &fixture_config("steady", &[], ""));
+    env.write("ecosystem.toml", &fixture_app("steady", &[], ""));
     env.ok(&["start"]);
     let before = env.online_pids("steady", 1);
     env.ok(&["restart", "steady"]);
@@ -151,7 +135,7 @@ fn run_in_the_foreground_stops_everything_on_sigterm_with_exit_code_0() {
 #[test]
 fn a_client_of_another_protocol_version_is_refused_not_left_hanging() {
     let env = Env::new();
-    env.write("ecosystem.toml", &fixture_config("steady", &[], ""));
+    env.write("ecosystem.toml", &fixture_app("steady", &[], ""));
     env.ok(&["start"]);
     let mut stream = UnixStream::connect(env.home().join("daemon.sock")).expect("control socket");
     stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
@@ -174,7 +158,7 @@ fn run_exits_4_when_everything_ends_errored() {
     let env = Env::new();
     env.write(
         "ecosystem.toml",
-        &fixture_config("crashy", &["--exit-after", "20", "--code", "1"], "max_restarts = 0\nrestart_delay = \"10ms\""),
+        &fixture_app("crashy", &["--exit-after", "20", "--code", "1"], "max_restarts = 0\nrestart_delay = \"10ms\""),
     );
     let out = crate::support::run_bounded(env.command().arg("run"), Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(4), "{}", crate::support::stderr(&out));
@@ -183,18 +167,10 @@ fn run_exits_4_when_everything_ends_errored() {
 fn start_with_grandchild(env: &Env) -> Vec<u32> {
     let pid_file = env.path("pids");
     let pid_arg = pid_file.to_str().expect("utf-8").to_owned();
-    env.write("ecosystem.toml", &fixture_config("family", &["--grandchild", "--pid-file", &pid_arg], ""));
+    env.write("ecosystem.toml", &fixture_app("family", &["--grandchild", "--pid-file", &pid_arg], ""));
     env.ok(&["start"]);
     env.online_pids("family", 1);
-    let pids: Vec<u32> = wait_until("pid file", Duration::from_secs(10), || {
-        let pids: Vec<u32> =
-            std::fs::read_to_string(&pid_file).ok()?.split_whitespace().filter_map(|p| p.parse().ok()).collect();
-        (pids.len() == 2).then_some(pids)
-    });
-    for pid in &pids {
-        env.remember(*pid);
-    }
-    pids
+    env.pids_in(&pid_file, 2)
 }
 
 #[test]
@@ -281,7 +257,7 @@ fn save_kill_resurrect_restores_the_apps_and_a_truncated_dump_is_refused_untouch
         &format!(
             "[apps.chat]\nscript = \"{}\"\nport = {port}\ninstances = 3\nexec_mode = \"cluster\"\n{}",
             bin("chat-worker").display(),
-            fixture_config("steady", &[], "instances = 2")
+            fixture_app("steady", &[], "instances = 2")
         ),
     );
     env.ok(&["start"]);
@@ -312,7 +288,7 @@ fn save_kill_resurrect_restores_the_apps_and_a_truncated_dump_is_refused_untouch
 #[test]
 fn run_under_systemd_notifies_ready_once_online_and_the_unit_runs_it() {
     let env = Env::new();
-    env.write("ecosystem.toml", &fixture_config("steady", &[], "instances = 2"));
+    env.write("ecosystem.toml", &fixture_app("steady", &[], "instances = 2"));
     let socket_path = env.path("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("notify socket");
     socket.set_read_timeout(Some(Duration::from_secs(15))).expect("timeout");

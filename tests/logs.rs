@@ -8,15 +8,11 @@ use std::time::Duration;
 
 use chat_shared::status::Phase;
 
-use crate::support::{Env, bin, wait_until};
+use crate::support::{Env, wait_until};
 
+/// The fixture program, done when it exits 0 (these print and stop).
 fn app(name: &str, args: &[&str], extra: &str) -> String {
-    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
-    format!(
-        "[apps.{name}]\nscript = \"{}\"\nargs = [{}]\nstop_exit_codes = [0]\n{extra}\n",
-        bin("fixture-app").display(),
-        args.join(", ")
-    )
+    crate::support::fixture_app(name, args, &format!("stop_exit_codes = [0]\n{extra}"))
 }
 
 /// Every file of a log, oldest first: the rotated ones (by name), then the current one.

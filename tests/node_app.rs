@@ -69,16 +69,7 @@ fn an_unmodified_express_app_runs_as_a_cluster_with_per_instance_health_kills_an
         "ecosystem.toml",
         &express_app(port, "cluster", 2, &format!("REDIS_URL = \"{}\", RELEASE = \"2\"", redis.url())),
     );
-    let before = env.online_pids("web", 2);
-    let load = Load::mixed(vec![addr], "/api/hello", 1, 1);
-    load.wait_for(200);
-    let out = env.ok(&["reload", "web"]);
-    load.wait_for(200);
-    let (ok, refused, failed) = load.stop();
-    eprintln!("reload of an Express cluster of 2 under load: {ok} ok, {refused} refused, {failed} failed");
-    assert_eq!((refused, failed), (0, 0), "no request fails during a reload\n{out}");
-    let after = env.online_pids("web", 2);
-    assert!(before.iter().all(|p| !after.contains(p)), "replaced: {before:?} -> {after:?} ({replaced:?})");
+    reloaded_under_load(&env, "web", vec![addr], 2, &format!("an Express cluster of 2 (after {replaced:?})"));
     env.ok(&["kill"]);
 }
 
@@ -89,18 +80,9 @@ fn an_unmodified_express_app_on_four_ports_reloads_refusing_nothing() {
     let base = free_ports(4);
     env.write("ecosystem.toml", &express_app(base, "fork", 4, ""));
     env.ok(&["start"]);
-    let before = env.online_pids("web", 4);
     env.write("ecosystem.toml", &express_app(base, "fork", 4, "RELEASE = \"2\""));
     let addrs: Vec<SocketAddr> = (0..4).map(|i| SocketAddr::from(([127, 0, 0, 1], base + i))).collect();
-    let load = Load::mixed(addrs, "/api/hello", 1, 1);
-    load.wait_for(200);
-    let out = env.ok(&["reload", "web"]);
-    load.wait_for(200);
-    let (ok, refused, failed) = load.stop();
-    eprintln!("reload of an Express app on 4 ports under load: {ok} ok, {refused} refused, {failed} failed");
-    assert_eq!((refused, failed), (0, 0), "no request fails during a reload\n{out}");
-    let after = env.online_pids("web", 4);
-    assert!(before.iter().all(|p| !after.contains(p)), "replaced: {before:?} -> {after:?}");
+    reloaded_under_load(&env, "web", addrs, 4, "an Express app on 4 ports");
 }
 
 /// Before: a program passed its port that binds it itself crash-looped with EADDRINUSE until
@@ -207,7 +189,7 @@ fn fastify_and_koa_apps_run_unmodified_as_a_cluster() {
 /// `app`'s 2 instances online, each with a passing probe of its own (through the app's handler on
 /// its admin socket), then reloaded under load on `port` with nothing refused or failed.
 fn probed_then_reloaded(env: &Env, app: &str, port: u16, what: &str) {
-    let pids = env.online_pids(app, 2);
+    env.online_pids(app, 2);
     let described: serde_json::Value =
         serde_json::from_str(&env.ok(&["describe", app, "--json"])).expect("describe json");
     let probed: Vec<bool> = described["instances"]
@@ -217,12 +199,20 @@ fn probed_then_reloaded(env: &Env, app: &str, port: u16, what: &str) {
         .map(|i| i["probes"].as_array().is_some_and(|p| p.iter().any(|p| p["ok"] == true)))
         .collect();
     assert_eq!(probed, [true, true], "{what}: each instance probed on its own /health");
-    let load = Load::mixed(vec![SocketAddr::from(([127, 0, 0, 1], port))], "/api/hello", 1, 1);
+    reloaded_under_load(env, app, vec![SocketAddr::from(([127, 0, 0, 1], port))], 2, what);
+}
+
+/// `chatctl reload APP` under load on `addrs` (new and kept-alive connections): nothing refused or
+/// failed, and every one of the `instances` replaced.
+fn reloaded_under_load(env: &Env, app: &str, addrs: Vec<SocketAddr>, instances: usize, what: &str) {
+    let before = env.online_pids(app, instances);
+    let load = Load::mixed(addrs, "/api/hello", 1, 1);
     load.wait_for(200);
     let out = env.ok(&["reload", app]);
     load.wait_for(200);
     let (ok, refused, failed) = load.stop();
-    eprintln!("{what}: reload of a cluster of 2 under load: {ok} ok, {refused} refused, {failed} failed");
-    assert_eq!((refused, failed), (0, 0), "{what}\n{out}");
-    assert!(env.online_pids(app, 2).iter().all(|p| !pids.contains(p)), "{what}: every instance replaced");
+    eprintln!("{what}: reload under load: {ok} ok, {refused} refused, {failed} failed");
+    assert_eq!((refused, failed), (0, 0), "{what}: no request fails during a reload\n{out}");
+    let after = env.online_pids(app, instances);
+    assert!(before.iter().all(|p| !after.contains(p)), "{what}: every instance replaced: {before:?} -> {after:?}");
 }

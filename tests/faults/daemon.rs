@@ -223,14 +223,7 @@ fn escaped_grandchild_is_gone_after(ending: Ending, cgroups: bool) {
     let daemon = env.daemon_pid().expect("daemon pid");
     env.remember(daemon);
     env.online_pids("family", 1);
-    let pids: Vec<u32> = wait_until("pid file", Duration::from_secs(10), || {
-        let text = std::fs::read_to_string(&pid_file).ok()?;
-        let pids: Vec<u32> = text.split_whitespace().filter_map(|p| p.parse().ok()).collect();
-        (pids.len() == 2).then_some(pids)
-    });
-    for pid in &pids {
-        env.remember(*pid);
-    }
+    let pids = env.pids_in(&pid_file, 2);
     let grandchild = pids[1];
     assert!(alive(grandchild), "the grandchild runs");
     match ending {

@@ -9,15 +9,11 @@ use std::time::{Duration, Instant};
 
 use chat_shared::status::{AppStatus, Phase};
 
-use crate::support::{Env, alive, bin, sigkill, wait_until};
+use crate::support::{Env, alive, sigkill, wait_until};
 
+/// The fixture program, done when it exits 0 (these print and stop).
 fn app(name: &str, args: &[&str], extra: &str) -> String {
-    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
-    format!(
-        "[apps.{name}]\nscript = \"{}\"\nargs = [{}]\nstop_exit_codes = [0]\n{extra}\n",
-        bin("fixture-app").display(),
-        args.join(", ")
-    )
+    crate::support::fixture_app(name, args, &format!("stop_exit_codes = [0]\n{extra}"))
 }
 
 fn find<'a>(apps: &'a [AppStatus], name: &str) -> &'a AppStatus {

@@ -33,6 +33,12 @@ pub(crate) fn chat_app(port: u16, mode: &str, instances: usize, extra: &str) -> 
     )
 }
 
+/// An `[apps.NAME]` table running the fixture program with `args`; `extra` holds more keys.
+pub(crate) fn fixture_app(name: &str, args: &[&str], extra: &str) -> String {
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    format!("[apps.{name}]\nscript = \"{}\"\nargs = [{}]\n{extra}\n", bin("fixture-app").display(), args.join(", "))
+}
+
 /// The directory of this test crate (where `package.json` and `clients/` live).
 pub(crate) fn tests_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -242,6 +248,20 @@ impl Env {
 
     pub(crate) fn daemon_pid(&self) -> Option<u32> {
         std::fs::read_to_string(self.home().join("daemon.pid")).ok()?.trim().parse().ok()
+    }
+
+    /// The `n` pids a fixture wrote to `path` (`--pid-file`), once all are there; remembered for
+    /// cleanup.
+    pub(crate) fn pids_in(&self, path: &std::path::Path, n: usize) -> Vec<u32> {
+        let pids: Vec<u32> = wait_until("pid file", Duration::from_secs(10), || {
+            let text = std::fs::read_to_string(path).ok()?;
+            let pids: Vec<u32> = text.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+            (pids.len() == n).then_some(pids)
+        });
+        for pid in &pids {
+            self.remember(*pid);
+        }
+        pids
     }
 
     pub(crate) fn remember(&self, pid: u32) {
