@@ -1,12 +1,14 @@
 //! Temporary file sharing over HTTP on a 2-instance cluster: upload with a guest's token, download
 //! from any instance (the host's data directory is shared), types from the bytes, ranges, every
-//! limit's status, nothing half-written left behind, expiry.
+//! limit's status, nothing half-written left behind, expiry; and the same across hosts sharing a
+//! Redis, where the bytes are kept.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::support::{Env, chat_app, free_port, node, wait_until};
+use crate::support::redis::RedisServer;
+use crate::support::{Env, Worker, chat_app, free_port, node, wait_until};
 
 /// One HTTP/1.1 request with `Connection: close`: status, head, body.
 fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, Vec<u8>) {
@@ -127,4 +129,95 @@ fn files_upload_download_limits_and_expiry() {
     wait_until("the store swept", Duration::from_secs(15), || {
         (std::fs::read_dir(&dir).expect("data dir").count() == 0).then_some(())
     });
+}
+
+/// Two hosts (a worker each, with directories and secrets of their own) sharing one Redis: a file
+/// uploaded on one is served by the other, whole and by ranges across its chunks; the quota and
+/// the store's cap count every host's files; an upload cut half-way leaves no chunk in Redis; an
+/// expired file answers 410 on both and its keys and index entries go.
+#[test]
+fn files_are_shared_across_hosts_through_redis() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let (dir_a, dir_b) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+    let host = |dir: &tempfile::TempDir, secret: &str| {
+        let dir = dir.path().to_string_lossy().into_owned();
+        Worker::start(&[
+            ("REDIS_URL", url.as_str()),
+            ("FILE_DIR", dir.as_str()),
+            ("CHAT_SESSION_SECRET", secret),
+            ("FILE_MAX_SIZE", "1M"),
+            ("FILE_QUOTA", "2M"),
+            ("FILE_STORE_MAX", "3M"),
+            ("FILE_RETENTION", "4s"),
+            ("FILE_UPLOAD_RATE", "off"),
+        ])
+    };
+    let (a, b) = (host(&dir_a, "secret of host a"), host(&dir_b, "secret of host b"));
+    let (ann, bob) = (token(a.addr.port(), "ann"), token(b.addr.port(), "bob"));
+
+    // 600 kB: three chunks in Redis.
+    let bytes: Vec<u8> = (0..600_000u32).map(|i| (i * 31 % 253) as u8).collect();
+    let (status, file) = upload(a.addr, &ann, "notes.bin", &bytes);
+    assert_eq!(status, 200, "{file}");
+    let url = file["url"].as_str().expect("url").to_owned();
+    let (status, head, body) = http(b.addr, "GET", &url, &[], b"");
+    assert_eq!(status, 200, "{head}");
+    assert!(body == bytes, "host b serves host a's bytes ({} of {})", body.len(), bytes.len());
+    for (range, first, last) in [("bytes=262000-262200", 262_000, 262_200), ("bytes=-70000", 530_000, 599_999)] {
+        let (status, head, body) = http(b.addr, "GET", &url, &[("Range", range)], b"");
+        assert_eq!((status, body.as_slice()), (206, &bytes[first..=last]), "{range}: {head}");
+    }
+    assert!(std::fs::read_dir(dir_a.path()).map_or(true, |d| d.count() == 0), "nothing on host a's disk");
+    // An empty file: no chunk at all, still served.
+    let (status, empty) = upload(b.addr, &bob, "empty.txt", b"");
+    assert_eq!(status, 200, "{empty}");
+    let (status, _, body) = http(a.addr, "GET", empty["url"].as_str().expect("url"), &[], b"");
+    assert_eq!((status, body.len()), (200, 0));
+
+    // The quota and the cap count both hosts: ann has 0.6 MB (on a), 1 MB more fits her 2 MiB on
+    // b, then nothing more on either host.
+    let mb = vec![5u8; 1_000_000];
+    assert_eq!(upload(b.addr, &ann, "a.bin", &mb).0, 200, "ann's second file, on b");
+    assert_eq!(upload(a.addr, &ann, "b.bin", &mb).0, 429, "ann's quota, counted over both hosts");
+    assert_eq!(upload(a.addr, &bob, "c.bin", &mb).0, 200, "bob's first, on a: 2.6 MB stored");
+    assert_eq!(upload(b.addr, &bob, "d.bin", &mb).0, 507, "the store's 3M, counted over both hosts");
+
+    // An upload cut half-way leaves no chunk behind.
+    let chunk_keys = || {
+        let keys = redis.command(&["KEYS", "chat:chat:file:*:*"]);
+        keys.lines().filter(|l| l.starts_with("chat:")).count()
+    };
+    let stored = chunk_keys();
+    assert_eq!(stored, 3 + 4 + 4, "the three files' chunks");
+    {
+        let mut stream = TcpStream::connect(b.addr).expect("connect");
+        write!(
+            stream,
+            "POST /api/files HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {bob}\r\nContent-Length: 900000\r\n\r\n"
+        )
+        .expect("head");
+        stream.write_all(&[7u8; 700_000]).expect("most of a body");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the cut upload's chunks deleted", Duration::from_secs(10), || (chunk_keys() == stored).then_some(()));
+
+    // Expiry: 410 (then 404 once swept) on both hosts, every key gone, the index back to zero.
+    wait_until("the files expired", Duration::from_secs(15), || {
+        matches!(http(a.addr, "GET", &url, &[], b"").0, 404 | 410).then_some(())
+    });
+    assert!(matches!(http(b.addr, "GET", &url, &[], b"").0, 404 | 410));
+    let mut last = String::new();
+    let swept = (0..100).any(|_| {
+        let left = redis.command(&["KEYS", "*file*"]);
+        let usage = redis.command(&["HGET", "{chat:chat:files}:usage", "*"]);
+        last = format!("keys {left:?}, usage {usage:?}");
+        let done = !left.lines().any(|l| l.starts_with("chat:") || l.starts_with("{chat:chat:files}:expiry"))
+            && (usage.starts_with(":0") || usage.starts_with("$1\r\n0") || usage.starts_with("$-1"));
+        done || {
+            std::thread::sleep(Duration::from_millis(200));
+            false
+        }
+    });
+    assert!(swept, "every file key expired and the index swept: {last}");
 }

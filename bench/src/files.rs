@@ -2,7 +2,9 @@
 //! this machine: upload and download throughput (MB/s) and the worker's CPU per GB, with 1 and 50
 //! transfers at once, and the worker's resident memory during a 1 GB upload (it must stay flat:
 //! bodies are streamed, never held). The floors: the same bytes written to a file of the same
-//! directory, and copied over a loopback TCP connection.
+//! directory, and copied over a loopback TCP connection. Then the same through a worker that keeps
+//! the bytes in Redis (`REDIS_URL`, 256 MB instead of 1 GB), and the Redis memory each stored MB
+//! costs.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,6 +24,54 @@ struct Worker {
     _dir: tempfile::TempDir,
 }
 
+/// A `redis-server` of the bench's own, with nothing saved.
+struct Redis {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let redis = Redis { child, port, _dir: dir };
+        let begun = Instant::now();
+        while redis.used_memory().is_none() {
+            if begun.elapsed() > Duration::from_secs(10) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(redis)
+    }
+
+    /// `used_memory` of `INFO memory`, in bytes.
+    fn used_memory(&self) -> Option<u64> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        stream.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nmemory\r\n").ok()?;
+        let mut reply = vec![0u8; 16 << 10];
+        let n = stream.read(&mut reply).ok()?;
+        let text = String::from_utf8_lossy(&reply[..n]).into_owned();
+        text.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok())
+    }
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -29,7 +79,7 @@ impl Drop for Worker {
     }
 }
 
-fn start() -> Worker {
+fn start(env: &[(&str, String)]) -> Worker {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
     let child = Command::new(release_bin("chat-worker"))
@@ -40,6 +90,7 @@ fn start() -> Worker {
         .env("FILE_QUOTA", "100G")
         .env("FILE_STORE_MAX", "100G")
         .env("FILE_UPLOAD_RATE", "off")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -135,7 +186,29 @@ pub(crate) fn files() {
     let _ = reader.join();
     row("floor: 1 GB over a loopback connection", TOTAL, begun.elapsed(), None);
 
-    let worker = start();
+    transfers(&start(&[]), TOTAL, "");
+
+    // The same through Redis, and what it costs Redis.
+    let Some(redis) = Redis::start() else {
+        println!("(no redis-server here: the Redis rows are left out)");
+        return;
+    };
+    let worker = start(&[("REDIS_URL", format!("redis://127.0.0.1:{}", redis.port))]);
+    let before = redis.used_memory().unwrap_or(0);
+    let stored = transfers(&worker, TOTAL / 4, ", in Redis");
+    let after = redis.used_memory().unwrap_or(0);
+    println!(
+        "{:<52} {:>10.3} bytes of Redis memory per byte stored ({} MB stored, used_memory +{} MB)",
+        "Redis memory",
+        after.saturating_sub(before) as f64 / stored as f64,
+        stored / MB,
+        after.saturating_sub(before) / MB
+    );
+}
+
+/// Uploads then downloads `total` bytes, in one transfer and in 50 at once, printing a row each
+/// and the worker's memory during the single upload; answers the bytes stored.
+fn transfers(worker: &Worker, total: u64, label: &str) -> u64 {
     let pid = worker.child.id();
     let token = token(worker.addr);
     let ticks = ticks_per_second();
@@ -154,16 +227,27 @@ pub(crate) fn files() {
         })
     };
     let (cpu, begun) = (cpu_ticks(pid), Instant::now());
-    let url = upload(worker.addr, &token, TOTAL);
-    row("upload, 1 transfer of 1 GB", TOTAL, begun.elapsed(), Some((cpu_ticks(pid) - cpu) as f64 / ticks));
+    let url = upload(worker.addr, &token, total);
+    let size = format!("{} MB", total / MB);
+    row(
+        &format!("upload, 1 transfer of {size}{label}"),
+        total,
+        begun.elapsed(),
+        Some((cpu_ticks(pid) - cpu) as f64 / ticks),
+    );
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = watcher.join();
     let (cpu, begun) = (cpu_ticks(pid), Instant::now());
     let got = download(worker.addr, &url);
-    row("download, 1 transfer of 1 GB", got, begun.elapsed(), Some((cpu_ticks(pid) - cpu) as f64 / ticks));
+    row(
+        &format!("download, 1 transfer of {size}{label}"),
+        got,
+        begun.elapsed(),
+        Some((cpu_ticks(pid) - cpu) as f64 / ticks),
+    );
 
     // 50 at once, 1 GB in all.
-    let each = TOTAL / CONCURRENT;
+    let each = total / CONCURRENT;
     let (cpu, begun) = (cpu_ticks(pid), Instant::now());
     let urls: Vec<String> = (0..CONCURRENT)
         .map(|_| {
@@ -175,7 +259,7 @@ pub(crate) fn files() {
         .map(|t| t.join().expect("upload thread"))
         .collect();
     row(
-        "upload, 50 transfers at once (1 GB in all)",
+        &format!("upload, 50 transfers at once ({size} in all){label}"),
         each * CONCURRENT,
         begun.elapsed(),
         Some((cpu_ticks(pid) - cpu) as f64 / ticks),
@@ -192,17 +276,18 @@ pub(crate) fn files() {
         .map(|t| t.join().expect("download thread"))
         .sum();
     row(
-        "download, 50 transfers at once (1 GB in all)",
+        &format!("download, 50 at once ({size} in all){label}"),
         got,
         begun.elapsed(),
         Some((cpu_ticks(pid) - cpu) as f64 / ticks),
     );
     let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
     println!(
-        "{:<52} {:>10} KiB before, {} KiB at most during the 1 GB upload (+{} KiB)",
-        "worker resident memory",
+        "{:<52} {:>10} KiB before, {} KiB at most during the {size} upload (+{} KiB)",
+        format!("worker resident memory{label}"),
         rss_before,
         peak,
         peak.saturating_sub(rss_before)
     );
+    total + each * CONCURRENT
 }

@@ -112,7 +112,7 @@ impl Config {
                 why: "must be at least 1".into(),
             });
         }
-        Ok(Config {
+        let mut config = Config {
             host: parse(&lookup, "HOST", IpAddr::from([127, 0, 0, 1]))?,
             port: parse(&lookup, worker_env::DEFAULT_PORT_VAR, 3000u16)?,
             instance: lookup(worker_env::INSTANCE).or_else(|| lookup(worker_env::DEFAULT_INSTANCE_VAR)),
@@ -139,6 +139,9 @@ impl Config {
                         )
                         .join("files")
                 }),
+                // Set below, from REDIS_URL, FILE_STORE and the app's name.
+                redis: None,
+                app: String::new(),
                 max_size: parse(&lookup, "FILE_MAX_SIZE", ByteSize(25 << 20))?.0,
                 quota: parse(&lookup, "FILE_QUOTA", ByteSize(100 << 20))?.0,
                 store_max: parse(&lookup, "FILE_STORE_MAX", ByteSize(1 << 30))?.0,
@@ -211,7 +214,21 @@ impl Config {
                     })
                     .collect::<Result<_, _>>()?,
             },
-        })
+        };
+        config.files.app = config.app.clone().unwrap_or_else(|| "chat".to_owned());
+        config.files.redis = match lookup("FILE_STORE").as_deref().map(str::trim) {
+            None | Some("" | "auto") => config.redis_url.clone(),
+            Some("redis") if config.redis_url.is_some() => config.redis_url.clone(),
+            Some("dir") => None,
+            Some(other) => {
+                return Err(ConfigError {
+                    name: "FILE_STORE",
+                    value: other.to_owned(),
+                    why: "must be dir or redis (redis needs REDIS_URL); by default, redis when REDIS_URL is set".into(),
+                });
+            }
+        };
+        Ok(config)
     }
 }
 
@@ -278,5 +295,18 @@ mod tests {
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
         let ok = with(&[("REDIS_URL", "redis://127.0.0.1:6379/0")]).expect("valid");
         assert_eq!(ok.redis_url.as_deref(), Some("redis://127.0.0.1:6379/0"));
+    }
+
+    #[test]
+    fn files_go_to_redis_when_there_is_one_unless_told_otherwise() {
+        let url = ("REDIS_URL", "redis://127.0.0.1:6379");
+        assert_eq!(with(&[]).expect("valid").files.redis, None);
+        assert_eq!(with(&[url]).expect("valid").files.redis.as_deref(), Some(url.1));
+        assert_eq!(with(&[url, ("FILE_STORE", "redis")]).expect("valid").files.redis.as_deref(), Some(url.1));
+        assert_eq!(with(&[url, ("FILE_STORE", "dir")]).expect("valid").files.redis, None);
+        let err = with(&[("FILE_STORE", "redis")]).expect_err("no Redis").to_string();
+        assert!(err.contains("FILE_STORE") && err.contains("REDIS_URL"), "{err}");
+        assert!(with(&[("FILE_STORE", "s3")]).is_err());
+        assert_eq!(with(&[(worker_env::APP_NAME, "support")]).expect("valid").files.app, "support");
     }
 }

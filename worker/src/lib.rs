@@ -135,8 +135,16 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
             session::random_secret()?
         }
     };
-    let files = files::Files::start(config.files.clone(), session::Sessions::new(secret.clone(), config.session_ttl))
-        .map_err(|e| std::io::Error::other(format!("file store {}: {e}", config.files.dir.display())))?;
+    let shared_sessions = config.redis_url.as_ref().map(|_| {
+        let app = config.app.as_deref().unwrap_or("chat");
+        store::Store::new(driver.clone(), app, config.session_ttl, realtime::HISTORY_COUNT, realtime::HISTORY_AGE)
+    });
+    let files = files::Files::start(
+        config.files.clone(),
+        session::Sessions::new(secret.clone(), config.session_ttl),
+        shared_sessions.clone(),
+    )
+    .map_err(|e| std::io::Error::other(format!("file store {}: {e}", config.files.dir.display())))?;
     let messages = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let chat = realtime::Chat::new(
         config.instance.as_deref(),
@@ -167,16 +175,7 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
             sync: bus::Channel::new(driver.clone(), format!("{prefix}-sync")),
             rates: bus::Channel::new(driver.clone(), format!("{prefix}-rates")),
             files: Some(files.clone()),
-            store: config.redis_url.as_ref().map(|_| {
-                let app = config.app.as_deref().unwrap_or("chat");
-                store::Store::new(
-                    driver.clone(),
-                    app,
-                    config.session_ttl,
-                    realtime::HISTORY_COUNT,
-                    realtime::HISTORY_AGE,
-                )
-            }),
+            store: shared_sessions,
         }),
     );
     let chat = Arc::new(chat);

@@ -427,22 +427,9 @@ impl Chat {
         }
     }
 
-    /// Who a returning client's token says it is. A token this app's secret did not sign may come
-    /// from another host (with a secret of its own): with Redis, it is believed if it is the very
-    /// token Redis keeps for that guest.
+    /// Who a returning client's token says it is (see [`crate::store::believe`]).
     async fn resume(&self, token: &str) -> Result<Claims, TokenError> {
-        match self.sessions.verify(token) {
-            Err(TokenError::Forged) => {
-                let (Some(store), Ok(claims)) = (&self.store, Sessions::unverified(token)) else {
-                    return Err(TokenError::Forged);
-                };
-                match store.session(&claims.id).await {
-                    Some(record) if record.token == token => Ok(claims),
-                    _ => Err(TokenError::Forged),
-                }
-            }
-            other => other,
-        }
+        crate::store::believe(&self.sessions, self.store.as_ref(), token).await
     }
 }
 

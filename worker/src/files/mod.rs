@@ -10,21 +10,27 @@
 //!   said; a single `Range` is honoured. An unknown id is 404, an expired one 410.
 //! - Limits, each with its own status: `FILE_MAX_SIZE` per file (413), `FILE_QUOTA` per guest and
 //!   `FILE_UPLOAD_RATE` uploads per guest (429), `FILE_STORE_MAX` for the whole store (507).
-//! - Every worker of a host shares the directory (the supervisor's `CHATCTL_DATA_DIR`), so quotas
-//!   and the store's size are counted per host, from the directory itself; every worker sweeps
-//!   expired files, which is safe since removing a file twice is harmless.
+//! - Where the bytes live ([`FileConfig::redis`]): without Redis, in a directory every worker of
+//!   the host shares (the supervisor's `CHATCTL_DATA_DIR`), so quotas and the store's size are
+//!   counted per host ([`on_disk`]); with `REDIS_URL`, in Redis, so every host serves every file
+//!   and the quota and cap are counted over all hosts ([`in_redis`]). `FILE_STORE=dir` keeps them
+//!   in the directory even with Redis (a directory mounted on every host, say).
+//! - Every worker sweeps expired files, which is safe since removing a file twice is harmless
+//!   (on disk) and the index is changed only by atomic scripts (in Redis).
 
-use std::path::{Path, PathBuf};
+mod in_redis;
+mod on_disk;
+
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::realtime::Rate;
 use crate::session::Sessions;
@@ -33,6 +39,10 @@ use crate::session::Sessions;
 #[derive(Clone, Debug)]
 pub struct FileConfig {
     pub dir: PathBuf,
+    /// Redis to keep the bytes in (`REDIS_URL`, unless `FILE_STORE=dir`); `None`: in `dir`.
+    pub redis: Option<String>,
+    /// The app's name: its keys in Redis.
+    pub app: String,
     pub max_size: u64,
     pub quota: u64,
     pub store_max: u64,
@@ -40,7 +50,7 @@ pub struct FileConfig {
     pub upload_rate: Option<Rate>,
 }
 
-/// What is kept beside each file (`ID.json`).
+/// What is kept beside each file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Meta {
     pub id: String,
@@ -53,15 +63,122 @@ pub struct Meta {
     pub expires: u64,
 }
 
+/// What a store knows of an id.
+enum Lookup {
+    Live(Meta),
+    Expired,
+    Missing,
+}
+
+/// Bytes of live files: a guest's, and in all.
+#[derive(Debug, Default)]
+struct Usage {
+    guest: u64,
+    total: u64,
+}
+
+type ByteStream = futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>;
+
+/// Where the bytes are kept.
+enum Store {
+    Disk(on_disk::OnDisk),
+    Redis(in_redis::InRedis),
+}
+
+/// An upload under way.
+enum Upload {
+    Disk(on_disk::DiskUpload),
+    Redis(in_redis::RedisUpload),
+}
+
+impl Store {
+    async fn usage(&self, guest: &str, now: u64) -> std::io::Result<Usage> {
+        match self {
+            Store::Disk(disk) => disk.usage(guest, now).await,
+            Store::Redis(redis) => redis.usage(guest, now).await,
+        }
+    }
+
+    async fn begin(&self, id: &str) -> std::io::Result<Upload> {
+        Ok(match self {
+            Store::Disk(disk) => Upload::Disk(disk.begin(id).await?),
+            Store::Redis(redis) => Upload::Redis(redis.begin(id).await?),
+        })
+    }
+
+    async fn lookup(&self, id: &str, now: u64) -> std::io::Result<Lookup> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Ok(Lookup::Missing);
+        }
+        match self {
+            Store::Disk(disk) => disk.lookup(id, now).await,
+            Store::Redis(redis) => redis.lookup(id).await,
+        }
+    }
+
+    async fn read(&self, meta: &Meta, start: u64, len: u64) -> std::io::Result<ByteStream> {
+        match self {
+            Store::Disk(disk) => disk.read(meta, start, len).await,
+            Store::Redis(redis) => redis.read(meta, start, len).await,
+        }
+    }
+
+    async fn sweep(&self, now: u64) -> usize {
+        match self {
+            Store::Disk(disk) => disk.sweep(now).await,
+            Store::Redis(redis) => {
+                redis.sweep(now).await;
+                0
+            }
+        }
+    }
+}
+
+impl Upload {
+    fn batch(&self) -> usize {
+        match self {
+            Upload::Disk(_) => on_disk::DiskUpload::BATCH,
+            Upload::Redis(_) => in_redis::RedisUpload::BATCH,
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Upload::Disk(disk) => disk.write(bytes).await,
+            Upload::Redis(redis) => redis.write(bytes).await,
+        }
+    }
+
+    async fn commit(self, meta: &Meta) -> std::io::Result<()> {
+        match self {
+            Upload::Disk(disk) => disk.commit(meta).await,
+            Upload::Redis(redis) => redis.commit(meta).await,
+        }
+    }
+
+    async fn abort(self) {
+        match self {
+            Upload::Disk(disk) => disk.abort().await,
+            Upload::Redis(redis) => redis.abort().await,
+        }
+    }
+}
+
 /// Image types shown in the page rather than downloaded: none can carry script.
 const INLINE: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
 
-/// How often expired files and abandoned temporary files are swept.
+/// How often expired files and abandoned uploads are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// How much of a file's start its type is read from.
+const SNIFF: usize = 8192;
 
 pub struct Files {
     config: FileConfig,
+    store: Store,
     sessions: Sessions,
+    /// With Redis, a token another host signed is believed when Redis keeps it for its guest.
+    shared_sessions: Option<crate::store::Store>,
     /// Uploads per guest (`std::sync::Mutex`: held for a lookup, never across an await).
     rates: Mutex<std::collections::HashMap<String, Bucket>>,
 }
@@ -86,10 +203,18 @@ impl Bucket {
 }
 
 impl Files {
-    pub fn start(config: FileConfig, sessions: Sessions) -> std::io::Result<Arc<Files>> {
-        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-            .create(&config.dir)?;
-        let files = Arc::new(Files { config, sessions, rates: Mutex::default() });
+    pub fn start(
+        config: FileConfig,
+        sessions: Sessions,
+        shared_sessions: Option<crate::store::Store>,
+    ) -> std::io::Result<Arc<Files>> {
+        let store = match &config.redis {
+            Some(url) => {
+                Store::Redis(in_redis::InRedis::new(url, &config.app, config.retention).map_err(std::io::Error::other)?)
+            }
+            None => Store::Disk(on_disk::OnDisk::open(&config.dir)?),
+        };
+        let files = Arc::new(Files { config, store, sessions, shared_sessions, rates: Mutex::default() });
         tokio::spawn(files.clone().sweep());
         Ok(files)
     }
@@ -98,87 +223,47 @@ impl Files {
         let mut ticks = tokio::time::interval(SWEEP_EVERY.min(self.config.retention.max(Duration::from_secs(1))));
         loop {
             ticks.tick().await;
-            let removed = sweep_dir(&self.config.dir, now_ms()).await;
+            let removed = self.store.sweep(now_ms()).await;
             if removed > 0 {
                 tracing::info!(removed, "expired files deleted");
             }
         }
     }
 
-    fn path(&self, id: &str) -> PathBuf {
-        self.config.dir.join(id)
-    }
-
     /// What a message carrying file `id` shows of it: `{id, name, size, type, url, expires}`, or
     /// `None` when there is no such file (or it has expired).
     pub async fn attachment(&self, id: &str) -> Option<serde_json::Value> {
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return None;
-        }
-        let bytes = tokio::fs::read(self.config.dir.join(format!("{id}.json"))).await.ok()?;
-        let meta: Meta = serde_json::from_slice(&bytes).ok()?;
-        (meta.expires > now_ms()).then(|| {
-            serde_json::json!({ "id": meta.id, "name": meta.name, "size": meta.size, "type": meta.kind,
-                "url": format!("/api/files/{}", meta.id), "expires": meta.expires })
-        })
-    }
-}
-
-/// Deletes every expired file (and its metadata) and temporary files older than an hour (uploads
-/// a dead worker left); returns how many files went.
-pub async fn sweep_dir(dir: &Path, now: u64) -> usize {
-    let mut removed = 0;
-    let Ok(mut entries) = tokio::fs::read_dir(dir).await else { return 0 };
-    while let Ok(Some(entry)) = entries.next_entry().await {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(id) = name.strip_suffix(".json") {
-            let expired =
-                match tokio::fs::read(entry.path()).await.ok().and_then(|b| serde_json::from_slice::<Meta>(&b).ok()) {
-                    Some(meta) => meta.expires <= now,
-                    None => true,
-                };
-            if expired {
-                // Another worker may be sweeping too: a file already gone is fine.
-                let _ = tokio::fs::remove_file(dir.join(id)).await;
-                let _ = tokio::fs::remove_file(entry.path()).await;
-                removed += 1;
-            }
-        } else if name.starts_with(".upload-") {
-            let old = entry.metadata().await.ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
-            if old.is_some_and(|age| age > Duration::from_secs(3600)) {
-                let _ = tokio::fs::remove_file(entry.path()).await;
+        match self.store.lookup(id, now_ms()).await {
+            Ok(Lookup::Live(meta)) => Some(serde_json::json!({ "id": meta.id, "name": meta.name, "size": meta.size,
+                "type": meta.kind, "url": format!("/api/files/{}", meta.id), "expires": meta.expires })),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look a shared file up");
+                None
             }
         }
     }
-    removed
-}
 
-/// Every live file's metadata in `dir`.
-async fn metas(dir: &Path, now: u64) -> Vec<Meta> {
-    let mut found = Vec::new();
-    let Ok(mut entries) = tokio::fs::read_dir(dir).await else { return found };
-    while let Ok(Some(entry)) = entries.next_entry().await {
-        if entry.file_name().to_string_lossy().ends_with(".json")
-            && let Some(meta) =
-                tokio::fs::read(entry.path()).await.ok().and_then(|b| serde_json::from_slice::<Meta>(&b).ok())
-            && meta.expires > now
-        {
-            found.push(meta);
-        }
+    /// The guest an upload's `Authorization: Bearer TOKEN` names.
+    async fn guest(&self, headers: &HeaderMap) -> Option<String> {
+        let token = headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")?.trim();
+        crate::store::believe(&self.sessions, self.shared_sessions.as_ref(), token).await.ok().map(|claims| claims.id)
     }
-    found
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(serde_json::json!({ "ok": false, "error": message }))).into_response()
 }
 
+fn unavailable(e: &std::io::Error) -> Response {
+    tracing::error!(error = %e, "the file store is unavailable");
+    error(StatusCode::SERVICE_UNAVAILABLE, "the file store is unavailable: try again later")
+}
+
 /// `POST /api/files`.
 pub async fn upload(State(files): State<Arc<Files>>, request: Request) -> Response {
     let headers = request.headers().clone();
-    let token =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let Some(guest) = token.and_then(|t| files.sessions.verify(t.trim()).ok()) else {
+    let Some(guest) = files.guest(&headers).await else {
         return error(StatusCode::UNAUTHORIZED, "a guest's session token is needed (Authorization: Bearer TOKEN)");
     };
     let config = &files.config;
@@ -190,131 +275,114 @@ pub async fn upload(State(files): State<Arc<Files>>, request: Request) -> Respon
     if let Some(rate) = config.upload_rate {
         let allowed = files.rates.lock().map_or(true, |mut rates| {
             let fresh = || Bucket { tokens: rate.burst, last: std::time::Instant::now() };
-            rates.entry(guest.id.clone()).or_insert_with(fresh).take(rate)
+            rates.entry(guest.clone()).or_insert_with(fresh).take(rate)
         });
         if !allowed {
             return error(StatusCode::TOO_MANY_REQUESTS, "too many uploads: wait a little");
         }
     }
     let now = now_ms();
-    let live = metas(&config.dir, now).await;
-    let used: u64 = live.iter().filter(|m| m.guest == guest.id).map(|m| m.size).sum();
-    if used + declared.unwrap_or(0) > config.quota {
+    let usage = match files.store.usage(&guest, now).await {
+        Ok(usage) => usage,
+        Err(e) => return unavailable(&e),
+    };
+    if usage.guest + declared.unwrap_or(0) > config.quota {
         return error(
             StatusCode::TOO_MANY_REQUESTS,
             &format!("this guest's files would pass its quota of {} bytes", config.quota),
         );
     }
-    let stored: u64 = live.iter().map(|m| m.size).sum();
-    if stored + declared.unwrap_or(0) > config.store_max {
+    if usage.total + declared.unwrap_or(0) > config.store_max {
         return error(StatusCode::INSUFFICIENT_STORAGE, "the file store is full: try again later");
     }
     let id = random_id();
-    let tmp = config.dir.join(format!(".upload-{id}"));
-    let written = receive(request.into_body(), &tmp, config.max_size.min(config.quota - used)).await;
-    let size = match written {
-        Ok(size) => size,
+    let mut upload = match files.store.begin(&id).await {
+        Ok(upload) => upload,
+        Err(e) => return unavailable(&e),
+    };
+    let limit = config.max_size.min(config.quota.saturating_sub(usage.guest));
+    let (size, head) = match receive(request.into_body(), &mut upload, limit).await {
+        Ok(received) => received,
         Err(status) => {
-            let _ = tokio::fs::remove_file(&tmp).await;
+            upload.abort().await;
             let message = match status {
                 StatusCode::PAYLOAD_TOO_LARGE => {
                     format!("a file is at most {} bytes (and within its guest's quota)", config.max_size)
                 }
-                _ => "the upload did not complete".to_owned(),
+                StatusCode::BAD_REQUEST => "the upload did not complete".to_owned(),
+                _ => "the file could not be stored".to_owned(),
             };
             return error(status, &message);
         }
     };
-    let kind = sniff(&tmp).await;
+    let kind = infer::get(&head).map_or_else(|| "application/octet-stream".to_owned(), |t| t.mime_type().to_owned());
     let name = headers
         .get("x-file-name")
         .and_then(|v| v.to_str().ok())
         .map(clean_name)
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "file".to_owned());
-    let meta =
-        Meta { id: id.clone(), name, size, kind, guest: guest.id, expires: now + config.retention.as_millis() as u64 };
-    let renamed = async {
-        tokio::fs::rename(&tmp, files.path(&id)).await?;
-        let json = serde_json::to_vec(&meta).map_err(std::io::Error::other)?;
-        tokio::fs::write(config.dir.join(format!("{id}.json")), json).await
-    };
-    if let Err(e) = renamed.await {
+    let meta = Meta { id, name, size, kind, guest, expires: now + config.retention.as_millis() as u64 };
+    if let Err(e) = upload.commit(&meta).await {
         tracing::error!(error = %e, "cannot store an uploaded file");
-        let _ = tokio::fs::remove_file(&tmp).await;
-        let _ = tokio::fs::remove_file(files.path(&id)).await;
         return error(StatusCode::INSUFFICIENT_STORAGE, "the file could not be stored");
     }
-    let url = format!("/api/files/{id}");
+    let url = format!("/api/files/{}", meta.id);
     axum::Json(serde_json::json!({ "ok": true, "id": meta.id, "name": meta.name, "size": meta.size,
         "type": meta.kind, "expires": meta.expires, "url": url }))
     .into_response()
 }
 
-/// Streams `body` into `path`, at most `limit` bytes (`413` past it).
-async fn receive(body: Body, path: &Path, limit: u64) -> Result<u64, StatusCode> {
-    let file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .await
-        .map_err(|_| StatusCode::INSUFFICIENT_STORAGE)?;
-    // Every write of a tokio file is a trip to the blocking pool: body chunks (a few KiB each) are
-    // gathered into 1 MiB writes. (Measured: uploads are bound by reading the body, not by this;
-    // see `chatctl-bench files`.)
-    let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
+/// Streams `body` into `upload` in the store's batches, at most `limit` bytes (`413` past it);
+/// answers the size and the first bytes (the file's type is read from them).
+async fn receive(body: Body, upload: &mut Upload, limit: u64) -> Result<(u64, Vec<u8>), StatusCode> {
     let mut stream = body.into_data_stream();
-    let mut size = 0u64;
+    let (mut size, mut head) = (0u64, Vec::with_capacity(SNIFF));
+    let mut batch = Vec::with_capacity(upload.batch());
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| StatusCode::BAD_REQUEST)?;
+        let mut chunk = chunk.map_err(|_| StatusCode::BAD_REQUEST)?;
         size += chunk.len() as u64;
         if size > limit {
             return Err(StatusCode::PAYLOAD_TOO_LARGE);
         }
-        file.write_all(&chunk).await.map_err(|_| StatusCode::INSUFFICIENT_STORAGE)?;
+        if head.len() < SNIFF {
+            head.extend_from_slice(&chunk[..chunk.len().min(SNIFF - head.len())]);
+        }
+        while !chunk.is_empty() {
+            let room = upload.batch() - batch.len();
+            let part = chunk.split_to(room.min(chunk.len()));
+            batch.extend_from_slice(&part);
+            if batch.len() == upload.batch() {
+                upload.write(&batch).await.map_err(|_| StatusCode::INSUFFICIENT_STORAGE)?;
+                batch.clear();
+            }
+        }
     }
-    file.flush().await.map_err(|_| StatusCode::INSUFFICIENT_STORAGE)?;
-    Ok(size)
-}
-
-/// The type the bytes say they are (`application/octet-stream` when they say nothing known).
-async fn sniff(path: &Path) -> String {
-    let mut head = vec![0u8; 8192];
-    let n = match tokio::fs::File::open(path).await {
-        Ok(mut file) => file.read(&mut head).await.unwrap_or(0),
-        Err(_) => 0,
-    };
-    infer::get(&head[..n]).map_or_else(|| "application/octet-stream".to_owned(), |t| t.mime_type().to_owned())
+    if !batch.is_empty() {
+        upload.write(&batch).await.map_err(|_| StatusCode::INSUFFICIENT_STORAGE)?;
+    }
+    Ok((size, head))
 }
 
 /// `GET /api/files/ID`.
 pub async fn download(State(files): State<Arc<Files>>, UrlPath(id): UrlPath<String>, headers: HeaderMap) -> Response {
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return error(StatusCode::NOT_FOUND, "no such file");
-    }
-    let meta_path = files.config.dir.join(format!("{id}.json"));
-    let Some(meta) = tokio::fs::read(&meta_path).await.ok().and_then(|b| serde_json::from_slice::<Meta>(&b).ok())
-    else {
-        return error(StatusCode::NOT_FOUND, "no such file");
-    };
-    if meta.expires <= now_ms() {
-        let _ = tokio::fs::remove_file(files.path(&id)).await;
-        let _ = tokio::fs::remove_file(&meta_path).await;
-        return error(StatusCode::GONE, "this file has expired");
-    }
-    let Ok(mut file) = tokio::fs::File::open(files.path(&id)).await else {
-        return error(StatusCode::NOT_FOUND, "no such file");
+    let meta = match files.store.lookup(&id, now_ms()).await {
+        Ok(Lookup::Live(meta)) => meta,
+        Ok(Lookup::Expired) => return error(StatusCode::GONE, "this file has expired"),
+        Ok(Lookup::Missing) => return error(StatusCode::NOT_FOUND, "no such file"),
+        Err(e) => return unavailable(&e),
     };
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(|r| byte_range(r, meta.size));
     let (status, start, len) = match range {
         Some((start, end)) => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
         None => (StatusCode::OK, 0, meta.size),
     };
-    if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the file");
-    }
-    let body = Body::from_stream(chunks(file.take(len)));
-    let mut response = (status, body).into_response();
+    let bytes = match files.store.read(&meta, start, len).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return error(StatusCode::NOT_FOUND, "no such file"),
+        Err(e) => return unavailable(&e),
+    };
+    let mut response = (status, Body::from_stream(bytes)).into_response();
     let h = response.headers_mut();
     let inline = INLINE.contains(&meta.kind.as_str());
     let kind = HeaderValue::from_str(&meta.kind).unwrap_or(HeaderValue::from_static("application/octet-stream"));
@@ -335,23 +403,6 @@ pub async fn download(State(files): State<Arc<Files>>, UrlPath(id): UrlPath<Stri
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; sandbox"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=3600"));
     response
-}
-
-/// A file's bytes as a body stream, 64 KiB at a time.
-fn chunks(
-    reader: impl tokio::io::AsyncRead + Unpin + Send + 'static,
-) -> impl futures_util::Stream<Item = std::io::Result<axum::body::Bytes>> {
-    futures_util::stream::unfold(reader, |mut reader| async move {
-        let mut buf = vec![0u8; 64 << 10];
-        match reader.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(axum::body::Bytes::from(buf)), reader))
-            }
-            Err(e) => Some((Err(e), reader)),
-        }
-    })
 }
 
 /// `bytes=A-B`, `bytes=A-` or `bytes=-N` of a file of `size` bytes: (first, last) inclusive.
