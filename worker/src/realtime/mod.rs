@@ -560,10 +560,15 @@ pub async fn register(
             }
         }
     };
-    let connect = move |socket: SocketRef<Adapter>, TryData(auth): TryData<Auth>| {
-        let chat = chat.clone();
+    // Who the client is is settled in a middleware, before socket.io tells the client it is
+    // connected: the connect handler runs only after the CONNECT packet went out, so whatever it
+    // awaited before registering the event handlers let the client's first events through to no
+    // handler at all (a message sent the moment a page reconnected after a reload was lost: the
+    // restore awaited the cluster's member list first).
+    let c = chat.clone();
+    let admit = move |socket: SocketRef<Adapter>, TryData(auth): TryData<Auth>| {
+        let chat = c.clone();
         async move {
-            tracing::debug!(sid = %socket.id, "socket connected");
             let address = client_address(&socket, &chat.trusted_proxies);
             let bucket = |rate: Option<Rate>| rate.map(|r| Arc::new(Mutex::new(Bucket::new(r))));
             socket.extensions.insert(Limit {
@@ -580,23 +585,39 @@ pub async fn register(
                 None => None,
             };
             match resumed {
-                Some(Ok(claims)) => restore(&socket, claims, &auth.since, &chat).await,
+                Some(Ok(claims)) => {
+                    socket.extensions.insert(resume_rooms(&socket, claims, &chat));
+                }
                 Some(Err(e)) => {
                     tracing::debug!(sid = %socket.id, error = %e, "session refused");
-                    let _ = socket.emit("session:error", &json!({ "error": e.to_string() }));
+                    socket.extensions.insert(Refused(e.to_string()));
                 }
                 None => {}
             }
             if let (Some(name), None) = (auth.name, socket.extensions.get::<Guest>()) {
                 // A bad name in `auth` is ignored here; the client can still `guest:join`.
                 if join_guest(&socket, JoinGuest { name }).is_ok() {
-                    send_session(&socket, &chat);
+                    socket.extensions.insert(Restored::default());
                 }
             }
-            handlers(&socket, &chat);
+            Ok::<(), std::convert::Infallible>(())
         }
     };
-    io.ns("/", connect.with(origin_check)).await.map_err(|e| format!("cannot start the namespace: {e}"))
+    let connect = move |socket: SocketRef<Adapter>, TryData(auth): TryData<Auth>| {
+        let chat = chat.clone();
+        async move {
+            tracing::debug!(sid = %socket.id, "socket connected");
+            handlers(&socket, &chat);
+            if let Some(Refused(error)) = socket.extensions.remove::<Refused>() {
+                let _ = socket.emit("session:error", &json!({ "error": error }));
+            }
+            if let Some(restored) = socket.extensions.remove::<Restored>() {
+                let since = auth.map(|a| a.since).unwrap_or_default();
+                announce(&socket, restored, &since, &chat).await;
+            }
+        }
+    };
+    io.ns("/", connect.with(admit).with(origin_check)).await.map_err(|e| format!("cannot start the namespace: {e}"))
 }
 
 fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
@@ -832,26 +853,49 @@ fn limited_for(socket: &SocketRef<Adapter>, chat: &Chat, spend: Spend) -> Result
 }
 
 /// A returning guest: same identity, back in its rooms (the rooms are told), missed messages sent.
-async fn restore(
-    socket: &SocketRef<Adapter>,
-    claims: Claims,
-    since: &std::collections::HashMap<String, String>,
-    chat: &Chat,
-) {
+/// A session settled before the client is told it is connected: the rooms it was put back in
+/// (those past the restore budget skipped), announced once it is connected. Empty for a guest that
+/// joined by the name in its `auth`.
+#[derive(Clone, Default)]
+struct Restored {
+    rooms: Vec<String>,
+    skipped: Vec<String>,
+}
+
+/// Why a returning client's token was refused, told once it is connected.
+#[derive(Clone)]
+struct Refused(String);
+
+/// Puts a returning guest back: who it is and its rooms (within the restore budget).
+fn resume_rooms(socket: &SocketRef<Adapter>, claims: Claims, chat: &Chat) -> Restored {
     let guest = Guest { id: claims.id, name: claims.name };
     tracing::debug!(sid = %socket.id, guest = %guest.id, rooms = claims.rooms.len(), "session restored");
     socket.join(guest_room(&guest.id));
     socket.join(who_room(&guest));
     socket.extensions.insert(guest.clone());
-    let rooms: Vec<String> = claims.rooms.into_iter().filter(|r| valid_room(r)).take(MAX_ROOMS).collect();
+    let mut rooms: Vec<String> = claims.rooms.into_iter().filter(|r| valid_room(r)).take(MAX_ROOMS).collect();
     let granted = chat.restores.take(&guest.id, rooms.len());
-    if granted < rooms.len() {
-        tracing::info!(sid = %socket.id, guest = %guest.id, granted, asked = rooms.len(), "restore budget spent");
-        let skipped = &rooms[granted..];
-        let _ = socket.emit("chat:error", &json!({ "error": "rate limited", "limit": "restores", "rooms": skipped }));
-    }
-    for room in rooms.into_iter().take(granted) {
+    let skipped = rooms.split_off(granted.min(rooms.len()));
+    for room in &rooms {
         socket.join(room.clone());
+    }
+    Restored { rooms, skipped }
+}
+
+/// Tells a restored guest's rooms it is back and the guest what it missed, then sends its session.
+async fn announce(
+    socket: &SocketRef<Adapter>,
+    restored: Restored,
+    since: &std::collections::HashMap<String, String>,
+    chat: &Chat,
+) {
+    if !restored.skipped.is_empty() {
+        let guest = socket.extensions.get::<Guest>().map(|g| g.id).unwrap_or_default();
+        tracing::info!(sid = %socket.id, guest = %guest, granted = restored.rooms.len(), asked = restored.rooms.len() + restored.skipped.len(), "restore budget spent");
+        let _ = socket
+            .emit("chat:error", &json!({ "error": "rate limited", "limit": "restores", "rooms": restored.skipped }));
+    }
+    for room in restored.rooms {
         let _ = room_members_changed(socket, chat, &room, true).await;
         if let Some(last) = since.get(&room) {
             let page = chat.history(&room, Some(last), None).await;
