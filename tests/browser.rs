@@ -1,5 +1,5 @@
 //! The web client in a real browser: headless Chromium (Debian's, driven by puppeteer-core) on two
-//! instances of a cluster, through a reload. Screenshots go to `target/screenshots/`.
+//! instances of a cluster: chat, a file, a video call between the two pages, then a reload. Screenshots go to `target/screenshots/`.
 
 use std::path::PathBuf;
 
@@ -45,7 +45,14 @@ fn two_people_chat_in_a_real_browser_across_instances_and_through_a_reload() {
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["same_guests"], serde_json::json!([true, true]), "the same guests after the reload: {report}");
     assert_ne!(report["instances"][0], report["instances"][1], "two instances: {report}");
-    for shot in ["web-client-desktop.png", "web-client-phone.png"] {
+    for who in ["ann", "bob"] {
+        let got = &report["call"][who];
+        assert!(
+            got["frames"].as_u64().is_some_and(|n| n > 5) && got["audio"].as_u64().is_some_and(|n| n > 5),
+            "{who} decoded the other's video and received its audio: {report}"
+        );
+    }
+    for shot in ["web-client-desktop.png", "web-client-phone.png", "web-client-call.png"] {
         assert!(screens.join(shot).metadata().is_ok_and(|m| m.len() > 1000), "{shot} written");
     }
 }

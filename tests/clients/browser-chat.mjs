@@ -1,8 +1,9 @@
 // Two people in a real browser (headless Chromium through puppeteer-core, the system's browser, no
 // download), on the web client the worker serves at `/`, on two different instances of a cluster:
 // they enter, join a room, talk both ways, see each other arrive and type, send a direct message,
-// share a file (the other downloads the very bytes);
-// screenshots at desktop and phone width are written to OUTDIR. Then it prints "ready" and waits
+// share a file (the other downloads the very bytes), and make a video call (Chromium's fake camera
+// and microphone): both connections reach "connected" and each side decodes the other's video and
+// receives its audio. Screenshots at desktop and phone width, and of the call, are written to OUTDIR. Then it prints "ready" and waits
 // for "reloaded" on stdin (the test runs `chatctl reload`): both pages must have shown
 // "reconnecting", come back as the same guests, and the next message must reach the other.
 // Prints one JSON line; exits 1 with a reason on any failure.
@@ -24,7 +25,17 @@ createInterface({ input: process.stdin }).on("line", (l) => commands.push(l.trim
 const browser = await puppeteer.launch({
   executablePath: chromium,
   headless: true,
-  args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
+  args: [
+    "--no-sandbox",
+    "--disable-dev-shm-usage",
+    "--disable-gpu",
+    // A camera and a microphone that need no device and no permission prompt; WebRTC host
+    // candidates with real loopback addresses (not mDNS names, which nothing here resolves).
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--autoplay-policy=no-user-gesture-required",
+  ],
 });
 const wait = (page, what, fn, ...args) =>
   page.waitForFunction(fn, { timeout: 15000 }, ...args).catch((e) => fail(`${what}: ${e.message}`));
@@ -107,6 +118,39 @@ const got = await bob.page.evaluate(async () => {
 unlinkSync(shared);
 if (got !== sent) fail(`bob downloaded other bytes: ${got} != ${sent}`);
 
+// A video call: ann calls bob from their direct conversation, bob accepts.
+await ann.page.evaluate(() => document.querySelector('#rooms li[data-room^="@dm:"]').click());
+await wait(ann.page, "ann in the direct conversation again", () => !document.getElementById("call-video").hidden);
+await ann.page.click("#call-video");
+await wait(bob.page, "bob's phone ringing", () => !document.getElementById("incoming").hidden);
+await bob.page.click("#accept");
+const connected = () => [...window.chat.call.peers.values()].some((p) => p.pc.connectionState === "connected");
+for (const who of [ann, bob]) await wait(who.page, `${who.name}'s call connected`, connected);
+// What each side receives: decoded video frames and audio packets, from WebRTC's own statistics.
+const callStats = () =>
+  Promise.all(
+    [...window.chat.call.peers.values()].map(async (p) => {
+      const seen = { frames: 0, audio: 0 };
+      (await p.pc.getStats()).forEach((s) => {
+        if (s.type === "inbound-rtp" && s.kind === "video") seen.frames += s.framesDecoded || 0;
+        if (s.type === "inbound-rtp" && s.kind === "audio") seen.audio += s.packetsReceived || 0;
+      });
+      return seen;
+    }),
+  ).then((all) => all[0]);
+const media = {};
+for (const who of [ann, bob]) {
+  // (Given as source: a function handed over would be a closure the page cannot see.)
+  await wait(who.page, `${who.name} decoding the other's video`, `(${callStats})().then((s) => s && s.frames > 5 && s.audio > 5)`);
+  media[who.name] = await who.page.evaluate(`(${callStats})()`);
+}
+await ann.page.setViewport({ width: 1100, height: 700 });
+await ann.page.screenshot({ path: `${outdir}/web-client-call.png` });
+await ann.page.click("#hangup");
+await wait(bob.page, "bob's call over", () => document.getElementById("call").hidden);
+await ann.page.evaluate(() => document.querySelector('#rooms li[data-room="lobby"]').click());
+await wait(ann.page, "ann back in the room after the call", () => document.getElementById("title").textContent === "# lobby");
+
 // What a person sees, at desktop and phone width.
 await ann.page.setViewport({ width: 1100, height: 700 });
 await ann.page.screenshot({ path: `${outdir}/web-client-desktop.png` });
@@ -125,6 +169,6 @@ const same = [];
 for (const who of [ann, bob]) same.push((await who.page.evaluate(() => window.chat.me.id)) === ids[who.name]);
 await say(ann, "after the reload");
 await heard(bob, "after the reload");
-console.log(JSON.stringify({ ok: true, instances: [ann.instance, bob.instance], same_guests: same }));
+console.log(JSON.stringify({ ok: true, instances: [ann.instance, bob.instance], same_guests: same, call: media }));
 await browser.close();
 process.exit(0);

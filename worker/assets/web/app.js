@@ -2,7 +2,9 @@
 // typing, and sends direct messages by clicking a person. It speaks the worker's documented
 // Socket.IO events with the socket.io-client bundle the worker serves, keeps its session token
 // (so a reconnect, after a `chatctl reload` say, comes back as the same guest in the same rooms)
-// and the last message seen per room (so what was missed comes back too).
+// and the last message seen per room (so what was missed comes back too). In a direct conversation
+// a guest can call the other, by voice or video: WebRTC between the two browsers, the worker
+// relaying only the signalling (the calls section below).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -87,6 +89,7 @@ function connect() {
     $("where").textContent = stats.instance != null ? `instance ${stats.instance} · ${stats.users} online` : "";
   });
   socket.on("chat:error", ({ error, limit }) => notice(state.current, `${error}${limit ? ` (${limit})` : ""}`));
+  listenForCalls(socket);
   return socket;
 }
 
@@ -139,6 +142,7 @@ function show(room) {
   const dm = room.startsWith("@dm:");
   $("title").textContent = dm ? `Direct: ${conversation(room).title || "guest"}` : `# ${room}`;
   $("leave").hidden = dm;
+  $("call-audio").hidden = $("call-video").hidden = !dm;
   $("text").disabled = false;
   document.querySelector("#say button").disabled = false;
   $("app").classList.remove("rooms");
@@ -322,6 +326,200 @@ $("text").oninput = () => {
     state.typingTimer = null;
     state.socket.emit("typing", { room, typing: false });
   }, 2000);
+};
+
+// Calls. A mesh of RTCPeerConnections, one per other participant (a call has at most 8): whoever is
+// in the call already sends a newcomer the offer, so two sides never offer to each other at once.
+// The worker relays `offer`, `answer` and `ice-candidate` between the call's participants only and
+// hands out the ICE servers (`ice:servers`), TURN credentials included when it has a TURN secret.
+const call = {
+  id: null,
+  media: null,
+  local: null, // this side's MediaStream
+  peers: new Map(), // guest id -> { pc, guest, queue: [ICE candidates before the remote description] }
+  invite: null, // { call, from, media } ringing here
+  why: null, // why the call is ending, when the other side said (declined)
+  iceServers: [],
+};
+state.call = call; // for tests: call.peers' connection states and getStats
+
+function listenForCalls(socket) {
+  socket.on("ice:servers", ({ iceServers }) => (call.iceServers = iceServers || []));
+  socket.on("call:invite", (invite) => {
+    // Busy: decline a second call rather than ring over the first.
+    if (call.id || call.invite) return void ask("call:reject", { call: invite.call });
+    call.invite = invite;
+    $("incoming-text").textContent = `${invite.from.name} is calling (${invite.media === "video" ? "video" : "voice"})`;
+    $("incoming").hidden = false;
+  });
+  socket.on("call:accept", ({ call: id, guest }) => {
+    if (id === call.id) offerTo(guest);
+  });
+  socket.on("call:reject", ({ call: id, guest }) => {
+    if (id === call.id) call.why = `${guest.name} declined`;
+  });
+  socket.on("call:leave", ({ call: id, guest }) => {
+    if (id === call.id) dropPeer(guest.id);
+  });
+  socket.on("call:end", ({ call: id, reason, by }) => {
+    if (call.invite?.call === id) {
+      call.invite = null;
+      $("incoming").hidden = true;
+    }
+    if (id !== call.id) return;
+    const hungUp = by && by.id !== state.me?.id ? `${by.name} hung up` : "Call ended";
+    const why = reason === "no answer" ? "No answer" : call.why || hungUp;
+    endCall(why);
+  });
+  socket.on("offer", async ({ call: id, from, sdp }) => {
+    if (id !== call.id) return;
+    const p = peer(from);
+    await p.pc.setRemoteDescription(sdp);
+    await drain(p);
+    await p.pc.setLocalDescription(await p.pc.createAnswer());
+    ask("answer", { call: id, to: from.id, sdp: p.pc.localDescription.toJSON() });
+  });
+  socket.on("answer", async ({ call: id, from, sdp }) => {
+    const p = id === call.id && call.peers.get(from.id);
+    if (!p) return;
+    await p.pc.setRemoteDescription(sdp);
+    await drain(p);
+  });
+  socket.on("ice-candidate", ({ call: id, from, candidate }) => {
+    const p = id === call.id && call.peers.get(from.id);
+    if (!p || !candidate) return;
+    if (p.pc.remoteDescription) p.pc.addIceCandidate(candidate).catch(() => {});
+    else p.queue.push(candidate);
+  });
+}
+
+async function drain(p) {
+  for (const candidate of p.queue.splice(0)) await p.pc.addIceCandidate(candidate).catch(() => {});
+}
+
+/// The connection to `guest` in the current call, made on first use with this side's tracks.
+function peer(guest) {
+  if (call.peers.has(guest.id)) return call.peers.get(guest.id);
+  const pc = new RTCPeerConnection({ iceServers: call.iceServers });
+  const p = { pc, guest, queue: [] };
+  call.peers.set(guest.id, p);
+  for (const track of call.local.getTracks()) pc.addTrack(track, call.local);
+  pc.onicecandidate = ({ candidate }) => {
+    if (candidate) state.socket.emit("ice-candidate", { call: call.id, to: guest.id, candidate: candidate.toJSON() });
+  };
+  const figure = document.createElement("figure");
+  figure.dataset.guest = guest.id;
+  const video = document.createElement("video");
+  video.autoplay = video.playsInline = true;
+  const caption = document.createElement("figcaption");
+  caption.textContent = guest.name;
+  figure.append(video, caption);
+  $("videos").append(figure);
+  pc.ontrack = ({ streams }) => (video.srcObject = streams[0]);
+  pc.onconnectionstatechange = () => {
+    const s = pc.connectionState;
+    if (s === "connected") callStatus(`In a call with ${[...call.peers.values()].map((x) => x.guest.name).join(", ")}`);
+    else if (s === "failed") callStatus(`Cannot reach ${guest.name} (a TURN server may be needed)`);
+  };
+  return p;
+}
+
+function dropPeer(id) {
+  const p = call.peers.get(id);
+  if (!p) return;
+  p.pc.close();
+  call.peers.delete(id);
+  document.querySelector(`#videos figure[data-guest="${CSS.escape(id)}"]`)?.remove();
+}
+
+async function offerTo(guest) {
+  const p = peer(guest);
+  await p.pc.setLocalDescription(await p.pc.createOffer());
+  ask("offer", { call: call.id, to: guest.id, sdp: p.pc.localDescription.toJSON() });
+}
+
+/// This side's microphone (and camera): `false`, with a notice, when the browser refuses them.
+async function openMedia(media) {
+  try {
+    call.local = await navigator.mediaDevices.getUserMedia({ audio: true, video: media === "video" });
+  } catch (e) {
+    notice(state.current, `Cannot use the ${media === "video" ? "camera or microphone" : "microphone"}: ${e.message}`);
+    return false;
+  }
+  call.media = media;
+  $("local").srcObject = call.local;
+  $("local").hidden = media !== "video";
+  $("camera").hidden = media !== "video";
+  $("mute").textContent = "Mute";
+  $("camera").textContent = "Camera off";
+  $("call").hidden = false;
+  return true;
+}
+
+function callStatus(text) {
+  $("call-status").textContent = text;
+}
+
+async function startCall(media) {
+  const room = state.current;
+  if (call.id || !room?.startsWith("@dm:")) return;
+  if (!window.RTCPeerConnection || !navigator.mediaDevices) return notice(room, "This browser cannot make calls (calls need HTTPS, or localhost)");
+  if (!(await openMedia(media))) return;
+  const reply = await ask("call:invite", { to: [room.slice(4)], media });
+  if (!reply.ok) {
+    endCall();
+    return notice(room, reply.error);
+  }
+  call.id = reply.call;
+  callStatus(`Calling ${conversation(room).title || "guest"}…`);
+}
+
+async function acceptCall() {
+  const invite = call.invite;
+  call.invite = null;
+  $("incoming").hidden = true;
+  if (!invite) return;
+  if (!(await openMedia(invite.media))) return void ask("call:reject", { call: invite.call });
+  call.id = invite.call;
+  callStatus(`Connecting to ${invite.from.name}…`);
+  const reply = await ask("call:accept", { call: invite.call });
+  if (!reply.ok) endCall(reply.error);
+}
+
+/// Closes every connection and releases the camera and microphone.
+function endCall(why) {
+  for (const id of [...call.peers.keys()]) dropPeer(id);
+  for (const track of call.local?.getTracks() || []) track.stop();
+  call.id = call.local = call.media = call.why = null;
+  $("local").srcObject = null;
+  $("call").hidden = true;
+  if (why && state.current) notice(state.current, why);
+}
+
+$("call-audio").onclick = () => startCall("audio");
+$("call-video").onclick = () => startCall("video");
+$("accept").onclick = acceptCall;
+$("decline").onclick = () => {
+  const invite = call.invite;
+  call.invite = null;
+  $("incoming").hidden = true;
+  if (invite) ask("call:reject", { call: invite.call });
+};
+$("hangup").onclick = () => {
+  if (call.id) ask("call:end", { call: call.id });
+  endCall("Call ended");
+};
+$("mute").onclick = () => {
+  const tracks = call.local?.getAudioTracks() || [];
+  const muted = tracks.some((t) => t.enabled);
+  tracks.forEach((t) => (t.enabled = !muted));
+  $("mute").textContent = muted ? "Unmute" : "Mute";
+};
+$("camera").onclick = () => {
+  const tracks = call.local?.getVideoTracks() || [];
+  const off = tracks.some((t) => t.enabled);
+  tracks.forEach((t) => (t.enabled = !off));
+  $("camera").textContent = off ? "Camera on" : "Camera off";
 };
 
 // A returning visitor goes straight in, as the guest it was.
