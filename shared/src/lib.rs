@@ -6,6 +6,7 @@
 //! - [`cron`]: `cron_restart` expressions and their next time.
 //! - [`ecosystem`]: the `ecosystem.toml` schema, its validation and its resolution into specs.
 //! - [`spec`]: an app as the daemon runs it.
+//! - [`limits`]: bounds every spec respects (instances, durations).
 //! - [`ipc`]: the CLI ↔ daemon protocol and its framing.
 //! - [`status`]: what `chatctl list` shows.
 //! - [`worker_env`]: environment variables the supervisor sets for its programs.
@@ -17,6 +18,7 @@ pub mod cron;
 pub mod ecosystem;
 pub mod health;
 pub mod ipc;
+pub mod limits;
 pub mod spec;
 pub mod status;
 pub mod units;

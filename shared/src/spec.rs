@@ -11,13 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::ecosystem::{ExecMode, Readiness, StopSignal};
 use crate::units::{ByteSize, HumanDuration};
 
-/// The most instances one app may have, in a file, a request or after `chatctl scale`: far more
-/// than any machine runs, small enough that a slot table of this size is cheap.
-pub const MAX_INSTANCES: usize = 4096;
-
-/// The longest duration a spec may carry (365 days). Deadlines are `Instant + duration`, which
-/// panics on overflow; a year is longer than any sane timeout and far from that overflow.
-pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
+pub use crate::limits::{MAX_DURATION, MAX_INSTANCES};
 
 /// A spec the daemon refuses: `key` is the `ecosystem.toml` key at fault.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -144,10 +138,10 @@ impl AppSpec {
     /// spawn without panicking. The daemon runs it on every spec a request carries: a spec comes
     /// from whoever can connect to the socket, or from an old dump, not only from a validated file.
     pub fn validate(&self) -> Result<(), SpecError> {
-        use crate::ecosystem::validate;
-        validate::app_name(&self.name).or_else(|why| refuse("name", why))?;
+        use crate::ecosystem::names;
+        names::app_name(&self.name).or_else(|why| refuse("name", why))?;
         if let Some(profile) = &self.profile {
-            validate::profile_name(profile).or_else(|why| refuse("profile", why))?;
+            names::profile_name(profile).or_else(|why| refuse("profile", why))?;
         }
         if self.script.trim().is_empty() {
             refuse("script", "`script` is empty")?;
@@ -169,9 +163,9 @@ impl AppSpec {
             refuse("port", format!("port {} + {} instances runs past 65535", listen.port, self.instances))?;
         }
         for (key, name) in [("increment_var", &self.increment_var), ("instance_var", &self.instance_var)] {
-            validate::env_name(name).or_else(|why| refuse(key, why))?;
+            names::env_name(name).or_else(|why| refuse(key, why))?;
         }
-        if let Some(bad) = self.env.keys().find(|k| validate::env_name(k).is_err()) {
+        if let Some(bad) = self.env.keys().find(|k| names::env_name(k).is_err()) {
             refuse("env", format!("invalid environment variable name {bad:?}"))?;
         }
         let mut durations = vec![

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::issue::{ConfigErrors, ConfigIssue, Severity};
-use super::load::Ecosystem;
+use super::model::Ecosystem;
 use super::validate::keys;
 use crate::spec::AppSpec;
 

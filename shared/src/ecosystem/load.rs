@@ -11,30 +11,9 @@ use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
 use super::issue::{ConfigErrors, ConfigIssue, Severity};
+use super::model::{AppEntry, Ecosystem};
 use super::schema::{AppConfig, EnvValue, HealthConfig};
-use super::validate;
-
-/// A loaded, fully validated ecosystem file.
-#[derive(Clone, Debug)]
-pub struct Ecosystem {
-    pub file: PathBuf,
-    /// Directory of the file: relative `cwd`, `script` and log paths are resolved against it.
-    pub dir: PathBuf,
-    /// In file order (the order apps start in).
-    pub apps: Vec<AppEntry>,
-    /// The file's text and where each key is, to locate the problems found after loading
-    /// (`check_files`, which looks at the file system).
-    pub(crate) text: String,
-    pub(crate) spans: BTreeMap<String, Range<usize>>,
-}
-
-#[derive(Clone, Debug)]
-pub struct AppEntry {
-    pub name: String,
-    pub base: AppConfig,
-    /// In file order.
-    pub profiles: Vec<(String, AppConfig)>,
-}
+use super::{names, validate};
 
 impl Ecosystem {
     /// Reads and validates `path`. An unreadable file is reported like any other problem.
@@ -118,7 +97,7 @@ impl<'a> Walk<'a> {
         for (name, app) in table {
             let path = format!("apps.{}", name.get_ref());
             self.spans.insert(path.clone(), name.span());
-            if let Err(why) = validate::app_name(name.get_ref()) {
+            if let Err(why) = names::app_name(name.get_ref()) {
                 self.error(name.span(), &path, why);
             }
             if let Some(entry) = self.app(name.get_ref(), &path, app) {
@@ -164,7 +143,7 @@ impl<'a> Walk<'a> {
         for (name, profile) in table {
             let profile_path = format!("{path}.{}", name.get_ref());
             self.spans.insert(profile_path.clone(), name.span());
-            if let Err(why) = validate::profile_name(name.get_ref()) {
+            if let Err(why) = names::profile_name(name.get_ref()) {
                 self.error(name.span(), &profile_path, why);
             }
             let Some(entries) = self.table(profile, &profile_path) else { continue };
@@ -192,7 +171,7 @@ impl<'a> Walk<'a> {
                 for (var, var_value) in env {
                     let var_path = format!("{path}.{}", var.get_ref());
                     self.spans.insert(var_path.clone(), var.span());
-                    if let Err(why) = validate::env_name(var.get_ref()) {
+                    if let Err(why) = names::env_name(var.get_ref()) {
                         self.error(var.span(), &var_path, why);
                     }
                     if let Err(err) = typed_value::<EnvValue>(var_value) {

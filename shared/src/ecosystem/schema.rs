@@ -187,7 +187,7 @@ impl<'de> Deserialize<'de> for Instances {
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Instances, E> {
                 // The daemon refuses more too (`AppSpec::validate`); lossless, the limit is small.
-                const LIMIT: i64 = crate::spec::MAX_INSTANCES as i64;
+                const LIMIT: i64 = crate::limits::MAX_INSTANCES as i64;
                 if !(-LIMIT..=LIMIT).contains(&v) {
                     return Err(E::custom(format!("{v} instances is out of range (-{LIMIT}..={LIMIT})")));
                 }

@@ -4,40 +4,18 @@
 
 use std::collections::BTreeSet;
 
-use super::load::AppEntry;
-use super::resolve::{self, cpu_count};
-use super::schema::{AppConfig, ExecMode};
+use super::defaults::{self, cpu_count};
+use super::model::AppEntry;
+use super::names::env_name;
+use super::schema::{AppConfig, ExecMode, Readiness};
+use crate::limits::MAX_DURATION;
+use crate::units::HumanDuration;
 
 /// A semantic problem; `key_candidates` are dotted paths, most specific first, the first that exists
 /// in the file gives the location.
 pub(crate) struct Problem {
     pub key_candidates: Vec<String>,
     pub message: String,
-}
-
-/// Names are used in file names and as CLI targets, where `all` means every app.
-pub(crate) fn app_name(name: &str) -> Result<(), String> {
-    if name == "all" {
-        return Err("`all` is reserved: `chatctl stop all` means every app".to_owned());
-    }
-    simple_name(name, "app")
-}
-
-pub(crate) fn profile_name(name: &str) -> Result<(), String> {
-    simple_name(name, "profile")
-}
-
-fn simple_name(name: &str, what: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !name.starts_with('.');
-    if ok { Ok(()) } else { Err(format!("invalid {what} name {name:?}: use 1-64 letters, digits, '-', '_' or '.'")) }
-}
-
-pub(crate) fn env_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty() && !name.contains('=') && !name.contains('\0');
-    if ok { Ok(()) } else { Err(format!("invalid environment variable name {name:?}")) }
 }
 
 /// Every semantic problem of every app under every profile (and without one).
@@ -83,8 +61,8 @@ pub(crate) fn all_profiles(apps: &[AppEntry]) -> Vec<Problem> {
 /// Ports an app occupies under a config, for conflict detection (port 0 claims nothing).
 fn port_range(config: &AppConfig) -> Option<(std::net::IpAddr, u32, u32)> {
     let port = u32::from(config.port.filter(|p| *p != 0)?);
-    let host = config.host.unwrap_or(resolve::DEFAULT_HOST);
-    let count = match config.exec_mode.unwrap_or(resolve::DEFAULT_EXEC_MODE) {
+    let host = config.host.unwrap_or(defaults::DEFAULT_HOST);
+    let count = match config.exec_mode.unwrap_or(defaults::DEFAULT_EXEC_MODE) {
         ExecMode::Cluster => 1,
         ExecMode::Fork => config.instances.map_or(1, |i| i.resolve(cpu_count())) as u32,
     };
@@ -115,7 +93,7 @@ fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
         Some(s) if s.trim().is_empty() => problem("script", "`script` is empty".to_owned()),
         _ => {}
     }
-    let mode = c.exec_mode.unwrap_or(resolve::DEFAULT_EXEC_MODE);
+    let mode = c.exec_mode.unwrap_or(defaults::DEFAULT_EXEC_MODE);
     let instances = c.instances.map_or(1, |i| i.resolve(cpu_count()));
     if mode == ExecMode::Cluster && c.inherit_socket == Some(false) && c.port.is_some() {
         problem(
@@ -158,7 +136,7 @@ fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
         if h.unhealthy_threshold == Some(0) {
             problem("health.unhealthy_threshold", "must be at least 1".to_owned());
         }
-        let interval = h.interval.unwrap_or(resolve::DEFAULT_HEALTH_INTERVAL);
+        let interval = h.interval.unwrap_or(defaults::DEFAULT_HEALTH_INTERVAL);
         if interval.0.is_zero() {
             problem("health.interval", "must be more than 0s".to_owned());
         }
@@ -193,11 +171,8 @@ fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
         ("health.grace", health.and_then(|h| h.grace)),
     ] {
         // The daemon refuses longer ones too (`AppSpec::validate`): deadlines are Instant + duration.
-        if let Some(d) = value.filter(|d| d.0 > crate::spec::MAX_DURATION) {
-            problem(
-                key,
-                format!("{d} is longer than the limit of {}", crate::units::HumanDuration(crate::spec::MAX_DURATION)),
-            );
+        if let Some(d) = value.filter(|d| d.0 > MAX_DURATION) {
+            problem(key, format!("{d} is longer than the limit of {}", HumanDuration(MAX_DURATION)));
         }
     }
     if let Some(Err(why)) = c.cron_restart.as_deref().map(crate::cron::CronSchedule::parse) {
@@ -213,7 +188,7 @@ fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
         problem("max_size", "a log file of less than 4K would rotate on nearly every line".to_owned());
     }
     let health_on = c.port.is_some() && c.health.as_ref().is_none_or(|h| h.enabled != Some(false));
-    if c.readiness == Some(super::schema::Readiness::Probe) && !health_on {
+    if c.readiness == Some(Readiness::Probe) && !health_on {
         problem("readiness", format!("readiness = \"probe\" needs a health check, so a `port`{within}"));
     }
     if let Some(t) = c.listen_timeout
