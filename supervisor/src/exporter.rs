@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::daemon::Msg;
+use crate::daemon::msg::Msg;
 
 /// The variable naming the address to serve `/metrics` on.
 pub const METRICS_VAR: &str = "CHATCTL_METRICS";

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::daemon::Msg;
+use crate::daemon::msg::{Msg, Rollout};
 
 /// A client that connects and says nothing is dropped after this long.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,13 +53,67 @@ fn peer_allowed(stream: &UnixStream) -> bool {
     }
 }
 
-pub(crate) async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Msg>) {
+/// Lets the daemon wait, as it exits, for the answers its connections still owe (the kill's own
+/// among them). A connection holds a strong sender, upgraded from its [`Owed`], from reading a
+/// request until its answer is written; the daemon drops its own and waits for the channel to close.
+pub(crate) struct Answers {
+    owing: mpsc::Sender<()>,
+    written: mpsc::Receiver<()>,
+}
+
+/// What a connection upgrades to hold an answer open (see [`Answers`]).
+type Owed = mpsc::WeakSender<()>;
+
+impl Answers {
+    pub(crate) fn new() -> Answers {
+        let (owing, written) = mpsc::channel(1);
+        Answers { owing, written }
+    }
+
+    /// For the connections: weak, so that an idle connection does not hold the daemon up.
+    pub(crate) fn owed(&self) -> Owed {
+        self.owing.downgrade()
+    }
+
+    /// Returns once every answer owed is written, or after `bound`.
+    pub(crate) async fn written(self, bound: Duration) {
+        let Answers { owing, mut written } = self;
+        drop(owing);
+        // Nothing is ever sent: `recv` returns `None` once the last connection's sender is gone.
+        let _ = tokio::time::timeout(bound, written.recv()).await;
+    }
+}
+
+/// How a request is carried, decided once for every request.
+enum Route {
+    /// One answer from the daemon task.
+    Call(Request),
+    /// Progress events from the daemon task, then one answer.
+    Rollout(Rollout),
+    /// A tail read by the connection itself, off the daemon's thread, then maybe a follow.
+    Logs { app: Option<String>, lines: usize, stream: Option<LogStream>, follow: bool },
+    /// Snapshots until the client hangs up.
+    Monitor { every_ms: u64 },
+}
+
+fn route(request: Request) -> Route {
+    match request {
+        Request::Reload { apps, batch } => Route::Rollout(Rollout::Reload { apps, batch }),
+        Request::ReloadInstance { app, instance } => Route::Rollout(Rollout::Instance { app, instance }),
+        Request::Scale { app, to } => Route::Rollout(Rollout::Scale { app, to }),
+        Request::Logs { app, lines, stream, follow } => Route::Logs { app, lines, stream, follow },
+        Request::Monitor { every_ms } => Route::Monitor { every_ms },
+        call => Route::Call(call),
+    }
+}
+
+pub(crate) async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Msg>, owed: Owed) {
     let idle = idle_timeout();
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 if peer_allowed(&stream) {
-                    tokio::spawn(connection(stream, tx.clone(), idle));
+                    tokio::spawn(connection(stream, tx.clone(), owed.clone(), idle));
                 }
             }
             Err(e) => {
@@ -71,7 +125,7 @@ pub(crate) async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Msg>
     }
 }
 
-async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>, idle: Duration) {
+async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>, owed: Owed, idle: Duration) {
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     let mut buf = Vec::new();
@@ -114,31 +168,37 @@ async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>, idle: Du
                 return;
             }
         };
-        if matches!(request, Request::Reload { .. } | Request::ReloadInstance { .. } | Request::Scale { .. }) {
-            if !reload(&mut write, &tx, request).await {
-                return;
+        let going_on = match route(request) {
+            Route::Call(request) => {
+                let Some(_owing) = owed.upgrade() else { return };
+                call(&mut write, &tx, request).await
             }
-            continue;
-        }
-        if let Request::Monitor { every_ms } = request {
-            monitor(&mut read, &mut write, &tx, every_ms).await;
-            return;
-        }
-        if let Request::Logs { app, lines, stream, follow } = request {
-            if !logs(&mut read, &mut write, &tx, app, lines, stream, follow).await {
-                return;
+            Route::Rollout(rollout) => {
+                let Some(_owing) = owed.upgrade() else { return };
+                reload(&mut write, &tx, rollout).await
             }
-            continue;
-        }
-        let (reply_tx, reply_rx) = oneshot::channel();
-        if tx.send(Msg::Request(request, reply_tx)).is_err() {
-            return;
-        }
-        let response = reply_rx.await.unwrap_or(Response::Error { message: "the daemon stopped".into() });
-        if ipc::write_frame(&mut write, &response).await.is_err() {
+            Route::Logs { app, lines, stream, follow } => {
+                logs(&mut read, &mut write, &tx, app, lines, stream, follow).await
+            }
+            Route::Monitor { every_ms } => {
+                monitor(&mut read, &mut write, &tx, every_ms).await;
+                false
+            }
+        };
+        if !going_on {
             return;
         }
     }
+}
+
+/// One request, one answer. False when the connection or the daemon is gone.
+async fn call(write: &mut tokio::net::unix::OwnedWriteHalf, tx: &mpsc::UnboundedSender<Msg>, request: Request) -> bool {
+    let (reply_tx, reply_rx) = oneshot::channel();
+    if tx.send(Msg::Request(request, reply_tx)).is_err() {
+        return false;
+    }
+    let response = reply_rx.await.unwrap_or(Response::Error { message: "the daemon stopped".into() });
+    ipc::write_frame(write, &response).await.is_ok()
 }
 
 /// `chatctl logs`: the tail as [`Event::Tail`] frames, then [`Response::Logs`], then with `follow`
@@ -266,11 +326,11 @@ async fn monitor(
 async fn reload(
     write: &mut tokio::net::unix::OwnedWriteHalf,
     tx: &mpsc::UnboundedSender<Msg>,
-    request: Request,
+    rollout: Rollout,
 ) -> bool {
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (reply_tx, mut reply) = oneshot::channel();
-    if tx.send(Msg::Reload { request, events: events_tx, reply: reply_tx }).is_err() {
+    if tx.send(Msg::Rollout { rollout, events: events_tx, reply: reply_tx }).is_err() {
         return false;
     }
     loop {

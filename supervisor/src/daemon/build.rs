@@ -67,15 +67,17 @@ impl Builder {
     }
 }
 
+use super::msg::Msg;
+
 impl super::Daemon {
     /// Carries out what the builder of app `app_id` decided.
     pub(super) fn build_then(&mut self, app_id: u64, action: Action, now: std::time::Instant) {
-        let Some(app) = self.apps.iter().find(|a| a.id == app_id) else { return };
+        let Some(app) = super::app::app(&self.apps, app_id) else { return };
         match action {
             Action::Nothing => {}
             Action::Build => {
-                if let Err(e) = run(app, self.tx.clone()) {
-                    let _ = self.tx.send(super::Msg::Built { app_id, result: Err(format!("cannot run it: {e}")) });
+                if let Err(e) = run(app, self.effects.tx.clone()) {
+                    let _ = self.effects.tx.send(Msg::Built { app_id, result: Err(format!("cannot run it: {e}")) });
                 }
             }
             Action::Reload if app.is_down() => {
@@ -84,10 +86,10 @@ impl super::Daemon {
             Action::Reload if self.reloads.iter().any(|job| job.covers(app_id)) => {
                 // Another reload of the app is under way (an operator's, or the previous build's):
                 // this build is reloaded once it is done, not dropped.
-                let tx = self.tx.clone();
+                let tx = self.effects.tx.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                    let _ = tx.send(super::Msg::BuiltWaiting { app_id });
+                    let _ = tx.send(Msg::BuiltWaiting { app_id });
                 });
             }
             Action::Reload => {
@@ -105,7 +107,7 @@ impl super::Daemon {
 /// Runs `app`'s build command (through `sh -c`, in its `cwd`, with its environment), its output
 /// into the app's logs as instance 0's; `Msg::Built` says how it ended. Spawned from the daemon's
 /// thread like every process; its own process group, killed if the daemon drops it.
-fn run(app: &super::app::App, tx: tokio::sync::mpsc::UnboundedSender<super::Msg>) -> std::io::Result<()> {
+fn run(app: &super::app::App, tx: tokio::sync::mpsc::UnboundedSender<Msg>) -> std::io::Result<()> {
     use chat_shared::ipc::LogStream;
     let command = app.spec.build.clone().unwrap_or_default();
     tracing::info!(app = %app.spec.name, command, "building");
@@ -143,7 +145,7 @@ fn run(app: &super::app::App, tx: tokio::sync::mpsc::UnboundedSender<super::Msg>
             }
         })
         .await;
-        let _ = tx.send(super::Msg::Built { app_id, result });
+        let _ = tx.send(Msg::Built { app_id, result });
     });
     Ok(())
 }

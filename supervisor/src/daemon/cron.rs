@@ -93,7 +93,7 @@ impl super::Daemon {
         let wall = Local::now();
         self.crons.sync(self.apps.iter().map(|a| (a.id, a.spec.cron_restart.as_deref())), now, wall);
         for app_id in self.crons.take_due(now, wall) {
-            let Some(app) = self.apps.iter().find(|a| a.id == app_id) else { continue };
+            let Some(app) = super::app::app(&self.apps, app_id) else { continue };
             if app.is_down() || app.deleting {
                 tracing::info!(app = %app.spec.name, "cron_restart fired; the app is down, left as it is");
                 continue;

@@ -1,13 +1,23 @@
 //! The daemon: one task owns every app and instance; everything else sends it messages.
 //!
 //! IPC connections send `(Request, reply)`; exit waiters (one per child) send `Exited`; probe tasks
-//! send `Probe`. Between messages the loop sleeps until the nearest instance deadline (restart delay,
-//! probe, readiness timeout, SIGKILL), so nothing polls. Requests that take time (stop, restart,
-//! delete, kill) park their reply in a [`Waiter`] that is answered when its condition holds.
+//! send `Probe` (see [`msg`]). Between messages the loop sleeps until the nearest instance deadline
+//! (restart delay, probe, readiness timeout, SIGKILL), so nothing polls. Requests that take time
+//! (stop, restart, delete, kill) park their reply in a [`Waiter`] that is answered when its condition
+//! holds.
+//!
+//! # Layout
+//! - `msg`: what the loop hears; `effects`: what carrying out effects needs.
+//! - `handle`: one method per message; `requests`: one per request; `reload`, `build`, `cron`: the
+//!   orchestrations over time.
+//! - `app`, `slot`: an app's sockets, logs and slots, and a slot's one or two processes.
 
 mod app;
 mod build;
 mod cron;
+mod effects;
+mod handle;
+pub(crate) mod msg;
 mod reload;
 mod requests;
 mod slot;
@@ -15,39 +25,22 @@ mod slot;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use chat_shared::ipc::{Request, Response};
+use chat_shared::ipc::Response;
 use chat_shared::spec::AppSpec;
-use chat_shared::status::ExitKind;
-use std::sync::Arc;
 use tokio::net::UnixListener;
-
-use chat_shared::ipc::LogRecord;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::home::Home;
 use crate::instance::Input;
+use crate::ipc_server::Answers;
 use crate::metrics::{Sampler, Usage};
 use crate::probe::Prober;
 use crate::reaper::Reaper;
-use app::{App, Env};
+use app::App;
+use effects::Effects;
+use msg::Msg;
 pub use requests::StartError;
 use slot::Which;
-
-/// What carrying out effects needs, as a macro so that it borrows only these fields of the daemon
-/// while `apps` is borrowed mutably.
-macro_rules! effect_env {
-    ($daemon:expr) => {
-        Env {
-            tx: &$daemon.tx,
-            prober: &$daemon.prober,
-            home: $daemon.home.dir(),
-            follow: &$daemon.follow,
-            reaper: $daemon.reaper.as_ref(),
-            descendants: &$daemon.descendants,
-        }
-    };
-}
-use effect_env;
 
 /// Lines a follower may fall behind by before it loses some (and is told how many).
 const FOLLOW_BUFFER: usize = 8192;
@@ -57,67 +50,9 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// A `list` that finds a pid without usage samples at once unless the last sample is this recent
 /// (a CLI polling for readiness must not turn into a sampling loop).
 const FRESH_ENOUGH: Duration = Duration::from_millis(250);
-
-pub(crate) enum Msg {
-    Request(Request, oneshot::Sender<Response>),
-    /// Processes are found by pid: a slot may hold two (a replacement), and slots move on.
-    /// An app's development build ended (see `build`).
-    Built {
-        app_id: u64,
-        result: Result<(), String>,
-    },
-    /// A successful build waited for another reload of its app to end: reload it now.
-    BuiltWaiting {
-        app_id: u64,
-    },
-    Exited {
-        app_id: u64,
-        pid: u32,
-        status: ExitKind,
-        /// What its output showed is wrong with how it is set up (see `diagnose`).
-        misconfigured: Option<String>,
-    },
-    Probe {
-        app_id: u64,
-        pid: u32,
-        result: Result<Option<chat_shared::health::HealthBody>, String>,
-        latency_ms: u64,
-    },
-    /// A chat worker's figures, fetched with the memory samples.
-    Stats {
-        app_id: u64,
-        pid: u32,
-        body: chat_shared::health::HealthBody,
-    },
-    /// `key` names the process (see `slot::Proc::key`): a notify socket belongs to one process.
-    Notify {
-        app_id: u64,
-        key: u64,
-        notice: crate::notify::Notice,
-    },
-    /// Watch mode saw these files change (after the debounce).
-    Changed {
-        app_id: u64,
-        paths: Vec<std::path::PathBuf>,
-    },
-    /// A `chatctl reload`: progress goes to `events`, the outcome to `reply`.
-    /// A `chatctl reload` or `chatctl scale`: progress goes to `events`, the outcome to `reply`.
-    Reload {
-        request: Request,
-        events: mpsc::UnboundedSender<chat_shared::ipc::Event>,
-        reply: oneshot::Sender<Response>,
-    },
-    /// A `/metrics` scrape.
-    Metrics(oneshot::Sender<String>),
-    /// A `logs --follow` connection subscribing to captured lines.
-    Follow(oneshot::Sender<broadcast::Receiver<Arc<LogRecord>>>),
-    /// A `logs` connection asking which files to tail (it reads them itself, off this thread).
-    LogFiles {
-        app: Option<String>,
-        stream: Option<chat_shared::ipc::LogStream>,
-        reply: oneshot::Sender<Result<Vec<chat_shared::ipc::LogTail>, String>>,
-    },
-}
+/// How long an exiting daemon waits for its connections to write the answers they owe (the kill's
+/// among them); a client that stopped reading must not keep the daemon alive.
+const ANSWERS_BOUND: Duration = Duration::from_secs(2);
 
 /// How the daemon ended, for `chatctl run`'s exit code.
 #[derive(Debug, Default)]
@@ -149,27 +84,36 @@ enum Until {
     Restarted,
 }
 
+/// Serving requests, or on the way out.
+enum Lifecycle {
+    Serving,
+    /// A kill began: every app is stopping, and the daemon exits once all are down.
+    Killing(KilledBy),
+    /// Every instance went down after a kill, and the kill's answer is sent.
+    Stopped,
+}
+
+/// Who asked the daemon to exit: a signal has nobody to answer, a request has.
+enum KilledBy {
+    Signal,
+    Request(oneshot::Sender<Response>),
+}
+
 pub(crate) struct Daemon {
-    home: Home,
     apps: Vec<App>,
+    /// Apart from `apps`, so a method can drive an app and hand it the effects at once.
+    effects: Effects,
     next_app_id: u64,
-    tx: mpsc::UnboundedSender<Msg>,
-    prober: Prober,
     sampler: Sampler,
     usage: HashMap<u32, Usage>,
     next_sample: Instant,
     waiters: Vec<Waiter>,
-    reaper: Option<std::cell::RefCell<Reaper>>,
-    /// Instances' descendants, killed when the instance's main process exits.
-    descendants: crate::descendants::Descendants,
     /// Rolling reloads under way.
     reloads: Vec<reload::Job>,
     /// When each app with a `cron_restart` is reloaded next.
     crons: cron::Crons,
-    /// Every captured line, for followers; costs nothing while nobody follows.
-    follow: broadcast::Sender<Arc<LogRecord>>,
-    /// Set once a kill (request or signal) began; the reply goes out when everything is down.
-    killing: Option<Option<oneshot::Sender<Response>>>,
+    lifecycle: Lifecycle,
+    /// Instances that had to be SIGKILLed after `kill_timeout`, for the outcome.
     forced: usize,
 }
 
@@ -196,64 +140,26 @@ pub async fn run(
     let RunOptions { exit_when_idle, notify_socket } = options;
     let mut ready_sent = notify_socket.is_none();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    match crate::limits::raise_nofile() {
-        Ok((from, to)) if from != to => {
-            tracing::info!(from, to, "raised the daemon's open-file limit (apps keep {from})")
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot raise the daemon's open-file limit"),
-    }
+    raise_nofile();
     let ended = crate::leftovers::end(home.dir());
     if ended > 0 {
         tracing::warn!(ended, "ended leftovers of a previous daemon");
     }
     let mut daemon = Daemon::new(home, tx.clone());
-    match Reaper::start(std::process::Stdio::inherit()) {
-        Ok(reaper) => {
-            let path = daemon.home.dir().join("reaper.pid");
-            let written = crate::home::private_file()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{}\n", reaper.pid()).as_bytes()));
-            if let Err(e) = written {
-                tracing::warn!(path = %path.display(), error = %e, "cannot write the reaper's pid");
-            }
-            let mut reaper = reaper;
-            reaper.sweep(daemon.descendants.base(), std::process::id());
-            daemon.reaper = Some(std::cell::RefCell::new(reaper));
-        }
-        Err(e) => tracing::error!(error = %e, "cannot start the reaper: grandchildren may outlive a killed daemon"),
-    }
+    daemon.effects.reaper = start_reaper(&daemon.effects);
     if !initial.is_empty() {
         daemon.start(initial, Instant::now())?;
     }
-    let exporter = match crate::exporter::address_from_env() {
-        Ok(Some(addr)) => match tokio::net::TcpListener::bind(addr).await {
-            Ok(listener) => {
-                tracing::info!(%addr, "serving /metrics");
-                Some(tokio::spawn(crate::exporter::serve(listener, tx.clone())))
-            }
-            Err(e) => {
-                tracing::error!(%addr, error = %e, "cannot serve /metrics");
-                None
-            }
-        },
-        Ok(None) => None,
-        Err(why) => {
-            tracing::error!(why, "not serving /metrics");
-            None
-        }
-    };
-    let bus = match bind_bus(&daemon.home) {
+    let exporter = serve_metrics(&tx).await;
+    let bus = match bind_bus(&daemon.effects.home) {
         Ok(listener) => Some(tokio::spawn(crate::bus::serve(listener))),
         Err(e) => {
             tracing::error!(error = %e, "cannot serve the local bus: workers will not share rooms");
             None
         }
     };
-    let server = tokio::spawn(crate::ipc_server::serve(control, tx));
+    let answers = Answers::new();
+    let server = tokio::spawn(crate::ipc_server::serve(control, tx, answers.owed()));
     let mut shutdown = std::pin::pin!(shutdown);
     let mut signalled = false;
     let outcome = loop {
@@ -268,7 +174,7 @@ pub async fn run(
                 signalled = true;
                 tracing::info!("stop requested by signal: stopping every app");
                 sd_notify(notify_socket.as_deref(), "STOPPING=1");
-                daemon.begin_kill(None);
+                daemon.begin_kill(KilledBy::Signal);
             }
         }
         let now = Instant::now();
@@ -284,46 +190,79 @@ pub async fn run(
         if daemon.finished_killing() {
             break daemon.outcome(false);
         }
-        if exit_when_idle && !daemon.apps.is_empty() && daemon.apps.iter().all(App::is_down) && daemon.killing.is_none()
-        {
+        let serving = matches!(daemon.lifecycle, Lifecycle::Serving);
+        if exit_when_idle && serving && !daemon.apps.is_empty() && daemon.apps.iter().all(App::is_down) {
             tracing::warn!("every instance is stopped or errored: nothing left to supervise");
             break daemon.outcome(true);
         }
     };
     server.abort();
-    if let Some(bus) = bus {
-        bus.abort();
+    for task in [bus, exporter].into_iter().flatten() {
+        task.abort();
     }
-    let _ = std::fs::remove_file(daemon.home.dir().join(crate::spawn::BUS_FILE));
-    if let Some(exporter) = exporter {
-        exporter.abort();
-    }
-    // Replies already handed to connection tasks (the kill's) are written when those tasks next run;
-    // on this single-threaded runtime, yielding lets every ready task run before we return and the
-    // runtime is dropped.
-    for _ in 0..8 {
-        tokio::task::yield_now().await;
-    }
+    let _ = std::fs::remove_file(daemon.effects.home.dir().join(crate::spawn::BUS_FILE));
+    // Requests still queued or parked are answered "the daemon stopped" by their connections once
+    // their reply channels drop with the daemon; the kill's answer is already on its way. Then every
+    // answer owed is written before the runtime, and the connections with it, go away.
+    drop(rx);
+    drop(daemon);
+    answers.written(ANSWERS_BOUND).await;
     Ok(outcome)
 }
 
-fn figures(body: &chat_shared::health::HealthBody) -> chat_shared::status::ChatFigures {
-    use chat_shared::health::HealthStatus;
-    let degraded = match (&body.status, &body.cluster) {
-        (HealthStatus::Degraded, Some(link)) => {
-            Some(format!("{} link down: {}", link.via, link.error.as_deref().unwrap_or("unknown reason")))
+fn raise_nofile() {
+    match crate::limits::raise_nofile() {
+        Ok((from, to)) if from != to => {
+            tracing::info!(from, to, "raised the daemon's open-file limit (apps keep {from})")
         }
-        (HealthStatus::Degraded, None) => Some("degraded".to_owned()),
-        _ => None,
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the daemon's open-file limit"),
+    }
+}
+
+/// The companion that kills every process group if the daemon dies (see `reaper`), its pid in the
+/// home for `leftovers`; `None`, logged, when it cannot start.
+fn start_reaper(effects: &Effects) -> Option<Reaper> {
+    let mut reaper = match Reaper::start(std::process::Stdio::inherit()) {
+        Ok(reaper) => reaper,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the reaper: grandchildren may outlive a killed daemon");
+            return None;
+        }
     };
-    chat_shared::status::ChatFigures {
-        connections: body.connections,
-        rooms: body.rooms,
-        messages: body.messages,
-        dropped: body.cluster.as_ref().map_or(0, |c| c.dropped),
-        handed: body.handoff.map_or(0, |h| h.handed),
-        taken: body.handoff.map_or(0, |h| h.taken),
-        degraded,
+    let path = effects.home.dir().join("reaper.pid");
+    let written = crate::home::private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{}\n", reaper.pid()).as_bytes()));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the reaper's pid");
+    }
+    reaper.sweep(effects.descendants.base(), std::process::id());
+    Some(reaper)
+}
+
+/// `/metrics` on the address `CHATCTL_METRICS` names, if any; a bad address is logged, not fatal.
+async fn serve_metrics(tx: &mpsc::UnboundedSender<Msg>) -> Option<tokio::task::JoinHandle<()>> {
+    let addr = match crate::exporter::address_from_env() {
+        Ok(Some(addr)) => addr,
+        Ok(None) => return None,
+        Err(why) => {
+            tracing::error!(why, "not serving /metrics");
+            return None;
+        }
+    };
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => {
+            tracing::info!(%addr, "serving /metrics");
+            Some(tokio::spawn(crate::exporter::serve(listener, tx.clone())))
+        }
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot serve /metrics");
+            None
+        }
     }
 }
 
@@ -399,155 +338,26 @@ impl Daemon {
     }
 
     fn new(home: Home, tx: mpsc::UnboundedSender<Msg>) -> Daemon {
-        Daemon {
+        let effects = Effects {
             descendants: crate::descendants::Descendants::setup(home.dir()),
             home,
-            apps: Vec::new(),
-            next_app_id: 1,
             tx,
             prober: Prober::new(),
+            follow: broadcast::channel(FOLLOW_BUFFER).0,
+            reaper: None,
+        };
+        Daemon {
+            apps: Vec::new(),
+            effects,
+            next_app_id: 1,
             sampler: Sampler::new(),
             usage: HashMap::new(),
             next_sample: Instant::now(),
             waiters: Vec::new(),
-            reaper: None,
             reloads: Vec::new(),
             crons: cron::Crons::default(),
-            follow: broadcast::channel(FOLLOW_BUFFER).0,
-            killing: None,
+            lifecycle: Lifecycle::Serving,
             forced: 0,
-        }
-    }
-
-    fn handle(&mut self, msg: Msg) {
-        let now = Instant::now();
-        match msg {
-            Msg::Request(request, reply) => self.request(request, reply, now),
-            Msg::Exited { app_id, pid, status, misconfigured } => {
-                let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
-                // A stale exit (no process of this app has that pid any more) changes nothing.
-                let Some((index, which)) = app.find_pid(pid) else { return };
-                let state = app.slots[index].proc(which).map(|p| &p.instance.state);
-                if matches!(state, Some(crate::instance::State::Stopping { killed: true, .. })) {
-                    self.forced += 1;
-                }
-                match status {
-                    ExitKind::Code(0) => tracing::info!(app = %app.spec.name, index, pid, "exited with code 0"),
-                    other => tracing::info!(app = %app.spec.name, index, pid, exit = %other, "exited"),
-                }
-                // Before the machine may spawn a replacement into the slot.
-                if let Some(tracked) = app.slots[index].proc_mut(which).and_then(|p| p.tracked.take()) {
-                    crate::descendants::end(tracked);
-                }
-                let env = effect_env!(self);
-                let input = match misconfigured {
-                    Some(why) => Input::Misconfigured { kind: status, why },
-                    None => Input::Exited(status),
-                };
-                app.drive(index, which, input, now, &env);
-                if let Some(reaper) = &self.reaper {
-                    reaper.borrow_mut().forget(pid);
-                }
-            }
-            Msg::Changed { app_id, paths } => {
-                let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
-                let first = paths.first().map(|p| p.display().to_string()).unwrap_or_default();
-                if app.spec.build.is_some() {
-                    // An app an operator stopped stays stopped: nothing to build for.
-                    if app.is_down() {
-                        tracing::info!(app = %app.spec.name, first, "files changed; stopped, so not building");
-                        return;
-                    }
-                    tracing::info!(app = %app.spec.name, changed = paths.len(), first, "files changed: building");
-                    let action = app.builder.step(build::Event::Changed);
-                    self.build_then(app_id, action, now);
-                    return;
-                }
-                tracing::info!(app = %app.spec.name, changed = paths.len(), first, "files changed: restarting");
-                let env = effect_env!(self);
-                for index in 0..app.slots.len() {
-                    app.cancel_successor(index, now, &env);
-                    // An instance an operator stopped stays stopped; a crash-looping one gets a new try.
-                    if app.slots[index].current.instance.phase() != chat_shared::status::Phase::Stopped {
-                        app.drive(index, Which::Current, Input::Restart, now, &env);
-                    }
-                }
-            }
-            Msg::BuiltWaiting { app_id } => self.build_then(app_id, build::Action::Reload, now),
-            Msg::Built { app_id, result } => {
-                let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
-                match &result {
-                    Ok(()) => tracing::info!(app = %app.spec.name, "build succeeded"),
-                    Err(why) => {
-                        tracing::warn!(app = %app.spec.name, why, "build failed: the running version keeps serving")
-                    }
-                }
-                let action = app.builder.step(build::Event::Finished(result));
-                self.build_then(app_id, action, now);
-            }
-            Msg::Reload { request: Request::Reload { apps, batch }, events, reply } => {
-                self.reload(apps, batch, events, reply, now)
-            }
-            Msg::Reload { request: Request::Scale { app, to }, events, reply } => {
-                self.scale(&app, to, events, reply, now)
-            }
-            Msg::Reload { request: Request::ReloadInstance { app, instance }, events, reply } => {
-                self.reload_instance(&app, instance, events, reply, now)
-            }
-            Msg::Reload { reply, .. } => {
-                let _ = reply.send(Response::Error { message: "not a reload".into() });
-            }
-            Msg::Stats { app_id, pid, body } => {
-                let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
-                if let Some((index, Which::Current)) = app.find_pid(pid) {
-                    app.slots[index].chat = Some(figures(&body));
-                }
-            }
-            Msg::Metrics(reply) => {
-                self.refresh_usage(now);
-                let _ = reply.send(self.metrics_text(now));
-            }
-            Msg::Follow(reply) => {
-                let _ = reply.send(self.follow.subscribe());
-            }
-            Msg::LogFiles { app, stream, reply } => {
-                let _ = reply.send(self.log_files(app.as_deref(), stream));
-            }
-            Msg::Notify { app_id, key, notice } => {
-                let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
-                let Some((index, which)) = app.find_key(key) else { return };
-                if let Some(status) = &notice.status {
-                    tracing::info!(app = %app.spec.name, index, status, "instance status");
-                }
-                if notice.ready {
-                    let env = effect_env!(self);
-                    app.drive(index, which, Input::Ready, now, &env);
-                }
-            }
-            Msg::Probe { app_id, pid, result, latency_ms } => {
-                let Some(app) = self.apps.iter_mut().find(|a| a.id == app_id) else { return };
-                let Some((index, which)) = app.find_pid(pid) else { return };
-                if which == Which::Current {
-                    app.slots[index].record_probe(latency_ms, result.clone().err());
-                    if let Ok(Some(body)) = &result {
-                        app.slots[index].chat = Some(figures(body));
-                    }
-                }
-                let input = match result {
-                    Ok(_) => Input::ProbePassed,
-                    Err(why) => {
-                        let online = app.slots[index]
-                            .proc(which)
-                            .is_some_and(|p| matches!(p.instance.state, crate::instance::State::Online { .. }));
-                        if online {
-                            tracing::warn!(app = %app.spec.name, index, pid, why, "health check failed");
-                        }
-                        Input::ProbeFailed(why)
-                    }
-                };
-                let env = effect_env!(self);
-                app.drive(index, which, input, now, &env);
-            }
         }
     }
 
@@ -558,7 +368,6 @@ impl Daemon {
 
     /// Gives every instance whose deadline passed a `Tick`; samples usage when due.
     fn tick(&mut self, now: Instant) {
-        let env = effect_env!(self);
         for app in &mut self.apps {
             let due: Vec<(usize, Which)> = app
                 .procs()
@@ -566,7 +375,7 @@ impl Daemon {
                 .map(|(index, which, _)| (index, which))
                 .collect();
             for (index, which) in due {
-                app.drive(index, which, Input::Tick, now, &env);
+                app.drive(index, which, Input::Tick, now, &mut self.effects);
             }
         }
         if now >= self.next_sample {
@@ -604,15 +413,13 @@ impl Daemon {
             .fold(SAMPLE_EVERY, Duration::min);
         self.next_sample = now + every;
         self.enforce_memory(now);
-        let env = effect_env!(self);
         for app in &self.apps {
-            app.fetch_chat_figures(&env);
+            app.fetch_chat_figures(&self.effects);
         }
     }
 
     /// Replaces every online instance whose process tree passed its app's `max_memory_restart`.
     fn enforce_memory(&mut self, now: Instant) {
-        let env = effect_env!(self);
         for app in &mut self.apps {
             let Some(limit) = app.spec.max_memory else { continue };
             for index in 0..app.slots.len() {
@@ -627,7 +434,7 @@ impl Daemon {
                         "memory {} over max_memory_restart {limit}",
                         chat_shared::units::ByteSize(used).to_string_rounded()
                     );
-                    app.replace(index, reason, slot::OnFailure::RestartCurrent, now, &env);
+                    app.replace(index, reason, slot::OnFailure::RestartCurrent, now, &mut self.effects);
                 }
             }
         }

@@ -13,7 +13,8 @@ use chat_shared::spec::AppSpec;
 use chat_shared::status::Phase;
 use tokio::sync::{mpsc, oneshot};
 
-use super::app::{App, Env};
+use super::app::{App, app_mut};
+use super::effects::Effects;
 use super::slot::{OnFailure, Which};
 use crate::instance::Input;
 
@@ -118,7 +119,7 @@ impl Job {
     }
 
     /// Moves the job along; called after every change the daemon makes.
-    pub(super) fn advance(&mut self, apps: &mut [App], now: Instant, env: &Env<'_>) {
+    pub(super) fn advance(&mut self, apps: &mut [App], now: Instant, fx: &mut Effects) {
         if self.reply.is_none() {
             return;
         }
@@ -131,16 +132,16 @@ impl Job {
                     }
                     return;
                 };
-                let Some(app) = apps.iter_mut().find(|a| a.id == app_id) else { continue };
+                let Some(app) = app_mut(apps, app_id) else { continue };
                 self.current = Some(AppReload::begin(app, spec, self.replace, self.only, now));
             }
             let Some(reload) = self.current.as_mut() else { return };
-            let Some(app) = apps.iter_mut().find(|a| a.id == reload.app_id) else {
+            let Some(app) = app_mut(apps, reload.app_id) else {
                 self.current = None;
                 continue;
             };
             let batch = self.batch.unwrap_or(app.spec.reload_batch).max(1);
-            match reload.advance(app, batch, now, env, &self.events) {
+            match reload.advance(app, batch, now, fx, &self.events) {
                 None => return,
                 Some(Ok(summary)) => {
                     self.summaries.push(summary);
@@ -192,7 +193,7 @@ impl AppReload {
         app: &mut App,
         batch: usize,
         now: Instant,
-        env: &Env<'_>,
+        fx: &mut Effects,
         events: &mpsc::UnboundedSender<Event>,
     ) -> Option<Result<ReloadSummary, String>> {
         let step = |index: usize, step: ReloadPhase, old_pid, new_pid, ready_ms, message: Option<String>| {
@@ -290,10 +291,10 @@ impl AppReload {
                     Which::Current,
                     if old_pid.is_some() { Input::Restart } else { Input::Start },
                     now,
-                    env,
+                    fx,
                 );
             } else {
-                app.replace(index, "reload".into(), OnFailure::KeepCurrent, now, env);
+                app.replace(index, "reload".into(), OnFailure::KeepCurrent, now, fx);
             }
         }
         if !self.active.is_empty() || (self.failed.is_none() && !self.pending.is_empty()) {
@@ -311,7 +312,7 @@ impl AppReload {
         }
         // Scale to the new count.
         while app.slots.len() < self.target {
-            let index = app.add_slot(now, env);
+            let index = app.add_slot(now, fx);
             self.added += 1;
             step(index, ReloadPhase::Scaled, None, app.slots[index].current.instance.pid(), None, Some("added".into()));
         }
@@ -319,7 +320,7 @@ impl AppReload {
             for index in self.target..app.slots.len() {
                 if !app.slots[index].retiring {
                     let pid = app.slots[index].current.instance.pid();
-                    app.retire(index, now, env);
+                    app.retire(index, now, fx);
                     self.removed += 1;
                     step(index, ReloadPhase::Scaled, pid, None, None, Some("removed".into()));
                 }

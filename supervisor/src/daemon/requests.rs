@@ -7,9 +7,9 @@ use chat_shared::spec::AppSpec;
 use chat_shared::status::Phase;
 use tokio::sync::oneshot;
 
-use super::app::{App, AppError, Env};
+use super::app::{App, AppError};
 use super::slot::Which;
-use super::{Daemon, Until, Waiter, effect_env, reload};
+use super::{Daemon, KilledBy, Lifecycle, Until, Waiter, reload};
 use crate::instance::Input;
 use crate::logs::LogPaths;
 
@@ -73,7 +73,7 @@ fn checked(specs: &[AppSpec]) -> Result<(), String> {
 
 impl Daemon {
     pub(super) fn request(&mut self, request: Request, reply: oneshot::Sender<Response>, now: Instant) {
-        if self.killing.is_some() && !matches!(request, Request::List) {
+        if !matches!(self.lifecycle, Lifecycle::Serving) && !matches!(request, Request::List) {
             let _ = reply.send(Response::Error { message: "the daemon is shutting down".into() });
             return;
         }
@@ -99,14 +99,11 @@ impl Daemon {
             }
             Request::Signal { app, instance, signal } => self.signal(&app, instance, signal),
             Request::Kill => {
-                self.begin_kill(Some(reply));
+                self.begin_kill(KilledBy::Request(reply));
                 return;
             }
-            // The connection reads the files itself (`Msg::LogFiles`), off this thread.
-            Request::Logs { .. } => Response::Error { message: "a log tail is streamed by its connection".into() },
             Request::Flush { app } => return self.log_control(app.as_deref(), false, reply),
             Request::ReloadLogs => return self.log_control(None, true, reply),
-            // The connection turns a reload into `Msg::Reload`, with a progress channel.
             Request::Describe { app } => {
                 self.refresh_usage(now);
                 match self.apps.iter().find(|a| a.spec.name == app) {
@@ -114,7 +111,7 @@ impl Daemon {
                     None => Response::Error { message: format!("no app named `{app}`") },
                 }
             }
-            Request::Snapshot | Request::Monitor { .. } => {
+            Request::Snapshot => {
                 self.refresh_usage(now);
                 Response::Snapshot(self.snapshot(now))
             }
@@ -122,9 +119,13 @@ impl Daemon {
                 Ok(response) => response,
                 Err(e) => Response::Error { message: format!("cannot write the dump: {e}") },
             },
-            Request::Reload { .. } | Request::ReloadInstance { .. } | Request::Scale { .. } => {
-                Response::Error { message: "a reload needs a progress stream".into() }
-            }
+            // The connection routes these elsewhere (`ipc_server::route`): a log tail is read by the
+            // connection itself, a rollout reports progress, a monitor repeats.
+            Request::Logs { .. }
+            | Request::Monitor { .. }
+            | Request::Reload { .. }
+            | Request::ReloadInstance { .. }
+            | Request::Scale { .. } => Response::Error { message: "not a one-shot request".into() },
         };
         let _ = reply.send(response);
     }
@@ -153,9 +154,9 @@ impl Daemon {
         for spec in fresh {
             let paths = self.log_paths(&spec);
             let name = spec.name.clone();
-            let env = effect_env!(self);
             built.push(
-                App::new(self.next_app_id, spec, &paths, &env).map_err(|source| StartError { app: name, source })?,
+                App::new(self.next_app_id, spec, &paths, &self.effects)
+                    .map_err(|source| StartError { app: name, source })?,
             );
             self.next_app_id += 1;
         }
@@ -167,13 +168,12 @@ impl Daemon {
             self.next_sample = self.next_sample.min(now + every);
         }
         self.apps.extend(built);
-        let env = effect_env!(self);
         let mut started = Vec::new();
         for app in self.apps.iter_mut().filter(|a| again.contains(&a.id)) {
             tracing::info!(app = %app.spec.name, instances = app.slots.len(), mode = ?app.spec.exec_mode, "starting");
             app.deleting = false;
             for slot in 0..app.slots.len() {
-                app.drive(slot, Which::Current, Input::Start, now, &env);
+                app.drive(slot, Which::Current, Input::Start, now, &mut self.effects);
             }
             started.push(app.spec.name.clone());
         }
@@ -181,7 +181,7 @@ impl Daemon {
     }
 
     fn log_paths(&self, spec: &AppSpec) -> LogPaths {
-        let dir = self.home.logs_dir();
+        let dir = self.effects.home.logs_dir();
         LogPaths {
             out: spec.logs.out_file.clone().unwrap_or_else(|| dir.join(format!("{}-out.log", spec.name))),
             err: spec.logs.error_file.clone().unwrap_or_else(|| dir.join(format!("{}-error.log", spec.name))),
@@ -291,8 +291,7 @@ impl Daemon {
             return;
         }
         let mut job = reload::Job::new(jobs, batch, events, reply);
-        let env = effect_env!(self);
-        job.advance(&mut self.apps, now, &env);
+        job.advance(&mut self.apps, now, &mut self.effects);
         if !job.is_finished() {
             self.reloads.push(job);
         }
@@ -310,7 +309,7 @@ impl Daemon {
             saved_at: chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
             apps,
         };
-        let path = self.home.dir().join(chat_shared::ipc::DUMP_FILE);
+        let path = self.effects.home.dir().join(chat_shared::ipc::DUMP_FILE);
         let tmp = path.with_extension("json.tmp");
         // A fresh file, so it gets our mode (0600: it holds every app's environment) even where a
         // crash left a temporary file of an older chatctl behind.
@@ -322,7 +321,7 @@ impl Daemon {
         file.write_all(&serde_json::to_vec_pretty(&dump).map_err(std::io::Error::other)?)?;
         file.sync_all()?;
         std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(self.home.dir())?.sync_all()?;
+        std::fs::File::open(self.effects.home.dir())?.sync_all()?;
         tracing::info!(path = %path.display(), "saved the process list");
         Ok(Response::Saved { path: path.display().to_string(), apps: names })
     }
@@ -357,8 +356,7 @@ impl Daemon {
             return;
         }
         let mut job = reload::Job::scale(app.id, spec, events, reply);
-        let env = effect_env!(self);
-        job.advance(&mut self.apps, now, &env);
+        job.advance(&mut self.apps, now, &mut self.effects);
         if !job.is_finished() {
             self.reloads.push(job);
         }
@@ -391,8 +389,7 @@ impl Daemon {
             return;
         }
         let mut job = reload::Job::instance(app.id, app.spec.clone(), index, events, reply);
-        let env = effect_env!(self);
-        job.advance(&mut self.apps, now, &env);
+        job.advance(&mut self.apps, now, &mut self.effects);
         if !job.is_finished() {
             self.reloads.push(job);
         }
@@ -400,9 +397,8 @@ impl Daemon {
 
     /// Moves every reload along; forgets finished ones and scaled-away slots.
     pub(super) fn advance_reloads(&mut self, now: Instant) {
-        let env = effect_env!(self);
         for job in &mut self.reloads {
-            job.advance(&mut self.apps, now, &env);
+            job.advance(&mut self.apps, now, &mut self.effects);
         }
         self.reloads.retain(|j| !j.is_finished());
         for app in &mut self.apps {
@@ -441,7 +437,6 @@ impl Daemon {
             let _ = reply.send(Response::Error { message });
             return;
         }
-        let env = effect_env!(self);
         let mut names = Vec::new();
         let mut app_ids = Vec::new();
         for i in chosen {
@@ -454,8 +449,8 @@ impl Daemon {
             app_ids.push(app.id);
             for slot in (0..app.slots.len()).filter(|s| instance.is_none_or(|i| i == *s)) {
                 // An operator's request wins over a replacement in progress.
-                app.cancel_successor(slot, now, &env);
-                app.drive(slot, Which::Current, input.clone(), now, &env);
+                app.cancel_successor(slot, now, &mut self.effects);
+                app.drive(slot, Which::Current, input.clone(), now, &mut self.effects);
             }
         }
         self.waiters.push(Waiter { app_ids, slot: instance, until, reply, response: Response::Done { apps: names } });
@@ -498,17 +493,19 @@ impl Daemon {
         Response::Signalled { app: name.to_owned(), signal, sent }
     }
 
-    /// Stops every app; the daemon exits once all are down, answering `reply` first.
-    pub(super) fn begin_kill(&mut self, reply: Option<oneshot::Sender<Response>>) {
+    /// Stops every app; the daemon exits once all are down, answering a kill request first. A
+    /// signal during a requested kill keeps the request's answer.
+    pub(super) fn begin_kill(&mut self, by: KilledBy) {
         let now = Instant::now();
-        let env = effect_env!(self);
         for app in &mut self.apps {
             for slot in 0..app.slots.len() {
-                app.cancel_successor(slot, now, &env);
-                app.drive(slot, Which::Current, Input::Stop, now, &env);
+                app.cancel_successor(slot, now, &mut self.effects);
+                app.drive(slot, Which::Current, Input::Stop, now, &mut self.effects);
             }
         }
-        self.killing = Some(reply);
+        if !matches!(self.lifecycle, Lifecycle::Killing(KilledBy::Request(_))) {
+            self.lifecycle = Lifecycle::Killing(by);
+        }
     }
 
     /// Answers every waiter whose condition holds; removes deleted apps that are down.
@@ -516,7 +513,7 @@ impl Daemon {
         let mut i = 0;
         while i < self.waiters.len() {
             let waiter = &self.waiters[i];
-            let done = waiter.app_ids.iter().all(|id| match self.apps.iter().find(|a| a.id == *id) {
+            let done = waiter.app_ids.iter().all(|id| match super::app::app(&self.apps, *id) {
                 None => true,
                 Some(app) => {
                     let wanted = |index: usize| waiter.slot.is_none_or(|s| s == index);
@@ -547,11 +544,12 @@ impl Daemon {
 
     /// True once a kill is under way and every instance is down; sends the kill's reply.
     pub(super) fn finished_killing(&mut self) -> bool {
-        if self.killing.is_none() || !self.apps.iter().all(App::is_down) {
+        if !matches!(self.lifecycle, Lifecycle::Killing(_)) || !self.apps.iter().all(App::is_down) {
             return false;
         }
         let outcome = self.outcome(false);
-        if let Some(Some(reply)) = self.killing.take() {
+        if let Lifecycle::Killing(KilledBy::Request(reply)) = std::mem::replace(&mut self.lifecycle, Lifecycle::Stopped)
+        {
             let _ =
                 reply.send(Response::Killed { instances_stopped: outcome.instances_stopped, forced: outcome.forced });
         }

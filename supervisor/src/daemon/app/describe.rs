@@ -5,8 +5,9 @@ use std::time::Instant;
 
 use chat_shared::status::Phase;
 
-use super::{App, Env};
-use crate::daemon::Msg;
+use super::App;
+use crate::daemon::effects::Effects;
+use crate::daemon::msg::Msg;
 use crate::metrics::Usage;
 
 impl App {
@@ -53,7 +54,7 @@ impl App {
 
     /// Fetches the chat figures of every online instance known to report them (a chat worker);
     /// the answers come back as `Msg::Stats`.
-    pub(in crate::daemon) fn fetch_chat_figures(&self, env: &Env<'_>) {
+    pub(in crate::daemon) fn fetch_chat_figures(&self, fx: &Effects) {
         let Some(health) = &self.spec.health else { return };
         for slot in self.slots.iter().filter(|s| s.chat.is_some()) {
             let (Some(pid), Some(addr)) = (slot.current.instance.pid(), slot.current.probe_addr) else { continue };
@@ -61,7 +62,7 @@ impl App {
                 continue;
             }
             let (prober, tx, app_id, path, timeout) =
-                (env.prober.clone(), env.tx.clone(), self.id, health.path.clone(), health.timeout.0);
+                (fx.prober.clone(), fx.tx.clone(), self.id, health.path.clone(), health.timeout.0);
             tokio::spawn(async move {
                 if let Ok(Some(body)) = prober.probe(addr, &path, timeout, false).await {
                     let _ = tx.send(Msg::Stats { app_id, pid, body });

@@ -15,9 +15,9 @@ use chat_shared::status::{AppStatus, ExitKind, InstanceStatus, Phase};
 use chat_shared::worker_env::{FD_NAME_ADMIN, FD_NAME_HTTP};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::sync::mpsc;
 
-use super::Msg;
+use super::effects::Effects;
+use super::msg::Msg;
 use super::slot::{Proc, Slot, Which};
 use crate::instance::{Effect, Input, Instance, Policy};
 use crate::listen::{self, BindError};
@@ -26,8 +26,6 @@ use chat_shared::ipc::LogStream;
 use crate::logs::{LogPaths, LogSink};
 use crate::metrics::Usage;
 use crate::notify::NotifySocket;
-use crate::probe::Prober;
-use crate::reaper::Reaper;
 use crate::spawn::{self, Launch, PassedFd};
 use crate::watch::{AppWatcher, Ignore, WatchError};
 
@@ -64,9 +62,19 @@ pub(super) struct App {
     pub(super) reloads: u64,
 }
 
+/// The app with id `app_id`, if it is still known (messages may outlive a deleted app).
+pub(super) fn app_mut(apps: &mut [App], app_id: u64) -> Option<&mut App> {
+    apps.iter_mut().find(|a| a.id == app_id)
+}
+
+/// [`app_mut`], to read.
+pub(super) fn app(apps: &[App], app_id: u64) -> Option<&App> {
+    apps.iter().find(|a| a.id == app_id)
+}
+
 impl App {
     /// Binds every socket the app needs; nothing is spawned yet. Fails as a whole.
-    pub(super) fn new(id: u64, spec: AppSpec, log_paths: &LogPaths, env: &Env<'_>) -> Result<App, AppError> {
+    pub(super) fn new(id: u64, spec: AppSpec, log_paths: &LogPaths, fx: &Effects) -> Result<App, AppError> {
         let mut shared = None;
         let mut port = None;
         let mut slots = Vec::with_capacity(spec.instances);
@@ -87,24 +95,24 @@ impl App {
             let own = Self::own_socket(&spec, index)?;
             let slot_port = own.as_ref().map(|(_, p)| *p).or(port).or_else(|| spec.port_of(index));
             next_key += 1;
-            let current = Self::new_proc(id, next_key, &spec, slot_port, env)?;
+            let current = Self::new_proc(id, next_key, &spec, slot_port, fx)?;
             slots.push(Slot::new(current, own.map(|(socket, _)| socket), slot_port));
         }
         if spec.exec_mode == ExecMode::Fork {
             port = slots.first().and_then(|s| s.port);
         }
-        let logs = LogSink::open(&spec.name, log_paths.clone(), &spec.logs, spec.instances, env.follow.clone())
+        let logs = LogSink::open(&spec.name, log_paths.clone(), &spec.logs, spec.instances, fx.follow.clone())
             .map_err(|source| AppError::Logs { path: log_paths.out.clone(), source })?;
         let watcher = match &spec.watch {
             Some(watch) => {
                 // Logs never restart the app: the daemon's whole home (its own log, sockets) and the
                 // directories of the app's log files.
-                let mut dirs = vec![env.home.to_owned()];
+                let mut dirs = vec![fx.home.dir().to_owned()];
                 dirs.extend(
                     [&log_paths.out, &log_paths.err].iter().filter_map(|p| p.parent()).map(std::path::Path::to_owned),
                 );
                 let ignore = Ignore::new(&watch.ignore, dirs, &spec.cwd)?;
-                let tx = env.tx.clone();
+                let tx = fx.tx.clone();
                 Some(AppWatcher::start(watch, ignore, move |paths| {
                     let _ = tx.send(Msg::Changed { app_id: id, paths });
                 })?)
@@ -145,7 +153,7 @@ impl App {
     }
 
     /// A process of a slot, with its own admin listener (cluster) and notify socket.
-    fn new_proc(app_id: u64, key: u64, spec: &AppSpec, port: Option<u16>, env: &Env<'_>) -> Result<Proc, AppError> {
+    fn new_proc(app_id: u64, key: u64, spec: &AppSpec, port: Option<u16>, fx: &Effects) -> Result<Proc, AppError> {
         let mut proc = Proc {
             instance: Instance::new(),
             spec: std::sync::Arc::new(spec.clone()),
@@ -166,8 +174,8 @@ impl App {
             }
         }
         if spec.readiness == Some(Readiness::Notify) {
-            let path = env.home.join("notify").join(format!("{app_id}.{key}.sock"));
-            let tx = env.tx.clone();
+            let path = fx.home.dir().join("notify").join(format!("{app_id}.{key}.sock"));
+            let tx = fx.tx.clone();
             let on_notice = move |notice| {
                 let _ = tx.send(Msg::Notify { app_id, key, notice });
             };
@@ -199,14 +207,14 @@ impl App {
 
     /// Feeds `input` to a process of slot `index`, carries out the effects, and moves a
     /// replacement in progress along.
-    pub(super) fn drive(&mut self, index: usize, which: Which, input: Input, now: Instant, env: &Env<'_>) {
-        self.drive_one(index, which, input, now, env);
-        self.advance(index, now, env);
+    pub(super) fn drive(&mut self, index: usize, which: Which, input: Input, now: Instant, fx: &mut Effects) {
+        self.drive_one(index, which, input, now, fx);
+        self.advance(index, now, fx);
     }
 
     /// Feeds `input` and carries out the effects, including those that follow from them (a spawn's
     /// outcome is itself an input).
-    fn drive_one(&mut self, index: usize, which: Which, input: Input, now: Instant, env: &Env<'_>) {
+    fn drive_one(&mut self, index: usize, which: Which, input: Input, now: Instant, fx: &mut Effects) {
         let mut queue = std::collections::VecDeque::from([input]);
         while let Some(input) = queue.pop_front() {
             let Some(proc) = self.slots.get_mut(index).and_then(|s| s.proc_mut(which)) else { return };
@@ -238,17 +246,17 @@ impl App {
                 self.slots[index].record(event);
             }
             for effect in effects {
-                if let Some(next) = self.apply(index, which, effect, env) {
+                if let Some(next) = self.apply(index, which, effect, fx) {
                     queue.push_back(next);
                 }
             }
         }
     }
 
-    fn apply(&mut self, index: usize, which: Which, effect: Effect, env: &Env<'_>) -> Option<Input> {
+    fn apply(&mut self, index: usize, which: Which, effect: Effect, fx: &mut Effects) -> Option<Input> {
         let name = self.spec.name.clone();
         match effect {
-            Effect::Spawn => Some(self.spawn(index, which, env)),
+            Effect::Spawn => Some(self.spawn(index, which, fx)),
             Effect::Signal { pid, signal } => {
                 signal_group(&name, pid, to_nix(signal));
                 None
@@ -262,7 +270,7 @@ impl App {
                 let (Some(addr), Some(health)) = (proc.probe_addr, self.spec.health.as_ref()) else {
                     return Some(Input::ProbePassed);
                 };
-                let (prober, tx, app_id) = (env.prober.clone(), env.tx.clone(), self.id);
+                let (prober, tx, app_id) = (fx.prober.clone(), fx.tx.clone(), self.id);
                 let (path, timeout, any_answer) = (health.path.clone(), health.timeout.0, health.any_answer);
                 tokio::spawn(async move {
                     let begun = Instant::now();
@@ -275,7 +283,7 @@ impl App {
         }
     }
 
-    fn spawn(&mut self, index: usize, which: Which, env: &Env<'_>) -> Input {
+    fn spawn(&mut self, index: usize, which: Which, fx: &mut Effects) -> Input {
         let slot = &self.slots[index];
         let Some(proc) = slot.proc(which) else { return Input::SpawnFailed("no such process".into()) };
         let mut fds: Vec<PassedFd<'_>> = Vec::new();
@@ -289,17 +297,17 @@ impl App {
             fds.push(PassedFd { fd: admin, name: FD_NAME_ADMIN });
         }
         let spec = proc.spec.clone();
-        let tracking = env.descendants.prepare(&spec.name, index);
+        let tracking = fx.descendants.prepare(&spec.name, index);
         // A Node program that says it is ready the PM2 way (`process.send('ready')`).
         let channel = match (spec.readiness, spec.node_preload) {
             (Some(Readiness::Notify), true) => {
-                let (tx, app_id, key) = (env.tx.clone(), self.id, proc.key);
+                let (tx, app_id, key) = (fx.tx.clone(), self.id, proc.key);
                 match crate::notify::node_channel(move |notice| {
                     let _ = tx.send(Msg::Notify { app_id, key, notice });
                 }) {
                     Ok(channel) => Some(channel),
                     Err(e) => {
-                        env.descendants.discard(tracking);
+                        fx.descendants.discard(tracking);
                         return Input::SpawnFailed(format!("cannot make the Node IPC channel: {e}"));
                     }
                 }
@@ -311,7 +319,7 @@ impl App {
             index,
             port: slot.port,
             fds: &fds,
-            home: env.home,
+            home: fx.home.dir(),
             notify: proc.notify.as_ref().map(NotifySocket::path),
             secret: &self.secret,
             tracking: &tracking,
@@ -326,7 +334,7 @@ impl App {
         let mut child = match spawn::spawn(&launch) {
             Ok(child) => child,
             Err(e) => {
-                env.descendants.discard(tracking);
+                fx.descendants.discard(tracking);
                 tracing::error!(app = %self.spec.name, index, script = %spec.script, error = %e, "spawn failed");
                 // chdir happens before exec, and both fail with ENOENT: name the path that is missing.
                 if !spec.cwd.is_dir() {
@@ -336,10 +344,10 @@ impl App {
             }
         };
         let Some(pid) = child.id() else {
-            env.descendants.discard(tracking);
+            fx.descendants.discard(tracking);
             return Input::SpawnFailed("the process exited before its pid could be read".into());
         };
-        let tracked = env.descendants.tracked(tracking, pid);
+        let tracked = fx.descendants.tracked(tracking, pid);
         if let Some(proc) = self.slots[index].proc_mut(which) {
             proc.tracked = Some(tracked);
         }
@@ -352,7 +360,7 @@ impl App {
         if let Some(err) = child.stderr.take() {
             pipes.push(self.logs.capture(err, LogStream::Err, index, watch.clone()));
         }
-        let (tx, app_id) = (env.tx.clone(), self.id);
+        let (tx, app_id) = (fx.tx.clone(), self.id);
         tokio::spawn(async move {
             let status = match child.wait().await {
                 Ok(status) => exit_kind(status),
@@ -371,8 +379,8 @@ impl App {
             let misconfigured = watch.filter(|w| w.seen()).map(|w| w.advice());
             let _ = tx.send(Msg::Exited { app_id, pid, status, misconfigured });
         });
-        if let Some(reaper) = env.reaper {
-            reaper.borrow_mut().watch(pid);
+        if let Some(reaper) = &mut fx.reaper {
+            reaper.watch(pid);
         }
         tracing::debug!(app = %self.spec.name, index, pid, "spawned");
         Input::Spawned { pid }
@@ -441,20 +449,6 @@ impl App {
             build: self.builder.note(),
         }
     }
-}
-
-/// What applying effects needs from the daemon.
-pub(super) struct Env<'a> {
-    pub(super) tx: &'a mpsc::UnboundedSender<Msg>,
-    pub(super) prober: &'a Prober,
-    /// Marks every instance as this home's (see `leftovers`).
-    pub(super) home: &'a std::path::Path,
-    /// Where captured lines go for `chatctl logs --follow`.
-    pub(super) follow: &'a tokio::sync::broadcast::Sender<std::sync::Arc<chat_shared::ipc::LogRecord>>,
-    /// Told about every process group, so they die with the daemon.
-    pub(super) reaper: Option<&'a std::cell::RefCell<Reaper>>,
-    /// Each spawn's cgroup or launch id, so that its descendants die with it.
-    pub(super) descendants: &'a crate::descendants::Descendants,
 }
 
 #[derive(Debug, thiserror::Error)]
