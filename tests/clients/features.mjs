@@ -72,7 +72,9 @@ const dm = await ask(ann.s, "dm", { to: bob.id, text: "psst <b>not html</b>" });
 if (!dm.ok) fail(`dm: ${dm.error}`);
 await until("bob gets the dm", () => bob.dms.length === 1);
 if (bob.dms[0].text !== "psst <b>not html</b>" || bob.dms[0].from.id !== ann.id) fail(`dm content: ${JSON.stringify(bob.dms[0])}`);
-if ((await ask(ann.s, "dm", { to: "g_nobody", text: "hi" })).ok) fail("a dm to nobody was accepted");
+const nobody = await ask(ann.s, "dm", { to: "g_nobody", text: "hi" });
+// Refusals keep their text and carry a stable code beside it.
+if (nobody.ok || nobody.code !== "not_connected" || nobody.error !== 'guest "g_nobody" is not connected') fail(`a dm to nobody: ${JSON.stringify(nobody)}`);
 
 // Missed messages: a late joiner with the id of the last one it saw gets the rest, in order, once.
 const ids = [];
@@ -126,11 +128,11 @@ let refused = 0;
 const flooding = Date.now();
 for (let i = 0; i < 40; i++) {
   const r = await ask(flooder.s, "message", { room: "lobby", text: `spam ${i}` });
-  if (!r.ok && r.error === "rate limited") refused++;
+  if (!r.ok && r.error === "rate limited" && r.code === "rate_limited") refused++;
 }
 if (refused < 10) fail(`only ${refused} of 40 flood messages refused`);
 await until("the flooder told it is refused", () => told.length > 0);
-if (told[0].error !== "rate limited" || told[0].limit !== "messages") fail(`chat:error: ${JSON.stringify(told[0])}`);
+if (told[0].error !== "rate limited" || told[0].code !== "rate_limited" || told[0].limit !== "messages") fail(`chat:error: ${JSON.stringify(told[0])}`);
 if (told.length > (Date.now() - flooding) / 1000 + 1) fail(`told ${told.length} times in ${Date.now() - flooding} ms`);
 if (!(await ask(bob.s, "message", { room: "lobby", text: "still here" })).ok) fail("bob was limited by someone else's flood");
 // Joins are limited too (each asks every worker for the member list and tells the whole room).

@@ -27,11 +27,19 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::ParserError;
+use socketioxide::SocketIo;
+use socketioxide::extract::SocketRef;
 
-use super::{Chat, Spend, answer, connected, guest_of, guest_room, limited, limited_for, send_ice};
+use super::Chat;
+use super::guests::{Guest, connected, guest_of, guest_room, send_ice};
+use super::protocol::{self, ChatError, Reply, event};
+use super::throttle::Spend;
 use crate::Adapter;
 use crate::bus::Channel;
+
+/// Changes queued for this worker before it falls behind the other workers' registries.
+const CHANGES_QUEUED: usize = 1024;
 
 /// At most this many people in one call (a small-room call, not a conference).
 pub(super) const MAX_PARTICIPANTS: usize = 8;
@@ -131,7 +139,7 @@ impl Calls {
     /// [`LONGEST`] (the others are told), and drops quietly the calls of workers that are gone;
     /// returns the ended calls with their participants, for them to be told.
     pub(super) fn expire(&self, now: Instant) -> Vec<(String, Vec<String>, Expiry)> {
-        let Ok(mut calls) = self.calls.lock() else { return Vec::new() };
+        let mut calls = self.lock();
         let ring = self.ring;
         let mut ended = Vec::new();
         calls.retain(|id, call| {
@@ -161,7 +169,7 @@ impl Calls {
     /// Applies the other workers' changes until the worker stops.
     pub(super) async fn listen(&self) {
         let Some(bus) = &self.bus else { return };
-        bus.follow(1024, |told: Told| {
+        bus.follow(CHANGES_QUEUED, |told: Told| {
             // This worker applied its own changes when it made them.
             if told.origin != self.origin {
                 self.apply(told.change);
@@ -183,13 +191,13 @@ impl Calls {
 
     /// Every call, for a worker that starts later.
     pub(super) fn dump(&self) -> Vec<(String, BTreeSet<String>)> {
-        let Ok(calls) = self.calls.lock() else { return Vec::new() };
+        let calls = self.lock();
         calls.iter().take(MAX_CALLS).map(|(id, call)| (id.clone(), call.participants.clone())).collect()
     }
 
     /// Takes in another worker's calls; a call this worker already knows keeps its own state.
     pub(super) fn merge(&self, dump: Vec<(String, BTreeSet<String>)>) {
-        let Ok(mut calls) = self.calls.lock() else { return };
+        let mut calls = self.lock();
         let now = Instant::now();
         for (id, participants) in dump.into_iter().take(MAX_CALLS.saturating_sub(calls.len())) {
             // Its age and state are not in a snapshot: kept as another worker's, accepted.
@@ -200,7 +208,7 @@ impl Calls {
 
     /// Applies a change; returns who is left in the call and whether it is over (for `Leave`).
     fn apply(&self, change: Change) -> Option<(Vec<String>, bool)> {
-        let mut calls = self.calls.lock().ok()?;
+        let mut calls = self.lock();
         match change {
             Change::Create { id, participants, caller } => {
                 if calls.len() < MAX_CALLS {
@@ -229,19 +237,19 @@ impl Calls {
         }
     }
 
-    pub(super) fn create(&self, id: &str, from: &str, to: &[String]) -> Result<Call, String> {
+    pub(super) fn create(&self, id: &str, from: &str, to: &[String]) -> Result<Call, ChatError> {
         let mut participants: BTreeSet<String> = to.iter().cloned().collect();
         participants.remove(from);
         invitees(participants.len())?;
         participants.insert(from.to_owned());
         let call = Call { participants, caller: from.to_owned(), since: Instant::now(), accepted: false, here: true };
         {
-            let mut calls = self.calls.lock().map_err(|_| "call registry unavailable".to_owned())?;
+            let mut calls = self.lock();
             if calls.values().filter(|c| c.caller == from).count() >= PER_GUEST {
-                return Err(format!("a guest starts at most {PER_GUEST} calls at once: end one first"));
+                return Err(ChatError::TooManyCalls { max: PER_GUEST });
             }
             if calls.len() >= MAX_CALLS {
-                return Err("too many calls on this server: try again later".into());
+                return Err(ChatError::ServerBusy);
             }
             calls.insert(id.to_owned(), call.clone());
         }
@@ -261,13 +269,18 @@ impl Calls {
     }
 
     /// The call, if `guest` takes part in it.
-    pub(super) fn of(&self, id: &str, guest: &str) -> Result<Call, String> {
-        let calls = self.calls.lock().map_err(|_| "call registry unavailable".to_owned())?;
-        match calls.get(id) {
+    pub(super) fn of(&self, id: &str, guest: &str) -> Result<Call, ChatError> {
+        match self.lock().get(id) {
             Some(call) if call.participants.contains(guest) => Ok(call.clone()),
-            Some(_) => Err("not a participant of this call".into()),
-            None => Err(format!("no call {id:?}")),
+            Some(_) => Err(ChatError::NotInCall),
+            None => Err(ChatError::NoSuchCall(id.to_owned())),
         }
+    }
+
+    /// The registry (`std::sync::Mutex`: held for a lookup or an update, never across an await; a
+    /// panic while it was held left it consistent, since every update is one insert or remove).
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Call>> {
+        self.calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Removes `guest` from a call; returns who is left, and whether the call is over.
@@ -288,25 +301,20 @@ impl Calls {
 
     /// Calls `guest` takes part in.
     pub(super) fn of_guest(&self, guest: &str) -> Vec<String> {
-        self.calls
-            .lock()
-            .map(|calls| {
-                calls.iter().filter(|(_, c)| c.participants.contains(guest)).map(|(id, _)| id.clone()).collect()
-            })
-            .unwrap_or_default()
+        self.lock().iter().filter(|(_, c)| c.participants.contains(guest)).map(|(id, _)| id.clone()).collect()
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.calls.lock().map_or(0, |c| c.len())
+        self.lock().len()
     }
 }
 
 /// Whether a call may have `count` invitees besides its caller.
-fn invitees(count: usize) -> Result<(), String> {
+fn invitees(count: usize) -> Result<(), ChatError> {
     match count {
-        0 => Err("invite at least one other guest".into()),
-        n if n >= MAX_PARTICIPANTS => Err(format!("a call has at most {MAX_PARTICIPANTS} participants")),
+        0 => Err(ChatError::NoInvitee),
+        n if n >= MAX_PARTICIPANTS => Err(ChatError::CallTooLarge { max: MAX_PARTICIPANTS }),
         _ => Ok(()),
     }
 }
@@ -373,110 +381,132 @@ struct Signal {
 }
 
 pub(super) fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
-    let c = chat.clone();
-    socket.on(
-        "call:invite",
-        move |socket: SocketRef<Adapter>, TryData(data): TryData<Invite>, ack: AckSender<Adapter>| {
-            let chat = c.clone();
-            async move {
-                let reply = async {
-                    limited(&socket, &chat)?;
-                    let guest = guest_of(&socket)?;
-                    let Invite { to, media } = data.map_err(|e| format!("expected {{to: [guest ids], media}}: {e}"))?;
-                    if !matches!(media.as_str(), "audio" | "video") {
-                        return Err("media is \"audio\" or \"video\"".to_owned());
-                    }
-                    // Checked before anything is asked of the cluster (a question per invitee):
-                    // 3,000 entries naming the caller were 3,000 questions.
-                    let to: Vec<String> =
-                        to.into_iter().filter(|id| *id != guest.id).collect::<BTreeSet<_>>().into_iter().collect();
-                    invitees(to.len())?;
-                    for id in &to {
-                        if !connected(&socket, id).await {
-                            return Err(format!("guest {id:?} is not connected"));
-                        }
-                    }
-                    let id = format!("call-{}", chat.ids.next());
-                    let call = chat.calls.create(&id, &guest.id, &to)?;
-                    send_ice(&socket, &chat);
-                    let invite =
-                        json!({ "call": id, "from": guest, "media": media, "participants": call.participants });
-                    for invitee in &to {
-                        let _ = socket.within(guest_room(invitee)).emit("call:invite", &invite).await;
-                    }
-                    Ok(json!({ "ok": true, "call": id }))
-                }
-                .await;
-                answer(&socket, ack, reply);
-            }
-        },
-    );
-    for event in ["call:accept", "call:reject", "call:end"] {
-        let c = chat.clone();
-        socket.on(
-            event,
-            move |socket: SocketRef<Adapter>, TryData(data): TryData<CallRef>, ack: AckSender<Adapter>| {
-                let chat = c.clone();
-                async move {
-                    let reply = async {
-                        limited_for(&socket, &chat, Spend::Signal)?;
-                        let guest = guest_of(&socket)?;
-                        let CallRef { call } = data.map_err(|e| format!("expected {{call}}: {e}"))?;
-                        let current = chat.calls.of(&call, &guest.id)?;
-                        if event == "call:accept" && current.caller == guest.id {
-                            return Err("the caller cannot accept its own call".to_owned());
-                        }
-                        if event == "call:accept" {
-                            chat.calls.accept(&call);
-                            send_ice(&socket, &chat);
-                        }
-                        let (notify, ended) = match event {
-                            "call:end" => (chat.calls.end(&call).unwrap_or_default(), true),
-                            "call:reject" => match chat.calls.leave(&call, &guest.id) {
-                                Some((left, over)) => (left, over),
-                                None => (Vec::new(), true),
-                            },
-                            _ => (current.participants.into_iter().filter(|p| *p != guest.id).collect(), false),
-                        };
-                        let body = json!({ "call": call, "guest": guest, "by": guest });
-                        for id in &notify {
-                            let _ = socket.within(guest_room(id)).emit(event, &body).await;
-                            if ended && event != "call:end" {
-                                let _ = socket.within(guest_room(id)).emit("call:end", &body).await;
-                            }
-                        }
-                        Ok(json!({ "ok": true }))
-                    }
-                    .await;
-                    answer(&socket, ack, reply);
-                }
-            },
-        );
+    protocol::on(socket, chat, event::CALL_INVITE, invite);
+    for answer in [event::CALL_ACCEPT, event::CALL_REJECT, event::CALL_END] {
+        protocol::on(socket, chat, answer, move |socket, chat, data| respond(socket, chat, data, answer));
     }
-    for event in ["offer", "answer", "ice-candidate"] {
-        let c = chat.clone();
-        socket.on(event, move |socket: SocketRef<Adapter>, TryData(data): TryData<Signal>, ack: AckSender<Adapter>| {
-            let chat = c.clone();
-            async move {
-                let reply = async {
-                    limited_for(&socket, &chat, Spend::Signal)?;
-                    let guest = guest_of(&socket)?;
-                    let Signal { call, to, mut payload } =
-                        data.map_err(|e| format!("expected {{call, to, ...}}: {e}"))?;
-                    let current = chat.calls.of(&call, &guest.id)?;
-                    if !current.participants.contains(&to) {
-                        return Err(format!("{to:?} is not in this call"));
-                    }
-                    payload.insert("call".into(), Value::from(call));
-                    payload.insert("from".into(), json!(guest));
-                    payload.insert("to".into(), Value::from(to.clone()));
-                    let _ = socket.within(guest_room(&to)).emit(event, &Value::Object(payload)).await;
-                    Ok(json!({ "ok": true }))
-                }
-                .await;
-                answer(&socket, ack, reply);
+    for signal in event::SIGNALS {
+        protocol::on(socket, chat, signal, move |socket, chat, data| relay(socket, chat, data, signal));
+    }
+}
+
+/// `call:invite {to, media}` → `{ok, call}`; each invitee gets `call:invite {call, from, media,
+/// participants}`.
+async fn invite(socket: SocketRef<Adapter>, chat: Arc<Chat>, data: Result<Invite, ParserError>) -> Reply {
+    chat.throttle.spend(&socket, Spend::Message)?;
+    let guest = guest_of(&socket)?;
+    let Invite { to, media } = protocol::payload(data, "{to: [guest ids], media}")?;
+    if !matches!(media.as_str(), "audio" | "video") {
+        return Err(ChatError::BadMedia);
+    }
+    // Checked before anything is asked of the cluster (a question per invitee): 3,000 entries
+    // naming the caller were 3,000 questions.
+    let to: Vec<String> = to.into_iter().filter(|id| *id != guest.id).collect::<BTreeSet<_>>().into_iter().collect();
+    invitees(to.len())?;
+    for id in &to {
+        if !connected(&socket, id).await {
+            return Err(ChatError::NotConnected(id.clone()));
+        }
+    }
+    let id = format!("call-{}", chat.messages.next_id());
+    let call = chat.calls.create(&id, &guest.id, &to)?;
+    send_ice(&socket, &chat);
+    let invite = json!({ "call": id, "from": guest, "media": media, "participants": call.participants });
+    for invitee in &to {
+        let _ = socket.within(guest_room(invitee)).emit(event::CALL_INVITE, &invite).await;
+    }
+    Ok(json!({ "ok": true, "call": id }))
+}
+
+/// `call:accept|call:reject|call:end {call}`: the other participants are told; a call with one
+/// participant left ends.
+async fn respond(
+    socket: SocketRef<Adapter>,
+    chat: Arc<Chat>,
+    data: Result<CallRef, ParserError>,
+    answer: &'static str,
+) -> Reply {
+    chat.throttle.spend(&socket, Spend::Signal)?;
+    let guest = guest_of(&socket)?;
+    let CallRef { call } = protocol::payload(data, "{call}")?;
+    let current = chat.calls.of(&call, &guest.id)?;
+    if answer == event::CALL_ACCEPT {
+        if current.caller == guest.id {
+            return Err(ChatError::OwnCall);
+        }
+        chat.calls.accept(&call);
+        send_ice(&socket, &chat);
+    }
+    let (notify, ended) = match answer {
+        event::CALL_END => (chat.calls.end(&call).unwrap_or_default(), true),
+        event::CALL_REJECT => chat.calls.leave(&call, &guest.id).unwrap_or((Vec::new(), true)),
+        _ => (current.participants.into_iter().filter(|p| *p != guest.id).collect(), false),
+    };
+    let body = json!({ "call": call, "guest": guest, "by": guest });
+    for id in &notify {
+        let _ = socket.within(guest_room(id)).emit(answer, &body).await;
+        if ended && answer != event::CALL_END {
+            let _ = socket.within(guest_room(id)).emit(event::CALL_END, &body).await;
+        }
+    }
+    Ok(json!({ "ok": true }))
+}
+
+/// `offer|answer|ice-candidate {call, to, ...}`: relayed to `to` with `from` added, only between
+/// participants of the call.
+async fn relay(
+    socket: SocketRef<Adapter>,
+    chat: Arc<Chat>,
+    data: Result<Signal, ParserError>,
+    signal: &'static str,
+) -> Reply {
+    chat.throttle.spend(&socket, Spend::Signal)?;
+    let guest = guest_of(&socket)?;
+    let Signal { call, to, mut payload } = protocol::payload(data, "{call, to, ...}")?;
+    let current = chat.calls.of(&call, &guest.id)?;
+    if !current.participants.contains(&to) {
+        return Err(ChatError::PeerNotInCall(to));
+    }
+    payload.insert("call".into(), Value::from(call));
+    payload.insert("from".into(), json!(guest));
+    payload.insert("to".into(), Value::from(to.clone()));
+    let _ = socket.within(guest_room(&to)).emit(signal, &Value::Object(payload)).await;
+    Ok(json!({ "ok": true }))
+}
+
+/// A guest's last socket anywhere gone: it leaves its calls, whose other participants are told
+/// (`call:leave`, or `call:end` when one is left). Another tab may be on another worker, so this
+/// asks the cluster, after the socket left the guest's room; and only for a guest in a call: a
+/// cluster-wide question per disconnect flooded the bus when 10,000 clients left at once.
+pub(super) async fn left(socket: &SocketRef<Adapter>, chat: &Chat, guest: &Guest) {
+    let calls = chat.calls.of_guest(&guest.id);
+    if calls.is_empty() || connected(socket, &guest.id).await {
+        return;
+    }
+    for call in calls {
+        if let Some((left, over)) = chat.calls.leave(&call, &guest.id) {
+            let told = if over { event::CALL_END } else { event::CALL_LEAVE };
+            for id in left {
+                let body = json!({ "call": call, "by": guest, "guest": guest });
+                let _ = socket.within(guest_room(&id)).emit(told, &body).await;
             }
-        });
+        }
+    }
+}
+
+/// Ends the calls that rang unanswered or lasted too long, telling their participants.
+pub(super) async fn end_expired(calls: &Calls, io: &SocketIo<Adapter>) {
+    let mut ticks = tokio::time::interval(calls.sweep_every());
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        ticks.tick().await;
+        for (call, participants, expiry) in calls.expire(Instant::now()) {
+            tracing::debug!(call, reason = expiry.reason(), "call ended by itself");
+            let body = json!({ "call": call, "reason": expiry.reason() });
+            for id in participants {
+                let _ = io.to(guest_room(&id)).emit(event::CALL_END, &body).await;
+            }
+        }
     }
 }
 
@@ -490,7 +520,7 @@ mod tests {
         assert!(calls.create("c1", "a", &[]).is_err());
         calls.create("c1", "a", &["b".into(), "c".into()]).expect("created");
         assert!(calls.of("c1", "b").is_ok());
-        assert_eq!(calls.of("c1", "z").map(|_| ()), Err("not a participant of this call".into()));
+        assert_eq!(calls.of("c1", "z").map(|_| ()), Err(ChatError::NotInCall));
         assert_eq!(calls.leave("c1", "c"), Some((vec!["a".into(), "b".into()], false)));
         assert_eq!(calls.of_guest("a"), vec!["c1".to_owned()]);
         assert_eq!(calls.leave("c1", "b"), Some((vec!["a".into()], true)));

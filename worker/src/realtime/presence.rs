@@ -16,6 +16,7 @@ use serde_json::json;
 use socketioxide::extract::SocketRef;
 use tokio::sync::oneshot;
 
+use super::protocol::event;
 use super::{Guest, INTERNAL};
 use crate::Adapter;
 
@@ -104,13 +105,13 @@ async fn tell(socket: &SocketRef<Adapter>, room: &str, batch: &[Change], members
             continue;
         }
         let presence = json!({ "room": room, "guest": change.guest, "joined": change.joined, "count": members.len() });
-        if let Err(e) = socket.within(room.to_owned()).emit("room:presence", &presence).await {
+        if let Err(e) = socket.within(room.to_owned()).emit(event::ROOM_PRESENCE, &presence).await {
             tracing::warn!(room, error = %e, "presence broadcast failed");
         }
     }
     if members.len() <= FULL_LISTS_UP_TO {
         let update = json!({ "room": room, "members": members });
-        if let Err(e) = socket.within(room.to_owned()).emit("room:members", &update).await {
+        if let Err(e) = socket.within(room.to_owned()).emit(event::ROOM_MEMBERS, &update).await {
             tracing::warn!(room, error = %e, "member list broadcast failed");
         }
     }
