@@ -41,8 +41,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-use crate::Adapter;
 use crate::admission::{Admission, Conn, FIRST_LINE};
+use crate::bus::Adapter;
 
 /// Where socketioxide serves engine.io (its default).
 const ENGINE_PATH: &str = "/socket.io";

@@ -2,7 +2,8 @@
 //! draining worker answers on its kept-alive connections.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -10,8 +11,27 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chat_shared::health::{HealthBody, HealthStatus};
 use serde_json::{Value, json};
+use socketioxide::SocketIo;
 
-use crate::WorkerState;
+use crate::bus::{Adapter, BusDriver};
+
+/// What every route may read. Owned by an `Arc`; only `draining` ever changes.
+pub struct WorkerState {
+    pub started: Instant,
+    /// Room messages delivered (for `/health`, which the supervisor samples).
+    pub messages: Arc<AtomicU64>,
+    pub draining: AtomicBool,
+    /// Cluster mode: the public port is shared by every instance of the host.
+    pub shared_port: bool,
+    pub instance: Option<String>,
+    pub io: SocketIo<Adapter>,
+    /// Figures summed over every worker that shares this one's bus.
+    pub cluster: Arc<crate::cluster_stats::ClusterStats>,
+    /// How this worker reaches the others (for `/health`).
+    pub link: BusDriver,
+    /// Its end of the polling sessions' handoff (cluster mode).
+    pub handoff: Option<Arc<crate::handoff::Handoff>>,
+}
 
 /// Routes served on the public port (with the Socket.IO layer added by the caller).
 pub fn router(state: Arc<WorkerState>) -> Router {

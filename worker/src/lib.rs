@@ -3,8 +3,10 @@
 //! # Theory of operation
 //! `main` reads the configuration from the environment and adopts the listening sockets (inherited
 //! from the supervisor, or bound) before the runtime starts, then calls [`serve`] with a shutdown
-//! future. [`serve`] runs the public listener (HTTP routes + Socket.IO) and, when supervised, the
-//! private admin listener on which the supervisor probes this instance's `/health`.
+//! future. [`serve`] has the worker [`build`]: its link to the other workers, Socket.IO, the chat,
+//! the file store and the routes, ready once it knows what the running workers know; then it runs
+//! the public listener (HTTP routes + Socket.IO) and, when supervised, the private admin listener
+//! on which the supervisor probes this instance's `/health`, and drains on shutdown.
 //!
 //! On shutdown the worker reports `draining` on `/health` and stops accepting (the supervisor's
 //! shared socket stays open, so new connections wait for the other instances). Every answer from
@@ -21,14 +23,14 @@
 //! - `handoff`: a polling session's connections reach the instance that has it (cluster mode).
 //! - `files`: temporary file sharing (upload, download, limits, expiry) in the app's data directory.
 //! - `bundle`: the socket.io-client browser bundle at `/socket.io/socket.io.js`, as Node serves it.
-//! - `http`: `/health`, `/api/socket/stats`, and the copy of each request head out of hyper's
-//!   read buffer (socketioxide keeps every socket's head).
+//! - `http`: `/health`, `/api/socket/stats`, the state every route reads, and the copy of each
+//!   request head out of hyper's read buffer (socketioxide keeps every socket's head).
 //! - `realtime`: Socket.IO guests, rooms, messages, presence, calls, recovery, limits.
 //! - `session`: signed guest session tokens (identity and rooms survive a reconnect).
-//! - `bus`: the adapter's driver over Redis, the daemon's local bus, or nothing (a bus of one),
-//!   and the named channels the workers copy state through.
+//! - `bus`: the Socket.IO adapter and its driver over Redis, the daemon's local bus, or nothing (a
+//!   bus of one), and the named channels the workers copy state through.
 //! - `store`: sessions and history streams kept in Redis itself.
-//! - `cluster_stats`: live figures summed from every worker's reports.
+//! - `cluster_stats`: live figures summed from every worker's reports, and the `stats` broadcast.
 //! - `web`: the chat's web client at `/`, compiled in.
 
 pub mod admission;
@@ -48,37 +50,18 @@ pub mod store;
 pub mod web;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::serve::ListenerExt;
 use socketioxide::SocketIo;
 use tokio::sync::watch;
 
+use bus::{Adapter, BusDriver};
 pub use config::Config;
 use drain::Draining;
+use http::WorkerState;
 pub use listeners::Listeners;
-
-/// The Socket.IO adapter: rooms shared through Redis, the daemon's bus, or a bus of one.
-pub type Adapter = socketioxide_redis::CustomRedisAdapter<socketioxide::adapter::Emitter, bus::BusDriver>;
-
-/// What every handler may read. Owned by an `Arc`; only `draining` ever changes.
-pub struct WorkerState {
-    pub started: Instant,
-    /// Room messages delivered (for `/health`, which the supervisor samples).
-    pub messages: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    pub draining: AtomicBool,
-    /// Cluster mode: the public port is shared by every instance of the host (see `http`).
-    pub shared_port: bool,
-    pub instance: Option<String>,
-    pub io: SocketIo<Adapter>,
-    /// Figures summed over every worker that shares this one's bus.
-    pub cluster: Arc<cluster_stats::ClusterStats>,
-    /// How this worker reaches the others (for `/health`).
-    pub link: bus::BusDriver,
-    /// Its end of the polling sessions' handoff (cluster mode).
-    pub handoff: Option<Arc<handoff::Handoff>>,
-}
 
 /// Bytes read from a websocket at a time.
 const WS_READ_BUFFER: usize = 1024;
@@ -89,38 +72,44 @@ const REDIS_FIRST_TRY: Duration = Duration::from_secs(1);
 /// The longest a starting worker waits for the others' calls and history.
 const CATCH_UP: Duration = Duration::from_millis(500);
 
-/// Serves until `shutdown` resolves, then drains within `config.shutdown_timeout`.
-pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-    // An oversized packet closes that one connection (engine.io's max payload), not the worker.
-    let max = config.max_payload;
-    let driver = match (&config.redis_url, &config.bus) {
-        // Redis spans every host, so it replaces the local bus, which stays as its stand-in for the
-        // workers of this host while Redis is away.
-        (Some(url), local) => bus::BusDriver::redis(url, REDIS_FIRST_TRY, local.as_deref()).await,
-        (None, Some(path)) => match bus::BusDriver::connect(path).await {
-            Ok(driver) => driver,
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot reach the local bus: rooms stay on this worker");
-                bus::BusDriver::solo()
-            }
-        },
-        (None, None) => bus::BusDriver::solo(),
-    };
+/// A cluster-wide question (a room's member list) waits this long for a dead or hung worker.
+const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// A worker built from its configuration, ready to serve: its routes, and what runs beside them.
+pub struct Worker {
+    /// The public routes: HTTP, the web client, files and Socket.IO, every layer applied.
+    pub router: axum::Router,
+    /// The private routes the supervisor probes (cluster mode).
+    pub admin: axum::Router,
+    state: Arc<WorkerState>,
+    admission: admission::Admission,
+    handoff: Option<Arc<handoff::Handoff>>,
+    incomings: handoff::Incomings,
+    /// Tasks that follow the other workers; stopped when the worker drains.
+    followers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Builds the worker: its link to the other workers, Socket.IO, the chat, the file store and the
+/// routes. Returns once it knows what the running workers know (a reload's successor must, before
+/// it serves). `shared_port`: cluster mode, where the public port is every instance's.
+pub async fn build(config: &Config, shared_port: bool) -> std::io::Result<Worker> {
+    let driver = connect_bus(config).await;
     // One set of channels per app: every app of the daemon shares its bus.
     let prefix = format!("socket.io/{}", config.app.as_deref().unwrap_or("chat"));
-    let stats_channel = bus::Channel::new(driver.clone(), format!("{prefix}-stats"));
-    let cluster = Arc::new(cluster_stats::ClusterStats::new(Some(stats_channel), config.stats_interval));
-    let listen_task = tokio::spawn(cluster.clone().listen());
-    // A dead or hung worker must not stall cluster-wide queries (member lists) for long.
+    let channel = |name: &str| bus::Channel::new(driver.clone(), format!("{prefix}-{name}"));
+    let cluster = Arc::new(cluster_stats::ClusterStats::new(Some(channel("stats")), config.stats_interval));
+    let mut followers = vec![tokio::spawn(cluster.clone().listen())];
     let adapter_config = socketioxide_redis::RedisAdapterConfig::new()
-        .with_request_timeout(Duration::from_millis(500))
+        .with_request_timeout(CLUSTER_REQUEST_TIMEOUT)
         .with_prefix(prefix.clone());
     let adapter = socketioxide_redis::RedisAdapterCtr::new_with_driver(driver.clone(), adapter_config);
+    // An oversized packet closes that one connection (engine.io's max payload), not the worker.
+    let max = usize::try_from(config.max_payload).unwrap_or(usize::MAX);
     let (layer, io) = SocketIo::builder()
         .with_adapter::<Adapter>(adapter)
-        .max_payload(max)
-        .ws_max_message_size(usize::try_from(max).unwrap_or(usize::MAX))
-        .ws_max_frame_size(usize::try_from(max).unwrap_or(usize::MAX))
+        .max_payload(config.max_payload)
+        .ws_max_message_size(max)
+        .ws_max_frame_size(max)
         // Chat frames are small: a 1 KiB read buffer (4 KiB by default) saves ~3 KiB per idle
         // connection; a large frame takes a few more reads.
         .ws_read_buffer_size(WS_READ_BUFFER)
@@ -135,58 +124,98 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
             session::random_secret()?
         }
     };
-    let shared_sessions = config.redis_url.as_ref().map(|_| {
+    let sessions = || session::Sessions::new(secret.clone(), config.session_ttl);
+    let store = config.redis_url.as_ref().map(|_| {
         let app = config.app.as_deref().unwrap_or("chat");
         store::Store::new(driver.clone(), app, config.session_ttl, realtime::HISTORY_COUNT, realtime::HISTORY_AGE)
     });
-    let files = files::Files::start(
-        config.files.clone(),
-        session::Sessions::new(secret.clone(), config.session_ttl),
-        shared_sessions.clone(),
-    )
-    .map_err(|e| std::io::Error::other(format!("file store {}: {e}", config.files.dir.display())))?;
-    let messages = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let chat = realtime::Chat::new(
-        config.instance.as_deref(),
-        session::Sessions::new(secret, config.session_ttl),
-        messages.clone(),
-        realtime::History::bounded(
-            realtime::HISTORY_COUNT,
-            realtime::HISTORY_AGE,
-            config.history_rooms,
-            usize::try_from(config.history_bytes).unwrap_or(usize::MAX),
-        ),
-        realtime::Limits {
-            socket: config.message_rate,
-            joins: config.join_rate,
-            signals: config.signal_rate,
-            address: config.address_rate,
-            trusted_proxies: config.trusted_proxies.clone(),
-            call_ring: config.call_ring,
-        },
-        realtime::IceConfig {
-            urls: config.ice_servers.clone(),
-            turn_secret: config.turn_secret.clone(),
-            turn_ttl: config.turn_ttl,
-        },
-        Some(realtime::Shared {
-            calls: bus::Channel::new(driver.clone(), format!("{prefix}-calls")),
-            history: bus::Channel::new(driver.clone(), format!("{prefix}-history")),
-            sync: bus::Channel::new(driver.clone(), format!("{prefix}-sync")),
-            rates: bus::Channel::new(driver.clone(), format!("{prefix}-rates")),
-            files: Some(files.clone()),
-            store: shared_sessions,
-        }),
-    );
-    let chat = Arc::new(chat);
-    let follow_task = tokio::spawn(chat.clone().follow(io.clone()));
+    let files = files::Files::start(config.files.clone(), sessions(), store.clone())
+        .map_err(|e| std::io::Error::other(format!("file store {}: {e}", config.files.dir.display())))?;
+    let delivered = Arc::new(AtomicU64::new(0));
+    let shared = realtime::Shared {
+        calls: channel("calls"),
+        history: channel("history"),
+        sync: channel("sync"),
+        rates: channel("rates"),
+        files: Some(files.clone()),
+        store,
+    };
+    let chat = Arc::new(chat(config, sessions(), delivered.clone(), shared));
+    followers.push(tokio::spawn(chat.clone().follow(io.clone())));
     // Before any listener serves: a reload's successor must know the calls and history first.
     chat.catch_up(CATCH_UP).await;
     realtime::register(&io, chat, config.origins.clone()).await.map_err(std::io::Error::other)?;
     let admission =
         admission::Admission::new(config.max_connections.unwrap_or_else(|| admission::cap_for(admission::fd_limit())));
-    // In cluster mode a polling session's requests are handed to the instance that has it.
-    let handoff = config.handoff.as_deref().and_then(|dir| {
+    let (handoff, incomings) = handoff(config, &io, &admission);
+    let state = Arc::new(WorkerState {
+        started: Instant::now(),
+        messages: delivered,
+        draining: AtomicBool::new(false),
+        shared_port,
+        instance: config.instance.clone(),
+        io,
+        cluster,
+        link: driver,
+        handoff: handoff.clone(),
+    });
+    followers.push(tokio::spawn(cluster_stats::broadcast(state.clone(), config.stats_interval)));
+    let router = public_router(config, &state, layer, files);
+    let admin = http::admin_router(state.clone()).with_state(state.clone());
+    Ok(Worker { router, admin, state, admission, handoff, incomings, followers })
+}
+
+/// Redis spans every host, so it replaces the local bus, which stays as its stand-in for the
+/// workers of this host while Redis is away; without either, a bus of one.
+async fn connect_bus(config: &Config) -> BusDriver {
+    match (&config.redis_url, &config.bus) {
+        (Some(url), local) => BusDriver::redis(url, REDIS_FIRST_TRY, local.as_deref()).await,
+        (None, Some(path)) => match BusDriver::connect(path).await {
+            Ok(driver) => driver,
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "cannot reach the local bus: rooms stay on this worker");
+                BusDriver::solo()
+            }
+        },
+        (None, None) => BusDriver::solo(),
+    }
+}
+
+fn chat(
+    config: &Config,
+    sessions: session::Sessions,
+    delivered: Arc<AtomicU64>,
+    shared: realtime::Shared,
+) -> realtime::Chat {
+    let history = realtime::History::bounded(
+        realtime::HISTORY_COUNT,
+        realtime::HISTORY_AGE,
+        config.history_rooms,
+        usize::try_from(config.history_bytes).unwrap_or(usize::MAX),
+    );
+    let limits = realtime::Limits {
+        socket: config.message_rate,
+        joins: config.join_rate,
+        signals: config.signal_rate,
+        address: config.address_rate,
+        trusted_proxies: config.trusted_proxies.clone(),
+        call_ring: config.call_ring,
+    };
+    let ice = realtime::IceConfig {
+        urls: config.ice_servers.clone(),
+        turn_secret: config.turn_secret.clone(),
+        turn_ttl: config.turn_ttl,
+    };
+    realtime::Chat::new(config.instance.as_deref(), sessions, delivered, history, limits, ice, Some(shared))
+}
+
+/// In cluster mode a polling session's requests are handed to the instance that has it.
+fn handoff(
+    config: &Config,
+    io: &SocketIo<Adapter>,
+    admission: &admission::Admission,
+) -> (Option<Arc<handoff::Handoff>>, handoff::Incomings) {
+    let started = config.handoff.as_deref().and_then(|dir| {
         let instance = config.instance.as_deref().unwrap_or("0");
         match handoff::Handoff::start(dir, instance, io.clone(), admission.clone()) {
             Ok(started) => Some(started),
@@ -196,20 +225,42 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
             }
         }
     });
-    let (handoff, incomings) = handoff.unzip();
-    let incomings = incomings.unwrap_or_else(handoff::Incomings::local);
-    let state = Arc::new(WorkerState {
-        started: Instant::now(),
-        messages,
-        draining: AtomicBool::new(false),
-        // Only cluster mode gives an instance a private admin listener beside the shared port.
-        shared_port: listeners.admin.is_some(),
-        instance: config.instance.clone(),
-        io: io.clone(),
-        cluster,
-        link: driver.clone(),
-        handoff: handoff.clone(),
-    });
+    let (handoff, incomings) = started.unzip();
+    (handoff, incomings.unwrap_or_else(handoff::Incomings::local))
+}
+
+/// The public routes with every layer, outermost last.
+fn public_router(
+    config: &Config,
+    state: &Arc<WorkerState>,
+    socket_io: socketioxide::layer::SocketIoLayer<Adapter>,
+    files: Arc<files::Files>,
+) -> axum::Router {
+    // The client bundle outside socketioxide's layer, which takes everything under /socket.io/.
+    let mut router = http::router(state.clone())
+        .merge(
+            axum::Router::new()
+                .route("/api/files", axum::routing::post(files::upload))
+                .route("/api/files/{id}", axum::routing::get(files::download))
+                .with_state(files),
+        )
+        .layer(socket_io)
+        .layer(axum::middleware::from_fn(bundle::client_bundle));
+    if let Some(handoff) = &state.handoff {
+        router = router.layer(axum::middleware::from_fn_with_state(handoff.clone(), handoff::observe));
+    }
+    let mut router = router.layer(axum::middleware::map_request(http::detach_head));
+    if let Some(origins) = &config.origins {
+        router = router.layer(origins.cors_layer());
+    }
+    // Outermost, so that every answer a draining worker gives says `Connection: close`.
+    router.layer(axum::middleware::map_response_with_state(state.clone(), http::close_when_draining))
+}
+
+/// Serves until `shutdown` resolves, then drains within `config.shutdown_timeout`.
+pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    // Only cluster mode gives an instance a private admin listener beside the shared port.
+    let worker = build(config, listeners.admin.is_some()).await?;
     // Draining is two steps: first stop accepting (the shared socket's queue goes to the other
     // instances) while connections already accepted deliver their requests; then shut the
     // connections down gracefully. Doing both at once (axum's plain graceful shutdown) closes a
@@ -223,69 +274,34 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-
-    // Nagle off: socketioxide's small frames otherwise wait for ACKs (p99 29 ms instead of 2.8 ms).
     let public = tokio::net::TcpListener::from_std(listeners.public)?;
     tracing::info!(
         addr = ?public.local_addr().ok(),
         inherited = listeners.inherited,
-        max_connections = admission.cap(),
+        max_connections = worker.admission.cap(),
         "serving"
     );
+    // Nagle off: socketioxide's small frames otherwise wait for ACKs (p99 29 ms instead of 2.8 ms).
     let nodelay = public.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let public =
-        handoff::Routed::new(Draining::new(admission::Capped::new(nodelay, admission), accepting_rx), incomings);
-    // The client bundle outside socketioxide's layer, which takes everything under /socket.io/.
-    let mut router = http::router(state.clone())
-        .merge(
-            axum::Router::new()
-                .route("/api/files", axum::routing::post(files::upload))
-                .route("/api/files/{id}", axum::routing::get(files::download))
-                .with_state(files),
-        )
-        .layer(layer)
-        .layer(axum::middleware::from_fn(bundle::client_bundle));
-    if let Some(handoff) = &handoff {
-        router = router.layer(axum::middleware::from_fn_with_state(handoff.clone(), handoff::observe));
-    }
-    let mut router = router.layer(axum::middleware::map_request(http::detach_head));
-    if let Some(origins) = &config.origins {
-        router = router.layer(origins.cors_layer());
-    }
-    // Outermost, so that every answer a draining worker gives says `Connection: close`.
-    let router = router.layer(axum::middleware::map_response_with_state(state.clone(), http::close_when_draining));
+    let capped = admission::Capped::new(nodelay, worker.admission.clone());
+    let public = handoff::Routed::new(Draining::new(capped, accepting_rx), worker.incomings);
     // The peer address reaches the Socket.IO handlers (rate limits per client address).
-    let service = router.into_make_service_with_connect_info::<drain::PeerAddr>();
+    let service = worker.router.into_make_service_with_connect_info::<drain::PeerAddr>();
     let public_task = tokio::spawn(axum::serve(public, service).with_graceful_shutdown(stopped()).into_future());
     let admin_task = match listeners.admin {
         Some(admin) => {
             let admin = tokio::net::TcpListener::from_std(admin)?;
-            let router = http::admin_router(state.clone()).with_state(state.clone());
-            Some(tokio::spawn(axum::serve(admin, router).with_graceful_shutdown(stopped()).into_future()))
+            Some(tokio::spawn(axum::serve(admin, worker.admin).with_graceful_shutdown(stopped()).into_future()))
         }
         None => None,
     };
-
-    let stats_task = tokio::spawn(broadcast_stats(state.clone(), config.stats_interval));
     shutdown.await;
-    stats_task.abort();
-    listen_task.abort();
-    follow_task.abort();
-    let begun = Instant::now();
-    state.draining.store(true, Ordering::SeqCst);
-    let open = io.sockets().len();
-    tracing::info!(sockets = open, deadline_ms = config.shutdown_timeout.as_millis() as u64, "draining");
-    let _ = accepting_tx.send(true);
-    if let Some(handoff) = &handoff {
-        handoff.close();
+    for task in &worker.followers {
+        task.abort();
     }
-    tokio::time::sleep(DRAIN_IDLE_GRACE.min(config.shutdown_timeout / 2)).await;
-    let _ = stop_tx.send(true);
-    let drain = async {
-        // Clients told to go reconnect; with the shared socket they land on another instance.
-        io.close().await;
+    let listening = async {
         if let Err(e) = public_task.await {
             tracing::error!(error = %e, "public listener task failed");
         }
@@ -293,58 +309,47 @@ pub async fn serve(listeners: Listeners, config: &Config, shutdown: impl Future<
             let _ = task.await;
         }
     };
-    match tokio::time::timeout(config.shutdown_timeout, drain).await {
-        Ok(()) => tracing::info!(elapsed_ms = begun.elapsed().as_millis() as u64, "drained"),
-        Err(_) => tracing::warn!(
-            deadline_ms = config.shutdown_timeout.as_millis() as u64,
-            "drain deadline passed; exiting with connections still open"
-        ),
-    }
+    let stopping = Stopping { accepting: accepting_tx, connections: stop_tx };
+    drain(&worker.state, worker.handoff.as_deref(), stopping, listening, config.shutdown_timeout).await;
     Ok(())
 }
 
-/// Every `every`, publishes this worker's figures to the others and tells every local client
-/// (volatile: a slow client just misses one) the cluster's connected users, rooms and messages per
-/// second, with this worker's own under `local`.
-async fn broadcast_stats(state: Arc<WorkerState>, every: Duration) {
-    // Unique across hosts too (pids are not): the pid and when this worker started.
-    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let worker = format!("{}-{}", std::process::id(), since_epoch.as_nanos());
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut last = (state.messages.load(Ordering::Relaxed), Instant::now());
-    loop {
-        ticks.tick().await;
-        let (messages, now) = (state.messages.load(Ordering::Relaxed), Instant::now());
-        let rate = messages.saturating_sub(last.0) as f64 / now.duration_since(last.1).as_secs_f64().max(0.001);
-        last = (messages, now);
-        let rooms: Vec<String> = state.io.local().rooms().await.map_or_else(
-            |_| Vec::new(),
-            |rooms| rooms.into_iter().filter(|r| !r.starts_with('@')).map(|r| r.to_string()).collect(),
-        );
-        let report = cluster_stats::Report {
-            worker: worker.clone(),
-            users: state.io.sockets().len(),
-            rooms,
-            messages_per_second: (rate * 10.0).round() / 10.0,
-        };
-        let local = serde_json::json!({
-            "users": report.users,
-            "rooms": report.rooms.len(),
-            "messages_per_second": report.messages_per_second,
-        });
-        state.cluster.publish(report);
-        let cluster = state.cluster.figures();
-        let stats = serde_json::json!({
-            "scope": "cluster",
-            "instance": state.instance,
-            "workers": cluster.workers,
-            "users": cluster.users,
-            "rooms": cluster.rooms,
-            "messages_per_second": cluster.messages_per_second,
-            "local": local,
-        });
-        let _ = state.io.local().volatile().emit("stats", &stats).await;
+/// What tells the listeners to stop: accepting first, then the connections.
+struct Stopping {
+    accepting: watch::Sender<bool>,
+    connections: watch::Sender<bool>,
+}
+
+/// Drains within `deadline`: reports draining, stops accepting, gives kept-alive clients a grace
+/// to be told `Connection: close`, then closes every Socket.IO session and waits for `listening`
+/// (the listeners' tasks) to finish their requests.
+async fn drain(
+    state: &WorkerState,
+    handoff: Option<&handoff::Handoff>,
+    stopping: Stopping,
+    listening: impl Future<Output = ()>,
+    deadline: Duration,
+) {
+    let begun = Instant::now();
+    state.draining.store(true, Ordering::SeqCst);
+    tracing::info!(sockets = state.io.sockets().len(), deadline_ms = deadline.as_millis() as u64, "draining");
+    let _ = stopping.accepting.send(true);
+    if let Some(handoff) = handoff {
+        handoff.close();
+    }
+    tokio::time::sleep(DRAIN_IDLE_GRACE.min(deadline / 2)).await;
+    let _ = stopping.connections.send(true);
+    let drained = async {
+        // Clients told to go reconnect; with the shared socket they land on another instance.
+        state.io.clone().close().await;
+        listening.await;
+    };
+    match tokio::time::timeout(deadline, drained).await {
+        Ok(()) => tracing::info!(elapsed_ms = begun.elapsed().as_millis() as u64, "drained"),
+        Err(_) => tracing::warn!(
+            deadline_ms = deadline.as_millis() as u64,
+            "drain deadline passed; exiting with connections still open"
+        ),
     }
 }
 

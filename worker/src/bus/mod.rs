@@ -24,6 +24,9 @@ use chat_shared::health::ClusterHealth;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::mpsc;
 
+/// The Socket.IO adapter: rooms shared through Redis, the daemon's bus, or a bus of one.
+pub type Adapter = socketioxide_redis::CustomRedisAdapter<socketioxide::adapter::Emitter, BusDriver>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("the local bus is gone")]

@@ -35,7 +35,7 @@ use super::Chat;
 use super::guests::{Guest, connected, guest_of, guest_room, send_ice};
 use super::protocol::{self, ChatError, Reply, event};
 use super::throttle::Spend;
-use crate::Adapter;
+use crate::bus::Adapter;
 use crate::bus::Channel;
 
 /// Changes queued for this worker before it falls behind the other workers' registries.

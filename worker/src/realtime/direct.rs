@@ -12,7 +12,7 @@ use super::guests::{connected, guest_of, guest_room};
 use super::protocol::{self, ChatError, Reply, event};
 use super::throttle::Spend;
 use super::{Chat, now_ms};
-use crate::Adapter;
+use crate::bus::Adapter;
 
 #[derive(Debug, Deserialize)]
 struct Direct {

@@ -15,7 +15,7 @@ use super::protocol::{self, ChatError, Reply, event};
 use super::rooms::{self, MAX_ROOMS};
 use super::throttle::Spend;
 use super::{Chat, INTERNAL, now_ms, unseen};
-use crate::Adapter;
+use crate::bus::Adapter;
 use crate::session::Claims;
 
 const MAX_NAME_CHARS: usize = 32;

@@ -19,7 +19,7 @@ use super::protocol::{self, ChatError, Reply, event};
 use super::rooms::{RoomRef, is_member};
 use super::throttle::Spend;
 use super::{Chat, now_ms};
-use crate::Adapter;
+use crate::bus::Adapter;
 use crate::bus::Channel;
 use crate::store::Store;
 

@@ -59,7 +59,7 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::socket::DisconnectReason;
 
-use crate::Adapter;
+use crate::bus::Adapter;
 use crate::bus::Channel;
 use crate::session::{Claims, Sessions, TokenError};
 use crate::store::Store;

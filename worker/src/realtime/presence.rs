@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use super::protocol::event;
 use super::{Guest, INTERNAL};
-use crate::Adapter;
+use crate::bus::Adapter;
 
 /// Rooms up to this many members also get the whole member list on every change.
 const FULL_LISTS_UP_TO: usize = 100;

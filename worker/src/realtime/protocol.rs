@@ -13,7 +13,7 @@ use socketioxide::ParserError;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 
 use super::Chat;
-use crate::Adapter;
+use crate::bus::Adapter;
 
 /// Event names, both ways.
 pub(super) mod event {

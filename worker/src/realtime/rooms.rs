@@ -12,7 +12,7 @@ use super::guests::{Guest, guest_of, send_session};
 use super::protocol::{self, ChatError, Reply, event};
 use super::throttle::Spend;
 use super::{Chat, INTERNAL, unseen};
-use crate::Adapter;
+use crate::bus::Adapter;
 
 /// Rooms one socket may be in (its own internal rooms aside).
 pub(super) const MAX_ROOMS: usize = 20;

@@ -12,7 +12,7 @@ use socketioxide::extract::SocketRef;
 
 use super::limits::{Bucket, PerAddress, Rate, Restores};
 use super::protocol::{ChatError, event};
-use crate::Adapter;
+use crate::bus::Adapter;
 use crate::bus::Channel;
 
 /// Messages, typing and DMs per socket, unless configured (`MESSAGE_RATE`).
