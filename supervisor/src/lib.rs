@@ -22,7 +22,8 @@
 //!
 //! # Layout
 //! - `cli`: argument parsing and one function per verb; `client`: the CLI end of the socket.
-//! - `process`: being the daemon process (lock, control socket, detached start).
+//! - `process`: being the daemon process (lock, control socket, detached start); `host`: hosting
+//!   the daemon in this process, for `chatctl daemon` and `chatctl run`.
 //! - `daemon`: the owner loop, apps and slots, request handling.
 //! - `instance`: the per-instance state machine (pure).
 //! - `spawn`, `listen`, `probe`, `notify`, `logs`, `metrics`, `watch`: the effects' machinery.
@@ -41,6 +42,7 @@ mod descendants;
 mod diagnose;
 pub mod exporter;
 pub mod home;
+pub mod host;
 mod instance;
 mod ipc_server;
 mod leftovers;
@@ -55,5 +57,5 @@ pub mod reaper;
 mod spawn;
 mod watch;
 
-pub use daemon::{Outcome, RunOptions, StartError, run as run_daemon};
+pub use daemon::{Outcome, RunOptions, StartError};
 pub use logs::DaemonLog;

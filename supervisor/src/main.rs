@@ -43,7 +43,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 /// The detached daemon: its own log file, one runtime thread (every child is forked from it, which
 /// `PR_SET_PDEATHSIG` needs), until `chatctl kill` or SIGTERM.
 fn daemon(home: &Home) -> anyhow::Result<ExitCode> {
-    let lock = chatctl::process::lock(home)?;
+    let claimed = chatctl::host::claim(home)?;
     // The appender would create a missing log with the umask's mode: create it private first.
     let log = chatctl::home::private_file().create(true).append(true).open(home.daemon_log())?;
     chatctl::home::keep_private(&log)?;
@@ -60,24 +60,15 @@ fn daemon(home: &Home) -> anyhow::Result<ExitCode> {
         .with_env_filter(EnvFilter::try_from_env("CHATCTL_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     tracing::info!(pid = std::process::id(), home = %home.dir().display(), version = env!("CARGO_PKG_VERSION"), "daemon starting");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let result = runtime.block_on(async {
-        let control = chatctl::process::bind_control(home, &lock)?;
-        let outcome =
-            chatctl::run_daemon(home.clone(), control, Vec::new(), chatctl::process::stop_signal(), Default::default())
-                .await;
-        anyhow::Ok(outcome)
-    });
-    let _ = std::fs::remove_file(home.socket());
-    match result {
-        Ok(Ok(outcome)) => {
+    match chatctl::host::host_daemon(claimed, Vec::new(), Default::default()) {
+        Ok(outcome) => {
             tracing::info!(?outcome, "daemon exiting");
             Ok(ExitCode::SUCCESS)
         }
-        Ok(Err(e)) => Err(anyhow::anyhow!(e.chain())),
+        Err(e @ chatctl::host::HostError::Start(_)) => Err(e.into()),
         Err(e) => {
             tracing::error!(error = %e, "daemon failed");
-            Err(e)
+            Err(e.into())
         }
     }
 }

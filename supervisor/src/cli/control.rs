@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use chat_shared::ipc::{Request, Response};
 
-use super::Target;
+use super::args::Target;
 use super::start::wait_online;
 use super::table;
 use super::target::InstanceTarget;

@@ -7,7 +7,7 @@ use std::io::Write;
 
 use chat_shared::ipc::{Event, LogStream, LogTail, Request, Response};
 
-use super::LogsArgs;
+use super::args::LogsArgs;
 use crate::client::Client;
 use crate::home::Home;
 

@@ -13,7 +13,7 @@ use std::path::Path;
 use chat_shared::ecosystem::{ConfigErrors, Ecosystem};
 use chat_shared::spec::AppSpec;
 
-use super::StartArgs;
+use super::args::StartArgs;
 
 /// What `chatctl start X` names.
 #[derive(Debug, PartialEq)]

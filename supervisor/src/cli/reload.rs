@@ -5,12 +5,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use chat_shared::ipc::{Event, ReloadPhase, Request, Response, ScaleTo};
+use chat_shared::ipc::{Request, Response, ScaleTo};
 use chat_shared::spec::AppSpec;
 
-use super::start::{check_files, exit, load_unchecked as load};
+use super::args::{DEFAULT_CONFIG, ReloadArgs};
+use super::exit;
+use super::rollout::{progress, with_started_env};
+use super::specs::{check_files, load_unchecked as load};
 use super::target::InstanceTarget;
-use super::{DEFAULT_CONFIG, ReloadArgs};
 use crate::client::Client;
 use crate::home::Home;
 
@@ -144,77 +146,9 @@ async fn load_as_started(
     Ok(Ok(specs))
 }
 
-/// Each spec read again with the environment its app was started with, for the apps that run
-/// (see `AppSpec::with_started_env`); apps the daemon does not know are started as read.
-pub(super) async fn with_started_env(client: &mut Client, specs: Vec<AppSpec>) -> anyhow::Result<Vec<AppSpec>> {
-    let mut out = Vec::with_capacity(specs.len());
-    for spec in specs {
-        match client.request(&Request::Describe { app: spec.name.clone() }).await? {
-            Response::Described(running) => out.push(spec.with_started_env(&running.spec)),
-            Response::Error { .. } => out.push(spec),
-            other => bail!("unexpected answer: {other:?}"),
-        }
-    }
-    Ok(out)
-}
-
 /// `chatctl scale APP N|+N|-N`.
 pub(super) async fn scale(app: String, to: ScaleTo, json: bool, home: &Home) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(home).await.context("cannot reach the daemon")?;
     client.send(&Request::Scale { app, to }).await?;
     progress(&mut client, json).await
-}
-
-/// Prints a reload's (or scale's) steps as they come, then its outcome.
-pub(super) async fn progress(client: &mut Client, json: bool) -> anyhow::Result<ExitCode> {
-    loop {
-        match client.next_event_or_response().await? {
-            Ok(Event::Reload(step)) if json => println!("{}", serde_json::to_string(&step)?),
-            Ok(Event::Reload(step)) => {
-                let who = format!("{}[{}]", step.app, step.index);
-                let pid = |p: Option<u32>| p.map_or("-".to_owned(), |p| p.to_string());
-                let line = match step.step {
-                    ReloadPhase::Starting => format!("{who}: starting a new process beside pid {}", pid(step.old_pid)),
-                    ReloadPhase::Ready => format!(
-                        "{who}: pid {} ready after {} ms; draining pid {}",
-                        pid(step.new_pid),
-                        step.ready_ms.unwrap_or_default(),
-                        pid(step.old_pid)
-                    ),
-                    ReloadPhase::Done => {
-                        let how = step.message.map(|m| format!(" ({m})")).unwrap_or_default();
-                        format!("{who}: done, pid {} -> {}{how}", pid(step.old_pid), pid(step.new_pid))
-                    }
-                    ReloadPhase::Failed => {
-                        format!(
-                            "{who}: FAILED: {}; pid {} keeps serving",
-                            step.message.unwrap_or_default(),
-                            pid(step.old_pid)
-                        )
-                    }
-                    ReloadPhase::Scaled => format!("{who}: {}", step.message.unwrap_or_default()),
-                };
-                println!("{line}");
-            }
-            Ok(_) => {}
-            Err(Response::Reloaded { apps }) => {
-                for summary in &apps {
-                    if json {
-                        println!("{}", serde_json::to_string(summary)?);
-                    } else {
-                        println!(
-                            "reloaded {}: {} replaced, {} added, {} removed in {} ms",
-                            summary.app, summary.replaced, summary.added, summary.removed, summary.duration_ms
-                        );
-                    }
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
-            Err(Response::Error { message }) => {
-                eprintln!("error: {message}");
-                return Ok(ExitCode::from(exit::RELOAD_FAILED));
-            }
-            Err(other) => bail!("unexpected answer: {other:?}"),
-        }
-    }
 }

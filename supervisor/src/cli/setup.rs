@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use chat_shared::ecosystem::Ecosystem;
 
-use super::StartupArgs;
+use super::args::StartupArgs;
 use crate::home::{HOME_VAR, Home};
 
 const FILE: &str = "ecosystem.toml";
@@ -166,7 +166,7 @@ pub(super) fn startup(args: StartupArgs, home: &Home) -> anyhow::Result<ExitCode
     let config = std::path::absolute(&args.config).context("config path")?;
     if let Err(e) = Ecosystem::load(&config) {
         eprintln!("{e}");
-        return Ok(ExitCode::from(super::start::exit::CONFIG));
+        return Ok(ExitCode::from(super::exit::CONFIG));
     }
     let exe = std::env::current_exe().context("cannot find the chatctl executable")?;
     let user = service_user(args.user.as_deref())?;

@@ -11,66 +11,14 @@ use chat_shared::ipc::{Request, Response};
 use chat_shared::spec::AppSpec;
 use chat_shared::status::{AppStatus, Phase};
 
-use super::{RunArgs, StartArgs, table};
+use super::args::{RunArgs, StartArgs};
+use super::exit;
+use super::specs::load;
+use super::{rollout, table};
 use crate::client::Client;
 use crate::home::Home;
+use crate::host::HostError;
 use crate::process;
-
-/// Exit codes of `chatctl run` (and of `start` where they apply), for scripts and unit files.
-pub(crate) mod exit {
-    /// The ecosystem file is invalid, or the apps could not be started (a port in use).
-    pub(crate) const CONFIG: u8 = 1;
-    /// Stopped on request, but some instance had to be SIGKILLed after kill_timeout.
-    pub(crate) const FORCED: u8 = 3;
-    /// Nothing left to supervise and some instance is errored (crash loop, failed spawn).
-    pub(crate) const ERRORED: u8 = 4;
-    /// `start`: some instance did not come online in time.
-    pub(crate) const NOT_ONLINE: u8 = 5;
-    /// `reload`: a new process failed; the reload stopped and the old ones keep serving.
-    pub(crate) const RELOAD_FAILED: u8 = 6;
-}
-
-/// The specs of `config` for `profile`, after checking that every `cwd` and `script` exists and can
-/// run; problems are printed as the config errors are.
-pub(super) fn load(
-    config: &std::path::Path,
-    profile: Option<&str>,
-    only: Option<&str>,
-) -> Result<Vec<AppSpec>, ExitCode> {
-    let specs = load_unchecked(config, profile, only)?;
-    check_files(config, &specs)?;
-    Ok(specs)
-}
-
-/// The specs without looking at the file system: `reload --build` may create the script first.
-pub(super) fn load_unchecked(
-    config: &std::path::Path,
-    profile: Option<&str>,
-    only: Option<&str>,
-) -> Result<Vec<AppSpec>, ExitCode> {
-    let eco = match Ecosystem::load(config) {
-        Ok(eco) => eco,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return Err(ExitCode::from(exit::CONFIG));
-        }
-    };
-    let env: BTreeMap<String, String> = std::env::vars().collect();
-    eco.resolve(profile, only, &env).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(exit::CONFIG)
-    })
-}
-
-/// Every `cwd` of `specs` is a directory and every `script` an executable, or the problems are
-/// printed, located in `config`.
-pub(super) fn check_files(config: &std::path::Path, specs: &[AppSpec]) -> Result<(), ExitCode> {
-    let checked = Ecosystem::load(config).and_then(|eco| eco.check_files(specs));
-    checked.map_err(|errors| {
-        eprintln!("{errors}");
-        ExitCode::from(exit::CONFIG)
-    })
-}
 
 pub(super) async fn start(args: StartArgs, home: &Home) -> anyhow::Result<ExitCode> {
     let specs = match start_specs(&args) {
@@ -89,9 +37,9 @@ pub(super) async fn start(args: StartArgs, home: &Home) -> anyhow::Result<ExitCo
     if args.reload && !already.is_empty() {
         let running: Vec<_> = specs.into_iter().filter(|s| already.contains(&s.name)).collect();
         // As `reload` without --update-env: the environment each app was started with is kept.
-        let running = super::reload::with_started_env(&mut client, running).await?;
+        let running = rollout::with_started_env(&mut client, running).await?;
         client.send(&Request::Reload { apps: running, batch: None }).await?;
-        let code = super::reload::progress(&mut client, args.json).await?;
+        let code = rollout::progress(&mut client, args.json).await?;
         if code != ExitCode::SUCCESS {
             return Ok(code);
         }
@@ -208,25 +156,18 @@ pub fn run_foreground(args: RunArgs, home: &Home) -> anyhow::Result<ExitCode> {
         Ok(specs) => specs,
         Err(code) => return Ok(code),
     };
-    let lock = process::lock(home)?;
-    // One thread: every child is forked from it, so PR_SET_PDEATHSIG ties children to our life.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("tokio runtime")?;
-    let result = runtime.block_on(async {
-        let control = process::bind_control(home, &lock)?;
-        let options = crate::daemon::RunOptions {
-            exit_when_idle: true,
-            notify_socket: std::env::var_os("NOTIFY_SOCKET").map(std::path::PathBuf::from),
-        };
-        let outcome = crate::daemon::run(home.clone(), control, specs, process::stop_signal(), options).await;
-        anyhow::Ok(outcome)
-    });
-    let _ = std::fs::remove_file(home.socket());
-    let outcome = match result? {
+    let claimed = crate::host::claim(home)?;
+    let options = crate::daemon::RunOptions {
+        exit_when_idle: true,
+        notify_socket: std::env::var_os("NOTIFY_SOCKET").map(std::path::PathBuf::from),
+    };
+    let outcome = match crate::host::host_daemon(claimed, specs, options) {
         Ok(outcome) => outcome,
-        Err(e) => {
+        Err(HostError::Start(e)) => {
             eprintln!("error: {}\nnothing was started", e.chain());
             return Ok(ExitCode::from(exit::CONFIG));
         }
+        Err(e) => return Err(e.into()),
     };
     tracing::info!(?outcome, "stopped");
     // Every instance finished on its own (stop_exit_codes) is a success; an errored one is not.

@@ -130,7 +130,7 @@ pub struct RunOptions {
 /// Runs the daemon until `chatctl kill`, `shutdown` resolving, or (with `exit_when_idle`) nothing
 /// left to run. `initial` apps are started first; if they cannot be, nothing runs and the error is
 /// returned.
-pub async fn run(
+pub(crate) async fn run(
     home: Home,
     control: UnixListener,
     initial: Vec<AppSpec>,

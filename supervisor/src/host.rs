@@ -1,0 +1,51 @@
+//! Hosting the daemon in this process, for `chatctl daemon` (detached) and `chatctl run`
+//! (foreground): the one place that claims the home, builds the runtime, binds the control socket,
+//! runs the daemon and cleans up after it.
+
+use tokio::runtime::Builder;
+
+use crate::daemon::{Outcome, RunOptions, StartError};
+use crate::home::Home;
+use crate::process::{self, DaemonLock, ProcessError};
+
+/// A home claimed for a daemon of this process (its lock held), not serving yet. Apart from
+/// [`host_daemon`] so that the detached daemon can open its log only once it owns the home.
+pub struct Claimed {
+    home: Home,
+    lock: DaemonLock,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("cannot build the tokio runtime")]
+    Runtime(#[source] std::io::Error),
+    /// The initial apps could not be started; nothing ran.
+    #[error("{}", .0.chain())]
+    Start(StartError),
+}
+
+/// Takes the home's lock: another daemon of the same home makes this fail.
+pub fn claim(home: &Home) -> Result<Claimed, ProcessError> {
+    Ok(Claimed { home: home.clone(), lock: process::lock(home)? })
+}
+
+/// Runs the daemon on `claimed` until it stops (see `daemon::run`), then removes the control
+/// socket. One runtime thread: every child is forked from it, which `PR_SET_PDEATHSIG` needs to
+/// tie children to the daemon's life.
+pub fn host_daemon(
+    claimed: Claimed,
+    initial: Vec<chat_shared::spec::AppSpec>,
+    options: RunOptions,
+) -> Result<Outcome, HostError> {
+    let Claimed { home, lock } = claimed;
+    let runtime = Builder::new_current_thread().enable_all().build().map_err(HostError::Runtime)?;
+    let result = runtime.block_on(async {
+        let control = process::bind_control(&home, &lock)?;
+        let outcome = crate::daemon::run(home.clone(), control, initial, process::stop_signal(), options).await;
+        Ok::<_, HostError>(outcome.map_err(HostError::Start))
+    });
+    let _ = std::fs::remove_file(home.socket());
+    result?
+}
