@@ -13,8 +13,8 @@ use crate::status::AppStatus;
 /// Bumped on any incompatible change of the types in this module (2: a log tail comes as
 /// [`Event::Tail`] frames before its [`Response::Logs`]; 3: [`Request::Signal`], which a daemon of
 /// protocol 2 would answer with a malformed-frame error instead of refusing the handshake; 4:
-/// [`Request::ReloadInstance`]).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// [`Request::ReloadInstance`]; 5: [`Response::Error`] carries an [`ErrorKind`]).
+pub const PROTOCOL_VERSION: u32 = 5;
 /// Longest frame either side accepts; a longer one is an error, not an allocation.
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
 /// Most lines of each file one `logs` request gets; a larger `lines` is capped to this. A tail is
@@ -298,9 +298,41 @@ pub enum Response {
         signal: SignalName,
         sent: Vec<(usize, u32)>,
     },
+    /// The request was refused or failed; nothing after this frame belongs to it.
     Error {
+        kind: ErrorKind,
         message: String,
     },
+}
+
+impl Response {
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+        Response::Error { kind, message: message.into() }
+    }
+}
+
+/// Why a request was not done, for a program to branch on; the message beside it is for a person
+/// and may change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// No app of that name, no instance of that index, no process to signal.
+    NotFound,
+    /// The request or a spec it carries breaks a rule (a limit, a changed socket); nothing was touched.
+    Invalid,
+    /// A reload of the app is already under way.
+    Busy,
+    /// Something was tried and failed: a socket in use, a dump not written, a new process that
+    /// did not come up.
+    Failed,
+    /// A stop, restart or delete of the app ended a reload of it.
+    Interrupted,
+    /// The daemon is stopping every app and takes no new work.
+    ShuttingDown,
+    /// The daemon went away before it answered.
+    Stopped,
+    /// A frame that is not a request, or a request sent the wrong way (a stream as a call).
+    BadRequest,
 }
 
 /// A signal `chatctl signal` may send to an instance. A closed list, by name: SIGSEGV and the
@@ -450,13 +482,129 @@ mod tests {
         assert!(end.is_none());
     }
 
+    /// Which variant, by an exhaustive match: a new variant does not compile until it is named
+    /// here, and then `every_variant_round_trips` fails until it is in its list.
+    fn request_variant(request: &Request) -> &'static str {
+        match request {
+            Request::Start { .. } => "start",
+            Request::List => "list",
+            Request::Stop { .. } => "stop",
+            Request::Restart { .. } => "restart",
+            Request::Delete { .. } => "delete",
+            Request::Signal { .. } => "signal",
+            Request::Kill => "kill",
+            Request::Logs { .. } => "logs",
+            Request::Flush { .. } => "flush",
+            Request::ReloadLogs => "reload_logs",
+            Request::Reload { .. } => "reload",
+            Request::ReloadInstance { .. } => "reload_instance",
+            Request::Scale { .. } => "scale",
+            Request::Describe { .. } => "describe",
+            Request::Save => "save",
+            Request::Snapshot => "snapshot",
+            Request::Monitor { .. } => "monitor",
+        }
+    }
+    const REQUESTS: usize = 17;
+
+    fn response_variant(response: &Response) -> &'static str {
+        match response {
+            Response::Started { .. } => "started",
+            Response::List { .. } => "list",
+            Response::Done { .. } => "done",
+            Response::Killed { .. } => "killed",
+            Response::Logs { .. } => "logs",
+            Response::Reloaded { .. } => "reloaded",
+            Response::Described(_) => "described",
+            Response::Saved { .. } => "saved",
+            Response::Snapshot(_) => "snapshot",
+            Response::Signalled { .. } => "signalled",
+            Response::Error { .. } => "error",
+        }
+    }
+    const RESPONSES: usize = 11;
+
+    fn event_variant(event: &Event) -> &'static str {
+        match event {
+            Event::Log(_) => "log",
+            Event::Skipped { .. } => "skipped",
+            Event::Reload(_) => "reload",
+            Event::Snapshot(_) => "snapshot",
+            Event::Tail(_) => "tail",
+        }
+    }
+    const EVENTS: usize = 5;
+
+    fn welcome_variant(welcome: &Welcome) -> &'static str {
+        match welcome {
+            Welcome::Accepted { .. } => "accepted",
+            Welcome::Refused { .. } => "refused",
+        }
+    }
+
+    fn spec() -> AppSpec {
+        let text = "[apps.chat]\nscript = \"bin/chat\"\nport = 3000\nhealth = { path = \"/health\" }\n";
+        let eco = crate::ecosystem::Ecosystem::parse(text, std::path::Path::new("/srv/e.toml")).expect("valid");
+        eco.resolve(None, None, &Default::default()).expect("resolves").remove(0)
+    }
+
+    fn status() -> AppStatus {
+        use crate::status::{ChatFigures, ExitKind, InstanceStatus, Phase};
+        AppStatus {
+            name: "chat".into(),
+            profile: Some("production".into()),
+            exec_mode: crate::ecosystem::ExecMode::Cluster,
+            script: "bin/chat".into(),
+            port: Some(3000),
+            instances: vec![InstanceStatus {
+                index: 0,
+                status: Phase::Online,
+                pid: Some(42),
+                port: Some(3000),
+                admin_addr: Some("127.0.0.1:4000".into()),
+                uptime_ms: Some(5),
+                restarts: 1,
+                memory_bytes: Some(1 << 20),
+                cpu_percent: Some(1.5),
+                last_exit: Some(ExitKind::Code(1)),
+                note: Some("restarted".into()),
+                last_probe: Some((true, 3)),
+                chat: Some(ChatFigures {
+                    connections: 2,
+                    rooms: 1,
+                    messages: 9,
+                    dropped: 0,
+                    handed: 1,
+                    taken: 0,
+                    degraded: Some("redis link down".into()),
+                }),
+            }],
+            log_issue: Some("disk full".into()),
+            build: None,
+        }
+    }
+
+    fn snapshot() -> Snapshot {
+        Snapshot { apps: vec![status()], daemon_pid: 1, daemon_memory_bytes: Some(2), daemon_cpu_percent: Some(0.5) }
+    }
+
     #[tokio::test]
     async fn every_variant_round_trips() {
+        use std::collections::BTreeSet;
         round_trip(Hello { protocol: PROTOCOL_VERSION, version: "0.1.0".into() }).await;
-        round_trip(Welcome::Accepted { protocol: 1, version: "x".into(), pid: 7 }).await;
-        round_trip(Welcome::Refused { protocol: 2, version: "y".into(), pid: 7 }).await;
+        let mut seen = BTreeSet::new();
+        for welcome in [
+            Welcome::Accepted { protocol: 1, version: "x".into(), pid: 7 },
+            Welcome::Refused { protocol: 2, version: "y".into(), pid: 7 },
+        ] {
+            seen.insert(welcome_variant(&welcome));
+            round_trip(welcome).await;
+        }
+        assert_eq!(seen.len(), 2, "{seen:?}");
+
+        let mut seen = BTreeSet::new();
         for request in [
-            Request::Start { apps: vec![] },
+            Request::Start { apps: vec![spec()] },
             Request::List,
             Request::Stop { app: None, instance: None },
             Request::Restart { app: Some("chat".into()), instance: Some(1) },
@@ -466,53 +614,94 @@ mod tests {
             Request::Logs { app: None, lines: 15, stream: Some(LogStream::Err), follow: true },
             Request::Flush { app: Some("chat".into()) },
             Request::ReloadLogs,
-            Request::Reload { apps: vec![], batch: Some(2) },
+            Request::Reload { apps: vec![spec()], batch: Some(2) },
             Request::Scale { app: "chat".into(), to: ScaleTo::By(-1) },
+            Request::Scale { app: "chat".into(), to: ScaleTo::Exactly(3) },
             Request::ReloadInstance { app: "chat".into(), instance: 3 },
             Request::Describe { app: "chat".into() },
             Request::Save,
+            Request::Snapshot,
             Request::Signal { app: "chat".into(), instance: Some(1), signal: SignalName::Usr2 },
             Request::Signal { app: "chat".into(), instance: None, signal: SignalName::Winch },
         ] {
+            seen.insert(request_variant(&request));
             round_trip(request).await;
         }
-        for response in [
+        assert_eq!(seen.len(), REQUESTS, "a request variant is missing: {seen:?}");
+
+        let mut seen = BTreeSet::new();
+        let description = crate::status::AppDescription {
+            spec: spec(),
+            status: status(),
+            instances: vec![crate::status::InstanceDetail {
+                index: 0,
+                sockets: vec!["http 0.0.0.0:3000".into()],
+                log_files: vec!["/logs/chat-out.log".into()],
+                history: vec![crate::status::HistoryEntry { at: "t".into(), event: "online".into() }],
+                probes: vec![],
+                memory_peak_bytes: Some(3),
+            }],
+        };
+        let mut responses = vec![
             Response::Started { started: vec!["a".into()], already_running: vec![] },
-            Response::List { apps: vec![] },
+            Response::List { apps: vec![status()] },
             Response::Done { apps: vec!["a".into()] },
             Response::Killed { instances_stopped: 3, forced: 1 },
-            Response::Error { message: "no".into() },
             Response::Logs { per_file: MAX_TAIL_LINES },
+            Response::Reloaded {
+                apps: vec![ReloadSummary { app: "a".into(), replaced: 4, added: 0, removed: 1, duration_ms: 9 }],
+            },
+            Response::Described(Box::new(description)),
+            Response::Saved { path: "/home/dump.json".into(), apps: vec!["a".into()] },
+            Response::Snapshot(snapshot()),
             Response::Signalled { app: "a".into(), signal: SignalName::Hup, sent: vec![(0, 12), (1, 13)] },
+        ];
+        for kind in [
+            ErrorKind::NotFound,
+            ErrorKind::Invalid,
+            ErrorKind::Busy,
+            ErrorKind::Failed,
+            ErrorKind::Interrupted,
+            ErrorKind::ShuttingDown,
+            ErrorKind::Stopped,
+            ErrorKind::BadRequest,
         ] {
+            responses.push(Response::error(kind, format!("{kind:?}")));
+        }
+        for response in responses {
+            seen.insert(response_variant(&response));
             round_trip(response).await;
         }
+        assert_eq!(seen.len(), RESPONSES, "a response variant is missing: {seen:?}");
+
+        let mut seen = BTreeSet::new();
         let record =
             LogRecord { time: "t".into(), app: "a".into(), instance: 0, stream: LogStream::Out, message: "m".into() };
-        round_trip(Event::Log(record)).await;
-        round_trip(Event::Skipped { count: 3 }).await;
-        round_trip(Event::Tail(LogTail {
-            app: "a".into(),
-            stream: LogStream::Out,
-            instance: Some(1),
-            path: "/x".into(),
-            lines: vec!["l".into()],
-        }))
-        .await;
-        round_trip(Event::Reload(ReloadStep {
-            app: "a".into(),
-            index: 2,
-            step: ReloadPhase::Ready,
-            old_pid: Some(1),
-            new_pid: Some(2),
-            ready_ms: Some(3),
-            message: None,
-        }))
-        .await;
-        round_trip(Response::Reloaded {
-            apps: vec![ReloadSummary { app: "a".into(), replaced: 4, added: 0, removed: 1, duration_ms: 9 }],
-        })
-        .await;
+        for event in [
+            Event::Log(record),
+            Event::Skipped { count: 3 },
+            Event::Tail(LogTail {
+                app: "a".into(),
+                stream: LogStream::Out,
+                instance: Some(1),
+                path: "/x".into(),
+                lines: vec!["l".into()],
+            }),
+            Event::Reload(ReloadStep {
+                app: "a".into(),
+                index: 2,
+                step: ReloadPhase::Ready,
+                old_pid: Some(1),
+                new_pid: Some(2),
+                ready_ms: Some(3),
+                message: None,
+            }),
+            Event::Snapshot(snapshot()),
+        ] {
+            seen.insert(event_variant(&event));
+            round_trip(event).await;
+        }
+        assert_eq!(seen.len(), EVENTS, "an event variant is missing: {seen:?}");
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use chat_shared::ipc::{
-    self, Event, Hello, LogRecord, LogStream, LogTail, MAX_TAIL_LINES, PROTOCOL_VERSION, Request, Response, Welcome,
+    self, ErrorKind, Event, Hello, LogRecord, LogStream, LogTail, MAX_TAIL_LINES, PROTOCOL_VERSION, Request, Response,
+    Welcome,
 };
 use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -164,7 +165,9 @@ async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>, owed: Ow
             Ok(Some(request)) => request,
             Ok(None) => return,
             Err(e) => {
-                let _ = ipc::write_frame(&mut write, &Response::Error { message: format!("bad request: {e}") }).await;
+                let _ =
+                    ipc::write_frame(&mut write, &Response::error(ErrorKind::BadRequest, format!("bad request: {e}")))
+                        .await;
                 return;
             }
         };
@@ -191,13 +194,18 @@ async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>, owed: Ow
     }
 }
 
+/// The answer of a request whose reply the daemon dropped: it went away first.
+fn stopped() -> Response {
+    Response::error(ErrorKind::Stopped, "the daemon stopped")
+}
+
 /// One request, one answer. False when the connection or the daemon is gone.
 async fn call(write: &mut tokio::net::unix::OwnedWriteHalf, tx: &mpsc::UnboundedSender<Msg>, request: Request) -> bool {
     let (reply_tx, reply_rx) = oneshot::channel();
     if tx.send(Msg::Request(request, reply_tx)).is_err() {
         return false;
     }
-    let response = reply_rx.await.unwrap_or(Response::Error { message: "the daemon stopped".into() });
+    let response = reply_rx.await.unwrap_or_else(|_| stopped());
     ipc::write_frame(write, &response).await.is_ok()
 }
 
@@ -232,7 +240,7 @@ async fn logs(
     }
     let files = match files_rx.await {
         Ok(Ok(files)) => files,
-        Ok(Err(message)) => return ipc::write_frame(write, &Response::Error { message }).await.is_ok(),
+        Ok(Err(refused)) => return ipc::write_frame(write, &refused).await.is_ok(),
         Err(_) => return false,
     };
     let per_file = lines.min(MAX_TAIL_LINES);
@@ -348,7 +356,7 @@ async fn reload(
                         return false;
                     }
                 }
-                let response = response.unwrap_or(Response::Error { message: "the daemon stopped".into() });
+                let response = response.unwrap_or_else(|_| stopped());
                 return ipc::write_frame(write, &response).await.is_ok();
             }
         }

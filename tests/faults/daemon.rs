@@ -73,12 +73,12 @@ fn start_and_scale_requests_past_the_instance_limit_are_refused_and_the_daemon_l
     huge.name = "huge".into();
     huge.instances = 1 << 62;
     match raw.request(&Request::Start { apps: vec![huge] }) {
-        Response::Error { message } => assert!(message.contains("instances"), "{message}"),
+        Response::Error { message, .. } => assert!(message.contains("instances"), "{message}"),
         other => panic!("a start of 2^62 instances was not refused: {other:?}"),
     }
     for to in [ScaleTo::By(i64::MAX), ScaleTo::Exactly(usize::MAX)] {
         match raw.request(&Request::Scale { app: "steady".into(), to }) {
-            Response::Error { message } => assert!(message.contains("steady"), "{message}"),
+            Response::Error { message, .. } => assert!(message.contains("steady"), "{message}"),
             other => panic!("scale {to:?} was not refused: {other:?}"),
         }
     }

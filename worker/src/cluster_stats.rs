@@ -93,25 +93,31 @@ impl ClusterStats {
 /// Every `every`, publishes this worker's figures to the others and tells every local client
 /// (volatile: a slow client just misses one) the cluster's connected users, rooms and messages per
 /// second, with this worker's own under `local`.
-pub async fn broadcast(state: std::sync::Arc<crate::http::WorkerState>, every: Duration) {
+pub async fn broadcast(
+    io: socketioxide::SocketIo<crate::bus::Adapter>,
+    cluster: std::sync::Arc<ClusterStats>,
+    delivered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    instance: Option<String>,
+    every: Duration,
+) {
     // Unique across hosts too (pids are not): the pid and when this worker started.
     let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let worker = format!("{}-{}", std::process::id(), since_epoch.as_nanos());
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut last = (state.messages.load(std::sync::atomic::Ordering::Relaxed), Instant::now());
+    let mut last = (delivered.load(std::sync::atomic::Ordering::Relaxed), Instant::now());
     loop {
         ticks.tick().await;
-        let (messages, now) = (state.messages.load(std::sync::atomic::Ordering::Relaxed), Instant::now());
+        let (messages, now) = (delivered.load(std::sync::atomic::Ordering::Relaxed), Instant::now());
         let rate = messages.saturating_sub(last.0) as f64 / now.duration_since(last.1).as_secs_f64().max(0.001);
         last = (messages, now);
-        let rooms: Vec<String> = state.io.local().rooms().await.map_or_else(
+        let rooms: Vec<String> = io.local().rooms().await.map_or_else(
             |_| Vec::new(),
             |rooms| rooms.into_iter().filter(|r| !r.starts_with('@')).map(|r| r.to_string()).collect(),
         );
         let report = Report {
             worker: worker.clone(),
-            users: state.io.sockets().len(),
+            users: io.sockets().len(),
             rooms,
             messages_per_second: (rate * 10.0).round() / 10.0,
         };
@@ -120,18 +126,18 @@ pub async fn broadcast(state: std::sync::Arc<crate::http::WorkerState>, every: D
             "rooms": report.rooms.len(),
             "messages_per_second": report.messages_per_second,
         });
-        state.cluster.publish(report);
-        let cluster = state.cluster.figures();
+        cluster.publish(report);
+        let cluster = cluster.figures();
         let stats = serde_json::json!({
             "scope": "cluster",
-            "instance": state.instance,
+            "instance": instance,
             "workers": cluster.workers,
             "users": cluster.users,
             "rooms": cluster.rooms,
             "messages_per_second": cluster.messages_per_second,
             "local": local,
         });
-        let _ = state.io.local().volatile().emit("stats", &stats).await;
+        let _ = io.local().volatile().emit("stats", &stats).await;
     }
 }
 

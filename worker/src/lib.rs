@@ -25,7 +25,8 @@
 //! - `bundle`: the socket.io-client browser bundle at `/socket.io/socket.io.js`, as Node serves it.
 //! - `http`: `/health`, `/api/socket/stats`, the state every route reads, and the copy of each
 //!   request head out of hyper's read buffer (socketioxide keeps every socket's head).
-//! - `realtime`: Socket.IO guests, rooms, messages, presence, calls, recovery, limits.
+//! - `limits`: token buckets, per socket and per client address across the cluster.
+//! - `realtime`: Socket.IO guests, rooms, messages, presence, calls, recovery, rate limits.
 //! - `session`: signed guest session tokens (identity and rooms survive a reconnect).
 //! - `bus`: the Socket.IO adapter and its driver over Redis, the daemon's local bus, or nothing (a
 //!   bus of one), and the named channels the workers copy state through.
@@ -42,6 +43,7 @@ pub mod drain;
 pub mod files;
 pub mod handoff;
 pub mod http;
+pub mod limits;
 pub mod listeners;
 pub mod origins;
 pub mod realtime;
@@ -159,7 +161,14 @@ pub async fn build(config: &Config, shared_port: bool) -> std::io::Result<Worker
         link: driver,
         handoff: handoff.clone(),
     });
-    followers.push(tokio::spawn(cluster_stats::broadcast(state.clone(), config.stats_interval)));
+    let stats = cluster_stats::broadcast(
+        state.io.clone(),
+        state.cluster.clone(),
+        state.messages.clone(),
+        state.instance.clone(),
+        config.stats_interval,
+    );
+    followers.push(tokio::spawn(stats));
     let router = public_router(config, &state, layer, files);
     let admin = http::admin_router(state.clone()).with_state(state.clone());
     Ok(Worker { router, admin, state, admission, handoff, incomings, followers })

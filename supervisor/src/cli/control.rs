@@ -3,21 +3,18 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use chat_shared::ipc::{Request, Response};
+use chat_shared::ipc::Request;
 
 use super::args::Target;
 use super::start::wait_online;
 use super::table;
 use super::target::InstanceTarget;
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, Signalled};
 use crate::home::Home;
 
 pub(super) async fn list(json: bool, home: &Home) -> anyhow::Result<ExitCode> {
     let apps = match Client::connect(home).await {
-        Ok(mut client) => match client.request(&Request::List).await? {
-            Response::List { apps } => apps,
-            other => bail!("unexpected answer: {other:?}"),
-        },
+        Ok(mut client) => client.list().await?,
         // No daemon: nothing runs, which is an answer, not an error.
         Err(ClientError::NotRunning(_)) => Vec::new(),
         Err(e) => return Err(e).context("cannot reach the daemon"),
@@ -32,11 +29,7 @@ pub(super) async fn list(json: bool, home: &Home) -> anyhow::Result<ExitCode> {
 
 async fn act(request: Request, home: &Home) -> anyhow::Result<Vec<String>> {
     let mut client = Client::connect(home).await.context("cannot reach the daemon")?;
-    match client.request(&request).await? {
-        Response::Done { apps } => Ok(apps),
-        Response::Error { message } => bail!("{message}"),
-        other => bail!("unexpected answer: {other:?}"),
-    }
+    Ok(client.act(&request).await?)
 }
 
 pub(super) async fn stop(target: InstanceTarget, home: &Home) -> anyhow::Result<ExitCode> {
@@ -67,25 +60,17 @@ pub(super) async fn signal(
 ) -> anyhow::Result<ExitCode> {
     let app = target.one_app().map_err(anyhow::Error::msg)?.to_owned();
     let mut client = Client::connect(home).await.context("cannot reach the daemon")?;
-    match client.request(&Request::Signal { app, instance: target.index, signal }).await? {
-        Response::Signalled { app, signal, sent } => {
-            for (index, pid) in sent {
-                println!("{signal} sent to {app}:{index} (pid {pid})");
-            }
-        }
-        Response::Error { message } => bail!("{message}"),
-        other => bail!("unexpected answer: {other:?}"),
+    let Signalled { app, signal, sent } = client.signal(app, target.index, signal).await?;
+    for (index, pid) in sent {
+        println!("{signal} sent to {app}:{index} (pid {pid})");
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) async fn save(home: &Home) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(home).await.context("cannot reach the daemon (nothing runs to save)")?;
-    match client.request(&Request::Save).await? {
-        Response::Saved { path, apps } => println!("saved {} app(s) to {path}: {}", apps.len(), names(&apps)),
-        Response::Error { message } => bail!("{message}"),
-        other => bail!("unexpected answer: {other:?}"),
-    }
+    let (path, apps) = client.save().await?;
+    println!("saved {} app(s) to {path}: {}", apps.len(), names(&apps));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -105,13 +90,8 @@ pub(super) async fn kill(home: &Home) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e).context("cannot reach the daemon"),
     };
     let pid = client.daemon_pid;
-    match client.request(&Request::Kill).await? {
-        Response::Killed { instances_stopped, forced } => {
-            println!("stopped {instances_stopped} instance(s){}; daemon (pid {pid}) exiting", forced_note(forced));
-        }
-        Response::Error { message } => bail!("{message}"),
-        other => bail!("unexpected answer: {other:?}"),
-    }
+    let (instances_stopped, forced) = client.kill().await?;
+    println!("stopped {instances_stopped} instance(s){}; daemon (pid {pid}) exiting", forced_note(forced));
     // The reply comes just before the daemon exits; wait for the socket to go so that a `start`
     // right after this does not reach the dying daemon.
     for _ in 0..200 {

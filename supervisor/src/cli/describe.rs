@@ -2,8 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
-use chat_shared::ipc::{Request, Response};
+use anyhow::Context;
 use chat_shared::status::AppDescription;
 
 use super::target::InstanceTarget;
@@ -13,11 +12,7 @@ use crate::home::Home;
 pub(super) async fn describe(target: InstanceTarget, json: bool, home: &Home) -> anyhow::Result<ExitCode> {
     let app = target.one_app().map_err(anyhow::Error::msg)?.to_owned();
     let mut client = Client::connect(home).await.context("cannot reach the daemon")?;
-    let mut description = match client.request(&Request::Describe { app }).await? {
-        Response::Described(description) => description,
-        Response::Error { message } => bail!("{message}"),
-        other => bail!("unexpected answer: {other:?}"),
-    };
+    let mut description = client.describe(&app).await?;
     if let Some(index) = target.index {
         only_instance(&mut description, index).map_err(anyhow::Error::msg)?;
     }

@@ -9,7 +9,6 @@ use std::borrow::Cow;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use chat_shared::ipc::{Request, Response};
 
 use super::target::InstanceTarget;
 use crate::client::Client;
@@ -28,11 +27,7 @@ pub(super) async fn env(
 ) -> anyhow::Result<ExitCode> {
     let name = target.one_app().map_err(anyhow::Error::msg)?;
     let mut client = Client::connect(home).await.context("cannot reach the daemon")?;
-    let apps = match client.request(&Request::List).await? {
-        Response::List { apps } => apps,
-        Response::Error { message } => bail!("{message}"),
-        other => bail!("unexpected answer: {other:?}"),
-    };
+    let apps = client.list().await?;
     let Some(app) = apps.iter().find(|a| a.name == name) else { bail!("no app named `{name}`") };
     let index = match (target.index, app.instances.len()) {
         (Some(index), _) => index,

@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use std::io::Write;
 
-use chat_shared::ipc::{Event, LogStream, LogTail, Request, Response};
+use chat_shared::ipc::{Event, LogStream, LogTail, Request};
 
 use super::args::LogsArgs;
-use crate::client::Client;
+use crate::client::{Client, Frame};
 use crate::home::Home;
 
 pub(super) async fn logs(args: LogsArgs, home: &Home) -> anyhow::Result<ExitCode> {
@@ -39,8 +39,8 @@ pub(super) async fn logs(args: LogsArgs, home: &Home) -> anyhow::Result<ExitCode
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut current: Option<LogTail> = None;
     let per_file = loop {
-        match client.next_event_or_response().await? {
-            Ok(Event::Tail(mut part)) => {
+        match client.next_logs_frame().await? {
+            Frame::Event(Event::Tail(mut part)) => {
                 if !keep(&mut part) {
                     continue;
                 }
@@ -77,10 +77,8 @@ pub(super) async fn logs(args: LogsArgs, home: &Home) -> anyhow::Result<ExitCode
                     current = Some(LogTail { lines: Vec::new(), ..part });
                 }
             }
-            Ok(_) => {}
-            Err(Response::Logs { per_file }) => break per_file,
-            Err(Response::Error { message }) => bail!("{message}"),
-            Err(other) => bail!("unexpected answer: {other:?}"),
+            Frame::Event(_) => {}
+            Frame::End(per_file) => break per_file,
         }
     };
     if args.json
@@ -123,11 +121,7 @@ fn record_instance(line: &str) -> Option<usize> {
 
 /// `Ok` when `app` has an instance `index`; else the error names its instance count.
 async fn has_instance(client: &mut Client, app: &str, index: usize) -> anyhow::Result<()> {
-    let apps = match client.request(&Request::List).await? {
-        Response::List { apps } => apps,
-        Response::Error { message } => bail!("{message}"),
-        other => bail!("unexpected answer: {other:?}"),
-    };
+    let apps = client.list().await?;
     let Some(found) = apps.iter().find(|a| a.name == app) else { bail!("no app named `{app}`") };
     let count = found.instances.len();
     if index >= count {
@@ -150,9 +144,5 @@ pub(super) async fn reload(home: &Home) -> anyhow::Result<ExitCode> {
 
 async fn done(request: Request, home: &Home) -> anyhow::Result<Vec<String>> {
     let mut client = Client::connect(home).await.context("cannot reach the daemon")?;
-    match client.request(&request).await? {
-        Response::Done { apps } => Ok(apps),
-        Response::Error { message } => bail!("{message}"),
-        other => bail!("unexpected answer: {other:?}"),
-    }
+    Ok(client.act(&request).await?)
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use chat_shared::ipc::{Request, Response, ScaleTo};
+use chat_shared::ipc::{Request, ScaleTo};
 use chat_shared::spec::AppSpec;
 
 use super::args::{DEFAULT_CONFIG, ReloadArgs};
@@ -13,7 +13,7 @@ use super::exit;
 use super::rollout::{progress, with_started_env};
 use super::specs::{check_files, load_unchecked as load};
 use super::target::InstanceTarget;
-use crate::client::Client;
+use crate::client::{Client, ClientError};
 use crate::home::Home;
 
 pub(super) async fn reload(args: ReloadArgs, home: &Home) -> anyhow::Result<ExitCode> {
@@ -104,11 +104,11 @@ async fn started_from(client: &mut Client, config: Option<&Path>, app: Option<&s
         return Ok(Origin::File(config.to_owned()));
     }
     let Some(app) = app else { return Ok(Origin::File(PathBuf::from(DEFAULT_CONFIG))) };
-    let spec = match client.request(&Request::Describe { app: app.to_owned() }).await? {
-        Response::Described(description) => description.spec,
+    let spec = match client.describe(app).await {
+        Ok(description) => description.spec,
         // Not running: the file here may define it (a reload then starts it).
-        Response::Error { .. } => return Ok(Origin::File(PathBuf::from(DEFAULT_CONFIG))),
-        other => bail!("unexpected answer: {other:?}"),
+        Err(ClientError::Daemon { .. }) => return Ok(Origin::File(PathBuf::from(DEFAULT_CONFIG))),
+        Err(e) => return Err(e.into()),
     };
     Ok(match spec.source {
         Some(file) => Origin::File(file),
@@ -124,10 +124,7 @@ async fn load_as_started(
     config: &std::path::Path,
     only: Option<&str>,
 ) -> anyhow::Result<Result<Vec<AppSpec>, ExitCode>> {
-    let running = match client.request(&Request::List).await? {
-        Response::List { apps } => apps,
-        other => bail!("unexpected answer: {other:?}"),
-    };
+    let running = client.list().await?;
     let all = match load(config, None, only) {
         Ok(specs) => specs,
         Err(code) => return Ok(Err(code)),

@@ -3,22 +3,21 @@
 
 use std::process::ExitCode;
 
-use anyhow::bail;
-use chat_shared::ipc::{Event, ReloadPhase, Request, Response};
+use chat_shared::ipc::{Event, ReloadPhase};
 use chat_shared::spec::AppSpec;
 
 use super::exit;
-use crate::client::Client;
+use crate::client::{Client, ClientError, Frame};
 
 /// Each spec read again with the environment its app was started with, for the apps that run
 /// (see `AppSpec::with_started_env`); apps the daemon does not know are started as read.
 pub(super) async fn with_started_env(client: &mut Client, specs: Vec<AppSpec>) -> anyhow::Result<Vec<AppSpec>> {
     let mut out = Vec::with_capacity(specs.len());
     for spec in specs {
-        match client.request(&Request::Describe { app: spec.name.clone() }).await? {
-            Response::Described(running) => out.push(spec.with_started_env(&running.spec)),
-            Response::Error { .. } => out.push(spec),
-            other => bail!("unexpected answer: {other:?}"),
+        match client.describe(&spec.name).await {
+            Ok(running) => out.push(spec.with_started_env(&running.spec)),
+            Err(ClientError::Daemon { .. }) => out.push(spec),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(out)
@@ -27,9 +26,17 @@ pub(super) async fn with_started_env(client: &mut Client, specs: Vec<AppSpec>) -
 /// Prints a reload's (or scale's) steps as they come, then its outcome.
 pub(super) async fn progress(client: &mut Client, json: bool) -> anyhow::Result<ExitCode> {
     loop {
-        match client.next_event_or_response().await? {
-            Ok(Event::Reload(step)) if json => println!("{}", serde_json::to_string(&step)?),
-            Ok(Event::Reload(step)) => {
+        let frame = match client.next_rollout_frame().await {
+            Ok(frame) => frame,
+            Err(ClientError::Daemon { message, .. }) => {
+                eprintln!("error: {message}");
+                return Ok(ExitCode::from(exit::RELOAD_FAILED));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match frame {
+            Frame::Event(Event::Reload(step)) if json => println!("{}", serde_json::to_string(&step)?),
+            Frame::Event(Event::Reload(step)) => {
                 let who = format!("{}[{}]", step.app, step.index);
                 let pid = |p: Option<u32>| p.map_or("-".to_owned(), |p| p.to_string());
                 let line = match step.step {
@@ -55,8 +62,8 @@ pub(super) async fn progress(client: &mut Client, json: bool) -> anyhow::Result<
                 };
                 println!("{line}");
             }
-            Ok(_) => {}
-            Err(Response::Reloaded { apps }) => {
+            Frame::Event(_) => {}
+            Frame::End(apps) => {
                 for summary in &apps {
                     if json {
                         println!("{}", serde_json::to_string(summary)?);
@@ -69,11 +76,6 @@ pub(super) async fn progress(client: &mut Client, json: bool) -> anyhow::Result<
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            Err(Response::Error { message }) => {
-                eprintln!("error: {message}");
-                return Ok(ExitCode::from(exit::RELOAD_FAILED));
-            }
-            Err(other) => bail!("unexpected answer: {other:?}"),
         }
     }
 }

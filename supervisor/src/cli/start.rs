@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chat_shared::ecosystem::Ecosystem;
-use chat_shared::ipc::{Request, Response};
+use chat_shared::ipc::Request;
 use chat_shared::spec::AppSpec;
 use chat_shared::status::{AppStatus, Phase};
 
@@ -15,7 +15,7 @@ use super::args::{RunArgs, StartArgs};
 use super::exit;
 use super::specs::load;
 use super::{rollout, table};
-use crate::client::Client;
+use crate::client::{Client, ClientError, Started};
 use crate::home::Home;
 use crate::host::HostError;
 use crate::process;
@@ -26,13 +26,13 @@ pub(super) async fn start(args: StartArgs, home: &Home) -> anyhow::Result<ExitCo
         Err(code) => return Ok(code),
     };
     let mut client = process::connect_or_start(home).await?;
-    let (started, already) = match client.request(&Request::Start { apps: specs.clone() }).await? {
-        Response::Started { started, already_running } => (started, already_running),
-        Response::Error { message } => {
+    let (started, already) = match client.start(specs.clone()).await {
+        Ok(Started { started, already_running }) => (started, already_running),
+        Err(ClientError::Daemon { message, .. }) => {
             eprintln!("error: {message}\nnothing was started");
             return Ok(ExitCode::from(exit::CONFIG));
         }
-        other => bail!("unexpected answer: {other:?}"),
+        Err(e) => return Err(e.into()),
     };
     if args.reload && !already.is_empty() {
         let running: Vec<_> = specs.into_iter().filter(|s| already.contains(&s.name)).collect();
@@ -102,11 +102,7 @@ pub(super) async fn resurrect(home: &Home) -> anyhow::Result<ExitCode> {
     eprintln!("resurrecting {} app(s) saved at {}", dump.apps.len(), dump.saved_at);
     let mut client = process::connect_or_start(home).await?;
     let names: Vec<String> = dump.apps.iter().map(|a| a.name.clone()).collect();
-    match client.request(&Request::Start { apps: dump.apps }).await? {
-        Response::Started { .. } => {}
-        Response::Error { message } => bail!("{message}"),
-        other => bail!("unexpected answer: {other:?}"),
-    }
+    client.start(dump.apps).await?;
     wait_online(&mut client, &names, false).await
 }
 
@@ -119,10 +115,7 @@ pub(super) async fn wait_online(client: &mut Client, apps: &[String], json: bool
     // The daemon enforces listen_timeout itself (and restarts a laggard); the CLI gives up after it.
     let give_up = Duration::from_secs(30);
     loop {
-        let statuses = match client.request(&Request::List).await? {
-            Response::List { apps: all } => all.into_iter().filter(|a| apps.contains(&a.name)).collect::<Vec<_>>(),
-            other => bail!("unexpected answer: {other:?}"),
-        };
+        let statuses: Vec<_> = client.list().await?.into_iter().filter(|a| apps.contains(&a.name)).collect();
         let instances = || statuses.iter().flat_map(|a| a.instances.iter());
         let online = instances().filter(|i| i.status == Phase::Online).count();
         let total = instances().count();

@@ -70,7 +70,7 @@ pub(crate) enum Msg {
     LogFiles {
         app: Option<String>,
         stream: Option<LogStream>,
-        reply: oneshot::Sender<Result<Vec<LogTail>, String>>,
+        reply: oneshot::Sender<Result<Vec<LogTail>, Response>>,
     },
 }
 

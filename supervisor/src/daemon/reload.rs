@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use chat_shared::ipc::{Event, LogStream, ReloadPhase, ReloadStep, ReloadSummary, Response};
+use chat_shared::ipc::{ErrorKind, Event, LogStream, ReloadPhase, ReloadStep, ReloadSummary, Response};
 use chat_shared::spec::AppSpec;
 use chat_shared::status::Phase;
 use tokio::sync::{mpsc, oneshot};
@@ -110,7 +110,7 @@ impl Job {
     /// An operator's stop, restart or delete of an app under reload ends the reload.
     pub(super) fn interrupt(&mut self, why: &str) {
         if let Some(reply) = self.reply.take() {
-            let _ = reply.send(Response::Error { message: format!("reload interrupted: {why}") });
+            let _ = reply.send(Response::error(ErrorKind::Interrupted, format!("reload interrupted: {why}")));
         }
     }
 
@@ -149,7 +149,7 @@ impl Job {
                 }
                 Some(Err(message)) => {
                     if let Some(reply) = self.reply.take() {
-                        let _ = reply.send(Response::Error { message });
+                        let _ = reply.send(Response::error(ErrorKind::Failed, message));
                     }
                     return;
                 }

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use chat_shared::ipc::{LogStream, LogTail, Request, Response, SignalName};
+use chat_shared::ipc::{ErrorKind, LogStream, LogTail, Request, Response, SignalName};
 use chat_shared::spec::AppSpec;
 use chat_shared::status::Phase;
 use tokio::sync::oneshot;
@@ -35,13 +35,19 @@ impl StartError {
     }
 }
 
-/// `Ok` when `app` has an instance `index`, else the message that says how many it has.
-fn has_instance(app: &App, index: usize) -> Result<(), String> {
-    match app.slots.len() {
-        n if index < n => Ok(()),
-        1 => Err(format!("`{}` has no instance {index}: it has one instance, 0", app.spec.name)),
-        n => Err(format!("`{}` has no instance {index}: it has {n} instances, 0 to {}", app.spec.name, n - 1)),
-    }
+/// `Ok` when `app` has an instance `index`, else the answer that says how many it has.
+fn has_instance(app: &App, index: usize) -> Result<(), Response> {
+    let message = match app.slots.len() {
+        n if index < n => return Ok(()),
+        1 => format!("`{}` has no instance {index}: it has one instance, 0", app.spec.name),
+        n => format!("`{}` has no instance {index}: it has {n} instances, 0 to {}", app.spec.name, n - 1),
+    };
+    Err(Response::error(ErrorKind::NotFound, message))
+}
+
+/// The answer to a rollout of an app that is already being rolled out.
+fn busy(name: &str) -> Response {
+    Response::error(ErrorKind::Busy, format!("a reload of `{name}` is already under way; wait for it to finish"))
 }
 
 fn to_nix(signal: SignalName) -> nix::sys::signal::Signal {
@@ -64,9 +70,10 @@ fn to_nix(signal: SignalName) -> nix::sys::signal::Signal {
 
 /// Every spec of a request checked as the config validation would, before anything is touched: a
 /// request comes from whoever can reach the socket, not only from a validated file.
-fn checked(specs: &[AppSpec]) -> Result<(), String> {
+fn checked(specs: &[AppSpec]) -> Result<(), Response> {
     for spec in specs {
-        spec.validate().map_err(|e| format!("app {:?}: refused: {e}", spec.name))?;
+        spec.validate()
+            .map_err(|e| Response::error(ErrorKind::Invalid, format!("app {:?}: refused: {e}", spec.name)))?;
     }
     Ok(())
 }
@@ -74,15 +81,14 @@ fn checked(specs: &[AppSpec]) -> Result<(), String> {
 impl Daemon {
     pub(super) fn request(&mut self, request: Request, reply: oneshot::Sender<Response>, now: Instant) {
         if !matches!(self.lifecycle, Lifecycle::Serving) && !matches!(request, Request::List) {
-            let _ = reply.send(Response::Error { message: "the daemon is shutting down".into() });
+            let _ = reply.send(Response::error(ErrorKind::ShuttingDown, "the daemon is shutting down"));
             return;
         }
         tracing::debug!(?request, "request");
         let response = match request {
-            Request::Start { apps } => match checked(&apps).and_then(|()| self.start(apps, now).map_err(|e| e.chain()))
-            {
-                Ok(response) => response,
-                Err(message) => Response::Error { message },
+            Request::Start { apps } => match checked(&apps) {
+                Ok(()) => self.start(apps, now).unwrap_or_else(|e| Response::error(ErrorKind::Failed, e.chain())),
+                Err(refused) => refused,
             },
             Request::List => {
                 self.refresh_usage(now);
@@ -108,7 +114,7 @@ impl Daemon {
                 self.refresh_usage(now);
                 match self.apps.iter().find(|a| a.spec.name == app) {
                     Some(found) => Response::Described(Box::new(found.describe(now, &self.usage))),
-                    None => Response::Error { message: format!("no app named `{app}`") },
+                    None => Response::error(ErrorKind::NotFound, format!("no app named `{app}`")),
                 }
             }
             Request::Snapshot => {
@@ -117,7 +123,7 @@ impl Daemon {
             }
             Request::Save => match self.save() {
                 Ok(response) => response,
-                Err(e) => Response::Error { message: format!("cannot write the dump: {e}") },
+                Err(e) => Response::error(ErrorKind::Failed, format!("cannot write the dump: {e}")),
             },
             // The connection routes these elsewhere (`ipc_server::route`): a log tail is read by the
             // connection itself, a rollout reports progress, a monitor repeats.
@@ -125,7 +131,7 @@ impl Daemon {
             | Request::Monitor { .. }
             | Request::Reload { .. }
             | Request::ReloadInstance { .. }
-            | Request::Scale { .. } => Response::Error { message: "not a one-shot request".into() },
+            | Request::Scale { .. } => Response::error(ErrorKind::BadRequest, "not a one-shot request"),
         };
         let _ = reply.send(response);
     }
@@ -188,8 +194,8 @@ impl Daemon {
         }
     }
 
-    /// Indices of the app named `target`, or of every app; an unknown name is an error message.
-    fn chosen(&self, target: Option<&str>) -> Result<Vec<usize>, String> {
+    /// Indices of the app named `target`, or of every app; an unknown name is refused.
+    fn chosen(&self, target: Option<&str>) -> Result<Vec<usize>, Response> {
         match target {
             None => Ok((0..self.apps.len()).collect()),
             Some(name) => match self.apps.iter().position(|a| a.spec.name == name) {
@@ -197,7 +203,7 @@ impl Daemon {
                 None => {
                     let known: Vec<&str> = self.apps.iter().map(|a| a.spec.name.as_str()).collect();
                     let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
-                    Err(format!("no app named `{name}` (running apps: {known})"))
+                    Err(Response::error(ErrorKind::NotFound, format!("no app named `{name}` (running apps: {known})")))
                 }
             },
         }
@@ -205,7 +211,7 @@ impl Daemon {
 
     /// The current log files of `target` (every app when `None`), as tails without lines yet: the
     /// connection reads them off this thread (see `ipc_server::tail`).
-    pub(super) fn log_files(&self, target: Option<&str>, stream: Option<LogStream>) -> Result<Vec<LogTail>, String> {
+    pub(super) fn log_files(&self, target: Option<&str>, stream: Option<LogStream>) -> Result<Vec<LogTail>, Response> {
         let mut out = Vec::new();
         for app in self.chosen(target)?.into_iter().map(|i| &self.apps[i]) {
             for (file_stream, instance, path) in app.logs.current_files(app.slots.len()) {
@@ -228,8 +234,8 @@ impl Daemon {
     fn log_control(&mut self, target: Option<&str>, reopen: bool, reply: oneshot::Sender<Response>) {
         let chosen = match self.chosen(target) {
             Ok(chosen) => chosen,
-            Err(message) => {
-                let _ = reply.send(Response::Error { message });
+            Err(refused) => {
+                let _ = reply.send(refused);
                 return;
             }
         };
@@ -240,7 +246,7 @@ impl Daemon {
             for (name, sink) in sinks {
                 let result = if reopen { sink.reopen().await } else { sink.truncate().await };
                 if let Err(e) = result {
-                    let _ = reply.send(Response::Error { message: format!("{name}: {e}") });
+                    let _ = reply.send(Response::error(ErrorKind::Failed, format!("{name}: {e}")));
                     return;
                 }
                 names.push(name);
@@ -258,8 +264,8 @@ impl Daemon {
         reply: oneshot::Sender<Response>,
         now: Instant,
     ) {
-        if let Err(message) = checked(&specs) {
-            let _ = reply.send(Response::Error { message });
+        if let Err(refused) = checked(&specs) {
+            let _ = reply.send(refused);
             return;
         }
         let mut jobs = Vec::new();
@@ -267,8 +273,7 @@ impl Daemon {
         for spec in specs {
             match self.apps.iter().find(|a| a.spec.name == spec.name) {
                 Some(app) if self.reloads.iter().any(|j| j.covers(app.id)) => {
-                    let message = format!("a reload of `{}` is already under way; wait for it to finish", spec.name);
-                    let _ = reply.send(Response::Error { message });
+                    let _ = reply.send(busy(&spec.name));
                     return;
                 }
                 Some(app) if !app.spec.same_sockets(&spec) => {
@@ -277,7 +282,7 @@ impl Daemon {
                          `chatctl delete {0}` then `chatctl start` to change them",
                         spec.name
                     );
-                    let _ = reply.send(Response::Error { message });
+                    let _ = reply.send(Response::error(ErrorKind::Invalid, message));
                     return;
                 }
                 Some(app) if !app.is_down() => jobs.push((app.id, spec)),
@@ -287,7 +292,7 @@ impl Daemon {
         if !to_start.is_empty()
             && let Err(e) = self.start(to_start, now)
         {
-            let _ = reply.send(Response::Error { message: e.chain() });
+            let _ = reply.send(Response::error(ErrorKind::Failed, e.chain()));
             return;
         }
         let mut job = reload::Job::new(jobs, batch, events, reply);
@@ -336,23 +341,22 @@ impl Daemon {
         now: Instant,
     ) {
         let Some(app) = self.apps.iter().find(|a| a.spec.name == name) else {
-            let _ = reply.send(Response::Error { message: format!("no app named `{name}`") });
+            let _ = reply.send(Response::error(ErrorKind::NotFound, format!("no app named `{name}`")));
             return;
         };
         if self.reloads.iter().any(|j| j.covers(app.id)) {
-            let message = format!("a reload of `{name}` is already under way; wait for it to finish");
-            let _ = reply.send(Response::Error { message });
+            let _ = reply.send(busy(name));
             return;
         }
         let mut spec = app.spec.clone();
         let Some(instances) = to.from(app.slots.len()) else {
             let message = format!("`{name}`: {to:?} from {} instances does not fit a count", app.slots.len());
-            let _ = reply.send(Response::Error { message });
+            let _ = reply.send(Response::error(ErrorKind::Invalid, message));
             return;
         };
         spec.instances = instances;
         if let Err(e) = spec.validate() {
-            let _ = reply.send(Response::Error { message: format!("`{name}`: cannot scale: {e}") });
+            let _ = reply.send(Response::error(ErrorKind::Invalid, format!("`{name}`: cannot scale: {e}")));
             return;
         }
         let mut job = reload::Job::scale(app.id, spec, events, reply);
@@ -374,18 +378,17 @@ impl Daemon {
     ) {
         let app = match self.chosen(Some(name)) {
             Ok(chosen) => &self.apps[chosen[0]],
-            Err(message) => {
-                let _ = reply.send(Response::Error { message });
+            Err(refused) => {
+                let _ = reply.send(refused);
                 return;
             }
         };
-        if let Err(message) = has_instance(app, index) {
-            let _ = reply.send(Response::Error { message });
+        if let Err(refused) = has_instance(app, index) {
+            let _ = reply.send(refused);
             return;
         }
         if self.reloads.iter().any(|j| j.covers(app.id)) {
-            let message = format!("a reload of `{name}` is already under way; wait for it to finish");
-            let _ = reply.send(Response::Error { message });
+            let _ = reply.send(busy(name));
             return;
         }
         let mut job = reload::Job::instance(app.id, app.spec.clone(), index, events, reply);
@@ -418,23 +421,17 @@ impl Daemon {
         reply: oneshot::Sender<Response>,
         now: Instant,
     ) {
-        let chosen: Vec<usize> = match target {
-            Some(name) => match self.apps.iter().position(|a| a.spec.name == name) {
-                Some(i) => vec![i],
-                None => {
-                    let known: Vec<&str> = self.apps.iter().map(|a| a.spec.name.as_str()).collect();
-                    let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
-                    let _ = reply
-                        .send(Response::Error { message: format!("no app named `{name}` (running apps: {known})") });
-                    return;
-                }
-            },
-            None => (0..self.apps.len()).collect(),
+        let chosen = match self.chosen(target) {
+            Ok(chosen) => chosen,
+            Err(refused) => {
+                let _ = reply.send(refused);
+                return;
+            }
         };
         if let (Some(index), [app]) = (instance, chosen.as_slice())
-            && let Err(message) = has_instance(&self.apps[*app], index)
+            && let Err(refused) = has_instance(&self.apps[*app], index)
         {
-            let _ = reply.send(Response::Error { message });
+            let _ = reply.send(refused);
             return;
         }
         let mut names = Vec::new();
@@ -467,12 +464,12 @@ impl Daemon {
     fn signal(&self, name: &str, instance: Option<usize>, signal: SignalName) -> Response {
         let app = match self.chosen(Some(name)) {
             Ok(chosen) => &self.apps[chosen[0]],
-            Err(message) => return Response::Error { message },
+            Err(refused) => return refused,
         };
         if let Some(index) = instance
-            && let Err(message) = has_instance(app, index)
+            && let Err(refused) = has_instance(app, index)
         {
-            return Response::Error { message };
+            return refused;
         }
         let mut sent = Vec::new();
         for (index, slot) in app.slots.iter().enumerate().filter(|(i, _)| instance.is_none_or(|want| want == *i)) {
@@ -482,12 +479,14 @@ impl Daemon {
                 Ok(()) => sent.push((index, pid)),
                 // Exited a moment ago: its exit is on its way to this loop.
                 Err(nix::errno::Errno::ESRCH) => {}
-                Err(e) => return Response::Error { message: format!("{signal} to pid {pid} ({name}:{index}): {e}") },
+                Err(e) => {
+                    return Response::error(ErrorKind::Failed, format!("{signal} to pid {pid} ({name}:{index}): {e}"));
+                }
             }
         }
         if sent.is_empty() {
             let which = instance.map_or_else(|| format!("no instance of `{name}`"), |i| format!("`{name}:{i}`"));
-            return Response::Error { message: format!("{which} is running: no process to send {signal} to") };
+            return Response::error(ErrorKind::NotFound, format!("{which} is running: no process to send {signal} to"));
         }
         tracing::info!(app = %name, %signal, ?sent, "signal sent on request");
         Response::Signalled { app: name.to_owned(), signal, sent }

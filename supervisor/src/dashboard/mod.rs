@@ -12,11 +12,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use chat_shared::ipc::{Event, Request, Response};
+use chat_shared::ipc::{Event, Request};
 use ratatui::crossterm::event::{self, Event as TermEvent, KeyCode, KeyEventKind};
 use tokio::sync::mpsc;
 
-use crate::client::Client;
+use crate::client::{Client, Frame};
 use crate::home::Home;
 use state::{Command, Dashboard, Key};
 
@@ -87,14 +87,14 @@ async fn run(
     loop {
         terminal.draw(|frame| view::draw(frame, &dashboard))?;
         tokio::select! {
-            frame = snapshots.next_event_or_response() => match frame {
-                Ok(Ok(Event::Snapshot(s)) | Err(Response::Snapshot(s))) => dashboard.on_snapshot(s),
-                Ok(_) => {}
+            frame = snapshots.next_snapshot() => match frame {
+                Ok(Some(snapshot)) => dashboard.on_snapshot(snapshot),
+                Ok(None) => {}
                 Err(crate::client::ClientError::Closed) => bail!("the daemon went away"),
                 Err(e) => return Err(e.into()),
             },
-            event = logs.next_event_or_response() => match event {
-                Ok(Ok(Event::Log(record))) => dashboard.on_log(record),
+            event = logs.next_logs_frame() => match event {
+                Ok(Frame::Event(Event::Log(record))) => dashboard.on_log(record),
                 Ok(_) => {}
                 Err(crate::client::ClientError::Closed) => bail!("the daemon went away"),
                 Err(e) => return Err(e.into()),
@@ -130,29 +130,17 @@ async fn execute(command: Command, home: &Home) -> anyhow::Result<String> {
         }
         Command::Reload { app } => {
             // The running spec, reloaded as it is: a zero-downtime restart of every instance.
-            let spec = match client.request(&Request::Describe { app: app.clone() }).await? {
-                Response::Described(d) => d.spec,
-                Response::Error { message } => bail!("{message}"),
-                other => bail!("unexpected answer: {other:?}"),
-            };
+            let spec = client.describe(&app).await?.spec;
             client.send(&Request::Reload { apps: vec![spec], batch: None }).await?;
             loop {
-                match client.next_event_or_response().await? {
-                    Ok(_) => continue,
-                    Err(Response::Reloaded { apps }) => {
-                        let replaced: usize = apps.iter().map(|a| a.replaced).sum();
-                        return Ok(format!("reloaded {app}: {replaced} replaced"));
-                    }
-                    Err(Response::Error { message }) => bail!("{message}"),
-                    Err(other) => bail!("unexpected answer: {other:?}"),
+                if let Frame::End(apps) = client.next_rollout_frame().await? {
+                    let replaced: usize = apps.iter().map(|a| a.replaced).sum();
+                    return Ok(format!("reloaded {app}: {replaced} replaced"));
                 }
             }
         }
         Command::Quit => return Ok(String::new()),
     };
-    match client.request(&request).await? {
-        Response::Done { .. } => Ok(what),
-        Response::Error { message } => bail!("{message}"),
-        other => bail!("unexpected answer: {other:?}"),
-    }
+    client.act(&request).await?;
+    Ok(what)
 }

@@ -22,7 +22,7 @@ mod in_redis;
 mod on_disk;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::realtime::Rate;
+use crate::limits::{PerKey, Rate};
 use crate::session::Sessions;
 
 /// The limits and where files live.
@@ -179,27 +179,8 @@ pub struct Files {
     sessions: Sessions,
     /// With Redis, a token another host signed is believed when Redis keeps it for its guest.
     shared_sessions: Option<crate::store::Store>,
-    /// Uploads per guest (`std::sync::Mutex`: held for a lookup, never across an await).
-    rates: Mutex<std::collections::HashMap<String, Bucket>>,
-}
-
-/// Uploads left to a guest: `rate` a second, at most its burst saved up.
-struct Bucket {
-    tokens: f64,
-    last: std::time::Instant,
-}
-
-impl Bucket {
-    fn take(&mut self, rate: Rate) -> bool {
-        let now = std::time::Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate.per_second).min(rate.burst);
-        self.last = now;
-        let ok = self.tokens >= 1.0;
-        if ok {
-            self.tokens -= 1.0;
-        }
-        ok
-    }
+    /// Uploads per guest (`FILE_UPLOAD_RATE`; `None`: off).
+    uploads: Option<PerKey>,
 }
 
 impl Files {
@@ -214,7 +195,8 @@ impl Files {
             }
             None => Store::Disk(on_disk::OnDisk::open(&config.dir)?),
         };
-        let files = Arc::new(Files { config, store, sessions, shared_sessions, rates: Mutex::default() });
+        let uploads = config.upload_rate.map(PerKey::new);
+        let files = Arc::new(Files { config, store, sessions, shared_sessions, uploads });
         tokio::spawn(files.clone().sweep());
         Ok(files)
     }
@@ -272,14 +254,8 @@ pub async fn upload(State(files): State<Arc<Files>>, request: Request) -> Respon
     if declared.is_some_and(|n| n > config.max_size) {
         return error(StatusCode::PAYLOAD_TOO_LARGE, &format!("a file is at most {} bytes", config.max_size));
     }
-    if let Some(rate) = config.upload_rate {
-        let allowed = files.rates.lock().map_or(true, |mut rates| {
-            let fresh = || Bucket { tokens: rate.burst, last: std::time::Instant::now() };
-            rates.entry(guest.clone()).or_insert_with(fresh).take(rate)
-        });
-        if !allowed {
-            return error(StatusCode::TOO_MANY_REQUESTS, "too many uploads: wait a little");
-        }
+    if files.uploads.as_ref().is_some_and(|uploads| uploads.take(&guest, 1) == 0) {
+        return error(StatusCode::TOO_MANY_REQUESTS, "too many uploads: wait a little");
     }
     let now = now_ms();
     let usage = match files.store.usage(&guest, now).await {

@@ -32,8 +32,9 @@ use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 
 use super::Chat;
-use super::guests::{Guest, connected, guest_of, guest_room, send_ice};
+use super::guests::{Guest, connected, guest_of, guest_room};
 use super::protocol::{self, ChatError, Reply, event};
+use super::sessions::send_ice;
 use super::throttle::Spend;
 use crate::bus::Adapter;
 use crate::bus::Channel;

@@ -15,8 +15,8 @@ use tokio::sync::oneshot;
 
 use super::guests::guest_of;
 use super::history::{self, History};
+use super::presence::is_member;
 use super::protocol::{self, ChatError, Reply, event};
-use super::rooms::{RoomRef, is_member};
 use super::throttle::Spend;
 use super::{Chat, now_ms};
 use crate::bus::Adapter;
@@ -45,6 +45,15 @@ struct SendMessage {
     /// The id of a shared file (`POST /api/files`) the message carries.
     #[serde(default)]
     file: Option<String>,
+}
+
+/// `room:history`: the page after `since`, or before `before`, or the latest.
+#[derive(Debug, Deserialize)]
+struct HistoryAsk {
+    room: String,
+    since: Option<String>,
+    #[serde(default)]
+    before: Option<String>,
 }
 
 /// A room message as it travels the bus to every worker.
@@ -98,9 +107,9 @@ async fn send(socket: SocketRef<Adapter>, chat: Arc<Chat>, data: Result<SendMess
 }
 
 /// `room:history {room, since?, before?}` → `{ok, room, messages, more}`.
-async fn page(socket: SocketRef<Adapter>, chat: Arc<Chat>, data: Result<RoomRef, ParserError>) -> Reply {
+async fn page(socket: SocketRef<Adapter>, chat: Arc<Chat>, data: Result<HistoryAsk, ParserError>) -> Reply {
     chat.throttle.spend(&socket, Spend::Message)?;
-    let RoomRef { room, since, before } = protocol::payload(data, "{room, since?, before?}")?;
+    let HistoryAsk { room, since, before } = protocol::payload(data, "{room, since?, before?}")?;
     if !socket.rooms().iter().any(|r| r == &room) {
         return Err(ChatError::NotInRoom { room });
     }

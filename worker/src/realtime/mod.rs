@@ -31,9 +31,11 @@
 //!
 //! Rooms span every worker linked to this one (see `bus`): the daemon's local bus on one host, Redis
 //! across hosts. With Redis, sessions and each room's recent messages are also kept there (`store`).
-
+//!
 //! One module per feature, each registering its events and owning its state as a small service
-//! that [`Chat`] holds: `guests` (who a socket is, sessions), `rooms` (joins, presence, typing),
+//! that [`Chat`] holds: `guests` (who a socket is), `sessions` (joining, and coming back as the same
+//! guest), `rooms` (joins and leaves, typing), `presence` (who is in a room), `rules` (what may be
+//! named and joined),
 //! `messages` (room messages, their order and history), `direct` (DMs), `calls` (WebRTC
 //! signalling), `throttle` (rate limits as sockets meet them), `catch_up` (what a starting worker
 //! takes in from the others); `protocol` holds the event names, the error type and the handler
@@ -44,11 +46,12 @@ mod catch_up;
 mod direct;
 mod guests;
 mod history;
-mod limits;
 mod messages;
 mod presence;
 mod protocol;
 mod rooms;
+mod rules;
+mod sessions;
 mod throttle;
 
 use std::sync::Arc;
@@ -61,13 +64,13 @@ use socketioxide::socket::DisconnectReason;
 
 use crate::bus::Adapter;
 use crate::bus::Channel;
+pub use crate::limits::Rate;
 use crate::session::{Claims, Sessions, TokenError};
 use crate::store::Store;
 use calls::Calls;
 pub use calls::{CALL_RING, IceConfig};
 pub use guests::Guest;
 pub use history::{History, MAX_BYTES as HISTORY_BYTES, MAX_ROOMS as HISTORY_ROOMS};
-pub use limits::Rate;
 pub use messages::{HISTORY_AGE, HISTORY_COUNT};
 pub use protocol::ChatError;
 pub use throttle::{ADDRESS_RATE, JOIN_RATE, Limits, SIGNAL_RATE, SOCKET_RATE};
@@ -181,35 +184,36 @@ pub async fn register(
             }
         }
     };
-    // Who the client is is settled in a middleware, before socket.io tells the client it is
+    // Who the client is is settled in a middleware (after the origin check: a middleware added
+    // later runs first), before socket.io tells the client it is
     // connected: the connect handler runs only after the CONNECT packet went out, so whatever it
     // awaited before registering the event handlers let the client's first events through to no
     // handler at all (a message sent the moment a client reconnected was lost: the restore awaited
     // the cluster's member list first).
     let c = chat.clone();
-    let admit = move |socket: SocketRef<Adapter>, TryData(auth): TryData<guests::Auth>| {
+    let admit = move |socket: SocketRef<Adapter>, TryData(auth): TryData<sessions::Auth>| {
         let chat = c.clone();
         async move {
             chat.throttle.admit(&socket);
             socket.extensions.insert(protocol::Unread::default());
-            guests::admit(&socket, &chat, auth.unwrap_or_default()).await;
+            sessions::admit(&socket, &chat, auth.unwrap_or_default()).await;
             Ok::<(), std::convert::Infallible>(())
         }
     };
-    let connect = move |socket: SocketRef<Adapter>, TryData(auth): TryData<guests::Auth>| {
+    let connect = move |socket: SocketRef<Adapter>, TryData(auth): TryData<sessions::Auth>| {
         let chat = chat.clone();
         async move {
             tracing::debug!(sid = %socket.id, "socket connected");
             handlers(&socket, &chat);
             let since = auth.map(|a| a.since).unwrap_or_default();
-            guests::welcome(&socket, &chat, &since).await;
+            sessions::welcome(&socket, &chat, &since).await;
         }
     };
     io.ns("/", connect.with(admit).with(origin_check)).await.map_err(|e| format!("cannot start the namespace: {e}"))
 }
 
 fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
-    guests::handlers(socket, chat);
+    sessions::handlers(socket, chat);
     rooms::handlers(socket, chat);
     messages::handlers(socket, chat);
     direct::handlers(socket, chat);
@@ -230,13 +234,6 @@ fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
             rooms::leave_all(&socket, &chat, guest.as_ref()).await;
         }
     });
-}
-
-/// Characters that are not shown but change what is: control characters, bidi controls (a room
-/// named "\u{202E}nimda" reads "admin") and zero-width ones. Refused in names, never in message text.
-fn unseen(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 fn now_ms() -> u64 {

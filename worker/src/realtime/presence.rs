@@ -12,12 +12,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use socketioxide::extract::SocketRef;
 use tokio::sync::oneshot;
 
+use super::INTERNAL;
+use super::guests::Guest;
 use super::protocol::event;
-use super::{Guest, INTERNAL};
 use crate::bus::Adapter;
 
 /// Rooms up to this many members also get the whole member list on every change.
@@ -42,6 +43,19 @@ struct Change {
 }
 
 impl Presence {
+    /// [`Presence::changed`], answered as `{ok, room, members}`; the caller may have just left,
+    /// and gets the list too, though it is no longer in the room.
+    pub(super) async fn announce(
+        self: &Arc<Self>,
+        socket: &SocketRef<Adapter>,
+        room: &str,
+        guest: &Guest,
+        joined: bool,
+    ) -> Value {
+        let members = self.changed(socket, room, guest, joined).await;
+        json!({ "ok": true, "room": room, "members": members })
+    }
+
     /// Tells the room that `guest` joined or left, and returns its members (on every worker) after
     /// the change. `socket` asks the question; it may be one that just disconnected.
     pub(super) async fn changed(
@@ -117,10 +131,9 @@ async fn tell(socket: &SocketRef<Adapter>, room: &str, batch: &[Change], members
     }
 }
 
-/// The internal room that names a guest: every worker can list who is in a room by asking for the
-/// rooms of its sockets (one cluster-wide query), where socket extensions stay on their worker.
-pub(super) fn who_room(guest: &Guest) -> String {
-    format!("{INTERNAL}who:{}:{}", guest.id, guest.name)
+/// Whether the socket is in `room`, a room of the chat's (not one of its internal rooms).
+pub(super) fn is_member(socket: &SocketRef<Adapter>, room: &str) -> bool {
+    !room.starts_with(INTERNAL) && socket.rooms().iter().any(|r| r == room)
 }
 
 /// Guests in `room` on every worker (a worker that does not answer in time is left out).

@@ -8,24 +8,20 @@ use serde_json::{Value, json};
 use socketioxide::ParserError;
 use socketioxide::extract::SocketRef;
 
-use super::guests::{Guest, guest_of, send_session};
+use super::guests::{Guest, guest_of};
+use super::presence::is_member;
 use super::protocol::{self, ChatError, Reply, event};
+use super::rules::{MAX_ROOM_CHARS, MAX_ROOMS, valid_room};
+use super::sessions::send_session;
 use super::throttle::Spend;
-use super::{Chat, INTERNAL, unseen};
+use super::{Chat, INTERNAL};
 use crate::bus::Adapter;
 
-/// Rooms one socket may be in (its own internal rooms aside).
-pub(super) const MAX_ROOMS: usize = 20;
-const MAX_ROOM_CHARS: usize = 64;
-
 #[derive(Debug, Deserialize)]
-pub(super) struct RoomRef {
-    pub(super) room: String,
-    /// `room:join`: recover what came after this message; `room:history`: the page after it.
-    pub(super) since: Option<String>,
-    /// `room:history`: the page before this message.
-    #[serde(default)]
-    pub(super) before: Option<String>,
+struct RoomChange {
+    room: String,
+    /// `room:join`: recover what came after this message.
+    since: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -42,12 +38,17 @@ pub(super) fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
 
 /// `room:join {room, since?}` / `room:leave {room}` → `{ok, room, members}`, a join also `missed`
 /// and `more`; the room is told.
-async fn change(socket: SocketRef<Adapter>, chat: Arc<Chat>, data: Result<RoomRef, ParserError>, join: bool) -> Reply {
+async fn change(
+    socket: SocketRef<Adapter>,
+    chat: Arc<Chat>,
+    data: Result<RoomChange, ParserError>,
+    join: bool,
+) -> Reply {
     chat.throttle.spend(&socket, Spend::Join)?;
-    guest_of(&socket)?;
-    let RoomRef { room, since, .. } = protocol::payload(data, "{room}")?;
+    let guest = guest_of(&socket)?;
+    let RoomChange { room, since } = protocol::payload(data, "{room}")?;
     let room = room.trim().to_owned();
-    if !valid(&room) {
+    if !valid_room(&room) {
         return Err(ChatError::BadRoom { max: MAX_ROOM_CHARS });
     }
     if join {
@@ -60,7 +61,7 @@ async fn change(socket: SocketRef<Adapter>, chat: Arc<Chat>, data: Result<RoomRe
         socket.leave(room.clone());
     }
     send_session(&socket, &chat);
-    let mut reply = members_changed(&socket, &chat, &room, join).await?;
+    let mut reply = chat.presence.announce(&socket, &room, &guest, join).await;
     if join {
         let page = chat.messages.page(&room, since.as_deref(), None).await;
         reply["missed"] = Value::from(page.messages);
@@ -82,27 +83,6 @@ async fn typing(socket: SocketRef<Adapter>, chat: Arc<Chat>, data: Result<Typing
     Ok(json!({ "ok": true }))
 }
 
-/// Whether the socket is in `room`, a room of the chat's (not one of its internal rooms).
-pub(super) fn is_member(socket: &SocketRef<Adapter>, room: &str) -> bool {
-    !room.starts_with(INTERNAL) && socket.rooms().iter().any(|r| r == room)
-}
-
-/// Whether `room` may be a room's name.
-pub(super) fn valid(room: &str) -> bool {
-    !room.is_empty()
-        && room.chars().count() <= MAX_ROOM_CHARS
-        && !room.starts_with(INTERNAL)
-        && !room.chars().any(unseen)
-}
-
-/// Tells the room who came or went and answers the caller with the member list.
-pub(super) async fn members_changed(socket: &SocketRef<Adapter>, chat: &Chat, room: &str, joined: bool) -> Reply {
-    let guest = guest_of(socket)?;
-    let members = chat.presence.changed(socket, room, &guest, joined).await;
-    // The caller may have just left: it gets the list too, though it is no longer in the room.
-    Ok(json!({ "ok": true, "room": room, "members": members }))
-}
-
 /// A socket going away leaves all its rooms; they are told once it no longer counts.
 pub(super) async fn leave_all(socket: &SocketRef<Adapter>, chat: &Chat, guest: Option<&Guest>) {
     // Leave first, so that the member lists (asked of every worker) no longer count us.
@@ -113,17 +93,5 @@ pub(super) async fn leave_all(socket: &SocketRef<Adapter>, chat: &Chat, guest: O
         for room in rooms {
             chat.presence.changed(socket, &room, guest, false).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn room_names_are_visible_and_not_internal() {
-        assert!(valid("lobby") && valid("café ☕"));
-        assert!(!valid("") && !valid("@guest:g_1") && !valid(&"r".repeat(MAX_ROOM_CHARS + 1)));
-        assert!(!valid("lob\u{0007}by") && !valid("\u{FEFF}lobby"));
     }
 }

@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use socketioxide::extract::SocketRef;
 
-use super::limits::{Bucket, PerAddress, Rate, Restores};
 use super::protocol::{ChatError, event};
+use super::rules::RESTORE_RATE;
 use crate::bus::Adapter;
 use crate::bus::Channel;
+use crate::limits::{Bucket, PerAddress, PerKey, Rate};
 
 /// Messages, typing and DMs per socket, unless configured (`MESSAGE_RATE`).
 pub const SOCKET_RATE: Rate = Rate { per_second: 10.0, burst: 20.0 };
@@ -27,9 +28,6 @@ pub const JOIN_RATE: Rate = Rate { per_second: 5.0, burst: 10.0 };
 /// configured (`SIGNAL_RATE`): a call's setup trickles a few dozen ICE candidates within a second,
 /// a relay loop must not go unbounded (500 offers of 2 KB were relayed in 51 ms).
 pub const SIGNAL_RATE: Rate = Rate { per_second: 50.0, burst: 100.0 };
-/// Rooms a session token restores per guest: two full restores at once, then 20 a minute.
-const RESTORE_RATE: Rate =
-    Rate { per_second: super::rooms::MAX_ROOMS as f64 / 60.0, burst: 2.0 * super::rooms::MAX_ROOMS as f64 };
 /// Refusals in a row after which a socket is disconnected.
 const ABUSE: u32 = 50;
 /// A socket whose events are refused hears so (`chat:error`) at most this often: an event sent
@@ -79,7 +77,7 @@ pub(super) struct Throttle {
     join_rate: Option<Rate>,
     signal_rate: Option<Rate>,
     per_address: Option<PerAddress>,
-    restores: Restores,
+    restores: PerKey,
     trusted_proxies: Vec<IpAddr>,
     /// Where workers tell each other what busy client addresses spent.
     bus: Option<Channel>,
@@ -113,7 +111,7 @@ impl Throttle {
             join_rate: limits.joins,
             signal_rate: limits.signals,
             per_address: limits.address.map(PerAddress::new),
-            restores: Restores::new(RESTORE_RATE),
+            restores: PerKey::new(RESTORE_RATE),
             trusted_proxies: limits.trusted_proxies.clone(),
             bus,
         }

@@ -45,7 +45,7 @@ impl Rate {
 }
 
 #[derive(Debug)]
-pub(super) struct Bucket {
+pub(crate) struct Bucket {
     tokens: f64,
     last: Instant,
     /// Refusals in a row: past a bound, the socket is abusive.
@@ -53,12 +53,12 @@ pub(super) struct Bucket {
 }
 
 impl Bucket {
-    pub(super) fn new(rate: Rate) -> Bucket {
+    pub(crate) fn new(rate: Rate) -> Bucket {
         Bucket { tokens: rate.burst, last: Instant::now(), refused: 0 }
     }
 
     /// Takes a token; `false` when none is left.
-    pub(super) fn take(&mut self, rate: Rate, now: Instant) -> bool {
+    pub(crate) fn take(&mut self, rate: Rate, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst);
@@ -72,7 +72,7 @@ impl Bucket {
         }
     }
 
-    pub(super) fn refused_in_a_row(&self) -> u32 {
+    pub(crate) fn refused_in_a_row(&self) -> u32 {
         self.refused
     }
 
@@ -85,7 +85,7 @@ impl Bucket {
 }
 
 /// Buckets per client address, shared by all its sockets here, and by the other workers' reports.
-pub(super) struct PerAddress {
+pub(crate) struct PerAddress {
     rate: Rate,
     table: Mutex<Table>,
 }
@@ -103,12 +103,12 @@ struct Table {
 const SWEEP_FROM: usize = 10_000;
 
 impl PerAddress {
-    pub(super) fn new(rate: Rate) -> PerAddress {
+    pub(crate) fn new(rate: Rate) -> PerAddress {
         let table = Table { buckets: HashMap::new(), spent: HashMap::new(), sweep_at: SWEEP_FROM };
         PerAddress { rate, table: Mutex::new(table) }
     }
 
-    pub(super) fn take(&self, addr: IpAddr) -> bool {
+    pub(crate) fn take(&self, addr: IpAddr) -> bool {
         let Ok(mut table) = self.table.lock() else { return true };
         let now = Instant::now();
         let rate = self.rate;
@@ -122,13 +122,13 @@ impl PerAddress {
     }
 
     /// What busy addresses spent here since the last call, for the other workers.
-    pub(super) fn report(&self) -> Vec<(IpAddr, u32)> {
+    pub(crate) fn report(&self) -> Vec<(IpAddr, u32)> {
         let Ok(mut table) = self.table.lock() else { return Vec::new() };
         table.spent.drain().collect()
     }
 
     /// Takes what another worker reported out of this worker's buckets.
-    pub(super) fn debit(&self, spent: &[(IpAddr, u32)]) {
+    pub(crate) fn debit(&self, spent: &[(IpAddr, u32)]) {
         let Ok(mut table) = self.table.lock() else { return };
         let now = Instant::now();
         let rate = self.rate;
@@ -164,29 +164,29 @@ fn forget_full<K: std::hash::Hash + Eq>(
     }
 }
 
-/// Rooms a session token may put its guest back into, per guest: a reload (every client
-/// reconnects once) or a whole NAT reconnecting at once restores every room, while a client that
-/// reconnects in a loop gets its rooms back once or twice and then a few a minute. Each restored
-/// room is a join (a question to every worker, an event to every member): without a budget of
-/// its own, 20 reconnects of a token holding 12 rooms were 240 joins outside the join limit.
-pub(super) struct Restores {
+/// A bucket per key (a guest), in a table kept small: used for the rooms a session token may put
+/// its guest back into (a reload, where every client reconnects once, or a whole NAT reconnecting
+/// at once restores every room, while a client that reconnects in a loop gets its rooms back once
+/// or twice and then a few a minute; without a budget of its own, 20 reconnects of a token holding
+/// 12 rooms were 240 joins outside the join limit), and for the files a guest uploads.
+pub(crate) struct PerKey {
     rate: Rate,
     table: Mutex<(HashMap<String, Bucket>, usize)>,
 }
 
-impl Restores {
-    pub(super) fn new(rate: Rate) -> Restores {
-        Restores { rate, table: Mutex::new((HashMap::new(), SWEEP_FROM)) }
+impl PerKey {
+    pub(crate) fn new(rate: Rate) -> PerKey {
+        PerKey { rate, table: Mutex::new((HashMap::new(), SWEEP_FROM)) }
     }
 
-    /// Takes up to `rooms` restores from `guest`'s budget; returns how many it may have.
-    pub(super) fn take(&self, guest: &str, rooms: usize) -> usize {
-        let Ok(mut table) = self.table.lock() else { return rooms };
+    /// Takes up to `count` tokens from `key`'s bucket; returns how many it may have.
+    pub(crate) fn take(&self, key: &str, count: usize) -> usize {
+        let mut table = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (buckets, sweep_at) = &mut *table;
         let now = Instant::now();
         forget_full(buckets, sweep_at, self.rate, now);
-        let bucket = buckets.entry(guest.to_owned()).or_insert_with(|| Bucket::new(self.rate));
-        (0..rooms).take_while(|_| bucket.take(self.rate, now)).count()
+        let bucket = buckets.entry(key.to_owned()).or_insert_with(|| Bucket::new(self.rate));
+        (0..count).take_while(|_| bucket.take(self.rate, now)).count()
     }
 }
 
@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn a_guest_gets_its_rooms_back_twice_then_a_few() {
-        let restores = Restores::new(Rate { per_second: 20.0 / 60.0, burst: 40.0 });
+        let restores = PerKey::new(Rate { per_second: 20.0 / 60.0, burst: 40.0 });
         assert_eq!(restores.take("g", 12), 12, "a reload");
         assert_eq!(restores.take("g", 12), 12, "a flaky network");
         assert_eq!(restores.take("g", 12), 12);
