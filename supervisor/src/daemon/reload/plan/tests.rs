@@ -48,25 +48,23 @@ fn finish(replaced: usize, added: usize, removed: usize, duration_ms: u64) -> Ac
     Action::Finish(ReloadSummary { app: NAME.into(), replaced, added, removed, duration_ms })
 }
 
-/// Steps `plan` through `(at_ms, what the app shows, expected actions)` rows.
-fn run(mut plan: Plan, t0: Instant, rows: Vec<(u64, Seen, Vec<Action>)>) {
+/// A reload's shape: (old count, target count, replace, only this instance, batch).
+type Shape = (usize, usize, bool, Option<usize>, usize);
+
+/// Steps a plan of `shape` through `(at_ms, what the app shows, expected actions)` rows.
+fn run((old, target, replace, only, batch): Shape, rows: Vec<(u64, Seen, Vec<Action>)>) {
+    let t0 = Instant::now();
+    let mut plan = Plan::new(NAME.into(), old, target, replace, only, batch, t0);
     for (i, (at, seen, want)) in rows.into_iter().enumerate() {
         let got = plan.step(&seen, t0 + Duration::from_millis(at));
         assert_eq!(got, want, "row {i} at {at} ms: {seen:?}");
     }
 }
 
-/// A reload of every instance: (old count, target, replace, only, batch).
-fn plan(old: usize, target: usize, replace: bool, only: Option<usize>, batch: usize, t0: Instant) -> Plan {
-    Plan::new(NAME.into(), old, target, replace, only, batch, t0)
-}
-
 #[test]
 fn a_rolling_reload_replaces_one_instance_at_a_time_each_ready_before_the_next() {
-    let t0 = Instant::now();
     run(
-        plan(2, 2, true, None, 1, t0),
-        t0,
+        (2, 2, true, None, 1),
         vec![
             (0, seen(vec![online(10), online(11)]), vec![starting(0, 10), Action::Replace { index: 0 }]),
             (5, seen(vec![with_successor(online(10), 20, Phase::Starting), online(11)]), vec![]),
@@ -100,10 +98,8 @@ fn a_rolling_reload_replaces_one_instance_at_a_time_each_ready_before_the_next()
 
 #[test]
 fn a_batch_starts_that_many_replacements_at_once() {
-    let t0 = Instant::now();
     run(
-        plan(3, 3, true, None, 2, t0),
-        t0,
+        (3, 3, true, None, 2),
         vec![
             (
                 0,
@@ -125,10 +121,8 @@ fn a_batch_starts_that_many_replacements_at_once() {
 
 #[test]
 fn a_failed_successor_stops_the_reload_and_the_others_keep_serving() {
-    let t0 = Instant::now();
     run(
-        plan(3, 3, true, None, 1, t0),
-        t0,
+        (3, 3, true, None, 1),
         vec![
             (0, seen(vec![online(10), online(11), online(12)]), vec![starting(0, 10), Action::Replace { index: 0 }]),
             (3, seen(vec![with_successor(online(10), 20, Phase::Starting), online(11), online(12)]), vec![]),
@@ -146,10 +140,8 @@ fn a_failed_successor_stops_the_reload_and_the_others_keep_serving() {
 
 #[test]
 fn without_a_surge_each_instance_is_restarted_in_place() {
-    let t0 = Instant::now();
     run(
-        plan(2, 2, true, None, 1, t0),
-        t0,
+        (2, 2, true, None, 1),
         vec![
             (
                 0,
@@ -182,12 +174,10 @@ fn without_a_surge_each_instance_is_restarted_in_place() {
 
 #[test]
 fn an_in_place_restart_that_errors_fails_the_reload_with_its_note() {
-    let t0 = Instant::now();
     let mut errored = slot(Phase::Errored, None);
     errored.note = Some("crashed 3 times".into());
     run(
-        plan(2, 2, true, None, 1, t0),
-        t0,
+        (2, 2, true, None, 1),
         vec![
             (
                 0,
@@ -208,11 +198,9 @@ fn an_in_place_restart_that_errors_fails_the_reload_with_its_note() {
 
 #[test]
 fn an_instance_with_no_process_is_started_not_replaced() {
-    let t0 = Instant::now();
     let stopped = slot(Phase::Stopped, None);
     run(
-        plan(1, 1, true, None, 1, t0),
-        t0,
+        (1, 1, true, None, 1),
         vec![(
             0,
             seen(vec![stopped]),
@@ -226,10 +214,8 @@ fn an_instance_with_no_process_is_started_not_replaced() {
 
 #[test]
 fn one_instance_is_replaced_alone() {
-    let t0 = Instant::now();
     run(
-        plan(3, 3, true, Some(1), 1, t0),
-        t0,
+        (3, 3, true, Some(1), 1),
         vec![
             (0, seen(vec![online(10), online(11), online(12)]), vec![starting(1, 11), Action::Replace { index: 1 }]),
             (
@@ -243,22 +229,18 @@ fn one_instance_is_replaced_alone() {
 
 #[test]
 fn a_scale_up_adds_instances_and_finishes() {
-    let t0 = Instant::now();
     run(
-        plan(1, 3, false, None, 1, t0),
-        t0,
+        (1, 3, false, None, 1),
         vec![(0, seen(vec![online(10)]), vec![Action::AddSlot, Action::AddSlot, finish(0, 2, 0, 0)])],
     );
 }
 
 #[test]
 fn a_scale_down_retires_the_last_instances_and_finishes_once_they_are_gone() {
-    let t0 = Instant::now();
     let mut retiring = online(12);
     retiring.retiring = true;
     run(
-        plan(3, 1, false, None, 1, t0),
-        t0,
+        (3, 1, false, None, 1),
         vec![
             (
                 0,
@@ -278,10 +260,8 @@ fn a_scale_down_retires_the_last_instances_and_finishes_once_they_are_gone() {
 
 #[test]
 fn a_reload_to_fewer_instances_replaces_those_kept_then_retires_the_rest() {
-    let t0 = Instant::now();
     run(
-        plan(2, 1, true, None, 1, t0),
-        t0,
+        (2, 1, true, None, 1),
         vec![
             (0, seen(vec![online(10), online(11)]), vec![starting(0, 10), Action::Replace { index: 0 }]),
             (
