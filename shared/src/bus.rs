@@ -9,12 +9,16 @@ pub const OP_NUMSUB_REPLY: u8 = 5;
 pub const OP_MSG: u8 = 6;
 /// Largest frame accepted.
 pub const MAX_FRAME: usize = 16 << 20;
+/// Bytes before a frame's fields: the `u32` length and the op byte.
+pub const HEADER_BYTES: usize = 4 + 1;
+/// Bytes before a string's UTF-8: its `u16` length.
+pub const STR_LEN_BYTES: usize = 2;
 
 /// Reads a `u16`-prefixed string at the start of `bytes`; returns it and the rest.
 pub fn take_str(bytes: &[u8]) -> Option<(String, &[u8])> {
     let len = usize::from(u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]));
-    let text = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
-    Some((text.to_owned(), &bytes[2 + len..]))
+    let text = std::str::from_utf8(bytes.get(STR_LEN_BYTES..STR_LEN_BYTES + len)?).ok()?;
+    Some((text.to_owned(), &bytes[STR_LEN_BYTES + len..]))
 }
 
 /// Appends a `u16`-prefixed string.
@@ -26,7 +30,7 @@ pub fn put_str(frame: &mut Vec<u8>, text: &str) {
 
 /// A whole frame (length prefix included) from its op and body.
 pub fn frame(op: u8, body: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(5 + body.len());
+    let mut frame = Vec::with_capacity(HEADER_BYTES + body.len());
     frame.extend_from_slice(&(body.len() as u32 + 1).to_be_bytes());
     frame.push(op);
     frame.extend_from_slice(body);

@@ -11,7 +11,8 @@
 //! - [`status`]: what `chatctl list` shows.
 //! - [`worker_env`]: environment variables the supervisor sets for its programs.
 //! - [`health`]: the `/health` body.
-//! - [`units`]: human durations and sizes.
+//! - [`units`]: human durations and sizes, and their short forms in tables.
+//! - [`sync`]: locks, held one way.
 
 pub mod bus;
 pub mod cron;
@@ -21,5 +22,6 @@ pub mod ipc;
 pub mod limits;
 pub mod spec;
 pub mod status;
+pub mod sync;
 pub mod units;
 pub mod worker_env;

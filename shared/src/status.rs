@@ -101,6 +101,8 @@ impl Phase {
 pub enum ExitKind {
     Code(i32),
     Signal(i32),
+    /// The process is gone but how it ended could not be learnt (waiting for it failed).
+    Unknown,
 }
 
 impl std::fmt::Display for ExitKind {
@@ -108,6 +110,7 @@ impl std::fmt::Display for ExitKind {
         match self {
             ExitKind::Code(c) => write!(f, "exit {c}"),
             ExitKind::Signal(s) => write!(f, "signal {s}"),
+            ExitKind::Unknown => f.write_str("unknown exit"),
         }
     }
 }

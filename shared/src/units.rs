@@ -1,6 +1,7 @@
 //! Human-written durations (`"10s"`, `"1m30s"`, `"250ms"`) and sizes (`"1G"`, `"512M"`) as they appear
 //! in `ecosystem.toml`, with serde support so a bad value is reported by the TOML deserializer at the
-//! value's own line and column.
+//! value's own line and column; and the short forms tables show (`3h`, `12.5M`), written once here
+//! for every table (`list`, `monit`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -124,6 +125,27 @@ impl ByteSize {
     }
 }
 
+/// An uptime as tables show it: the largest whole unit (`45s`, `12m`, `3h`, `2d`).
+pub fn short_duration(ms: u64) -> String {
+    match ms / 1000 {
+        s @ 0..60 => format!("{s}s"),
+        s @ 60..3600 => format!("{}m", s / 60),
+        s @ 3600..86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+/// Memory in MiB with one decimal (`12.5M`), whatever its size: a column of one unit compares at a
+/// glance (`monit`).
+pub fn mebibytes(bytes: u64) -> String {
+    format!("{:.1}M", bytes as f64 / (1u64 << 20) as f64)
+}
+
+/// Memory in MiB, or in GiB from 1 GiB on (`12.5M`, `1.2G`), as `list` shows it.
+pub fn memory(bytes: u64) -> String {
+    if bytes >= 1 << 30 { format!("{:.1}G", bytes as f64 / (1u64 << 30) as f64) } else { mebibytes(bytes) }
+}
+
 /// Serde glue shared by both types: a string parsed with `FromStr`, written back with `Display`.
 macro_rules! human_serde {
     ($ty:ty, $what:literal) => {
@@ -217,5 +239,16 @@ mod tests {
             assert!(bad.parse::<ByteSize>().is_err(), "{bad:?} should be refused");
         }
         assert_eq!(ByteSize(1 << 30).to_string(), "1G");
+    }
+
+    #[test]
+    fn table_forms() {
+        for (ms, text) in [(0, "0s"), (59_999, "59s"), (60_000, "1m"), (3_600_000, "1h"), (86_400_000, "1d")] {
+            assert_eq!(short_duration(ms), text, "{ms} ms");
+        }
+        assert_eq!(mebibytes(5 << 20), "5.0M");
+        assert_eq!(mebibytes(3 << 30), "3072.0M");
+        assert_eq!(memory((1 << 30) - (1 << 20)), "1023.0M");
+        assert_eq!(memory(3 << 29), "1.5G");
     }
 }

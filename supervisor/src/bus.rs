@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 
 use chat_shared::bus::{
-    MAX_FRAME, OP_MSG, OP_NUMSUB, OP_NUMSUB_REPLY, OP_PUB, OP_SUB, OP_UNSUB, frame, put_str, take_str,
+    MAX_FRAME, OP_MSG, OP_NUMSUB, OP_NUMSUB_REPLY, OP_PUB, OP_SUB, OP_UNSUB, STR_LEN_BYTES, frame, put_str, take_str,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -134,7 +134,7 @@ async fn broker(mut rx: mpsc::UnboundedReceiver<Cmd>) {
             }
             Cmd::Pub(chan, data) => {
                 let Some(subscribers) = channels.get(&chan) else { continue };
-                let mut body = Vec::with_capacity(2 + chan.len() + data.len());
+                let mut body = Vec::with_capacity(STR_LEN_BYTES + chan.len() + data.len());
                 put_str(&mut body, &chan);
                 body.extend_from_slice(&data);
                 let message = frame(OP_MSG, &body);

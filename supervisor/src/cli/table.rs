@@ -2,6 +2,7 @@
 
 use chat_shared::ecosystem::ExecMode;
 use chat_shared::status::{AppStatus, Phase};
+use chat_shared::units;
 
 pub(super) fn render(apps: &[AppStatus]) -> String {
     if apps.is_empty() {
@@ -32,9 +33,9 @@ pub(super) fn render(apps: &[AppStatus]) -> String {
                 mode.to_owned(),
                 i.pid.map_or("-".into(), |p| p.to_string()),
                 i.status.as_str().to_owned(),
-                i.uptime_ms.map_or("-".into(), human_duration),
+                i.uptime_ms.map_or("-".into(), units::short_duration),
                 i.restarts.to_string(),
-                i.memory_bytes.map_or("-".into(), human_bytes),
+                i.memory_bytes.map_or("-".into(), units::memory),
                 i.cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
                 i.port.map_or("-".into(), |p| p.to_string()),
                 note,
@@ -67,19 +68,4 @@ pub(super) fn render(apps: &[AppStatus]) -> String {
         }
     }
     out
-}
-
-fn human_duration(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m", s / 60),
-        3600..86_400 => format!("{}h", s / 3600),
-        _ => format!("{}d", s / 86_400),
-    }
-}
-
-fn human_bytes(bytes: u64) -> String {
-    let mib = bytes as f64 / (1024.0 * 1024.0);
-    if mib >= 1024.0 { format!("{:.1}G", mib / 1024.0) } else { format!("{mib:.1}M") }
 }

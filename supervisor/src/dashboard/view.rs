@@ -8,6 +8,7 @@ use ratatui::widgets::{Block, Borders, Paragraph, Row, Sparkline, Table, TableSt
 
 use super::state::Dashboard;
 use chat_shared::status::Phase;
+use chat_shared::units::{mebibytes, short_duration};
 
 const HELP: &str = "↑↓/jk select  r restart  R reload app  s stop  l logs  / filter  q quit";
 
@@ -57,7 +58,7 @@ fn header(d: &Dashboard) -> Paragraph<'static> {
             format!(
                 "chatctl monit   daemon pid {}  {}  cpu {}   {} app(s), {online}/{instances} online{chat}{}",
                 s.daemon_pid,
-                s.daemon_memory_bytes.map_or("-".into(), mib),
+                s.daemon_memory_bytes.map_or("-".into(), mebibytes),
                 s.daemon_cpu_percent.map_or("-".into(), |c| format!("{c:.1}%")),
                 s.apps.len(),
                 if d.filter.is_empty() { String::new() } else { format!("   filter: {}", d.filter) }
@@ -94,7 +95,7 @@ fn table(frame: &mut Frame<'_>, d: &Dashboard, area: Rect, narrow: bool) {
                 Span::raw(i.pid.map_or("-".into(), |p| p.to_string())),
                 Span::styled(status, Style::default().fg(color)),
                 Span::raw(i.cpu_percent.map_or("-".into(), |c| format!("{c:.1}%"))),
-                Span::raw(i.memory_bytes.map_or("-".into(), mib)),
+                Span::raw(i.memory_bytes.map_or("-".into(), mebibytes)),
                 Span::raw(i.restarts.to_string()),
             ];
             if !narrow {
@@ -103,7 +104,7 @@ fn table(frame: &mut Frame<'_>, d: &Dashboard, area: Rect, narrow: bool) {
                     Some((false, ms)) => Span::styled(format!("FAIL {ms}ms"), Style::default().fg(Color::Red)),
                     None => Span::raw("-"),
                 });
-                cells.push(Span::raw(i.uptime_ms.map_or("-".into(), uptime)));
+                cells.push(Span::raw(i.uptime_ms.map_or("-".into(), short_duration)));
                 let note = degraded.or(d.app_note(app)).map(str::to_owned).or_else(|| i.note.clone());
                 cells.push(Span::raw(note.unwrap_or_default()));
             }
@@ -171,19 +172,6 @@ fn logs(frame: &mut Frame<'_>, d: &Dashboard, area: Rect) {
         .collect();
     let title = d.selected_row().map_or("logs".into(), |(app, i)| format!("logs of {app}[{i}]"));
     frame.render_widget(Paragraph::new(text).block(Block::default().borders(Borders::ALL).title(title)), area);
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1}M", bytes as f64 / 1048576.0)
-}
-
-fn uptime(ms: u64) -> String {
-    match ms / 1000 {
-        s @ 0..60 => format!("{s}s"),
-        s @ 60..3600 => format!("{}m", s / 60),
-        s @ 3600..86_400 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
 }
 
 #[cfg(test)]

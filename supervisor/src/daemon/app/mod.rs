@@ -366,7 +366,7 @@ impl App {
                 Ok(status) => exit_kind(status),
                 Err(e) => {
                     tracing::error!(pid, error = %e, "waiting for an instance failed");
-                    ExitKind::Code(-1)
+                    ExitKind::Unknown
                 }
             };
             // Its last words first (a descendant may hold the pipes open: not for long).
@@ -510,6 +510,6 @@ fn exit_kind(status: std::process::ExitStatus) -> ExitKind {
     match (status.code(), status.signal()) {
         (Some(code), _) => ExitKind::Code(code),
         (None, Some(signal)) => ExitKind::Signal(signal),
-        (None, None) => ExitKind::Code(-1),
+        (None, None) => ExitKind::Unknown,
     }
 }
