@@ -111,11 +111,15 @@ pub(crate) enum State {
     Errored,
 }
 
-/// Probe scheduling: the next probe is due at `next` unless one is already `in_flight`.
+/// When an instance is probed next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Probe {
-    pub(crate) next: Instant,
-    pub(crate) in_flight: bool,
+pub(crate) enum Probe {
+    /// The next probe is due at this moment.
+    At(Instant),
+    /// A probe is out (one at a time); its result schedules the next.
+    InFlight,
+    /// Not probed: no health check, or a notifying instance that has not said it is ready.
+    Never,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,10 +230,9 @@ impl Instance {
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         match &self.state {
             State::Waiting { until } => Some(*until),
-            State::Starting { deadline, probe, .. } => {
-                Some(if probe.in_flight { *deadline } else { (*deadline).min(probe.next) })
-            }
-            State::Online { probe, .. } if !probe.in_flight => Some(probe.next),
+            State::Starting { deadline, probe: Probe::At(next), .. } => Some((*deadline).min(*next)),
+            State::Starting { deadline, .. } => Some(*deadline),
+            State::Online { probe: Probe::At(next), .. } => Some(*next),
             State::Stopping { kill_at, killed: false, .. } => Some(*kill_at),
             _ => None,
         }
@@ -254,8 +257,8 @@ impl Instance {
                     deadline: now + policy.listen_timeout,
                     // A notifying instance is not probed until it has said it is ready.
                     probe: match readiness {
-                        Readiness::Probe => Probe { next: now, in_flight: false },
-                        Readiness::Notify => idle_probe(now),
+                        Readiness::Probe => Probe::At(now),
+                        Readiness::Notify => Probe::Never,
                     },
                 },
                 // Nothing to wait for: running is all "online" can mean.
@@ -286,18 +289,15 @@ impl Instance {
                 self.online(pid, since, now, policy)
             }
             (State::Starting { pid, since, .. }, Input::Ready) => self.online(pid, since, now, policy),
-            (State::Starting { pid, since, deadline, .. }, Input::ProbeFailed(_)) => State::Starting {
-                pid,
-                since,
-                deadline,
-                probe: Probe { next: now + READY_PROBE_EVERY, in_flight: false },
-            },
+            (State::Starting { pid, since, deadline, .. }, Input::ProbeFailed(_)) => {
+                State::Starting { pid, since, deadline, probe: Probe::At(now + READY_PROBE_EVERY) }
+            }
             (State::Online { pid, since, ready_at, failures, probe }, Input::Tick) => {
                 State::Online { pid, since, ready_at, failures, probe: probe_if_due(probe, pid, now, &mut effects) }
             }
             (State::Online { pid, since, ready_at, .. }, Input::ProbePassed) => {
-                let next = now + policy.health.as_ref().map_or(NEVER, |h| h.interval);
-                State::Online { pid, since, ready_at, failures: 0, probe: Probe { next, in_flight: false } }
+                let probe = policy.health.as_ref().map_or(Probe::Never, |h| Probe::At(now + h.interval));
+                State::Online { pid, since, ready_at, failures: 0, probe }
             }
             (State::Online { pid, since, ready_at, failures, .. }, Input::ProbeFailed(why)) => {
                 let Some(health) = &policy.health else {
@@ -309,13 +309,7 @@ impl Instance {
                     self.incident(format!("{failures} health checks failed in a row, last: {why}"));
                     self.stop(pid, now, AfterStop::Restart, true, policy, &mut effects)
                 } else {
-                    State::Online {
-                        pid,
-                        since,
-                        ready_at,
-                        failures,
-                        probe: Probe { next: now + health.interval, in_flight: false },
-                    }
+                    State::Online { pid, since, ready_at, failures, probe: Probe::At(now + health.interval) }
                 }
             }
 
@@ -443,8 +437,8 @@ impl Instance {
     /// Online since `ready_at`; the first health probe (if any) one interval later.
     fn online(&self, pid: u32, since: Instant, ready_at: Instant, policy: &Policy) -> State {
         let probe = match &policy.health {
-            Some(h) => Probe { next: ready_at + h.interval, in_flight: false },
-            None => idle_probe(ready_at),
+            Some(h) => Probe::At(ready_at + h.interval),
+            None => Probe::Never,
         };
         State::Online { pid, since, ready_at, failures: 0, probe }
     }
@@ -474,20 +468,14 @@ impl Instance {
     }
 }
 
-/// "Not in this process's lifetime", without the overflow `Duration::MAX` would cause on an `Instant`.
-const NEVER: Duration = Duration::from_secs(86_400 * 365);
-
-/// Probe state of an instance that is never probed.
-fn idle_probe(now: Instant) -> Probe {
-    Probe { next: now + NEVER, in_flight: true }
-}
-
 fn probe_if_due(probe: Probe, pid: u32, now: Instant, effects: &mut Vec<Effect>) -> Probe {
-    if probe.in_flight || now < probe.next {
-        return probe;
+    match probe {
+        Probe::At(next) if now >= next => {
+            effects.push(Effect::Probe { pid });
+            Probe::InFlight
+        }
+        other => other,
     }
-    effects.push(Effect::Probe { pid });
-    Probe { next: probe.next, in_flight: true }
 }
 
 #[cfg(test)]

@@ -207,7 +207,7 @@ mod tests {
     #[test]
     fn replacement_rule() {
         let now = Instant::now();
-        let probe = Probe { next: now, in_flight: false };
+        let probe = Probe::At(now);
         let online = || State::Online { pid: 1, since: now, ready_at: now, failures: 0, probe };
         let starting = || State::Starting { pid: 2, since: now, deadline: now, probe };
         let stopping = || State::Stopping {
