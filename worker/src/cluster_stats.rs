@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::bus::Channel;
+use crate::locked::Locked;
 
 /// A report older than this many intervals is left out of the sum.
 const STALE_AFTER: u32 = 3;
@@ -66,14 +67,12 @@ impl ClusterStats {
     }
 
     fn heard(&self, report: Report) {
-        if let Ok(mut reports) = self.reports.lock() {
-            reports.insert(report.worker.clone(), (report, Instant::now()));
-        }
+        self.reports.locked().insert(report.worker.clone(), (report, Instant::now()));
     }
 
     /// The sum over fresh reports; stale ones are forgotten.
     pub fn figures(&self) -> Figures {
-        let Ok(mut reports) = self.reports.lock() else { return Figures::default() };
+        let mut reports = self.reports.locked();
         let horizon = self.interval * STALE_AFTER;
         reports.retain(|_, (_, at)| at.elapsed() <= horizon);
         let mut rooms = BTreeSet::new();

@@ -43,6 +43,7 @@ use tokio::sync::mpsc;
 
 use crate::admission::{Admission, Conn, FIRST_LINE};
 use crate::bus::Adapter;
+use crate::locked::Locked;
 
 /// Where socketioxide serves engine.io (its default).
 const ENGINE_PATH: &str = "/socket.io";
@@ -165,11 +166,11 @@ impl Handoff {
         if self.io.get_socket(sid).is_some() {
             return true;
         }
-        self.opened.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&sid).is_some()
+        self.opened.locked().get(&sid).is_some()
     }
 
     fn opened(&self, sid: Sid) {
-        self.opened.lock().unwrap_or_else(std::sync::PoisonError::into_inner).note(sid, ());
+        self.opened.locked().note(sid, ());
     }
 
     async fn take_in(self: Arc<Self>, listener: UnixListener, tx: mpsc::Sender<Incoming>) {
@@ -259,7 +260,7 @@ impl Handoff {
     }
 
     fn lock_owners(&self) -> std::sync::MutexGuard<'_, Noted<PathBuf>> {
-        self.owners.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.owners.locked()
     }
 }
 

@@ -45,6 +45,7 @@ pub mod handoff;
 pub mod http;
 pub mod limits;
 pub mod listeners;
+pub mod locked;
 pub mod origins;
 pub mod realtime;
 pub mod session;

@@ -10,6 +10,7 @@
 //! (no traffic for ordinary clients); what it spends before its buckets fall below half, and in the
 //! moment between reports, is the slack (at most about half a burst per worker).
 
+use crate::locked::Locked;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -109,7 +110,7 @@ impl PerAddress {
     }
 
     pub(crate) fn take(&self, addr: IpAddr) -> bool {
-        let Ok(mut table) = self.table.lock() else { return true };
+        let mut table = self.table.locked();
         let now = Instant::now();
         let rate = self.rate;
         table.forget_idle(rate, now);
@@ -123,13 +124,13 @@ impl PerAddress {
 
     /// What busy addresses spent here since the last call, for the other workers.
     pub(crate) fn report(&self) -> Vec<(IpAddr, u32)> {
-        let Ok(mut table) = self.table.lock() else { return Vec::new() };
+        let mut table = self.table.locked();
         table.spent.drain().collect()
     }
 
     /// Takes what another worker reported out of this worker's buckets.
     pub(crate) fn debit(&self, spent: &[(IpAddr, u32)]) {
-        let Ok(mut table) = self.table.lock() else { return };
+        let mut table = self.table.locked();
         let now = Instant::now();
         let rate = self.rate;
         table.forget_idle(rate, now);
@@ -181,7 +182,7 @@ impl PerKey {
 
     /// Takes up to `count` tokens from `key`'s bucket; returns how many it may have.
     pub(crate) fn take(&self, key: &str, count: usize) -> usize {
-        let mut table = self.table.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut table = self.table.locked();
         let (buckets, sweep_at) = &mut *table;
         let now = Instant::now();
         forget_full(buckets, sweep_at, self.rate, now);

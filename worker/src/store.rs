@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::bus::BusDriver;
+use crate::locked::Locked;
 
 const TOUCH: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then \
     redis.call('HSET', KEYS[1], 'last_seen', ARGV[1]); redis.call('PEXPIRE', KEYS[1], ARGV[2]) end";
@@ -169,7 +170,7 @@ impl Store {
     }
 
     fn lock_unstored(&self) -> std::sync::MutexGuard<'_, Unstored> {
-        self.unstored.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.unstored.locked()
     }
 
     /// Keeps a message for Redis's return, and starts the task that appends them then.

@@ -13,6 +13,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{BusError, LinkState, Table};
+use crate::locked::Locked;
 
 pub(super) struct Local {
     out: mpsc::UnboundedSender<Vec<u8>>,
@@ -69,9 +70,7 @@ impl Local {
     pub(super) async fn listeners(&self, chan: &str) -> Result<u16, BusError> {
         let id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.insert(id, tx);
-        }
+        self.pending.locked().insert(id, tx);
         let mut body = id.to_be_bytes().to_vec();
         put_str(&mut body, chan);
         self.send(OP_NUMSUB, &body)?;
@@ -107,9 +106,7 @@ async fn keep(
         };
         reader.abort();
         // Fail the requests still waiting for an answer rather than leave them hanging.
-        if let Ok(mut pending) = pending.lock() {
-            pending.clear();
-        }
+        pending.locked().clear();
         state.set_down(closed.into());
         tracing::error!(
             reason = closed,
@@ -168,7 +165,7 @@ fn received(frame: &[u8], table: &Table, pending: &Mutex<HashMap<u32, oneshot::S
         OP_NUMSUB_REPLY if rest.len() >= 6 => {
             let id = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
             let count = u16::from_be_bytes([rest[4], rest[5]]);
-            if let Some(reply) = pending.lock().ok().and_then(|mut p| p.remove(&id)) {
+            if let Some(reply) = pending.locked().remove(&id) {
                 let _ = reply.send(count);
             }
         }

@@ -24,6 +24,8 @@ use chat_shared::health::ClusterHealth;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::mpsc;
 
+use crate::locked::Locked;
+
 /// The Socket.IO adapter: rooms shared through Redis, the daemon's bus, or a bus of one.
 pub type Adapter = socketioxide_redis::CustomRedisAdapter<socketioxide::adapter::Emitter, BusDriver>;
 
@@ -76,7 +78,7 @@ struct Table {
 
 impl Table {
     fn deliver(&self, chan: String, data: Vec<u8>) {
-        let sender = self.subscriptions.lock().ok().and_then(|s| s.get(&chan).cloned());
+        let sender = self.subscriptions.locked().get(&chan).cloned();
         if let Some(sender) = sender
             && sender.try_send((chan, data)).is_err()
         {
@@ -89,11 +91,11 @@ impl Table {
     }
 
     fn follows(&self, chan: &str) -> bool {
-        self.subscriptions.lock().is_ok_and(|s| s.contains_key(chan))
+        self.subscriptions.locked().contains_key(chan)
     }
 
     fn channels(&self) -> Vec<String> {
-        self.subscriptions.lock().map(|s| s.keys().cloned().collect()).unwrap_or_default()
+        self.subscriptions.locked().keys().cloned().collect()
     }
 }
 
@@ -116,23 +118,20 @@ impl LinkState {
 
     fn set_up(&self) {
         self.up.store(true, Ordering::SeqCst);
-        if let Ok(mut down) = self.down.lock() {
-            *down = None;
-        }
+        *self.down.locked() = None;
     }
 
     fn down_for(&self) -> Option<std::time::Duration> {
-        self.down.lock().ok().and_then(|d| d.as_ref().map(|(_, since)| since.elapsed()))
+        self.down.locked().as_ref().map(|(_, since)| since.elapsed())
     }
 
     /// Returns whether the link was up until now.
     fn set_down(&self, why: String) -> bool {
         let was_up = self.up.swap(false, Ordering::SeqCst);
-        if let Ok(mut down) = self.down.lock() {
-            match down.as_mut() {
-                Some((reason, _)) => *reason = why,
-                None => *down = Some((why, Instant::now())),
-            }
+        let mut down = self.down.locked();
+        match down.as_mut() {
+            Some((reason, _)) => *reason = why,
+            None => *down = Some((why, Instant::now())),
         }
         was_up
     }
@@ -195,7 +194,7 @@ impl BusDriver {
     /// What `/health` says about the link.
     pub fn health(&self) -> ClusterHealth {
         let state = &self.inner.state;
-        let down = state.down.lock().ok().and_then(|d| d.clone());
+        let down = state.down.locked().clone();
         ClusterHealth {
             via: state.via.to_owned(),
             connected: state.is_up(),
@@ -243,9 +242,7 @@ impl Driver for BusDriver {
 
     async fn subscribe(&self, chan: String, size: usize) -> Result<MessageStream<ChanItem>, BusError> {
         let (tx, rx) = mpsc::channel(size.max(1));
-        if let Ok(mut subscriptions) = self.inner.table.subscriptions.lock() {
-            subscriptions.insert(chan.clone(), tx);
-        }
+        self.inner.table.subscriptions.locked().insert(chan.clone(), tx);
         match &self.inner.link {
             Link::Solo => {}
             Link::Local(local) => local.subscribe(&chan)?,
@@ -261,9 +258,7 @@ impl Driver for BusDriver {
     }
 
     async fn unsubscribe(&self, chan: String) -> Result<(), BusError> {
-        if let Ok(mut subscriptions) = self.inner.table.subscriptions.lock() {
-            subscriptions.remove(&chan);
-        }
+        self.inner.table.subscriptions.locked().remove(&chan);
         match &self.inner.link {
             Link::Solo => Ok(()),
             Link::Local(local) => local.unsubscribe(&chan),

@@ -19,6 +19,7 @@ use redis::{AsyncConnectionConfig, Client, FromRedisValue, ProtocolVersion, Push
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::{LinkState, Table};
+use crate::locked::Locked;
 
 /// Longest wait for a connection attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -66,7 +67,7 @@ impl RedisLink {
     }
 
     fn connection(&self) -> Option<MultiplexedConnection> {
-        self.conn.lock().ok().and_then(|c| c.clone())
+        self.conn.locked().clone()
     }
 
     pub(super) fn publish(&self, chan: String, val: Vec<u8>) {
@@ -136,9 +137,7 @@ async fn supervise(
             .set_push_sender(pushes(table.clone(), closed.clone()));
         let connected = match client.get_multiplexed_async_connection_with_config(&config).await {
             Ok(mut conn) => {
-                if let Ok(mut slot) = slot.lock() {
-                    *slot = Some(conn.clone());
-                }
+                *slot.locked() = Some(conn.clone());
                 // After the slot is set: a subscription made meanwhile is either in this list or
                 // made on the new connection by `subscribe` itself.
                 let channels = table.channels();
@@ -165,9 +164,7 @@ async fn supervise(
                 attempts = 0;
                 backoff = Duration::from_millis(100);
                 let why = watch_connection(&mut conn, &closed, &write_failed).await;
-                if let Ok(mut slot) = slot.lock() {
-                    *slot = None;
-                }
+                *slot.locked() = None;
                 state.set_down(why.clone());
                 let _ = up.send(Some(false));
                 tracing::warn!(
@@ -177,9 +174,7 @@ async fn supervise(
                 );
             }
             Err(e) => {
-                if let Ok(mut slot) = slot.lock() {
-                    *slot = None;
-                }
+                *slot.locked() = None;
                 state.set_down(e.to_string());
                 let _ = up.send(Some(false));
                 // The first failure, then one line every ~minute: a long outage must not flood the log.
@@ -239,7 +234,7 @@ async fn write(
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while queue.recv_many(&mut batch, BATCH).await > 0 {
-        let conn = slot.lock().ok().and_then(|c| c.clone());
+        let conn = slot.locked().clone();
         let result = match conn {
             Some(mut conn) => {
                 let mut pipe = redis::pipe();

@@ -38,6 +38,7 @@ use super::sessions::send_ice;
 use super::throttle::Spend;
 use crate::bus::Adapter;
 use crate::bus::Channel;
+use crate::locked::Locked;
 
 /// Changes queued for this worker before it falls behind the other workers' registries.
 const CHANGES_QUEUED: usize = 1024;
@@ -281,7 +282,7 @@ impl Calls {
     /// The registry (`std::sync::Mutex`: held for a lookup or an update, never across an await; a
     /// panic while it was held left it consistent, since every update is one insert or remove).
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Call>> {
-        self.calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.calls.locked()
     }
 
     /// Removes `guest` from a call; returns who is left, and whether the call is over.

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::locked::Locked;
+
 pub struct History {
     /// `std::sync::Mutex`: held for a push or a copy, never across an await.
     rooms: Mutex<Rooms>,
@@ -86,7 +88,7 @@ impl History {
     }
 
     pub fn push(&self, room: &str, id: &str, message: Value) {
-        let Ok(mut rooms) = self.rooms.lock() else { return };
+        let mut rooms = self.rooms.locked();
         let size = message.to_string().len();
         rooms.bytes += size;
         let entries = rooms.map.entry(room.to_owned()).or_default();
@@ -103,7 +105,7 @@ impl History {
     /// Messages of `room` after the one with id `since`, oldest first; every retained one when
     /// `since` is unknown here (too old, or never seen) or not given.
     pub fn since(&self, room: &str, since: Option<&str>) -> Vec<Value> {
-        let Ok(mut rooms) = self.rooms.lock() else { return Vec::new() };
+        let mut rooms = self.rooms.locked();
         let now = Instant::now();
         while rooms.map.get(room).and_then(|e| e.front()).is_some_and(|e| now.duration_since(e.at) > self.max_age) {
             rooms.pop_front(room);
@@ -174,7 +176,7 @@ impl History {
     /// Every room's retained messages, up to about `max_bytes` of JSON (whole rooms, most recently
     /// active first), so that a snapshot always fits in one bus frame.
     pub fn dump(&self, max_bytes: usize) -> Vec<RoomDump> {
-        let Ok(rooms) = self.rooms.lock() else { return Vec::new() };
+        let rooms = self.rooms.locked();
         let now = Instant::now();
         let mut by_activity: Vec<(&String, &VecDeque<Entry>)> = rooms.map.iter().collect();
         by_activity.sort_by_key(|(_, entries)| std::cmp::Reverse(entries.back().map(|e| e.at)));
@@ -199,7 +201,7 @@ impl History {
     /// Takes in another worker's dump: its messages come first, then those this worker already
     /// kept that the dump does not have.
     pub fn merge(&self, dump: Vec<RoomDump>) {
-        let Ok(mut rooms) = self.rooms.lock() else { return };
+        let mut rooms = self.rooms.locked();
         let now = Instant::now();
         for RoomDump { room, entries } in dump {
             let mine = rooms.map.remove(&room).unwrap_or_default();

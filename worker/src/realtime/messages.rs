@@ -21,6 +21,7 @@ use super::throttle::Spend;
 use super::{Chat, now_ms};
 use crate::bus::Adapter;
 use crate::bus::Channel;
+use crate::locked::Locked;
 use crate::store::Store;
 
 const MAX_TEXT_CHARS: usize = 4000;
@@ -134,7 +135,7 @@ impl Messages {
     }
 
     fn ordering(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<()>>> {
-        self.ordering.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.ordering.locked()
     }
 
     /// Follows the room messages of every worker (this one's included) until the worker stops:

@@ -20,6 +20,7 @@ use super::INTERNAL;
 use super::guests::Guest;
 use super::protocol::event;
 use crate::bus::Adapter;
+use crate::locked::Locked;
 
 /// Rooms up to this many members also get the whole member list on every change.
 const FULL_LISTS_UP_TO: usize = 100;
@@ -68,7 +69,7 @@ impl Presence {
         let (tx, rx) = oneshot::channel();
         let change = Change { guest: guest.clone(), joined, members: tx };
         let drives = {
-            let mut rooms = self.rooms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut rooms = self.rooms.locked();
             match rooms.get_mut(room) {
                 // A round is out: this change waits for the next one, which that round's driver asks.
                 Some(round) => {
@@ -92,7 +93,7 @@ impl Presence {
         let (socket, room) = (&socket, room.as_str());
         loop {
             let batch = {
-                let mut rooms = self.rooms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut rooms = self.rooms.locked();
                 let Some(round) = rooms.get_mut(room) else { return };
                 if round.waiting.is_empty() {
                     rooms.remove(room);

@@ -15,6 +15,7 @@ use super::rules::RESTORE_RATE;
 use crate::bus::Adapter;
 use crate::bus::Channel;
 use crate::limits::{Bucket, PerAddress, PerKey, Rate};
+use crate::locked::Locked;
 
 /// Messages, typing and DMs per socket, unless configured (`MESSAGE_RATE`).
 pub const SOCKET_RATE: Rate = Rate { per_second: 10.0, burst: 20.0 };
@@ -154,7 +155,7 @@ impl Throttle {
         };
         let (allowed, abusive) = match (rate, bucket) {
             (Some(rate), Some(bucket)) => {
-                let mut bucket = bucket.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut bucket = bucket.locked();
                 let allowed = bucket.take(rate, Instant::now()) && by_address();
                 (allowed, bucket.refused_in_a_row() >= ABUSE)
             }
@@ -168,7 +169,7 @@ impl Throttle {
             return Ok(());
         }
         if let Some(limit) = limit {
-            let mut told = limit.told.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut told = limit.told.locked();
             if told.is_none_or(|at| at.elapsed() >= REFUSALS_TOLD_EVERY) {
                 *told = Some(Instant::now());
                 let refusal = ChatError::RateLimited;
