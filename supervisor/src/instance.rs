@@ -18,6 +18,8 @@ use chat_shared::ecosystem::{Readiness, StopSignal};
 use chat_shared::spec::AppSpec;
 use chat_shared::status::{ExitKind, Phase};
 
+use crate::pid::Pid;
+
 /// How often a starting instance is probed until its first success: readiness in tens of ms.
 pub(crate) const READY_PROBE_EVERY: Duration = Duration::from_millis(20);
 /// Smallest first delay of a crash loop's backoff, however small `restart_delay` is.
@@ -85,13 +87,13 @@ pub(crate) enum State {
     Launching,
     /// Running; not ready until a probe passes (or `deadline` passes, which restarts it).
     Starting {
-        pid: u32,
+        pid: Pid,
         since: Instant,
         deadline: Instant,
         probe: Probe,
     },
     Online {
-        pid: u32,
+        pid: Pid,
         since: Instant,
         ready_at: Instant,
         failures: u32,
@@ -99,7 +101,7 @@ pub(crate) enum State {
     },
     /// Asked to stop; SIGKILL to the group at `kill_at` unless it has exited by then.
     Stopping {
-        pid: u32,
+        pid: Pid,
         since: Instant,
         kill_at: Instant,
         killed: bool,
@@ -136,7 +138,7 @@ pub(crate) enum Input {
     Stop,
     Restart,
     Spawned {
-        pid: u32,
+        pid: Pid,
     },
     SpawnFailed(String),
     Exited(ExitKind),
@@ -159,15 +161,15 @@ pub(crate) enum Effect {
     Spawn,
     /// The stop signal to the process group.
     Signal {
-        pid: u32,
+        pid: Pid,
         signal: StopSignal,
     },
     /// SIGKILL to the process group (also sweeps what is left of a group whose leader exited).
     KillGroup {
-        pid: u32,
+        pid: Pid,
     },
     Probe {
-        pid: u32,
+        pid: Pid,
     },
 }
 
@@ -200,7 +202,7 @@ impl Instance {
         }
     }
 
-    pub(crate) fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<Pid> {
         match self.state {
             State::Starting { pid, .. } | State::Online { pid, .. } | State::Stopping { pid, .. } => Some(pid),
             _ => None,
@@ -404,7 +406,7 @@ impl Instance {
     /// The restart delay after `self.unstable` consecutive unstable starts: `restart_delay` (at
     /// least [`BACKOFF_FLOOR`]) doubled per unstable start, capped, with ±25 % jitter so a crashing cluster does not restart
     /// in lockstep. The jitter is derived from the pid: deterministic, so tests need no clock or RNG.
-    fn backoff(&self, pid: u32, policy: &Policy) -> Duration {
+    fn backoff(&self, pid: Pid, policy: &Policy) -> Duration {
         if self.unstable == 0 {
             // A crash after a stable run: replace it at once (the default delay is 0).
             return policy.restart_delay;
@@ -412,7 +414,7 @@ impl Instance {
         let doublings = self.unstable.saturating_sub(1).min(20);
         let first = policy.restart_delay.max(BACKOFF_FLOOR);
         let base = first.saturating_mul(1 << doublings).min(policy.max_restart_delay);
-        let hash = u64::from(pid).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(self.unstable);
+        let hash = u64::from(pid.raw()).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(self.unstable);
         let permille = 750 + (hash >> 32) % 500;
         base.mul_f64(permille as f64 / 1000.0)
     }
@@ -435,7 +437,7 @@ impl Instance {
     }
 
     /// Online since `ready_at`; the first health probe (if any) one interval later.
-    fn online(&self, pid: u32, since: Instant, ready_at: Instant, policy: &Policy) -> State {
+    fn online(&self, pid: Pid, since: Instant, ready_at: Instant, policy: &Policy) -> State {
         let probe = match &policy.health {
             Some(h) => Probe::At(ready_at + h.interval),
             None => Probe::Never,
@@ -456,7 +458,7 @@ impl Instance {
     /// request; the machine's own stops (health, readiness) are `unplanned`.
     fn stop(
         &mut self,
-        pid: u32,
+        pid: Pid,
         now: Instant,
         then: AfterStop,
         unplanned: bool,
@@ -468,7 +470,7 @@ impl Instance {
     }
 }
 
-fn probe_if_due(probe: Probe, pid: u32, now: Instant, effects: &mut Vec<Effect>) -> Probe {
+fn probe_if_due(probe: Probe, pid: Pid, now: Instant, effects: &mut Vec<Effect>) -> Probe {
     match probe {
         Probe::At(next) if now >= next => {
             effects.push(Effect::Probe { pid });

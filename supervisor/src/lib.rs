@@ -25,7 +25,7 @@
 //! - `process`: being the daemon process (lock, control socket, detached start); `host`: hosting
 //!   the daemon in this process, for `chatctl daemon` and `chatctl run`.
 //! - `daemon`: the owner loop, apps and slots, request handling.
-//! - `instance`: the per-instance state machine (pure).
+//! - `instance`: the per-instance state machine (pure); `pid`: process ids as they travel.
 //! - `spawn`, `listen`, `probe`, `notify`, `logs`, `metrics`, `watch`: the effects' machinery.
 //! - `reaper`, `leftovers`, `descendants`: no process outlives its instance or the daemon, however
 //!   it dies, not even one that left its process group.
@@ -51,6 +51,7 @@ mod listen;
 mod logs;
 mod metrics;
 mod notify;
+mod pid;
 mod probe;
 pub mod process;
 pub mod reaper;

@@ -18,7 +18,9 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 
 use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::unistd::Pid as NixPid;
+
+use crate::pid::Pid;
 
 /// The daemon's end.
 pub struct Reaper {
@@ -46,11 +48,11 @@ impl Reaper {
         self.child.id()
     }
 
-    pub(crate) fn watch(&mut self, pgid: u32) {
+    pub(crate) fn watch(&mut self, pgid: Pid) {
         self.send('+', pgid);
     }
 
-    pub(crate) fn forget(&mut self, pgid: u32) {
+    pub(crate) fn forget(&mut self, pgid: Pid) {
         self.send('-', pgid);
     }
 
@@ -102,7 +104,7 @@ pub fn main() -> ExitCode {
         }
     }
     for pgid in &groups {
-        match killpg(Pid::from_raw(*pgid), Signal::SIGKILL) {
+        match killpg(NixPid::from_raw(*pgid), Signal::SIGKILL) {
             Ok(()) => eprintln!("chatctl reaper: the daemon died; killed process group {pgid}"),
             Err(nix::errno::Errno::ESRCH) => {}
             Err(e) => eprintln!("chatctl reaper: cannot kill process group {pgid}: {e}"),

@@ -67,11 +67,11 @@ impl Builder {
     }
 }
 
-use super::msg::Msg;
+use super::msg::{AppId, Msg};
 
 impl super::Daemon {
     /// Carries out what the builder of app `app_id` decided.
-    pub(super) fn build_then(&mut self, app_id: u64, action: Action, now: std::time::Instant) {
+    pub(super) fn build_then(&mut self, app_id: AppId, action: Action, now: std::time::Instant) {
         let Some(app) = super::app::app(&self.apps, app_id) else { return };
         match action {
             Action::Nothing => {}

@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 use chat_shared::cron::CronSchedule;
 use chrono::{DateTime, Local};
 
+use super::msg::AppId;
+
 /// The next fire time of every app that has a `cron_restart`, by app id.
 #[derive(Default)]
 pub(super) struct Crons {
-    entries: HashMap<u64, Entry>,
+    entries: HashMap<AppId, Entry>,
 }
 
 struct Entry {
@@ -31,7 +33,7 @@ impl Crons {
     /// their next fire time, apps gone or without one are dropped.
     pub(super) fn sync<'a>(
         &mut self,
-        apps: impl Iterator<Item = (u64, Option<&'a str>)>,
+        apps: impl Iterator<Item = (AppId, Option<&'a str>)>,
         now: Instant,
         wall: DateTime<Local>,
     ) {
@@ -50,7 +52,7 @@ impl Crons {
                     self.entries.insert(id, Entry { expression: expression.to_owned(), schedule, due });
                 }
                 Err(why) => {
-                    tracing::error!(app_id = id, why, "cron_restart not scheduled");
+                    tracing::error!(app_id = %id, why, "cron_restart not scheduled");
                     self.entries.remove(&id);
                 }
             }
@@ -64,7 +66,7 @@ impl Crons {
     }
 
     /// The apps whose time has come, each given its next fire time.
-    pub(super) fn take_due(&mut self, now: Instant, wall: DateTime<Local>) -> Vec<u64> {
+    pub(super) fn take_due(&mut self, now: Instant, wall: DateTime<Local>) -> Vec<AppId> {
         let mut due = Vec::new();
         for (id, entry) in &mut self.entries {
             if entry.due.is_some_and(|d| d <= now) {
@@ -122,21 +124,25 @@ mod tests {
         let wall = Local.with_ymd_and_hms(2026, 3, 10, 10, 0, 0).single().expect("UNWRAP: a plain local time");
         let start = Instant::now();
         let mut crons = Crons::default();
-        crons.sync([(1, Some("*/2 * * * * *")), (2, None), (3, Some("0 4 * * *"))].into_iter(), start, wall);
+        crons.sync(
+            [(AppId(1), Some("*/2 * * * * *")), (AppId(2), None), (AppId(3), Some("0 4 * * *"))].into_iter(),
+            start,
+            wall,
+        );
         assert_eq!(crons.next(), Some(start + Duration::from_secs(2)));
         assert!(crons.take_due(start + Duration::from_secs(1), wall).is_empty(), "not yet");
 
         // Fired: app 1 is due, and its next time is two seconds after the wall time it fired at.
         let later = start + Duration::from_secs(2);
         let wall_later = wall + chrono::Duration::seconds(2);
-        assert_eq!(crons.take_due(later, wall_later), [1]);
+        assert_eq!(crons.take_due(later, wall_later), [AppId(1)]);
         assert_eq!(crons.next(), Some(later + Duration::from_secs(2)));
         assert!(crons.take_due(later, wall_later).is_empty(), "fires once per time");
 
         // A changed expression is rescheduled; an app gone is forgotten.
-        crons.sync([(1, Some("0 11 * * *")), (3, Some("0 4 * * *"))].into_iter(), later, wall_later);
+        crons.sync([(AppId(1), Some("0 11 * * *")), (AppId(3), Some("0 4 * * *"))].into_iter(), later, wall_later);
         assert_eq!(crons.next(), Some(later + Duration::from_secs(3600 - 2)));
-        crons.sync([(3, Some("0 4 * * *"))].into_iter(), later, wall_later);
+        crons.sync([(AppId(3), Some("0 4 * * *"))].into_iter(), later, wall_later);
         assert_eq!(crons.next(), Some(later + Duration::from_secs(18 * 3600 - 2)));
         crons.sync(std::iter::empty(), later, wall_later);
         assert_eq!(crons.next(), None);

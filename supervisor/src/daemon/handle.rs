@@ -7,11 +7,12 @@ use chat_shared::health::HealthBody;
 use chat_shared::status::{ChatFigures, ExitKind, Phase};
 
 use super::app::app_mut;
-use super::msg::{Msg, Rollout};
+use super::msg::{AppId, Msg, Rollout};
 use super::slot::Which;
 use super::{Daemon, build};
 use crate::instance::{Input, State};
 use crate::notify::Notice;
+use crate::pid::Pid;
 
 impl Daemon {
     pub(super) fn handle(&mut self, msg: Msg) {
@@ -50,7 +51,7 @@ impl Daemon {
         }
     }
 
-    fn on_exited(&mut self, app_id: u64, pid: u32, status: ExitKind, misconfigured: Option<String>, now: Instant) {
+    fn on_exited(&mut self, app_id: AppId, pid: Pid, status: ExitKind, misconfigured: Option<String>, now: Instant) {
         let Some(app) = app_mut(&mut self.apps, app_id) else { return };
         // A stale exit (no process of this app has that pid any more) changes nothing.
         let Some((index, which)) = app.find_pid(pid) else { return };
@@ -59,8 +60,8 @@ impl Daemon {
             self.forced += 1;
         }
         match status {
-            ExitKind::Code(0) => tracing::info!(app = %app.spec.name, index, pid, "exited with code 0"),
-            other => tracing::info!(app = %app.spec.name, index, pid, exit = %other, "exited"),
+            ExitKind::Code(0) => tracing::info!(app = %app.spec.name, index, %pid, "exited with code 0"),
+            other => tracing::info!(app = %app.spec.name, index, %pid, exit = %other, "exited"),
         }
         // Before the machine may spawn a replacement into the slot.
         if let Some(tracked) = app.slots[index].proc_mut(which).and_then(|p| p.tracked.take()) {
@@ -77,7 +78,7 @@ impl Daemon {
     }
 
     /// Watch mode saw files change: build (with `build`), else restart every instance.
-    fn on_changed(&mut self, app_id: u64, paths: &[PathBuf], now: Instant) {
+    fn on_changed(&mut self, app_id: AppId, paths: &[PathBuf], now: Instant) {
         let Some(app) = app_mut(&mut self.apps, app_id) else { return };
         let first = paths.first().map(|p| p.display().to_string()).unwrap_or_default();
         if app.spec.build.is_some() {
@@ -101,7 +102,7 @@ impl Daemon {
         }
     }
 
-    fn on_built(&mut self, app_id: u64, result: Result<(), String>, now: Instant) {
+    fn on_built(&mut self, app_id: AppId, result: Result<(), String>, now: Instant) {
         let Some(app) = app_mut(&mut self.apps, app_id) else { return };
         match &result {
             Ok(()) => tracing::info!(app = %app.spec.name, "build succeeded"),
@@ -111,7 +112,7 @@ impl Daemon {
         self.build_then(app_id, action, now);
     }
 
-    fn on_notify(&mut self, app_id: u64, key: u64, notice: &Notice, now: Instant) {
+    fn on_notify(&mut self, app_id: AppId, key: u64, notice: &Notice, now: Instant) {
         let Some(app) = app_mut(&mut self.apps, app_id) else { return };
         let Some((index, which)) = app.find_key(key) else { return };
         if let Some(status) = &notice.status {
@@ -124,8 +125,8 @@ impl Daemon {
 
     fn on_probe(
         &mut self,
-        app_id: u64,
-        pid: u32,
+        app_id: AppId,
+        pid: Pid,
         result: Result<Option<HealthBody>, String>,
         latency_ms: u64,
         now: Instant,
@@ -144,7 +145,7 @@ impl Daemon {
                 let online =
                     app.slots[index].proc(which).is_some_and(|p| matches!(p.instance.state, State::Online { .. }));
                 if online {
-                    tracing::warn!(app = %app.spec.name, index, pid, why, "health check failed");
+                    tracing::warn!(app = %app.spec.name, index, %pid, why, "health check failed");
                 }
                 Input::ProbeFailed(why)
             }

@@ -34,11 +34,12 @@ use crate::home::Home;
 use crate::instance::Input;
 use crate::ipc_server::Answers;
 use crate::metrics::{Sampler, Usage};
+use crate::pid::Pid;
 use crate::probe::Prober;
 use crate::reaper::Reaper;
 use app::App;
 use effects::Effects;
-use msg::Msg;
+use msg::{AppId, Msg};
 pub use requests::StartError;
 use slot::Which;
 
@@ -68,7 +69,7 @@ pub struct Outcome {
 
 /// A reply parked until a condition over some apps holds.
 struct Waiter {
-    app_ids: Vec<u64>,
+    app_ids: Vec<AppId>,
     /// Only this slot of the app (an instance-level stop or restart).
     slot: Option<usize>,
     until: Until,
@@ -103,7 +104,7 @@ pub(crate) struct Daemon {
     apps: Vec<App>,
     /// Apart from `apps`, so a method can drive an app and hand it the effects at once.
     effects: Effects,
-    next_app_id: u64,
+    next_app_id: AppId,
     sampler: Sampler,
     usage: HashMap<u32, Usage>,
     next_sample: Instant,
@@ -349,7 +350,7 @@ impl Daemon {
         Daemon {
             apps: Vec::new(),
             effects,
-            next_app_id: 1,
+            next_app_id: AppId::FIRST,
             sampler: Sampler::new(),
             usage: HashMap::new(),
             next_sample: Instant::now(),
@@ -389,7 +390,7 @@ impl Daemon {
             .apps
             .iter()
             .flat_map(|a| a.procs().filter_map(|(_, _, p)| p.instance.pid()))
-            .any(|p| !self.usage.contains_key(&p));
+            .any(|p| !self.usage.contains_key(&p.raw()));
         let recent = self.next_sample.saturating_duration_since(now) > SAMPLE_EVERY - FRESH_ENOUGH;
         if missing && !recent {
             self.sample(now);
@@ -398,7 +399,7 @@ impl Daemon {
 
     fn sample(&mut self, now: Instant) {
         let pids: Vec<u32> =
-            self.apps.iter().flat_map(|a| a.procs().filter_map(|(_, _, p)| p.instance.pid())).collect();
+            self.apps.iter().flat_map(|a| a.procs().filter_map(|(_, _, p)| p.instance.pid())).map(Pid::raw).collect();
         self.usage = if pids.is_empty() { HashMap::new() } else { self.sampler.sample(&pids) };
         // The daemon alone, for `monit`'s footprint line (its tree holds every instance).
         if let Some(own) = self.sampler.sample_self() {
@@ -425,7 +426,8 @@ impl Daemon {
             for index in 0..app.slots.len() {
                 let slot = &app.slots[index];
                 let online = slot.current.instance.phase() == chat_shared::status::Phase::Online;
-                let Some(used) = slot.current.instance.pid().and_then(|p| self.usage.get(&p)).map(|u| u.memory_bytes)
+                let Some(used) =
+                    slot.current.instance.pid().and_then(|p| self.usage.get(&p.raw())).map(|u| u.memory_bytes)
                 else {
                     continue;
                 };

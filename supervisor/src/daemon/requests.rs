@@ -164,7 +164,7 @@ impl Daemon {
                 App::new(self.next_app_id, spec, &paths, &self.effects)
                     .map_err(|source| StartError { app: name, source })?,
             );
-            self.next_app_id += 1;
+            self.next_app_id = self.next_app_id.next();
         }
         again.extend(built.iter().map(|a| a.id));
         // A memory limit is checked from the first interval on, not from the next regular sample.
@@ -474,9 +474,9 @@ impl Daemon {
         let mut sent = Vec::new();
         for (index, slot) in app.slots.iter().enumerate().filter(|(i, _)| instance.is_none_or(|want| want == *i)) {
             let Some(pid) = slot.current.instance.pid() else { continue };
-            let Ok(raw) = i32::try_from(pid) else { continue };
-            match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), to_nix(signal)) {
-                Ok(()) => sent.push((index, pid)),
+            let Some(process) = pid.to_nix() else { continue };
+            match nix::sys::signal::kill(process, to_nix(signal)) {
+                Ok(()) => sent.push((index, pid.raw())),
                 // Exited a moment ago: its exit is on its way to this loop.
                 Err(nix::errno::Errno::ESRCH) => {}
                 Err(e) => {

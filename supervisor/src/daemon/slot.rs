@@ -187,6 +187,7 @@ mod tests {
 
     use super::*;
     use crate::instance::{AfterStop, Probe, State};
+    use crate::pid::Pid;
 
     fn proc(state: State, crashed: bool) -> Proc {
         let mut instance = Instance::new();
@@ -208,10 +209,10 @@ mod tests {
     fn replacement_rule() {
         let now = Instant::now();
         let probe = Probe::At(now);
-        let online = || State::Online { pid: 1, since: now, ready_at: now, failures: 0, probe };
-        let starting = || State::Starting { pid: 2, since: now, deadline: now, probe };
+        let online = || State::Online { pid: Pid::new(1), since: now, ready_at: now, failures: 0, probe };
+        let starting = || State::Starting { pid: Pid::new(2), since: now, deadline: now, probe };
         let stopping = || State::Stopping {
-            pid: 1,
+            pid: Pid::new(1),
             since: now,
             kill_at: now,
             killed: false,

@@ -37,7 +37,7 @@ fn run(health: bool, rows: &[(u64, Input, Phase, &[Effect])]) -> Instance {
     inst
 }
 
-const PID: u32 = 42;
+const PID: Pid = Pid::new(42);
 const TERM: Effect = Effect::Signal { pid: PID, signal: StopSignal::Term };
 const KILL: Effect = Effect::KillGroup { pid: PID };
 const PROBE: Effect = Effect::Probe { pid: PID };

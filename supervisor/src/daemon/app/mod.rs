@@ -14,10 +14,9 @@ use chat_shared::spec::AppSpec;
 use chat_shared::status::{AppStatus, ExitKind, InstanceStatus, Phase};
 use chat_shared::worker_env::{FD_NAME_ADMIN, FD_NAME_HTTP};
 use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 
 use super::effects::Effects;
-use super::msg::Msg;
+use super::msg::{AppId, Msg};
 use super::slot::{Proc, Slot, Which};
 use crate::instance::{Effect, Input, Instance, Policy};
 use crate::listen::{self, BindError};
@@ -26,6 +25,7 @@ use chat_shared::ipc::LogStream;
 use crate::logs::{LogPaths, LogSink};
 use crate::metrics::Usage;
 use crate::notify::NotifySocket;
+use crate::pid::Pid;
 use crate::spawn::{self, Launch, PassedFd};
 use crate::watch::{AppWatcher, Ignore, WatchError};
 
@@ -35,7 +35,7 @@ mod replace;
 pub(super) struct App {
     /// Unique for the daemon's life, so messages about a deleted app cannot reach a new one of the
     /// same name.
-    pub(super) id: u64,
+    pub(super) id: AppId,
     /// Development mode's rebuild cycle (`watch` with `build`).
     pub(super) builder: super::build::Builder,
     pub(super) spec: AppSpec,
@@ -55,7 +55,7 @@ pub(super) struct App {
     /// `policy` without restarts, for successors.
     successor_policy: Policy,
     /// Finished replacements, (slot, new pid or why it failed), for whoever drives them (reloads).
-    pub(super) outcomes: Vec<(usize, Result<u32, String>)>,
+    pub(super) outcomes: Vec<(usize, Result<Option<Pid>, String>)>,
     /// Shared by every instance of the app for as long as the daemon knows it (reloads included).
     secret: String,
     /// Rolling reloads begun, for `/metrics`.
@@ -63,18 +63,18 @@ pub(super) struct App {
 }
 
 /// The app with id `app_id`, if it is still known (messages may outlive a deleted app).
-pub(super) fn app_mut(apps: &mut [App], app_id: u64) -> Option<&mut App> {
+pub(super) fn app_mut(apps: &mut [App], app_id: AppId) -> Option<&mut App> {
     apps.iter_mut().find(|a| a.id == app_id)
 }
 
 /// [`app_mut`], to read.
-pub(super) fn app(apps: &[App], app_id: u64) -> Option<&App> {
+pub(super) fn app(apps: &[App], app_id: AppId) -> Option<&App> {
     apps.iter().find(|a| a.id == app_id)
 }
 
 impl App {
     /// Binds every socket the app needs; nothing is spawned yet. Fails as a whole.
-    pub(super) fn new(id: u64, spec: AppSpec, log_paths: &LogPaths, fx: &Effects) -> Result<App, AppError> {
+    pub(super) fn new(id: AppId, spec: AppSpec, log_paths: &LogPaths, fx: &Effects) -> Result<App, AppError> {
         let mut shared = None;
         let mut port = None;
         let mut slots = Vec::with_capacity(spec.instances);
@@ -153,7 +153,7 @@ impl App {
     }
 
     /// A process of a slot, with its own admin listener (cluster) and notify socket.
-    fn new_proc(app_id: u64, key: u64, spec: &AppSpec, port: Option<u16>, fx: &Effects) -> Result<Proc, AppError> {
+    fn new_proc(app_id: AppId, key: u64, spec: &AppSpec, port: Option<u16>, fx: &Effects) -> Result<Proc, AppError> {
         let mut proc = Proc {
             instance: Instance::new(),
             spec: std::sync::Arc::new(spec.clone()),
@@ -187,7 +187,7 @@ impl App {
     }
 
     /// Where the process with `pid` is.
-    pub(super) fn find_pid(&self, pid: u32) -> Option<(usize, Which)> {
+    pub(super) fn find_pid(&self, pid: Pid) -> Option<(usize, Which)> {
         self.find(|p| p.instance.pid() == Some(pid))
     }
 
@@ -235,9 +235,9 @@ impl App {
                 // The machine writes a note exactly when something unplanned happened (a crash, a
                 // failed probe, a timeout): that is what an operator must hear about.
                 if incident {
-                    tracing::warn!(from, to, pid, note, "state");
+                    tracing::warn!(from, to, pid = pid.map(Pid::raw), note, "state");
                 } else {
-                    tracing::info!(from, to, pid, "state");
+                    tracing::info!(from, to, pid = pid.map(Pid::raw), "state");
                 }
                 let who = if successor { "successor " } else { "" };
                 let pid = pid.map(|p| format!(" pid {p}")).unwrap_or_default();
@@ -343,11 +343,11 @@ impl App {
                 return Input::SpawnFailed(format!("{}: {e}", spec.script));
             }
         };
-        let Some(pid) = child.id() else {
+        let Some(pid) = child.id().map(Pid::new) else {
             fx.descendants.discard(tracking);
             return Input::SpawnFailed("the process exited before its pid could be read".into());
         };
-        let tracked = fx.descendants.tracked(tracking, pid);
+        let tracked = fx.descendants.tracked(tracking, pid.raw());
         if let Some(proc) = self.slots[index].proc_mut(which) {
             proc.tracked = Some(tracked);
         }
@@ -365,7 +365,7 @@ impl App {
             let status = match child.wait().await {
                 Ok(status) => exit_kind(status),
                 Err(e) => {
-                    tracing::error!(pid, error = %e, "waiting for an instance failed");
+                    tracing::error!(%pid, error = %e, "waiting for an instance failed");
                     ExitKind::Unknown
                 }
             };
@@ -382,7 +382,7 @@ impl App {
         if let Some(reaper) = &mut fx.reaper {
             reaper.watch(pid);
         }
-        tracing::debug!(app = %self.spec.name, index, pid, "spawned");
+        tracing::debug!(app = %self.spec.name, index, %pid, "spawned");
         Input::Spawned { pid }
     }
 
@@ -410,7 +410,7 @@ impl App {
             .map(|(index, slot)| {
                 let current = &slot.current;
                 let pid = current.instance.pid();
-                let use_ = pid.and_then(|p| usage.get(&p));
+                let use_ = pid.and_then(|p| usage.get(&p.raw()));
                 let note = match &slot.successor {
                     Some(s) => {
                         let pid = s.proc.instance.pid().map_or("-".into(), |p| p.to_string());
@@ -424,7 +424,7 @@ impl App {
                 InstanceStatus {
                     index,
                     status: current.instance.phase(),
-                    pid,
+                    pid: pid.map(Pid::raw),
                     port: slot.port,
                     admin_addr: current.admin.as_ref().and_then(|a| a.local_addr().ok()).map(|a| a.to_string()),
                     uptime_ms: current.instance.since().map(|s| now.saturating_duration_since(s).as_millis() as u64),
@@ -484,12 +484,12 @@ fn app_secret() -> std::io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn signal_group(app: &str, pid: u32, signal: Signal) {
-    let Ok(raw) = i32::try_from(pid) else { return };
-    match killpg(Pid::from_raw(raw), signal) {
+fn signal_group(app: &str, pid: Pid, signal: Signal) {
+    let Some(group) = pid.to_nix() else { return };
+    match killpg(group, signal) {
         // The group is already gone: nothing left to stop.
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-        Err(e) => tracing::error!(app, pid, ?signal, error = %e, "signalling the process group failed"),
+        Err(e) => tracing::error!(app, %pid, ?signal, error = %e, "signalling the process group failed"),
     }
 }
 

@@ -11,6 +11,7 @@ use super::App;
 use crate::daemon::effects::Effects;
 use crate::daemon::slot::{Next, OnFailure, Slot, Successor, Which};
 use crate::instance::{Input, Policy};
+use crate::pid::Pid;
 
 impl App {
     /// Whether two processes can serve one slot at once (all but fork mode where the program binds
@@ -118,8 +119,8 @@ impl App {
                 Next::Promote => {
                     slot.promote();
                     let pid = slot.current.instance.pid();
-                    tracing::info!(app = %self.spec.name, index, pid, "replacement done");
-                    self.outcomes.push((index, Ok(pid.unwrap_or_default())));
+                    tracing::info!(app = %self.spec.name, index, pid = pid.map(Pid::raw), "replacement done");
+                    self.outcomes.push((index, Ok(pid)));
                     return;
                 }
                 Next::Abandon => {

@@ -17,8 +17,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::app::{App, app_mut};
 use super::effects::Effects;
+use super::msg::AppId;
 use super::slot::{OnFailure, Which};
 use crate::instance::Input;
+use crate::pid::Pid;
 use plan::{Action, Plan, Report, Seen, SlotView};
 
 /// Lines of the failed instance's logs quoted in the error.
@@ -26,7 +28,7 @@ const FAILURE_LOG_LINES: usize = 10;
 
 pub(super) struct Job {
     /// Apps still to reload, with their new specs, in order.
-    queue: VecDeque<(u64, AppSpec)>,
+    queue: VecDeque<(AppId, AppSpec)>,
     /// `false` for a scale: instances only added or removed, none replaced.
     replace: bool,
     current: Option<AppReload>,
@@ -41,7 +43,7 @@ pub(super) struct Job {
 
 /// The reload of one app in progress.
 struct AppReload {
-    app_id: u64,
+    app_id: AppId,
     /// The spec before the reload: restored for future processes if the reload fails.
     previous: AppSpec,
     plan: Plan,
@@ -49,7 +51,7 @@ struct AppReload {
 
 impl Job {
     pub(super) fn new(
-        apps: Vec<(u64, AppSpec)>,
+        apps: Vec<(AppId, AppSpec)>,
         batch: Option<usize>,
         events: mpsc::UnboundedSender<Event>,
         reply: oneshot::Sender<Response>,
@@ -68,7 +70,7 @@ impl Job {
 
     /// A scale of one app to `spec.instances`.
     pub(super) fn scale(
-        app_id: u64,
+        app_id: AppId,
         spec: AppSpec,
         events: mpsc::UnboundedSender<Event>,
         reply: oneshot::Sender<Response>,
@@ -78,7 +80,7 @@ impl Job {
 
     /// Instance `index` of the app replaced by a new process of `spec` (the app's own).
     pub(super) fn instance(
-        app_id: u64,
+        app_id: AppId,
         spec: AppSpec,
         index: usize,
         events: mpsc::UnboundedSender<Event>,
@@ -87,7 +89,7 @@ impl Job {
         Job { only: Some(index), ..Job::new(vec![(app_id, spec)], None, events, reply) }
     }
 
-    pub(super) fn covers(&self, app_id: u64) -> bool {
+    pub(super) fn covers(&self, app_id: AppId) -> bool {
         self.current.as_ref().is_some_and(|c| c.app_id == app_id) || self.queue.iter().any(|(id, _)| *id == app_id)
     }
 
@@ -176,6 +178,7 @@ impl AppReload {
         let send = |report: Report| {
             let Report { index, step, old_pid, new_pid, ready_ms, message } = report;
             let app = name.clone();
+            let (old_pid, new_pid) = (old_pid.map(Pid::raw), new_pid.map(Pid::raw));
             let _ = events.send(Event::Reload(ReloadStep { app, index, step, old_pid, new_pid, ready_ms, message }));
         };
         let seen = seen(app);

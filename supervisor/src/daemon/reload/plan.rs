@@ -14,15 +14,17 @@ use std::time::Instant;
 use chat_shared::ipc::{ReloadPhase, ReloadSummary};
 use chat_shared::status::Phase;
 
+use crate::pid::Pid;
+
 /// What the plan needs to know of one slot of the app.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct SlotView {
     pub(super) phase: Phase,
-    pub(super) pid: Option<u32>,
+    pub(super) pid: Option<Pid>,
     /// Why the current process stopped or errored, for the failure message.
     pub(super) note: Option<String>,
     /// The successor beside the current process, if any: its pid and phase.
-    pub(super) successor: Option<(Option<u32>, Phase)>,
+    pub(super) successor: Option<(Option<Pid>, Phase)>,
     /// Being removed (a scale down), not yet gone.
     pub(super) retiring: bool,
 }
@@ -32,7 +34,7 @@ pub(super) struct SlotView {
 pub(super) struct Seen {
     pub(super) slots: Vec<SlotView>,
     /// Replacements finished since the last step: (slot, the successor's pid, or why it failed).
-    pub(super) outcomes: Vec<(usize, Result<u32, String>)>,
+    pub(super) outcomes: Vec<(usize, Result<Option<Pid>, String>)>,
     /// Whether a successor can run beside the current process (see `App::can_surge`).
     pub(super) can_surge: bool,
 }
@@ -42,8 +44,8 @@ pub(super) struct Seen {
 pub(super) struct Report {
     pub(super) index: usize,
     pub(super) step: ReloadPhase,
-    pub(super) old_pid: Option<u32>,
-    pub(super) new_pid: Option<u32>,
+    pub(super) old_pid: Option<Pid>,
+    pub(super) new_pid: Option<Pid>,
     pub(super) ready_ms: Option<u64>,
     pub(super) message: Option<String>,
 }
@@ -80,9 +82,9 @@ pub(super) enum Action {
 #[derive(Clone, Debug)]
 struct Active {
     index: usize,
-    old_pid: Option<u32>,
+    old_pid: Option<Pid>,
     started: Instant,
-    new_pid: Option<u32>,
+    new_pid: Option<Pid>,
     ready_ms: Option<u64>,
     /// No successor possible (the program binds its own port, or nothing ran): run in place.
     in_place: bool,
@@ -177,7 +179,7 @@ impl Plan {
             match result {
                 Ok(new_pid) => {
                     self.replaced += 1;
-                    actions.push(report(&active, ReloadPhase::Done, Some(*new_pid), active.ready_ms, None));
+                    actions.push(report(&active, ReloadPhase::Done, *new_pid, active.ready_ms, None));
                 }
                 Err(why) => {
                     self.failure(*index, &format!("the new process failed: {why}"));
@@ -282,7 +284,7 @@ impl Plan {
 fn report(
     active: &Active,
     step: ReloadPhase,
-    new_pid: Option<u32>,
+    new_pid: Option<Pid>,
     ready_ms: Option<u64>,
     message: Option<String>,
 ) -> Action {

@@ -5,7 +5,7 @@ use super::*;
 const NAME: &str = "chat";
 
 fn slot(phase: Phase, pid: Option<u32>) -> SlotView {
-    SlotView { phase, pid, note: None, successor: None, retiring: false }
+    SlotView { phase, pid: pid.map(Pid::new), note: None, successor: None, retiring: false }
 }
 
 fn online(pid: u32) -> SlotView {
@@ -13,7 +13,7 @@ fn online(pid: u32) -> SlotView {
 }
 
 fn with_successor(mut slot: SlotView, pid: u32, phase: Phase) -> SlotView {
-    slot.successor = Some((Some(pid), phase));
+    slot.successor = Some((Some(Pid::new(pid)), phase));
     slot
 }
 
@@ -21,7 +21,9 @@ fn seen(slots: Vec<SlotView>) -> Seen {
     Seen { slots, outcomes: Vec::new(), can_surge: true }
 }
 
+/// `outcomes` as (slot, the successor's pid, or why it failed).
 fn finished(slots: Vec<SlotView>, outcomes: Vec<(usize, Result<u32, String>)>) -> Seen {
+    let outcomes = outcomes.into_iter().map(|(index, result)| (index, result.map(|pid| Some(Pid::new(pid))))).collect();
     Seen { slots, outcomes, can_surge: true }
 }
 
@@ -37,6 +39,7 @@ fn report(
     ready_ms: Option<u64>,
     message: Option<&str>,
 ) -> Action {
+    let (old_pid, new_pid) = (old_pid.map(Pid::new), new_pid.map(Pid::new));
     Action::Report(Report { index, step, old_pid, new_pid, ready_ms, message: message.map(str::to_owned) })
 }
 
