@@ -9,7 +9,7 @@ use chat_shared::status::{ChatFigures, ExitKind, Phase};
 use super::app::app_mut;
 use super::msg::{AppId, Msg, Rollout};
 use super::slot::Which;
-use super::{Daemon, build};
+use super::{Daemon, builder};
 use crate::instance::{Input, State};
 use crate::notify::Notice;
 use crate::pid::Pid;
@@ -28,7 +28,7 @@ impl Daemon {
                 self.on_exited(app_id, pid, status, misconfigured, now)
             }
             Msg::Changed { app_id, paths } => self.on_changed(app_id, &paths, now),
-            Msg::BuiltWaiting { app_id } => self.build_then(app_id, build::Action::Reload, now),
+            Msg::BuiltWaiting { app_id } => self.build_then(app_id, builder::Action::Reload, now),
             Msg::Built { app_id, result } => self.on_built(app_id, result, now),
             Msg::Stats { app_id, pid, body } => {
                 let Some(app) = app_mut(&mut self.apps, app_id) else { return };
@@ -88,7 +88,7 @@ impl Daemon {
                 return;
             }
             tracing::info!(app = %app.spec.name, changed = paths.len(), first, "files changed: building");
-            let action = app.builder.step(build::Event::Changed);
+            let action = app.builder.step(builder::Event::Changed);
             self.build_then(app_id, action, now);
             return;
         }
@@ -108,7 +108,7 @@ impl Daemon {
             Ok(()) => tracing::info!(app = %app.spec.name, "build succeeded"),
             Err(why) => tracing::warn!(app = %app.spec.name, why, "build failed: the running version keeps serving"),
         }
-        let action = app.builder.step(build::Event::Finished(result));
+        let action = app.builder.step(builder::Event::Finished(result));
         self.build_then(app_id, action, now);
     }
 

@@ -8,12 +8,13 @@
 //!
 //! # Layout
 //! - `msg`: what the loop hears; `effects`: what carrying out effects needs.
-//! - `handle`: one method per message; `requests`: one per request; `reload`, `build`, `cron`: the
-//!   orchestrations over time.
+//! - `handle`: one method per message; `requests`: one per request; `reload`, `build` (with its
+//!   machine, `builder`), `cron`: the orchestrations over time.
 //! - `app`, `slot`: an app's sockets, logs and slots, and a slot's one or two processes.
 
 mod app;
 mod build;
+mod builder;
 mod cron;
 mod effects;
 mod handle;
@@ -38,9 +39,9 @@ use crate::pid::Pid;
 use crate::probe::Prober;
 use crate::reaper::Reaper;
 use app::App;
+pub use app::StartError;
 use effects::Effects;
 use msg::{AppId, Msg};
-pub use requests::StartError;
 use slot::Which;
 
 /// Lines a follower may fall behind by before it loses some (and is told how many).

@@ -7,33 +7,11 @@ use chat_shared::spec::AppSpec;
 use chat_shared::status::Phase;
 use tokio::sync::oneshot;
 
-use super::app::{App, AppError};
+use super::app::{App, StartError};
 use super::slot::Which;
 use super::{Daemon, KilledBy, Lifecycle, Until, Waiter, reload};
 use crate::instance::Input;
 use crate::logs::LogPaths;
-
-/// Starting apps failed before anything was spawned.
-#[derive(Debug, thiserror::Error)]
-#[error("app {app}: {source}")]
-pub struct StartError {
-    app: String,
-    #[source]
-    source: AppError,
-}
-
-impl StartError {
-    /// The error with its causes, on one line, for the CLI.
-    pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(&self.source);
-        while let Some(cause) = source {
-            text.push_str(&format!(": {cause}"));
-            source = cause.source();
-        }
-        text
-    }
-}
 
 /// `Ok` when `app` has an instance `index`, else the answer that says how many it has.
 fn has_instance(app: &App, index: usize) -> Result<(), Response> {

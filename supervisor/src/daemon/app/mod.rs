@@ -37,7 +37,7 @@ pub(super) struct App {
     /// same name.
     pub(super) id: AppId,
     /// Development mode's rebuild cycle (`watch` with `build`).
-    pub(super) builder: super::build::Builder,
+    pub(super) builder: super::builder::Builder,
     pub(super) spec: AppSpec,
     pub(super) policy: Policy,
     /// Cluster mode: the one socket every instance accepts on.
@@ -125,7 +125,7 @@ impl App {
             successor_policy: Policy::for_successor(&policy),
             policy,
             outcomes: Vec::new(),
-            builder: super::build::Builder::default(),
+            builder: super::builder::Builder::default(),
             reloads: 0,
             secret: app_secret().map_err(|source| AppError::Secret { source })?,
             spec,
@@ -448,6 +448,28 @@ impl App {
             log_issue: self.logs.issue(),
             build: self.builder.note(),
         }
+    }
+}
+
+/// Starting apps failed before anything was spawned.
+#[derive(Debug, thiserror::Error)]
+#[error("app {app}: {source}")]
+pub struct StartError {
+    pub(super) app: String,
+    #[source]
+    pub(super) source: AppError,
+}
+
+impl StartError {
+    /// The error with its causes, on one line, for the CLI.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(&self.source);
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        text
     }
 }
 
