@@ -152,3 +152,34 @@ fn a_worker_starts_degraded_without_redis_and_joins_when_it_appears() {
     redis.resume();
     wait_until("the worker linked once Redis appeared", Duration::from_secs(10), || linked(port).then_some(()));
 }
+
+/// Redis refusing writes (out of memory here; a key of another node's slot on a Redis Cluster) is
+/// never silent: `/health` says `degraded` with the refusal and a count, the log says what is not
+/// kept, and all is well again once Redis takes writes.
+#[test]
+fn a_redis_that_refuses_writes_is_not_silent() {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let env = host(&redis.url(), port, 1);
+    wait_until("linked", Duration::from_secs(10), || linked(port).then_some(()));
+    assert!(redis.command(&["CONFIG", "SET", "maxmemory", "1"]).starts_with("+OK"));
+    // Joining stores the guest's session: refused.
+    let joined = node("token.mjs", &[&format!("http://127.0.0.1:{port}"), "refused"]);
+    assert!(joined.status.success(), "the chat goes on: {}", String::from_utf8_lossy(&joined.stdout));
+    let said = wait_until("the refusal on /health", Duration::from_secs(10), || {
+        let h = health(port)?;
+        let cluster = h.cluster?;
+        (h.status == HealthStatus::Degraded && cluster.connected && cluster.refused > 0).then_some(cluster)
+    });
+    assert!(said.refusal.as_deref().is_some_and(|r| r.contains("OOM")), "{said:?}");
+    let log = env.home().join("logs/chat-out.log");
+    wait_until("the refusal in the log", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("Redis refused a command").then_some(())
+    });
+
+    assert!(redis.command(&["CONFIG", "SET", "maxmemory", "0"]).starts_with("+OK"));
+    let again = node("token.mjs", &[&format!("http://127.0.0.1:{port}"), "kept"]);
+    assert!(again.status.success());
+    wait_until("ok again once Redis takes writes", Duration::from_secs(20), || linked(port).then_some(()));
+}

@@ -52,6 +52,16 @@ pub struct ClusterHealth {
     /// Messages from the other workers dropped because this worker fell behind (a counter).
     #[serde(default)]
     pub dropped: u64,
+    /// Commands Redis refused while connected (a counter): what the chat keeps there was not kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refused: u64,
+    /// The latest refusal, while recent; the worker then reports itself `degraded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

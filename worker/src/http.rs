@@ -129,7 +129,8 @@ async fn public_health(State(state): State<Arc<WorkerState>>) -> (StatusCode, Js
 async fn health_body(state: &WorkerState) -> HealthBody {
     let draining = state.draining.load(Ordering::SeqCst);
     let cluster = state.link.health();
-    let status = match (draining, cluster.connected) {
+    // Degraded: cut off from the other workers, or Redis refusing what the chat keeps there.
+    let status = match (draining, cluster.connected && cluster.refusal.is_none()) {
         (true, _) => HealthStatus::Draining,
         (false, false) => HealthStatus::Degraded,
         (false, true) => HealthStatus::Ok,

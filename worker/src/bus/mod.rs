@@ -16,9 +16,9 @@ mod redis_link;
 pub(crate) use redis_link::RedisLink;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chat_shared::health::ClusterHealth;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
@@ -105,11 +105,56 @@ struct LinkState {
     up: AtomicBool,
     /// Why the link is down, and since when.
     down: Mutex<Option<(String, Instant)>>,
+    /// Commands Redis refused while up (out of memory, a key of another node's slot...): what it
+    /// keeps for the chat (sessions, history streams, files) was not kept, which must never pass
+    /// in silence. Counted, the latest kept for `/health`, logged at most every [`REFUSALS_LOGGED`].
+    refused: AtomicU64,
+    refusal: Mutex<Option<(String, Instant)>>,
+    logged: Mutex<Option<(Instant, u64)>>,
 }
+
+/// A refusal shows on `/health` (which then says `degraded`) for this long.
+const REFUSAL_SHOWN: Duration = Duration::from_secs(10);
+/// Refusals are logged at most this often (with how many there were meanwhile).
+const REFUSALS_LOGGED: Duration = Duration::from_secs(10);
 
 impl LinkState {
     fn new(via: &'static str, up: bool) -> LinkState {
-        LinkState { via, up: AtomicBool::new(up), down: Mutex::new(None) }
+        LinkState {
+            via,
+            up: AtomicBool::new(up),
+            down: Mutex::new(None),
+            refused: AtomicU64::new(0),
+            refusal: Mutex::new(None),
+            logged: Mutex::new(None),
+        }
+    }
+
+    /// Notes that Redis refused `command` with `error`.
+    fn refused(&self, command: &str, error: &str) {
+        let count = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let what = format!("{command}: {error}");
+        *self.refusal.locked() = Some((what.clone(), Instant::now()));
+        let mut logged = self.logged.locked();
+        if logged.is_some_and(|(at, _)| at.elapsed() < REFUSALS_LOGGED) {
+            return;
+        }
+        let since = count - logged.map_or(0, |(_, at_count)| at_count);
+        *logged = Some((Instant::now(), count));
+        drop(logged);
+        let why = if error.contains("MOVED") || error.contains("CROSSSLOT") || error.contains("ASK") {
+            "REDIS_URL names a node of a Redis Cluster, which this worker does not support yet: keys of the other nodes' slots are not kept"
+        } else if error.contains("OOM") {
+            "Redis is out of memory (maxmemory, noeviction): guest sessions, room history and files are not kept"
+        } else {
+            "what the chat keeps in Redis (guest sessions, room history, files) was not kept"
+        };
+        tracing::warn!(refusal = %what, refused = since, "Redis refused a command: {why}");
+    }
+
+    /// The latest refusal, while recent.
+    fn recent_refusal(&self) -> Option<String> {
+        self.refusal.locked().as_ref().filter(|(_, at)| at.elapsed() < REFUSAL_SHOWN).map(|(what, _)| what.clone())
     }
 
     fn is_up(&self) -> bool {
@@ -201,6 +246,8 @@ impl BusDriver {
             error: down.as_ref().map(|(why, _)| why.clone()),
             down_ms: down.map(|(_, since)| since.elapsed().as_millis() as u64),
             dropped: self.inner.table.dropped.load(Ordering::Relaxed),
+            refused: state.refused.load(Ordering::Relaxed),
+            refusal: state.recent_refusal(),
         }
     }
 

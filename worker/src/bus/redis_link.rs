@@ -34,6 +34,7 @@ const BATCH: usize = 512;
 pub(crate) struct RedisLink {
     conn: Arc<Mutex<Option<MultiplexedConnection>>>,
     writes: mpsc::UnboundedSender<Write>,
+    state: Arc<LinkState>,
 }
 
 enum Write {
@@ -50,10 +51,10 @@ impl RedisLink {
         // `None` until the first attempt is over, then whether the link is up.
         let (up_tx, mut up_rx) = watch::channel(None);
         let write_failed = Arc::new(Notify::new());
-        tokio::spawn(write(queue, conn.clone(), table.clone(), write_failed.clone()));
+        tokio::spawn(write(queue, conn.clone(), table.clone(), state.clone(), write_failed.clone()));
         match client(url) {
             Ok(client) => {
-                tokio::spawn(supervise(client, conn.clone(), table, state, write_failed, up_tx));
+                tokio::spawn(supervise(client, conn.clone(), table, state.clone(), write_failed, up_tx));
                 // Refused or not connected in time: start anyway, degraded; the task keeps trying.
                 let _ = tokio::time::timeout(first_try, up_rx.wait_for(Option::is_some)).await;
             }
@@ -63,7 +64,7 @@ impl RedisLink {
                 tracing::error!(error = %e, "cannot use REDIS_URL: rooms stay on this worker");
             }
         }
-        RedisLink { conn, writes }
+        RedisLink { conn, writes, state }
     }
 
     fn connection(&self) -> Option<MultiplexedConnection> {
@@ -80,13 +81,17 @@ impl RedisLink {
         let _ = self.writes.send(Write::Command(cmd));
     }
 
-    /// Runs a query now; `None` when Redis is down or refuses it.
+    /// Runs a query now; `None` when Redis is down or refuses it (a refusal is noted).
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: redis::Cmd) -> Option<T> {
         let mut conn = self.connection()?;
         match cmd.query_async(&mut conn).await {
             Ok(value) => Some(value),
-            Err(e) => {
+            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
                 tracing::debug!(error = %e, "a Redis query failed");
+                None
+            }
+            Err(e) => {
+                self.state.refused(&command_name(&cmd), &e.to_string());
                 None
             }
         }
@@ -225,11 +230,14 @@ fn pushes(table: Arc<Table>, closed: Arc<Notify>) -> impl Fn(PushInfo) -> Result
     }
 }
 
-/// Sends queued writes in order, pipelined in batches.
+/// Sends queued writes in order, pipelined in batches. A command Redis refuses is noted (see
+/// `LinkState::refused`) and the others of its batch still count; a publication Redis refused is
+/// delivered here, as when the link is down.
 async fn write(
     mut queue: mpsc::UnboundedReceiver<Write>,
     slot: Arc<Mutex<Option<MultiplexedConnection>>>,
     table: Arc<Table>,
+    state: Arc<LinkState>,
     failed: Arc<Notify>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
@@ -238,25 +246,49 @@ async fn write(
         let result = match conn {
             Some(mut conn) => {
                 let mut pipe = redis::pipe();
+                // One result per command, refusals among them, rather than one error for all.
+                pipe.ignore_errors();
                 for write in &batch {
                     match write {
-                        Write::Publish(chan, data) => pipe.cmd("PUBLISH").arg(chan).arg(data.as_slice()).ignore(),
-                        Write::Command(cmd) => pipe.add_command(cmd.clone()).ignore(),
+                        Write::Publish(chan, data) => pipe.cmd("PUBLISH").arg(chan).arg(data.as_slice()),
+                        Write::Command(cmd) => pipe.add_command(cmd.clone()),
                     };
                 }
-                pipe.query_async::<()>(&mut conn).await.map_err(|e| e.to_string())
+                pipe.query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut conn).await.map_err(|e| e.to_string())
             }
             None => Err("not connected".to_owned()),
         };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, writes = batch.len(), "writes to Redis failed");
-            failed.notify_one();
-            for write in batch.drain(..) {
-                if let Write::Publish(chan, data) = write {
-                    table.deliver(chan, data);
+        match result {
+            Ok(results) => {
+                for (write, result) in batch.drain(..).zip(results) {
+                    let Err(e) = result else { continue };
+                    match write {
+                        Write::Publish(chan, data) => {
+                            state.refused("PUBLISH", &e.to_string());
+                            table.deliver(chan, data);
+                        }
+                        Write::Command(cmd) => state.refused(&command_name(&cmd), &e.to_string()),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, writes = batch.len(), "writes to Redis failed");
+                failed.notify_one();
+                for write in batch.drain(..) {
+                    if let Write::Publish(chan, data) = write {
+                        table.deliver(chan, data);
+                    }
                 }
             }
         }
         batch.clear();
+    }
+}
+
+/// A command's name, for what a refusal says.
+fn command_name(cmd: &redis::Cmd) -> String {
+    match cmd.args_iter().next() {
+        Some(redis::Arg::Simple(name)) => String::from_utf8_lossy(name).into_owned(),
+        _ => "a command".to_owned(),
     }
 }
