@@ -4,6 +4,7 @@
 mod support;
 
 mod adhoc;
+mod balancer;
 mod browser;
 mod cluster;
 mod config_errors;

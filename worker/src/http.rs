@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use chat_shared::health::{HealthBody, HealthStatus};
@@ -61,6 +62,47 @@ pub async fn close_when_draining(
         response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
     }
     response
+}
+
+/// The header a long-polling handshake's answer names its session in, for a balancer in front of
+/// several hosts to send the session's later requests to the same host (HAProxy: `stick
+/// store-response res.hdr(x-socket-sid)` and `stick match url_param(sid)`; see
+/// `deploy/haproxy.cfg`). The sid is otherwise only in the answer's body, which a balancer does
+/// not read. (Within a host, instances hand such requests to each other: see `handoff`.)
+pub const SESSION_HEADER: &str = "x-socket-sid";
+
+/// Names the session of a long-polling handshake in [`SESSION_HEADER`]. Only the handshake's
+/// answer is read (a few hundred bytes); every other request passes untouched.
+pub async fn name_session(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let query = req.uri().query().unwrap_or("");
+    let handshake = req.method() == axum::http::Method::GET
+        && req.uri().path().starts_with("/socket.io")
+        && query.split('&').any(|p| p == "transport=polling")
+        && !query.split('&').any(|p| p.starts_with("sid="));
+    let response = next.run(req).await;
+    if !handshake || response.status() != StatusCode::OK {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, HANDSHAKE_MAX).await else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "handshake too large").into_response();
+    };
+    if let Some(sid) = handshake_sid(&bytes).and_then(|sid| axum::http::HeaderValue::from_str(sid).ok()) {
+        parts.headers.insert(SESSION_HEADER, sid);
+    }
+    axum::response::Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// The most a handshake's answer is read (it is a few hundred bytes).
+const HANDSHAKE_MAX: usize = 16 << 10;
+
+/// The `sid` of an engine.io open packet (`0{"sid":"...",...}`).
+fn handshake_sid(body: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(body).ok()?.strip_prefix('0')?;
+    let start = text.find("\"sid\":\"")? + 7;
+    let len = text[start..].find('"')?;
+    Some(&text[start..start + len])
+        .filter(|sid| sid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
 }
 
 /// Copies a request's URI and headers out of the connection's read buffer.
@@ -189,4 +231,17 @@ async fn stats(State(state): State<Arc<WorkerState>>) -> Json<Value> {
         "cluster": state.cluster.figures(),
         "link": state.link.health(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sid_of_a_handshake() {
+        let open = br#"0{"sid":"lv_VI97HAXpY6yYWAAAC","upgrades":["websocket"],"pingInterval":25000}"#;
+        assert_eq!(handshake_sid(open), Some("lv_VI97HAXpY6yYWAAAC"));
+        assert_eq!(handshake_sid(b"4hello"), None);
+        assert_eq!(handshake_sid(br#"0{"sid":"a b"}"#), None);
+    }
 }

@@ -255,6 +255,8 @@ fn public_router(
                 .with_state(files),
         )
         .layer(socket_io)
+        // Around socketioxide's layer: it answers the handshake.
+        .layer(axum::middleware::from_fn(http::name_session))
         .layer(axum::middleware::from_fn(bundle::client_bundle));
     if let Some(handoff) = &state.handoff {
         router = router.layer(axum::middleware::from_fn_with_state(handoff.clone(), handoff::observe));
