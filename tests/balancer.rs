@@ -1,7 +1,7 @@
-//! Hosts behind a real balancer: HAProxy (Debian's) with the configuration shipped in
-//! `deploy/haproxy.cfg`, in front of two hosts sharing a Redis. Long-polling sessions must reach
-//! the host that made them: the worker names the session in a header of the handshake's answer,
-//! which HAProxy's stick table keeps.
+//! Hosts behind a real balancer, with the configurations shipped in `deploy/`, in front of two
+//! hosts sharing a Redis. Long-polling sessions must reach the host that made them: HAProxy keeps
+//! the session the worker names in a header of the handshake's answer (stick table); open-source
+//! nginx keeps each client address on one host (`ip_hash`).
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -10,21 +10,28 @@ use std::time::Duration;
 use crate::support::redis::RedisServer;
 use crate::support::{Worker, free_port, http_get, node, sigkill, tests_dir, wait_until};
 
-/// HAProxy in the foreground, killed (by pid) when dropped.
+/// HAProxy or nginx in the foreground, killed (by pid) when dropped.
 struct Balancer {
     child: Child,
     addr: SocketAddr,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The system's `name` (Debian installs both in /usr/sbin); `None` (a skip) without it, except in
+/// CI, where `.ci/run` installs it.
+fn installed(name: &str) -> Option<std::path::PathBuf> {
+    let found = ["/usr/sbin", "/usr/bin"].into_iter().map(|d| std::path::Path::new(d).join(name)).find(|p| p.exists());
+    if found.is_none() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI must have {name} (.ci/run installs it)");
+        eprintln!("skipped: no {name} (apt-get install {name})");
+    }
+    found
 }
 
 impl Balancer {
-    /// `None` (a skip) without HAProxy, except in CI, where `.ci/run` installs it.
-    fn start(hosts: [SocketAddr; 2]) -> Option<Balancer> {
-        let found = ["/usr/sbin/haproxy", "/usr/bin/haproxy"].into_iter().find(|p| std::path::Path::new(p).exists());
-        let Some(haproxy) = found else {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "CI must have haproxy (.ci/run installs it)");
-            eprintln!("skipped: no haproxy (apt-get install haproxy)");
-            return None;
-        };
+    /// HAProxy with `deploy/haproxy.cfg` as it is (it takes the addresses from the environment).
+    fn haproxy(hosts: [SocketAddr; 2]) -> Option<Balancer> {
+        let haproxy = installed("haproxy")?;
         let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let child = Command::new(haproxy)
             .arg("-db")
@@ -38,9 +45,37 @@ impl Balancer {
             .stderr(Stdio::null())
             .spawn()
             .expect("haproxy");
-        let balancer = Balancer { child, addr };
-        wait_until("HAProxy answers", Duration::from_secs(10), || http_get(addr, "/health").ok().map(|_| ()));
-        Some(balancer)
+        Some(Balancer { child, addr, _dir: None }.answering())
+    }
+
+    /// nginx with `deploy/nginx.conf`, its addresses replaced by the test's, in a prefix of its own.
+    fn nginx(hosts: [SocketAddr; 2]) -> Option<Balancer> {
+        let nginx = installed("nginx")?;
+        let dir = tempfile::tempdir().expect("nginx prefix");
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let shipped = std::fs::read_to_string(tests_dir().join("../deploy/nginx.conf")).expect("deploy/nginx.conf");
+        let config = shipped
+            .replace("listen 8080;", &format!("listen {addr};"))
+            .replace("server 127.0.0.1:3001;", &format!("server {};", hosts[0]))
+            .replace("server 127.0.0.1:3002;", &format!("server {};", hosts[1]));
+        assert_ne!(config, shipped, "the test's addresses replace the shipped ones");
+        std::fs::write(dir.path().join("nginx.conf"), config).expect("nginx.conf");
+        let prefix = dir.path().to_str().expect("utf-8 path").to_owned();
+        let child = Command::new(nginx)
+            .args(["-p", &prefix, "-c", &format!("{prefix}/nginx.conf"), "-e", &format!("{prefix}/error.log")])
+            .args(["-g", &format!("daemon off; pid {prefix}/nginx.pid;")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx");
+        Some(Balancer { child, addr, _dir: Some(dir) }.answering())
+    }
+
+    fn answering(self) -> Balancer {
+        let addr = self.addr;
+        wait_until("the balancer answers", Duration::from_secs(10), || http_get(addr, "/health").ok().map(|_| ()));
+        self
     }
 }
 
@@ -59,7 +94,7 @@ fn polling_and_websocket_clients_chat_across_two_hosts_behind_haproxy() {
         Worker::start(&[("REDIS_URL", url.as_str()), ("INSTANCE_ID", name), ("CHAT_SESSION_SECRET", "one secret")])
     };
     let (a, b) = (host("a"), host("b"));
-    let Some(balancer) = Balancer::start([a.addr, b.addr]) else { return };
+    let Some(balancer) = Balancer::haproxy([a.addr, b.addr]) else { return };
     // Half the guests poll only, half upgrade to websockets; each polling request is a new
     // connection, which HAProxy balances: without the stick table they land on the other host
     // half the time ("Session ID unknown").
@@ -68,4 +103,21 @@ fn polling_and_websocket_clients_chat_across_two_hosts_behind_haproxy() {
     assert!(out.status.success(), "polling through HAProxy failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("polling report");
     assert_eq!(report["instances"], serde_json::json!(["a", "b"]), "guests on both hosts: {report}");
+}
+
+#[test]
+fn polling_and_websocket_clients_chat_behind_nginx() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let host = |name: &str| {
+        Worker::start(&[("REDIS_URL", url.as_str()), ("INSTANCE_ID", name), ("CHAT_SESSION_SECRET", "one secret")])
+    };
+    let (a, b) = (host("a"), host("b"));
+    let Some(balancer) = Balancer::nginx([a.addr, b.addr]) else { return };
+    // Every guest comes from 127.0.0.1: ip_hash keeps them all on one host, polling included.
+    let out = node("polling.mjs", &[&format!("http://{}", balancer.addr), "8", "lobby", "3"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "polling through nginx failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("polling report");
+    assert_eq!(report["instances"].as_array().map(Vec::len), Some(1), "one address, one host: {report}");
 }
