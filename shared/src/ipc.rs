@@ -1,5 +1,6 @@
 //! The control protocol between the `chatctl` CLI and its daemon: newline-delimited JSON over a Unix
-//! socket, a version handshake first, then one [`Request`] and one [`Response`] at a time.
+//! socket, a version handshake first, then one [`Request`] at a time: a [`Call`] and its [`Response`],
+//! a [`Rollout`] and its events then its response, or a [`Subscription`] and its events.
 //!
 //! JSON strings escape newlines, so no payload (a log line, an argument) can break the framing, and an
 //! operator can talk to the daemon with `socat` when debugging.
@@ -11,9 +12,9 @@ use crate::spec::AppSpec;
 use crate::status::AppStatus;
 
 /// Bumped on any incompatible change of the types in this module (2: a log tail comes as
-/// [`Event::Tail`] frames before its [`Response::Logs`]; 3: [`Request::Signal`], which a daemon of
+/// [`Event::Tail`] frames before its [`Response::Logs`]; 3: [`Call::Signal`], which a daemon of
 /// protocol 2 would answer with a malformed-frame error instead of refusing the handshake; 4:
-/// [`Request::ReloadInstance`]; 5: [`Response::Error`] carries an [`ErrorKind`]).
+/// [`Rollout::ReloadInstance`]; 5: [`Response::Error`] carries an [`ErrorKind`]).
 pub const PROTOCOL_VERSION: u32 = 5;
 /// Longest frame either side accepts; a longer one is an error, not an allocation.
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
@@ -49,10 +50,22 @@ pub enum Welcome {
     },
 }
 
-/// What the CLI asks. `app: None` means every app.
+/// What the CLI asks: a call (one answer), a rollout (progress events, then one answer) or a
+/// subscription (a stream the client ends by hanging up). The daemon routes a request by this
+/// split alone; on the wire each part is tagged by `type` and the tags are distinct, so a frame
+/// looks as it did when this was one flat enum.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Request {
+    Call(Call),
+    Rollout(Rollout),
+    Subscribe(Subscription),
+}
+
+/// A request with one answer and nothing before it. `app: None` means every app.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Request {
+pub enum Call {
     /// Run these apps; apps already known by name and running are left alone and reported.
     Start { apps: Vec<AppSpec> },
     /// The status table.
@@ -82,33 +95,87 @@ pub enum Request {
     },
     /// Stop every app, then the daemon exits.
     Kill,
-    /// The last `lines` lines (at most [`MAX_TAIL_LINES`]) of the apps' current log files, as
-    /// [`Event::Tail`] frames then a [`Response::Logs`]; with `follow`, the connection then carries
-    /// an [`Event::Log`] per new line until the client closes it.
-    Logs { app: Option<String>, lines: usize, stream: Option<LogStream>, follow: bool },
     /// Empty the apps' current log files.
     Flush { app: Option<String> },
     /// Reopen every log file (after an external logrotate moved them).
     ReloadLogs,
-    /// Replace the running instances of these apps with the given specs, `batch` (else each app's
-    /// `reload_batch`) at a time, each successor ready before its predecessor stops; progress comes
-    /// as [`Event::Reload`] frames, then one [`Response`].
-    Reload { apps: Vec<AppSpec>, batch: Option<usize> },
-    /// Replace instance `instance` of `app` by a new process of the same spec, ready before the
-    /// old one drains (`chatctl reload APP:INDEX`); progress and outcome as for a reload.
-    ReloadInstance { app: String, instance: usize },
-    /// Add or remove instances at the end of `app`, keeping the others as they are; progress and
-    /// outcome as for a reload.
-    Scale { app: String, to: ScaleTo },
     /// Settings in effect and per-instance details of one app.
     Describe { app: String },
     /// Write the running apps to the dump file, for `chatctl resurrect`.
     Save,
     /// The status table and the daemon's own footprint, once.
     Snapshot,
+}
+
+/// A request that replaces or adds instances over time: [`Event::Reload`] frames as it goes, then
+/// one [`Response`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Rollout {
+    /// Replace the running instances of these apps with the given specs, `batch` (else each app's
+    /// `reload_batch`) at a time, each successor ready before its predecessor stops.
+    Reload { apps: Vec<AppSpec>, batch: Option<usize> },
+    /// Replace instance `instance` of `app` by a new process of the same spec, ready before the
+    /// old one drains (`chatctl reload APP:INDEX`).
+    ReloadInstance { app: String, instance: usize },
+    /// Add or remove instances at the end of `app`, keeping the others as they are.
+    Scale { app: String, to: ScaleTo },
+}
+
+/// A request whose connection then carries events until the client closes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Subscription {
+    /// The last `lines` lines (at most [`MAX_TAIL_LINES`]) of the apps' current log files, as
+    /// [`Event::Tail`] frames then a [`Response::Logs`]; with `follow`, the connection then carries
+    /// an [`Event::Log`] per new line until the client closes it.
+    Logs { app: Option<String>, lines: usize, stream: Option<LogStream>, follow: bool },
     /// A [`Response::Snapshot`], then an [`Event::Snapshot`] every `every_ms` until the client
     /// closes the connection (`chatctl monit`).
     Monitor { every_ms: u64 },
+}
+
+impl From<Call> for Request {
+    fn from(call: Call) -> Request {
+        Request::Call(call)
+    }
+}
+
+impl From<Rollout> for Request {
+    fn from(rollout: Rollout) -> Request {
+        Request::Rollout(rollout)
+    }
+}
+
+impl From<Subscription> for Request {
+    fn from(subscription: Subscription) -> Request {
+        Request::Subscribe(subscription)
+    }
+}
+
+/// Each part is tried in turn: an unknown `type` tag moves on to the next part, any other error
+/// (a missing field, a wrong type) is that part's and is reported as such, so a malformed request
+/// is told what is wrong with it rather than "no variant matched".
+impl<'de> Deserialize<'de> for Request {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Request, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let unknown_tag = |e: &serde_json::Error| e.to_string().starts_with("unknown variant");
+        match Call::deserialize(&value) {
+            Ok(call) => return Ok(Request::Call(call)),
+            Err(e) if !unknown_tag(&e) => return Err(D::Error::custom(e)),
+            Err(_) => {}
+        }
+        match Rollout::deserialize(&value) {
+            Ok(rollout) => return Ok(Request::Rollout(rollout)),
+            Err(e) if !unknown_tag(&e) => return Err(D::Error::custom(e)),
+            Err(_) => {}
+        }
+        Subscription::deserialize(&value).map(Request::Subscribe).map_err(|e| match value.get("type") {
+            Some(tag) if unknown_tag(&e) => D::Error::custom(format!("unknown request type {tag}")),
+            _ => D::Error::custom(e),
+        })
+    }
 }
 
 /// What `chatctl monit` shows.
@@ -486,23 +553,29 @@ mod tests {
     /// here, and then `every_variant_round_trips` fails until it is in its list.
     fn request_variant(request: &Request) -> &'static str {
         match request {
-            Request::Start { .. } => "start",
-            Request::List => "list",
-            Request::Stop { .. } => "stop",
-            Request::Restart { .. } => "restart",
-            Request::Delete { .. } => "delete",
-            Request::Signal { .. } => "signal",
-            Request::Kill => "kill",
-            Request::Logs { .. } => "logs",
-            Request::Flush { .. } => "flush",
-            Request::ReloadLogs => "reload_logs",
-            Request::Reload { .. } => "reload",
-            Request::ReloadInstance { .. } => "reload_instance",
-            Request::Scale { .. } => "scale",
-            Request::Describe { .. } => "describe",
-            Request::Save => "save",
-            Request::Snapshot => "snapshot",
-            Request::Monitor { .. } => "monitor",
+            Request::Call(call) => match call {
+                Call::Start { .. } => "start",
+                Call::List => "list",
+                Call::Stop { .. } => "stop",
+                Call::Restart { .. } => "restart",
+                Call::Delete { .. } => "delete",
+                Call::Signal { .. } => "signal",
+                Call::Kill => "kill",
+                Call::Flush { .. } => "flush",
+                Call::ReloadLogs => "reload_logs",
+                Call::Describe { .. } => "describe",
+                Call::Save => "save",
+                Call::Snapshot => "snapshot",
+            },
+            Request::Rollout(rollout) => match rollout {
+                Rollout::Reload { .. } => "reload",
+                Rollout::ReloadInstance { .. } => "reload_instance",
+                Rollout::Scale { .. } => "scale",
+            },
+            Request::Subscribe(subscription) => match subscription {
+                Subscription::Logs { .. } => "logs",
+                Subscription::Monitor { .. } => "monitor",
+            },
         }
     }
     const REQUESTS: usize = 17;
@@ -604,26 +677,27 @@ mod tests {
 
         let mut seen = BTreeSet::new();
         for request in [
-            Request::Start { apps: vec![spec()] },
-            Request::List,
-            Request::Stop { app: None, instance: None },
-            Request::Restart { app: Some("chat".into()), instance: Some(1) },
-            Request::Monitor { every_ms: 500 },
-            Request::Delete { app: Some("line\nbreak".into()) },
-            Request::Kill,
-            Request::Logs { app: None, lines: 15, stream: Some(LogStream::Err), follow: true },
-            Request::Flush { app: Some("chat".into()) },
-            Request::ReloadLogs,
-            Request::Reload { apps: vec![spec()], batch: Some(2) },
-            Request::Scale { app: "chat".into(), to: ScaleTo::By(-1) },
-            Request::Scale { app: "chat".into(), to: ScaleTo::Exactly(3) },
-            Request::ReloadInstance { app: "chat".into(), instance: 3 },
-            Request::Describe { app: "chat".into() },
-            Request::Save,
-            Request::Snapshot,
-            Request::Signal { app: "chat".into(), instance: Some(1), signal: SignalName::Usr2 },
-            Request::Signal { app: "chat".into(), instance: None, signal: SignalName::Winch },
+            Call::Start { apps: vec![spec()] }.into(),
+            Call::List.into(),
+            Call::Stop { app: None, instance: None }.into(),
+            Call::Restart { app: Some("chat".into()), instance: Some(1) }.into(),
+            Subscription::Monitor { every_ms: 500 }.into(),
+            Call::Delete { app: Some("line\nbreak".into()) }.into(),
+            Call::Kill.into(),
+            Subscription::Logs { app: None, lines: 15, stream: Some(LogStream::Err), follow: true }.into(),
+            Call::Flush { app: Some("chat".into()) }.into(),
+            Call::ReloadLogs.into(),
+            Rollout::Reload { apps: vec![spec()], batch: Some(2) }.into(),
+            Rollout::Scale { app: "chat".into(), to: ScaleTo::By(-1) }.into(),
+            Rollout::Scale { app: "chat".into(), to: ScaleTo::Exactly(3) }.into(),
+            Rollout::ReloadInstance { app: "chat".into(), instance: 3 }.into(),
+            Call::Describe { app: "chat".into() }.into(),
+            Call::Save.into(),
+            Call::Snapshot.into(),
+            Call::Signal { app: "chat".into(), instance: Some(1), signal: SignalName::Usr2 }.into(),
+            Call::Signal { app: "chat".into(), instance: None, signal: SignalName::Winch }.into(),
         ] {
+            let request: Request = request;
             seen.insert(request_variant(&request));
             round_trip(request).await;
         }
@@ -705,6 +779,15 @@ mod tests {
     }
 
     #[test]
+    fn the_wire_form_is_one_type_tag_per_request() {
+        let wire = serde_json::to_string(&Request::from(Call::Stop { app: Some("a".into()), instance: None }))
+            .expect("UNWRAP: a request serializes");
+        assert_eq!(wire, r#"{"type":"stop","app":"a","instance":null}"#);
+        let back: Request = serde_json::from_str(r#"{"type":"monitor","every_ms":5}"#).expect("a monitor request");
+        assert_eq!(back, Request::Subscribe(Subscription::Monitor { every_ms: 5 }));
+    }
+
+    #[test]
     fn scale_targets() {
         assert_eq!("3".parse::<ScaleTo>().map(|s| s.from(5)), Ok(Some(3)));
         assert_eq!("+2".parse::<ScaleTo>().map(|s| s.from(5)), Ok(Some(7)));
@@ -738,5 +821,10 @@ mod tests {
         assert!(matches!(got, Err(FrameError::Truncated)), "{got:?}");
         let got = read_frame::<_, Request>(&mut BufReader::new(&b"{\"type\":\"nope\"}\n"[..]), &mut buf).await;
         assert!(matches!(got, Err(FrameError::Json(_))), "{got:?}");
+        // A known request with a bad field is told about the field, not "no variant matched".
+        let got =
+            read_frame::<_, Request>(&mut BufReader::new(&b"{\"type\":\"scale\",\"app\":1}\n"[..]), &mut buf).await;
+        let error = got.expect_err("a number for an app name").to_string();
+        assert!(error.contains("invalid type"), "{error}");
     }
 }

@@ -6,7 +6,8 @@ use std::io;
 use std::time::Duration;
 
 use chat_shared::ipc::{
-    self, ErrorKind, Event, FrameError, Hello, PROTOCOL_VERSION, Request, Response, SignalName, Snapshot, Welcome,
+    self, Call, ErrorKind, Event, FrameError, Hello, PROTOCOL_VERSION, Request, Response, Rollout, SignalName,
+    Snapshot, Subscription, Welcome,
 };
 use chat_shared::spec::AppSpec;
 use chat_shared::status::{AppDescription, AppStatus};
@@ -181,29 +182,31 @@ impl Client {
         .await
     }
 
-    /// Sends a request without waiting for its answer (a stream, whose events come first).
-    pub async fn send(&mut self, request: &Request) -> Result<(), ClientError> {
-        Ok(ipc::write_frame(&mut self.write, request).await?)
+    /// Starts a reload or a scale: its frames come with [`Client::next_rollout_frame`].
+    pub async fn rollout(&mut self, rollout: Rollout) -> Result<(), ClientError> {
+        Ok(ipc::write_frame(&mut self.write, &Request::from(rollout)).await?)
     }
 
-    /// One request, its answer as it came (the typed methods below read it for the verbs).
-    async fn request(&mut self, request: &Request) -> Result<Response, ClientError> {
-        ipc::write_frame(&mut self.write, request).await?;
-        ipc::read_frame(&mut self.read, &mut self.buf).await?.ok_or(ClientError::Closed)
+    /// Subscribes to logs or snapshots: their frames come with [`Client::next_logs_frame`],
+    /// [`Client::next_event`] or [`Client::next_snapshot`] until this connection is dropped.
+    pub async fn subscribe(&mut self, subscription: Subscription) -> Result<(), ClientError> {
+        Ok(ipc::write_frame(&mut self.write, &Request::from(subscription)).await?)
     }
 
+    /// One call and what `pick` makes of its answer.
     async fn call<T>(
         &mut self,
         asked: &'static str,
-        request: &Request,
+        call: Call,
         pick: impl FnOnce(Response) -> Result<T, Response>,
     ) -> Result<T, ClientError> {
-        let response = self.request(request).await?;
+        ipc::write_frame(&mut self.write, &Request::from(call)).await?;
+        let response = ipc::read_frame(&mut self.read, &mut self.buf).await?.ok_or(ClientError::Closed)?;
         answer(asked, response, pick)
     }
 
     pub async fn start(&mut self, apps: Vec<AppSpec>) -> Result<Started, ClientError> {
-        self.call("start", &Request::Start { apps }, |r| match r {
+        self.call("start", Call::Start { apps }, |r| match r {
             Response::Started { started, already_running } => Ok(Started { started, already_running }),
             other => Err(other),
         })
@@ -211,7 +214,7 @@ impl Client {
     }
 
     pub async fn list(&mut self) -> Result<Vec<AppStatus>, ClientError> {
-        self.call("list", &Request::List, |r| match r {
+        self.call("list", Call::List, |r| match r {
             Response::List { apps } => Ok(apps),
             other => Err(other),
         })
@@ -219,7 +222,7 @@ impl Client {
     }
 
     pub async fn describe(&mut self, app: &str) -> Result<AppDescription, ClientError> {
-        self.call("describe", &Request::Describe { app: app.to_owned() }, |r| match r {
+        self.call("describe", Call::Describe { app: app.to_owned() }, |r| match r {
             Response::Described(description) => Ok(*description),
             other => Err(other),
         })
@@ -227,7 +230,7 @@ impl Client {
     }
 
     pub async fn snapshot(&mut self) -> Result<Snapshot, ClientError> {
-        self.call("snapshot", &Request::Snapshot, |r| match r {
+        self.call("snapshot", Call::Snapshot, |r| match r {
             Response::Snapshot(snapshot) => Ok(snapshot),
             other => Err(other),
         })
@@ -235,8 +238,8 @@ impl Client {
     }
 
     /// `stop`, `restart`, `delete`, `flush`, `reload-logs`: the apps acted upon, once done.
-    pub async fn act(&mut self, request: &Request) -> Result<Vec<String>, ClientError> {
-        self.call("an action", request, |r| match r {
+    pub async fn act(&mut self, call: Call) -> Result<Vec<String>, ClientError> {
+        self.call("an action", call, |r| match r {
             Response::Done { apps } => Ok(apps),
             other => Err(other),
         })
@@ -249,7 +252,7 @@ impl Client {
         instance: Option<usize>,
         signal: SignalName,
     ) -> Result<Signalled, ClientError> {
-        self.call("signal", &Request::Signal { app, instance, signal }, |r| match r {
+        self.call("signal", Call::Signal { app, instance, signal }, |r| match r {
             Response::Signalled { app, signal, sent } => Ok(Signalled { app, signal, sent }),
             other => Err(other),
         })
@@ -258,7 +261,7 @@ impl Client {
 
     /// Where the dump went and the apps it holds.
     pub async fn save(&mut self) -> Result<(String, Vec<String>), ClientError> {
-        self.call("save", &Request::Save, |r| match r {
+        self.call("save", Call::Save, |r| match r {
             Response::Saved { path, apps } => Ok((path, apps)),
             other => Err(other),
         })
@@ -267,7 +270,7 @@ impl Client {
 
     /// Instances stopped, and how many of them had to be SIGKILLed.
     pub async fn kill(&mut self) -> Result<(usize, usize), ClientError> {
-        self.call("kill", &Request::Kill, |r| match r {
+        self.call("kill", Call::Kill, |r| match r {
             Response::Killed { instances_stopped, forced } => Ok((instances_stopped, forced)),
             other => Err(other),
         })

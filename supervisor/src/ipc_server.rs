@@ -6,14 +6,14 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use chat_shared::ipc::{
-    self, ErrorKind, Event, Hello, LogRecord, LogStream, LogTail, MAX_TAIL_LINES, PROTOCOL_VERSION, Request, Response,
-    Welcome,
+    self, Call, ErrorKind, Event, Hello, LogRecord, LogStream, LogTail, MAX_TAIL_LINES, PROTOCOL_VERSION, Request,
+    Response, Rollout, Subscription, Welcome,
 };
 use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::daemon::msg::{Msg, Rollout};
+use crate::daemon::msg::Msg;
 
 /// A client that connects and says nothing is dropped after this long.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -85,29 +85,6 @@ impl Answers {
     }
 }
 
-/// How a request is carried, decided once for every request.
-enum Route {
-    /// One answer from the daemon task.
-    Call(Request),
-    /// Progress events from the daemon task, then one answer.
-    Rollout(Rollout),
-    /// A tail read by the connection itself, off the daemon's thread, then maybe a follow.
-    Logs { app: Option<String>, lines: usize, stream: Option<LogStream>, follow: bool },
-    /// Snapshots until the client hangs up.
-    Monitor { every_ms: u64 },
-}
-
-fn route(request: Request) -> Route {
-    match request {
-        Request::Reload { apps, batch } => Route::Rollout(Rollout::Reload { apps, batch }),
-        Request::ReloadInstance { app, instance } => Route::Rollout(Rollout::Instance { app, instance }),
-        Request::Scale { app, to } => Route::Rollout(Rollout::Scale { app, to }),
-        Request::Logs { app, lines, stream, follow } => Route::Logs { app, lines, stream, follow },
-        Request::Monitor { every_ms } => Route::Monitor { every_ms },
-        call => Route::Call(call),
-    }
-}
-
 pub(crate) async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Msg>, owed: Owed) {
     let idle = idle_timeout();
     loop {
@@ -171,19 +148,20 @@ async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>, owed: Ow
                 return;
             }
         };
-        let going_on = match route(request) {
-            Route::Call(request) => {
+        // How a request is carried is decided here, once, by its part.
+        let going_on = match request {
+            Request::Call(request) => {
                 let Some(_owing) = owed.upgrade() else { return };
                 call(&mut write, &tx, request).await
             }
-            Route::Rollout(rollout) => {
+            Request::Rollout(rollout) => {
                 let Some(_owing) = owed.upgrade() else { return };
                 reload(&mut write, &tx, rollout).await
             }
-            Route::Logs { app, lines, stream, follow } => {
+            Request::Subscribe(Subscription::Logs { app, lines, stream, follow }) => {
                 logs(&mut read, &mut write, &tx, app, lines, stream, follow).await
             }
-            Route::Monitor { every_ms } => {
+            Request::Subscribe(Subscription::Monitor { every_ms }) => {
                 monitor(&mut read, &mut write, &tx, every_ms).await;
                 false
             }
@@ -200,9 +178,9 @@ fn stopped() -> Response {
 }
 
 /// One request, one answer. False when the connection or the daemon is gone.
-async fn call(write: &mut tokio::net::unix::OwnedWriteHalf, tx: &mpsc::UnboundedSender<Msg>, request: Request) -> bool {
+async fn call(write: &mut tokio::net::unix::OwnedWriteHalf, tx: &mpsc::UnboundedSender<Msg>, call: Call) -> bool {
     let (reply_tx, reply_rx) = oneshot::channel();
-    if tx.send(Msg::Request(request, reply_tx)).is_err() {
+    if tx.send(Msg::Call(call, reply_tx)).is_err() {
         return false;
     }
     let response = reply_rx.await.unwrap_or_else(|_| stopped());
@@ -308,7 +286,7 @@ async fn monitor(
     let mut probe = [0u8; 1];
     loop {
         let (reply_tx, reply_rx) = oneshot::channel();
-        if tx.send(Msg::Request(Request::Snapshot, reply_tx)).is_err() {
+        if tx.send(Msg::Call(Call::Snapshot, reply_tx)).is_err() {
             return;
         }
         let Ok(Response::Snapshot(snapshot)) = reply_rx.await else { return };

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use chat_shared::ipc::{Hello, PROTOCOL_VERSION, Request, Response, ScaleTo, Welcome};
+use chat_shared::ipc::{Call, Hello, PROTOCOL_VERSION, Request, Response, Rollout, ScaleTo, Subscription, Welcome};
 use chat_shared::status::Phase;
 
 use crate::support::{Env, alive, bin, sigkill, wait_until};
@@ -48,8 +48,8 @@ impl Raw {
         }
     }
 
-    fn request(&mut self, request: &Request) -> Response {
-        self.send(serde_json::to_value(request).expect("json"));
+    fn request(&mut self, request: impl Into<Request>) -> Response {
+        self.send(serde_json::to_value(request.into()).expect("json"));
         let line = self.line().expect("an answer before the daemon hung up");
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
     }
@@ -72,18 +72,18 @@ fn start_and_scale_requests_past_the_instance_limit_are_refused_and_the_daemon_l
     let mut huge = resolved(&env);
     huge.name = "huge".into();
     huge.instances = 1 << 62;
-    match raw.request(&Request::Start { apps: vec![huge] }) {
+    match raw.request(Call::Start { apps: vec![huge] }) {
         Response::Error { message, .. } => assert!(message.contains("instances"), "{message}"),
         other => panic!("a start of 2^62 instances was not refused: {other:?}"),
     }
     for to in [ScaleTo::By(i64::MAX), ScaleTo::Exactly(usize::MAX)] {
-        match raw.request(&Request::Scale { app: "steady".into(), to }) {
+        match raw.request(Rollout::Scale { app: "steady".into(), to }) {
             Response::Error { message, .. } => assert!(message.contains("steady"), "{message}"),
             other => panic!("scale {to:?} was not refused: {other:?}"),
         }
     }
     // The daemon still answers on the same connection and on a new one, and nothing was touched.
-    assert!(matches!(raw.request(&Request::List), Response::List { .. }));
+    assert!(matches!(raw.request(Call::List), Response::List { .. }));
     let apps = env.list();
     assert_eq!(apps.len(), 1, "{apps:?}");
     let pids: Vec<u32> = apps[0].instances.iter().filter_map(|i| i.pid).collect();
@@ -156,12 +156,12 @@ fn an_idle_control_connection_is_closed_and_a_quiet_subscription_is_not() {
     // Requests keep it open well past the timeout.
     for _ in 0..5 {
         std::thread::sleep(Duration::from_millis(150));
-        assert!(matches!(idle.request(&Request::List), Response::List { .. }));
+        assert!(matches!(idle.request(Call::List), Response::List { .. }));
     }
     let last_request = Instant::now();
     let mut follower = Raw::connect(&env);
-    let logs = Request::Logs { app: Some("steady".into()), lines: 0, stream: None, follow: true };
-    assert!(matches!(follower.request(&logs), Response::Logs { .. }));
+    let logs = Subscription::Logs { app: Some("steady".into()), lines: 0, stream: None, follow: true };
+    assert!(matches!(follower.request(logs), Response::Logs { .. }));
 
     assert_eq!(idle.line(), None, "the daemon closes a connection that sends nothing");
     let took = last_request.elapsed();

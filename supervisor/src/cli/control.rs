@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use chat_shared::ipc::Request;
+use chat_shared::ipc::Call;
 
 use super::args::Target;
 use super::start::wait_online;
@@ -27,13 +27,13 @@ pub(super) async fn list(json: bool, home: &Home) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn act(request: Request, home: &Home) -> anyhow::Result<Vec<String>> {
+async fn act(call: Call, home: &Home) -> anyhow::Result<Vec<String>> {
     let mut client = Client::connect(home).await.context("cannot reach the daemon")?;
-    Ok(client.act(&request).await?)
+    Ok(client.act(call).await?)
 }
 
 pub(super) async fn stop(target: InstanceTarget, home: &Home) -> anyhow::Result<ExitCode> {
-    let apps = act(Request::Stop { app: target.app.clone(), instance: target.index }, home).await?;
+    let apps = act(Call::Stop { app: target.app.clone(), instance: target.index }, home).await?;
     match target.index {
         Some(index) => println!("stopped: {}", names(&apps.iter().map(|a| format!("{a}:{index}")).collect::<Vec<_>>())),
         None => println!("stopped: {}", names(&apps)),
@@ -42,13 +42,13 @@ pub(super) async fn stop(target: InstanceTarget, home: &Home) -> anyhow::Result<
 }
 
 pub(super) async fn restart(target: InstanceTarget, home: &Home) -> anyhow::Result<ExitCode> {
-    let apps = act(Request::Restart { app: target.app.clone(), instance: target.index }, home).await?;
+    let apps = act(Call::Restart { app: target.app.clone(), instance: target.index }, home).await?;
     let mut client = Client::connect(home).await?;
     wait_online(&mut client, &apps, false).await
 }
 
 pub(super) async fn delete(target: Target, home: &Home) -> anyhow::Result<ExitCode> {
-    let apps = act(Request::Delete { app: target.app() }, home).await?;
+    let apps = act(Call::Delete { app: target.app() }, home).await?;
     println!("deleted: {}", names(&apps));
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use std::io::Write;
 
-use chat_shared::ipc::{Event, LogStream, LogTail, Request};
+use chat_shared::ipc::{Call, Event, LogStream, LogTail, Subscription};
 
 use super::args::LogsArgs;
 use crate::client::{Client, Frame};
@@ -32,8 +32,7 @@ pub(super) async fn logs(args: LogsArgs, home: &Home) -> anyhow::Result<ExitCode
         (None, _) => true,
     };
     let mut mixed_told = false;
-    let request = Request::Logs { app, lines: args.lines, stream, follow: args.follow };
-    client.send(&request).await?;
+    client.subscribe(Subscription::Logs { app, lines: args.lines, stream, follow: args.follow }).await?;
     // The tail comes in parts; text is printed as it comes (a long tail does not wait in memory),
     // JSON keeps one object per file as before.
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -131,18 +130,18 @@ async fn has_instance(client: &mut Client, app: &str, index: usize) -> anyhow::R
 }
 
 pub(super) async fn flush(app: Option<String>, home: &Home) -> anyhow::Result<ExitCode> {
-    let apps = done(Request::Flush { app }, home).await?;
+    let apps = done(Call::Flush { app }, home).await?;
     println!("emptied the logs of: {}", apps.join(", "));
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) async fn reload(home: &Home) -> anyhow::Result<ExitCode> {
-    let apps = done(Request::ReloadLogs, home).await?;
+    let apps = done(Call::ReloadLogs, home).await?;
     println!("reopened the logs of: {}", apps.join(", "));
     Ok(ExitCode::SUCCESS)
 }
 
-async fn done(request: Request, home: &Home) -> anyhow::Result<Vec<String>> {
+async fn done(call: Call, home: &Home) -> anyhow::Result<Vec<String>> {
     let mut client = Client::connect(home).await.context("cannot reach the daemon")?;
-    Ok(client.act(&request).await?)
+    Ok(client.act(call).await?)
 }

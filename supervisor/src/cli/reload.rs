@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use chat_shared::ipc::{Request, ScaleTo};
+use chat_shared::ipc::{Rollout, ScaleTo};
 use chat_shared::spec::AppSpec;
 
 use super::args::{DEFAULT_CONFIG, ReloadArgs};
@@ -68,7 +68,7 @@ pub(super) async fn reload(args: ReloadArgs, home: &Home) -> anyhow::Result<Exit
     {
         return Ok(code);
     }
-    client.send(&Request::Reload { apps: specs, batch: args.batch }).await?;
+    client.rollout(Rollout::Reload { apps: specs, batch: args.batch }).await?;
     progress(&mut client, args.json).await
 }
 
@@ -84,7 +84,7 @@ async fn reload_instance(target: InstanceTarget, args: &ReloadArgs, home: &Home)
         );
     }
     let mut client = Client::connect(home).await.context("cannot reach the daemon")?;
-    client.send(&Request::ReloadInstance { app: app.to_owned(), instance }).await?;
+    client.rollout(Rollout::ReloadInstance { app: app.to_owned(), instance }).await?;
     progress(&mut client, args.json).await
 }
 
@@ -146,6 +146,6 @@ async fn load_as_started(
 /// `chatctl scale APP N|+N|-N`.
 pub(super) async fn scale(app: String, to: ScaleTo, json: bool, home: &Home) -> anyhow::Result<ExitCode> {
     let mut client = Client::connect(home).await.context("cannot reach the daemon")?;
-    client.send(&Request::Scale { app, to }).await?;
+    client.rollout(Rollout::Scale { app, to }).await?;
     progress(&mut client, json).await
 }

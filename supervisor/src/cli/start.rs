@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chat_shared::ecosystem::Ecosystem;
-use chat_shared::ipc::Request;
+use chat_shared::ipc::Rollout;
 use chat_shared::spec::AppSpec;
 use chat_shared::status::{AppStatus, Phase};
 
@@ -38,7 +38,7 @@ pub(super) async fn start(args: StartArgs, home: &Home) -> anyhow::Result<ExitCo
         let running: Vec<_> = specs.into_iter().filter(|s| already.contains(&s.name)).collect();
         // As `reload` without --update-env: the environment each app was started with is kept.
         let running = rollout::with_started_env(&mut client, running).await?;
-        client.send(&Request::Reload { apps: running, batch: None }).await?;
+        client.rollout(Rollout::Reload { apps: running, batch: None }).await?;
         let code = rollout::progress(&mut client, args.json).await?;
         if code != ExitCode::SUCCESS {
             return Ok(code);

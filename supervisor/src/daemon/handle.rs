@@ -4,10 +4,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use chat_shared::health::HealthBody;
+use chat_shared::ipc::Rollout;
 use chat_shared::status::{ChatFigures, ExitKind, Phase};
 
 use super::app::app_mut;
-use super::msg::{AppId, Msg, Rollout};
+use super::msg::{AppId, Msg};
 use super::slot::Which;
 use super::{Daemon, builder};
 use crate::instance::{Input, State};
@@ -18,11 +19,11 @@ impl Daemon {
     pub(super) fn handle(&mut self, msg: Msg) {
         let now = Instant::now();
         match msg {
-            Msg::Request(request, reply) => self.request(request, reply, now),
+            Msg::Call(call, reply) => self.call(call, reply, now),
             Msg::Rollout { rollout, events, reply } => match rollout {
                 Rollout::Reload { apps, batch } => self.reload(apps, batch, events, reply, now),
                 Rollout::Scale { app, to } => self.scale(&app, to, events, reply, now),
-                Rollout::Instance { app, instance } => self.reload_instance(&app, instance, events, reply, now),
+                Rollout::ReloadInstance { app, instance } => self.reload_instance(&app, instance, events, reply, now),
             },
             Msg::Exited { app_id, pid, status, misconfigured } => {
                 self.on_exited(app_id, pid, status, misconfigured, now)

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chat_shared::health::HealthBody;
-use chat_shared::ipc::{Event, LogRecord, LogStream, LogTail, Request, Response, ScaleTo};
-use chat_shared::spec::AppSpec;
+use chat_shared::ipc::{Call, Event, LogRecord, LogStream, LogTail, Response, Rollout};
 use chat_shared::status::ExitKind;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -34,8 +33,8 @@ impl std::fmt::Display for AppId {
 }
 
 pub(crate) enum Msg {
-    /// A one-shot request: one answer, nothing before it.
-    Request(Request, oneshot::Sender<Response>),
+    /// A call: one answer, nothing before it.
+    Call(Call, oneshot::Sender<Response>),
     /// An app's development build ended (see `build`).
     Built {
         app_id: AppId,
@@ -92,13 +91,4 @@ pub(crate) enum Msg {
         stream: Option<LogStream>,
         reply: oneshot::Sender<Result<Vec<LogTail>, Response>>,
     },
-}
-
-/// A request that replaces or adds instances over time, reporting each step: a reload of specs, of
-/// one instance, or a scale. Taken apart from [`Request`] where the connection routes it, so the
-/// daemon never matches a request that cannot be a rollout.
-pub(crate) enum Rollout {
-    Reload { apps: Vec<AppSpec>, batch: Option<usize> },
-    Instance { app: String, instance: usize },
-    Scale { app: String, to: ScaleTo },
 }

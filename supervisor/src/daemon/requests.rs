@@ -1,8 +1,8 @@
-//! What the daemon does for each [`Request`].
+//! What the daemon does for each [`Call`] and rollout.
 
 use std::time::Instant;
 
-use chat_shared::ipc::{ErrorKind, LogStream, LogTail, Request, Response, SignalName};
+use chat_shared::ipc::{Call, ErrorKind, LogStream, LogTail, Response, SignalName};
 use chat_shared::spec::AppSpec;
 use chat_shared::status::Phase;
 use tokio::sync::oneshot;
@@ -57,59 +57,53 @@ fn checked(specs: &[AppSpec]) -> Result<(), Response> {
 }
 
 impl Daemon {
-    pub(super) fn request(&mut self, request: Request, reply: oneshot::Sender<Response>, now: Instant) {
-        if !matches!(self.lifecycle, Lifecycle::Serving) && !matches!(request, Request::List) {
+    /// Answers `call`, now or (stop, restart, delete, kill, flush) once it is done.
+    pub(super) fn call(&mut self, call: Call, reply: oneshot::Sender<Response>, now: Instant) {
+        if !matches!(self.lifecycle, Lifecycle::Serving) && !matches!(call, Call::List) {
             let _ = reply.send(Response::error(ErrorKind::ShuttingDown, "the daemon is shutting down"));
             return;
         }
-        tracing::debug!(?request, "request");
-        let response = match request {
-            Request::Start { apps } => match checked(&apps) {
+        tracing::debug!(?call, "request");
+        let response = match call {
+            Call::Start { apps } => match checked(&apps) {
                 Ok(()) => self.start(apps, now).unwrap_or_else(|e| Response::error(ErrorKind::Failed, e.chain())),
                 Err(refused) => refused,
             },
-            Request::List => {
+            Call::List => {
                 self.refresh_usage(now);
                 Response::List { apps: self.apps.iter().map(|a| a.status(now, &self.usage)).collect() }
             }
-            Request::Stop { app, instance } => {
+            Call::Stop { app, instance } => {
                 return self.act(app.as_deref(), instance, Input::Stop, Until::Down, false, reply, now);
             }
-            Request::Restart { app, instance } => {
+            Call::Restart { app, instance } => {
                 return self.act(app.as_deref(), instance, Input::Restart, Until::Restarted, false, reply, now);
             }
-            Request::Delete { app } => {
+            Call::Delete { app } => {
                 return self.act(app.as_deref(), None, Input::Stop, Until::Down, true, reply, now);
             }
-            Request::Signal { app, instance, signal } => self.signal(&app, instance, signal),
-            Request::Kill => {
+            Call::Signal { app, instance, signal } => self.signal(&app, instance, signal),
+            Call::Kill => {
                 self.begin_kill(KilledBy::Request(reply));
                 return;
             }
-            Request::Flush { app } => return self.log_control(app.as_deref(), false, reply),
-            Request::ReloadLogs => return self.log_control(None, true, reply),
-            Request::Describe { app } => {
+            Call::Flush { app } => return self.log_control(app.as_deref(), false, reply),
+            Call::ReloadLogs => return self.log_control(None, true, reply),
+            Call::Describe { app } => {
                 self.refresh_usage(now);
                 match self.apps.iter().find(|a| a.spec.name == app) {
                     Some(found) => Response::Described(Box::new(found.describe(now, &self.usage))),
                     None => Response::error(ErrorKind::NotFound, format!("no app named `{app}`")),
                 }
             }
-            Request::Snapshot => {
+            Call::Snapshot => {
                 self.refresh_usage(now);
                 Response::Snapshot(self.snapshot(now))
             }
-            Request::Save => match self.save() {
+            Call::Save => match self.save() {
                 Ok(response) => response,
                 Err(e) => Response::error(ErrorKind::Failed, format!("cannot write the dump: {e}")),
             },
-            // The connection routes these elsewhere (`ipc_server::route`): a log tail is read by the
-            // connection itself, a rollout reports progress, a monitor repeats.
-            Request::Logs { .. }
-            | Request::Monitor { .. }
-            | Request::Reload { .. }
-            | Request::ReloadInstance { .. }
-            | Request::Scale { .. } => Response::error(ErrorKind::BadRequest, "not a one-shot request"),
         };
         let _ = reply.send(response);
     }

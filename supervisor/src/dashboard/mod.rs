@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use chat_shared::ipc::{Event, Request};
+use chat_shared::ipc::{Call, Event, Rollout, Subscription};
 use ratatui::crossterm::event::{self, Event as TermEvent, KeyCode, KeyEventKind};
 use tokio::sync::mpsc;
 
@@ -26,9 +26,9 @@ const EVERY: Duration = Duration::from_millis(500);
 pub async fn monit(home: &Home) -> anyhow::Result<ExitCode> {
     // Before touching the terminal: a missing daemon is a plain message.
     let mut snapshots = Client::connect(home).await.context("no daemon to monitor (start one with `chatctl start`)")?;
-    snapshots.send(&Request::Monitor { every_ms: EVERY.as_millis() as u64 }).await?;
+    snapshots.subscribe(Subscription::Monitor { every_ms: EVERY.as_millis() as u64 }).await?;
     let mut logs = Client::connect(home).await?;
-    logs.send(&Request::Logs { app: None, lines: 0, stream: None, follow: true }).await?;
+    logs.subscribe(Subscription::Logs { app: None, lines: 0, stream: None, follow: true }).await?;
 
     // Keys come from a thread: crossterm's reading blocks.
     let (keys_tx, mut keys) = mpsc::unbounded_channel();
@@ -123,15 +123,15 @@ async fn execute(command: Command, home: &Home) -> anyhow::Result<String> {
     let mut client = Client::connect(home).await?;
     let (request, what) = match command {
         Command::Restart { app, index } => {
-            (Request::Restart { app: Some(app.clone()), instance: Some(index) }, format!("restarted {app}[{index}]"))
+            (Call::Restart { app: Some(app.clone()), instance: Some(index) }, format!("restarted {app}[{index}]"))
         }
         Command::Stop { app, index } => {
-            (Request::Stop { app: Some(app.clone()), instance: Some(index) }, format!("stopped {app}[{index}]"))
+            (Call::Stop { app: Some(app.clone()), instance: Some(index) }, format!("stopped {app}[{index}]"))
         }
         Command::Reload { app } => {
             // The running spec, reloaded as it is: a zero-downtime restart of every instance.
             let spec = client.describe(&app).await?.spec;
-            client.send(&Request::Reload { apps: vec![spec], batch: None }).await?;
+            client.rollout(Rollout::Reload { apps: vec![spec], batch: None }).await?;
             loop {
                 if let Frame::End(apps) = client.next_rollout_frame().await? {
                     let replaced: usize = apps.iter().map(|a| a.replaced).sum();
@@ -141,6 +141,6 @@ async fn execute(command: Command, home: &Home) -> anyhow::Result<String> {
         }
         Command::Quit => return Ok(String::new()),
     };
-    client.act(&request).await?;
+    client.act(request).await?;
     Ok(what)
 }
