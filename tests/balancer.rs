@@ -8,7 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::support::redis::RedisServer;
-use crate::support::{Worker, free_port, http_get, node, sigkill, tests_dir, wait_until};
+use crate::support::{Env, Worker, chat_app, free_port, heavy_load, http_get, node, sigkill, tests_dir, wait_until};
+use chat_bench::load::Load;
 
 /// HAProxy or nginx in the foreground, killed (by pid) when dropped.
 struct Balancer {
@@ -120,4 +121,36 @@ fn polling_and_websocket_clients_chat_behind_nginx() {
     assert!(out.status.success(), "polling through nginx failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("polling report");
     assert_eq!(report["instances"].as_array().map(Vec::len), Some(1), "one address, one host: {report}");
+}
+
+/// A host reloaded behind HAProxy while 50 kept-alive clients keep asking through it: no request
+/// fails and every answer is 2xx (the host's public `/health` says 200 while one of its instances
+/// drains, so HAProxy never takes it out, and a draining instance's `Connection: close` reaches
+/// HAProxy with an answer, never as a connection closed under a request).
+#[test]
+fn a_host_reloaded_behind_haproxy_fails_no_request() {
+    let _heavy = heavy_load();
+    let redis = RedisServer::start();
+    let env = Env::new();
+    let port = free_port();
+    let app = |release: &str| {
+        let extra = format!("env = {{ REDIS_URL = \"{}\", RELEASE = \"{release}\" }}", redis.url());
+        chat_app(port, "cluster", 2, &extra)
+    };
+    env.write("ecosystem.toml", &app("1"));
+    env.ok(&["start"]);
+    env.online_pids("chat", 2);
+    let other = Worker::start(&[("REDIS_URL", redis.url().as_str())]);
+    let Some(balancer) = Balancer::haproxy([([127, 0, 0, 1], port).into(), other.addr]) else { return };
+    env.write("ecosystem.toml", &app("2"));
+    let load = Load::paced(vec![balancer.addr], &["/health", "/api/socket/stats"], 50, Duration::from_millis(20));
+    load.wait_for(500);
+    let out = env.ok(&["reload", "chat"]);
+    load.wait_for(500);
+    let outcome = load.finish();
+    eprintln!(
+        "a host reloaded behind HAProxy: {} ok, {} refused, {} failed, {} non-2xx",
+        outcome.ok, outcome.refused, outcome.failed, outcome.non_2xx
+    );
+    assert_eq!((outcome.refused, outcome.failed, outcome.non_2xx), (0, 0, 0), "{out}");
 }
