@@ -82,21 +82,46 @@ pub(crate) fn keys(app: &str, profile: Option<&str>, key: &str) -> Vec<String> {
     out
 }
 
-fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
-    let mut out = Vec::new();
-    let mut problem =
-        |key: &str, message: String| out.push(Problem { key_candidates: keys(app, profile, key), message });
-    let within = profile.map(|p| format!(" (profile `{p}`)")).unwrap_or_default();
+/// The problems found in one app's config so far, each located at its key under the app (and the
+/// profile being checked).
+struct Found<'a> {
+    app: &'a str,
+    profile: Option<&'a str>,
+    /// " (profile `p`)" for messages that would otherwise not say which profile.
+    within: String,
+    out: Vec<Problem>,
+}
 
+impl Found<'_> {
+    fn problem(&mut self, key: &str, message: String) {
+        self.out.push(Problem { key_candidates: keys(self.app, self.profile, key), message });
+    }
+}
+
+/// Every problem of one app under one profile, in the order the file's reader expects them.
+fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
+    let within = profile.map(|p| format!(" (profile `{p}`)")).unwrap_or_default();
+    let mut found = Found { app, profile, within, out: Vec::new() };
+    program_and_sockets(&mut found, c);
+    health(&mut found, c);
+    formats(&mut found, c);
+    limits(&mut found, c);
+    readiness(&mut found, c);
+    found.out
+}
+
+/// A script to run, sockets the mode can have, variable names an instance gets.
+fn program_and_sockets(f: &mut Found<'_>, c: &AppConfig) {
+    let within = f.within.clone();
     match c.script.as_deref() {
-        None => problem("script", format!("missing `script`: the program to run{within}")),
-        Some(s) if s.trim().is_empty() => problem("script", "`script` is empty".to_owned()),
+        None => f.problem("script", format!("missing `script`: the program to run{within}")),
+        Some(s) if s.trim().is_empty() => f.problem("script", "`script` is empty".to_owned()),
         _ => {}
     }
     let mode = c.exec_mode.unwrap_or(defaults::DEFAULT_EXEC_MODE);
     let instances = c.instances.map_or(1, |i| i.resolve(cpu_count()));
     if mode == ExecMode::Cluster && c.inherit_socket == Some(false) && c.port.is_some() {
-        problem(
+        f.problem(
             "inherit_socket",
             format!(
                 "cluster mode shares one socket the supervisor binds: `inherit_socket = false` needs exec_mode = \"fork\"{within}"
@@ -105,10 +130,10 @@ fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
     }
     if let Some(port) = c.port {
         if mode == ExecMode::Fork && port != 0 && usize::from(port) + instances - 1 > usize::from(u16::MAX) {
-            problem("port", format!("port {port} + {instances} instances runs past 65535{within}"));
+            f.problem("port", format!("port {port} + {instances} instances runs past 65535{within}"));
         }
         if mode == ExecMode::Fork && port == 0 && c.inherit_socket == Some(false) {
-            problem(
+            f.problem(
                 "port",
                 "port 0 (any free port) needs the supervisor to bind it: leave inherit_socket on".to_owned(),
             );
@@ -116,14 +141,19 @@ fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
     }
     for (key, value) in [("increment_var", &c.increment_var), ("instance_var", &c.instance_var)] {
         if let Some(Err(why)) = value.as_deref().map(env_name) {
-            problem(key, why);
+            f.problem(key, why);
         }
     }
+}
+
+/// The HTTP health check: a port to probe, a path, thresholds that can be met.
+fn health(f: &mut Found<'_>, c: &AppConfig) {
+    let within = f.within.clone();
     if let Some(h) = &c.health
         && h.enabled != Some(false)
     {
         if c.port.is_none() {
-            problem(
+            f.problem(
                 "health",
                 format!("an HTTP health check needs `port`; set `health = {{ enabled = false }}` or a port{within}"),
             );
@@ -131,32 +161,43 @@ fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
         if let Some(path) = &h.path
             && !path.starts_with('/')
         {
-            problem("health.path", format!("health path {path:?} must start with '/'"));
+            f.problem("health.path", format!("health path {path:?} must start with '/'"));
         }
         if h.unhealthy_threshold == Some(0) {
-            problem("health.unhealthy_threshold", "must be at least 1".to_owned());
+            f.problem("health.unhealthy_threshold", "must be at least 1".to_owned());
         }
         let interval = h.interval.unwrap_or(defaults::DEFAULT_HEALTH_INTERVAL);
         if interval.0.is_zero() {
-            problem("health.interval", "must be more than 0s".to_owned());
+            f.problem("health.interval", "must be more than 0s".to_owned());
         }
         if let Some(timeout) = h.timeout
             && (timeout.0.is_zero() || timeout > interval)
         {
-            problem("health.timeout", format!("must be more than 0s and at most the interval ({interval})"));
+            f.problem("health.timeout", format!("must be more than 0s and at most the interval ({interval})"));
         }
     }
+}
+
+/// Values read by a parser of their own: the log date format, the watch globs.
+fn formats(f: &mut Found<'_>, c: &AppConfig) {
     if let Some(format) = &c.log_date_format {
         use chrono::format::{Item, StrftimeItems};
         if StrftimeItems::new(format).any(|item| matches!(item, Item::Error)) {
-            problem("log_date_format", format!("invalid strftime format {format:?} (e.g. \"%Y-%m-%d %H:%M:%S%.3f\")"));
+            f.problem(
+                "log_date_format",
+                format!("invalid strftime format {format:?} (e.g. \"%Y-%m-%d %H:%M:%S%.3f\")"),
+            );
         }
     }
     for pattern in c.ignore_watch.iter().flatten() {
         if let Err(e) = globset::Glob::new(pattern) {
-            problem("ignore_watch", format!("invalid glob {pattern:?}: {}", e.kind()));
+            f.problem("ignore_watch", format!("invalid glob {pattern:?}: {}", e.kind()));
         }
     }
+}
+
+/// Durations the daemon can keep as deadlines, and counts and sizes that make sense.
+fn limits(f: &mut Found<'_>, c: &AppConfig) {
     let health = c.health.as_ref();
     for (key, value) in [
         ("kill_timeout", c.kill_timeout),
@@ -172,29 +213,33 @@ fn one(app: &str, profile: Option<&str>, c: &AppConfig) -> Vec<Problem> {
     ] {
         // The daemon refuses longer ones too (`AppSpec::validate`): deadlines are Instant + duration.
         if let Some(d) = value.filter(|d| d.0 > MAX_DURATION) {
-            problem(key, format!("{d} is longer than the limit of {}", HumanDuration(MAX_DURATION)));
+            f.problem(key, format!("{d} is longer than the limit of {}", HumanDuration(MAX_DURATION)));
         }
     }
     if let Some(Err(why)) = c.cron_restart.as_deref().map(crate::cron::CronSchedule::parse) {
-        problem("cron_restart", why);
+        f.problem("cron_restart", why);
     }
     if c.reload_batch == Some(0) {
-        problem("reload_batch", "must be at least 1".to_owned());
+        f.problem("reload_batch", "must be at least 1".to_owned());
     }
     if c.memory_check_interval.is_some_and(|i| i.0 < std::time::Duration::from_millis(100)) {
-        problem("memory_check_interval", "must be at least 100ms".to_owned());
+        f.problem("memory_check_interval", "must be at least 100ms".to_owned());
     }
     if c.max_size.is_some_and(|s| s.0 < 4096) {
-        problem("max_size", "a log file of less than 4K would rotate on nearly every line".to_owned());
+        f.problem("max_size", "a log file of less than 4K would rotate on nearly every line".to_owned());
     }
+}
+
+/// Readiness by probe needs a health check; a listen timeout must be able to pass.
+fn readiness(f: &mut Found<'_>, c: &AppConfig) {
+    let within = f.within.clone();
     let health_on = c.port.is_some() && c.health.as_ref().is_none_or(|h| h.enabled != Some(false));
     if c.readiness == Some(Readiness::Probe) && !health_on {
-        problem("readiness", format!("readiness = \"probe\" needs a health check, so a `port`{within}"));
+        f.problem("readiness", format!("readiness = \"probe\" needs a health check, so a `port`{within}"));
     }
     if let Some(t) = c.listen_timeout
         && t.0.is_zero()
     {
-        problem("listen_timeout", "must be more than 0s".to_owned());
+        f.problem("listen_timeout", "must be more than 0s".to_owned());
     }
-    out
 }
