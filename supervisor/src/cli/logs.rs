@@ -22,7 +22,24 @@ pub(super) async fn logs(args: LogsArgs, home: &Home) -> anyhow::Result<ExitCode
     if let (Some(name), Some(index)) = (&app, only) {
         has_instance(&mut client, name, index).await?;
     }
-    // Of one instance: its own files whole, a merged file's lines that say they are its own.
+    client.subscribe(Subscription::Logs { app, lines: args.lines, stream, follow: args.follow }).await?;
+    let per_file = print_tail(&mut client, only, args.json).await?;
+    if per_file < args.lines {
+        eprintln!(
+            "chatctl: showing at most the last {per_file} lines of each file (asked for {}); the files hold the rest",
+            args.lines
+        );
+    }
+    if args.follow {
+        follow(&mut client, only, args.json).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the tail as it comes, in parts (a long tail does not wait in memory); JSON keeps one
+/// object per file. `only`: of one instance, its own files whole and the lines of a merged file
+/// that say they are its own. Returns the lines sent per file.
+async fn print_tail(client: &mut Client, only: Option<usize>, json: bool) -> anyhow::Result<usize> {
     let keep = |part: &mut LogTail| match (only, part.instance) {
         (Some(index), Some(of)) => of == index,
         (Some(index), None) => {
@@ -32,74 +49,63 @@ pub(super) async fn logs(args: LogsArgs, home: &Home) -> anyhow::Result<ExitCode
         (None, _) => true,
     };
     let mut mixed_told = false;
-    client.subscribe(Subscription::Logs { app, lines: args.lines, stream, follow: args.follow }).await?;
-    // The tail comes in parts; text is printed as it comes (a long tail does not wait in memory),
-    // JSON keeps one object per file as before.
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut current: Option<LogTail> = None;
     let per_file = loop {
-        match client.next_logs_frame().await? {
-            Frame::Event(Event::Tail(mut part)) => {
-                if !keep(&mut part) {
-                    continue;
-                }
-                if let Some(index) = only
-                    && part.instance.is_none()
-                    && !mixed_told
-                    && part.lines.iter().any(|l| record_instance(l).is_none())
-                {
-                    mixed_told = true;
-                    eprintln!(
-                        "chatctl: {} holds the lines of every instance (merge_logs) without saying whose: \
-                         all are shown; with log_type = \"json\" only instance {index}'s would be",
-                        part.path
-                    );
-                }
-                let same = current.as_ref().is_some_and(|c| c.path == part.path && c.app == part.app);
-                if args.json {
-                    match current.as_mut() {
-                        Some(file) if same => file.lines.extend(part.lines),
-                        _ => {
-                            if let Some(done) = current.replace(part) {
-                                writeln!(out, "{}", serde_json::to_string(&done)?)?;
-                            }
-                        }
+        let mut part = match client.next_logs_frame().await? {
+            Frame::Event(Event::Tail(part)) => part,
+            Frame::Event(_) => continue,
+            Frame::End(per_file) => break per_file,
+        };
+        if !keep(&mut part) {
+            continue;
+        }
+        if let Some(index) = only
+            && part.instance.is_none()
+            && !mixed_told
+            && part.lines.iter().any(|l| record_instance(l).is_none())
+        {
+            mixed_told = true;
+            eprintln!(
+                "chatctl: {} holds the lines of every instance (merge_logs) without saying whose: \
+                 all are shown; with log_type = \"json\" only instance {index}'s would be",
+                part.path
+            );
+        }
+        let same = current.as_ref().is_some_and(|c| c.path == part.path && c.app == part.app);
+        if json {
+            match current.as_mut() {
+                Some(file) if same => file.lines.extend(part.lines),
+                _ => {
+                    if let Some(done) = current.replace(part) {
+                        writeln!(out, "{}", serde_json::to_string(&done)?)?;
                     }
-                } else {
-                    if !same {
-                        writeln!(out, "==> {} <==", part.path)?;
-                    }
-                    for line in &part.lines {
-                        writeln!(out, "{line}")?;
-                    }
-                    out.flush()?;
-                    current = Some(LogTail { lines: Vec::new(), ..part });
                 }
             }
-            Frame::Event(_) => {}
-            Frame::End(per_file) => break per_file,
+        } else {
+            if !same {
+                writeln!(out, "==> {} <==", part.path)?;
+            }
+            for line in &part.lines {
+                writeln!(out, "{line}")?;
+            }
+            out.flush()?;
+            current = Some(LogTail { lines: Vec::new(), ..part });
         }
     };
-    if args.json
-        && let Some(done) = current.take()
-    {
+    if json && let Some(done) = current.take() {
         writeln!(out, "{}", serde_json::to_string(&done)?)?;
     }
     out.flush()?;
-    drop(out);
-    if per_file < args.lines {
-        eprintln!(
-            "chatctl: showing at most the last {per_file} lines of each file (asked for {}); the files hold the rest",
-            args.lines
-        );
-    }
-    if !args.follow {
-        return Ok(ExitCode::SUCCESS);
-    }
+    Ok(per_file)
+}
+
+/// Prints every new line (of instance `only`, if given) until the daemon closes the connection.
+async fn follow(client: &mut Client, only: Option<usize>, json: bool) -> anyhow::Result<()> {
     while let Some(event) = client.next_event().await? {
         match event {
             Event::Log(record) if only.is_some_and(|i| i != record.instance) => {}
-            Event::Log(record) if args.json => println!("{}", serde_json::to_string(&record)?),
+            Event::Log(record) if json => println!("{}", serde_json::to_string(&record)?),
             Event::Log(record) => {
                 let mark = if record.stream == LogStream::Err { " err" } else { "" };
                 println!("{}[{}]{mark} | {}", record.app, record.instance, record.message);
@@ -110,7 +116,7 @@ pub(super) async fn logs(args: LogsArgs, home: &Home) -> anyhow::Result<ExitCode
             Event::Reload(_) | Event::Snapshot(_) | Event::Tail(_) => {}
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// The instance a line of a `log_type = "json"` file belongs to; `None` for a raw line.

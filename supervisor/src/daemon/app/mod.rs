@@ -298,21 +298,12 @@ impl App {
         }
         let spec = proc.spec.clone();
         let tracking = fx.descendants.prepare(&spec.name, index);
-        // A Node program that says it is ready the PM2 way (`process.send('ready')`).
-        let channel = match (spec.readiness, spec.node_preload) {
-            (Some(Readiness::Notify), true) => {
-                let (tx, app_id, key) = (fx.tx.clone(), self.id, proc.key);
-                match crate::notify::node_channel(move |notice| {
-                    let _ = tx.send(Msg::Notify { app_id, key, notice });
-                }) {
-                    Ok(channel) => Some(channel),
-                    Err(e) => {
-                        fx.descendants.discard(tracking);
-                        return Input::SpawnFailed(format!("cannot make the Node IPC channel: {e}"));
-                    }
-                }
+        let channel = match self.node_channel(&spec, proc.key, fx) {
+            Ok(channel) => channel,
+            Err(e) => {
+                fx.descendants.discard(tracking);
+                return Input::SpawnFailed(format!("cannot make the Node IPC channel: {e}"));
             }
-            _ => None,
         };
         let launch = Launch {
             spec: &spec,
@@ -360,30 +351,30 @@ impl App {
         if let Some(err) = child.stderr.take() {
             pipes.push(self.logs.capture(err, LogStream::Err, index, watch.clone()));
         }
-        let (tx, app_id) = (fx.tx.clone(), self.id);
-        tokio::spawn(async move {
-            let status = match child.wait().await {
-                Ok(status) => exit_kind(status),
-                Err(e) => {
-                    tracing::error!(%pid, error = %e, "waiting for an instance failed");
-                    ExitKind::Unknown
-                }
-            };
-            // Its last words first (a descendant may hold the pipes open: not for long).
-            let _ = tokio::time::timeout(PIPES_AFTER_EXIT, async {
-                for pipe in pipes {
-                    let _ = pipe.await;
-                }
-            })
-            .await;
-            let misconfigured = watch.filter(|w| w.seen()).map(|w| w.advice());
-            let _ = tx.send(Msg::Exited { app_id, pid, status, misconfigured });
-        });
+        tokio::spawn(report_exit(child, pid, pipes, watch, fx.tx.clone(), self.id));
         if let Some(reaper) = &mut fx.reaper {
             reaper.watch(pid);
         }
         tracing::debug!(app = %self.spec.name, index, %pid, "spawned");
         Input::Spawned { pid }
+    }
+
+    /// A Node program that says it is ready the PM2 way (`process.send('ready')`) gets a channel
+    /// whose notices reach the daemon as `Msg::Notify`; other programs get none.
+    fn node_channel(
+        &self,
+        spec: &AppSpec,
+        key: u64,
+        fx: &Effects,
+    ) -> std::io::Result<Option<std::os::unix::net::UnixStream>> {
+        if spec.readiness != Some(Readiness::Notify) || !spec.node_preload {
+            return Ok(None);
+        }
+        let (tx, app_id) = (fx.tx.clone(), self.id);
+        crate::notify::node_channel(move |notice| {
+            let _ = tx.send(Msg::Notify { app_id, key, notice });
+        })
+        .map(Some)
     }
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {
@@ -525,6 +516,34 @@ fn to_nix(signal: StopSignal) -> Signal {
         StopSignal::Usr2 => Signal::SIGUSR2,
         StopSignal::Kill => Signal::SIGKILL,
     }
+}
+
+/// Waits for an instance's process, then for its output to reach the logs, and tells the daemon
+/// how it ended (and what its output showed is wrong with its setup, if anything).
+async fn report_exit(
+    mut child: tokio::process::Child,
+    pid: Pid,
+    pipes: Vec<tokio::task::JoinHandle<()>>,
+    watch: Option<Arc<crate::diagnose::BindWatch>>,
+    tx: tokio::sync::mpsc::UnboundedSender<Msg>,
+    app_id: AppId,
+) {
+    let status = match child.wait().await {
+        Ok(status) => exit_kind(status),
+        Err(e) => {
+            tracing::error!(%pid, error = %e, "waiting for an instance failed");
+            ExitKind::Unknown
+        }
+    };
+    // Its last words first (a descendant may hold the pipes open: not for long).
+    let _ = tokio::time::timeout(PIPES_AFTER_EXIT, async {
+        for pipe in pipes {
+            let _ = pipe.await;
+        }
+    })
+    .await;
+    let misconfigured = watch.filter(|w| w.seen()).map(|w| w.advice());
+    let _ = tx.send(Msg::Exited { app_id, pid, status, misconfigured });
 }
 
 fn exit_kind(status: std::process::ExitStatus) -> ExitKind {
