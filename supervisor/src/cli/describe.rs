@@ -1,9 +1,12 @@
 //! `describe APP[:INDEX]`: every setting in effect and each instance's details and recent history.
 
+use std::fmt::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use chat_shared::status::AppDescription;
+
+use chat_shared::status::{AppDescription, InstanceDetail, InstanceStatus};
+use chat_shared::units::mebibytes;
 
 use super::target::InstanceTarget;
 use crate::client::Client;
@@ -40,9 +43,17 @@ fn only_instance(d: &mut AppDescription, index: usize) -> Result<(), String> {
 }
 
 fn render(d: &AppDescription) -> String {
-    use std::fmt::Write;
-    let s = &d.spec;
     let mut out = String::new();
+    settings(&mut out, d);
+    for (detail, status) in d.instances.iter().zip(&d.status.instances) {
+        instance(&mut out, detail, status);
+    }
+    out
+}
+
+/// The settings in effect, one `name value` line each.
+fn settings(out: &mut String, d: &AppDescription) {
+    let s = &d.spec;
     let profile = s.profile.as_deref().map(|p| format!("profile {p}, ")).unwrap_or_default();
     let _ = writeln!(out, "{} ({profile}{:?} mode, {} instance(s))", s.name, s.exec_mode, s.instances);
     let mut field = |name: &str, value: String| {
@@ -127,45 +138,41 @@ fn render(d: &AppDescription) -> String {
         }),
     );
     field("env", format!("{} variables (--json lists them)", s.env.len()));
-    for (detail, status) in d.instances.iter().zip(&d.status.instances) {
+}
+
+/// One instance: its state, sockets, log files, recent probes and history.
+fn instance(out: &mut String, detail: &InstanceDetail, status: &InstanceStatus) {
+    let _ = writeln!(
+        out,
+        "\ninstance {}: {} pid {} restarts {}{}{}",
+        detail.index,
+        status.status.as_str(),
+        status.pid.map_or("-".into(), |p| p.to_string()),
+        status.restarts,
+        status.memory_bytes.map(|m| format!(", memory {}", mebibytes(m))).unwrap_or_default(),
+        detail.memory_peak_bytes.map(|m| format!(" (peak {})", mebibytes(m))).unwrap_or_default(),
+    );
+    for socket in &detail.sockets {
+        let _ = writeln!(out, "  socket   {socket}");
+    }
+    for file in &detail.log_files {
+        let _ = writeln!(out, "  log      {file}");
+    }
+    let failed = detail.probes.iter().filter(|p| !p.ok).count();
+    if !detail.probes.is_empty() {
+        let mut latencies: Vec<u64> = detail.probes.iter().map(|p| p.latency_ms).collect();
+        latencies.sort_unstable();
+        let last_failure = detail.probes.iter().rev().find_map(|p| p.error.as_ref());
         let _ = writeln!(
             out,
-            "\ninstance {}: {} pid {} restarts {}{}{}",
-            detail.index,
-            status.status.as_str(),
-            status.pid.map_or("-".into(), |p| p.to_string()),
-            status.restarts,
-            status.memory_bytes.map(|m| format!(", memory {:.1}M", m as f64 / 1048576.0)).unwrap_or_default(),
-            detail.memory_peak_bytes.map(|m| format!(" (peak {:.1}M)", m as f64 / 1048576.0)).unwrap_or_default(),
+            "  probes   last {}: {} failed, median {} ms{}",
+            detail.probes.len(),
+            failed,
+            latencies[latencies.len() / 2],
+            last_failure.map(|e| format!("; last failure: {e}")).unwrap_or_default()
         );
-        for socket in &detail.sockets {
-            let _ = writeln!(out, "  socket   {socket}");
-        }
-        for file in &detail.log_files {
-            let _ = writeln!(out, "  log      {file}");
-        }
-        let failed = detail.probes.iter().filter(|p| !p.ok).count();
-        if !detail.probes.is_empty() {
-            let mut latencies: Vec<u64> = detail.probes.iter().map(|p| p.latency_ms).collect();
-            latencies.sort_unstable();
-            let _ = writeln!(
-                out,
-                "  probes   last {}: {} failed, median {} ms{}",
-                detail.probes.len(),
-                failed,
-                latencies[latencies.len() / 2],
-                detail
-                    .probes
-                    .iter()
-                    .rev()
-                    .find_map(|p| p.error.as_ref())
-                    .map(|e| format!("; last failure: {e}"))
-                    .unwrap_or_default()
-            );
-        }
-        for entry in &detail.history {
-            let _ = writeln!(out, "  {}  {}", entry.at, entry.event);
-        }
     }
-    out
+    for entry in &detail.history {
+        let _ = writeln!(out, "  {}  {}", entry.at, entry.event);
+    }
 }
