@@ -108,10 +108,20 @@ fn runs_node(app: &Map<String, Value>, script: &str) -> bool {
 /// Converts; returns the file's text and what the operator should know.
 pub(crate) fn convert(pm2: &Value) -> anyhow::Result<(String, Vec<String>)> {
     let mut notes = Vec::new();
-    let apps = match pm2 {
+    let apps = apps_of(pm2, &mut notes)?;
+    let mut text = String::from("# Converted from a PM2 ecosystem file by `chatctl import`.\n");
+    for (n, app) in apps.iter().enumerate() {
+        let app = app.as_object().with_context(|| format!("apps[{n}] is not an object"))?;
+        convert_app(n, app, &mut text, &mut notes);
+    }
+    Ok((text, notes))
+}
+
+/// The file's apps; what else it holds is named in `notes`, never dropped silently.
+fn apps_of(pm2: &Value, notes: &mut Vec<String>) -> anyhow::Result<Vec<Value>> {
+    match pm2 {
         Value::Object(o) => {
-            // Beside `apps`, a PM2 file may hold `deploy` (and nothing else PM2 reads): named,
-            // never dropped silently.
+            // Beside `apps`, a PM2 file may hold `deploy` (and nothing else PM2 reads).
             for key in o.keys().filter(|k| *k != "apps") {
                 notes.push(match key.as_str() {
                     "deploy" => "deploy: not converted: chatctl has no remote deploy yet; on the host, an app's \
@@ -120,138 +130,163 @@ pub(crate) fn convert(pm2: &Value) -> anyhow::Result<(String, Vec<String>)> {
                     other => format!("{other}: not converted (not an app setting)"),
                 });
             }
-            o.get("apps").and_then(Value::as_array).cloned().context("no `apps` array")?
+            o.get("apps").and_then(Value::as_array).cloned().context("no `apps` array")
         }
-        Value::Array(a) => a.clone(),
+        Value::Array(a) => Ok(a.clone()),
         _ => bail!("expected {{ apps: [...] }}"),
-    };
-    let mut text = String::from("# Converted from a PM2 ecosystem file by `chatctl import`.\n");
-    for (n, app) in apps.iter().enumerate() {
-        let app = app.as_object().with_context(|| format!("apps[{n}] is not an object"))?;
-        let name = app.get("name").and_then(Value::as_str).map_or_else(|| format!("app{n}"), str::to_owned);
-        let mut keys: BTreeMap<&str, String> = BTreeMap::new();
-        let mut unmapped = Vec::new();
-        let mut env: Map<String, Value> = app.get("env").and_then(Value::as_object).cloned().unwrap_or_default();
-        let mut profiles: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
-        // The script as it is: a `.js` file runs through node by itself, as under PM2.
-        let script = app.get("script").and_then(Value::as_str).unwrap_or("index.js");
-        keys.insert("script", toml_string(script));
-        let words = |value: &Value| -> Vec<String> {
-            match value {
-                Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
-                Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
-                _ => Vec::new(),
+    }
+}
+
+/// A PM2 value that lists words: a string split on whitespace, or an array of strings.
+fn words(value: &Value) -> Vec<String> {
+    match value {
+        Value::String(s) => s.split_whitespace().map(str::to_owned).collect(),
+        Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// What one PM2 key becomes.
+enum Mapped<'k> {
+    /// This `ecosystem.toml` key with this TOML value.
+    To(&'k str, String),
+    /// Nothing to write (handled elsewhere, or PM2's default is ours).
+    Skip,
+    /// `env_NAME`: the environment of profile NAME.
+    Profile(String, Map<String, Value>),
+    /// No equivalent, or a value not understood: listed for the operator.
+    Unmapped,
+}
+
+/// One app's table (and its profiles' tables) appended to `text`.
+fn convert_app(n: usize, app: &Map<String, Value>, text: &mut String, notes: &mut Vec<String>) {
+    let name = app.get("name").and_then(Value::as_str).map_or_else(|| format!("app{n}"), str::to_owned);
+    let mut keys: BTreeMap<&str, String> = BTreeMap::new();
+    let mut unmapped = Vec::new();
+    let mut env: Map<String, Value> = app.get("env").and_then(Value::as_object).cloned().unwrap_or_default();
+    let mut profiles: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    // The script as it is: a `.js` file runs through node by itself, as under PM2.
+    let script = app.get("script").and_then(Value::as_str).unwrap_or("index.js");
+    keys.insert("script", toml_string(script));
+    let args = app.get("args").map(words).unwrap_or_default();
+    if !args.is_empty() {
+        keys.insert("args", toml_value(&Value::from(args)).unwrap_or_default());
+    }
+    for (key, value) in app {
+        match map_key(key, value, app, script, &name, notes) {
+            Mapped::To(k, v) => {
+                keys.insert(k, v);
             }
-        };
-        let args = app.get("args").map(words).unwrap_or_default();
-        if !args.is_empty() {
-            keys.insert("args", toml_value(&Value::from(args)).unwrap_or_default());
-        }
-        for (key, value) in app {
-            let mapped = match key.as_str() {
-                "name" | "script" | "args" | "env" => continue,
-                "interpreter" => value.as_str().map(|i| ("interpreter", toml_string(i))),
-                "node_args" | "interpreter_args" => {
-                    toml_value(&Value::from(words(value))).map(|v| ("interpreter_args", v))
-                }
-                "cwd" | "out_file" | "error_file" | "merge_logs" | "autorestart" | "max_restarts" | "increment_var"
-                | "instance_var" | "stop_exit_codes" | "ignore_watch" => toml_value(value).map(|v| (key.as_str(), v)),
-                "watch" => toml_value(value).map(|v| ("watch", v)),
-                "instances" => match value {
-                    Value::Number(n) if n.as_i64() == Some(-1) => Some(("instances", "-1".into())),
-                    Value::Number(n) if n.as_i64() == Some(0) => Some(("instances", "\"max\"".into())),
-                    Value::String(s) if s == "max" => Some(("instances", "\"max\"".into())),
-                    other => toml_value(other).map(|v| ("instances", v)),
-                },
-                "exec_mode" => match value.as_str() {
-                    Some("cluster" | "cluster_mode") => Some(("exec_mode", "\"cluster\"".into())),
-                    Some("fork" | "fork_mode") => Some(("exec_mode", "\"fork\"".into())),
-                    _ => None,
-                },
-                "max_memory_restart" => match value {
-                    Value::Number(n) => n.as_u64().map(|b| ("max_memory_restart", toml_string(&b.to_string()))),
-                    Value::String(s) => Some(("max_memory_restart", toml_string(s))),
-                    _ => None,
-                },
-                "min_uptime" | "kill_timeout" | "restart_delay" | "listen_timeout" => {
-                    duration(value).map(|d| (key.as_str(), toml_string(&d)))
-                }
-                "watch_delay" => duration(value).map(|d| ("watch_delay", toml_string(&d))),
-                "exp_backoff_restart_delay" => duration(value).map(|d| ("restart_delay", toml_string(&d))),
-                "cron_restart" => value
-                    .as_str()
-                    .filter(|c| chat_shared::cron::CronSchedule::parse(c).is_ok())
-                    .map(|c| ("cron_restart", toml_string(c))),
-                // PM2's `time: true` prefixes each line with the time; PM2's log_date_format (a
-                // moment.js format) is not converted (it is listed), so the prefix is ISO 8601.
-                "time" => match value {
-                    Value::Bool(true) => Some(("log_date_format", toml_string("%Y-%m-%dT%H:%M:%S"))),
-                    // No prefix: our default too.
-                    Value::Bool(false) => continue,
-                    _ => None,
-                },
-                // A Node program's `process.send('ready')` reaches the daemon with readiness =
-                // "notify" (through Node's IPC channel); another program must send READY=1.
-                "wait_ready" => match value {
-                    Value::Bool(true) => {
-                        if !runs_node(app, script) {
-                            notes.push(format!(
-                                "{name}: wait_ready became readiness = \"notify\": this program is not run by node, \
-                                 so it must send READY=1 to NOTIFY_SOCKET (process.send('ready') exists in Node only)"
-                            ));
-                        }
-                        Some(("readiness", toml_string("notify")))
-                    }
-                    Value::Bool(false) => continue,
-                    _ => None,
-                },
-                other if other.starts_with("env_") => {
-                    if let Some(o) = value.as_object() {
-                        profiles.insert(other["env_".len()..].to_owned(), o.clone());
-                    }
-                    continue;
-                }
-                _ => None,
-            };
-            match mapped {
-                Some((k, v)) => {
-                    keys.insert(k, v);
-                }
-                None => unmapped.push(key.clone()),
+            Mapped::Skip => {}
+            Mapped::Profile(profile, profile_env) => {
+                profiles.insert(profile, profile_env);
             }
-        }
-        // PM2 passes the port in env (PORT, incremented per instance in fork mode); here the
-        // supervisor binds it.
-        let port_var = app.get("increment_var").and_then(Value::as_str).unwrap_or("PORT");
-        if let Some(port) = env.remove(port_var).and_then(|p| p.as_u64().or_else(|| p.as_str()?.parse().ok())) {
-            keys.insert("port", port.to_string());
-            if keys.get("exec_mode").map(String::as_str) == Some("\"cluster\"") {
-                notes.push(format!(
-                    "{name}: cluster mode means the supervisor binds {port} and every instance accepts on it \
-                     (fd 3); a Node program does so unchanged through chatctl's preload, a program in \
-                     another language listens on fd 3 (or use exec_mode = \"fork\" with inherit_socket = false)"
-                ));
-            } else {
-                keys.insert("inherit_socket", "false".into());
-            }
-        }
-        let table = format!("apps.{}", toml_key(&name));
-        let _ = writeln!(text, "\n[{table}]");
-        for (k, v) in &keys {
-            let _ = writeln!(text, "{k} = {v}");
-        }
-        if !env.is_empty() {
-            let _ = writeln!(text, "env = {}", toml_value(&Value::Object(env)).unwrap_or_else(|| "{}".into()));
-        }
-        for (profile, profile_env) in profiles {
-            let _ = writeln!(text, "\n[{table}.profiles.{}]", toml_key(&profile));
-            let _ = writeln!(text, "env = {}", toml_value(&Value::Object(profile_env)).unwrap_or_else(|| "{}".into()));
-        }
-        if !unmapped.is_empty() {
-            notes.push(format!("{name}: not converted (no equivalent or not understood): {}", unmapped.join(", ")));
+            Mapped::Unmapped => unmapped.push(key.clone()),
         }
     }
-    Ok((text, notes))
+    // PM2 passes the port in env (PORT, incremented per instance in fork mode); here the
+    // supervisor binds it.
+    let port_var = app.get("increment_var").and_then(Value::as_str).unwrap_or("PORT");
+    if let Some(port) = env.remove(port_var).and_then(|p| p.as_u64().or_else(|| p.as_str()?.parse().ok())) {
+        keys.insert("port", port.to_string());
+        if keys.get("exec_mode").map(String::as_str) == Some("\"cluster\"") {
+            notes.push(format!(
+                "{name}: cluster mode means the supervisor binds {port} and every instance accepts on it \
+                 (fd 3); a Node program does so unchanged through chatctl's preload, a program in \
+                 another language listens on fd 3 (or use exec_mode = \"fork\" with inherit_socket = false)"
+            ));
+        } else {
+            keys.insert("inherit_socket", "false".into());
+        }
+    }
+    let table = format!("apps.{}", toml_key(&name));
+    let _ = writeln!(text, "\n[{table}]");
+    for (k, v) in &keys {
+        let _ = writeln!(text, "{k} = {v}");
+    }
+    if !env.is_empty() {
+        let _ = writeln!(text, "env = {}", toml_value(&Value::Object(env)).unwrap_or_else(|| "{}".into()));
+    }
+    for (profile, profile_env) in profiles {
+        let _ = writeln!(text, "\n[{table}.profiles.{}]", toml_key(&profile));
+        let _ = writeln!(text, "env = {}", toml_value(&Value::Object(profile_env)).unwrap_or_else(|| "{}".into()));
+    }
+    if !unmapped.is_empty() {
+        notes.push(format!("{name}: not converted (no equivalent or not understood): {}", unmapped.join(", ")));
+    }
+}
+
+/// One PM2 key of app `name` (whose script is `script`), as a flat table.
+fn map_key<'k>(
+    key: &'k str,
+    value: &Value,
+    app: &Map<String, Value>,
+    script: &str,
+    name: &str,
+    notes: &mut Vec<String>,
+) -> Mapped<'k> {
+    let to = |pair: Option<(&'k str, String)>| pair.map_or(Mapped::Unmapped, |(k, v)| Mapped::To(k, v));
+    match key {
+        "name" | "script" | "args" | "env" => Mapped::Skip,
+        "interpreter" => to(value.as_str().map(|i| ("interpreter", toml_string(i)))),
+        "node_args" | "interpreter_args" => to(toml_value(&Value::from(words(value))).map(|v| ("interpreter_args", v))),
+        "cwd" | "out_file" | "error_file" | "merge_logs" | "autorestart" | "max_restarts" | "increment_var"
+        | "instance_var" | "stop_exit_codes" | "ignore_watch" => to(toml_value(value).map(|v| (key, v))),
+        "watch" => to(toml_value(value).map(|v| ("watch", v))),
+        "instances" => to(match value {
+            Value::Number(n) if n.as_i64() == Some(-1) => Some(("instances", "-1".into())),
+            Value::Number(n) if n.as_i64() == Some(0) => Some(("instances", "\"max\"".into())),
+            Value::String(s) if s == "max" => Some(("instances", "\"max\"".into())),
+            other => toml_value(other).map(|v| ("instances", v)),
+        }),
+        "exec_mode" => to(match value.as_str() {
+            Some("cluster" | "cluster_mode") => Some(("exec_mode", "\"cluster\"".into())),
+            Some("fork" | "fork_mode") => Some(("exec_mode", "\"fork\"".into())),
+            _ => None,
+        }),
+        "max_memory_restart" => to(match value {
+            Value::Number(n) => n.as_u64().map(|b| ("max_memory_restart", toml_string(&b.to_string()))),
+            Value::String(s) => Some(("max_memory_restart", toml_string(s))),
+            _ => None,
+        }),
+        "min_uptime" | "kill_timeout" | "restart_delay" | "listen_timeout" => {
+            to(duration(value).map(|d| (key, toml_string(&d))))
+        }
+        "watch_delay" => to(duration(value).map(|d| ("watch_delay", toml_string(&d)))),
+        "exp_backoff_restart_delay" => to(duration(value).map(|d| ("restart_delay", toml_string(&d)))),
+        "cron_restart" => to(value
+            .as_str()
+            .filter(|c| chat_shared::cron::CronSchedule::parse(c).is_ok())
+            .map(|c| ("cron_restart", toml_string(c)))),
+        // PM2's `time: true` prefixes each line with the time; PM2's log_date_format (a moment.js
+        // format) is not converted (it is listed), so the prefix is ISO 8601.
+        "time" => match value {
+            Value::Bool(true) => Mapped::To("log_date_format", toml_string("%Y-%m-%dT%H:%M:%S")),
+            // No prefix: our default too.
+            Value::Bool(false) => Mapped::Skip,
+            _ => Mapped::Unmapped,
+        },
+        // A Node program's `process.send('ready')` reaches the daemon with readiness = "notify"
+        // (through Node's IPC channel); another program must send READY=1.
+        "wait_ready" => match value {
+            Value::Bool(true) => {
+                if !runs_node(app, script) {
+                    notes.push(format!(
+                        "{name}: wait_ready became readiness = \"notify\": this program is not run by node, \
+                         so it must send READY=1 to NOTIFY_SOCKET (process.send('ready') exists in Node only)"
+                    ));
+                }
+                Mapped::To("readiness", toml_string("notify"))
+            }
+            Value::Bool(false) => Mapped::Skip,
+            _ => Mapped::Unmapped,
+        },
+        other if other.starts_with("env_") => match value.as_object() {
+            Some(o) => Mapped::Profile(other["env_".len()..].to_owned(), o.clone()),
+            None => Mapped::Skip,
+        },
+        _ => Mapped::Unmapped,
+    }
 }
 
 #[cfg(test)]
