@@ -267,6 +267,6 @@ fn a_call_survives_closing_one_of_two_tabs_on_different_instances() {
 #[test]
 fn a_returning_guests_first_event_is_answered() {
     let (_env, port, _) = cluster(2, "");
-    let report = report_of("first-event", &node("first-event.mjs", &[&format!("http://127.0.0.1:{port}"), "2", "12"]));
-    assert_eq!(report["answered"], 12, "{report}");
+    let report = report_of("first-event", &node("first-event.mjs", &[&format!("http://127.0.0.1:{port}"), "2", "6"]));
+    assert_eq!(report["answered"], 6, "{report}");
 }

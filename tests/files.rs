@@ -149,7 +149,7 @@ fn files_are_shared_across_hosts_through_redis() {
             ("FILE_MAX_SIZE", "1M"),
             ("FILE_QUOTA", "2M"),
             ("FILE_STORE_MAX", "3M"),
-            ("FILE_RETENTION", "4s"),
+            ("FILE_RETENTION", "10s"),
             ("FILE_UPLOAD_RATE", "off"),
         ])
     };
@@ -202,11 +202,10 @@ fn files_are_shared_across_hosts_through_redis() {
             (chunk_keys() == stored + 1).then_some(())
         });
     }
-    std::thread::sleep(Duration::from_millis(300));
     wait_until("the cut upload's chunks deleted", Duration::from_secs(10), || (chunk_keys() == stored).then_some(()));
 
     // Expiry: 410 (then 404 once swept) on both hosts, every key gone, the index back to zero.
-    wait_until("the files expired", Duration::from_secs(15), || {
+    wait_until("the files expired", Duration::from_secs(25), || {
         matches!(http(a.addr, "GET", &url, &[], b"").0, 404 | 410).then_some(())
     });
     assert!(matches!(http(b.addr, "GET", &url, &[], b"").0, 404 | 410));

@@ -10,7 +10,7 @@ import { io } from "socket.io-client";
 import { deadline, fail } from "./common.mjs";
 
 const [url, rooms, times] = [process.argv[2], Number(process.argv[3]), Number(process.argv[4])];
-deadline(25);
+deadline(28);
 const first = io(url, { transports: ["websocket"], reconnection: false });
 // Every room change sends a new session: its token carries the rooms.
 let token = null;
@@ -31,7 +31,7 @@ for (let i = 0; i < times; i++) {
   const socket = io(url, { transports: ["websocket"], reconnection: false, auth: { token }, forceNew: true });
   const reply = await new Promise((resolve) => {
     socket.on("connect", () => {
-      socket.timeout(1000).emitWithAck("message", { room: "early-0", text: `first ${i}` }).then(resolve, (e) => resolve({ ok: false, error: String(e) }));
+      socket.timeout(4000).emitWithAck("message", { room: "early-0", text: `first ${i}` }).then(resolve, (e) => resolve({ ok: false, error: String(e) }));
     });
     socket.on("connect_error", (e) => resolve({ ok: false, error: `connect_error: ${e.message}` }));
   });

@@ -1,7 +1,8 @@
-//! One way to take a `std::sync::Mutex` in this crate. Every critical section here is a lookup or
-//! a single insert, remove or assignment, so a panic while one was held cannot have left the data
-//! half-changed: the guard is recovered rather than the worker taken down, or the change silently
-//! skipped (as `if let Ok(..)` did). Never held across an await.
+//! One way to take a `std::sync::Mutex` in this crate. No critical section here can panic half-way
+//! through a change that would leave the data inconsistent for the next user (lookups, single
+//! inserts and removes, token-bucket arithmetic, sweeps that only drop entries), so a poisoned
+//! guard is recovered rather than the worker taken down, or the change silently skipped (as
+//! `if let Ok(..)` did). Never held across an await.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 

@@ -339,6 +339,9 @@ const call = {
   peers: new Map(), // guest id -> { pc, guest, queue: [ICE candidates before the remote description] }
   invite: null, // { call, from, media } ringing here
   why: null, // why the call is ending, when the other side said (declined)
+  starting: false, // asking for the camera or sending the invite: a second click waits
+  early: [], // what came for a call before its id was known here: [event, data]
+  pending: new Map(), // guest id -> ICE candidates that came before that guest's offer
   iceServers: [],
 };
 state.call = call; // for tests: call.peers' connection states and getStats
@@ -352,8 +355,10 @@ function listenForCalls(socket) {
     $("incoming-text").textContent = `${invite.from.name} is calling (${invite.media === "video" ? "video" : "voice"})`;
     $("incoming").hidden = false;
   });
-  socket.on("call:accept", ({ call: id, guest }) => {
-    if (id === call.id) offerTo(guest);
+  socket.on("call:accept", (data) => {
+    if (data.call === call.id) offerTo(data.guest);
+    // Accepted before the invite's answer came back (it carries the call's id).
+    else if (call.starting) call.early.push(["call:accept", data]);
   });
   socket.on("call:reject", ({ call: id, guest }) => {
     if (id === call.id) call.why = `${guest.name} declined`;
@@ -386,8 +391,14 @@ function listenForCalls(socket) {
     await drain(p);
   });
   socket.on("ice-candidate", ({ call: id, from, candidate }) => {
-    const p = id === call.id && call.peers.get(from.id);
-    if (!p || !candidate) return;
+    if (id !== call.id || !candidate) return;
+    const p = call.peers.get(from.id);
+    // The worker relays each signal as it comes, so a candidate may overtake its offer.
+    if (!p) {
+      if (!call.pending.has(from.id)) call.pending.set(from.id, []);
+      call.pending.get(from.id).push(candidate);
+      return;
+    }
     if (p.pc.remoteDescription) p.pc.addIceCandidate(candidate).catch(() => {});
     else p.queue.push(candidate);
   });
@@ -401,7 +412,8 @@ async function drain(p) {
 function peer(guest) {
   if (call.peers.has(guest.id)) return call.peers.get(guest.id);
   const pc = new RTCPeerConnection({ iceServers: call.iceServers });
-  const p = { pc, guest, queue: [] };
+  const p = { pc, guest, queue: call.pending.get(guest.id) || [] };
+  call.pending.delete(guest.id);
   call.peers.set(guest.id, p);
   for (const track of call.local.getTracks()) pc.addTrack(track, call.local);
   pc.onicecandidate = ({ candidate }) => {
@@ -440,6 +452,7 @@ async function offerTo(guest) {
 
 /// This side's microphone (and camera): `false`, with a notice, when the browser refuses them.
 async function openMedia(media) {
+  for (const track of call.local?.getTracks() || []) track.stop();
   try {
     call.local = await navigator.mediaDevices.getUserMedia({ audio: true, video: media === "video" });
   } catch (e) {
@@ -462,23 +475,29 @@ function callStatus(text) {
 
 async function startCall(media) {
   const room = state.current;
-  if (call.id || !room?.startsWith("@dm:")) return;
+  if (call.id || call.starting || !room?.startsWith("@dm:")) return;
   if (!window.RTCPeerConnection || !navigator.mediaDevices) return notice(room, "This browser cannot make calls (calls need HTTPS, or localhost)");
-  if (!(await openMedia(media))) return;
-  const reply = await ask("call:invite", { to: [room.slice(4)], media });
-  if (!reply.ok) {
-    endCall();
-    return notice(room, reply.error);
+  call.starting = true;
+  try {
+    if (!(await openMedia(media))) return;
+    const reply = await ask("call:invite", { to: [room.slice(4)], media });
+    if (!reply.ok) {
+      endCall();
+      return notice(room, reply.error);
+    }
+    call.id = reply.call;
+    callStatus(`Calling ${conversation(room).title || "guest"}…`);
+  } finally {
+    call.starting = false;
   }
-  call.id = reply.call;
-  callStatus(`Calling ${conversation(room).title || "guest"}…`);
+  for (const [event, data] of call.early.splice(0)) if (event === "call:accept" && data.call === call.id) offerTo(data.guest);
 }
 
 async function acceptCall() {
   const invite = call.invite;
   call.invite = null;
   $("incoming").hidden = true;
-  if (!invite) return;
+  if (!invite || call.id || call.starting) return;
   if (!(await openMedia(invite.media))) return void ask("call:reject", { call: invite.call });
   call.id = invite.call;
   callStatus(`Connecting to ${invite.from.name}…`);
@@ -491,6 +510,8 @@ function endCall(why) {
   for (const id of [...call.peers.keys()]) dropPeer(id);
   for (const track of call.local?.getTracks() || []) track.stop();
   call.id = call.local = call.media = call.why = null;
+  call.early = [];
+  call.pending.clear();
   $("local").srcObject = null;
   $("call").hidden = true;
   if (why && state.current) notice(state.current, why);

@@ -130,26 +130,27 @@ impl LinkState {
         }
     }
 
-    /// Notes that Redis refused `command` with `error`.
-    fn refused(&self, command: &str, error: &str) {
+    /// Notes that Redis refused `command`. `/health` (public) shows the command and the error's
+    /// code only (a MOVED error names an internal node); the log has the whole error.
+    fn refused(&self, command: &str, error: &redis::RedisError) {
         let count = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        let what = format!("{command}: {error}");
-        *self.refusal.locked() = Some((what.clone(), Instant::now()));
+        let code = error.code().unwrap_or("ERR");
+        *self.refusal.locked() = Some((format!("{command}: {code}"), Instant::now()));
         let mut logged = self.logged.locked();
         if logged.is_some_and(|(at, _)| at.elapsed() < REFUSALS_LOGGED) {
             return;
         }
-        let since = count - logged.map_or(0, |(_, at_count)| at_count);
+        let since = count.saturating_sub(logged.map_or(0, |(_, at_count)| at_count));
         *logged = Some((Instant::now(), count));
         drop(logged);
-        let why = if error.contains("MOVED") || error.contains("CROSSSLOT") || error.contains("ASK") {
-            "REDIS_URL names a node of a Redis Cluster, which this worker does not support yet: keys of the other nodes' slots are not kept"
-        } else if error.contains("OOM") {
-            "Redis is out of memory (maxmemory, noeviction): guest sessions, room history and files are not kept"
-        } else {
-            "what the chat keeps in Redis (guest sessions, room history, files) was not kept"
+        let why = match code {
+            "MOVED" | "ASK" | "CROSSSLOT" => {
+                "REDIS_URL names a node of a Redis Cluster, which this worker does not support yet: keys of the other nodes' slots are not kept"
+            }
+            "OOM" => "Redis is out of memory (maxmemory, noeviction): guest sessions and room history are not kept",
+            _ => "what the chat keeps in Redis (guest sessions, room history) was not kept",
         };
-        tracing::warn!(refusal = %what, refused = since, "Redis refused a command: {why}");
+        tracing::warn!(command, error = %error, refused = since, "Redis refused a command: {why}");
     }
 
     /// The latest refusal, while recent.

@@ -86,12 +86,13 @@ impl RedisLink {
         let mut conn = self.connection()?;
         match cmd.query_async(&mut conn).await {
             Ok(value) => Some(value),
-            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
-                tracing::debug!(error = %e, "a Redis query failed");
+            // Refused by Redis itself (a server error); anything else is the link's or ours.
+            Err(e) if e.code().is_some() => {
+                self.state.refused(&command_name(&cmd), &e);
                 None
             }
             Err(e) => {
-                self.state.refused(&command_name(&cmd), &e.to_string());
+                tracing::debug!(error = %e, "a Redis query failed");
                 None
             }
         }
@@ -264,10 +265,10 @@ async fn write(
                     let Err(e) = result else { continue };
                     match write {
                         Write::Publish(chan, data) => {
-                            state.refused("PUBLISH", &e.to_string());
+                            state.refused("PUBLISH", &e);
                             table.deliver(chan, data);
                         }
-                        Write::Command(cmd) => state.refused(&command_name(&cmd), &e.to_string()),
+                        Write::Command(cmd) => state.refused(&command_name(&cmd), &e),
                     }
                 }
             }

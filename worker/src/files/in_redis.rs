@@ -4,9 +4,9 @@
 //!
 //! Keys (`P` = `chat:APP`):
 //! - `P:file:{ID}`: the file's [`Meta`] as JSON, expiring at the file's expiry (`PXAT`);
-//! - `P:file:{ID}:N`: its `N`th chunk of [`CHUNK`] bytes, expiring a minute after the metadata (or
-//!   the retention, if shorter), so that a download under way finishes; while the upload is under way they expire within the hour, so
-//!   an upload cut by a dead worker goes away by itself;
+//! - `P:file:{ID}:N`: its `N`th chunk of [`CHUNK`] bytes, expiring a minute after the metadata
+//!   (or the retention, if shorter), so that a download under way finishes; while the upload is
+//!   under way they expire within the hour, so an upload cut by a dead worker goes away by itself;
 //! - `{P:files}:expiry` (sorted set: id by expiry), `{P:files}:owner` (hash: id to "size guest")
 //!   and `{P:files}:usage` (hash: bytes per guest, and `*` in all), changed only by the two
 //!   scripts below, which keep them in step atomically however many workers run them.
@@ -61,12 +61,22 @@ end
 return {tonumber(redis.call('HGET', KEYS[3], '*') or '0'), tonumber(redis.call('HGET', KEYS[3], ARGV[2]) or '0')}
 ";
 
-/// Counts a stored file: `ARGV` = id, expiry, size, guest.
+/// Counts a stored file, unless it would pass the guest's quota or the store's cap, checked here
+/// atomically (two uploads at once each passed the check made before their bodies):
+/// `ARGV` = id, expiry, size, guest, quota, cap; answers 1 (counted), -1 (quota) or -2 (cap).
 const INDEX: &str = r"
+local size = tonumber(ARGV[3])
+local total = tonumber(redis.call('HGET', KEYS[3], '*') or '0')
+local mine = tonumber(redis.call('HGET', KEYS[3], ARGV[4]) or '0')
+if mine + size > tonumber(ARGV[5]) then return -1 end
+if total + size > tonumber(ARGV[6]) then return -2 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3] .. ' ' .. ARGV[4])
-redis.call('HINCRBY', KEYS[3], '*', ARGV[3])
-redis.call('HINCRBY', KEYS[3], ARGV[4], ARGV[3])
+if size > 0 then
+  redis.call('HINCRBY', KEYS[3], '*', size)
+  redis.call('HINCRBY', KEYS[3], ARGV[4], size)
+end
+return 1
 ";
 
 #[derive(Clone)]
@@ -117,6 +127,9 @@ impl InRedis {
     async fn failed(&self, e: redis::RedisError) -> std::io::Error {
         if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error() {
             *self.inner.conn.lock().await = None;
+        } else if e.code().is_some() {
+            // Redis refused (out of memory, say): never silent; the upload is answered 507.
+            tracing::warn!(error = %e, "Redis refused a shared file's bytes or index: the file is not kept");
         }
         io(e)
     }
@@ -142,10 +155,10 @@ impl InRedis {
         self.query(&cmd).await
     }
 
-    async fn exec(&self, pipe: &redis::Pipeline) -> std::io::Result<()> {
+    async fn exec<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> std::io::Result<T> {
         let mut conn = self.conn().await?;
-        match pipe.query_async::<()>(&mut conn).await {
-            Ok(()) => Ok(()),
+        match pipe.query_async::<T>(&mut conn).await {
+            Ok(value) => Ok(value),
             Err(e) => Err(self.failed(e).await),
         }
     }
@@ -226,34 +239,42 @@ impl RedisUpload {
         self.store.query::<()>(redis::cmd("SET").arg(key).arg(bytes).arg("PX").arg(UPLOAD_WINDOW_MS)).await
     }
 
-    pub(super) async fn commit(self, meta: &Meta) -> std::io::Result<()> {
-        // Counted first: should the rest fail, the store is over-counted until the expiry, never
-        // under-counted.
-        let indexed = self
-            .store
-            .run::<()>(INDEX, &[&meta.id, &meta.expires.to_string(), &meta.size.to_string(), &meta.guest])
-            .await;
-        let json = serde_json::to_vec(meta).map_err(std::io::Error::other)?;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for n in 0..self.chunks {
-            pipe.cmd("PEXPIREAT")
-                .arg(self.store.chunk_key(&self.id, n))
-                .arg(meta.expires + self.store.inner.grace_ms)
-                .ignore();
-        }
-        pipe.cmd("SET").arg(self.store.meta_key(&self.id)).arg(json).arg("PXAT").arg(meta.expires).ignore();
-        let stored = match indexed {
-            Ok(()) => self.store.exec(&pipe).await,
-            Err(e) => Err(e),
-        };
+    /// Counts the file (within `quota` and `cap`, atomically) and makes it visible. Counted first:
+    /// should the rest fail, the store is over-counted until the expiry, never under-counted.
+    pub(super) async fn commit(self, meta: &Meta, quota: u64, cap: u64) -> Result<(), super::Refused> {
+        let stored = self.store(meta, quota, cap).await;
         if stored.is_err() {
             self.abort().await;
         }
         stored
     }
 
-    pub(super) async fn abort(self) {
+    async fn store(&self, meta: &Meta, quota: u64, cap: u64) -> Result<(), super::Refused> {
+        let (expires, size, quota, cap) =
+            (meta.expires.to_string(), meta.size.to_string(), quota.to_string(), cap.to_string());
+        let args = [meta.id.as_str(), &expires, &size, &meta.guest, &quota, &cap];
+        match self.store.run::<i64>(INDEX, &args).await.map_err(super::Refused::Store)? {
+            1 => {}
+            -1 => return Err(super::Refused::Quota),
+            _ => return Err(super::Refused::Full),
+        }
+        let json = serde_json::to_vec(meta).map_err(|e| super::Refused::Store(std::io::Error::other(e)))?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for n in 0..self.chunks {
+            pipe.cmd("PEXPIREAT").arg(self.store.chunk_key(&self.id, n)).arg(meta.expires + self.store.inner.grace_ms);
+        }
+        pipe.cmd("SET").arg(self.store.meta_key(&self.id)).arg(json).arg("PXAT").arg(meta.expires).ignore();
+        // Every chunk must still be there: one that expired during a very slow upload (they live an
+        // hour until the commit) would make a file that breaks off half-way.
+        let kept: Vec<i64> = self.store.exec(&pipe).await.map_err(super::Refused::Store)?;
+        if kept.iter().any(|&k| k != 1) {
+            return Err(super::Refused::Store(std::io::Error::other("a chunk expired before the upload ended")));
+        }
+        Ok(())
+    }
+
+    pub(super) async fn abort(&self) {
         if self.chunks == 0 {
             return;
         }

@@ -70,6 +70,14 @@ enum Lookup {
     Missing,
 }
 
+/// Why a complete upload was not kept.
+#[derive(Debug)]
+enum Refused {
+    Quota,
+    Full,
+    Store(std::io::Error),
+}
+
 /// Bytes of live files: a guest's, and in all.
 #[derive(Debug, Default)]
 struct Usage {
@@ -149,14 +157,15 @@ impl Upload {
         }
     }
 
-    async fn commit(self, meta: &Meta) -> std::io::Result<()> {
+    /// Makes the file visible; in Redis, counted within `quota` and `cap` atomically.
+    async fn commit(self, meta: &Meta, quota: u64, cap: u64) -> Result<(), Refused> {
         match self {
-            Upload::Disk(disk) => disk.commit(meta).await,
-            Upload::Redis(redis) => redis.commit(meta).await,
+            Upload::Disk(disk) => disk.commit(meta).await.map_err(Refused::Store),
+            Upload::Redis(redis) => redis.commit(meta, quota, cap).await,
         }
     }
 
-    async fn abort(self) {
+    async fn abort(&self) {
         match self {
             Upload::Disk(disk) => disk.abort().await,
             Upload::Redis(redis) => redis.abort().await,
@@ -276,15 +285,18 @@ pub async fn upload(State(files): State<Arc<Files>>, request: Request) -> Respon
         Ok(upload) => upload,
         Err(e) => return unavailable(&e),
     };
-    let limit = config.max_size.min(config.quota.saturating_sub(usage.guest));
+    // An upload without a length stops where it would pass a limit, not after.
+    let limit =
+        config.max_size.min(config.quota.saturating_sub(usage.guest)).min(config.store_max.saturating_sub(usage.total));
     let (size, head) = match receive(request.into_body(), &mut upload, limit).await {
         Ok(received) => received,
         Err(status) => {
             upload.abort().await;
             let message = match status {
-                StatusCode::PAYLOAD_TOO_LARGE => {
-                    format!("a file is at most {} bytes (and within its guest's quota)", config.max_size)
-                }
+                StatusCode::PAYLOAD_TOO_LARGE => format!(
+                    "a file is at most {} bytes (and within its guest's quota and the store's room)",
+                    config.max_size
+                ),
                 StatusCode::BAD_REQUEST => "the upload did not complete".to_owned(),
                 _ => "the file could not be stored".to_owned(),
             };
@@ -299,9 +311,22 @@ pub async fn upload(State(files): State<Arc<Files>>, request: Request) -> Respon
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "file".to_owned());
     let meta = Meta { id, name, size, kind, guest, expires: now + config.retention.as_millis() as u64 };
-    if let Err(e) = upload.commit(&meta).await {
-        tracing::error!(error = %e, "cannot store an uploaded file");
-        return error(StatusCode::INSUFFICIENT_STORAGE, "the file could not be stored");
+    match upload.commit(&meta, config.quota, config.store_max).await {
+        Ok(()) => {}
+        Err(Refused::Quota) => {
+            let quota = config.quota;
+            return error(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("this guest's files would pass its quota of {quota} bytes"),
+            );
+        }
+        Err(Refused::Full) => {
+            return error(StatusCode::INSUFFICIENT_STORAGE, "the file store is full: try again later");
+        }
+        Err(Refused::Store(e)) => {
+            tracing::error!(error = %e, "cannot store an uploaded file");
+            return error(StatusCode::INSUFFICIENT_STORAGE, "the file could not be stored");
+        }
     }
     let url = format!("/api/files/{}", meta.id);
     axum::Json(serde_json::json!({ "ok": true, "id": meta.id, "name": meta.name, "size": meta.size,
@@ -329,15 +354,21 @@ async fn receive(body: Body, upload: &mut Upload, limit: u64) -> Result<(u64, Ve
             let part = chunk.split_to(room.min(chunk.len()));
             batch.extend_from_slice(&part);
             if batch.len() == upload.batch() {
-                upload.write(&batch).await.map_err(|_| StatusCode::INSUFFICIENT_STORAGE)?;
+                upload.write(&batch).await.map_err(not_written)?;
                 batch.clear();
             }
         }
     }
     if !batch.is_empty() {
-        upload.write(&batch).await.map_err(|_| StatusCode::INSUFFICIENT_STORAGE)?;
+        upload.write(&batch).await.map_err(not_written)?;
     }
     Ok((size, head))
+}
+
+/// A write of an upload that failed: said in the log, answered 507.
+fn not_written(e: std::io::Error) -> StatusCode {
+    tracing::error!(error = %e, "cannot write an upload");
+    StatusCode::INSUFFICIENT_STORAGE
 }
 
 /// `GET /api/files/ID`.

@@ -127,7 +127,7 @@ impl DiskUpload {
         result
     }
 
-    pub(super) async fn abort(self) {
+    pub(super) async fn abort(&self) {
         let _ = tokio::fs::remove_file(&self.tmp).await;
     }
 }

@@ -188,7 +188,7 @@ impl Messages {
             _ => {
                 self.history.push(room, id, message.clone());
                 let delivery = socket.within(room.to_owned()).emit(event::MESSAGE, &message).await;
-                delivery.map_err(|e| ChatError::Undelivered(e.to_string()))
+                delivery.map_err(|e| ChatError::NotBroadcast(e.to_string()))
             }
         }
     }

@@ -71,6 +71,8 @@ pub enum ChatError {
     NotConnected(String),
     #[error("delivery failed: {0}")]
     Undelivered(String),
+    #[error("broadcast failed: {0}")]
+    NotBroadcast(String),
     #[error("invite at least one other guest")]
     NoInvitee,
     #[error("a call has at most {max} participants")]
@@ -106,7 +108,7 @@ impl ChatError {
             ChatError::NoFiles => "no_files",
             ChatError::NoSuchFile(_) => "no_such_file",
             ChatError::NotConnected(_) => "not_connected",
-            ChatError::Undelivered(_) => "undelivered",
+            ChatError::Undelivered(_) | ChatError::NotBroadcast(_) => "undelivered",
             ChatError::NoInvitee => "no_invitee",
             ChatError::CallTooLarge { .. } => "call_too_large",
             ChatError::TooManyCalls { .. } => "too_many_calls",

@@ -104,7 +104,7 @@ pub(super) async fn welcome(socket: &SocketRef<Adapter>, chat: &Chat, since: &Ha
     }
     for room in restored.rooms {
         if let Some(guest) = socket.extensions.get::<Guest>() {
-            chat.presence.announce(socket, &room, &guest, true).await;
+            chat.presence.changed(socket, &room, &guest, true).await;
         }
         if let Some(last) = since.get(&room) {
             let page = chat.messages.page(&room, Some(last), None).await;
