@@ -9,7 +9,7 @@
 use super::builder::Action;
 use super::msg::{AppId, Msg};
 
-impl super::Daemon {
+impl super::state::Daemon {
     /// Carries out what the builder of app `app_id` decided.
     pub(super) fn build_then(&mut self, app_id: AppId, action: Action, now: std::time::Instant) {
         let Some(app) = super::app::app(&self.apps, app_id) else { return };

@@ -2,6 +2,8 @@
 //! reload as `chatctl reload` (each successor ready before its predecessor stops), so a scheduled
 //! restart costs no downtime. The main loop sleeps until the nearest fire time like any deadline.
 //!
+//! This module keeps the table of fire times; `state` reloads the apps whose time came.
+//!
 //! Fire times are computed on the wall clock (an expression names local times) and kept as
 //! `Instant`s for the loop: each is recomputed from the wall clock after it fires, so a clock
 //! change moves at most one fire time.
@@ -84,34 +86,6 @@ fn next_instant(schedule: &CronSchedule, now: Instant, wall: DateTime<Local>) ->
     let next = schedule.next_after(&wall)?;
     let wait = (next - wall).to_std().unwrap_or(Duration::ZERO);
     now.checked_add(wait)
-}
-
-impl super::Daemon {
-    /// Reloads every app whose `cron_restart` fired, and schedules the apps that gained one.
-    ///
-    /// An app that is down (stopped by an operator, errored) is left down: a schedule restarts
-    /// what runs, it does not undo a stop. One already being reloaded is left to that reload.
-    pub(super) fn run_crons(&mut self, now: Instant) {
-        let wall = Local::now();
-        self.crons.sync(self.apps.iter().map(|a| (a.id, a.spec.cron_restart.as_deref())), now, wall);
-        for app_id in self.crons.take_due(now, wall) {
-            let Some(app) = super::app::app(&self.apps, app_id) else { continue };
-            if app.is_down() || app.deleting {
-                tracing::info!(app = %app.spec.name, "cron_restart fired; the app is down, left as it is");
-                continue;
-            }
-            if self.reloads.iter().any(|j| j.covers(app_id)) {
-                tracing::info!(app = %app.spec.name, "cron_restart fired during a reload; that reload serves");
-                continue;
-            }
-            tracing::info!(app = %app.spec.name, expression = ?app.spec.cron_restart, "cron_restart: reloading");
-            // Nobody waits on this reload: its progress and outcome go to the daemon's log.
-            let (events, _) = tokio::sync::mpsc::unbounded_channel();
-            let (reply, _) = tokio::sync::oneshot::channel();
-            let spec = app.spec.clone();
-            self.reload(vec![spec], None, events, reply, now);
-        }
-    }
 }
 
 #[cfg(test)]

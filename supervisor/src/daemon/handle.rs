@@ -8,9 +8,10 @@ use chat_shared::ipc::Rollout;
 use chat_shared::status::{ChatFigures, ExitKind, Phase};
 
 use super::app::app_mut;
+use super::builder;
 use super::msg::{AppId, Msg};
 use super::slot::Which;
-use super::{Daemon, builder};
+use super::state::Daemon;
 use crate::instance::{Input, State};
 use crate::notify::Notice;
 use crate::pid::Pid;

@@ -8,8 +8,9 @@ use chat_shared::status::Phase;
 use tokio::sync::oneshot;
 
 use super::app::{App, StartError};
+use super::reload;
 use super::slot::Which;
-use super::{Daemon, KilledBy, Lifecycle, Until, Waiter, reload};
+use super::state::{Daemon, KilledBy, Lifecycle, Until, Waiter};
 use crate::instance::Input;
 use crate::logs::LogPaths;
 

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use chat_shared::status::Phase;
 
-use super::App;
+use super::model::App;
 use crate::daemon::effects::Effects;
 use crate::daemon::msg::Msg;
 use crate::metrics::Usage;

@@ -30,37 +30,10 @@ use crate::spawn::{self, Launch, PassedFd};
 use crate::watch::{AppWatcher, Ignore, WatchError};
 
 mod describe;
+mod model;
 mod replace;
 
-pub(super) struct App {
-    /// Unique for the daemon's life, so messages about a deleted app cannot reach a new one of the
-    /// same name.
-    pub(super) id: AppId,
-    /// Development mode's rebuild cycle (`watch` with `build`).
-    pub(super) builder: super::builder::Builder,
-    pub(super) spec: AppSpec,
-    pub(super) policy: Policy,
-    /// Cluster mode: the one socket every instance accepts on.
-    shared: Option<TcpListener>,
-    /// The port actually bound (differs from the spec for port 0).
-    port: Option<u16>,
-    pub(super) slots: Vec<Slot>,
-    pub(super) logs: LogSink,
-    /// Set by `delete`: the app is removed once every instance has stopped.
-    pub(super) deleting: bool,
-    /// Watch mode: restarts the app on file changes while it lives.
-    _watcher: Option<AppWatcher>,
-    /// Last process key handed out (see `Proc::key`).
-    next_key: u64,
-    /// `policy` without restarts, for successors.
-    successor_policy: Policy,
-    /// Finished replacements, (slot, new pid or why it failed), for whoever drives them (reloads).
-    pub(super) outcomes: Vec<(usize, Result<Option<Pid>, String>)>,
-    /// Shared by every instance of the app for as long as the daemon knows it (reloads included).
-    secret: String,
-    /// Rolling reloads begun, for `/metrics`.
-    pub(super) reloads: u64,
-}
+pub(super) use model::App;
 
 /// The app with id `app_id`, if it is still known (messages may outlive a deleted app).
 pub(super) fn app_mut(apps: &mut [App], app_id: AppId) -> Option<&mut App> {

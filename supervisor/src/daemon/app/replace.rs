@@ -7,7 +7,7 @@ use chat_shared::ecosystem::ExecMode;
 use chat_shared::spec::AppSpec;
 use chat_shared::status::Phase;
 
-use super::App;
+use super::model::App;
 use crate::daemon::effects::Effects;
 use crate::daemon::slot::{Next, OnFailure, Slot, Successor, Which};
 use crate::instance::{Input, Policy};
