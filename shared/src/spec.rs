@@ -138,6 +138,14 @@ impl AppSpec {
     /// spawn without panicking. The daemon runs it on every spec a request carries: a spec comes
     /// from whoever can connect to the socket, or from an old dump, not only from a validated file.
     pub fn validate(&self) -> Result<(), SpecError> {
+        self.check_names_and_counts()?;
+        self.check_durations()?;
+        self.check_health()?;
+        self.check_formats()
+    }
+
+    /// Names, the program, counts, and the ports a fork-mode app claims.
+    fn check_names_and_counts(&self) -> Result<(), SpecError> {
         use crate::ecosystem::names;
         names::app_name(&self.name).or_else(|why| refuse("name", why))?;
         if let Some(profile) = &self.profile {
@@ -168,6 +176,11 @@ impl AppSpec {
         if let Some(bad) = self.env.keys().find(|k| names::env_name(k).is_err()) {
             refuse("env", format!("invalid environment variable name {bad:?}"))?;
         }
+        Ok(())
+    }
+
+    /// Every duration fits a deadline, and those that must not be zero are not.
+    fn check_durations(&self) -> Result<(), SpecError> {
         let mut durations = vec![
             ("kill_timeout", self.kill_timeout),
             ("restart_delay", self.restart_delay),
@@ -195,6 +208,11 @@ impl AppSpec {
         if self.memory_check_interval.0 < std::time::Duration::from_millis(100) {
             refuse("memory_check_interval", "must be at least 100ms")?;
         }
+        Ok(())
+    }
+
+    /// A health check that can run: a path, non-zero timings, a threshold that can be reached.
+    fn check_health(&self) -> Result<(), SpecError> {
         if let Some(h) = &self.health {
             if !h.path.starts_with('/') {
                 refuse("health.path", format!("health path {:?} must start with '/'", h.path))?;
@@ -207,6 +225,11 @@ impl AppSpec {
                 refuse("health.unhealthy_threshold", "must be at least 1")?;
             }
         }
+        Ok(())
+    }
+
+    /// Values read by a parser of their own (date format, cron, globs), and a rotation size.
+    fn check_formats(&self) -> Result<(), SpecError> {
         if let Some(format) = &self.logs.date_format {
             use chrono::format::{Item, StrftimeItems};
             // chrono panics when an invalid format is displayed.
