@@ -223,3 +223,42 @@ fn files_are_shared_across_hosts_through_redis() {
     });
     assert!(swept, "every file key expired and the index swept: {last}");
 }
+
+/// Two uploads under way at once that each fit a guest's quota but not together: one is refused
+/// (429) when it is counted, atomically in Redis, although both passed the check made before their
+/// bodies.
+#[test]
+fn two_uploads_at_once_cannot_pass_the_quota_together_through_redis() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let worker = Worker::start(&[("REDIS_URL", url.as_str()), ("FILE_QUOTA", "1M"), ("FILE_UPLOAD_RATE", "off")]);
+    let ann = token(worker.addr.port(), "ann");
+    let body = vec![9u8; 700_000];
+    // Both heads and half of both bodies first: both are past the early check.
+    let mut streams: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect(worker.addr).expect("connect");
+            stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            write!(
+                stream,
+                "POST /api/files HTTP/1.1\r\nHost: t\r\nConnection: close\r\nAuthorization: Bearer {ann}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .expect("head");
+            stream.write_all(&body[..350_000]).expect("half a body");
+            stream
+        })
+        .collect();
+    let mut statuses: Vec<u16> = streams
+        .iter_mut()
+        .map(|stream| {
+            stream.write_all(&body[350_000..]).expect("the rest");
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+            let head = String::from_utf8_lossy(&answer);
+            head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+        })
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 429], "one file fits ann's 1 MiB, not two");
+}

@@ -258,20 +258,23 @@ impl RedisUpload {
             -1 => return Err(super::Refused::Quota),
             _ => return Err(super::Refused::Full),
         }
-        let json = serde_json::to_vec(meta).map_err(|e| super::Refused::Store(std::io::Error::other(e)))?;
+        // Every chunk must still be there before the file shows: one that expired during a very
+        // slow upload (they live an hour until the commit) would make a file that breaks off.
         let mut pipe = redis::pipe();
         pipe.atomic();
         for n in 0..self.chunks {
             pipe.cmd("PEXPIREAT").arg(self.store.chunk_key(&self.id, n)).arg(meta.expires + self.store.inner.grace_ms);
         }
-        pipe.cmd("SET").arg(self.store.meta_key(&self.id)).arg(json).arg("PXAT").arg(meta.expires).ignore();
-        // Every chunk must still be there: one that expired during a very slow upload (they live an
-        // hour until the commit) would make a file that breaks off half-way.
-        let kept: Vec<i64> = self.store.exec(&pipe).await.map_err(super::Refused::Store)?;
-        if kept.iter().any(|&k| k != 1) {
-            return Err(super::Refused::Store(std::io::Error::other("a chunk expired before the upload ended")));
+        if self.chunks > 0 {
+            let kept: Vec<i64> = self.store.exec(&pipe).await.map_err(super::Refused::Store)?;
+            if kept.iter().any(|&k| k != 1) {
+                let expired = std::io::Error::other("a chunk expired before the upload ended");
+                return Err(super::Refused::Store(expired));
+            }
         }
-        Ok(())
+        let json = serde_json::to_vec(meta).map_err(|e| super::Refused::Store(std::io::Error::other(e)))?;
+        let set = redis::cmd("SET").arg(self.store.meta_key(&self.id)).arg(json).arg("PXAT").arg(meta.expires).clone();
+        self.store.query::<()>(&set).await.map_err(super::Refused::Store)
     }
 
     pub(super) async fn abort(&self) {
