@@ -53,8 +53,69 @@ pub(crate) struct Launch<'a> {
 /// fires when the *thread* that forked exits, so a short-lived blocking-pool thread would kill the
 /// child early.
 pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
+    let tracking = launch.tracking;
+    let mut command = Command::new(&launch.spec.script);
+    let raw = environment(&mut command, launch)?;
+    if raw.len() > 8 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "at most 8 sockets can be passed"));
+    }
+    let parent = std::process::id() as libc::pid_t;
+    // The daemon raised its own open-file limit; the app gets the one the daemon was started with.
+    let nofile = crate::limits::nofile_for_children();
+    // Cloned before the fork: the child only reads it.
+    let cgroup_procs = tracking.leaf.as_ref().map(|leaf| leaf.procs.clone());
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs in the child between fork and exec and calls only async-signal-safe
+    // functions (prctl, getppid, setrlimit, open, write, close, fcntl, dup2, _exit) on plain
+    // integers, structs and a C string made before the fork; it allocates nothing (`raw` and the
+    // path were allocated before the fork and are only read).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The daemon may have died between fork and prctl; then nobody would ever stop us.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            // Into the instance's own cgroup before exec, so every descendant is born in it. A
+            // failure leaves it in the daemon's cgroup; the daemon checks and falls back.
+            if let Some(path) = &cgroup_procs {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+            }
+            if let Some(limit) = &nofile
+                && libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // Move every fd above the target range first, so no dup2 overwrites a source that is
+            // still to be copied; dup2 onto a different fd clears FD_CLOEXEC, as exec needs.
+            let mut high = [0 as RawFd; 8];
+            for (slot, fd) in high.iter_mut().zip(&raw) {
+                *slot = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 16);
+                if *slot < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for (i, fd) in high.iter().take(raw.len()).enumerate() {
+                if libc::dup2(*fd, worker_env::LISTEN_FDS_START + i as RawFd) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    command.spawn()
+}
+
+/// The instance's arguments, directory, stdio and environment (the app's, then what the supervisor
+/// tells it: instance, port, sockets, notify socket, Node channel); returns the fds to pass, in order.
+fn environment(command: &mut Command, launch: &Launch<'_>) -> io::Result<Vec<RawFd>> {
     let Launch { spec, index, port, fds, home, notify, secret, tracking, channel } = *launch;
-    let mut command = Command::new(&spec.script);
     command
         .args(&spec.args)
         .current_dir(&spec.cwd)
@@ -113,58 +174,5 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
         let at = worker_env::LISTEN_FDS_START + raw.len() as RawFd - 1;
         command.env(NODE_CHANNEL_FD, at.to_string()).env(NODE_CHANNEL_SERIALIZATION_MODE, "json");
     }
-    if raw.len() > 8 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "at most 8 sockets can be passed"));
-    }
-    let parent = std::process::id() as libc::pid_t;
-    // The daemon raised its own open-file limit; the app gets the one the daemon was started with.
-    let nofile = crate::limits::nofile_for_children();
-    // Cloned before the fork: the child only reads it.
-    let cgroup_procs = tracking.leaf.as_ref().map(|leaf| leaf.procs.clone());
-    #[allow(unsafe_code)]
-    // SAFETY: the closure runs in the child between fork and exec and calls only async-signal-safe
-    // functions (prctl, getppid, setrlimit, open, write, close, fcntl, dup2, _exit) on plain
-    // integers, structs and a C string made before the fork; it allocates nothing (`raw` and the
-    // path were allocated before the fork and are only read).
-    unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The daemon may have died between fork and prctl; then nobody would ever stop us.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            // Into the instance's own cgroup before exec, so every descendant is born in it. A
-            // failure leaves it in the daemon's cgroup; the daemon checks and falls back.
-            if let Some(path) = &cgroup_procs {
-                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd >= 0 {
-                    libc::write(fd, b"0".as_ptr().cast(), 1);
-                    libc::close(fd);
-                }
-            }
-            if let Some(limit) = &nofile
-                && libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // Move every fd above the target range first, so no dup2 overwrites a source that is
-            // still to be copied; dup2 onto a different fd clears FD_CLOEXEC, as exec needs.
-            let mut high = [0 as RawFd; 8];
-            for (slot, fd) in high.iter_mut().zip(&raw) {
-                *slot = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 16);
-                if *slot < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            for (i, fd) in high.iter().take(raw.len()).enumerate() {
-                if libc::dup2(*fd, worker_env::LISTEN_FDS_START + i as RawFd) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    command.spawn()
+    Ok(raw)
 }
