@@ -2,12 +2,18 @@
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-/// Locks `mutex`, poisoned or not. A lock is poisoned when a thread panicked while holding it; the
-/// values guarded in chatctl and the worker (a status note, a table of pending replies) are valid
-/// between any two statements, so the value is used as it is: a panic in one task must not turn
-/// every later lock into another panic, nor be silently skipped as an `Err`.
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+/// A mutex locked whether or not it is poisoned. A lock is poisoned when a thread panicked while
+/// holding it; the values guarded in chatctl and the worker (a status note, a table of pending
+/// replies) are valid between any two statements, so the value is used as it is: a panic in one
+/// task must not turn every later lock into another panic, nor be silently skipped as an `Err`.
+pub trait Locked<T> {
+    fn locked(&self) -> MutexGuard<'_, T>;
+}
+
+impl<T> Locked<T> for Mutex<T> {
+    fn locked(&self) -> MutexGuard<'_, T> {
+        self.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 #[cfg(test)]
@@ -24,7 +30,7 @@ mod tests {
         })
         .join();
         assert!(mutex.is_poisoned());
-        *lock(&mutex) += 1;
-        assert_eq!(*lock(&mutex), 2);
+        *mutex.locked() += 1;
+        assert_eq!(*mutex.locked(), 2);
     }
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use chat_shared::ipc::{LogRecord, LogStream};
 use chat_shared::spec::LogSpec;
-use chat_shared::sync::lock;
+use chat_shared::sync::Locked;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -209,7 +209,7 @@ impl LogSink {
 
     /// What keeps some of this app's output from its files right now, for `list` and `describe`.
     pub(crate) fn issue(&self) -> Option<String> {
-        lock(&self.issue).clone()
+        self.issue.locked().clone()
     }
 
     /// Reopens every file (after an external logrotate moved them).
@@ -312,7 +312,7 @@ impl Writer {
         let issues: Vec<String> = self.files.values().filter_map(RotatingFile::issue).collect();
         let issue = (!issues.is_empty()).then(|| issues.join("; "));
         if issue != self.shown {
-            let mut shared = lock(&self.issue);
+            let mut shared = self.issue.locked();
             shared.clone_from(&issue);
             self.shown = issue;
         }
