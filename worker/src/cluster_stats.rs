@@ -8,10 +8,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use chat_shared::sync::Locked;
 use serde::{Deserialize, Serialize};
 
 use crate::bus::Channel;
-use crate::locked::Locked;
 
 /// A report older than this many intervals is left out of the sum.
 const STALE_AFTER: u32 = 3;

@@ -34,6 +34,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::serve::Listener;
+use chat_shared::sync::Locked;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 use socketioxide::SocketIo;
 use socketioxide::socket::Sid;
@@ -43,7 +44,6 @@ use tokio::sync::mpsc;
 
 use crate::admission::{Admission, Conn, FIRST_LINE};
 use crate::bus::Adapter;
-use crate::locked::Locked;
 
 /// Where socketioxide serves engine.io (its default).
 const ENGINE_PATH: &str = "/socket.io";

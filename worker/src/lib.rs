@@ -45,7 +45,6 @@ pub mod handoff;
 pub mod http;
 pub mod limits;
 pub mod listeners;
-pub mod locked;
 pub mod origins;
 pub mod realtime;
 pub mod session;

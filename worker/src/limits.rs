@@ -10,11 +10,12 @@
 //! (no traffic for ordinary clients); what it spends before its buckets fall below half, and in the
 //! moment between reports, is the slack (at most about half a burst per worker).
 
-use crate::locked::Locked;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
+
+use chat_shared::sync::Locked;
 
 /// `rate` tokens a second, at most `burst` saved up.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -15,10 +15,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use chat_shared::sync::Locked;
 use serde_json::Value;
 
 use crate::bus::BusDriver;
-use crate::locked::Locked;
 
 const TOUCH: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then \
     redis.call('HSET', KEYS[1], 'last_seen', ARGV[1]); redis.call('PEXPIRE', KEYS[1], ARGV[2]) end";

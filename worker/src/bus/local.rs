@@ -7,13 +7,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chat_shared::bus::{OP_MSG, OP_NUMSUB, OP_NUMSUB_REPLY, OP_PUB, OP_SUB, OP_UNSUB, frame, put_str, take_str};
+use chat_shared::bus::{
+    OP_MSG, OP_NUMSUB, OP_NUMSUB_REPLY, OP_PUB, OP_SUB, OP_UNSUB, STR_LEN_BYTES, frame, put_str, take_str,
+};
+use chat_shared::sync::Locked;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{BusError, LinkState, Table};
-use crate::locked::Locked;
 
 pub(super) struct Local {
     out: mpsc::UnboundedSender<Vec<u8>>,
@@ -45,10 +47,10 @@ impl Local {
     pub(super) fn publish(&self, chan: &str, val: &[u8]) -> Result<(), BusError> {
         // The broker drops a connection that sends a larger frame: refused here, it costs one
         // publication instead of the link.
-        if 1 + 2 + chan.len() + val.len() > chat_shared::bus::MAX_FRAME {
+        if 1 + STR_LEN_BYTES + chan.len() + val.len() > chat_shared::bus::MAX_FRAME {
             return Err(BusError::TooBig { channel: chan.to_owned(), bytes: val.len() });
         }
-        let mut body = Vec::with_capacity(2 + chan.len() + val.len());
+        let mut body = Vec::with_capacity(STR_LEN_BYTES + chan.len() + val.len());
         put_str(&mut body, chan);
         body.extend_from_slice(val);
         self.send(OP_PUB, &body)

@@ -21,10 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat_shared::health::ClusterHealth;
+use chat_shared::sync::Locked;
 use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::mpsc;
-
-use crate::locked::Locked;
 
 /// The Socket.IO adapter: rooms shared through Redis, the daemon's bus, or a bus of one.
 pub type Adapter = socketioxide_redis::CustomRedisAdapter<socketioxide::adapter::Emitter, BusDriver>;

@@ -14,12 +14,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chat_shared::sync::Locked;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, FromRedisValue, ProtocolVersion, PushInfo, PushKind};
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::{LinkState, Table};
-use crate::locked::Locked;
 
 /// Longest wait for a connection attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

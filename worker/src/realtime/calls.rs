@@ -25,6 +25,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chat_shared::sync::Locked;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use socketioxide::ParserError;
@@ -38,7 +39,6 @@ use super::sessions::send_ice;
 use super::throttle::Spend;
 use crate::bus::Adapter;
 use crate::bus::Channel;
-use crate::locked::Locked;
 
 /// Changes queued for this worker before it falls behind the other workers' registries.
 const CHANGES_QUEUED: usize = 1024;

@@ -7,9 +7,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use chat_shared::sync::Locked;
 use serde_json::Value;
-
-use crate::locked::Locked;
 
 pub struct History {
     /// `std::sync::Mutex`: held for a push or a copy, never across an await.

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chat_shared::sync::Locked;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use socketioxide::extract::SocketRef;
@@ -21,7 +22,6 @@ use super::throttle::Spend;
 use super::{Chat, now_ms};
 use crate::bus::Adapter;
 use crate::bus::Channel;
-use crate::locked::Locked;
 use crate::store::Store;
 
 const MAX_TEXT_CHARS: usize = 4000;

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use chat_shared::sync::Locked;
 use serde_json::{Value, json};
 use socketioxide::extract::SocketRef;
 use tokio::sync::oneshot;
@@ -20,7 +21,6 @@ use super::INTERNAL;
 use super::guests::Guest;
 use super::protocol::event;
 use crate::bus::Adapter;
-use crate::locked::Locked;
 
 /// Rooms up to this many members also get the whole member list on every change.
 const FULL_LISTS_UP_TO: usize = 100;

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chat_shared::sync::Locked;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use socketioxide::extract::SocketRef;
@@ -15,7 +16,6 @@ use super::rules::RESTORE_RATE;
 use crate::bus::Adapter;
 use crate::bus::Channel;
 use crate::limits::{Bucket, PerAddress, PerKey, Rate};
-use crate::locked::Locked;
 
 /// Messages, typing and DMs per socket, unless configured (`MESSAGE_RATE`).
 pub const SOCKET_RATE: Rate = Rate { per_second: 10.0, burst: 20.0 };
