@@ -8,8 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::support::redis::RedisServer;
-use crate::support::{Env, Worker, chat_app, free_port, heavy_load, http_get, node, sigkill, tests_dir};
-use chat_bench::load::Load;
+use crate::support::{
+    Env, Worker, chat_app, free_port, heavy_load, http_get, node, reload_under_keep_alive_load, sigkill, tests_dir,
+};
 
 /// HAProxy or nginx in the foreground, killed (by pid) when dropped.
 struct Balancer {
@@ -108,40 +109,41 @@ impl Drop for Balancer {
     }
 }
 
-#[test]
-fn polling_and_websocket_clients_chat_across_two_hosts_behind_haproxy() {
+/// Two hosts (a worker each, sharing a redis-server) behind the balancer `start` makes; 8 guests
+/// through it, half polling only, half upgrading to websockets, 3 rounds: every guest gets every
+/// message once. Answers the hosts that served them (`None`: the balancer is not installed).
+fn chat_through(start: fn([SocketAddr; 2]) -> Option<Balancer>) -> Option<serde_json::Value> {
     let redis = RedisServer::start();
     let url = redis.url();
     let host = |name: &str| {
         Worker::start(&[("REDIS_URL", url.as_str()), ("INSTANCE_ID", name), ("CHAT_SESSION_SECRET", "one secret")])
     };
     let (a, b) = (host("a"), host("b"));
-    let Some(balancer) = Balancer::haproxy([a.addr, b.addr]) else { return };
-    // Half the guests poll only, half upgrade to websockets; each polling request is a new
-    // connection, which HAProxy balances: without the stick table they land on the other host
-    // half the time ("Session ID unknown").
+    let balancer = start([a.addr, b.addr])?;
     let out = node("polling.mjs", &[&format!("http://{}", balancer.addr), "8", "lobby", "3"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "polling through HAProxy failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "chat through the balancer failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("polling report");
-    assert_eq!(report["instances"], serde_json::json!(["a", "b"]), "guests on both hosts: {report}");
+    Some(report["instances"].clone())
+}
+
+#[test]
+fn polling_and_websocket_clients_chat_across_two_hosts_behind_haproxy() {
+    // Each polling request is a new connection, which HAProxy balances: without the stick table
+    // half land on the other host ("xhr poll error").
+    let Some(hosts) = chat_through(Balancer::haproxy) else { return };
+    assert_eq!(hosts, serde_json::json!(["a", "b"]), "guests on both hosts");
 }
 
 #[test]
 fn polling_and_websocket_clients_chat_behind_nginx() {
-    let redis = RedisServer::start();
-    let url = redis.url();
-    let host = |name: &str| {
-        Worker::start(&[("REDIS_URL", url.as_str()), ("INSTANCE_ID", name), ("CHAT_SESSION_SECRET", "one secret")])
-    };
-    let (a, b) = (host("a"), host("b"));
-    let Some(balancer) = Balancer::nginx([a.addr, b.addr]) else { return };
     // Every guest comes from 127.0.0.1: ip_hash keeps them all on one host, polling included.
-    let out = node("polling.mjs", &[&format!("http://{}", balancer.addr), "8", "lobby", "3"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "polling through nginx failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("polling report");
-    assert_eq!(report["instances"].as_array().map(Vec::len), Some(1), "one address, one host: {report}");
+    let Some(hosts) = chat_through(Balancer::nginx) else { return };
+    assert_eq!(hosts.as_array().map(Vec::len), Some(1), "one address, one host: {hosts}");
 }
 
 /// A host reloaded behind HAProxy while 50 kept-alive clients keep asking through it (round robin:
@@ -166,14 +168,12 @@ fn a_host_reloaded_behind_haproxy_fails_no_request() {
     let other = Worker::start(&[("REDIS_URL", redis.url().as_str())]);
     let Some(balancer) = Balancer::haproxy([([127, 0, 0, 1], port).into(), other.addr]) else { return };
     env.write("ecosystem.toml", &app("2"));
-    let load = Load::paced(vec![balancer.addr], &["/health", "/api/socket/stats"], 50, Duration::from_millis(20));
-    load.wait_for(500);
-    let out = env.ok(&["reload", "chat"]);
-    load.wait_for(500);
-    let outcome = load.finish();
-    eprintln!(
-        "a host reloaded behind HAProxy: {} ok, {} refused, {} failed, {} non-2xx",
-        outcome.ok, outcome.refused, outcome.failed, outcome.non_2xx
+    reload_under_keep_alive_load(
+        &env,
+        "chat",
+        vec![balancer.addr],
+        &["/health", "/api/socket/stats"],
+        50,
+        "a host reloaded behind HAProxy",
     );
-    assert_eq!((outcome.refused, outcome.failed, outcome.non_2xx), (0, 0, 0), "{out}");
 }

@@ -6,17 +6,11 @@
 //! too, where that port stands for the whole host.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use crate::support::{Env, chat_app, free_port, free_ports, heavy_load};
-use chat_bench::load::Load;
+use crate::support::{Env, chat_app, free_port, free_ports, heavy_load, reload_under_keep_alive_load};
 
 /// Kept-alive connections, as in `wrk -c50`.
 const CONNECTIONS: usize = 50;
-
-/// Each connection pauses up to this long between requests: a request reaches the server at every
-/// moment of a drain, idle connections included.
-const MAX_PAUSE: Duration = Duration::from_millis(20);
 
 /// Reloads `instances` chat workers under the paced keep-alive load on `paths`; asserts that no
 /// request failed and every answer was 2xx.
@@ -37,20 +31,8 @@ fn reload_under_keep_alive(mode: &str, instances: usize, paths: &'static [&'stat
     env.ok(&["start"]);
     let before = env.online_pids("chat", instances);
     env.write("ecosystem.toml", &chat_app(port, mode, instances, "env = { RELEASE = \"2\" }"));
-    let load = Load::paced(addrs, paths, CONNECTIONS, MAX_PAUSE);
-    load.wait_for(500);
-    let out = env.ok(&["reload", "chat"]);
-    load.wait_for(500);
-    let outcome = load.finish();
-    eprintln!(
-        "{mode} reload of {instances} under {CONNECTIONS} kept-alive connections on {paths:?}: {} ok, {} refused, {} failed, {} non-2xx",
-        outcome.ok, outcome.refused, outcome.failed, outcome.non_2xx
-    );
-    assert_eq!(
-        (outcome.refused, outcome.failed, outcome.non_2xx),
-        (0, 0, 0),
-        "a reload under keep-alive load fails nothing and answers only 2xx\n{out}"
-    );
+    let what = format!("{mode} reload of {instances} under {CONNECTIONS} kept-alive connections on {paths:?}");
+    reload_under_keep_alive_load(&env, "chat", addrs, paths, CONNECTIONS, &what);
     let after = env.online_pids("chat", instances);
     assert!(before.iter().all(|p| !after.contains(p)), "every instance replaced: {before:?} -> {after:?}");
 }

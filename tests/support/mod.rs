@@ -395,3 +395,32 @@ pub(crate) fn node(script: &str, args: &[&str]) -> Output {
 pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Runs `chatctl reload APP` in `env` while the paced keep-alive load (`connections` connections,
+/// each pausing up to 20 ms between requests) asks `addrs` for `paths`, from 500 answers before
+/// to 500 after; asserts that no request failed and every answer was 2xx, and says what `what`
+/// saw. Returns the reload's output.
+pub(crate) fn reload_under_keep_alive_load(
+    env: &Env,
+    app: &str,
+    addrs: Vec<SocketAddr>,
+    paths: &'static [&'static str],
+    connections: usize,
+    what: &str,
+) -> String {
+    let load = chat_bench::load::Load::paced(addrs, paths, connections, Duration::from_millis(20));
+    load.wait_for(500);
+    let out = env.ok(&["reload", app]);
+    load.wait_for(500);
+    let outcome = load.finish();
+    eprintln!(
+        "{what}: {} ok, {} refused, {} failed, {} non-2xx",
+        outcome.ok, outcome.refused, outcome.failed, outcome.non_2xx
+    );
+    assert_eq!(
+        (outcome.refused, outcome.failed, outcome.non_2xx),
+        (0, 0, 0),
+        "{what}: a reload under keep-alive load fails nothing and answers only 2xx\n{out}"
+    );
+    out
+}
