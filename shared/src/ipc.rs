@@ -192,8 +192,7 @@ pub struct Snapshot {
 pub struct Dump {
     /// Bumped when the format changes incompatibly.
     pub version: u32,
-    /// RFC 3339.
-    pub saved_at: String,
+    pub saved_at: crate::time::Timestamp,
     pub apps: Vec<AppSpec>,
 }
 
@@ -249,8 +248,8 @@ pub enum LogStream {
 /// One captured line, as `--json` prints it and as `log_type = "json"` files hold it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogRecord {
-    /// RFC 3339, local time, milliseconds.
-    pub time: String,
+    /// Local time, milliseconds.
+    pub time: crate::time::Timestamp,
     pub app: String,
     pub instance: usize,
     pub stream: LogStream,
@@ -711,7 +710,10 @@ mod tests {
                 index: 0,
                 sockets: vec!["http 0.0.0.0:3000".into()],
                 log_files: vec!["/logs/chat-out.log".into()],
-                history: vec![crate::status::HistoryEntry { at: "t".into(), event: "online".into() }],
+                history: vec![crate::status::HistoryEntry {
+                    at: crate::time::Timestamp::now_millis(),
+                    event: "online".into(),
+                }],
                 probes: vec![],
                 memory_peak_bytes: Some(3),
             }],
@@ -749,8 +751,13 @@ mod tests {
         assert_eq!(seen.len(), RESPONSES, "a response variant is missing: {seen:?}");
 
         let mut seen = BTreeSet::new();
-        let record =
-            LogRecord { time: "t".into(), app: "a".into(), instance: 0, stream: LogStream::Out, message: "m".into() };
+        let record = LogRecord {
+            time: crate::time::Timestamp::now_millis(),
+            app: "a".into(),
+            instance: 0,
+            stream: LogStream::Out,
+            message: "m".into(),
+        };
         for event in [
             Event::Log(record),
             Event::Skipped { count: 3 },

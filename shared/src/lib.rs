@@ -13,6 +13,7 @@
 //! - [`health`]: the `/health` body.
 //! - [`units`]: human durations and sizes, and their short forms in tables.
 //! - [`sync`]: locks, held one way.
+//! - [`time`]: moments as both programs show and store them (RFC 3339 text made from a time).
 
 pub mod bus;
 pub mod cron;
@@ -23,5 +24,6 @@ pub mod limits;
 pub mod spec;
 pub mod status;
 pub mod sync;
+pub mod time;
 pub mod units;
 pub mod worker_env;

@@ -139,14 +139,13 @@ pub struct InstanceDetail {
 /// One event in an instance's life: a transition, with the reason when it was not planned.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryEntry {
-    /// RFC 3339, local time.
-    pub at: String,
+    pub at: crate::time::Timestamp,
     pub event: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeRecord {
-    pub at: String,
+    pub at: crate::time::Timestamp,
     pub ok: bool,
     pub latency_ms: u64,
     pub error: Option<String>,

@@ -284,7 +284,7 @@ impl Daemon {
         let names = apps.iter().map(|a| a.name.clone()).collect();
         let dump = chat_shared::ipc::Dump {
             version: chat_shared::ipc::DUMP_VERSION,
-            saved_at: chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+            saved_at: chat_shared::time::Timestamp::now_secs(),
             apps,
         };
         let path = self.effects.home.dir().join(chat_shared::ipc::DUMP_FILE);

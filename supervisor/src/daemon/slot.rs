@@ -72,7 +72,8 @@ impl Slot {
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }
-        self.history.push_back(chat_shared::status::HistoryEntry { at: now_text(), event });
+        self.history
+            .push_back(chat_shared::status::HistoryEntry { at: chat_shared::time::Timestamp::now_millis(), event });
     }
 
     pub(super) fn record_probe(&mut self, latency_ms: u64, error: Option<String>) {
@@ -81,16 +82,12 @@ impl Slot {
             self.probes.pop_front();
         }
         self.probes.push_back(chat_shared::status::ProbeRecord {
-            at: now_text(),
+            at: chat_shared::time::Timestamp::now_millis(),
             ok: error.is_none(),
             latency_ms,
             error,
         });
     }
-}
-
-fn now_text() -> String {
-    chrono::Local::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
 }
 
 pub(super) struct Successor {

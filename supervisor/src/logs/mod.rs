@@ -370,7 +370,7 @@ impl Writer {
     fn record(&self, now: chrono::DateTime<chrono::Local>, chunk: &Chunk, line: &[u8]) -> LogRecord {
         let text = line.strip_suffix(b"\n").unwrap_or(line);
         LogRecord {
-            time: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
+            time: chat_shared::time::Timestamp::millis(now),
             app: self.app.to_string(),
             instance: chunk.instance,
             stream: chunk.stream,
