@@ -77,7 +77,9 @@ impl Balancer {
         std::fs::write(dir.path().join("nginx.conf"), config).expect("nginx.conf");
         let child = Command::new(nginx)
             .args(["-p", &prefix, "-c", &format!("{prefix}/nginx.conf"), "-e", &format!("{prefix}/error.log")])
-            .args(["-g", &format!("daemon off; pid {prefix}/nginx.pid;")])
+            // One process: a SIGKILLed master leaves its worker processes running (seen: one orphan
+            // per run, still listening).
+            .args(["-g", &format!("daemon off; master_process off; pid {prefix}/nginx.pid;")])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"))

@@ -37,6 +37,10 @@ const browser = await puppeteer.launch({
     "--autoplay-policy=no-user-gesture-required",
   ],
 });
+// A failure exits at once (common.mjs), and the test stops the script with SIGTERM: the browser
+// (a process group of its own) must not outlive it either way.
+process.on("exit", () => browser.process()?.kill("SIGKILL"));
+process.on("SIGTERM", () => process.exit(1));
 const wait = (page, what, fn, ...args) =>
   page.waitForFunction(fn, { timeout: 15000 }, ...args).catch((e) => fail(`${what}: ${e.message}`));
 

@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -342,12 +343,14 @@ impl Scripted {
     pub(crate) fn start(script: &str, args: &[&str]) -> Scripted {
         use std::io::BufRead;
         let dir = tests_dir();
+        // A group of its own: what the script starts (a browser) goes with it on drop.
         let mut child = Command::new("node")
             .arg(dir.join("clients").join(script))
             .args(args)
             .current_dir(&dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
+            .process_group(0)
             .spawn()
             .expect("node");
         let stdin = child.stdin.take().expect("stdin");
@@ -373,7 +376,16 @@ impl Scripted {
 
 impl Drop for Scripted {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // Asked first (SIGTERM, up to 3 s), so that a script that started a browser closes it: a
+        // browser starts a process group of its own, which killing the script's would not reach.
+        let Ok(pid) = i32::try_from(self.child.id()).map(nix::unistd::Pid::from_raw) else { return };
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let begun = Instant::now();
+        while self.child.try_wait().is_ok_and(|exited| exited.is_none()) && begun.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Then its whole group (its pid), whatever else it started.
+        let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
