@@ -12,6 +12,13 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct Timestamp(String);
 
+/// Milliseconds since the Unix epoch: the chat's message times, expiries kept in Redis, file
+/// deadlines (numbers that travel between hosts, unlike [`std::time::Instant`]). 0 for a clock set
+/// before 1970.
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 impl Timestamp {
     /// Now, to the second.
     pub fn now_secs() -> Timestamp {

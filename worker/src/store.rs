@@ -13,9 +13,10 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use chat_shared::sync::Locked;
+use chat_shared::time::unix_millis;
 use serde_json::Value;
 
 use crate::bus::BusDriver;
@@ -88,7 +89,7 @@ impl Store {
     pub fn put_session(&self, id: &str, name: &str, rooms: &[String], token: &str) {
         let Some(redis) = self.driver.store() else { return };
         let key = self.session_key(id);
-        let now = now_ms();
+        let now = unix_millis();
         redis.send(
             redis::cmd("HSET")
                 .arg(&key)
@@ -116,7 +117,7 @@ impl Store {
                 .arg(TOUCH)
                 .arg(1)
                 .arg(&key)
-                .arg(now_ms())
+                .arg(unix_millis())
                 .arg(self.session_ttl.as_millis() as u64)
                 .clone(),
         );
@@ -232,7 +233,7 @@ impl Store {
             .arg(self.history_count)
             .clone();
         let reply: redis::streams::StreamRangeReply = redis.query(cmd).await?;
-        let oldest = now_ms().saturating_sub(self.history_age.as_millis() as u64);
+        let oldest = unix_millis().saturating_sub(self.history_age.as_millis() as u64);
         let mut messages: Vec<Value> = reply
             .ids
             .into_iter()
@@ -278,8 +279,4 @@ pub async fn believe(
         }
         other => other,
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -22,7 +22,7 @@ use axum::body::Bytes;
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 
-use super::{ByteStream, Lookup, Meta, Usage};
+use super::kept::{ByteStream, Lookup, Meta, Refused, Usage};
 
 /// A chunk's size: 256 KiB less 64 bytes, so that a chunk and Redis's string header fit the
 /// allocator's 256 KiB size class (jemalloc): values of exactly 256 KiB cost 1.26 bytes of Redis
@@ -241,7 +241,7 @@ impl RedisUpload {
 
     /// Counts the file (within `quota` and `cap`, atomically) and makes it visible. Counted first:
     /// should the rest fail, the store is over-counted until the expiry, never under-counted.
-    pub(super) async fn commit(self, meta: &Meta, quota: u64, cap: u64) -> Result<(), super::Refused> {
+    pub(super) async fn commit(self, meta: &Meta, quota: u64, cap: u64) -> Result<(), Refused> {
         let stored = self.store(meta, quota, cap).await;
         if stored.is_err() {
             self.abort().await;
@@ -249,14 +249,14 @@ impl RedisUpload {
         stored
     }
 
-    async fn store(&self, meta: &Meta, quota: u64, cap: u64) -> Result<(), super::Refused> {
+    async fn store(&self, meta: &Meta, quota: u64, cap: u64) -> Result<(), Refused> {
         let (expires, size, quota, cap) =
             (meta.expires.to_string(), meta.size.to_string(), quota.to_string(), cap.to_string());
         let args = [meta.id.as_str(), &expires, &size, &meta.guest, &quota, &cap];
-        match self.store.run::<i64>(INDEX, &args).await.map_err(super::Refused::Store)? {
+        match self.store.run::<i64>(INDEX, &args).await.map_err(Refused::Store)? {
             1 => {}
-            -1 => return Err(super::Refused::Quota),
-            _ => return Err(super::Refused::Full),
+            -1 => return Err(Refused::Quota),
+            _ => return Err(Refused::Full),
         }
         // Every chunk must still be there before the file shows: one that expired during a very
         // slow upload (they live an hour until the commit) would make a file that breaks off.
@@ -266,15 +266,15 @@ impl RedisUpload {
             pipe.cmd("PEXPIREAT").arg(self.store.chunk_key(&self.id, n)).arg(meta.expires + self.store.inner.grace_ms);
         }
         if self.chunks > 0 {
-            let kept: Vec<i64> = self.store.exec(&pipe).await.map_err(super::Refused::Store)?;
+            let kept: Vec<i64> = self.store.exec(&pipe).await.map_err(Refused::Store)?;
             if kept.iter().any(|&k| k != 1) {
                 let expired = std::io::Error::other("a chunk expired before the upload ended");
-                return Err(super::Refused::Store(expired));
+                return Err(Refused::Store(expired));
             }
         }
-        let json = serde_json::to_vec(meta).map_err(|e| super::Refused::Store(std::io::Error::other(e)))?;
+        let json = serde_json::to_vec(meta).map_err(|e| Refused::Store(std::io::Error::other(e)))?;
         let set = redis::cmd("SET").arg(self.store.meta_key(&self.id)).arg(json).arg("PXAT").arg(meta.expires).clone();
-        self.store.query::<()>(&set).await.map_err(super::Refused::Store)
+        self.store.query::<()>(&set).await.map_err(Refused::Store)
     }
 
     pub(super) async fn abort(&self) {

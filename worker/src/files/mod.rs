@@ -19,18 +19,24 @@
 //!   (on disk) and the index is changed only by atomic scripts (in Redis).
 
 mod in_redis;
+mod kept;
 mod on_disk;
+mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path as UrlPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use chat_shared::time::unix_millis;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
+
+pub use kept::Meta;
+use kept::{Lookup, Refused};
+use store::{Store, Upload};
 
 use crate::limits::{PerKey, Rate};
 use crate::session::Sessions;
@@ -48,129 +54,6 @@ pub struct FileConfig {
     pub store_max: u64,
     pub retention: Duration,
     pub upload_rate: Option<Rate>,
-}
-
-/// What is kept beside each file.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Meta {
-    pub id: String,
-    pub name: String,
-    pub size: u64,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub guest: String,
-    /// Unix milliseconds.
-    pub expires: u64,
-}
-
-/// What a store knows of an id.
-enum Lookup {
-    Live(Meta),
-    Expired,
-    Missing,
-}
-
-/// Why a complete upload was not kept.
-#[derive(Debug)]
-enum Refused {
-    Quota,
-    Full,
-    Store(std::io::Error),
-}
-
-/// Bytes of live files: a guest's, and in all.
-#[derive(Debug, Default)]
-struct Usage {
-    guest: u64,
-    total: u64,
-}
-
-type ByteStream = futures_util::stream::BoxStream<'static, std::io::Result<Bytes>>;
-
-/// Where the bytes are kept.
-enum Store {
-    Disk(on_disk::OnDisk),
-    Redis(in_redis::InRedis),
-}
-
-/// An upload under way.
-enum Upload {
-    Disk(on_disk::DiskUpload),
-    Redis(in_redis::RedisUpload),
-}
-
-impl Store {
-    async fn usage(&self, guest: &str, now: u64) -> std::io::Result<Usage> {
-        match self {
-            Store::Disk(disk) => disk.usage(guest, now).await,
-            Store::Redis(redis) => redis.usage(guest, now).await,
-        }
-    }
-
-    async fn begin(&self, id: &str) -> std::io::Result<Upload> {
-        Ok(match self {
-            Store::Disk(disk) => Upload::Disk(disk.begin(id).await?),
-            Store::Redis(redis) => Upload::Redis(redis.begin(id).await?),
-        })
-    }
-
-    async fn lookup(&self, id: &str, now: u64) -> std::io::Result<Lookup> {
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Ok(Lookup::Missing);
-        }
-        match self {
-            Store::Disk(disk) => disk.lookup(id, now).await,
-            Store::Redis(redis) => redis.lookup(id).await,
-        }
-    }
-
-    async fn read(&self, meta: &Meta, start: u64, len: u64) -> std::io::Result<ByteStream> {
-        match self {
-            Store::Disk(disk) => disk.read(meta, start, len).await,
-            Store::Redis(redis) => redis.read(meta, start, len).await,
-        }
-    }
-
-    async fn sweep(&self, now: u64) -> usize {
-        match self {
-            Store::Disk(disk) => disk.sweep(now).await,
-            Store::Redis(redis) => {
-                redis.sweep(now).await;
-                0
-            }
-        }
-    }
-}
-
-impl Upload {
-    fn batch(&self) -> usize {
-        match self {
-            Upload::Disk(_) => on_disk::DiskUpload::BATCH,
-            Upload::Redis(_) => in_redis::RedisUpload::BATCH,
-        }
-    }
-
-    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        match self {
-            Upload::Disk(disk) => disk.write(bytes).await,
-            Upload::Redis(redis) => redis.write(bytes).await,
-        }
-    }
-
-    /// Makes the file visible; in Redis, counted within `quota` and `cap` atomically.
-    async fn commit(self, meta: &Meta, quota: u64, cap: u64) -> Result<(), Refused> {
-        match self {
-            Upload::Disk(disk) => disk.commit(meta).await.map_err(Refused::Store),
-            Upload::Redis(redis) => redis.commit(meta, quota, cap).await,
-        }
-    }
-
-    async fn abort(&self) {
-        match self {
-            Upload::Disk(disk) => disk.abort().await,
-            Upload::Redis(redis) => redis.abort().await,
-        }
-    }
 }
 
 /// Image types shown in the page rather than downloaded: none can carry script.
@@ -214,7 +97,7 @@ impl Files {
         let mut ticks = tokio::time::interval(SWEEP_EVERY.min(self.config.retention.max(Duration::from_secs(1))));
         loop {
             ticks.tick().await;
-            let removed = self.store.sweep(now_ms()).await;
+            let removed = self.store.sweep(unix_millis()).await;
             if removed > 0 {
                 tracing::info!(removed, "expired files deleted");
             }
@@ -224,7 +107,7 @@ impl Files {
     /// What a message carrying file `id` shows of it: `{id, name, size, type, url, expires}`, or
     /// `None` when there is no such file (or it has expired).
     pub async fn attachment(&self, id: &str) -> Option<serde_json::Value> {
-        match self.store.lookup(id, now_ms()).await {
+        match self.store.lookup(id, unix_millis()).await {
             Ok(Lookup::Live(meta)) => Some(serde_json::json!({ "id": meta.id, "name": meta.name, "size": meta.size,
                 "type": meta.kind, "url": format!("/api/files/{}", meta.id), "expires": meta.expires })),
             Ok(_) => None,
@@ -266,7 +149,7 @@ pub async fn upload(State(files): State<Arc<Files>>, request: Request) -> Respon
     if files.uploads.as_ref().is_some_and(|uploads| uploads.take(&guest, 1) == 0) {
         return error(StatusCode::TOO_MANY_REQUESTS, "too many uploads: wait a little");
     }
-    let now = now_ms();
+    let now = unix_millis();
     let usage = match files.store.usage(&guest, now).await {
         Ok(usage) => usage,
         Err(e) => return unavailable(&e),
@@ -373,7 +256,7 @@ fn not_written(e: std::io::Error) -> StatusCode {
 
 /// `GET /api/files/ID`.
 pub async fn download(State(files): State<Arc<Files>>, UrlPath(id): UrlPath<String>, headers: HeaderMap) -> Response {
-    let meta = match files.store.lookup(&id, now_ms()).await {
+    let meta = match files.store.lookup(&id, unix_millis()).await {
         Ok(Lookup::Live(meta)) => meta,
         Ok(Lookup::Expired) => return error(StatusCode::GONE, "this file has expired"),
         Ok(Lookup::Missing) => return error(StatusCode::NOT_FOUND, "no such file"),
@@ -466,10 +349,6 @@ fn random_id() -> String {
         let _ = std::io::Read::read_exact(&mut random, &mut bytes);
     }
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

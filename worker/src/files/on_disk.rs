@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::{ByteStream, Lookup, Meta, Usage};
+use super::kept::{ByteStream, Lookup, Meta, Usage};
 
 /// Temporary files older than this were left by a worker that died mid-upload.
 const ABANDONED: Duration = Duration::from_secs(3600);

@@ -32,11 +32,11 @@ use socketioxide::ParserError;
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 
-use super::Chat;
 use super::guests::{Guest, connected, guest_of, guest_room};
+use super::ice::{self, IceConfig};
+use super::messages::Messages;
 use super::protocol::{self, ChatError, Reply, event};
-use super::sessions::send_ice;
-use super::throttle::Spend;
+use super::throttle::{Spend, Throttle};
 use crate::bus::Adapter;
 use crate::bus::Channel;
 
@@ -321,42 +321,6 @@ fn invitees(count: usize) -> Result<(), ChatError> {
     }
 }
 
-/// ICE servers for clients: STUN and TURN urls from `ICE_SERVERS`; TURN credentials time-limited
-/// with `TURN_SECRET`, the standard TURN REST scheme (username `EXPIRY:GUEST`, credential
-/// base64(HMAC-SHA1(secret, username))), which coturn's `use-auth-secret` verifies.
-pub struct IceConfig {
-    pub urls: Vec<String>,
-    pub turn_secret: Option<Vec<u8>>,
-    pub turn_ttl: std::time::Duration,
-}
-
-impl IceConfig {
-    pub fn for_guest(&self, guest: &str, now_secs: u64) -> Value {
-        use base64::Engine;
-        use hmac::{Hmac, KeyInit, Mac};
-        let stun: Vec<&String> = self.urls.iter().filter(|u| u.starts_with("stun")).collect();
-        let turn: Vec<&String> = self.urls.iter().filter(|u| u.starts_with("turn")).collect();
-        let mut servers = Vec::new();
-        if !stun.is_empty() {
-            servers.push(json!({ "urls": stun }));
-        }
-        if !turn.is_empty() {
-            match &self.turn_secret {
-                Some(secret) => {
-                    let username = format!("{}:{guest}", now_secs + self.turn_ttl.as_secs());
-                    let mut mac = <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(secret)
-                        .expect("UNWRAP: HMAC takes keys of any length");
-                    mac.update(username.as_bytes());
-                    let credential = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-                    servers.push(json!({ "urls": turn, "username": username, "credential": credential }));
-                }
-                None => servers.push(json!({ "urls": turn })),
-            }
-        }
-        json!({ "iceServers": servers })
-    }
-}
-
 #[derive(Debug, Deserialize)]
 struct Invite {
     to: Vec<String>,
@@ -382,20 +346,31 @@ struct Signal {
     payload: serde_json::Map<String, Value>,
 }
 
-pub(super) fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
-    protocol::on(socket, chat, event::CALL_INVITE, invite);
-    for answer in [event::CALL_ACCEPT, event::CALL_REJECT, event::CALL_END] {
-        protocol::on(socket, chat, answer, move |socket, chat, data| respond(socket, chat, data, answer));
-    }
-    for signal in event::SIGNALS {
-        protocol::on(socket, chat, signal, move |socket, chat, data| relay(socket, chat, data, signal));
+/// What calls use: what a socket may spend, the registry, the ICE servers a caller and an
+/// answerer are sent, and the message ids (a call's id is one).
+pub(super) struct CallEvents {
+    pub(super) throttle: Arc<Throttle>,
+    pub(super) calls: Arc<Calls>,
+    pub(super) ice: Arc<IceConfig>,
+    pub(super) messages: Arc<Messages>,
+}
+
+impl CallEvents {
+    pub(super) fn register(self: &Arc<Self>, socket: &SocketRef<Adapter>) {
+        protocol::on(socket, self, event::CALL_INVITE, invite);
+        for answer in [event::CALL_ACCEPT, event::CALL_REJECT, event::CALL_END] {
+            protocol::on(socket, self, answer, move |socket, ev, data| respond(socket, ev, data, answer));
+        }
+        for signal in event::SIGNALS {
+            protocol::on(socket, self, signal, move |socket, ev, data| relay(socket, ev, data, signal));
+        }
     }
 }
 
 /// `call:invite {to, media}` → `{ok, call}`; each invitee gets `call:invite {call, from, media,
 /// participants}`.
-async fn invite(socket: SocketRef<Adapter>, chat: Arc<Chat>, data: Result<Invite, ParserError>) -> Reply {
-    chat.throttle.spend(&socket, Spend::Message)?;
+async fn invite(socket: SocketRef<Adapter>, ev: Arc<CallEvents>, data: Result<Invite, ParserError>) -> Reply {
+    ev.throttle.spend(&socket, Spend::Message)?;
     let guest = guest_of(&socket)?;
     let Invite { to, media } = protocol::payload(data, "{to: [guest ids], media}")?;
     if !matches!(media.as_str(), "audio" | "video") {
@@ -410,9 +385,9 @@ async fn invite(socket: SocketRef<Adapter>, chat: Arc<Chat>, data: Result<Invite
             return Err(ChatError::NotConnected(id.clone()));
         }
     }
-    let id = format!("call-{}", chat.messages.next_id());
-    let call = chat.calls.create(&id, &guest.id, &to)?;
-    send_ice(&socket, &chat);
+    let id = format!("call-{}", ev.messages.next_id());
+    let call = ev.calls.create(&id, &guest.id, &to)?;
+    ice::send(&socket, &ev.ice);
     let invite = json!({ "call": id, "from": guest, "media": media, "participants": call.participants });
     for invitee in &to {
         let _ = socket.within(guest_room(invitee)).emit(event::CALL_INVITE, &invite).await;
@@ -424,24 +399,24 @@ async fn invite(socket: SocketRef<Adapter>, chat: Arc<Chat>, data: Result<Invite
 /// participant left ends.
 async fn respond(
     socket: SocketRef<Adapter>,
-    chat: Arc<Chat>,
+    ev: Arc<CallEvents>,
     data: Result<CallRef, ParserError>,
     answer: &'static str,
 ) -> Reply {
-    chat.throttle.spend(&socket, Spend::Signal)?;
+    ev.throttle.spend(&socket, Spend::Signal)?;
     let guest = guest_of(&socket)?;
     let CallRef { call } = protocol::payload(data, "{call}")?;
-    let current = chat.calls.of(&call, &guest.id)?;
+    let current = ev.calls.of(&call, &guest.id)?;
     if answer == event::CALL_ACCEPT {
         if current.caller == guest.id {
             return Err(ChatError::OwnCall);
         }
-        chat.calls.accept(&call);
-        send_ice(&socket, &chat);
+        ev.calls.accept(&call);
+        ice::send(&socket, &ev.ice);
     }
     let (notify, ended) = match answer {
-        event::CALL_END => (chat.calls.end(&call).unwrap_or_default(), true),
-        event::CALL_REJECT => chat.calls.leave(&call, &guest.id).unwrap_or((Vec::new(), true)),
+        event::CALL_END => (ev.calls.end(&call).unwrap_or_default(), true),
+        event::CALL_REJECT => ev.calls.leave(&call, &guest.id).unwrap_or((Vec::new(), true)),
         _ => (current.participants.into_iter().filter(|p| *p != guest.id).collect(), false),
     };
     let body = json!({ "call": call, "guest": guest, "by": guest });
@@ -458,14 +433,14 @@ async fn respond(
 /// participants of the call.
 async fn relay(
     socket: SocketRef<Adapter>,
-    chat: Arc<Chat>,
+    ev: Arc<CallEvents>,
     data: Result<Signal, ParserError>,
     signal: &'static str,
 ) -> Reply {
-    chat.throttle.spend(&socket, Spend::Signal)?;
+    ev.throttle.spend(&socket, Spend::Signal)?;
     let guest = guest_of(&socket)?;
     let Signal { call, to, mut payload } = protocol::payload(data, "{call, to, ...}")?;
-    let current = chat.calls.of(&call, &guest.id)?;
+    let current = ev.calls.of(&call, &guest.id)?;
     if !current.participants.contains(&to) {
         return Err(ChatError::PeerNotInCall(to));
     }
@@ -480,13 +455,13 @@ async fn relay(
 /// (`call:leave`, or `call:end` when one is left). Another tab may be on another worker, so this
 /// asks the cluster, after the socket left the guest's room; and only for a guest in a call: a
 /// cluster-wide question per disconnect flooded the bus when 10,000 clients left at once.
-pub(super) async fn left(socket: &SocketRef<Adapter>, chat: &Chat, guest: &Guest) {
-    let calls = chat.calls.of_guest(&guest.id);
-    if calls.is_empty() || connected(socket, &guest.id).await {
+pub(super) async fn left(socket: &SocketRef<Adapter>, registry: &Calls, guest: &Guest) {
+    let theirs = registry.of_guest(&guest.id);
+    if theirs.is_empty() || connected(socket, &guest.id).await {
         return;
     }
-    for call in calls {
-        if let Some((left, over)) = chat.calls.leave(&call, &guest.id) {
+    for call in theirs {
+        if let Some((left, over)) = registry.leave(&call, &guest.id) {
             let told = if over { event::CALL_END } else { event::CALL_LEAVE };
             for id in left {
                 let body = json!({ "call": call, "by": guest, "guest": guest });
@@ -563,19 +538,5 @@ mod tests {
         there.apply(wire(Change::Leave { id: "c1".into(), guest: "b".into() }));
         assert_eq!(there.len(), 0, "one participant left: the call is over everywhere");
         assert!(here.of("c1", "a").is_err());
-    }
-
-    #[test]
-    fn turn_rest_credentials() {
-        let ice = IceConfig {
-            urls: vec!["stun:stun.example.org".into(), "turn:turn.example.org?transport=udp".into()],
-            turn_secret: Some(b"north".to_vec()),
-            turn_ttl: std::time::Duration::from_secs(3600),
-        };
-        let v = ice.for_guest("g_1", 1_000_000);
-        assert_eq!(v["iceServers"][0]["urls"][0], "stun:stun.example.org");
-        assert_eq!(v["iceServers"][1]["username"], "1003600:g_1");
-        // Computed independently (Python's hmac): base64(HMAC-SHA1("north", "1003600:g_1")).
-        assert_eq!(v["iceServers"][1]["credential"], "ijTPA/MrU9LTJMlvj3RvoCQQNeU=");
     }
 }

@@ -8,10 +8,12 @@ use serde_json::json;
 use socketioxide::ParserError;
 use socketioxide::extract::SocketRef;
 
+use chat_shared::time::unix_millis;
+
 use super::guests::{connected, guest_of, guest_room};
+use super::messages::MessageEvents;
 use super::protocol::{self, ChatError, Reply, event};
 use super::throttle::Spend;
-use super::{Chat, now_ms};
 use crate::bus::Adapter;
 
 #[derive(Debug, Deserialize)]
@@ -23,21 +25,23 @@ struct Direct {
     file: Option<String>,
 }
 
-pub(super) fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
-    protocol::on(socket, chat, event::DM, send);
+/// A direct message uses what a room message does (the rate limits, the ids, shared files, the
+/// delivery count), but not the bus's ordering or the history.
+pub(super) fn register(socket: &SocketRef<Adapter>, ev: &Arc<MessageEvents>) {
+    protocol::on(socket, ev, event::DM, send);
 }
 
 /// `dm {to, text, file?}` → `{ok, id, time}`; the addressee's sockets and the sender's receive
 /// `dm {id, from, to, text, time, file?}`.
-async fn send(socket: SocketRef<Adapter>, chat: Arc<Chat>, data: Result<Direct, ParserError>) -> Reply {
-    chat.throttle.spend(&socket, Spend::Message)?;
+async fn send(socket: SocketRef<Adapter>, ev: Arc<MessageEvents>, data: Result<Direct, ParserError>) -> Reply {
+    ev.throttle.spend(&socket, Spend::Message)?;
     let guest = guest_of(&socket)?;
     let Direct { to, text, file } = protocol::payload(data, "{to, text, file?}")?;
-    let file = chat.messages.attached(file.as_deref(), &text).await?;
+    let file = ev.messages.attached(file.as_deref(), &text).await?;
     if !connected(&socket, &to).await {
         return Err(ChatError::NotConnected(to));
     }
-    let (id, time) = (chat.messages.next_id(), now_ms());
+    let (id, time) = (ev.messages.next_id(), unix_millis());
     let mut message = json!({ "id": id, "from": guest, "to": to, "text": text, "time": time });
     if let Some(file) = file {
         message["file"] = file;
@@ -49,6 +53,6 @@ async fn send(socket: SocketRef<Adapter>, chat: Arc<Chat>, data: Result<Direct, 
         .emit(event::DM, &message)
         .await
         .map_err(|e| ChatError::Undelivered(e.to_string()))?;
-    chat.messages.delivered.fetch_add(1, Ordering::Relaxed);
+    ev.messages.delivered.fetch_add(1, Ordering::Relaxed);
     Ok(json!({ "ok": true, "id": id, "time": time }))
 }

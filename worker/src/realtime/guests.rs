@@ -4,9 +4,8 @@
 use serde::{Deserialize, Serialize};
 use socketioxide::extract::SocketRef;
 
-use super::INTERNAL;
 use super::protocol::ChatError;
-use super::rules::{MAX_NAME_CHARS, valid_name};
+use super::rules::{INTERNAL, MAX_NAME_CHARS, valid_name};
 use crate::bus::Adapter;
 
 /// A guest: who a socket is, once it has joined with a display name.

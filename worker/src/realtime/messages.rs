@@ -14,12 +14,13 @@ use socketioxide::extract::SocketRef;
 use socketioxide::{ParserError, SocketIo};
 use tokio::sync::oneshot;
 
+use chat_shared::time::unix_millis;
+
 use super::guests::guest_of;
 use super::history::{self, History};
 use super::presence::is_member;
 use super::protocol::{self, ChatError, Reply, event};
-use super::throttle::Spend;
-use super::{Chat, now_ms};
+use super::throttle::{Spend, Throttle};
 use crate::bus::Adapter;
 use crate::bus::Channel;
 use crate::store::Store;
@@ -81,40 +82,48 @@ pub(super) struct Messages {
     pub(super) delivered: Arc<AtomicU64>,
 }
 
-pub(super) fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
-    protocol::on(socket, chat, event::MESSAGE, send);
-    protocol::on(socket, chat, event::ROOM_HISTORY, page);
+/// What sending and paging through room messages use.
+pub(super) struct MessageEvents {
+    pub(super) throttle: Arc<Throttle>,
+    pub(super) messages: Arc<Messages>,
+}
+
+impl MessageEvents {
+    pub(super) fn register(self: &Arc<Self>, socket: &SocketRef<Adapter>) {
+        protocol::on(socket, self, event::MESSAGE, send);
+        protocol::on(socket, self, event::ROOM_HISTORY, page);
+    }
 }
 
 /// `message {room, text, file?}` → `{ok, id, time}`; every member, the sender included, receives
 /// `message {id, room, from, text, time, file?}`.
-async fn send(socket: SocketRef<Adapter>, chat: Arc<Chat>, data: Result<SendMessage, ParserError>) -> Reply {
-    chat.throttle.spend(&socket, Spend::Message)?;
+async fn send(socket: SocketRef<Adapter>, ev: Arc<MessageEvents>, data: Result<SendMessage, ParserError>) -> Reply {
+    ev.throttle.spend(&socket, Spend::Message)?;
     let guest = guest_of(&socket)?;
     let SendMessage { room, text, file } = protocol::payload(data, "{room, text, file?}")?;
     // A socket is in its guest's own internal room too: not a room to send (and store) messages in.
     if !is_member(&socket, &room) {
         return Err(ChatError::NotInRoomToSend { room });
     }
-    let file = chat.messages.attached(file.as_deref(), &text).await?;
-    let (id, time) = (chat.messages.next_id(), now_ms());
+    let file = ev.messages.attached(file.as_deref(), &text).await?;
+    let (id, time) = (ev.messages.next_id(), unix_millis());
     let mut message = json!({ "id": id, "room": room, "from": guest, "text": text, "time": time });
     if let Some(file) = file {
         message["file"] = file;
     }
-    chat.messages.share(&socket, &room, &id, message).await?;
-    chat.messages.delivered.fetch_add(1, Ordering::Relaxed);
+    ev.messages.share(&socket, &room, &id, message).await?;
+    ev.messages.delivered.fetch_add(1, Ordering::Relaxed);
     Ok(json!({ "ok": true, "id": id, "time": time }))
 }
 
 /// `room:history {room, since?, before?}` → `{ok, room, messages, more}`.
-async fn page(socket: SocketRef<Adapter>, chat: Arc<Chat>, data: Result<HistoryAsk, ParserError>) -> Reply {
-    chat.throttle.spend(&socket, Spend::Message)?;
+async fn page(socket: SocketRef<Adapter>, ev: Arc<MessageEvents>, data: Result<HistoryAsk, ParserError>) -> Reply {
+    ev.throttle.spend(&socket, Spend::Message)?;
     let HistoryAsk { room, since, before } = protocol::payload(data, "{room, since?, before?}")?;
     if !socket.rooms().iter().any(|r| r == &room) {
         return Err(ChatError::NotInRoom { room });
     }
-    let page = chat.messages.page(&room, since.as_deref(), before.as_deref()).await;
+    let page = ev.messages.page(&room, since.as_deref(), before.as_deref()).await;
     Ok(json!({ "ok": true, "room": room, "messages": page.messages, "more": page.more }))
 }
 

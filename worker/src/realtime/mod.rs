@@ -45,6 +45,7 @@ mod catch_up;
 mod direct;
 mod guests;
 mod history;
+mod ice;
 mod messages;
 mod presence;
 mod protocol;
@@ -55,7 +56,7 @@ mod throttle;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use socketioxide::SocketIo;
 use socketioxide::extract::{SocketRef, TryData};
@@ -64,31 +65,35 @@ use socketioxide::socket::DisconnectReason;
 use crate::bus::Adapter;
 use crate::bus::Channel;
 pub use crate::limits::Rate;
-use crate::session::{Claims, Sessions, TokenError};
+use crate::session::Sessions;
 use crate::store::Store;
-use calls::Calls;
-pub use calls::{CALL_RING, IceConfig};
+pub use calls::CALL_RING;
+use calls::{CallEvents, Calls};
 pub use guests::Guest;
 pub use history::{History, MAX_BYTES as HISTORY_BYTES, MAX_ROOMS as HISTORY_ROOMS};
+pub use ice::IceConfig;
 pub use messages::{HISTORY_AGE, HISTORY_COUNT};
+use messages::{MessageEvents, Messages};
+use presence::Presence;
 pub use protocol::ChatError;
+use rooms::RoomEvents;
+use sessions::{Identity, SessionEvents};
+use throttle::Throttle;
 pub use throttle::{ADDRESS_RATE, JOIN_RATE, Limits, SIGNAL_RATE, SOCKET_RATE};
 
-/// Rooms the server uses itself start with this; clients cannot name one so.
-const INTERNAL: char = '@';
-
-/// What every handler shares: the features' services.
+/// The features' services, each held once here and handed to the features whose events use it.
 pub struct Chat {
-    pub instance: Option<Arc<str>>,
-    sessions: Sessions,
-    messages: messages::Messages,
-    throttle: throttle::Throttle,
-    calls: Calls,
+    throttle: Arc<Throttle>,
+    messages: Arc<Messages>,
+    calls: Arc<Calls>,
+    presence: Arc<Presence>,
+    identity: Arc<Identity>,
     catch_up: catch_up::CatchUp,
-    presence: Arc<presence::Presence>,
-    ice: IceConfig,
-    /// Redis itself (sessions, history streams), when the app has `REDIS_URL`.
-    store: Option<Store>,
+    /// Each feature's events with the services they use (a socket's handlers hold one `Arc` each).
+    sessions: Arc<SessionEvents>,
+    rooms: Arc<RoomEvents>,
+    posts: Arc<MessageEvents>,
+    calling: Arc<CallEvents>,
 }
 
 /// The bus channels a worker copies state through, and what Redis and the file store keep.
@@ -122,16 +127,37 @@ impl Chat {
             }
             None => (None, None, None, None, None, None),
         };
+        let throttle = Arc::new(Throttle::new(&limits, rates_bus));
+        let messages = Arc::new(Messages::new(instance, history, history_bus, store.clone(), files, delivered));
+        let calls = Arc::new(Calls::shared(calls_bus, limits.call_ring));
+        let presence = Arc::new(Presence::default());
+        let identity = Arc::new(Identity::new(instance, sessions, store, ice));
         Chat {
-            instance: instance.map(Into::into),
-            sessions,
-            messages: messages::Messages::new(instance, history, history_bus, store.clone(), files, delivered),
-            throttle: throttle::Throttle::new(&limits, rates_bus),
-            calls: Calls::shared(calls_bus, limits.call_ring),
+            sessions: Arc::new(SessionEvents {
+                identity: identity.clone(),
+                throttle: throttle.clone(),
+                presence: presence.clone(),
+                messages: messages.clone(),
+            }),
+            rooms: Arc::new(RoomEvents {
+                throttle: throttle.clone(),
+                presence: presence.clone(),
+                messages: messages.clone(),
+                identity: identity.clone(),
+            }),
+            posts: Arc::new(MessageEvents { throttle: throttle.clone(), messages: messages.clone() }),
+            calling: Arc::new(CallEvents {
+                throttle: throttle.clone(),
+                calls: calls.clone(),
+                ice: identity.ice.clone(),
+                messages: messages.clone(),
+            }),
             catch_up: catch_up::CatchUp::new(sync_bus),
-            presence: Arc::default(),
-            ice,
-            store,
+            throttle,
+            messages,
+            calls,
+            presence,
+            identity,
         }
     }
 
@@ -153,9 +179,31 @@ impl Chat {
         self.catch_up.wait(within).await;
     }
 
-    /// Who a returning client's token says it is (see [`crate::store::believe`]).
-    async fn resume(&self, token: &str) -> Result<Claims, TokenError> {
-        crate::store::believe(&self.sessions, self.store.as_ref(), token).await
+    /// Registers every feature's events on a connected socket, and what its going away undoes.
+    fn register(self: &Arc<Self>, socket: &SocketRef<Adapter>) {
+        self.sessions.register(socket);
+        self.rooms.register(socket);
+        self.posts.register(socket);
+        direct::register(socket, &self.posts);
+        self.calling.register(socket);
+        let chat = self.clone();
+        socket.on_disconnect(move |socket: SocketRef<Adapter>, reason: DisconnectReason| {
+            let chat = chat.clone();
+            async move { chat.gone(&socket, reason).await }
+        });
+    }
+
+    /// A socket went away: it leaves its guest's calls (when it was the guest's last socket) and
+    /// its rooms, which are told.
+    async fn gone(&self, socket: &SocketRef<Adapter>, reason: DisconnectReason) {
+        tracing::debug!(sid = %socket.id, ?reason, "socket disconnected");
+        let guest = socket.extensions.get::<Guest>();
+        if let Some(guest) = &guest {
+            self.identity.touch(guest);
+            socket.leave(guests::guest_room(&guest.id));
+            calls::left(socket, &self.calls, guest).await;
+        }
+        rooms::leave_all(socket, &self.presence, guest.as_ref()).await;
     }
 }
 
@@ -195,7 +243,7 @@ pub async fn register(
         async move {
             chat.throttle.admit(&socket);
             socket.extensions.insert(protocol::Unread::default());
-            sessions::admit(&socket, &chat, auth.unwrap_or_default()).await;
+            sessions::admit(&socket, &chat.sessions, auth.unwrap_or_default()).await;
             Ok::<(), std::convert::Infallible>(())
         }
     };
@@ -203,38 +251,10 @@ pub async fn register(
         let chat = chat.clone();
         async move {
             tracing::debug!(sid = %socket.id, "socket connected");
-            handlers(&socket, &chat);
+            chat.register(&socket);
             let since = auth.map(|a| a.since).unwrap_or_default();
-            sessions::welcome(&socket, &chat, &since).await;
+            sessions::welcome(&socket, &chat.sessions, &since).await;
         }
     };
     io.ns("/", connect.with(admit).with(origin_check)).await.map_err(|e| format!("cannot start the namespace: {e}"))
-}
-
-fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
-    sessions::handlers(socket, chat);
-    rooms::handlers(socket, chat);
-    messages::handlers(socket, chat);
-    direct::handlers(socket, chat);
-    calls::handlers(socket, chat);
-    let chat = chat.clone();
-    socket.on_disconnect(move |socket: SocketRef<Adapter>, reason: DisconnectReason| {
-        let chat = chat.clone();
-        async move {
-            tracing::debug!(sid = %socket.id, ?reason, "socket disconnected");
-            let guest = socket.extensions.get::<Guest>();
-            if let Some(guest) = &guest {
-                if let Some(store) = &chat.store {
-                    store.touch(&guest.id);
-                }
-                socket.leave(guests::guest_room(&guest.id));
-                calls::left(&socket, &chat, guest).await;
-            }
-            rooms::leave_all(&socket, &chat, guest.as_ref()).await;
-        }
-    });
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

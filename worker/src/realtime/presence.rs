@@ -17,9 +17,9 @@ use serde_json::{Value, json};
 use socketioxide::extract::SocketRef;
 use tokio::sync::oneshot;
 
-use super::INTERNAL;
 use super::guests::Guest;
 use super::protocol::event;
+use super::rules::INTERNAL;
 use crate::bus::Adapter;
 
 /// Rooms up to this many members also get the whole member list on every change.

@@ -12,7 +12,6 @@ use serde_json::{Value, json};
 use socketioxide::ParserError;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
 
-use super::Chat;
 use crate::bus::Adapter;
 
 /// Event names, both ways.
@@ -135,19 +134,21 @@ pub(super) fn payload<T>(data: Result<T, ParserError>, expected: &'static str) -
     data.map_err(|e| ChatError::Malformed { expected, why: e.to_string() })
 }
 
-/// Registers `handle` for `event`: its reply goes back through the acknowledgement, when the client
-/// asked for one. (Written once here; each feature's module only says what an event does.)
-pub(super) fn on<T, F, Fut>(socket: &SocketRef<Adapter>, chat: &Arc<Chat>, event: &'static str, handle: F)
+/// Registers `handle` for `event`, handing it the feature's services `ev`: its reply goes back
+/// through the acknowledgement, when the client asked for one. (Written once here; each feature's
+/// module only says what an event does, with only the services it uses.)
+pub(super) fn on<Ev, T, F, Fut>(socket: &SocketRef<Adapter>, ev: &Arc<Ev>, event: &'static str, handle: F)
 where
+    Ev: Send + Sync + 'static,
     T: DeserializeOwned + Send + Sync + 'static,
-    F: Fn(SocketRef<Adapter>, Arc<Chat>, Result<T, ParserError>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(SocketRef<Adapter>, Arc<Ev>, Result<T, ParserError>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Reply> + Send + 'static,
 {
-    let chat = chat.clone();
+    let ev = ev.clone();
     socket.on(event, move |socket: SocketRef<Adapter>, TryData(data): TryData<T>, ack: AckSender<Adapter>| {
-        let (chat, handle) = (chat.clone(), handle.clone());
+        let (ev, handle) = (ev.clone(), handle.clone());
         async move {
-            let reply = handle(socket.clone(), chat, data).await;
+            let reply = handle(socket.clone(), ev, data).await;
             answer(&socket, ack, reply);
         }
     });

@@ -9,12 +9,12 @@ use socketioxide::ParserError;
 use socketioxide::extract::SocketRef;
 
 use super::guests::{Guest, guest_of};
-use super::presence::is_member;
+use super::messages::Messages;
+use super::presence::{Presence, is_member};
 use super::protocol::{self, ChatError, Reply, event};
-use super::rules::{MAX_ROOM_CHARS, MAX_ROOMS, valid_room};
-use super::sessions::send_session;
-use super::throttle::Spend;
-use super::{Chat, INTERNAL};
+use super::rules::{INTERNAL, MAX_ROOM_CHARS, MAX_ROOMS, valid_room};
+use super::sessions::Identity;
+use super::throttle::{Spend, Throttle};
 use crate::bus::Adapter;
 
 #[derive(Debug, Deserialize)]
@@ -30,21 +30,32 @@ struct Typing {
     typing: bool,
 }
 
-pub(super) fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
-    protocol::on(socket, chat, event::ROOM_JOIN, |socket, chat, data| change(socket, chat, data, true));
-    protocol::on(socket, chat, event::ROOM_LEAVE, |socket, chat, data| change(socket, chat, data, false));
-    protocol::on(socket, chat, event::TYPING, typing);
+/// What joining, leaving and typing use: what a socket may spend, who is in a room, what was said
+/// there (a join gets what it missed), and the session a change of rooms renews.
+pub(super) struct RoomEvents {
+    pub(super) throttle: Arc<Throttle>,
+    pub(super) presence: Arc<Presence>,
+    pub(super) messages: Arc<Messages>,
+    pub(super) identity: Arc<Identity>,
+}
+
+impl RoomEvents {
+    pub(super) fn register(self: &Arc<Self>, socket: &SocketRef<Adapter>) {
+        protocol::on(socket, self, event::ROOM_JOIN, |socket, ev, data| change(socket, ev, data, true));
+        protocol::on(socket, self, event::ROOM_LEAVE, |socket, ev, data| change(socket, ev, data, false));
+        protocol::on(socket, self, event::TYPING, typing);
+    }
 }
 
 /// `room:join {room, since?}` / `room:leave {room}` → `{ok, room, members}`, a join also `missed`
 /// and `more`; the room is told.
 async fn change(
     socket: SocketRef<Adapter>,
-    chat: Arc<Chat>,
+    ev: Arc<RoomEvents>,
     data: Result<RoomChange, ParserError>,
     join: bool,
 ) -> Reply {
-    chat.throttle.spend(&socket, Spend::Join)?;
+    ev.throttle.spend(&socket, Spend::Join)?;
     let guest = guest_of(&socket)?;
     let RoomChange { room, since } = protocol::payload(data, "{room}")?;
     let room = room.trim().to_owned();
@@ -60,10 +71,10 @@ async fn change(
     } else {
         socket.leave(room.clone());
     }
-    send_session(&socket, &chat);
-    let mut reply = chat.presence.announce(&socket, &room, &guest, join).await;
+    ev.identity.send_session(&socket);
+    let mut reply = ev.presence.announce(&socket, &room, &guest, join).await;
     if join {
-        let page = chat.messages.page(&room, since.as_deref(), None).await;
+        let page = ev.messages.page(&room, since.as_deref(), None).await;
         reply["missed"] = Value::from(page.messages);
         reply["more"] = Value::from(page.more);
     }
@@ -71,8 +82,8 @@ async fn change(
 }
 
 /// `typing {room, typing}`: the other members get `typing {room, guest, typing}`.
-async fn typing(socket: SocketRef<Adapter>, chat: Arc<Chat>, data: Result<Typing, ParserError>) -> Reply {
-    chat.throttle.spend(&socket, Spend::Message)?;
+async fn typing(socket: SocketRef<Adapter>, ev: Arc<RoomEvents>, data: Result<Typing, ParserError>) -> Reply {
+    ev.throttle.spend(&socket, Spend::Message)?;
     let guest = guest_of(&socket)?;
     let Typing { room, typing } = protocol::payload(data, "{room, typing}")?;
     if !is_member(&socket, &room) {
@@ -84,14 +95,14 @@ async fn typing(socket: SocketRef<Adapter>, chat: Arc<Chat>, data: Result<Typing
 }
 
 /// A socket going away leaves all its rooms; they are told once it no longer counts.
-pub(super) async fn leave_all(socket: &SocketRef<Adapter>, chat: &Chat, guest: Option<&Guest>) {
+pub(super) async fn leave_all(socket: &SocketRef<Adapter>, presence: &Arc<Presence>, guest: Option<&Guest>) {
     // Leave first, so that the member lists (asked of every worker) no longer count us.
     let rooms: Vec<String> =
         socket.rooms().into_iter().filter(|r| !r.starts_with(INTERNAL)).map(|r| r.to_string()).collect();
     socket.leave_all();
     if let Some(guest) = guest {
         for room in rooms {
-            chat.presence.changed(socket, &room, guest, false).await;
+            presence.changed(socket, &room, guest, false).await;
         }
     }
 }

@@ -3,7 +3,8 @@
 
 use crate::limits::Rate;
 
-use super::INTERNAL;
+/// Rooms the server uses itself start with this; clients cannot name one so.
+pub(super) const INTERNAL: char = '@';
 
 pub(super) const MAX_NAME_CHARS: usize = 32;
 pub(super) const MAX_ROOM_CHARS: usize = 64;

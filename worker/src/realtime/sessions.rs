@@ -12,12 +12,15 @@ use socketioxide::ParserError;
 use socketioxide::extract::SocketRef;
 
 use super::guests::{Guest, JoinGuest, guest_room, join_guest, who_room};
+use super::ice::{self, IceConfig};
+use super::messages::Messages;
+use super::presence::Presence;
 use super::protocol::{self, ChatError, Reply, event};
-use super::rules::{MAX_ROOMS, valid_room};
-use super::throttle::Spend;
-use super::{Chat, INTERNAL, now_ms};
+use super::rules::{INTERNAL, MAX_ROOMS, valid_room};
+use super::throttle::{Spend, Throttle};
 use crate::bus::Adapter;
-use crate::session::Claims;
+use crate::session::{Claims, Sessions, TokenError};
+use crate::store::Store;
 
 /// What a client may pass as `auth` when it connects.
 #[derive(Debug, Default, Deserialize)]
@@ -42,34 +45,83 @@ pub(super) struct Restored {
 #[derive(Clone)]
 pub(super) struct Refused(String);
 
-/// When the TURN credentials a socket's client was last sent expire (unix seconds).
-#[derive(Clone)]
-struct IceFor {
-    expires: u64,
+/// Who guests are across reconnections and workers: the tokens issued and believed, Redis's copy
+/// of them, and what comes with a session (the ICE servers for calls).
+pub(super) struct Identity {
+    /// This worker's name in its cluster, told to joining guests.
+    instance: Option<Arc<str>>,
+    tokens: Sessions,
+    /// Redis, which keeps sessions for every host, when the app has `REDIS_URL`.
+    store: Option<Store>,
+    pub(super) ice: Arc<IceConfig>,
 }
 
-pub(super) fn handlers(socket: &SocketRef<Adapter>, chat: &Arc<Chat>) {
-    protocol::on(socket, chat, event::GUEST_JOIN, join);
+impl Identity {
+    pub(super) fn new(instance: Option<&str>, tokens: Sessions, store: Option<Store>, ice: IceConfig) -> Identity {
+        Identity { instance: instance.map(Into::into), tokens, store, ice: Arc::new(ice) }
+    }
+
+    /// Sends the guest a fresh token for who it is and its rooms now (and its ICE servers when they
+    /// are due); returns the token.
+    pub(super) fn send_session(&self, socket: &SocketRef<Adapter>) -> Option<String> {
+        let guest = socket.extensions.get::<Guest>()?;
+        ice::send(socket, &self.ice);
+        let rooms: Vec<String> =
+            socket.rooms().into_iter().filter(|r| !r.starts_with(INTERNAL)).map(|r| r.to_string()).collect();
+        let token = self.tokens.issue(&guest.id, &guest.name, rooms.clone());
+        if let Some(store) = &self.store {
+            store.put_session(&guest.id, &guest.name, &rooms, &token);
+        }
+        let _ = socket.emit(event::SESSION, &json!({ "token": token, "guest": guest }));
+        Some(token)
+    }
+
+    /// Who a returning client's token says it is (see [`crate::store::believe`]).
+    async fn resume(&self, token: &str) -> Result<Claims, TokenError> {
+        crate::store::believe(&self.tokens, self.store.as_ref(), token).await
+    }
+
+    /// A guest's socket went away: the session Redis keeps lives on from now.
+    pub(super) fn touch(&self, guest: &Guest) {
+        if let Some(store) = &self.store {
+            store.touch(&guest.id);
+        }
+    }
+}
+
+/// What arriving and returning use: who guests are, what they may spend, who is in a room and
+/// what was said there.
+pub(super) struct SessionEvents {
+    pub(super) identity: Arc<Identity>,
+    pub(super) throttle: Arc<Throttle>,
+    pub(super) presence: Arc<Presence>,
+    pub(super) messages: Arc<Messages>,
+}
+
+impl SessionEvents {
+    pub(super) fn register(self: &Arc<Self>, socket: &SocketRef<Adapter>) {
+        protocol::on(socket, self, event::GUEST_JOIN, join);
+    }
 }
 
 /// `guest:join {name}` → `{ok, guest, instance, token}`; `instance` tells the client (and tests)
 /// which worker of a cluster serves it.
-async fn join(socket: SocketRef<Adapter>, chat: Arc<Chat>, data: Result<JoinGuest, ParserError>) -> Reply {
-    chat.throttle.spend(&socket, Spend::Join)?;
+async fn join(socket: SocketRef<Adapter>, ev: Arc<SessionEvents>, data: Result<JoinGuest, ParserError>) -> Reply {
+    ev.throttle.spend(&socket, Spend::Join)?;
     let guest = join_guest(&socket, protocol::payload(data, "{name}")?)?;
-    let token = send_session(&socket, &chat);
-    Ok(json!({ "ok": true, "guest": guest, "instance": chat.instance.as_deref(), "token": token }))
+    let token = ev.identity.send_session(&socket);
+    Ok(json!({ "ok": true, "guest": guest, "instance": ev.identity.instance.as_deref(), "token": token }))
 }
 
 /// Settles who a connecting client is, before it is told it is connected (see `register`): a
 /// returning guest's token is checked and the guest put back in its rooms, or a new one joins by
 /// the name in its `auth`. What there is to tell is left in the socket's extensions for
 /// [`welcome`].
-pub(super) async fn admit(socket: &SocketRef<Adapter>, chat: &Chat, auth: Auth) {
+pub(super) async fn admit(socket: &SocketRef<Adapter>, ev: &SessionEvents, auth: Auth) {
     if let Some(token) = auth.token.as_deref() {
-        match chat.resume(token).await {
+        match ev.identity.resume(token).await {
             Ok(claims) => {
-                socket.extensions.insert(resume_rooms(socket, claims, chat));
+                socket.extensions.insert(resume_rooms(socket, claims, &ev.throttle));
             }
             Err(e) => {
                 tracing::debug!(sid = %socket.id, error = %e, "session refused");
@@ -87,7 +139,7 @@ pub(super) async fn admit(socket: &SocketRef<Adapter>, chat: &Chat, auth: Auth) 
 
 /// Tells a connected client what [`admit`] settled: a refused token, or (for a returning guest)
 /// its rooms that it is back and the guest what it missed, then its session.
-pub(super) async fn welcome(socket: &SocketRef<Adapter>, chat: &Chat, since: &HashMap<String, String>) {
+pub(super) async fn welcome(socket: &SocketRef<Adapter>, ev: &SessionEvents, since: &HashMap<String, String>) {
     if let Some(Refused(error)) = socket.extensions.remove::<Refused>() {
         let _ = socket.emit(event::SESSION_ERROR, &json!({ "error": error }));
     }
@@ -104,10 +156,10 @@ pub(super) async fn welcome(socket: &SocketRef<Adapter>, chat: &Chat, since: &Ha
     }
     for room in restored.rooms {
         if let Some(guest) = socket.extensions.get::<Guest>() {
-            chat.presence.changed(socket, &room, &guest, true).await;
+            ev.presence.changed(socket, &room, &guest, true).await;
         }
         if let Some(last) = since.get(&room) {
-            let page = chat.messages.page(&room, Some(last), None).await;
+            let page = ev.messages.page(&room, Some(last), None).await;
             let sent =
                 socket.emit(event::HISTORY, &json!({ "room": room, "messages": page.messages, "more": page.more }));
             if protocol::unread(socket, sent) {
@@ -115,50 +167,21 @@ pub(super) async fn welcome(socket: &SocketRef<Adapter>, chat: &Chat, since: &Ha
             }
         }
     }
-    send_session(socket, chat);
+    ev.identity.send_session(socket);
 }
 
 /// Puts a returning guest back: who it is and its rooms (within the restore budget).
-fn resume_rooms(socket: &SocketRef<Adapter>, claims: Claims, chat: &Chat) -> Restored {
+fn resume_rooms(socket: &SocketRef<Adapter>, claims: Claims, throttle: &Throttle) -> Restored {
     let guest = Guest { id: claims.id, name: claims.name };
     tracing::debug!(sid = %socket.id, guest = %guest.id, rooms = claims.rooms.len(), "session restored");
     socket.join(guest_room(&guest.id));
     socket.join(who_room(&guest));
     socket.extensions.insert(guest.clone());
     let mut rooms: Vec<String> = claims.rooms.into_iter().filter(|r| valid_room(r)).take(MAX_ROOMS).collect();
-    let granted = chat.throttle.restores(&guest.id, rooms.len());
+    let granted = throttle.restores(&guest.id, rooms.len());
     let skipped = rooms.split_off(granted.min(rooms.len()));
     for room in &rooms {
         socket.join(room.clone());
     }
     Restored { rooms, skipped }
-}
-
-/// Sends the guest a fresh token for who it is and its rooms now; returns it.
-pub(super) fn send_session(socket: &SocketRef<Adapter>, chat: &Chat) -> Option<String> {
-    let guest = socket.extensions.get::<Guest>()?;
-    send_ice(socket, chat);
-    let rooms: Vec<String> =
-        socket.rooms().into_iter().filter(|r| !r.starts_with(INTERNAL)).map(|r| r.to_string()).collect();
-    let token = chat.sessions.issue(&guest.id, &guest.name, rooms.clone());
-    if let Some(store) = &chat.store {
-        store.put_session(&guest.id, &guest.name, &rooms, &token);
-    }
-    let _ = socket.emit(event::SESSION, &json!({ "token": token, "guest": guest }));
-    Some(token)
-}
-
-/// Sends the guest's client its ICE servers when it has none yet, or when its TURN credentials are
-/// past half their life: a connection that lives for hours still starts a call with credentials
-/// the TURN server takes (the first ones were resent unchanged, expired, on every session).
-pub(super) fn send_ice(socket: &SocketRef<Adapter>, chat: &Chat) {
-    let Some(guest) = socket.extensions.get::<Guest>() else { return };
-    let now = now_ms() / 1000;
-    let ttl = chat.ice.turn_ttl.as_secs();
-    if socket.extensions.get::<IceFor>().is_some_and(|ice| now + ttl / 2 < ice.expires) {
-        return;
-    }
-    let expires = if chat.ice.turn_secret.is_some() { now + ttl } else { u64::MAX };
-    socket.extensions.insert(IceFor { expires });
-    let _ = socket.emit(event::ICE_SERVERS, &chat.ice.for_guest(&guest.id, now));
 }
