@@ -34,6 +34,36 @@ fn stop_kills_a_term_ignoring_worker_and_its_grandchild_after_kill_timeout() {
     assert_eq!((instance.status, instance.last_exit), (Phase::Stopped, Some(ExitKind::Signal(9))));
 }
 
+/// `chatctl kill` in the middle of a reload (the successor online, the process it replaces still
+/// draining) stops both and starts nothing: the abandoned replacement used to restart the process
+/// it was replacing, and the kill never ended.
+#[test]
+fn a_kill_during_a_reload_stops_everything_and_starts_nothing() {
+    let env = Env::new();
+    env.write("ecosystem.toml", &fixture_app("draining", &["--ignore-term"], "kill_timeout = \"1500ms\""));
+    env.ok(&["start"]);
+    let first = env.online_pids("draining", 1)[0];
+    let mut reload =
+        env.command().args(["reload", "draining"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("reload");
+    let successor: u32 = wait_until("the successor online", Duration::from_secs(10), || {
+        let log = env.daemon_log();
+        let line = log.lines().find(|l| l.contains("successor=true") && l.contains("to=\"online\""))?;
+        line.rsplit("pid=").next()?.trim().parse().ok()
+    });
+    env.remember(successor);
+    let begun = std::time::Instant::now();
+    let out = env.chatctl(&["kill"]);
+    assert!(out.status.success(), "kill: {}", crate::support::stderr(&out));
+    assert!(begun.elapsed() < Duration::from_secs(10), "the kill ended ({:?})", begun.elapsed());
+    wait_until("the reload's answer", Duration::from_secs(10), || reload.try_wait().ok().flatten());
+    for pid in [first, successor] {
+        assert!(!alive(pid), "{pid} was stopped");
+    }
+    let log = env.daemon_log();
+    let starts = log.matches("to=\"online\"").count();
+    assert_eq!(starts, 2, "the first instance and its successor only:\n{log}");
+}
+
 #[test]
 fn a_crash_loop_backs_off_then_is_errored_after_exactly_max_restarts_unstable_starts() {
     let env = Env::new();

@@ -1,5 +1,6 @@
 // A program whose version is what its build produced (built/version.txt, read at start), served on
-// /health: the development-mode test changes src/version.txt and watches the version served.
+// /health: the development-mode test changes src/version.txt and watches the version served. On
+// SIGTERM it lingers linger.txt milliseconds, if there is such a file, before it exits.
 const fs = require("fs");
 const version = fs.readFileSync("built/version.txt", "utf8").trim();
 require("http")
@@ -12,3 +13,7 @@ require("http")
     res.end(body);
   })
   .listen(process.env.PORT);
+process.on("SIGTERM", () => {
+  const linger = fs.existsSync("linger.txt") ? Number(fs.readFileSync("linger.txt", "utf8")) : 0;
+  setTimeout(() => process.exit(0), linger);
+});

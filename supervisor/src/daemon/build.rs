@@ -25,12 +25,9 @@ impl super::state::Daemon {
             }
             Action::Reload if self.reloads.iter().any(|job| job.covers(app_id)) => {
                 // Another reload of the app is under way (an operator's, or the previous build's):
-                // this build is reloaded once it is done, not dropped.
-                let tx = self.effects.tx.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                    let _ = tx.send(Msg::BuiltWaiting { app_id });
-                });
+                // this build is reloaded once that one ends (`reload_built`), not dropped.
+                tracing::info!(app = %app.spec.name, "built; reloading once the reload under way ends");
+                self.built_waiting.insert(app_id);
             }
             Action::Reload => {
                 tracing::info!(app = %app.spec.name, "reloading the new build");
@@ -40,6 +37,19 @@ impl super::state::Daemon {
                 let spec = app.spec.clone();
                 self.reload(vec![spec], None, events, reply, now);
             }
+        }
+    }
+}
+
+impl super::state::Daemon {
+    /// Reloads the builds that waited for another reload of their app, now that it ended.
+    pub(super) fn reload_built(&mut self, now: std::time::Instant) {
+        let reloads = &self.reloads;
+        let (free, still): (Vec<AppId>, Vec<AppId>) =
+            self.built_waiting.iter().partition(|&&app_id| !reloads.iter().any(|job| job.covers(app_id)));
+        self.built_waiting = still.into_iter().collect();
+        for app_id in free {
+            self.build_then(app_id, Action::Reload, now);
         }
     }
 }

@@ -30,7 +30,6 @@ impl Daemon {
                 self.on_exited(app_id, pid, status, misconfigured, now)
             }
             Msg::Changed { app_id, paths } => self.on_changed(app_id, &paths, now),
-            Msg::BuiltWaiting { app_id } => self.build_then(app_id, builder::Action::Reload, now),
             Msg::Built { app_id, result } => self.on_built(app_id, result, now),
             Msg::Stats { app_id, pid, body } => {
                 let Some(app) = app_mut(&mut self.apps, app_id) else { return };

@@ -40,10 +40,6 @@ pub(crate) enum Msg {
         app_id: AppId,
         result: Result<(), String>,
     },
-    /// A successful build waited for another reload of its app to end: reload it now.
-    BuiltWaiting {
-        app_id: AppId,
-    },
     /// Processes are found by pid: a slot may hold two (a replacement), and slots move on.
     Exited {
         app_id: AppId,

@@ -380,6 +380,9 @@ impl Daemon {
         for app in &mut self.apps {
             app.reap_retired();
         }
+        if !self.built_waiting.is_empty() {
+            self.reload_built(now);
+        }
     }
 
     /// Stop, restart or delete `target` (every app when `None`), answering once `until` holds.
@@ -469,6 +472,10 @@ impl Daemon {
     /// signal during a requested kill keeps the request's answer.
     pub(super) fn begin_kill(&mut self, by: KilledBy) {
         let now = Instant::now();
+        for job in &mut self.reloads {
+            job.interrupt("the daemon is stopping");
+        }
+        self.built_waiting.clear();
         for app in &mut self.apps {
             for slot in 0..app.slots.len() {
                 app.cancel_successor(slot, now, &mut self.effects);

@@ -101,9 +101,12 @@ pub(super) struct Successor {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum OnFailure {
     /// Restart the current process in place (a memory limit must be enforced even so).
-    RestartCurrent,
+    Restart,
     /// Leave the current process serving (a failed deploy must not make things worse).
-    KeepCurrent,
+    Keep,
+    /// Leave the current process to what it was told (the replacement was cancelled by a stop, a
+    /// restart or a kill, which decided the current process's fate).
+    Leave,
 }
 
 /// Which process of a slot an input is for.
@@ -234,7 +237,7 @@ mod tests {
             slot.successor = Some(Successor {
                 proc: proc(successor, crashed),
                 reason: String::new(),
-                on_failure: OnFailure::KeepCurrent,
+                on_failure: OnFailure::Keep,
             });
             assert_eq!(slot.next(), expected, "case {i}");
         }

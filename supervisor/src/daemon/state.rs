@@ -3,7 +3,7 @@
 //! `daemon::run`, which owns the loop, so that the modules adding methods to [`Daemon`] (`handle`,
 //! `requests`, `build`, `cron`) import a sibling, not the module that declares them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use chat_shared::ipc::Response;
@@ -85,6 +85,8 @@ pub(crate) struct Daemon {
     pub(super) waiters: Vec<Waiter>,
     /// Rolling reloads under way.
     pub(super) reloads: Vec<reload::Job>,
+    /// Apps whose new build waits for another reload of theirs to end (see `build`).
+    pub(super) built_waiting: BTreeSet<AppId>,
     /// When each app with a `cron_restart` is reloaded next.
     pub(super) crons: cron::Crons,
     pub(super) lifecycle: Lifecycle,
@@ -159,6 +161,7 @@ impl Daemon {
             next_sample: Instant::now(),
             waiters: Vec::new(),
             reloads: Vec::new(),
+            built_waiting: BTreeSet::new(),
             crons: cron::Crons::default(),
             lifecycle: Lifecycle::Serving,
             forced: 0,
@@ -239,7 +242,7 @@ impl Daemon {
                         "memory {} over max_memory_restart {limit}",
                         chat_shared::units::ByteSize(used).to_string_rounded()
                     );
-                    app.replace(index, reason, slot::OnFailure::RestartCurrent, now, &mut self.effects);
+                    app.replace(index, reason, slot::OnFailure::Restart, now, &mut self.effects);
                 }
             }
         }

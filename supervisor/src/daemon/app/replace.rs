@@ -98,7 +98,7 @@ impl App {
     /// Cancels a replacement in progress (an operator's stop, restart or delete wins).
     pub(in crate::daemon) fn cancel_successor(&mut self, index: usize, now: Instant, fx: &mut Effects) {
         if let Some(successor) = self.slots.get_mut(index).and_then(|s| s.successor.as_mut()) {
-            successor.on_failure = OnFailure::KeepCurrent;
+            successor.on_failure = OnFailure::Leave;
             self.drive(index, Which::Successor, Input::Stop, now, fx);
         }
     }
@@ -141,12 +141,12 @@ impl App {
                     self.outcomes.push((index, Err(if failed.is_empty() { "stopped".to_owned() } else { failed })));
                     let current_down = matches!(slot.current.instance.phase(), Phase::Stopped | Phase::Errored);
                     match on_failure {
-                        OnFailure::RestartCurrent => self.drive_one(index, Which::Current, Input::Restart, now, fx),
+                        OnFailure::Restart => self.drive_one(index, Which::Current, Input::Restart, now, fx),
                         // Held back for the successor: it must serve again.
-                        OnFailure::KeepCurrent if current_down => {
+                        OnFailure::Keep if current_down => {
                             self.drive_one(index, Which::Current, Input::Start, now, fx)
                         }
-                        OnFailure::KeepCurrent => {}
+                        OnFailure::Keep | OnFailure::Leave => {}
                     }
                     return;
                 }

@@ -190,7 +190,7 @@ impl AppReload {
                     let input = if restart { Input::Restart } else { Input::Start };
                     app.drive(index, Which::Current, input, now, fx);
                 }
-                Action::Replace { index } => app.replace(index, "reload".into(), OnFailure::KeepCurrent, now, fx),
+                Action::Replace { index } => app.replace(index, "reload".into(), OnFailure::Keep, now, fx),
                 Action::AddSlot => {
                     let index = app.add_slot(now, fx);
                     let pid = app.slots[index].current.instance.pid();
