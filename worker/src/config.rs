@@ -83,21 +83,6 @@ impl Config {
 
     /// `lookup` stands in for the process environment, so tests need not mutate it.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        fn parse<T: std::str::FromStr>(
-            lookup: &impl Fn(&str) -> Option<String>,
-            name: &'static str,
-            default: T,
-        ) -> Result<T, ConfigError>
-        where
-            T::Err: std::fmt::Display,
-        {
-            match lookup(name) {
-                None => Ok(default),
-                Some(value) => {
-                    value.trim().parse().map_err(|e: T::Err| ConfigError { name, why: e.to_string(), value })
-                }
-            }
-        }
         let kill_timeout_ms: Option<u64> = match lookup(worker_env::KILL_TIMEOUT_MS) {
             None => None,
             Some(_) => Some(parse(&lookup, worker_env::KILL_TIMEOUT_MS, 0u64)?),
@@ -129,16 +114,7 @@ impl Config {
             call_ring: parse(&lookup, "CALL_RING_TIMEOUT", HumanDuration(crate::realtime::CALL_RING))?.0,
             files: crate::files::FileConfig {
                 // Every instance of a host shares the supervisor's data directory for the app.
-                dir: lookup("FILE_DIR").filter(|d| !d.is_empty()).map(std::path::PathBuf::from).unwrap_or_else(|| {
-                    lookup(worker_env::DATA_DIR)
-                        .filter(|d| !d.is_empty())
-                        .map_or_else(
-                            // On its own, a directory of its own user's.
-                            || std::env::temp_dir().join(format!("chat-worker-{}", nix::unistd::getuid())),
-                            std::path::PathBuf::from,
-                        )
-                        .join("files")
-                }),
+                dir: file_dir(&lookup),
                 // Set below, from REDIS_URL, FILE_STORE and the app's name.
                 redis: None,
                 app: String::new(),
@@ -154,15 +130,7 @@ impl Config {
             },
             bus: lookup(worker_env::BUS).filter(|p| !p.is_empty()).map(std::path::PathBuf::from),
             handoff: lookup(worker_env::HANDOFF).filter(|p| !p.is_empty()).map(std::path::PathBuf::from),
-            redis_url: match lookup("REDIS_URL").filter(|u| !u.trim().is_empty()) {
-                None => None,
-                Some(url) => match redis::Client::open(url.trim()) {
-                    Ok(_) => Some(url.trim().to_owned()),
-                    Err(e) => {
-                        return Err(ConfigError { name: "REDIS_URL", value: redact(&url), why: e.to_string() });
-                    }
-                },
-            },
+            redis_url: redis_url(&lookup)?,
             app: lookup(worker_env::APP_NAME).filter(|a| !a.is_empty()),
             stats_interval: parse(&lookup, "STATS_INTERVAL", HumanDuration(Duration::from_secs(5)))?
                 .0
@@ -175,61 +143,94 @@ impl Config {
                     why,
                 })?,
             },
-            ice_servers: match lookup("ICE_SERVERS") {
-                None => Vec::new(),
-                Some(list) => {
-                    let urls: Vec<String> =
-                        list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
-                    if let Some(bad) = urls
-                        .iter()
-                        .find(|u| !(u.starts_with("stun:") || u.starts_with("turn:") || u.starts_with("turns:")))
-                    {
-                        return Err(ConfigError {
-                            name: "ICE_SERVERS",
-                            value: list.clone(),
-                            why: format!("{bad:?} is not a stun:, turn: or turns: url"),
-                        });
-                    }
-                    urls
-                }
-            },
+            ice_servers: ice_servers(&lookup)?,
             message_rate: rate(&lookup, "MESSAGE_RATE", crate::realtime::SOCKET_RATE)?,
             join_rate: rate(&lookup, "JOIN_RATE", crate::realtime::JOIN_RATE)?,
             signal_rate: rate(&lookup, "SIGNAL_RATE", crate::realtime::SIGNAL_RATE)?,
             address_rate: rate(&lookup, "ADDRESS_RATE", crate::realtime::ADDRESS_RATE)?,
             turn_secret: lookup("TURN_SECRET").filter(|s| !s.is_empty()).map(String::into_bytes),
             turn_ttl: parse(&lookup, "TURN_TTL", HumanDuration(Duration::from_secs(3600)))?.0,
-            trusted_proxies: match lookup("TRUSTED_PROXIES") {
-                None => Vec::new(),
-                Some(list) => list
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| {
-                        s.parse().map_err(|e: std::net::AddrParseError| ConfigError {
-                            name: "TRUSTED_PROXIES",
-                            value: list.clone(),
-                            why: format!("{s:?}: {e}"),
-                        })
-                    })
-                    .collect::<Result<_, _>>()?,
-            },
+            trusted_proxies: trusted_proxies(&lookup)?,
         };
         config.files.app = config.app.clone().unwrap_or_else(|| "chat".to_owned());
-        config.files.redis = match lookup("FILE_STORE").as_deref().map(str::trim) {
-            None | Some("" | "auto") => config.redis_url.clone(),
-            Some("redis") if config.redis_url.is_some() => config.redis_url.clone(),
-            Some("dir") => None,
-            Some(other) => {
-                return Err(ConfigError {
-                    name: "FILE_STORE",
-                    value: other.to_owned(),
-                    why: "must be dir or redis (redis needs REDIS_URL); by default, redis when REDIS_URL is set".into(),
-                });
-            }
-        };
+        config.files.redis = file_store(&lookup, config.redis_url.as_deref())?;
         Ok(config)
     }
+}
+
+fn parse<T: std::str::FromStr>(
+    lookup: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match lookup(name) {
+        None => Ok(default),
+        Some(value) => value.trim().parse().map_err(|e: T::Err| ConfigError { name, why: e.to_string(), value }),
+    }
+}
+
+/// `FILE_DIR`, else `files` in the supervisor's data directory for the app (which every instance
+/// of a host shares), else in a directory of this user's.
+fn file_dir(lookup: &impl Fn(&str) -> Option<String>) -> std::path::PathBuf {
+    if let Some(dir) = lookup("FILE_DIR").filter(|d| !d.is_empty()) {
+        return dir.into();
+    }
+    let data = lookup(worker_env::DATA_DIR).filter(|d| !d.is_empty()).map(std::path::PathBuf::from);
+    data.unwrap_or_else(|| std::env::temp_dir().join(format!("chat-worker-{}", nix::unistd::getuid()))).join("files")
+}
+
+/// `REDIS_URL`, checked to be one (its password kept out of the error).
+fn redis_url(lookup: &impl Fn(&str) -> Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(url) = lookup("REDIS_URL").filter(|u| !u.trim().is_empty()) else { return Ok(None) };
+    match redis::Client::open(url.trim()) {
+        Ok(_) => Ok(Some(url.trim().to_owned())),
+        Err(e) => Err(ConfigError { name: "REDIS_URL", value: redact(&url), why: e.to_string() }),
+    }
+}
+
+/// Where shared files live: Redis (its url) or the directory (`None`), from `FILE_STORE`.
+fn file_store(lookup: &impl Fn(&str) -> Option<String>, redis: Option<&str>) -> Result<Option<String>, ConfigError> {
+    match lookup("FILE_STORE").as_deref().map(str::trim) {
+        None | Some("" | "auto") => Ok(redis.map(str::to_owned)),
+        Some("redis") if redis.is_some() => Ok(redis.map(str::to_owned)),
+        Some("dir") => Ok(None),
+        Some(other) => Err(ConfigError {
+            name: "FILE_STORE",
+            value: other.to_owned(),
+            why: "must be dir or redis (redis needs REDIS_URL); by default, redis when REDIS_URL is set".into(),
+        }),
+    }
+}
+
+/// `ICE_SERVERS`: comma-separated stun:, turn: or turns: urls.
+fn ice_servers(lookup: &impl Fn(&str) -> Option<String>) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = lookup("ICE_SERVERS") else { return Ok(Vec::new()) };
+    let urls: Vec<String> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    let url = |u: &String| u.starts_with("stun:") || u.starts_with("turn:") || u.starts_with("turns:");
+    match urls.iter().find(|u| !url(u)) {
+        Some(bad) => Err(ConfigError {
+            name: "ICE_SERVERS",
+            value: list.clone(),
+            why: format!("{bad:?} is not a stun:, turn: or turns: url"),
+        }),
+        None => Ok(urls),
+    }
+}
+
+/// `TRUSTED_PROXIES`: comma-separated addresses.
+fn trusted_proxies(lookup: &impl Fn(&str) -> Option<String>) -> Result<Vec<IpAddr>, ConfigError> {
+    let Some(list) = lookup("TRUSTED_PROXIES") else { return Ok(Vec::new()) };
+    let address = |s: &str| {
+        s.parse().map_err(|e: std::net::AddrParseError| ConfigError {
+            name: "TRUSTED_PROXIES",
+            value: list.clone(),
+            why: format!("{s:?}: {e}"),
+        })
+    };
+    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(address).collect()
 }
 
 fn rate(
