@@ -146,7 +146,7 @@ pub async fn build(config: &Config, shared_port: bool) -> std::io::Result<Worker
     followers.push(tokio::spawn(chat.clone().follow(io.clone())));
     // Before any listener serves: a reload's successor must know the calls and history first.
     chat.catch_up(CATCH_UP).await;
-    realtime::register(&io, chat, config.origins.clone()).await.map_err(std::io::Error::other)?;
+    realtime::register(&io, chat, config.origins.clone()).await?;
     let admission =
         admission::Admission::new(config.max_connections.unwrap_or_else(|| admission::cap_for(admission::fd_limit())));
     let (handoff, incomings) = handoff(config, &io, &admission);

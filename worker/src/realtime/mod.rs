@@ -213,7 +213,7 @@ pub async fn register(
     io: &SocketIo<Adapter>,
     chat: Arc<Chat>,
     origins: Option<crate::origins::Origins>,
-) -> Result<(), String> {
+) -> std::io::Result<()> {
     use socketioxide::handler::ConnectHandler;
     let origin_check = move |socket: SocketRef<Adapter>| {
         let origins = origins.clone();
@@ -256,5 +256,7 @@ pub async fn register(
             sessions::welcome(&socket, &chat.sessions, &since).await;
         }
     };
-    io.ns("/", connect.with(admit).with(origin_check)).await.map_err(|e| format!("cannot start the namespace: {e}"))
+    io.ns("/", connect.with(admit).with(origin_check))
+        .await
+        .map_err(|e| std::io::Error::other(format!("cannot start the namespace: {e}")))
 }
