@@ -6,6 +6,7 @@ mod support;
 mod adhoc;
 mod balancer;
 mod browser;
+mod bus;
 mod cluster;
 mod config_errors;
 mod faults;

@@ -1,7 +1,13 @@
-//! The local bus: a small publish/subscribe broker the daemon serves on `$CHATCTL_HOME/bus.sock`,
-//! so that the workers of one host share rooms without Redis. Workers plug it into
-//! socketioxide-redis's `Driver` (see `chat-worker`'s `bus` module), the same adapter that talks to
-//! Redis across hosts.
+//! The local bus: a small publish/subscribe broker on `$CHATCTL_HOME/bus.sock`, so that the
+//! workers of one host share rooms without Redis. Workers plug it into socketioxide-redis's
+//! `Driver` (see `chat-worker`'s `bus` module), the same adapter that talks to Redis across hosts.
+//!
+//! The broker runs in a process of its own, `chatctl __bus`, which the daemon starts with the
+//! listening socket it bound (so the path never changes hands) and starts again if it dies: a busy
+//! room's publications never wait behind the daemon's supervision (probes, restarts, the CLI's
+//! requests) nor the other way round. With the broker on the daemon's thread, a flood of
+//! publications made `chatctl list` five times slower (`tests/bus.rs`). The process dies with
+//! the daemon (`PR_SET_PDEATHSIG`); the workers reconnect to a new one by themselves.
 //!
 //! Frames, both ways: a big-endian `u32` length, then an op byte, then fields:
 //! - `SUB chan` / `UNSUB chan` (client): start or stop receiving `chan`;
@@ -16,6 +22,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
 use chat_shared::bus::{
     MAX_FRAME, OP_MSG, OP_NUMSUB, OP_NUMSUB_REPLY, OP_PUB, OP_SUB, OP_UNSUB, STR_LEN_BYTES, frame, put_str, take_str,
@@ -27,6 +36,84 @@ use tokio::sync::mpsc;
 /// Frames queued per subscriber before it is cut off.
 const QUEUE: usize = 8192;
 
+/// A bus process that lived this long had not been failing: the next one starts at once.
+const STABLE: Duration = Duration::from_secs(10);
+/// The longest wait before a failing bus process is started again.
+const MOST_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Runs the broker in a process of its own (`chatctl __bus`) on `listener`, starting it again when
+/// it dies, until this future is dropped (the daemon stopping), which kills it. Must run on the
+/// daemon's thread, which `PR_SET_PDEATHSIG` needs (see `spawn`).
+pub(crate) async fn supervise(listener: std::os::unix::net::UnixListener) {
+    let mut failures = 0u32;
+    loop {
+        let started = Instant::now();
+        match start(&listener) {
+            Ok(mut child) => {
+                tracing::info!(pid = child.id(), "bus started");
+                let status = child.wait().await;
+                tracing::warn!(?status, "the bus process exited: starting another (workers reconnect)");
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start the bus process: workers do not share rooms"),
+        }
+        failures = if started.elapsed() > STABLE { 0 } else { failures.saturating_add(1) };
+        let backoff = Duration::from_millis(100).saturating_mul(1 << failures.min(6)).min(MOST_BACKOFF);
+        tokio::time::sleep(if failures == 0 { Duration::ZERO } else { backoff }).await;
+    }
+}
+
+/// `chatctl __bus` with `listener` as its stdin.
+fn start(listener: &std::os::unix::net::UnixListener) -> io::Result<tokio::process::Child> {
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command
+        .arg("__bus")
+        .stdin(Stdio::from(OwnedFd::from(listener.try_clone()?)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let parent = std::process::id() as libc::pid_t;
+    #[allow(unsafe_code)]
+    // SAFETY: prctl, getppid and _exit are async-signal-safe and touch no memory.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    command.spawn()
+}
+
+/// `chatctl __bus`: the broker, on the listening socket that is its stdin, until killed.
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CHATCTL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    #[allow(unsafe_code)]
+    // SAFETY: the daemon starts this process with its listening socket as fd 0, owned by nobody else.
+    let listener = std::os::unix::net::UnixListener::from(unsafe { OwnedFd::from_raw_fd(0) });
+    let served = tokio::runtime::Builder::new_current_thread().enable_all().build().and_then(|runtime| {
+        listener.set_nonblocking(true)?;
+        runtime.block_on(async { serve(UnixListener::from_std(listener)?).await })
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "bus: cannot serve");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 enum Cmd {
     Connected(u64, mpsc::Sender<Vec<u8>>),
     Gone(u64),
@@ -36,8 +123,8 @@ enum Cmd {
     NumSub(u64, u32, String),
 }
 
-/// Serves the bus on `listener` until the daemon stops.
-pub(crate) async fn serve(listener: UnixListener) {
+/// Serves the bus on `listener`, for ever.
+async fn serve(listener: UnixListener) -> io::Result<()> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(broker(rx));
     let mut next_id = 0u64;

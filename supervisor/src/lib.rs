@@ -33,7 +33,7 @@
 //! - `dashboard`: `chatctl monit`; `exporter`: `/metrics`.
 //! - `bus`: the publish/subscribe broker the workers share rooms through.
 
-mod bus;
+pub mod bus;
 pub mod cli;
 pub mod client;
 mod daemon;

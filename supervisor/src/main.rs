@@ -9,9 +9,12 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    // The reaper is started by the daemon and never by a person: kept out of clap's help.
-    if std::env::args_os().nth(1).is_some_and(|a| a == "__reaper") {
-        return chatctl::reaper::main();
+    // The reaper and the bus are started by the daemon and never by a person: kept out of clap's
+    // help.
+    match std::env::args_os().nth(1) {
+        Some(a) if a == "__reaper" => return chatctl::reaper::main(),
+        Some(a) if a == "__bus" => return chatctl::bus::main(),
+        _ => {}
     }
     let cli = Cli::parse();
     match real_main(cli) {

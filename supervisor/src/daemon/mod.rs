@@ -80,7 +80,7 @@ pub(crate) async fn run(
     }
     let exporter = serve_metrics(&tx).await;
     let bus = match bind_bus(&daemon.effects.home) {
-        Ok(listener) => Some(tokio::spawn(crate::bus::serve(listener))),
+        Ok(listener) => Some(tokio::spawn(crate::bus::supervise(listener))),
         Err(e) => {
             tracing::error!(error = %e, "cannot serve the local bus: workers will not share rooms");
             None
@@ -195,14 +195,14 @@ async fn serve_metrics(tx: &mpsc::UnboundedSender<Msg>) -> Option<tokio::task::J
 }
 
 /// The bus socket, private to the daemon's user; a stale file is replaced (we hold the home's lock).
-fn bind_bus(home: &Home) -> std::io::Result<UnixListener> {
+fn bind_bus(home: &Home) -> std::io::Result<std::os::unix::net::UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     let path = home.dir().join(crate::spawn::BUS_FILE);
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let listener = UnixListener::bind(&path)?;
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }

@@ -234,11 +234,8 @@ mod tests {
         ];
         for (i, (current, successor, crashed, expected)) in cases.into_iter().enumerate() {
             let mut slot = Slot::new(proc(current, false), None, None);
-            slot.successor = Some(Successor {
-                proc: proc(successor, crashed),
-                reason: String::new(),
-                on_failure: OnFailure::Keep,
-            });
+            slot.successor =
+                Some(Successor { proc: proc(successor, crashed), reason: String::new(), on_failure: OnFailure::Keep });
             assert_eq!(slot.next(), expected, "case {i}");
         }
     }

@@ -143,9 +143,7 @@ impl App {
                     match on_failure {
                         OnFailure::Restart => self.drive_one(index, Which::Current, Input::Restart, now, fx),
                         // Held back for the successor: it must serve again.
-                        OnFailure::Keep if current_down => {
-                            self.drive_one(index, Which::Current, Input::Start, now, fx)
-                        }
+                        OnFailure::Keep if current_down => self.drive_one(index, Which::Current, Input::Start, now, fx),
                         OnFailure::Keep | OnFailure::Leave => {}
                     }
                     return;
