@@ -73,17 +73,9 @@ fn start(listener: &std::os::unix::net::UnixListener) -> io::Result<tokio::proce
         .kill_on_drop(true);
     let parent = std::process::id() as libc::pid_t;
     #[allow(unsafe_code)]
-    // SAFETY: prctl, getppid and _exit are async-signal-safe and touch no memory.
+    // SAFETY: `die_with` makes only async-signal-safe calls and allocates nothing.
     unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
+        command.pre_exec(move || crate::spawn::die_with(parent));
     }
     command.spawn()
 }

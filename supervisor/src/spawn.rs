@@ -47,6 +47,23 @@ pub(crate) struct Launch<'a> {
     pub(crate) channel: Option<&'a dyn AsRawFd>,
 }
 
+/// In a child between fork and exec: be SIGKILLed when `parent` (the daemon's thread that forked)
+/// ends. Only async-signal-safe calls (prctl, getppid, _exit).
+pub(crate) fn die_with(parent: libc::pid_t) -> io::Result<()> {
+    #[allow(unsafe_code)]
+    // SAFETY: plain system calls on integers; nothing is allocated or shared.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The daemon may have died between fork and prctl; then nobody would ever stop us.
+        if libc::getppid() != parent {
+            libc::_exit(1);
+        }
+    }
+    Ok(())
+}
+
 /// Spawns instance `index` of `spec`.
 ///
 /// Must be called from the daemon's own thread (the runtime's only thread): `PR_SET_PDEATHSIG`
@@ -71,13 +88,7 @@ pub(crate) fn spawn(launch: &Launch<'_>) -> io::Result<Child> {
     // path were allocated before the fork and are only read).
     unsafe {
         command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The daemon may have died between fork and prctl; then nobody would ever stop us.
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
+            die_with(parent)?;
             // Into the instance's own cgroup before exec, so every descendant is born in it. A
             // failure leaves it in the daemon's cgroup; the daemon checks and falls back.
             if let Some(path) = &cgroup_procs {
