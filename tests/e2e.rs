@@ -21,6 +21,7 @@ mod monit;
 mod node_app;
 mod redis;
 mod reload;
+mod update;
 mod verbs;
 mod watch;
 mod worker;

@@ -42,20 +42,48 @@ const STABLE: Duration = Duration::from_secs(10);
 const MOST_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runs the broker in a process of its own (`chatctl __bus`) on `listener`, starting it again when
-/// it dies, until this future is dropped (the daemon stopping), which kills it. Must run on the
-/// daemon's thread, which `PR_SET_PDEATHSIG` needs (see `spawn`).
-pub(crate) async fn supervise(listener: std::os::unix::net::UnixListener) {
+/// it dies, until this future is dropped (the daemon stopping), which kills it. `pid` tells the
+/// daemon which process it is now; `adopted` is the one a previous image of the daemon started
+/// (`chatctl update`), which goes on serving. Must run on the daemon's thread, which
+/// `PR_SET_PDEATHSIG` needs (see `spawn`).
+pub(crate) async fn supervise(
+    listener: std::os::unix::net::UnixListener,
+    pid: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    adopted: Option<crate::handover::Pidfd>,
+) {
+    use std::sync::atomic::Ordering;
+    if let Some(bus) = adopted {
+        // Killed if the daemon stops while it serves, as a spawned one is.
+        struct KillOnDrop(Option<crate::handover::Pidfd>);
+        impl Drop for KillOnDrop {
+            fn drop(&mut self) {
+                if let Some(bus) = self.0.take() {
+                    bus.kill();
+                }
+            }
+        }
+        pid.store(bus.pid(), Ordering::Relaxed);
+        let mut bus = KillOnDrop(Some(bus));
+        let status = match &bus.0 {
+            Some(adopted) => adopted.wait().await,
+            None => chat_shared::status::ExitKind::Unknown,
+        };
+        bus.0 = None;
+        tracing::warn!(?status, "the bus process exited: starting another (workers reconnect)");
+    }
     let mut failures = 0u32;
     loop {
         let started = Instant::now();
         match start(&listener) {
             Ok(mut child) => {
                 tracing::info!(pid = child.id(), "bus started");
+                pid.store(child.id().unwrap_or(0), Ordering::Relaxed);
                 let status = child.wait().await;
                 tracing::warn!(?status, "the bus process exited: starting another (workers reconnect)");
             }
             Err(e) => tracing::error!(error = %e, "cannot start the bus process: workers do not share rooms"),
         }
+        pid.store(0, Ordering::Relaxed);
         failures = if started.elapsed() > STABLE { 0 } else { failures.saturating_add(1) };
         let backoff = Duration::from_millis(100).saturating_mul(1 << failures.min(6)).min(MOST_BACKOFF);
         tokio::time::sleep(if failures == 0 { Duration::ZERO } else { backoff }).await;

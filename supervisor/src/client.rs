@@ -24,6 +24,8 @@ pub struct Client {
     write: OwnedWriteHalf,
     buf: Vec<u8>,
     pub daemon_pid: u32,
+    /// What the daemon says it is (it may have been updated in place since it started).
+    pub daemon_version: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +121,9 @@ impl Client {
         .await
         .map_err(|_| ClientError::HandshakeTimeout(HANDSHAKE_TIMEOUT))??;
         match welcome {
-            Some(Welcome::Accepted { pid, .. }) => Ok(Client { read, write, buf, daemon_pid: pid }),
+            Some(Welcome::Accepted { pid, version, .. }) => {
+                Ok(Client { read, write, buf, daemon_pid: pid, daemon_version: version })
+            }
             Some(Welcome::Refused { pid, version, protocol }) => {
                 Err(ClientError::VersionMismatch { pid, version, protocol, ours: env!("CARGO_PKG_VERSION") })
             }

@@ -77,6 +77,17 @@ impl Descendants {
         Descendants { cgroups, daemon_pid, next: AtomicU64::new(0) }
     }
 
+    /// The cgroup directory and launch numbering of the previous image of this daemon
+    /// (`chatctl update`): nothing is swept, every instance in it is ours.
+    pub(crate) fn adopt(cgroups: Option<PathBuf>, next: u64) -> Descendants {
+        Descendants { cgroups, daemon_pid: std::process::id(), next: AtomicU64::new(next) }
+    }
+
+    /// The next launch number, for the next image of this daemon.
+    pub(crate) fn next_launch(&self) -> u64 {
+        self.next.load(Ordering::Relaxed)
+    }
+
     /// The cgroup directory holding every leaf, for the reaper.
     pub(crate) fn base(&self) -> Option<&Path> {
         self.cgroups.as_deref()

@@ -179,7 +179,7 @@ pub(crate) struct Instance {
     pub(crate) state: State,
     /// Spawns after the first one.
     pub(crate) restarts: u32,
-    spawned_once: bool,
+    pub(crate) spawned_once: bool,
     pub(crate) last_exit: Option<ExitKind>,
     /// Why the last unplanned restart, stop or error happened.
     pub(crate) note: Option<String>,

@@ -108,7 +108,7 @@ async fn connection(stream: UnixStream, tx: mpsc::UnboundedSender<Msg>, owed: Ow
     let mut read = BufReader::new(read);
     let mut buf = Vec::new();
     let hello = tokio::time::timeout(HELLO_TIMEOUT, ipc::read_frame::<_, Hello>(&mut read, &mut buf)).await;
-    let version = env!("CARGO_PKG_VERSION").to_owned();
+    let version = crate::handover::version();
     let pid = std::process::id();
     match hello {
         Ok(Ok(Some(hello))) if hello.protocol == PROTOCOL_VERSION => {

@@ -41,6 +41,7 @@ pub mod dashboard;
 mod descendants;
 mod diagnose;
 pub mod exporter;
+pub mod handover;
 pub mod home;
 pub mod host;
 mod instance;

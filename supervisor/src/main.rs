@@ -9,11 +9,12 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    // The reaper and the bus are started by the daemon and never by a person: kept out of clap's
-    // help.
+    // The reaper, the bus and an updated daemon's image are started by the daemon and never by a
+    // person: kept out of clap's help.
     match std::env::args_os().nth(1) {
         Some(a) if a == "__reaper" => return chatctl::reaper::main(),
         Some(a) if a == "__bus" => return chatctl::bus::main(),
+        Some(a) if a == "__adopt" => return adopt(std::env::args_os().skip(2).collect()),
         _ => {}
     }
     let cli = Cli::parse();
@@ -47,31 +48,98 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 /// `PR_SET_PDEATHSIG` needs), until `chatctl kill` or SIGTERM.
 fn daemon(home: &Home) -> anyhow::Result<ExitCode> {
     let claimed = chatctl::host::claim(home)?;
+    log_to_file(home)?;
+    tracing::info!(pid = std::process::id(), home = %home.dir().display(), version = chatctl::handover::version(), "daemon starting");
+    let hosted = chatctl::host::host_daemon(claimed, Vec::new(), Default::default());
+    exited(hosted.map(|_| ExitCode::SUCCESS))
+}
+
+/// The detached daemon's log: its own file, rotated by size (see `DaemonLog`), written from the
+/// appender's thread (whose guard `chatctl::handover` keeps, to write the log out before an update
+/// re-executes the daemon).
+fn log_to_file(home: &Home) -> anyhow::Result<()> {
     // The appender would create a missing log with the umask's mode: create it private first.
     let log = chatctl::home::private_file().create(true).append(true).open(home.daemon_log())?;
     chatctl::home::keep_private(&log)?;
     drop(log);
-    // Rotated by size (see `DaemonLog`), written from the appender's thread.
     let appender = chatctl::DaemonLog::open(home.daemon_log())?;
     // A small queue: the default (128k lines) is allocated and touched up front, which alone was
     // about half of the idle daemon's memory; the daemon logs a few lines per event.
-    let (writer, _guard) =
+    let (writer, guard) =
         tracing_appender::non_blocking::NonBlockingBuilder::default().buffered_lines_limit(1024).finish(appender);
+    chatctl::handover::keep_log_guard(guard);
     tracing_subscriber::fmt()
         .with_writer(writer)
         .with_ansi(false)
         .with_env_filter(EnvFilter::try_from_env("CHATCTL_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
-    tracing::info!(pid = std::process::id(), home = %home.dir().display(), version = env!("CARGO_PKG_VERSION"), "daemon starting");
-    match chatctl::host::host_daemon(claimed, Vec::new(), Default::default()) {
-        Ok(outcome) => {
-            tracing::info!(?outcome, "daemon exiting");
-            Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+fn exited(hosted: Result<ExitCode, chatctl::host::HostError>) -> anyhow::Result<ExitCode> {
+    let result = match hosted {
+        Ok(code) => {
+            tracing::info!("daemon exiting");
+            Ok(code)
         }
         Err(e @ chatctl::host::HostError::Start(_)) => Err(e.into()),
         Err(e) => {
             tracing::error!(error = %e, "daemon failed");
             Err(e.into())
+        }
+    };
+    chatctl::handover::drop_log_guard();
+    result
+}
+
+/// `chatctl __adopt [--check] STATE`: the daemon's next image (`chatctl update`) taking over the
+/// state the previous one handed it, or, with `--check`, only saying whether it could (the
+/// preflight, run in a child while the old image serves on).
+fn adopt(args: Vec<std::ffi::OsString>) -> ExitCode {
+    use chatctl::handover;
+    let (check, path) = match args.as_slice() {
+        [flag, path] if flag == "--check" => (true, std::path::PathBuf::from(path)),
+        [path] => (false, std::path::PathBuf::from(path)),
+        _ => {
+            eprintln!("usage: chatctl __adopt [--check] STATE (started by the daemon, never by hand)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let saved: handover::Saved = match handover::read_json(&path) {
+        Ok(saved) => saved,
+        Err(e) => {
+            eprintln!("cannot read the state {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(why) = handover::accepts(saved.format) {
+        eprintln!("{why}");
+        return ExitCode::FAILURE;
+    }
+    if check {
+        println!("{}", handover::version());
+        return ExitCode::SUCCESS;
+    }
+    let result = (|| -> anyhow::Result<ExitCode> {
+        let home = Home::from_env().context("cannot find the chatctl home")?;
+        let foreground = saved.mode.foreground;
+        if foreground {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_env_filter(EnvFilter::try_from_env("CHATCTL_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+                .init();
+        } else {
+            log_to_file(&home)?;
+        }
+        tracing::info!(pid = std::process::id(), version = handover::version(), "daemon re-executed: taking over");
+        let hosted = chatctl::host::host_adopted(&home, saved);
+        exited(hosted.map(|outcome| if foreground { chatctl::cli::run_exit_code(&outcome) } else { ExitCode::SUCCESS }))
+    })();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

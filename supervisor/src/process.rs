@@ -42,6 +42,21 @@ pub struct DaemonLock {
     _lock: Flock<File>,
 }
 
+impl DaemonLock {
+    /// The lock the previous image of this process held (`chatctl update`): the same open file,
+    /// so the lock is ours already.
+    pub fn adopt(fd: std::os::fd::OwnedFd) -> Result<DaemonLock, ProcessError> {
+        match Flock::lock(File::from(fd), FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(DaemonLock { _lock: lock }),
+            Err((_, e)) => Err(ProcessError::Io { about: "cannot keep the home's lock".into(), source: e.into() }),
+        }
+    }
+
+    pub fn raw_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&*self._lock)
+    }
+}
+
 /// Takes the home's lock and writes our pid into it.
 pub fn lock(home: &Home) -> Result<DaemonLock, ProcessError> {
     home.ensure().map_err(io_err(format!("cannot create {}", home.dir().display())))?;

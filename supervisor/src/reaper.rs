@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::io::{self, BufRead, Write};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid as NixPid;
@@ -24,8 +24,9 @@ use crate::pid::Pid;
 
 /// The daemon's end.
 pub struct Reaper {
-    pipe: Option<ChildStdin>,
-    child: Child,
+    pipe: Option<std::fs::File>,
+    /// Our child (waited on by pid: a daemon that re-executed itself did not spawn it).
+    pid: u32,
 }
 
 impl Reaper {
@@ -40,12 +41,22 @@ impl Reaper {
             // Its own group: no signal meant for the daemon's group or an instance's reaches it.
             .process_group(0)
             .spawn()?;
-        let pipe = child.stdin.take();
-        Ok(Reaper { pipe, child })
+        let pipe = child.stdin.take().map(|p| std::fs::File::from(std::os::fd::OwnedFd::from(p)));
+        Ok(Reaper { pipe, pid: child.id() })
+    }
+
+    /// The reaper the previous image of this daemon started (`chatctl update`), and its pipe.
+    pub(crate) fn adopt(pid: u32, pipe: std::os::fd::OwnedFd) -> Reaper {
+        Reaper { pipe: Some(pipe.into()), pid }
+    }
+
+    /// Its pipe, for the next image of this daemon.
+    pub(crate) fn pipe(&self) -> Option<&std::fs::File> {
+        self.pipe.as_ref()
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     pub(crate) fn watch(&mut self, pgid: Pid) {
@@ -79,7 +90,9 @@ impl Drop for Reaper {
     fn drop(&mut self) {
         // Closing the pipe is the reaper's cue; by now every group is down, so it just exits.
         self.pipe = None;
-        let _ = self.child.wait();
+        if let Ok(pid) = i32::try_from(self.pid) {
+            let _ = nix::sys::wait::waitpid(NixPid::from_raw(pid), None);
+        }
     }
 }
 

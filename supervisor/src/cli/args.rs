@@ -89,6 +89,16 @@ pub enum Command {
     },
     /// Stop every app, then the daemon.
     Kill,
+    /// Replace the running daemon with a new chatctl binary in place (same pid), keeping every
+    /// instance, socket, log pipe and chat connection (PM2's `pm2 update` restarts every process).
+    Update {
+        /// The chatctl to run; by default this one.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// How long to wait for the new daemon to say it took over (`30s`, `2m`).
+        #[arg(long, default_value = "60s")]
+        timeout: chat_shared::units::HumanDuration,
+    },
     /// Start the daemon if it is not running, and print its pid and version.
     Ping,
     /// Show the last lines of the apps' logs, and with --follow every new line.

@@ -76,8 +76,41 @@ pub(super) async fn save(home: &Home) -> anyhow::Result<ExitCode> {
 
 pub(super) async fn ping(home: &Home) -> anyhow::Result<ExitCode> {
     let client = crate::process::connect_or_start(home).await?;
-    println!("daemon pid {} ({})", client.daemon_pid, home.dir().display());
+    println!("daemon pid {}, version {} ({})", client.daemon_pid, client.daemon_version, home.dir().display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `chatctl update`: the running daemon re-executes `binary` (by default this chatctl) in place,
+/// keeping every instance (see `crate::handover`). Asked through a signal and two files, not the
+/// control protocol, so that it works whatever protocol either side speaks.
+pub(super) fn update(
+    home: &Home,
+    binary: Option<std::path::PathBuf>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    let binary = match binary {
+        Some(path) => std::fs::canonicalize(&path).with_context(|| format!("cannot find {}", path.display()))?,
+        None => std::env::current_exe().context("cannot find this chatctl's executable")?,
+    };
+    let pid: u32 = match std::fs::read_to_string(home.lock_file()).ok().and_then(|t| t.trim().parse().ok()) {
+        Some(pid) if std::path::Path::new(&format!("/proc/{pid}")).exists() => pid,
+        _ => {
+            println!("no daemon running: nothing to update ({})", home.dir().display());
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    println!("asking the daemon (pid {pid}) to re-execute {}", binary.display());
+    let outcome = crate::handover::ask(home.dir(), pid, &binary, timeout).context("the update did not answer")?;
+    if outcome.ok {
+        println!("updated in place: pid {} now runs chatctl {} ({})", outcome.pid, outcome.version, outcome.message);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "update refused, the daemon (pid {}, chatctl {}) goes on serving: {}",
+            outcome.pid, outcome.version, outcome.message
+        );
+        Ok(ExitCode::from(super::exit::UPDATE_REFUSED))
+    }
 }
 
 pub(super) async fn kill(home: &Home) -> anyhow::Result<ExitCode> {

@@ -19,7 +19,7 @@ pub mod target;
 use std::process::ExitCode;
 
 pub use args::{Cli, Command, InstanceArgs, LogsArgs, ReloadArgs, RunArgs, StartArgs, StartupArgs, Target};
-pub use start::run_foreground;
+pub use start::{run_exit_code, run_foreground};
 
 /// Runs a client command (everything but `daemon` and `run`).
 pub async fn client_command(command: Command, home: &crate::home::Home) -> anyhow::Result<ExitCode> {
@@ -38,6 +38,7 @@ pub async fn client_command(command: Command, home: &crate::home::Home) -> anyho
         Command::Reload(args) => reload::reload(args, home).await,
         Command::Scale { app, to, json } => reload::scale(app, to, json, home).await,
         Command::Kill => control::kill(home).await,
+        Command::Update { binary, timeout } => control::update(home, binary, timeout.0),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "chatctl", &mut std::io::stdout());

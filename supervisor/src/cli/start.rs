@@ -151,6 +151,7 @@ pub fn run_foreground(args: RunArgs, home: &Home) -> anyhow::Result<ExitCode> {
     };
     let claimed = crate::host::claim(home)?;
     let options = crate::daemon::RunOptions {
+        foreground: true,
         exit_when_idle: true,
         notify_socket: std::env::var_os("NOTIFY_SOCKET").map(std::path::PathBuf::from),
     };
@@ -163,12 +164,17 @@ pub fn run_foreground(args: RunArgs, home: &Home) -> anyhow::Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     tracing::info!(?outcome, "stopped");
+    Ok(run_exit_code(&outcome))
+}
+
+/// `chatctl run`'s exit code (also after `chatctl update` re-executed it).
+pub fn run_exit_code(outcome: &crate::daemon::Outcome) -> ExitCode {
     // Every instance finished on its own (stop_exit_codes) is a success; an errored one is not.
-    Ok(if outcome.nothing_left && outcome.errored {
+    if outcome.nothing_left && outcome.errored {
         ExitCode::from(exit::ERRORED)
     } else if outcome.forced > 0 {
         ExitCode::from(exit::FORCED)
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }

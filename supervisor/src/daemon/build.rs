@@ -73,12 +73,15 @@ fn run(app: &super::app::App, tx: tokio::sync::mpsc::UnboundedSender<Msg>) -> st
         .process_group(0)
         .kill_on_drop(true)
         .spawn()?;
+    let outputs = [
+        (child.stdout.take().map(|o| o.into_owned_fd()), LogStream::Out),
+        (child.stderr.take().map(|e| e.into_owned_fd()), LogStream::Err),
+    ];
     let mut pipes = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        pipes.push(app.logs.capture(out, LogStream::Out, 0, None));
-    }
-    if let Some(err) = child.stderr.take() {
-        pipes.push(app.logs.capture(err, LogStream::Err, 0, None));
+    for (fd, stream) in outputs {
+        if let Some(fd) = fd {
+            pipes.push(app.logs.capture(crate::logs::pipe(fd)?, stream, 0, None, None, Vec::new()));
+        }
     }
     let app_id = app.id;
     tokio::spawn(async move {

@@ -19,6 +19,7 @@ mod builder;
 mod cron;
 mod effects;
 mod handle;
+pub(crate) mod handover;
 pub(crate) mod msg;
 mod reload;
 mod requests;
@@ -48,6 +49,8 @@ const ANSWERS_BOUND: Duration = Duration::from_secs(2);
 /// How the daemon runs: detached, or in the foreground (`chatctl run`).
 #[derive(Debug, Default)]
 pub struct RunOptions {
+    /// `chatctl run`: logging to stderr (and so after `chatctl update` too).
+    pub foreground: bool,
     /// Exit once every instance is stopped or errored (nothing left to supervise).
     pub exit_when_idle: bool,
     /// systemd's `NOTIFY_SOCKET`: `READY=1` once every initial instance is online, `STOPPING=1`
@@ -55,34 +58,66 @@ pub struct RunOptions {
     pub notify_socket: Option<std::path::PathBuf>,
 }
 
+/// What the daemon begins with.
+pub(crate) enum Begin {
+    /// A new daemon: these apps are started first; if they cannot be, nothing runs and the error
+    /// is returned.
+    Fresh(Vec<AppSpec>),
+    /// The state the previous image of this daemon handed over (`chatctl update`).
+    Adopt(crate::handover::Saved),
+}
+
 /// Runs the daemon until `chatctl kill`, `shutdown` resolving, or (with `exit_when_idle`) nothing
-/// left to run. `initial` apps are started first; if they cannot be, nothing runs and the error is
-/// returned.
+/// left to run. `lock` is the home's lock, which an update hands over.
 pub(crate) async fn run(
     home: Home,
     control: UnixListener,
-    initial: Vec<AppSpec>,
+    begin: Begin,
     shutdown: impl Future<Output = ()>,
     options: RunOptions,
+    lock: std::os::fd::RawFd,
 ) -> Result<Outcome, StartError> {
-    let RunOptions { exit_when_idle, notify_socket } = options;
+    let RunOptions { foreground, exit_when_idle, notify_socket } = options;
     let mut ready_sent = notify_socket.is_none();
     let (tx, mut rx) = mpsc::unbounded_channel();
     raise_nofile();
-    let ended = crate::leftovers::end(home.dir());
-    if ended > 0 {
-        tracing::warn!(ended, "ended leftovers of a previous daemon");
-    }
-    let mut daemon = Daemon::new(home, tx.clone());
-    daemon.effects.reaper = start_reaper(&daemon.effects);
-    if !initial.is_empty() {
-        daemon.start(initial, Instant::now())?;
-    }
+    let mode = crate::handover::Mode { foreground, exit_when_idle, notify_socket: notify_socket.clone() };
+    let (mut daemon, bus) = match begin {
+        Begin::Fresh(initial) => {
+            let ended = crate::leftovers::end(home.dir());
+            if ended > 0 {
+                tracing::warn!(ended, "ended leftovers of a previous daemon");
+            }
+            let mut daemon = Daemon::new(home, tx.clone());
+            daemon.effects.reaper = start_reaper(&daemon.effects);
+            if !initial.is_empty() {
+                daemon.start(initial, Instant::now())?;
+            }
+            let bus = match bind_bus(&daemon.effects.home) {
+                Ok(listener) => Some((listener, None)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot serve the local bus: workers will not share rooms");
+                    None
+                }
+            };
+            (daemon, bus)
+        }
+        Begin::Adopt(saved) => adopt(home, tx.clone(), saved)?,
+    };
     let exporter = serve_metrics(&tx).await;
-    let bus = match bind_bus(&daemon.effects.home) {
-        Ok(listener) => Some(tokio::spawn(crate::bus::supervise(listener))),
+    let (bus_task, bus) = match bus {
+        Some((listener, adopted)) => {
+            let pid = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+            let share = handover::Bus { listener: listener.try_clone().map_err(adopt_error)?, pid: pid.clone() };
+            (Some(tokio::spawn(crate::bus::supervise(listener, pid, adopted))), Some(share))
+        }
+        None => (None, None),
+    };
+    let hosting = handover::Hosting { lock, control: std::os::fd::AsRawFd::as_raw_fd(&control), mode, bus };
+    let mut update = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) {
+        Ok(signal) => Some(signal),
         Err(e) => {
-            tracing::error!(error = %e, "cannot serve the local bus: workers will not share rooms");
+            tracing::error!(error = %e, "cannot listen for SIGUSR2: chatctl update will not be answered");
             None
         }
     };
@@ -98,6 +133,13 @@ pub(crate) async fn run(
                 None => break daemon.outcome(false),
             },
             () = tokio::time::sleep_until(wake.into()) => {}
+            Some(()) = async { update.as_mut()?.recv().await } => {
+                // What happened before the signal is handled first (exits above all).
+                while let Ok(msg) = rx.try_recv() {
+                    daemon.handle(msg);
+                }
+                daemon.update(&hosting).await;
+            }
             () = &mut shutdown, if !signalled => {
                 signalled = true;
                 tracing::info!("stop requested by signal: stopping every app");
@@ -125,7 +167,7 @@ pub(crate) async fn run(
         }
     };
     server.abort();
-    for task in [bus, exporter].into_iter().flatten() {
+    for task in [bus_task, exporter].into_iter().flatten() {
         task.abort();
     }
     let _ = std::fs::remove_file(daemon.effects.home.dir().join(crate::spawn::BUS_FILE));
@@ -136,6 +178,57 @@ pub(crate) async fn run(
     drop(daemon);
     answers.written(ANSWERS_BOUND).await;
     Ok(outcome)
+}
+
+type BusStart = Option<(std::os::unix::net::UnixListener, Option<crate::handover::Pidfd>)>;
+
+/// The daemon the previous image handed over, and its bus; the update's result written.
+fn adopt(
+    home: Home,
+    tx: mpsc::UnboundedSender<Msg>,
+    saved: crate::handover::Saved,
+) -> Result<(Daemon, BusStart), StartError> {
+    let dir = home.dir().to_owned();
+    let request = saved.request.clone();
+    let bus = match &saved.bus {
+        Some(bus) => {
+            let listener = crate::handover::adopt_fd(bus.listener).map_err(adopt_error)?;
+            let adopted = bus.pid.and_then(|pid| match crate::handover::Pidfd::open(pid, None) {
+                Ok(pidfd) => Some(pidfd),
+                Err(e) => {
+                    tracing::warn!(pid, error = %e, "the bus process is gone: starting another");
+                    None
+                }
+            });
+            Some((std::os::unix::net::UnixListener::from(listener), adopted))
+        }
+        None => None,
+    };
+    let from = saved.version.clone();
+    let daemon = Daemon::adopt(home, tx, saved).map_err(|why| adopt_error(std::io::Error::other(why)))?;
+    let instances: usize = daemon.apps.iter().map(|a| a.slots.len()).sum();
+    tracing::info!(
+        from,
+        to = crate::handover::version(),
+        apps = daemon.apps.len(),
+        instances,
+        "updated in place: every app taken over"
+    );
+    let outcome = crate::handover::Outcome {
+        id: request,
+        ok: true,
+        message: format!("{instances} instance(s) of {} app(s) taken over", daemon.apps.len()),
+        version: crate::handover::version(),
+        pid: std::process::id(),
+    };
+    if let Err(e) = crate::handover::write_json(&dir, crate::handover::RESULT_FILE, &outcome) {
+        tracing::error!(error = %e, "cannot write the update's result");
+    }
+    Ok((daemon, bus))
+}
+
+fn adopt_error(source: std::io::Error) -> StartError {
+    StartError { app: "(update)".into(), source: app::AppError::Adopt(source) }
 }
 
 fn raise_nofile() {

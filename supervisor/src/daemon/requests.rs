@@ -159,7 +159,7 @@ impl Daemon {
         Ok(Response::Started { started, already_running })
     }
 
-    fn log_paths(&self, spec: &AppSpec) -> LogPaths {
+    pub(super) fn log_paths(&self, spec: &AppSpec) -> LogPaths {
         let dir = self.effects.home.logs_dir();
         LogPaths {
             out: spec.logs.out_file.clone().unwrap_or_else(|| dir.join(format!("{}-out.log", spec.name))),

@@ -21,7 +21,7 @@ use crate::pid::Pid;
 use crate::probe::Prober;
 
 /// Lines a follower may fall behind by before it loses some (and is told how many).
-const FOLLOW_BUFFER: usize = 8192;
+pub(super) const FOLLOW_BUFFER: usize = 8192;
 
 /// How often memory and CPU are sampled for `list`.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
@@ -144,14 +144,18 @@ impl Daemon {
     }
 
     pub(super) fn new(home: Home, tx: mpsc::UnboundedSender<Msg>) -> Daemon {
-        let effects = Effects {
+        Daemon::new_with(Effects {
             descendants: crate::descendants::Descendants::setup(home.dir()),
             home,
             tx,
             prober: Prober::new(),
             follow: broadcast::channel(FOLLOW_BUFFER).0,
             reaper: None,
-        };
+        })
+    }
+
+    /// A daemon with no app yet, carrying out effects with `effects`.
+    pub(super) fn new_with(effects: Effects) -> Daemon {
         Daemon {
             apps: Vec::new(),
             effects,

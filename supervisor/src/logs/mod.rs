@@ -26,7 +26,7 @@ use std::sync::Arc;
 use chat_shared::ipc::{LogRecord, LogStream};
 use chat_shared::spec::LogSpec;
 use chat_shared::sync::Locked;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub use daemon_log::DaemonLog;
@@ -78,6 +78,8 @@ struct Chunk {
 enum Control {
     Reopen(oneshot::Sender<io::Result<()>>),
     Truncate(oneshot::Sender<io::Result<()>>),
+    /// Everything queued before it written out (before the daemon re-executes itself).
+    Flush(oneshot::Sender<io::Result<()>>),
 }
 
 /// What the writer thread receives: lines, and requests that act on the files after the lines
@@ -98,16 +100,46 @@ pub(crate) struct LogSink {
     /// What the writer cannot write or rotate now (see [`LogSink::issue`]). A std mutex: held for
     /// a clone, never across an await.
     issue: Arc<std::sync::Mutex<Option<String>>>,
+    /// Set when the daemon hands its instances' pipes to its next image (`chatctl update`).
+    handing: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The pipes the capture tasks gave back then, and how many tasks are still reading.
+    handed: Arc<std::sync::Mutex<Vec<Handed>>>,
+    live: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// An instance's pipe given back by its capture task, with the start of a line it had not
+/// finished (its end comes with the next read, by the next daemon image).
+pub(crate) struct Handed {
+    pub(crate) pid: u32,
+    pub(crate) stream: LogStream,
+    pub(crate) fd: std::os::fd::OwnedFd,
+    pub(crate) pending: Vec<u8>,
+}
+
+/// A child's stdout or stderr as a pipe the capture tasks read.
+pub(crate) fn pipe(fd: io::Result<std::os::fd::OwnedFd>) -> io::Result<tokio::net::unix::pipe::Receiver> {
+    tokio::net::unix::pipe::Receiver::from_owned_fd(fd?)
+}
+
+/// Counts a capture task while it runs.
+struct Live(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl LogSink {
-    /// Opens (appending) the app's files and starts its writer thread.
+    /// Opens (appending) the app's files and starts its writer thread; `counts` carries the
+    /// counters over from the previous daemon image.
     pub(crate) fn open(
         app: &str,
         paths: LogPaths,
         spec: &LogSpec,
         instances: usize,
         follow: broadcast::Sender<Arc<LogRecord>>,
+        counts: (u64, u64),
     ) -> io::Result<LogSink> {
         let policy = RotatePolicy {
             max_size: spec.max_size.0,
@@ -126,7 +158,8 @@ impl LogSink {
                 }
             }
         }
-        let counts = Arc::new((std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0)));
+        let counts =
+            Arc::new((std::sync::atomic::AtomicU64::new(counts.0), std::sync::atomic::AtomicU64::new(counts.1)));
         let issue = Arc::new(std::sync::Mutex::new(None));
         let (items, rx) = mpsc::channel(QUEUE);
         let writer = Writer {
@@ -148,27 +181,60 @@ impl LogSink {
             let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
             writer.run(rx);
         })?;
-        Ok(LogSink { items, paths, merge: spec.merge, counts, issue })
+        Ok(LogSink {
+            items,
+            paths,
+            merge: spec.merge,
+            counts,
+            issue,
+            handing: Arc::new(tokio::sync::watch::channel(false).0),
+            handed: Arc::default(),
+            live: Arc::default(),
+        })
     }
 
     /// Reads `pipe` to its end, forwarding whole lines (and showing them to `watch`); the task
-    /// ends at the end of the pipe.
+    /// ends at the end of the pipe, or gives the pipe back when the daemon hands over (see
+    /// [`LogSink::hand_over`]; only the pipes of a process, `pid`). `pending`: the start of a line
+    /// the previous daemon image read.
     pub(crate) fn capture(
         &self,
-        pipe: impl AsyncRead + Unpin + Send + 'static,
+        pipe: tokio::net::unix::pipe::Receiver,
         stream: LogStream,
         instance: usize,
+        pid: Option<u32>,
         watch: Option<Arc<crate::diagnose::BindWatch>>,
+        pending: Vec<u8>,
     ) -> tokio::task::JoinHandle<()> {
         let tx = self.items.clone();
+        let mut handing = self.handing.subscribe();
+        let handed = self.handed.clone();
+        self.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let live = Live(self.live.clone());
         tokio::spawn(async move {
+            let _live = live;
             let mut pipe = pipe;
-            let mut pending: Vec<u8> = Vec::with_capacity(MAX_LINE);
+            let mut pending = pending;
+            pending.reserve(MAX_LINE);
             loop {
                 if pending.capacity() - pending.len() < 4096 {
                     pending.reserve(MAX_LINE);
                 }
-                let n = match pipe.read_buf(&mut pending).await {
+                let read = tokio::select! {
+                    // First: a pipe that never stops must not hold the hand-over back.
+                    biased;
+                    _ = handing.wait_for(|h| *h), if pid.is_some() => None,
+                    read = pipe.read_buf(&mut pending) => Some(read),
+                };
+                let Some(read) = read else {
+                    match (pid, pipe.into_nonblocking_fd()) {
+                        (Some(pid), Ok(fd)) => handed.locked().push(Handed { pid, stream, fd, pending }),
+                        (_, Err(e)) => tracing::warn!(error = %e, "cannot hand an instance's pipe over"),
+                        (None, _) => {}
+                    }
+                    return;
+                };
+                let n = match read {
                     Ok(n) => n,
                     Err(e) => {
                         tracing::warn!(error = %e, "reading an instance's output failed");
@@ -199,6 +265,26 @@ impl LogSink {
                 }
             }
         })
+    }
+
+    /// Stops every capture task, which give their pipes back, waits (at most `within`) until all
+    /// have, writes out what they captured, and returns the pipes.
+    pub(crate) async fn hand_over(&self, within: std::time::Duration) -> io::Result<Vec<Handed>> {
+        self.handing.send_replace(true);
+        let begun = std::time::Instant::now();
+        while self.live.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            if begun.elapsed() > within {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "an instance's pipe was not given back"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        self.ask(Control::Flush).await?;
+        Ok(std::mem::take(&mut *self.handed.locked()))
+    }
+
+    /// Captures again after a hand-over that did not happen (the new image could not start).
+    pub(crate) fn resume(&self) {
+        self.handing.send_replace(false);
     }
 
     /// (lines, bytes) captured so far.
@@ -386,6 +472,10 @@ impl Writer {
         let (result, reply) = match request {
             Control::Reopen(reply) => (self.files.values_mut().try_for_each(RotatingFile::reopen), reply),
             Control::Truncate(reply) => (self.files.values_mut().try_for_each(RotatingFile::truncate), reply),
+            Control::Flush(reply) => {
+                self.flush();
+                (Ok(()), reply)
+            }
         };
         let _ = reply.send(result);
     }

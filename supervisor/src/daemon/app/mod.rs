@@ -30,9 +30,11 @@ use crate::spawn::{self, Launch, PassedFd};
 use crate::watch::{AppWatcher, Ignore, WatchError};
 
 mod describe;
+mod handover;
 mod model;
 mod replace;
 
+pub(super) use handover::add_pipes;
 pub(super) use model::App;
 
 /// The app with id `app_id`, if it is still known (messages may outlive a deleted app).
@@ -68,30 +70,15 @@ impl App {
             let own = Self::own_socket(&spec, index)?;
             let slot_port = own.as_ref().map(|(_, p)| *p).or(port).or_else(|| spec.port_of(index));
             next_key += 1;
-            let current = Self::new_proc(id, next_key, &spec, slot_port, fx)?;
+            let current = Self::new_proc(id, next_key, &spec, slot_port, None, fx)?;
             slots.push(Slot::new(current, own.map(|(socket, _)| socket), slot_port));
         }
         if spec.exec_mode == ExecMode::Fork {
             port = slots.first().and_then(|s| s.port);
         }
-        let logs = LogSink::open(&spec.name, log_paths.clone(), &spec.logs, spec.instances, fx.follow.clone())
+        let logs = LogSink::open(&spec.name, log_paths.clone(), &spec.logs, spec.instances, fx.follow.clone(), (0, 0))
             .map_err(|source| AppError::Logs { path: log_paths.out.clone(), source })?;
-        let watcher = match &spec.watch {
-            Some(watch) => {
-                // Logs never restart the app: the daemon's whole home (its own log, sockets) and the
-                // directories of the app's log files.
-                let mut dirs = vec![fx.home.dir().to_owned()];
-                dirs.extend(
-                    [&log_paths.out, &log_paths.err].iter().filter_map(|p| p.parent()).map(std::path::Path::to_owned),
-                );
-                let ignore = Ignore::new(&watch.ignore, dirs, &spec.cwd)?;
-                let tx = fx.tx.clone();
-                Some(AppWatcher::start(watch, ignore, move |paths| {
-                    let _ = tx.send(Msg::Changed { app_id: id, paths });
-                })?)
-            }
-            None => None,
-        };
+        let watcher = Self::watcher(id, &spec, log_paths, fx)?;
         let policy = Policy::of(&spec);
         Ok(App {
             id,
@@ -112,6 +99,20 @@ impl App {
         })
     }
 
+    /// Watch mode: the watcher that tells the daemon about changes.
+    fn watcher(id: AppId, spec: &AppSpec, log_paths: &LogPaths, fx: &Effects) -> Result<Option<AppWatcher>, AppError> {
+        let Some(watch) = &spec.watch else { return Ok(None) };
+        // Logs never restart the app: the daemon's whole home (its own log, sockets) and the
+        // directories of the app's log files.
+        let mut dirs = vec![fx.home.dir().to_owned()];
+        dirs.extend([&log_paths.out, &log_paths.err].iter().filter_map(|p| p.parent()).map(std::path::Path::to_owned));
+        let ignore = Ignore::new(&watch.ignore, dirs, &spec.cwd)?;
+        let tx = fx.tx.clone();
+        Ok(Some(AppWatcher::start(watch, ignore, move |paths| {
+            let _ = tx.send(Msg::Changed { app_id: id, paths });
+        })?))
+    }
+
     /// Fork mode with `inherit_socket`: the slot's own `port + i`, bound, and its real port.
     fn own_socket(spec: &AppSpec, index: usize) -> Result<Option<(TcpListener, u16)>, AppError> {
         let (Some(l), ExecMode::Fork) = (&spec.listen, spec.exec_mode) else { return Ok(None) };
@@ -125,8 +126,16 @@ impl App {
         Ok(Some((own, bound)))
     }
 
-    /// A process of a slot, with its own admin listener (cluster) and notify socket.
-    fn new_proc(app_id: AppId, key: u64, spec: &AppSpec, port: Option<u16>, fx: &Effects) -> Result<Proc, AppError> {
+    /// A process of a slot, with its own admin listener (cluster; `admin` when it has one already)
+    /// and notify socket.
+    fn new_proc(
+        app_id: AppId,
+        key: u64,
+        spec: &AppSpec,
+        port: Option<u16>,
+        admin: Option<TcpListener>,
+        fx: &Effects,
+    ) -> Result<Proc, AppError> {
         let mut proc = Proc {
             instance: Instance::new(),
             spec: std::sync::Arc::new(spec.clone()),
@@ -139,7 +148,10 @@ impl App {
         if let Some(l) = &spec.listen {
             match spec.exec_mode {
                 ExecMode::Cluster => {
-                    let admin = listen::admin()?;
+                    let admin = match admin {
+                        Some(admin) => admin,
+                        None => listen::admin()?,
+                    };
                     proc.probe_addr = admin.local_addr().ok();
                     proc.admin = Some(admin);
                 }
@@ -318,13 +330,29 @@ impl App {
         // A program passed its port that binds it itself fails the same way every time: its
         // output is watched, so that the exit says what to do instead of restarting in vain.
         let mut pipes = Vec::new();
-        if let Some(out) = child.stdout.take() {
-            pipes.push(self.logs.capture(out, LogStream::Out, index, watch.clone()));
+        let outputs = [
+            (child.stdout.take().map(|o| crate::logs::pipe(o.into_owned_fd())), LogStream::Out),
+            (child.stderr.take().map(|e| crate::logs::pipe(e.into_owned_fd())), LogStream::Err),
+        ];
+        for (pipe, stream) in outputs {
+            match pipe {
+                Some(Ok(pipe)) => {
+                    pipes.push(self.logs.capture(pipe, stream, index, Some(pid.raw()), watch.clone(), Vec::new()))
+                }
+                Some(Err(e)) => tracing::error!(app = %self.spec.name, index, error = %e, "cannot read an output pipe"),
+                None => {}
+            }
         }
-        if let Some(err) = child.stderr.take() {
-            pipes.push(self.logs.capture(err, LogStream::Err, index, watch.clone()));
-        }
-        tokio::spawn(report_exit(child, pid, pipes, watch, fx.tx.clone(), self.id));
+        let exited = async move {
+            match child.wait().await {
+                Ok(status) => exit_kind(status),
+                Err(e) => {
+                    tracing::error!(%pid, error = %e, "waiting for an instance failed");
+                    ExitKind::Unknown
+                }
+            }
+        };
+        tokio::spawn(report_exit(exited, pid, pipes, watch, fx.tx.clone(), self.id));
         if let Some(reaper) = &mut fx.reaper {
             reaper.watch(pid);
         }
@@ -449,6 +477,8 @@ pub(super) enum AppError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot take over a socket of the previous daemon image")]
+    Adopt(#[source] std::io::Error),
     #[error("cannot make the app's secret")]
     Secret {
         #[source]
@@ -494,20 +524,14 @@ fn to_nix(signal: StopSignal) -> Signal {
 /// Waits for an instance's process, then for its output to reach the logs, and tells the daemon
 /// how it ended (and what its output showed is wrong with its setup, if anything).
 async fn report_exit(
-    mut child: tokio::process::Child,
+    exited: impl std::future::Future<Output = ExitKind>,
     pid: Pid,
     pipes: Vec<tokio::task::JoinHandle<()>>,
     watch: Option<Arc<crate::diagnose::BindWatch>>,
     tx: tokio::sync::mpsc::UnboundedSender<Msg>,
     app_id: AppId,
 ) {
-    let status = match child.wait().await {
-        Ok(status) => exit_kind(status),
-        Err(e) => {
-            tracing::error!(%pid, error = %e, "waiting for an instance failed");
-            ExitKind::Unknown
-        }
-    };
+    let status = exited.await;
     // Its last words first (a descendant may hold the pipes open: not for long).
     let _ = tokio::time::timeout(PIPES_AFTER_EXIT, async {
         for pipe in pipes {
@@ -517,6 +541,11 @@ async fn report_exit(
     .await;
     let misconfigured = watch.filter(|w| w.seen()).map(|w| w.advice());
     let _ = tx.send(Msg::Exited { app_id, pid, status, misconfigured });
+}
+
+/// How a process that was already gone exited: nobody can tell any more.
+async fn exit_kind_unknown() -> ExitKind {
+    ExitKind::Unknown
 }
 
 fn exit_kind(status: std::process::ExitStatus) -> ExitKind {

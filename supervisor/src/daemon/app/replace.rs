@@ -34,7 +34,7 @@ impl App {
         let slot = Self::own_socket(&self.spec, index).and_then(|own| {
             let port = own.as_ref().map(|(_, p)| *p).or(shared_port).or_else(|| self.spec.port_of(index));
             self.next_key += 1;
-            let current = Self::new_proc(self.id, self.next_key, &self.spec, port, fx)?;
+            let current = Self::new_proc(self.id, self.next_key, &self.spec, port, None, fx)?;
             Ok(Slot::new(current, own.map(|(socket, _)| socket), port))
         });
         match slot {
@@ -83,7 +83,7 @@ impl App {
             return;
         }
         self.next_key += 1;
-        let proc = match Self::new_proc(self.id, self.next_key, &self.spec, slot.port, fx) {
+        let proc = match Self::new_proc(self.id, self.next_key, &self.spec, slot.port, None, fx) {
             Ok(proc) => proc,
             Err(e) => {
                 tracing::error!(app = %self.spec.name, index, error = %e, "cannot prepare a replacement");

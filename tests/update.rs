@@ -1,0 +1,150 @@
+//! `chatctl update`: the daemon re-executes a new binary in place, keeping every instance, socket,
+//! log pipe and chat connection; a binary that fails the preflight changes nothing.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::support::{Env, bin, chat_app, fixture_app, sigkill, stderr, wait_until};
+
+/// A "new" chatctl: this build, reporting another version (the override exists for this test).
+fn new_binary(env: &Env, version: &str) -> PathBuf {
+    script(env, "chatctl-new", &format!("CHATCTL_VERSION_OVERRIDE={version} exec {:?} \"$@\"", bin("chatctl")))
+}
+
+fn script(env: &Env, name: &str, body: &str) -> PathBuf {
+    let path = env.write(name, &format!("#!/bin/sh\n{body}\n"));
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// The ticker's lines, in the order of its log: `tick 0`, `tick 1`, ... with nothing missing,
+/// repeated or out of order.
+fn ticks_in_order(env: &Env) -> usize {
+    let log = std::fs::read_to_string(env.home().join("logs/ticker-out.log")).expect("the ticker's log");
+    let ticks: Vec<u64> = log.lines().filter_map(|l| l.strip_prefix("tick ")?.parse().ok()).collect();
+    for (i, n) in ticks.iter().enumerate() {
+        assert_eq!(*n, i as u64, "line {i} of the ticker's log is tick {n}:\n{log}");
+    }
+    ticks.len()
+}
+
+#[test]
+fn a_chat_cluster_under_load_is_updated_in_place_without_a_failure() {
+    let _heavy = crate::support::heavy_load();
+    let env = Env::new();
+    let port = crate::support::free_port();
+    let apps = format!("{}{}", chat_app(port, "cluster", 2, ""), fixture_app("ticker", &["--tick", "5"], ""));
+    env.write("ecosystem.toml", &apps);
+    env.ok(&["start"]);
+    let chat = env.online_pids("chat", 2);
+    let ticker = env.online_pids("ticker", 1);
+    let daemon = env.daemon_pid().expect("the daemon's pid");
+    let new = new_binary(&env, "9.9.9-update-test");
+
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let load = chat_bench::load::Load::paced(vec![addr], &["/health"], 20, Duration::from_millis(20));
+    load.wait_for(200);
+    let out = crate::support::run_bounded(
+        std::process::Command::new("node")
+            .arg(crate::support::tests_dir().join("clients/update-chat.mjs"))
+            .arg(format!("http://127.0.0.1:{port}"))
+            .arg(bin("chatctl"))
+            .arg(&new)
+            .env("CHATCTL_HOME", env.home())
+            .current_dir(env.dir.path()),
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    load.wait_for(200);
+    let outcome = load.finish();
+    eprintln!(
+        "update under load: {} ok, {} refused, {} failed, {} non-2xx; chat: {}",
+        outcome.ok,
+        outcome.refused,
+        outcome.failed,
+        outcome.non_2xx,
+        stdout.trim()
+    );
+    assert!(out.status.success(), "{stdout}\n{}\n{}", stderr(&out), env.daemon_log());
+    assert!(stdout.contains("now runs chatctl 9.9.9-update-test"), "{stdout}");
+    assert_eq!((outcome.refused, outcome.failed, outcome.non_2xx), (0, 0, 0), "no request failed");
+
+    // The same daemon and the same instances, which were never restarted.
+    let ping = env.ok(&["ping"]);
+    assert!(ping.contains(&format!("daemon pid {daemon}, version 9.9.9-update-test")), "{ping}");
+    assert_eq!(env.online_pids("chat", 2), chat);
+    assert_eq!(env.online_pids("ticker", 1), ticker);
+    assert!(env.list().iter().flat_map(|a| &a.instances).all(|i| i.restarts == 0), "nothing restarted");
+    // Every line written during the update is in the log, once, in order.
+    let ticks = ticks_in_order(&env);
+    assert!(ticks > 50, "the ticker kept writing ({ticks} lines)");
+
+    // The new image supervises as the old one did: a crash is repaired, reload, scale and stop work.
+    sigkill(ticker[0]);
+    let restarted = wait_until("the ticker restarted", Duration::from_secs(10), || {
+        env.list().iter().find(|a| a.name == "ticker")?.instances[0].pid.filter(|p| *p != ticker[0])
+    });
+    env.remember(restarted);
+    env.ok(&["reload", "chat"]);
+    let reloaded = env.online_pids("chat", 2);
+    assert!(reloaded.iter().all(|p| !chat.contains(p)), "reloaded onto new processes");
+    env.ok(&["scale", "ticker", "2"]);
+    env.online_pids("ticker", 2);
+    env.ok(&["stop", "ticker"]);
+    let apps = env.list();
+    let ticker = apps.iter().find(|a| a.name == "ticker").expect("ticker");
+    assert!(ticker.instances.iter().all(|i| i.pid.is_none()), "stopped");
+}
+
+#[test]
+fn a_binary_that_fails_the_preflight_leaves_the_daemon_serving() {
+    let env = Env::new();
+    env.write("ecosystem.toml", &fixture_app("ticker", &["--tick", "20"], ""));
+    env.ok(&["start"]);
+    let ticker = env.online_pids("ticker", 1);
+    let daemon = env.daemon_pid().expect("the daemon's pid");
+    let broken = script(&env, "chatctl-broken", "echo 'this chatctl cannot start' >&2\nexit 3");
+    let out = env.chatctl(&["update", "--binary", broken.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(8), "refused: {}", stderr(&out));
+    let said = stderr(&out);
+    assert!(said.contains("refused the state: this chatctl cannot start"), "{said}");
+    // Not an executable at all.
+    let text = env.write("not-a-program", "hello");
+    let out = env.chatctl(&["update", "--binary", text.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(8), "refused: {}", stderr(&out));
+
+    // The old daemon goes on supervising: same pid, its logs whole, and a killed instance is
+    // started again.
+    ticks_in_order(&env);
+    let ping = env.ok(&["ping"]);
+    assert!(ping.contains(&format!("daemon pid {daemon}, ")), "{ping}");
+    sigkill(ticker[0]);
+    let restarted = wait_until("the ticker restarted", Duration::from_secs(10), || {
+        env.list()[0].instances[0].pid.filter(|p| *p != ticker[0])
+    });
+    env.remember(restarted);
+}
+
+/// `chatctl run` (the foreground daemon a systemd unit runs) is updated the same way, keeps its
+/// pid (the unit's main process) and its instances, and still stops cleanly on SIGTERM.
+#[test]
+fn the_foreground_daemon_is_updated_in_place_too() {
+    use std::process::Stdio;
+    let env = Env::new();
+    env.write("ecosystem.toml", &fixture_app("ticker", &["--tick", "20"], ""));
+    let mut run = env.command().arg("run").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("chatctl run");
+    env.remember(run.id());
+    let ticker = env.online_pids("ticker", 1);
+    let new = new_binary(&env, "9.9.9-run-test");
+    let out = env.ok(&["update", "--binary", new.to_str().expect("utf-8")]);
+    assert!(out.contains(&format!("pid {} now runs chatctl 9.9.9-run-test", run.id())), "{out}");
+    assert_eq!(env.online_pids("ticker", 1), ticker);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(run.id() as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    let status = wait_until("chatctl run exits", Duration::from_secs(15), || run.try_wait().expect("try_wait"));
+    assert_eq!(status.code(), Some(0), "clean stop");
+    assert!(!crate::support::alive(ticker[0]), "its instance stopped with it");
+    ticks_in_order(&env);
+}
