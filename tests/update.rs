@@ -115,6 +115,12 @@ fn a_binary_that_fails_the_preflight_leaves_the_daemon_serving() {
     let out = env.chatctl(&["update", "--binary", text.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(8), "refused: {}", stderr(&out));
 
+    // A daemon that does not say it answers the signal (one older than `chatctl update`, which
+    // SIGUSR2 would end) is not sent it.
+    std::fs::remove_file(env.home().join("update.ready")).expect("the daemon says it answers updates");
+    let out = env.chatctl(&["update"]);
+    assert!(!out.status.success() && stderr(&out).contains("predates it"), "{}", stderr(&out));
+
     // The old daemon goes on supervising: same pid, its logs whole, and a killed instance is
     // started again.
     ticks_in_order(&env);

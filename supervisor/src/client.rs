@@ -56,8 +56,10 @@ fn mismatch(pid: u32, version: &str, protocol: u32, ours: &str) -> String {
     if protocol < PROTOCOL_VERSION {
         format!(
             "{who}, older than this chatctl {ours} (protocol {PROTOCOL_VERSION}). To move to this version: \
-             `chatctl save` and `chatctl kill` with the chatctl the daemon came from (or `kill {pid}`, which \
-             stops every app gracefully), then `chatctl resurrect` or `chatctl start` with this one"
+             `chatctl update` (the daemon re-executes this chatctl, every app keeps running), or for a \
+             daemon older than that command `chatctl save` and `chatctl kill` with the chatctl the daemon \
+             came from (or `kill {pid}`, which stops every app gracefully), then `chatctl resurrect` or \
+             `chatctl start` with this one"
         )
     } else {
         format!(

@@ -29,7 +29,10 @@ use serde::{Deserialize, Serialize};
 pub const FORMAT: u32 = 1;
 pub const OLDEST_FORMAT: u32 = 1;
 
-/// The request file, the result file and the state file, in the home.
+/// The request file, the result file and the state file, in the home; and the file in which a
+/// daemon that answers `SIGUSR2` writes its pid (to a daemon older than `chatctl update`, the
+/// signal's default action would be to end it, and with it every instance).
+pub const READY_FILE: &str = "update.ready";
 pub const REQUEST_FILE: &str = "update.request";
 pub const RESULT_FILE: &str = "update.result";
 pub const STATE_FILE: &str = "update.state";
@@ -328,6 +331,16 @@ impl Pidfd {
 /// `chatctl update`'s client side: asks the daemon of `home` (pid `daemon`) to re-execute
 /// `binary`, and waits (at most `within`) for the daemon that then serves to say how it went.
 pub fn ask(home: &Path, daemon: u32, binary: &Path, within: std::time::Duration) -> io::Result<Outcome> {
+    let ready = std::fs::read_to_string(home.join(READY_FILE)).ok().and_then(|t| t.trim().parse::<u32>().ok());
+    if ready != Some(daemon) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "the running daemon (pid {daemon}) does not answer chatctl update (it predates it): \
+                 `chatctl save` and `chatctl kill` with its chatctl, then `chatctl resurrect` with the new one"
+            ),
+        ));
+    }
     let id = format!("{}-{}", std::process::id(), chat_shared::time::unix_millis());
     let _ = std::fs::remove_file(home.join(RESULT_FILE));
     write_json(home, REQUEST_FILE, &Request { id: id.clone(), binary: binary.to_owned() })?;

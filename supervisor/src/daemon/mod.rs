@@ -115,7 +115,13 @@ pub(crate) async fn run(
     };
     let hosting = handover::Hosting { lock, control: std::os::fd::AsRawFd::as_raw_fd(&control), mode, bus };
     let mut update = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) {
-        Ok(signal) => Some(signal),
+        Ok(signal) => {
+            let ready = daemon.effects.home.dir().join(crate::handover::READY_FILE);
+            if let Err(e) = std::fs::write(&ready, format!("{}\n", std::process::id())) {
+                tracing::error!(path = %ready.display(), error = %e, "cannot say this daemon answers chatctl update");
+            }
+            Some(signal)
+        }
         Err(e) => {
             tracing::error!(error = %e, "cannot listen for SIGUSR2: chatctl update will not be answered");
             None
