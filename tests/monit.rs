@@ -42,6 +42,23 @@ fn monit_shows_real_pids_restarts_the_selected_instance_and_restores_the_termina
     let port = crate::support::free_port();
     env.write("ecosystem.toml", &crate::support::chat_app(port, "cluster", 2, ""));
     env.ok(&["start"]);
+    dashboard(&env);
+}
+
+/// The daemon's next image (`chatctl update`) serves the dashboard as the first did.
+#[test]
+fn monit_works_after_an_update() {
+    let env = Env::new();
+    let port = crate::support::free_port();
+    env.write("ecosystem.toml", &crate::support::chat_app(port, "cluster", 2, ""));
+    env.ok(&["start"]);
+    let out = env.ok(&["update"]);
+    assert!(out.contains("updated in place"), "{out}");
+    dashboard(&env);
+}
+
+/// Opens `monit` on the 2-instance app `chat`, restarts instance 1 from it, quits.
+fn dashboard(env: &Env) {
     let pids = env.online_pids("chat", 2);
     let tmux = Tmux { socket: env.path("tmux.sock") };
     // A shell in a 120x32 terminal, so that quitting shows its prompt again.
