@@ -1,16 +1,18 @@
 //! A JSON Schema of `ecosystem.toml`, for editors whose TOML language server checks and completes
 //! files against one (`chatctl schema`). The Rust types are the source; this only adds the file's
-//! outer shape (`[apps.NAME]`, `[apps.NAME.profiles.PROFILE]`), which the loader walks by hand.
+//! outer shape (`[apps.NAME]`, `[apps.NAME.profiles.PROFILE]`, `[deploy.NAME]`), which the loader walks by hand.
 
 use schemars::SchemaGenerator;
 use serde_json::{Value, json};
 
+use super::deploy::DeployConfig;
 use super::schema::AppConfig;
 
 /// The schema, as a JSON value.
 pub fn ecosystem_schema() -> Value {
     let mut generator = SchemaGenerator::default();
     let app = generator.subschema_for::<AppConfig>().to_value();
+    let deploy = generator.subschema_for::<DeployConfig>().to_value();
     let mut defs = serde_json::Map::new();
     for (name, schema) in generator.take_definitions(true) {
         defs.insert(name, schema);
@@ -41,9 +43,15 @@ pub fn ecosystem_schema() -> Value {
                 "type": "object",
                 "propertyNames": { "pattern": "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$", "not": { "const": "all" } },
                 "additionalProperties": { "$ref": "#/$defs/AppTable" }
+            },
+            "deploy": {
+                "description": "Deploy targets: `chatctl deploy NAME [setup|revert|list|exec]`.",
+                "type": "object",
+                "propertyNames": { "pattern": "^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$" },
+                "additionalProperties": deploy
             }
         },
-        "required": ["apps"],
+        "anyOf": [{ "required": ["apps"] }, { "required": ["deploy"] }],
         "$defs": defs,
     })
 }

@@ -10,10 +10,11 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeString, DeTable, DeValue};
 
+use super::deploy::DeployConfig;
 use super::issue::{ConfigErrors, ConfigIssue, Severity};
 use super::model::{AppEntry, Ecosystem};
 use super::schema::{AppConfig, EnvValue, HealthConfig};
-use super::{names, validate};
+use super::{deploy, names, validate};
 
 impl Ecosystem {
     /// Reads and validates `path`. An unreadable file is reported like any other problem.
@@ -44,20 +45,26 @@ impl Ecosystem {
             return Err(ConfigErrors { issues: walk.issues });
         }
         let mut apps = Vec::new();
+        let mut deploys = Vec::new();
         for (key, value) in doc.get_ref() {
             match key.get_ref().as_ref() {
                 "apps" => apps = walk.apps(value),
+                "deploy" => deploys = walk.deploys(value),
                 other => walk.error(
                     key.span(),
                     other,
-                    format!("unknown top-level key `{other}`: an ecosystem file holds `[apps.NAME]` tables"),
+                    format!(
+                        "unknown top-level key `{other}`: an ecosystem file holds `[apps.NAME]` and `[deploy.NAME]` tables"
+                    ),
                 ),
             }
         }
-        if apps.is_empty() && walk.issues.is_empty() {
+        // A file may describe only where to deploy (the machine deploying runs no app).
+        if apps.is_empty() && deploys.is_empty() && walk.issues.is_empty() {
             walk.error(0..0, "apps", "no apps defined: add an `[apps.NAME]` table with a `script`".to_owned());
         }
-        for problem in validate::all_profiles(&apps) {
+        let deploy_problems = deploys.iter().flat_map(|(name, config)| deploy::problems(name, config));
+        for problem in validate::all_profiles(&apps).into_iter().chain(deploy_problems) {
             let span = walk.locate(&problem.key_candidates);
             walk.error(span, &problem.key_candidates[0], problem.message);
         }
@@ -66,7 +73,7 @@ impl Ecosystem {
         }
         let dir = file.parent().map(Path::to_owned).unwrap_or_default();
         let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
-        Ok(Ecosystem { file: file.to_owned(), dir, apps, text: text.to_owned(), spans: walk.spans })
+        Ok(Ecosystem { file: file.to_owned(), dir, apps, deploys, text: text.to_owned(), spans: walk.spans })
     }
 }
 
@@ -133,6 +140,35 @@ impl<'a> Walk<'a> {
         Some(AppEntry { name: name.to_owned(), base, profiles })
     }
 
+    /// The `[deploy.NAME]` tables, each checked key by key like an app's.
+    fn deploys<'i>(&mut self, value: &'i Spanned<DeValue<'i>>) -> Vec<(String, DeployConfig)> {
+        let Some(table) = self.table(value, "deploy") else { return Vec::new() };
+        let mut out = Vec::new();
+        for (name, target) in table {
+            let path = format!("deploy.{}", name.get_ref());
+            self.spans.insert(path.clone(), name.span());
+            if let Err(why) = names::deploy_name(name.get_ref()) {
+                self.error(name.span(), &path, why);
+            }
+            let Some(entries) = self.table(target, &path) else { continue };
+            let before = self.issues.len();
+            for (key, value) in entries {
+                let key_path = format!("{path}.{}", key.get_ref());
+                self.spans.insert(key_path.clone(), key.span());
+                match (key.get_ref().as_ref(), value.get_ref()) {
+                    ("env", DeValue::Table(env)) => self.env_table(&key_path, env),
+                    _ => self.typed_key::<DeployConfig>(&key_path, (key, value)),
+                }
+            }
+            if self.issues.len() == before
+                && let Ok(config) = typed::<DeployConfig>(entries.clone(), target.span())
+            {
+                out.push((name.get_ref().to_string(), config));
+            }
+        }
+        out
+    }
+
     fn profiles<'i>(
         &mut self,
         path: &str,
@@ -167,19 +203,22 @@ impl<'a> Walk<'a> {
                     self.typed_key::<HealthConfig>(&sub_path, (sub, sub_value));
                 }
             }
-            ("env", DeValue::Table(env)) => {
-                for (var, var_value) in env {
-                    let var_path = format!("{path}.{}", var.get_ref());
-                    self.spans.insert(var_path.clone(), var.span());
-                    if let Err(why) = names::env_name(var.get_ref()) {
-                        self.error(var.span(), &var_path, why);
-                    }
-                    if let Err(err) = typed_value::<EnvValue>(var_value) {
-                        self.error(err.span().unwrap_or(var_value.span()), &var_path, err.message().to_owned());
-                    }
-                }
-            }
+            ("env", DeValue::Table(env)) => self.env_table(&path, env),
             _ => self.typed_key::<AppConfig>(&path, (key, value)),
+        }
+    }
+
+    /// An `env` table: each name one a process can have, each value a string, number or boolean.
+    fn env_table(&mut self, path: &str, env: &DeTable<'_>) {
+        for (var, var_value) in env {
+            let var_path = format!("{path}.{}", var.get_ref());
+            self.spans.insert(var_path.clone(), var.span());
+            if let Err(why) = names::env_name(var.get_ref()) {
+                self.error(var.span(), &var_path, why);
+            }
+            if let Err(err) = typed_value::<EnvValue>(var_value) {
+                self.error(err.span().unwrap_or(var_value.span()), &var_path, err.message().to_owned());
+            }
         }
     }
 

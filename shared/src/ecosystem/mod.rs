@@ -8,7 +8,8 @@
 //! - `defaults`: the value of every key left out.
 //! - `load`: parse, type-check key by key, collect every issue with its location.
 //! - `validate`: checks across keys and across apps (ports), for every profile.
-//! - `resolve`: defaults, profile overlay, absolute paths.
+//! - `resolve`: defaults, profile overlay, absolute paths (symlinked release directories resolved).
+//! - `deploy`: `[deploy.NAME]` tables (`chatctl deploy`): their shape, checks and resolution.
 //!
 //! Imports run one way: `load` → `validate` → (`model`, `names`, `defaults`, `schema`), and
 //! `resolve`/`files` → `model`; nothing below `load` imports it.
@@ -16,6 +17,7 @@
 //! - `issue`: located errors and warnings, rendered like a compiler's.
 
 mod defaults;
+mod deploy;
 mod files;
 mod issue;
 mod json_schema;
@@ -27,6 +29,7 @@ mod schema;
 mod validate;
 
 pub use defaults::cpu_count;
+pub use deploy::{DEFAULT_KEEP_RELEASES, DEFAULT_REF, DeployConfig, DeploySpec, UnknownDeploy};
 pub use issue::{ConfigErrors, ConfigIssue, Severity};
 pub use json_schema::ecosystem_schema;
 pub use model::{AppEntry, Ecosystem};

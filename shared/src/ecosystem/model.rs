@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
 
+use super::deploy::DeployConfig;
 use super::schema::AppConfig;
 
 /// A loaded, fully validated ecosystem file.
@@ -16,6 +17,8 @@ pub struct Ecosystem {
     pub dir: PathBuf,
     /// In file order (the order apps start in).
     pub apps: Vec<AppEntry>,
+    /// `[deploy.NAME]` tables, in file order, as written (`Ecosystem::deploy` resolves one).
+    pub deploys: Vec<(String, DeployConfig)>,
     /// The file's text and where each key is, to locate the problems found after loading
     /// (`check_files`, which looks at the file system).
     pub(crate) text: String,

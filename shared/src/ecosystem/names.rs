@@ -13,6 +13,11 @@ pub(crate) fn profile_name(name: &str) -> Result<(), String> {
     simple_name(name, "profile")
 }
 
+/// A deploy target's name: `chatctl deploy NAME` (`setup`, `list`... are its verbs, not names).
+pub(crate) fn deploy_name(name: &str) -> Result<(), String> {
+    simple_name(name, "deploy target")
+}
+
 fn simple_name(name: &str, what: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64

@@ -2,6 +2,7 @@
 //! defaults, absolute paths.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use super::defaults::*;
 use super::model::{AppEntry, Ecosystem};
@@ -76,7 +77,10 @@ impl Ecosystem {
             Some(dir) => self.dir.join(dir),
             None => self.dir.clone(),
         };
-        let cwd = std::path::absolute(&cwd).unwrap_or(cwd);
+        // Pinned: an app started through a deploy's `current` link runs in the release the link
+        // names now. A crash-restart after the link moved on (before the new release is built and
+        // reloaded) must not start the unbuilt release; the next start or reload resolves again.
+        let cwd = pinned(&std::path::absolute(&cwd).unwrap_or(cwd));
         let (script, args, interpreted) = program(c, &cwd);
         let node_preload = c.node_preload != Some(false) && runs_node(&script);
         let mut env = inherited_env.clone();
@@ -95,7 +99,7 @@ impl Ecosystem {
             args,
             interpreted,
             node_preload,
-            source: Some(std::path::absolute(&self.file).unwrap_or_else(|_| self.file.clone())),
+            source: Some(logical_absolute(&self.file, inherited_env)),
             watch: watch(c, &cwd),
             cwd,
             env_from_file: c.env.iter().flatten().map(|(k, _)| k.clone()).collect(),
@@ -149,12 +153,12 @@ impl Ecosystem {
 
 /// What runs: (program, its arguments, the script when an interpreter runs it). A script with a
 /// `/`, or run by an interpreter, is a path relative to `cwd`; a bare name is looked up in `PATH`.
-fn program(c: &AppConfig, cwd: &std::path::Path) -> (String, Vec<String>, Option<String>) {
+fn program(c: &AppConfig, cwd: &Path) -> (String, Vec<String>, Option<String>) {
     // Validation guarantees a script.
     let script = c.script.clone().unwrap_or_default();
     let script = if script.contains('/') || interpreter_of(c).is_some() {
         let path = cwd.join(&script);
-        std::path::absolute(&path).unwrap_or(path).display().to_string()
+        pinned_file(&std::path::absolute(&path).unwrap_or(path)).display().to_string()
     } else {
         script
     };
@@ -168,6 +172,38 @@ fn program(c: &AppConfig, cwd: &std::path::Path) -> (String, Vec<String>, Option
         }
         None => (script, c.args.clone().unwrap_or_default(), None),
     }
+}
+
+/// `dir` with every symlink resolved, when it exists (else as it is: `check_files` reports it).
+fn pinned(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned())
+}
+
+/// A program's path with its directory pinned (see [`pinned`]) and its own name kept: a program
+/// that is itself a link (`node_modules/.bin/x`, a multi-call binary) still sees the name it was
+/// started by.
+fn pinned_file(path: &Path) -> PathBuf {
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => pinned(dir).join(name),
+        _ => path.to_owned(),
+    }
+}
+
+/// `file` made absolute as the shell that ran chatctl sees it (`pwd -L`): through a deploy's
+/// `current` link when the operator (or a post-deploy hook) changed into it. It is the file an app
+/// is reloaded from later (`chatctl reload APP`, from anywhere), which must be the one the link
+/// names then, not the release it named at start.
+fn logical_absolute(file: &Path, env: &BTreeMap<String, String>) -> PathBuf {
+    let physical = || std::path::absolute(file).unwrap_or_else(|_| file.to_owned());
+    if file.is_absolute() {
+        return file.to_owned();
+    }
+    let Some(pwd) = env.get("PWD").map(Path::new).filter(|p| p.is_absolute()) else { return physical() };
+    let same = match (std::fs::canonicalize(pwd), std::env::current_dir().and_then(std::fs::canonicalize)) {
+        (Ok(logical), Ok(here)) => logical == here,
+        _ => false,
+    };
+    if same { std::path::absolute(pwd.join(file)).unwrap_or_else(|_| physical()) } else { physical() }
 }
 
 /// The HTTP health check: on by default for an app with a port, unless `enabled = false`.
@@ -190,7 +226,7 @@ fn health(c: &AppConfig, listen: Option<&ListenSpec>) -> Option<HealthSpec> {
 }
 
 /// Watch mode: `watch = true` watches `cwd`, a list watches those paths under it.
-fn watch(c: &AppConfig, cwd: &std::path::Path) -> Option<WatchSpec> {
+fn watch(c: &AppConfig, cwd: &Path) -> Option<WatchSpec> {
     let paths = match &c.watch {
         Some(Watch::Enabled(true)) => vec![cwd.to_owned()],
         Some(Watch::Paths(paths)) if !paths.is_empty() => paths.iter().map(|p| cwd.join(p)).collect(),

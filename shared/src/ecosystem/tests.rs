@@ -203,3 +203,122 @@ node_preload = false
     assert!(!by("bun").node_preload);
     assert!(!by("plain").node_preload && by("plain").script == "node");
 }
+
+const DEPLOY: &str = r#"
+[apps.chat]
+script = "bin/chat-worker"
+
+[deploy.production]
+user = "chat"
+host = ["web1.example.org", "web2.example.org"]
+port = 2222
+ssh_options = "StrictHostKeyChecking=yes"
+key = "~/.ssh/deploy"
+repo = "git@example.org:chat.git"
+ref = "origin/main"
+path = "/srv/chat/"
+post-deploy = "cargo build --release && chatctl start production --reload"
+env = { RUST_LOG = "info", WORKERS = 2 }
+keep_releases = 3
+
+[deploy.staging]
+host = "staging"
+repo = "/srv/git/chat.git"
+path = "/srv/chat"
+"#;
+
+#[test]
+fn a_deploy_table_resolves_with_its_defaults() {
+    let eco = Ecosystem::parse(DEPLOY, Path::new("/work/app/eco.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let prod = eco.deploy("production", Some(Path::new("/home/op"))).expect("production");
+    assert_eq!(prod.hosts, ["web1.example.org", "web2.example.org"]);
+    assert_eq!((prod.user.as_deref(), prod.port), (Some("chat"), Some(2222)));
+    assert_eq!(prod.ssh_options, ["StrictHostKeyChecking=yes"]);
+    assert_eq!(prod.key.as_deref(), Some(Path::new("/home/op/.ssh/deploy")));
+    assert_eq!((prod.path.as_str(), prod.git_ref.as_str(), prod.keep_releases), ("/srv/chat", "origin/main", 3));
+    assert_eq!(prod.env["WORKERS"], "2");
+    let staging = eco.deploy("staging", None).expect("staging");
+    assert_eq!((staging.hosts.as_slice(), staging.git_ref.as_str()), (["staging".to_owned()].as_slice(), "HEAD"));
+    assert_eq!(staging.keep_releases, DEFAULT_KEEP_RELEASES as usize);
+    assert_eq!(staging.local_dir, Path::new("/work/app"));
+    let err = eco.deploy("prod", None).expect_err("unknown");
+    assert!(err.to_string().contains("targets: production, staging"), "{err}");
+    // A file that only says where to deploy is a valid file.
+    let only = "[deploy.p]\nhost = \"h\"\nrepo = \"r\"\npath = \"/p\"\n";
+    assert!(parse(only).is_ok_and(|eco| eco.apps.is_empty()));
+}
+
+#[test]
+fn a_broken_deploy_table_reports_line_column_and_key() {
+    let head = "[deploy.p]\nhost = \"h\"\nrepo = \"r\"\npath = \"/p\"\n";
+    type Case<'a> = (String, &'a [(usize, usize, &'a str)]);
+    let table: &[Case<'_>] = &[
+        (format!("{head}hots = \"x\"\n"), &[(5, 1, "deploy.p.hots")]),
+        (format!("{head}port = \"22\"\n"), &[(5, 8, "deploy.p.port")]),
+        (format!("{head}keep_releases = 0\n"), &[(5, 1, "deploy.p.keep_releases")]),
+        (format!("{head}post-deploy = \"\"\n"), &[(5, 1, "deploy.p.post-deploy")]),
+        (format!("{head}env = {{ \"A=B\" = 1 }}\n"), &[(5, 9, "deploy.p.env.A=B")]),
+        (format!("{head}ssh_options = [\"-oProxyCommand=x\"]\n"), &[(5, 1, "deploy.p.ssh_options")]),
+        (format!("{head}ref = \"--upload-pack=x\"\n"), &[(5, 1, "deploy.p.ref")]),
+        (format!("{head}user = \"-x\"\n"), &[(5, 1, "deploy.p.user")]),
+        (
+            "[deploy.p]\nhost = \"-oProxyCommand=x\"\nrepo = \"r\"\npath = \"/p\"\n".to_owned(),
+            &[(2, 1, "deploy.p.host")],
+        ),
+        ("[deploy.p]\nhost = [\"a\", \"a\"]\nrepo = \"r\"\npath = \"/p\"\n".to_owned(), &[(2, 1, "deploy.p.host")]),
+        ("[deploy.p]\nhost = \"h\"\nrepo = \"r\"\npath = \"srv\"\n".to_owned(), &[(4, 1, "deploy.p.path")]),
+        // missing keys point at the table's name
+        ("[deploy.p]\nhost = \"h\"\n".to_owned(), &[(1, 9, "deploy.p.repo"), (1, 9, "deploy.p.path")]),
+        ("[deploy.\"a b\"]\nhost = \"h\"\nrepo = \"r\"\npath = \"/p\"\n".to_owned(), &[(1, 9, "deploy.a b")]),
+        ("[deploy]\np = 1\n".to_owned(), &[(2, 5, "deploy.p")]),
+    ];
+    for (text, expected) in table {
+        let got = errors(text);
+        let expected: Vec<(usize, usize, String)> =
+            expected.iter().map(|(l, c, k)| (*l, *c, (*k).to_owned())).collect();
+        assert_eq!(got, expected, "for:\n{text}\nreport:\n{}", parse(text).expect_err("errors"));
+    }
+}
+
+/// An app started through a deploy's `current` link runs in the release the link names at start
+/// (a crash-restart after the link moved must not run the next, unbuilt, release), while the file
+/// it is reloaded from is read through the link.
+#[test]
+fn an_app_is_pinned_to_the_release_its_current_link_names_at_resolution() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = std::fs::canonicalize(dir.path()).expect("canonical");
+    for release in ["r1", "r2"] {
+        std::fs::create_dir_all(root.join(release).join("bin")).expect("release dir");
+    }
+    std::os::unix::fs::symlink("r1", root.join("current")).expect("link");
+    let file = root.join("current/eco.toml");
+    let text = "[apps.web]\nscript = \"bin/server\"\n[apps.js]\nscript = \"app.js\"\ncwd = \"bin\"\n";
+    let eco = Ecosystem::parse(text, &file).expect("valid");
+    let specs = eco.resolve(None, None, &BTreeMap::new()).expect("resolves");
+    assert_eq!(specs[0].cwd, root.join("r1"));
+    assert_eq!(specs[0].script, root.join("r1/bin/server").display().to_string());
+    assert_eq!(specs[1].interpreted, Some(root.join("r1/bin/app.js").display().to_string()));
+    assert_eq!(specs[0].source.as_deref(), Some(file.as_path()), "reloaded through the link");
+    std::fs::remove_file(root.join("current")).expect("unlink");
+    std::os::unix::fs::symlink("r2", root.join("current")).expect("link");
+    let specs = eco.resolve(None, None, &BTreeMap::new()).expect("resolves");
+    assert_eq!(specs[0].cwd, root.join("r2"), "resolved again at the next start or reload");
+}
+
+/// A relative file named from a directory entered through a link (`cd current`) keeps the link in
+/// its path, as `pwd -L` shows it; a `PWD` that is not this directory is ignored.
+#[test]
+fn a_relative_file_keeps_the_link_the_shell_went_through() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let here = std::env::current_dir().expect("cwd");
+    let link = dir.path().join("current");
+    std::os::unix::fs::symlink(&here, &link).expect("link");
+    let text = "[apps.web]\nscript = \"sh\"\n";
+    let eco = Ecosystem::parse(text, Path::new("eco.toml")).expect("valid");
+    let source = |pwd: &Path| {
+        let env = BTreeMap::from([("PWD".to_owned(), pwd.display().to_string())]);
+        eco.resolve(None, None, &env).expect("resolves").remove(0).source.expect("source")
+    };
+    assert_eq!(source(&link), link.join("eco.toml"));
+    assert_eq!(source(dir.path()), here.join("eco.toml"), "a PWD elsewhere is stale");
+}
