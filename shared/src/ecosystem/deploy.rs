@@ -262,6 +262,14 @@ pub(crate) fn problems(name: &str, c: &DeployConfig) -> Vec<Problem> {
             problem(key, "an empty command: leave the key out instead".to_owned());
         }
     }
+    // Exported by the hosts' shell: names it can export.
+    for var in c.env.iter().flat_map(BTreeMap::keys) {
+        let exportable = var.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !exportable {
+            problem(&format!("env.{var}"), format!("{var:?}: a shell cannot export it (letters, digits, '_')"));
+        }
+    }
     if c.keep_releases == Some(0) {
         problem("keep_releases", "must be at least 1 (the current release)".to_owned());
     }

@@ -258,6 +258,7 @@ fn a_broken_deploy_table_reports_line_column_and_key() {
         (format!("{head}keep_releases = 0\n"), &[(5, 1, "deploy.p.keep_releases")]),
         (format!("{head}post-deploy = \"\"\n"), &[(5, 1, "deploy.p.post-deploy")]),
         (format!("{head}env = {{ \"A=B\" = 1 }}\n"), &[(5, 9, "deploy.p.env.A=B")]),
+        (format!("{head}env = {{ \"A-B\" = 1 }}\n"), &[(5, 9, "deploy.p.env.A-B")]),
         (format!("{head}ssh_options = [\"-oProxyCommand=x\"]\n"), &[(5, 1, "deploy.p.ssh_options")]),
         (format!("{head}ref = \"--upload-pack=x\"\n"), &[(5, 1, "deploy.p.ref")]),
         (format!("{head}user = \"-x\"\n"), &[(5, 1, "deploy.p.user")]),
