@@ -136,6 +136,9 @@ pub enum Command {
     },
     /// Print (or install) a systemd unit that runs the apps with `chatctl run`.
     Startup(StartupArgs),
+    /// Ship the app to the hosts of a `[deploy.NAME]` table over ssh and git, as `pm2 deploy`
+    /// does: `setup` once, then `chatctl deploy NAME` for each release; `revert`, `list`, `exec`.
+    Deploy(DeployArgs),
     /// Run the daemon itself (started on demand by the other commands).
     #[command(hide = true)]
     Daemon,
@@ -284,4 +287,46 @@ impl Target {
     pub(crate) fn app(&self) -> Option<String> {
         (self.app != "all").then(|| self.app.clone())
     }
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = false, subcommand_value_name = "ACTION")]
+pub struct DeployArgs {
+    /// A `[deploy.NAME]` table of the ecosystem file.
+    #[arg(value_name = "NAME")]
+    pub target: String,
+    /// What to do on the hosts; without one, deploy the table's `ref` (PM2's `update`).
+    #[command(subcommand)]
+    pub action: Option<DeployAction>,
+    /// The ecosystem file.
+    #[arg(short = 'c', long = "config", value_name = "FILE", default_value = "ecosystem.toml", global = true)]
+    pub config: PathBuf,
+    /// Every host at once instead of one after another (a failure then stops no other host).
+    #[arg(long, global = true)]
+    pub parallel: bool,
+    /// One JSON event per line: steps, output lines, failures, each host's outcome.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeployAction {
+    /// Prepare the path on every host: `releases/`, `shared/` and a mirror of the repository
+    /// (`pre-setup` before, `post-setup` after).
+    Setup,
+    /// Deploy the table's `ref` (the same as no action; PM2's word).
+    Update,
+    /// Point `current` back N releases (default 1) and run `post-deploy` there.
+    Revert {
+        #[arg(default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        back: u16,
+    },
+    /// The releases on every host, the current one marked.
+    #[command(alias = "ls")]
+    List,
+    /// Run a shell command on every host, in the current release.
+    Exec {
+        /// The command (one argument: quote it).
+        command: String,
+    },
 }

@@ -11,5 +11,7 @@ pub(crate) const ERRORED: u8 = 4;
 pub(crate) const NOT_ONLINE: u8 = 5;
 /// `reload`: a new process failed; the reload stopped and the old ones keep serving.
 pub(crate) const RELOAD_FAILED: u8 = 6;
+/// `deploy`: a host failed (or a local hook did); the hosts after it were not touched.
+pub(crate) const DEPLOY_FAILED: u8 = 7;
 /// `update`: the daemon refused the new binary (or it refused the daemon's state); nothing changed.
 pub(crate) const UPDATE_REFUSED: u8 = 8;

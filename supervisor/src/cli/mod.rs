@@ -2,6 +2,7 @@
 
 mod args;
 mod control;
+mod deploy;
 mod describe;
 mod env;
 mod exit;
@@ -18,7 +19,9 @@ pub mod target;
 
 use std::process::ExitCode;
 
-pub use args::{Cli, Command, InstanceArgs, LogsArgs, ReloadArgs, RunArgs, StartArgs, StartupArgs, Target};
+pub use args::{
+    Cli, Command, DeployAction, DeployArgs, InstanceArgs, LogsArgs, ReloadArgs, RunArgs, StartArgs, StartupArgs, Target,
+};
 pub use start::{run_exit_code, run_foreground};
 
 /// Runs a client command (everything but `daemon` and `run`).
@@ -51,6 +54,7 @@ pub async fn client_command(command: Command, home: &crate::home::Home) -> anyho
             Ok(ExitCode::SUCCESS)
         }
         Command::Startup(args) => setup::startup(args, home),
+        Command::Deploy(args) => deploy::deploy(args),
         Command::Ping => control::ping(home).await,
         Command::Logs(args) => logs::logs(args, home).await,
         Command::Flush { app } => logs::flush(app, home).await,

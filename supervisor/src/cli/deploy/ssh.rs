@@ -1,0 +1,140 @@
+//! Running one step's script on one host with the system `ssh` (and a local hook with `sh`): the user's keys, agent and
+//! `known_hosts`, never a prompt (`BatchMode=yes`, which the file's `ssh_options` cannot undo:
+//! ssh keeps the first value it is given for an option). Lines are handed over as they arrive.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use chat_shared::ecosystem::DeploySpec;
+
+/// How long ssh may take to connect before the step fails (the file's options may say otherwise).
+const CONNECT_TIMEOUT: &str = "ConnectTimeout=20";
+/// ssh's exit status for its own failures (connection, authentication), not the script's.
+pub(super) const SSH_FAILED: i32 = 255;
+
+/// `ssh` with every option of `spec`, to run `sh -s` (the script on stdin) on `host`.
+pub(super) fn command(spec: &DeploySpec, host: &str) -> Command {
+    let mut ssh = Command::new("ssh");
+    ssh.args(["-T", "-o", "BatchMode=yes"]);
+    if let Some(port) = spec.port {
+        ssh.arg("-p").arg(port.to_string());
+    }
+    if let Some(key) = &spec.key {
+        ssh.arg("-i").arg(key);
+    }
+    match spec.forward_agent {
+        Some(true) => ssh.arg("-A"),
+        Some(false) => ssh.arg("-a"),
+        None => &mut ssh,
+    };
+    for option in &spec.ssh_options {
+        ssh.arg("-o").arg(option);
+    }
+    ssh.args(["-o", CONNECT_TIMEOUT, "-o", "ServerAliveInterval=15"]);
+    let destination = match &spec.user {
+        Some(user) => format!("{user}@{host}"),
+        None => host.to_owned(),
+    };
+    // `--`: the checks refuse a host starting with '-', and this makes sure of it.
+    ssh.arg("--").arg(destination).arg("sh -s");
+    ssh
+}
+
+/// Runs `command` with `input` on its stdin (none: `/dev/null`), calling `on_line` with each line
+/// it prints (stdout and stderr: for ssh, the script's output then ssh's own messages) as it comes;
+/// returns the exit code (`None`: killed by a signal).
+pub(super) fn stream(
+    mut command: Command,
+    input: Option<String>,
+    mut on_line: impl FnMut(&str),
+) -> std::io::Result<Option<i32>> {
+    let stdin = if input.is_some() { Stdio::piped() } else { Stdio::null() };
+    let mut child = command.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let stdin = child.stdin.take();
+    // Written from a thread: a script larger than the pipe would otherwise wait for us to read.
+    let writer = std::thread::spawn(move || {
+        if let (Some(mut stdin), Some(input)) = (stdin, input) {
+            // A host that hung up early shows in the exit status and ssh's message.
+            let _ = stdin.write_all(input.as_bytes());
+        }
+    });
+    let (lines, receive) = std::sync::mpsc::channel::<String>();
+    let readers: Vec<_> = [child.stdout.take().map(|o| Box::new(o) as Box<dyn std::io::Read + Send>)]
+        .into_iter()
+        .chain([child.stderr.take().map(|e| Box::new(e) as Box<dyn std::io::Read + Send>)])
+        .flatten()
+        .map(|pipe| {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).split(b'\n').map_while(Result::ok) {
+                    let _ = lines.send(String::from_utf8_lossy(&line).trim_end_matches('\r').to_owned());
+                }
+            })
+        })
+        .collect();
+    drop(lines);
+    for line in receive {
+        on_line(&line);
+    }
+    for reader in readers {
+        let _ = reader.join();
+    }
+    let _ = writer.join();
+    Ok(child.wait()?.code())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn batch_mode_comes_first_and_the_destination_after_the_options() {
+        let spec = DeploySpec {
+            name: "p".into(),
+            user: Some("deploy".into()),
+            hosts: vec!["web1".into()],
+            port: Some(2222),
+            ssh_options: vec!["BatchMode=no".into(), "StrictHostKeyChecking=yes".into()],
+            key: Some("/k/id".into()),
+            forward_agent: Some(true),
+            repo: "r".into(),
+            git_ref: "main".into(),
+            path: "/srv".into(),
+            pre_setup: None,
+            post_setup: None,
+            pre_deploy_local: None,
+            post_deploy: None,
+            env: BTreeMap::new(),
+            keep_releases: 5,
+            local_dir: "/".into(),
+        };
+        let ssh = command(&spec, "web1");
+        let args: Vec<_> = ssh.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(
+            args,
+            [
+                "-T",
+                "-o",
+                "BatchMode=yes",
+                "-p",
+                "2222",
+                "-i",
+                "/k/id",
+                "-A",
+                "-o",
+                "BatchMode=no",
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                CONNECT_TIMEOUT,
+                "-o",
+                "ServerAliveInterval=15",
+                "--",
+                "deploy@web1",
+                "sh -s"
+            ]
+        );
+    }
+}
