@@ -167,7 +167,7 @@ fn import_converts_cron_restart_wait_ready_and_time_and_names_deploy() {
         .to_string(),
     );
     let said = env.ok(&["import", "pm2.json", "-o", "converted.toml"]);
-    assert!(said.contains("deploy: not converted"), "{said}");
+    assert!(said.contains("deploy.production: not converted: it needs repo"), "{said}");
     let text = std::fs::read_to_string(env.path("converted.toml")).expect("written");
     for line in [
         "cron_restart = \"0 4 * * *\"",

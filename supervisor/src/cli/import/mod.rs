@@ -5,6 +5,8 @@
 //! privileges. `--help` and the command's output say so. Every value and key written to the TOML
 //! is quoted by the `toml` crate, so no string of the PM2 file can add keys or tables.
 
+mod deploy;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -114,6 +116,9 @@ pub(crate) fn convert(pm2: &Value) -> anyhow::Result<(String, Vec<String>)> {
         let app = app.as_object().with_context(|| format!("apps[{n}] is not an object"))?;
         convert_app(n, app, &mut text, &mut notes);
     }
+    if let Some(targets) = pm2.get("deploy") {
+        deploy::convert(targets, &mut text, &mut notes);
+    }
     Ok((text, notes))
 }
 
@@ -121,14 +126,10 @@ pub(crate) fn convert(pm2: &Value) -> anyhow::Result<(String, Vec<String>)> {
 fn apps_of(pm2: &Value, notes: &mut Vec<String>) -> anyhow::Result<Vec<Value>> {
     match pm2 {
         Value::Object(o) => {
-            // Beside `apps`, a PM2 file may hold `deploy` (and nothing else PM2 reads).
-            for key in o.keys().filter(|k| *k != "apps") {
-                notes.push(match key.as_str() {
-                    "deploy" => "deploy: not converted: chatctl has no remote deploy yet; on the host, an app's \
-                                 `build` key with `chatctl reload --build` builds then reloads with no downtime"
-                        .to_owned(),
-                    other => format!("{other}: not converted (not an app setting)"),
-                });
+            // Beside `apps`, a PM2 file may hold `deploy` (converted by `convert`) and nothing
+            // else PM2 reads.
+            for key in o.keys().filter(|k| !matches!(k.as_str(), "apps" | "deploy")) {
+                notes.push(format!("{key}: not converted (not an app setting)"));
             }
             o.get("apps").and_then(Value::as_array).cloned().context("no `apps` array")
         }
@@ -350,7 +351,7 @@ mod tests {
             panic!("{e}\n{text}");
         }
         for (says, about) in [
-            ("deploy: not converted", "deploy"),
+            ("deploy.production: not converted: it needs repo, an absolute path", "deploy"),
             ("native: wait_ready became readiness = \"notify\"", "wait_ready of a program not run by node"),
             ("api: not converted (no equivalent or not understood): vizion", "vizion"),
             ("bad: not converted (no equivalent or not understood): cron_restart", "cron_restart"),
