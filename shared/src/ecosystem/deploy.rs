@@ -28,7 +28,8 @@ pub const DEFAULT_REF: &str = "HEAD";
 pub struct DeployConfig {
     /// The ssh user (default: ssh's own choice, from `~/.ssh/config` or the local user).
     pub user: Option<String>,
-    /// One host or a list of hosts, deployed one after the other (or at once with `--parallel`).
+    /// One host or a list of hosts, deployed one after the other (or at once with `--parallel`);
+    /// `user@host` and `ssh://[user@]host:port` are passed to ssh as they are.
     pub host: Option<Hosts>,
     /// The ssh port (default: ssh's own, usually 22).
     pub port: Option<u16>,
@@ -44,7 +45,8 @@ pub struct DeployConfig {
     /// The branch, tag or commit to deploy (`origin/` is optional); default: the default branch.
     #[serde(rename = "ref")]
     pub git_ref: Option<String>,
-    /// Absolute directory on each host: `releases/`, `shared/`, `repo` (a mirror) and the `current` link.
+    /// The directory on each host, absolute or under the login's home (`~/app`): `releases/`,
+    /// `shared/`, `repo` (a mirror) and the `current` link.
     pub path: Option<String>,
     /// Run on each host before `setup` creates anything, in the login directory.
     #[serde(rename = "pre-setup")]
@@ -146,7 +148,7 @@ pub struct DeploySpec {
     pub forward_agent: Option<bool>,
     pub repo: String,
     pub git_ref: String,
-    /// Absolute, on the hosts.
+    /// On the hosts: absolute, or `~/...` under the login's home.
     pub path: String,
     pub pre_setup: Option<String>,
     pub post_setup: Option<String>,
@@ -247,9 +249,10 @@ pub(crate) fn problems(name: &str, c: &DeployConfig) -> Vec<Problem> {
     }
     match c.path.as_deref() {
         None => problem("path", "missing `path`: the directory on the hosts".to_owned()),
-        Some(path) if !path.starts_with('/') || has_control(path) || path.trim_end_matches('/').is_empty() => {
-            problem("path", format!("{path:?}: an absolute directory on the hosts, other than /"))
-        }
+        Some(path) if !remote_dir(path) => problem(
+            "path",
+            format!("{path:?}: an absolute directory on the hosts other than /, or one under the login's home (~/app)"),
+        ),
         Some(_) => {}
     }
     for (key, hook) in [
@@ -274,6 +277,12 @@ pub(crate) fn problems(name: &str, c: &DeployConfig) -> Vec<Problem> {
         problem("keep_releases", "must be at least 1 (the current release)".to_owned());
     }
     out
+}
+
+/// `/srv/app` or `~/app`: where a deploy lives cannot depend on the directory ssh logs in to.
+fn remote_dir(path: &str) -> bool {
+    let rest = path.strip_prefix("~/").or_else(|| path.strip_prefix('/'));
+    rest.is_some_and(|rest| !rest.trim_end_matches('/').is_empty()) && !has_control(path)
 }
 
 /// A host or user name as ssh's command line takes it: never an option, one word.

@@ -224,7 +224,7 @@ keep_releases = 3
 [deploy.staging]
 host = "staging"
 repo = "/srv/git/chat.git"
-path = "/srv/chat"
+path = "~/chat"
 "#;
 
 #[test]
@@ -268,6 +268,7 @@ fn a_broken_deploy_table_reports_line_column_and_key() {
         ),
         ("[deploy.p]\nhost = [\"a\", \"a\"]\nrepo = \"r\"\npath = \"/p\"\n".to_owned(), &[(2, 1, "deploy.p.host")]),
         ("[deploy.p]\nhost = \"h\"\nrepo = \"r\"\npath = \"srv\"\n".to_owned(), &[(4, 1, "deploy.p.path")]),
+        ("[deploy.p]\nhost = \"h\"\nrepo = \"r\"\npath = \"~/\"\n".to_owned(), &[(4, 1, "deploy.p.path")]),
         // missing keys point at the table's name
         ("[deploy.p]\nhost = \"h\"\n".to_owned(), &[(1, 9, "deploy.p.repo"), (1, 9, "deploy.p.path")]),
         ("[deploy.\"a b\"]\nhost = \"h\"\nrepo = \"r\"\npath = \"/p\"\n".to_owned(), &[(1, 9, "deploy.a b")]),

@@ -86,7 +86,11 @@ fn prelude(spec: &DeploySpec) -> String {
         // Names are checked to be shell names when the file is loaded.
         out.push_str(&format!("export {name}={}\n", quote(value)));
     }
-    out.push_str(&format!("P={}\nREPO={}\nTARGET={}\n", quote(&spec.path), quote(&spec.repo), quote(&spec.name)));
+    let path = match spec.path.strip_prefix("~/") {
+        Some(under_home) => format!("\"$HOME\"/{}", quote(under_home)),
+        None => quote(&spec.path),
+    };
+    out.push_str(&format!("P={path}\nREPO={}\nTARGET={}\n", quote(&spec.repo), quote(&spec.name)));
     out.push_str(HELPERS);
     out
 }
@@ -207,11 +211,15 @@ mod tests {
 
     #[test]
     fn values_reach_the_script_as_they_were_written() {
-        let spec = spec();
+        let mut spec = spec();
         let script = render(&spec, &Script::Hook { command: "echo \"$TOKEN\"; echo \"it's\"", dir: HookDir::Login });
         assert_eq!(run(&script), "a'b $HOME `x`\nit's\n", "the env exported, the hook's text as written");
         let refused = run(&render(&spec, &Script::Inspect));
         assert_eq!(refused, "/srv/it's here does not exist on this host: run `chatctl deploy prod setup` first\n");
+        spec.path = "~/it's".into();
+        let home = std::env::var("HOME").unwrap_or_default();
+        let refused = run(&render(&spec, &Script::Inspect));
+        assert!(refused.starts_with(&format!("{home}/it's does not exist")), "{refused}");
         assert_eq!(quote("it's"), r"'it'\''s'");
     }
 

@@ -31,13 +31,21 @@ pub(super) fn command(spec: &DeploySpec, host: &str) -> Command {
         ssh.arg("-o").arg(option);
     }
     ssh.args(["-o", CONNECT_TIMEOUT, "-o", "ServerAliveInterval=15"]);
-    let destination = match &spec.user {
-        Some(user) => format!("{user}@{host}"),
-        None => host.to_owned(),
-    };
     // `--`: the checks refuse a host starting with '-', and this makes sure of it.
-    ssh.arg("--").arg(destination).arg("sh -s");
+    ssh.arg("--").arg(destination(spec.user.as_deref(), host)).arg("sh -s");
     ssh
+}
+
+/// `[user@]host` for ssh; a host that names its own user, or an `ssh://` address, keeps its form.
+fn destination(user: Option<&str>, host: &str) -> String {
+    let (scheme, rest) = match host.strip_prefix("ssh://") {
+        Some(rest) => ("ssh://", rest),
+        None => ("", host),
+    };
+    match user {
+        Some(user) if !rest.contains('@') => format!("{scheme}{user}@{rest}"),
+        _ => host.to_owned(),
+    }
 }
 
 /// Runs `command` with `input` on its stdin (none: `/dev/null`), calling `on_line` with each line
@@ -88,6 +96,14 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn the_user_goes_where_ssh_reads_it() {
+        assert_eq!(destination(Some("u"), "h"), "u@h");
+        assert_eq!(destination(Some("u"), "v@h"), "v@h");
+        assert_eq!(destination(Some("u"), "ssh://h:2222"), "ssh://u@h:2222");
+        assert_eq!(destination(None, "ssh://h:2222"), "ssh://h:2222");
+    }
 
     #[test]
     fn batch_mode_comes_first_and_the_destination_after_the_options() {
