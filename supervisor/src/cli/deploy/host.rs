@@ -19,8 +19,13 @@ pub(super) struct HostResult {
 pub(super) fn run(spec: &DeploySpec, host: &str, action: &Action, reporter: &Reporter) -> HostResult {
     let mut plan = HostPlan::new(action.clone());
     let mut step = plan.first();
+    // The exit code of the first step that failed, for the summary.
+    let mut first_failure = None;
     loop {
-        let report = run_step(spec, host, &step, reporter);
+        let (report, code) = run_step(spec, host, &step, reporter);
+        if !report.ok && first_failure.is_none() {
+            first_failure = Some(code);
+        }
         match plan.next(&step, &report) {
             Next::Run(next) => step = next,
             Next::Finish(outcome) => {
@@ -39,7 +44,7 @@ pub(super) fn run(spec: &DeploySpec, host: &str, action: &Action, reporter: &Rep
                         }
                         Outcome::Failed { current: Current::Unchanged, .. } => None,
                     };
-                    let message = describe(action, &outcome, plan.commit.as_deref());
+                    let message = describe(action, &outcome, plan.commit.as_deref(), first_failure.flatten());
                     reporter.emit(&Event::Host { host, ok, current: current.as_deref(), message: &message });
                 }
                 return HostResult { ok, commit: plan.commit.clone() };
@@ -49,8 +54,8 @@ pub(super) fn run(spec: &DeploySpec, host: &str, action: &Action, reporter: &Rep
 }
 
 /// One ssh round trip: announced, output streamed, markers collected; a failure shows its exit
-/// code and last lines.
-fn run_step(spec: &DeploySpec, host: &str, step: &Step, reporter: &Reporter) -> Report {
+/// code and last lines. Returns the report and the exit code.
+fn run_step(spec: &DeploySpec, host: &str, step: &Step, reporter: &Reporter) -> (Report, Option<i32>) {
     let name = step.name();
     let (script, detail) = script(spec, step);
     reporter.emit(&Event::Step { host, step: name, detail });
@@ -83,7 +88,7 @@ fn run_step(spec: &DeploySpec, host: &str, step: &Step, reporter: &Reporter) -> 
         }
         reporter.emit(&Event::StepFailed { host, step: name, exit_code: code, output: tail.lines() });
     }
-    report
+    (report, code)
 }
 
 /// The script of `step`, and what its progress line says.
@@ -107,8 +112,8 @@ fn script<'a>(spec: &'a DeploySpec, step: &'a Step) -> (Script<'a>, String) {
     }
 }
 
-/// The host's line in the summary.
-fn describe(action: &Action, outcome: &Outcome, commit: Option<&str>) -> String {
+/// The host's line in the summary; `code`: the exit code of the step that failed.
+fn describe(action: &Action, outcome: &Outcome, commit: Option<&str>, code: Option<i32>) -> String {
     match outcome {
         Outcome::Done { current, note } => {
             let mut text = match (action, current) {
@@ -128,6 +133,9 @@ fn describe(action: &Action, outcome: &Outcome, commit: Option<&str>) -> String 
         }
         Outcome::Failed { step, current, why } => {
             let mut text = format!("failed at {step}");
+            if let Some(code) = code {
+                text.push_str(&format!(" (exit {code})"));
+            }
             if let Some(why) = why {
                 text.push_str(&format!(": {why}"));
             }

@@ -73,11 +73,14 @@ impl Reporter {
 /// The event as a person reads it.
 fn human(event: &Event<'_>) -> String {
     match event {
-        Event::Begin { target, action, hosts, parallel } => format!(
-            "{action} {target}: {} ({})",
-            hosts.join(", "),
-            if *parallel || hosts.len() == 1 { "at once" } else { "one after another" }
-        ),
+        Event::Begin { target, action, hosts, parallel } => {
+            let how = match (hosts.len(), parallel) {
+                (1, _) => "",
+                (_, true) => " (at once)",
+                (_, false) => " (one after another)",
+            };
+            format!("{action} {target}: {}{how}", hosts.join(", "))
+        }
         Event::Step { host, step, detail } if detail.is_empty() => format!("{host}: {step}"),
         Event::Step { host, step, detail } => format!("{host}: {step}: {detail}"),
         Event::Output { host, line, .. } => format!("{host} | {line}"),
