@@ -9,6 +9,7 @@ mod browser;
 mod bus;
 mod cluster;
 mod config_errors;
+mod deploy;
 mod faults;
 mod files;
 mod fork;

@@ -420,9 +420,22 @@ pub(crate) fn reload_under_keep_alive_load(
     connections: usize,
     what: &str,
 ) -> String {
+    under_keep_alive_load(addrs, paths, connections, what, || env.ok(&["reload", app]))
+}
+
+/// Runs `act` (a reload, a deploy) while the paced keep-alive load of
+/// [`reload_under_keep_alive_load`] asks `addrs` for `paths`; asserts that no request failed and
+/// every answer was 2xx, and says what `what` saw. Returns what `act` returned.
+pub(crate) fn under_keep_alive_load(
+    addrs: Vec<SocketAddr>,
+    paths: &'static [&'static str],
+    connections: usize,
+    what: &str,
+    act: impl FnOnce() -> String,
+) -> String {
     let load = chat_bench::load::Load::paced(addrs, paths, connections, Duration::from_millis(20));
     load.wait_for(500);
-    let out = env.ok(&["reload", app]);
+    let out = act();
     load.wait_for(500);
     let outcome = load.finish();
     eprintln!(
@@ -432,7 +445,7 @@ pub(crate) fn reload_under_keep_alive_load(
     assert_eq!(
         (outcome.refused, outcome.failed, outcome.non_2xx),
         (0, 0, 0),
-        "{what}: a reload under keep-alive load fails nothing and answers only 2xx\n{out}"
+        "{what}: under keep-alive load nothing fails and every answer is 2xx\n{out}"
     );
     out
 }
