@@ -407,7 +407,7 @@ fn a_deploy_failing_at_post_deploy_switches_back_and_reloads_the_previous_releas
         "{text}"
     );
     assert_eq!(w.current(), r1, "{text}");
-    assert_eq!(w.releases(), [r1.clone()], "the failed release is deleted once the host is back:\n{text}");
+    assert_eq!(w.releases(), std::slice::from_ref(&r1), "the failed release is deleted once the host is back:\n{text}");
     w.instances_in(&r1);
     assert_eq!(version(w.addr()).as_deref(), Some("v1"));
 }

@@ -30,11 +30,11 @@ pub struct DeployConfig {
     pub user: Option<String>,
     /// One host or a list of hosts, deployed one after the other (or at once with `--parallel`);
     /// `user@host` and `ssh://[user@]host:port` are passed to ssh as they are.
-    pub host: Option<Hosts>,
+    pub host: Option<OneOrMany>,
     /// The ssh port (default: ssh's own, usually 22).
     pub port: Option<u16>,
     /// Options passed to ssh as `-o OPTION` (`"StrictHostKeyChecking=yes"`): one string or a list.
-    pub ssh_options: Option<Words>,
+    pub ssh_options: Option<OneOrMany>,
     /// A private key for ssh (`-i`); relative to the ecosystem file, `~/` is the home directory.
     pub key: Option<PathBuf>,
     /// Forward the ssh agent to the hosts (`-A`), so they can fetch a private repository with your
@@ -67,69 +67,40 @@ pub struct DeployConfig {
     pub keep_releases: Option<u32>,
 }
 
-/// `host = "a"` or `host = ["a", "b"]`, as in PM2.
+/// A string or a list of strings: PM2's `host` and `ssh_options` may be either.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Hosts(pub Vec<String>);
+pub struct OneOrMany(pub Vec<String>);
 
-/// A string of words or a list of strings (PM2's `ssh_options` may be either).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Words(pub Vec<String>);
-
-/// A string or a list of strings, `what` naming one item in the error.
-fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D, what: &'static str) -> Result<Vec<String>, D::Error> {
-    struct OneOrMany(&'static str);
-    impl<'de> Visitor<'de> for OneOrMany {
-        type Value = Vec<String>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "{} or a list of them", self.0)
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<String>, E> {
-            Ok(vec![v.to_owned()])
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
-            let mut out = Vec::new();
-            while let Some(item) = seq.next_element::<String>()? {
-                out.push(item);
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct OneOrManyVisitor;
+        impl<'de> Visitor<'de> for OneOrManyVisitor {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a list of strings")
             }
-            Ok(out)
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = seq.next_element::<String>()? {
+                    out.push(item);
+                }
+                Ok(OneOrMany(out))
+            }
         }
-    }
-    deserializer.deserialize_any(OneOrMany(what))
-}
-
-impl<'de> Deserialize<'de> for Hosts {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        one_or_many(deserializer, "a host name").map(Hosts)
+        deserializer.deserialize_any(OneOrManyVisitor)
     }
 }
 
-impl<'de> Deserialize<'de> for Words {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        one_or_many(deserializer, "an ssh option (\"Name=value\")").map(Words)
-    }
-}
-
-impl schemars::JsonSchema for Hosts {
+impl schemars::JsonSchema for OneOrMany {
     fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Hosts".into()
+        "OneOrMany".into()
     }
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
-            "description": "A host name, or a list of them (deployed in this order).",
-            "oneOf": [{ "type": "string" }, { "type": "array", "items": { "type": "string" }, "minItems": 1 }]
-        })
-    }
-}
-
-impl schemars::JsonSchema for Words {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "SshOptions".into()
-    }
-
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "description": "ssh options (\"Name=value\"), each passed as -o: one string or a list.",
             "oneOf": [{ "type": "string" }, { "type": "array", "items": { "type": "string" } }]
         })
     }

@@ -142,15 +142,8 @@ impl<'a> Walk<'a> {
 
     /// The `[deploy.NAME]` tables, each checked key by key like an app's.
     fn deploys<'i>(&mut self, value: &'i Spanned<DeValue<'i>>) -> Vec<(String, DeployConfig)> {
-        let Some(table) = self.table(value, "deploy") else { return Vec::new() };
         let mut out = Vec::new();
-        for (name, target) in table {
-            let path = format!("deploy.{}", name.get_ref());
-            self.spans.insert(path.clone(), name.span());
-            if let Err(why) = names::deploy_name(name.get_ref()) {
-                self.error(name.span(), &path, why);
-            }
-            let Some(entries) = self.table(target, &path) else { continue };
+        for (name, path, entries, span) in self.named_tables(value, "deploy", names::deploy_name) {
             let before = self.issues.len();
             for (key, value) in entries {
                 let key_path = format!("{path}.{}", key.get_ref());
@@ -161,9 +154,9 @@ impl<'a> Walk<'a> {
                 }
             }
             if self.issues.len() == before
-                && let Ok(config) = typed::<DeployConfig>(entries.clone(), target.span())
+                && let Ok(config) = typed::<DeployConfig>(entries.clone(), span)
             {
-                out.push((name.get_ref().to_string(), config));
+                out.push((name, config));
             }
         }
         out
@@ -174,19 +167,35 @@ impl<'a> Walk<'a> {
         path: &str,
         value: &'i Spanned<DeValue<'i>>,
     ) -> Vec<(String, DeTable<'i>, Range<usize>)> {
-        let Some(table) = self.table(value, path) else { return Vec::new() };
         let mut out = Vec::new();
-        for (name, profile) in table {
-            let profile_path = format!("{path}.{}", name.get_ref());
-            self.spans.insert(profile_path.clone(), name.span());
-            if let Err(why) = names::profile_name(name.get_ref()) {
-                self.error(name.span(), &profile_path, why);
-            }
-            let Some(entries) = self.table(profile, &profile_path) else { continue };
+        for (name, profile_path, entries, span) in self.named_tables(value, path, names::profile_name) {
             for (key, value) in entries {
                 self.app_key(&profile_path, (key, value));
             }
-            out.push((name.get_ref().to_string(), entries.clone(), profile.span()));
+            out.push((name, entries.clone(), span));
+        }
+        out
+    }
+
+    /// The tables under `path` (`[deploy.NAME]`, `[apps.a.profiles.NAME]`), each name located and
+    /// checked by `check`: (name, dotted path, table, span of the table).
+    fn named_tables<'i>(
+        &mut self,
+        value: &'i Spanned<DeValue<'i>>,
+        path: &str,
+        check: fn(&str) -> Result<(), String>,
+    ) -> Vec<(String, String, &'i DeTable<'i>, Range<usize>)> {
+        let Some(table) = self.table(value, path) else { return Vec::new() };
+        let mut out = Vec::new();
+        for (name, entry) in table {
+            let entry_path = format!("{path}.{}", name.get_ref());
+            self.spans.insert(entry_path.clone(), name.span());
+            if let Err(why) = check(name.get_ref()) {
+                self.error(name.span(), &entry_path, why);
+            }
+            if let Some(entries) = self.table(entry, &entry_path) {
+                out.push((name.get_ref().to_string(), entry_path, entries, entry.span()));
+            }
         }
         out
     }

@@ -75,6 +75,18 @@ fn instances_resolve_never_below_one() {
     assert_eq!(Instances::Count(3).resolve(2), 3);
 }
 
+/// Each text of `table` fails to load with exactly these (line, column, key) errors, in order.
+#[track_caller]
+fn assert_located<T: AsRef<str>>(table: &[(T, &[(usize, usize, &str)])]) {
+    for (text, expected) in table {
+        let text = text.as_ref();
+        let got = errors(text);
+        let expected: Vec<(usize, usize, String)> =
+            expected.iter().map(|(l, c, k)| (*l, *c, (*k).to_owned())).collect();
+        assert_eq!(got, expected, "for:\n{text}\nreport:\n{}", parse(text).expect_err("errors"));
+    }
+}
+
 #[test]
 fn broken_files_report_line_column_and_key() {
     type Case<'a> = (&'a str, &'a [(usize, usize, &'a str)]);
@@ -126,12 +138,7 @@ fn broken_files_report_line_column_and_key() {
         // syntax errors are located too
         ("[apps.a]\nscript = \"x\nport = 1\n", &[(2, 12, "")]),
     ];
-    for (text, expected) in table {
-        let got = errors(text);
-        let expected: Vec<(usize, usize, String)> =
-            expected.iter().map(|(l, c, k)| (*l, *c, (*k).to_owned())).collect();
-        assert_eq!(got, expected, "for:\n{text}\nreport:\n{}", parse(text).expect_err("errors"));
-    }
+    assert_located(table);
 }
 
 #[test]
@@ -274,12 +281,7 @@ fn a_broken_deploy_table_reports_line_column_and_key() {
         ("[deploy.\"a b\"]\nhost = \"h\"\nrepo = \"r\"\npath = \"/p\"\n".to_owned(), &[(1, 9, "deploy.a b")]),
         ("[deploy]\np = 1\n".to_owned(), &[(2, 5, "deploy.p")]),
     ];
-    for (text, expected) in table {
-        let got = errors(text);
-        let expected: Vec<(usize, usize, String)> =
-            expected.iter().map(|(l, c, k)| (*l, *c, (*k).to_owned())).collect();
-        assert_eq!(got, expected, "for:\n{text}\nreport:\n{}", parse(text).expect_err("errors"));
-    }
+    assert_located(table);
 }
 
 /// An app started through a deploy's `current` link runs in the release the link names at start

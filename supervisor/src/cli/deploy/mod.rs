@@ -141,3 +141,11 @@ fn pre_deploy_local(spec: &DeploySpec, hook: &str, reporter: &Reporter) -> bool 
     }
     code == Some(0)
 }
+
+/// The `[deploy.prod]` table of these lines, loaded and resolved as a file's (for the parts' tests).
+#[cfg(test)]
+fn test_spec(lines: &str) -> DeploySpec {
+    let text = format!("[deploy.prod]\n{lines}\n");
+    let eco = Ecosystem::parse(&text, std::path::Path::new("/e.toml")).unwrap_or_else(|e| panic!("{e}"));
+    eco.deploy("prod", None).expect("prod")
+}

@@ -177,30 +177,13 @@ impl Line {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
     fn spec() -> DeploySpec {
-        DeploySpec {
-            name: "prod".into(),
-            user: None,
-            hosts: vec!["h".into()],
-            port: None,
-            ssh_options: vec![],
-            key: None,
-            forward_agent: None,
-            repo: "/srv/git/app.git".into(),
-            git_ref: "main".into(),
-            path: "/srv/it's here".into(),
-            pre_setup: None,
-            post_setup: None,
-            pre_deploy_local: None,
-            post_deploy: Some("make && chatctl start --reload".into()),
-            env: BTreeMap::from([("TOKEN".into(), "a'b $HOME `x`".into())]),
-            keep_releases: 5,
-            local_dir: "/".into(),
-        }
+        super::super::test_spec(
+            "host = \"h\"\nrepo = \"/srv/git/app.git\"\npath = \"/srv/it's here\"\n\
+             env = { TOKEN = \"a'b $HOME `x`\" }",
+        )
     }
 
     /// Runs `script` with the local `sh`, printing only what the script echoes.

@@ -93,8 +93,6 @@ pub(super) fn stream(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
     #[test]
@@ -107,25 +105,10 @@ mod tests {
 
     #[test]
     fn batch_mode_comes_first_and_the_destination_after_the_options() {
-        let spec = DeploySpec {
-            name: "p".into(),
-            user: Some("deploy".into()),
-            hosts: vec!["web1".into()],
-            port: Some(2222),
-            ssh_options: vec!["BatchMode=no".into(), "StrictHostKeyChecking=yes".into()],
-            key: Some("/k/id".into()),
-            forward_agent: Some(true),
-            repo: "r".into(),
-            git_ref: "main".into(),
-            path: "/srv".into(),
-            pre_setup: None,
-            post_setup: None,
-            pre_deploy_local: None,
-            post_deploy: None,
-            env: BTreeMap::new(),
-            keep_releases: 5,
-            local_dir: "/".into(),
-        };
+        let spec = super::super::test_spec(
+            "user = \"deploy\"\nhost = \"web1\"\nport = 2222\nkey = \"/k/id\"\nforward_agent = true\n\
+             ssh_options = [\"BatchMode=no\", \"StrictHostKeyChecking=yes\"]\nrepo = \"r\"\npath = \"/srv\"",
+        );
         let ssh = command(&spec, "web1");
         let args: Vec<_> = ssh.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         assert_eq!(
