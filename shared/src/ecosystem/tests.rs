@@ -75,9 +75,12 @@ fn instances_resolve_never_below_one() {
     assert_eq!(Instances::Count(3).resolve(2), 3);
 }
 
-/// Each text of `table` fails to load with exactly these (line, column, key) errors, in order.
+/// (line, column, key) of an expected error.
+type Located<'a> = (usize, usize, &'a str);
+
+/// Each text of `table` fails to load with exactly these errors, in order.
 #[track_caller]
-fn assert_located<T: AsRef<str>>(table: &[(T, &[(usize, usize, &str)])]) {
+fn assert_located<T: AsRef<str>>(table: &[(T, &[Located<'_>])]) {
     for (text, expected) in table {
         let text = text.as_ref();
         let got = errors(text);
