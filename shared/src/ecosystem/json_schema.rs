@@ -33,6 +33,10 @@ pub fn ecosystem_schema() -> Value {
         *required = json!([]);
     }
     defs.insert("AppTable".into(), table);
+    // Optional in the Rust type so that every missing key is reported at once, with its location.
+    if let Some(deploy) = defs.get_mut("DeployConfig").and_then(Value::as_object_mut) {
+        deploy.insert("required".into(), json!(["host", "repo", "path"]));
+    }
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "chatctl ecosystem.toml",

@@ -287,6 +287,18 @@ fn a_broken_deploy_table_reports_line_column_and_key() {
     assert_located(table);
 }
 
+#[test]
+fn the_json_schema_describes_deploy_tables_as_strictly_as_the_loader() {
+    let schema = ecosystem_schema();
+    let deploy = &schema["$defs"]["DeployConfig"];
+    assert_eq!(deploy["additionalProperties"], false, "a misspelt key is refused");
+    assert_eq!(deploy["required"], serde_json::json!(["host", "repo", "path"]));
+    for key in ["ref", "ssh_options", "post-deploy", "pre-deploy-local", "env", "keep_releases"] {
+        assert!(deploy["properties"].get(key).is_some(), "{key} missing: {deploy:#}");
+    }
+    assert_eq!(schema["properties"]["deploy"]["additionalProperties"]["$ref"], "#/$defs/DeployConfig");
+}
+
 /// An app started through a deploy's `current` link runs in the release the link names at start
 /// (a crash-restart after the link moved must not run the next, unbuilt, release), while the file
 /// it is reloaded from is read through the link.
