@@ -41,7 +41,8 @@ pub(super) enum Event<'a> {
     StepFailed { host: &'a str, step: &'a str, exit_code: Option<i32>, output: &'a [String] },
     /// A host's releases, oldest first (`list`).
     Releases { host: &'a str, releases: &'a [String], current: Option<&'a str> },
-    /// How a host ended: `ok`, and where its `current` link is.
+    /// How a host ended: `ok`, and the release its `current` link names when this run moved or
+    /// read it (`null`: a failure before the switch left it as it was).
     Host { host: &'a str, ok: bool, current: Option<&'a str>, message: &'a str },
     /// A host not touched because an earlier one failed.
     Skipped { host: &'a str, reason: &'a str },
