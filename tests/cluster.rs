@@ -165,6 +165,17 @@ fn a_crowd_joining_and_leaving_at_once_is_told_once_each() {
     env.ok(&["kill"]);
 }
 
+/// Past 100 members the changes of a round come together, each still told exactly once: a crowd
+/// of 150 joining and leaving at once is told in fewer events than changes.
+#[test]
+fn a_crowd_in_a_large_room_is_told_in_rounds() {
+    let (env, port, _) = cluster(2, "");
+    let report = report_of("presence", &node("presence.mjs", &[&format!("http://127.0.0.1:{port}"), "150", "big"]));
+    let (told, changes) = (report["told"].as_u64().expect("told"), report["changes"].as_u64().expect("changes"));
+    assert!(changes >= 300 && told < changes, "{told} events told {changes} changes");
+    env.ok(&["kill"]);
+}
+
 /// A reload replaces every worker, yet the history survives it: each successor asks the workers
 /// still running for the calls and messages they keep, before it serves.
 #[test]

@@ -161,6 +161,37 @@ pub(crate) fn chat() {
     report(&results);
 }
 
+/// Filling a room of 1,000 (each member connects as a guest and joins, 100 at a time; every join
+/// is told to the room as it fills): ours beside Node's, servers alternating, medians of 5.
+pub(crate) fn fill() {
+    raise_fd_limit();
+    let node_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let kinds = ["chat-worker x1", "node x1", "chatctl x2 (local bus)"];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
+    for round in 0..5 {
+        for (i, kind) in kinds.iter().enumerate() {
+            let server = start(kind, &node_dir);
+            let filling = Instant::now();
+            match runtime.block_on(connect_all(server.addr, 1000, Some(&format!("fill-{round}")))) {
+                Ok(clients) => {
+                    samples[i].push(filling.elapsed().as_secs_f64() * 1e3);
+                    drop(clients);
+                }
+                Err(e) => println!("  {kind}: failed: {e}"),
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let medians: Vec<f64> = samples.iter_mut().map(median).collect();
+    for (kind, ms) in kinds.iter().zip(&medians) {
+        println!("room of 1000 filled, {kind:<24} {ms:>8.0} ms  ({:.2}x Node's time)", ms / medians[1]);
+    }
+}
+
 /// One server's figures: per scenario (`None`: that round failed), and KiB per idle connection.
 type Measured = (&'static str, Vec<Option<Figures>>, Option<f64>);
 

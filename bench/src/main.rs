@@ -1,7 +1,7 @@
 //! `chatctl-bench`: measures the supervisor with the real release binaries and prints figures beside
 //! PM2's (reference figures measured on the same kind of 2-core machine), as medians.
 //!
-//! usage: cargo build --release --workspace && ./target/release/chatctl-bench [start|crash|logs|rss|list|reload|reload-wrk|monit|chat|chat-memory|files|all]
+//! usage: cargo build --release --workspace && ./target/release/chatctl-bench [start|crash|logs|rss|list|reload|reload-wrk|monit|chat|chat-memory|room-fill|files|all]
 //!
 //! `chat` (the chat worker beside the Node Socket.IO server) needs Node.js and npm, and
 //! redis-server for its cluster rows; see `chat.rs`.
@@ -69,6 +69,9 @@ fn main() {
     }
     if what == "chat-memory" {
         chat::memory();
+    }
+    if what == "room-fill" {
+        chat::fill();
     }
 }
 

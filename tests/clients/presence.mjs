@@ -2,6 +2,8 @@
 // watcher sees them come; then one guest opens a second tab in the room and closes it (the guest
 // has not left: no leave is told), and all COUNT leave at once (disconnect). The watcher must be
 // told of each leave exactly once, and get down to a count of 1 and a member list of itself alone.
+// Past 100 members the changes of one round come together, in one `room:presence` whose `changes`
+// lists them (`told` and `changes` in the report say how many events carried how many changes).
 // Prints one JSON line; exits 1 with a reason on any failure.
 //
 // usage: node presence.mjs URL COUNT ROOM
@@ -39,7 +41,10 @@ await Promise.all(
     if (!reply.members.some((m) => m.id === g.id)) fail(`${g.name}'s join answer does not list it`);
   }),
 );
-const joined = () => new Set(presence.filter((p) => p.joined).map((p) => p.guest.id));
+// Each event's changes: its `changes` when the round's changes came together, else itself.
+const changes = (events) =>
+  events.flatMap((p) => (p.changes ?? [p]).map((c) => ({ guest: c.guest, joined: c.joined, count: p.count })));
+const joined = () => new Set(changes(presence).filter((p) => p.joined).map((p) => p.guest.id));
 await until("the watcher told of every join", () => crowd.every((g) => joined().has(g.id)), 10_000);
 
 // A second tab of the first guest comes into the room and goes: the guest is still there.
@@ -49,12 +54,12 @@ if (tab.id !== first.id) fail("the second tab is another guest");
 if (!(await ask(tab.socket, "room:join", { room })).ok) fail("second tab join refused");
 tab.socket.disconnect();
 await new Promise((r) => setTimeout(r, 500));
-const early = presence.filter((p) => !p.joined && p.guest.id === first.id);
+const early = changes(presence).filter((p) => !p.joined && p.guest.id === first.id);
 if (early.length) fail(`a guest whose other tab is still in the room was told as gone: ${JSON.stringify(early)}`);
 
 const before = presence.length;
 for (const g of crowd) g.socket.disconnect();
-const left = () => presence.slice(before).filter((p) => !p.joined);
+const left = () => changes(presence.slice(before)).filter((p) => !p.joined);
 await until("the watcher told of every leave", () => left().length >= count, 10_000);
 await new Promise((r) => setTimeout(r, 300));
 const ids = left().map((p) => p.guest.id);
@@ -64,5 +69,5 @@ const lowest = Math.min(...left().map((p) => p.count));
 if (lowest !== 1) fail(`the leaves end at ${lowest} members, expected 1 (the watcher)`);
 await until("a member list of the watcher alone", () => lists.some((l) => JSON.stringify(l) === JSON.stringify([watcher.id])), 5000);
 watcher.socket.disconnect();
-console.log(JSON.stringify({ ok: true, told: presence.length }));
+console.log(JSON.stringify({ ok: true, told: presence.length, changes: changes(presence).length }));
 process.exit(0);

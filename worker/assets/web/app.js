@@ -61,12 +61,15 @@ function connect() {
     received(`@dm:${other}`, { ...m, room: `@dm:${other}` });
     renderRooms();
   });
-  socket.on("room:presence", ({ room, guest, joined, count }) => {
+  // In a room of more than 100 members the joins and leaves of a moment come together in `changes`.
+  socket.on("room:presence", ({ room, guest, joined, count, changes }) => {
     const r = conversation(room);
     r.count = count;
-    if (joined) r.members.set(guest.id, guest);
-    else r.members.delete(guest.id);
-    if (guest.id !== state.me?.id) notice(room, `${guest.name} ${joined ? "joined" : "left"}`);
+    for (const c of changes ?? [{ guest, joined }]) {
+      if (c.joined) r.members.set(c.guest.id, c.guest);
+      else r.members.delete(c.guest.id);
+      if (c.guest.id !== state.me?.id) notice(room, `${c.guest.name} ${c.joined ? "joined" : "left"}`);
+    }
     renderRooms();
     renderMembers();
   });

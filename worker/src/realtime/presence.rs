@@ -113,18 +113,35 @@ impl Presence {
 /// `room:presence {room, guest, joined, count}` for each change (a few bytes to each member), and
 /// the whole list (`room:members`) once, while the room is small. Whole lists to everyone on every
 /// change cost O(members²) bytes per join: 60 MB for one join to a room of 1,000.
+///
+/// Past [`FULL_LISTS_UP_TO`] members, the changes of one round are told together: one
+/// `room:presence` whose `guest` and `joined` are the round's last change and whose `changes` lists
+/// them all, in order (`[{guest, joined}]`). A crowd filling a room of 1,000 was told to the room
+/// one join at a time: 500,000 deliveries, which alone made the fill 2.3 times as long as Node's
+/// (which tells nothing).
 async fn tell(socket: &SocketRef<Adapter>, room: &str, batch: &[Change], members: &[Guest]) {
-    for change in batch {
-        // A guest with another tab still in the room has not left it.
-        if !change.joined && members.iter().any(|m| m.id == change.guest.id) {
-            continue;
+    // A guest with another tab still in the room has not left it.
+    let told: Vec<&Change> = batch.iter().filter(|c| c.joined || !members.iter().any(|m| m.id == c.guest.id)).collect();
+    let small = members.len() <= FULL_LISTS_UP_TO;
+    let presences: Vec<Value> = match told.split_last() {
+        None => Vec::new(),
+        Some((last, _)) if !small && told.len() > 1 => {
+            let changes: Vec<Value> = told.iter().map(|c| json!({ "guest": c.guest, "joined": c.joined })).collect();
+            vec![json!({
+                "room": room, "guest": last.guest, "joined": last.joined, "count": members.len(), "changes": changes
+            })]
         }
-        let presence = json!({ "room": room, "guest": change.guest, "joined": change.joined, "count": members.len() });
+        Some(_) => told
+            .iter()
+            .map(|c| json!({ "room": room, "guest": c.guest, "joined": c.joined, "count": members.len() }))
+            .collect(),
+    };
+    for presence in presences {
         if let Err(e) = socket.within(room.to_owned()).emit(event::ROOM_PRESENCE, &presence).await {
             tracing::warn!(room, error = %e, "presence broadcast failed");
         }
     }
-    if members.len() <= FULL_LISTS_UP_TO {
+    if small {
         let update = json!({ "room": room, "members": members });
         if let Err(e) = socket.within(room.to_owned()).emit(event::ROOM_MEMBERS, &update).await {
             tracing::warn!(room, error = %e, "member list broadcast failed");
