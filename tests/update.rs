@@ -77,9 +77,12 @@ fn a_chat_cluster_under_load_is_updated_in_place_without_a_failure() {
     assert_eq!(env.online_pids("chat", 2), chat);
     assert_eq!(env.online_pids("ticker", 1), ticker);
     assert!(env.list().iter().flat_map(|a| &a.instances).all(|i| i.restarts == 0), "nothing restarted");
-    // Every line written during the update is in the log, once, in order.
+    // Every line written during the update is in the log, once, in order, and the new image
+    // goes on reading the ticker's pipe.
     let ticks = ticks_in_order(&env);
-    assert!(ticks > 50, "the ticker kept writing ({ticks} lines)");
+    wait_until("the ticker's lines read by the new image", Duration::from_secs(5), || {
+        (ticks_in_order(&env) > ticks + 20).then_some(())
+    });
 
     // The new image supervises as the old one did: a crash is repaired, reload, scale and stop work.
     sigkill(ticker[0]);
@@ -115,6 +118,22 @@ fn a_binary_that_fails_the_preflight_leaves_the_daemon_serving() {
     let out = env.chatctl(&["update", "--binary", text.to_str().expect("utf-8")]);
     assert_eq!(out.status.code(), Some(8), "refused: {}", stderr(&out));
 
+    // A binary that passes the preflight but cannot be executed afterwards (its mode changed in
+    // between): the daemon, which had already handed its pipes over and closed its log, takes
+    // them back and goes on, its log included.
+    let vanishing = script(
+        &env,
+        "chatctl-vanishing",
+        &format!("if [ \"$2\" = --check ]; then chmod -x \"$0\"; fi\nexec {:?} \"$@\"", bin("chatctl")),
+    );
+    let out = env.chatctl(&["update", "--binary", vanishing.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(8), "refused: {}", stderr(&out));
+    assert!(stderr(&out).contains("cannot execute"), "{}", stderr(&out));
+    let lines = ticks_in_order(&env);
+    wait_until("the ticker's lines read again", Duration::from_secs(5), || {
+        (ticks_in_order(&env) > lines + 10).then_some(())
+    });
+
     // A daemon that does not say it answers the signal (one older than `chatctl update`, which
     // SIGUSR2 would end) is not sent it.
     std::fs::remove_file(env.home().join("update.ready")).expect("the daemon says it answers updates");
@@ -131,6 +150,9 @@ fn a_binary_that_fails_the_preflight_leaves_the_daemon_serving() {
         env.list()[0].instances[0].pid.filter(|p| *p != ticker[0])
     });
     env.remember(restarted);
+    wait_until("the restart in the daemon's log", Duration::from_secs(5), || {
+        env.daemon_log().contains(&format!("to=\"online\" pid={restarted}")).then_some(())
+    });
 }
 
 /// `chatctl run` (the foreground daemon a systemd unit runs) is updated the same way, keeps its
@@ -143,9 +165,12 @@ fn the_foreground_daemon_is_updated_in_place_too() {
     let mut run = env.command().arg("run").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("chatctl run");
     env.remember(run.id());
     let ticker = env.online_pids("ticker", 1);
-    let new = new_binary(&env, "9.9.9-run-test");
-    let out = env.ok(&["update", "--binary", new.to_str().expect("utf-8")]);
-    assert!(out.contains(&format!("pid {} now runs chatctl 9.9.9-run-test", run.id())), "{out}");
+    // Twice in a row: the second request comes as soon as the first is answered.
+    for version in ["9.9.9-run-test", "9.9.10-run-test"] {
+        let new = new_binary(&env, version);
+        let out = env.ok(&["update", "--binary", new.to_str().expect("utf-8")]);
+        assert!(out.contains(&format!("pid {} now runs chatctl {version}", run.id())), "{out}");
+    }
     assert_eq!(env.online_pids("ticker", 1), ticker);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(run.id() as i32), nix::sys::signal::Signal::SIGTERM)
         .expect("SIGTERM");

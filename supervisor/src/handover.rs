@@ -74,12 +74,68 @@ pub struct Outcome {
     pub pid: u32,
 }
 
-/// Writes `value` as JSON to `dir/name` atomically (a temporary file renamed over it).
+/// Writes `value` as JSON to `dir/name` atomically (a temporary file renamed over it), mode 0600
+/// (the state holds the apps' secrets and environments).
 pub fn write_json(dir: &Path, name: &str, value: &impl Serialize) -> io::Result<()> {
+    use std::io::Write;
     let tmp = dir.join(format!(".{name}.tmp"));
     let text = serde_json::to_vec(value).map_err(io::Error::other)?;
-    std::fs::write(&tmp, text)?;
+    crate::home::private_file().write(true).create(true).truncate(true).open(&tmp)?.write_all(&text)?;
     std::fs::rename(&tmp, dir.join(name))
+}
+
+/// The signals that must reach whichever image serves: held (blocked) from the moment a daemon
+/// starts handing over until the next image has its handlers (a signal arriving in between would
+/// take its default action, which ends the daemon and every instance with it), or until the
+/// hand-over is given up. Blocked signals stay pending across `execve`.
+const HELD: [nix::sys::signal::Signal; 4] = [
+    nix::sys::signal::Signal::SIGUSR2,
+    nix::sys::signal::Signal::SIGTERM,
+    nix::sys::signal::Signal::SIGINT,
+    nix::sys::signal::Signal::SIGHUP,
+];
+
+pub fn hold_signals() -> io::Result<()> {
+    mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
+}
+
+pub fn release_signals() -> io::Result<()> {
+    mask(nix::sys::signal::SigmaskHow::SIG_UNBLOCK)
+}
+
+fn mask(how: nix::sys::signal::SigmaskHow) -> io::Result<()> {
+    let mut set = nix::sys::signal::SigSet::empty();
+    HELD.iter().for_each(|s| set.add(*s));
+    nix::sys::signal::pthread_sigmask(how, Some(&set), None).map_err(io::Error::from)
+}
+
+/// Whether this kernel lets a process wait on a child through a pidfd (Linux 5.3 and later), which
+/// the next image needs for the instances it did not spawn.
+pub fn pidfd_supported() -> io::Result<()> {
+    #[allow(unsafe_code)]
+    // SAFETY: pidfd_open on our own pid; the descriptor is closed at once.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, std::process::id() as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: a descriptor pidfd_open just returned.
+    drop(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+    Ok(())
+}
+
+/// A hook that opens the daemon's log again (set by the detached daemon): the log is written out
+/// and closed just before `execve`, and must come back if `execve` fails.
+static LOG_REOPEN: std::sync::Mutex<Option<Box<dyn Fn() + Send>>> = std::sync::Mutex::new(None);
+
+pub fn on_log_reopen(reopen: impl Fn() + Send + 'static) {
+    *LOG_REOPEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Box::new(reopen));
+}
+
+pub fn reopen_log() {
+    if let Some(reopen) = LOG_REOPEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner).as_ref() {
+        reopen();
+    }
 }
 
 pub fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> io::Result<T> {
@@ -120,8 +176,11 @@ pub struct Mode {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SavedBus {
     pub listener: RawFd,
-    /// The broker's process, which keeps running (and keeps its connections) across the update.
+    /// The broker's process, which keeps running (and keeps its connections) across the update,
+    /// and its start time.
     pub pid: Option<u32>,
+    #[serde(default)]
+    pub start_time: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -392,7 +451,7 @@ mod tests {
             mode: Mode { foreground: true, exit_when_idle: true, notify_socket: None },
             lock: 3,
             control: 4,
-            bus: Some(SavedBus { listener: 5, pid: Some(42) }),
+            bus: Some(SavedBus { listener: 5, pid: Some(42), start_time: None }),
             reaper: None,
             cgroup: None,
             next_launch: 7,

@@ -62,14 +62,25 @@ fn log_to_file(home: &Home) -> anyhow::Result<()> {
     let log = chatctl::home::private_file().create(true).append(true).open(home.daemon_log())?;
     chatctl::home::keep_private(&log)?;
     drop(log);
-    let appender = chatctl::DaemonLog::open(home.daemon_log())?;
     // A small queue: the default (128k lines) is allocated and touched up front, which alone was
     // about half of the idle daemon's memory; the daemon logs a few lines per event.
-    let (writer, guard) =
-        tracing_appender::non_blocking::NonBlockingBuilder::default().buffered_lines_limit(1024).finish(appender);
-    chatctl::handover::keep_log_guard(guard);
+    let open = |path: &std::path::Path| -> std::io::Result<tracing_appender::non_blocking::NonBlocking> {
+        let appender = chatctl::DaemonLog::open(path.to_owned())?;
+        let (writer, guard) =
+            tracing_appender::non_blocking::NonBlockingBuilder::default().buffered_lines_limit(1024).finish(appender);
+        chatctl::handover::keep_log_guard(guard);
+        Ok(writer)
+    };
+    let writer = std::sync::Arc::new(std::sync::RwLock::new(open(&home.daemon_log())?));
+    let (again, path) = (writer.clone(), home.daemon_log());
+    // An update whose exec failed closed the log: open it again.
+    chatctl::handover::on_log_reopen(move || {
+        if let Ok(reopened) = open(&path) {
+            *again.write().unwrap_or_else(std::sync::PoisonError::into_inner) = reopened;
+        }
+    });
     tracing_subscriber::fmt()
-        .with_writer(writer)
+        .with_writer(move || writer.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
         .with_ansi(false)
         .with_env_filter(EnvFilter::try_from_env("CHATCTL_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
@@ -117,6 +128,12 @@ fn adopt(args: Vec<std::ffi::OsString>) -> ExitCode {
         return ExitCode::FAILURE;
     }
     if check {
+        if let Err(e) = handover::pidfd_supported() {
+            eprintln!(
+                "this kernel cannot wait on another image's children (pidfd_open: {e}); Linux 5.3 or later is needed"
+            );
+            return ExitCode::FAILURE;
+        }
         println!("{}", handover::version());
         return ExitCode::SUCCESS;
     }

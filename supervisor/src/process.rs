@@ -156,18 +156,21 @@ pub async fn connect_or_start(home: &Home) -> Result<Client, ProcessError> {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT (and ignores SIGHUP, which a detached daemon may still get).
-pub async fn stop_signal() {
+/// Resolves on SIGTERM or SIGINT (and ignores SIGHUP, which a detached daemon may still get). The
+/// handlers are in place when this returns, not when the future is first polled: a daemon that
+/// re-executed itself (`chatctl update`) unblocks the signals held across `execve` right after.
+pub fn stop_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), hup) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
-        tracing::error!("cannot install signal handlers");
-        return std::future::pending().await;
-    };
-    let _keep_hup_ignored = hup;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+    let signals = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()));
+    async move {
+        let (Ok(mut term), Ok(mut int), hup) = signals else {
+            tracing::error!("cannot install signal handlers");
+            return std::future::pending().await;
+        };
+        let _keep_hup_ignored = hup;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
     }
 }

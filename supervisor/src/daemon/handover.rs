@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::killpg;
 use tokio::sync::{broadcast, mpsc};
 
 use super::app::{App, add_pipes};
@@ -64,6 +65,20 @@ impl Daemon {
     /// every app's pipes over and re-executes; returns only when that did not happen.
     async fn hand_over(&mut self, request: &Request, hosting: &Hosting) -> Result<std::convert::Infallible, String> {
         self.quiet()?;
+        // From here a stop signal waits for whichever image serves (see `hold_signals`).
+        handover::hold_signals().map_err(|e| format!("cannot hold signals: {e}"))?;
+        let Err(why) = self.replace_image(request, hosting).await;
+        if let Err(e) = handover::release_signals() {
+            tracing::error!(error = %e, "cannot release the signals held for the update");
+        }
+        Err(why)
+    }
+
+    async fn replace_image(
+        &mut self,
+        request: &Request,
+        hosting: &Hosting,
+    ) -> Result<std::convert::Infallible, String> {
         let home = self.effects.home.dir().to_owned();
         let state_path = home.join(STATE_FILE);
         let mut saved = self.state_for(&request.id, hosting);
@@ -75,6 +90,7 @@ impl Daemon {
             match app.logs.hand_over(PIPES_BACK).await {
                 Ok(pipes) => handed.push((i, pipes)),
                 Err(e) => {
+                    // The app's own pipes given back so far are still in its sink.
                     handed.push((i, Vec::new()));
                     self.resume(handed);
                     return Err(format!("app {}: cannot hand its logs over: {e}", app.spec.name));
@@ -83,8 +99,12 @@ impl Daemon {
         }
         let mut fds = self.descriptors(hosting);
         for (i, pipes) in &handed {
-            add_pipes(&mut saved.apps[*i], pipes);
-            fds.extend(pipes.iter().map(|p| p.fd.as_raw_fd()));
+            fds.extend(add_pipes(&mut saved.apps[*i], pipes));
+        }
+        // The bus process as it is now, after the awaits above (it may have been started again).
+        if let (Some(bus), Some(saved_bus)) = (&hosting.bus, saved.bus.as_mut()) {
+            saved_bus.pid = Some(bus.pid.load(Ordering::Relaxed)).filter(|pid| *pid > 0);
+            saved_bus.start_time = saved_bus.pid.and_then(handover::start_time);
         }
         let result = handover::write_json(&home, STATE_FILE, &saved)
             .map_err(|e| format!("cannot write the state: {e}"))
@@ -97,6 +117,7 @@ impl Daemon {
         handover::drop_log_guard();
         let why = exec(&request.binary, &state_path);
         // Still here: the image could not be replaced. Back to serving.
+        handover::reopen_log();
         for fd in &fds {
             let _ = handover::set_cloexec(*fd, true);
         }
@@ -129,6 +150,7 @@ impl Daemon {
             bus: hosting.bus.as_ref().map(|bus| SavedBus {
                 listener: bus.listener.as_raw_fd(),
                 pid: Some(bus.pid.load(Ordering::Relaxed)).filter(|pid| *pid > 0),
+                start_time: None,
             }),
             reaper: self
                 .effects
@@ -161,8 +183,14 @@ impl Daemon {
     }
 
     /// The daemon as the previous image left it: its apps (instances running, waited on through
-    /// pidfds), its reaper and its launch numbering.
-    pub(super) fn adopt(home: Home, tx: mpsc::UnboundedSender<Msg>, saved: Saved) -> Result<Daemon, String> {
+    /// pidfds), its reaper and its launch numbering. An app that cannot be taken over (its log
+    /// files cannot be opened, say) is not: its instances are stopped, and it is named in the
+    /// second part, with why.
+    pub(super) fn adopt(
+        home: Home,
+        tx: mpsc::UnboundedSender<Msg>,
+        saved: Saved,
+    ) -> Result<(Daemon, Vec<String>), String> {
         let reaper = match saved.reaper {
             Some(SavedReaper { pid, pipe }) => {
                 Some(Reaper::adopt(pid, handover::adopt_fd(pipe).map_err(|e| format!("the reaper's pipe: {e}"))?))
@@ -179,13 +207,29 @@ impl Daemon {
         };
         let mut daemon = Daemon::new_with(effects);
         daemon.next_app_id = AppId(saved.next_app_id);
+        let mut lost = Vec::new();
         for app in saved.apps {
             let name = app.spec.name.clone();
             let paths = daemon.log_paths(&app.spec);
-            let app = App::adopt(app, &paths, &daemon.effects).map_err(|e| format!("app {name}: {e}"))?;
-            daemon.apps.push(app);
+            let pids: Vec<u32> = (app.slots.iter())
+                .filter_map(|s| match s.proc.state {
+                    handover::SavedState::Online { pid, .. } => Some(pid),
+                    _ => None,
+                })
+                .collect();
+            match App::adopt(app, &paths, &daemon.effects) {
+                Ok(app) => daemon.apps.push(app),
+                Err(e) => {
+                    tracing::error!(app = name, error = %e, "cannot take the app over: stopping its instances");
+                    // Their process groups, as a stop's SIGKILL would (the reaper still knows them).
+                    for pid in pids.into_iter().filter_map(|p| i32::try_from(p).ok()) {
+                        let _ = killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    }
+                    lost.push(format!("{name}: {e}"));
+                }
+            }
         }
-        Ok(daemon)
+        Ok((daemon, lost))
     }
 }
 
@@ -207,9 +251,18 @@ async fn preflight(binary: &Path, state: &Path) -> Result<String, String> {
     Ok(said(&output.stdout))
 }
 
-/// Replaces this process's image with `binary __adopt STATE`; returns only on failure.
+/// Replaces this process's image with `binary __adopt STATE`; returns only on failure. Not
+/// `std::process::Command::exec`, which resets the signal mask (the held signals would be
+/// delivered to nobody) and SIGPIPE's disposition (left at its default after a failure).
 fn exec(binary: &Path, state: &Path) -> std::io::Error {
-    use std::os::unix::process::CommandExt;
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |bytes: &[u8]| std::ffi::CString::new(bytes).map_err(std::io::Error::other);
+    let args = (cstr(binary.as_os_str().as_bytes()), cstr(b"__adopt"), cstr(state.as_os_str().as_bytes()));
+    let (Ok(path), Ok(adopt), Ok(state)) = args else {
+        return std::io::Error::other("a path holds a NUL byte");
+    };
     // The daemon's thread, which forked every instance: exec keeps the pid and the children.
-    std::process::Command::new(binary).arg("__adopt").arg(state).exec()
+    match nix::unistd::execv(&path, &[path.as_c_str(), adopt.as_c_str(), state.as_c_str()]) {
+        Err(e) => e.into(),
+    }
 }

@@ -114,9 +114,9 @@ pub(crate) async fn run(
         None => (None, None),
     };
     let hosting = handover::Hosting { lock, control: std::os::fd::AsRawFd::as_raw_fd(&control), mode, bus };
+    let ready = daemon.effects.home.dir().join(crate::handover::READY_FILE);
     let mut update = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) {
         Ok(signal) => {
-            let ready = daemon.effects.home.dir().join(crate::handover::READY_FILE);
             if let Err(e) = std::fs::write(&ready, format!("{}\n", std::process::id())) {
                 tracing::error!(path = %ready.display(), error = %e, "cannot say this daemon answers chatctl update");
             }
@@ -129,6 +129,11 @@ pub(crate) async fn run(
     };
     let answers = Answers::new();
     let server = tokio::spawn(crate::ipc_server::serve(control, tx, answers.owed()));
+    // Every handler is in place (the stop signals' since `shutdown` was made): what a previous
+    // image of this daemon held across `execve` may come now.
+    if let Err(e) = crate::handover::release_signals() {
+        tracing::error!(error = %e, "cannot release the signals held across an update");
+    }
     let mut shutdown = std::pin::pin!(shutdown);
     let mut signalled = false;
     let outcome = loop {
@@ -177,6 +182,7 @@ pub(crate) async fn run(
         task.abort();
     }
     let _ = std::fs::remove_file(daemon.effects.home.dir().join(crate::spawn::BUS_FILE));
+    let _ = std::fs::remove_file(&ready);
     // Requests still queued or parked are answered "the daemon stopped" by their connections once
     // their reply channels drop with the daemon; the kill's answer is already on its way. Then every
     // answer owed is written before the runtime, and the connections with it, go away.
@@ -199,7 +205,7 @@ fn adopt(
     let bus = match &saved.bus {
         Some(bus) => {
             let listener = crate::handover::adopt_fd(bus.listener).map_err(adopt_error)?;
-            let adopted = bus.pid.and_then(|pid| match crate::handover::Pidfd::open(pid, None) {
+            let adopted = bus.pid.and_then(|pid| match crate::handover::Pidfd::open(pid, bus.start_time) {
                 Ok(pidfd) => Some(pidfd),
                 Err(e) => {
                     tracing::warn!(pid, error = %e, "the bus process is gone: starting another");
@@ -211,22 +217,24 @@ fn adopt(
         None => None,
     };
     let from = saved.version.clone();
-    let daemon = Daemon::adopt(home, tx, saved).map_err(|why| adopt_error(std::io::Error::other(why)))?;
+    let (daemon, lost) = Daemon::adopt(home, tx, saved).map_err(|why| adopt_error(std::io::Error::other(why)))?;
     let instances: usize = daemon.apps.iter().map(|a| a.slots.len()).sum();
-    tracing::info!(
-        from,
-        to = crate::handover::version(),
-        apps = daemon.apps.len(),
-        instances,
-        "updated in place: every app taken over"
-    );
+    let apps = daemon.apps.len();
+    tracing::info!(from, to = crate::handover::version(), apps, instances, lost = lost.len(), "updated in place");
+    let mut message = format!("{instances} instance(s) of {apps} app(s) taken over");
+    if !lost.is_empty() {
+        message.push_str(&format!("; not taken over, their instances stopped: {}", lost.join("; ")));
+    }
     let outcome = crate::handover::Outcome {
         id: request,
-        ok: true,
-        message: format!("{instances} instance(s) of {} app(s) taken over", daemon.apps.len()),
+        ok: lost.is_empty(),
+        message,
         version: crate::handover::version(),
         pid: std::process::id(),
     };
+    for file in [crate::handover::STATE_FILE, crate::handover::REQUEST_FILE] {
+        let _ = std::fs::remove_file(dir.join(file));
+    }
     if let Err(e) = crate::handover::write_json(&dir, crate::handover::RESULT_FILE, &outcome) {
         tracing::error!(error = %e, "cannot write the update's result");
     }

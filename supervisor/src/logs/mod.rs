@@ -209,8 +209,11 @@ impl LogSink {
         let tx = self.items.clone();
         let mut handing = self.handing.subscribe();
         let handed = self.handed.clone();
-        self.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let live = Live(self.live.clone());
+        // Only an instance's pipes are handed over (a build's output stays with this image).
+        let live = pid.map(|_| {
+            self.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Live(self.live.clone())
+        });
         tokio::spawn(async move {
             let _live = live;
             let mut pipe = pipe;
@@ -267,8 +270,9 @@ impl LogSink {
         })
     }
 
-    /// Stops every capture task, which give their pipes back, waits (at most `within`) until all
-    /// have, writes out what they captured, and returns the pipes.
+    /// Stops every capture task of an instance, which give their pipes back, waits (at most
+    /// `within`) until all have, writes out what they captured, and returns the pipes. On an error
+    /// the pipes given back so far stay here for [`LogSink::resume`].
     pub(crate) async fn hand_over(&self, within: std::time::Duration) -> io::Result<Vec<Handed>> {
         self.handing.send_replace(true);
         let begun = std::time::Instant::now();
@@ -276,15 +280,18 @@ impl LogSink {
             if begun.elapsed() > within {
                 return Err(io::Error::new(io::ErrorKind::TimedOut, "an instance's pipe was not given back"));
             }
+            // The tasks give their pipes back within a turn of the runtime: a short poll.
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         }
         self.ask(Control::Flush).await?;
         Ok(std::mem::take(&mut *self.handed.locked()))
     }
 
-    /// Captures again after a hand-over that did not happen (the new image could not start).
-    pub(crate) fn resume(&self) {
+    /// After a hand-over that did not happen: capturing goes on, and the pipes already given back
+    /// (still here when the hand-over failed half-way) are returned to be read again.
+    pub(crate) fn resume(&self) -> Vec<Handed> {
         self.handing.send_replace(false);
+        std::mem::take(&mut *self.handed.locked())
     }
 
     /// (lines, bytes) captured so far.

@@ -222,9 +222,10 @@ impl App {
         }
     }
 
-    /// The pipes handed back for nothing (the new image could not start): read them again.
-    pub(in crate::daemon) fn resume_pipes(&self, handed: Vec<Handed>) {
-        self.logs.resume();
+    /// The pipes handed back for nothing (the new image could not start), `handed` and any the
+    /// log sink still holds: read them again.
+    pub(in crate::daemon) fn resume_pipes(&self, mut handed: Vec<Handed>) {
+        handed.extend(self.logs.resume());
         for Handed { pid, stream, fd, pending } in handed {
             let Some((index, Which::Current)) = self.find_pid(Pid::new(pid)) else { continue };
             match crate::logs::pipe(Ok(fd)) {
@@ -237,8 +238,11 @@ impl App {
     }
 }
 
-/// Fills each saved instance's pipes from those its capture tasks gave back.
-pub(in crate::daemon) fn add_pipes(saved: &mut SavedApp, handed: &[Handed]) {
+/// Fills each saved instance's pipes from those its capture tasks gave back; returns the
+/// descriptors it named. A pipe of no instance in the state (one a descendant of an exited instance
+/// still holds) is not among them: it stays close-on-exec and closes at exec.
+pub(in crate::daemon) fn add_pipes(saved: &mut SavedApp, handed: &[Handed]) -> Vec<i32> {
+    let mut named = Vec::new();
     for slot in &mut saved.slots {
         let SavedState::Online { pid, .. } = slot.proc.state else { continue };
         slot.proc.pipes = handed
@@ -246,5 +250,7 @@ pub(in crate::daemon) fn add_pipes(saved: &mut SavedApp, handed: &[Handed]) {
             .filter(|h| h.pid == pid)
             .map(|h| SavedPipe { err: h.stream == LogStream::Err, fd: h.fd.as_raw_fd(), pending: h.pending.clone() })
             .collect();
+        named.extend(slot.proc.pipes.iter().map(|p| p.fd));
     }
+    named
 }
