@@ -124,7 +124,7 @@ fn adopt(args: Vec<std::ffi::OsString>) -> ExitCode {
         }
     };
     if let Err(why) = handover::accepts(saved.format) {
-        eprintln!("{why}");
+        eprintln!("chatctl {} refuses the state: {why}", handover::version());
         return ExitCode::FAILURE;
     }
     if check {

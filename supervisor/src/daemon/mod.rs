@@ -83,25 +83,7 @@ pub(crate) async fn run(
     raise_nofile();
     let mode = crate::handover::Mode { foreground, exit_when_idle, notify_socket: notify_socket.clone() };
     let (mut daemon, bus) = match begin {
-        Begin::Fresh(initial) => {
-            let ended = crate::leftovers::end(home.dir());
-            if ended > 0 {
-                tracing::warn!(ended, "ended leftovers of a previous daemon");
-            }
-            let mut daemon = Daemon::new(home, tx.clone());
-            daemon.effects.reaper = start_reaper(&daemon.effects);
-            if !initial.is_empty() {
-                daemon.start(initial, Instant::now())?;
-            }
-            let bus = match bind_bus(&daemon.effects.home) {
-                Ok(listener) => Some((listener, None)),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot serve the local bus: workers will not share rooms");
-                    None
-                }
-            };
-            (daemon, bus)
-        }
+        Begin::Fresh(initial) => fresh(home, tx.clone(), initial)?,
         Begin::Adopt(saved) => adopt(home, tx.clone(), saved)?,
     };
     let exporter = serve_metrics(&tx).await;
@@ -115,18 +97,7 @@ pub(crate) async fn run(
     };
     let hosting = handover::Hosting { lock, control: std::os::fd::AsRawFd::as_raw_fd(&control), mode, bus };
     let ready = daemon.effects.home.dir().join(crate::handover::READY_FILE);
-    let mut update = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) {
-        Ok(signal) => {
-            if let Err(e) = std::fs::write(&ready, format!("{}\n", std::process::id())) {
-                tracing::error!(path = %ready.display(), error = %e, "cannot say this daemon answers chatctl update");
-            }
-            Some(signal)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGUSR2: chatctl update will not be answered");
-            None
-        }
-    };
+    let mut update = answer_updates(&ready);
     let answers = Answers::new();
     let server = tokio::spawn(crate::ipc_server::serve(control, tx, answers.owed()));
     // Every handler is in place (the stop signals' since `shutdown` was made): what a previous
@@ -193,6 +164,44 @@ pub(crate) async fn run(
 }
 
 type BusStart = Option<(std::os::unix::net::UnixListener, Option<crate::handover::Pidfd>)>;
+
+/// A new daemon: what earlier daemons of the home left ended, its reaper, `initial` started, its
+/// bus socket bound.
+fn fresh(home: Home, tx: mpsc::UnboundedSender<Msg>, initial: Vec<AppSpec>) -> Result<(Daemon, BusStart), StartError> {
+    let ended = crate::leftovers::end(home.dir());
+    if ended > 0 {
+        tracing::warn!(ended, "ended leftovers of a previous daemon");
+    }
+    let mut daemon = Daemon::new(home, tx);
+    daemon.effects.reaper = start_reaper(&daemon.effects);
+    if !initial.is_empty() {
+        daemon.start(initial, Instant::now())?;
+    }
+    let bus = match bind_bus(&daemon.effects.home) {
+        Ok(listener) => Some((listener, None)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve the local bus: workers will not share rooms");
+            None
+        }
+    };
+    Ok((daemon, bus))
+}
+
+/// `chatctl update`'s signal, and `ready` saying that this daemon answers it.
+fn answer_updates(ready: &std::path::Path) -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2()) {
+        Ok(signal) => {
+            if let Err(e) = std::fs::write(ready, format!("{}\n", std::process::id())) {
+                tracing::error!(path = %ready.display(), error = %e, "cannot say this daemon answers chatctl update");
+            }
+            Some(signal)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGUSR2: chatctl update will not be answered");
+            None
+        }
+    }
+}
 
 /// The daemon the previous image handed over, and its bus; the update's result written.
 fn adopt(

@@ -24,7 +24,7 @@ impl Pidfd {
         // SAFETY: a descriptor pidfd_open just returned, owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
         if let Some(expected) = start_time
-            && super::start_time(pid).is_some_and(|now| now != expected)
+            && super::fds::start_time(pid).is_some_and(|now| now != expected)
         {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("pid {pid} is another process now")));
         }

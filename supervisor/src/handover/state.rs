@@ -134,9 +134,6 @@ pub fn accepts(format: u32) -> Result<(), String> {
     if (OLDEST_FORMAT..=FORMAT).contains(&format) {
         Ok(())
     } else {
-        Err(format!(
-            "state format {format}, this chatctl ({}) reads formats {OLDEST_FORMAT} to {FORMAT}",
-            super::version()
-        ))
+        Err(format!("state format {format}; this chatctl reads formats {OLDEST_FORMAT} to {FORMAT}"))
     }
 }

@@ -18,6 +18,14 @@ use crate::instance::{Instance, Policy, Probe, State};
 use crate::logs::{Handed, LogPaths, LogSink};
 use crate::pid::Pid;
 
+/// A listening socket the previous image handed over.
+fn listener(fd: i32) -> Result<TcpListener, AppError> {
+    handover::adopt_fd(fd).map(TcpListener::from).map_err(AppError::Adopt)
+}
+
+/// An adopted instance's start time and pipes.
+type Running = (u64, Vec<SavedPipe>);
+
 impl App {
     /// Why this app cannot be handed over right now, if it cannot: only instances that are
     /// online, stopped or errored are (the others are in the middle of something that a new image
@@ -118,7 +126,6 @@ impl App {
     pub(in crate::daemon) fn adopt(saved: SavedApp, log_paths: &LogPaths, fx: &Effects) -> Result<App, AppError> {
         let id = AppId(saved.id);
         let now = Instant::now();
-        let listener = |fd: i32| handover::adopt_fd(fd).map(TcpListener::from).map_err(AppError::Adopt);
         let shared = saved.shared.map(listener).transpose()?;
         let spec = saved.spec;
         let logs = LogSink::open(
@@ -134,45 +141,10 @@ impl App {
         let mut slots = Vec::with_capacity(saved.slots.len());
         let mut running = Vec::new();
         for (index, saved_slot) in saved.slots.into_iter().enumerate() {
-            let own = saved_slot.own.map(listener).transpose()?;
-            let saved_proc = saved_slot.proc;
-            let admin = saved_proc.admin.map(listener).transpose()?;
-            let mut proc = Self::new_proc(id, saved_proc.key, &saved_proc.spec, saved_slot.port, admin, fx)?;
-            let proc_policy = Policy::of(&saved_proc.spec);
-            let state = match saved_proc.state {
-                SavedState::Online { pid, start_time, uptime_ms, ready_ms, failures } => {
-                    running.push((index, Pid::new(pid), start_time, saved_proc.pipes));
-                    let probe = proc_policy.health.as_ref().map_or(Probe::Never, |h| Probe::At(now + h.interval));
-                    State::Online {
-                        pid: Pid::new(pid),
-                        since: now.checked_sub(Duration::from_millis(uptime_ms)).unwrap_or(now),
-                        ready_at: now.checked_sub(Duration::from_millis(ready_ms)).unwrap_or(now),
-                        failures,
-                        probe,
-                    }
-                }
-                SavedState::Errored => State::Errored,
-                SavedState::Stopped => State::Stopped,
-            };
-            proc.instance = Instance {
-                state,
-                restarts: saved_proc.restarts,
-                spawned_once: saved_proc.spawned_once,
-                last_exit: saved_proc.last_exit,
-                note: saved_proc.note,
-                incidents: saved_proc.incidents,
-                unstable: saved_proc.unstable,
-            };
-            proc.tracked = match (saved_proc.cgroup, saved_proc.launch) {
-                (Some(dir), _) => Some(Tracked::Cgroup(dir)),
-                (None, Some(launch)) => Some(Tracked::Launch(launch)),
-                (None, None) => None,
-            };
-            let mut slot = Slot::new(proc, own, saved_slot.port);
-            slot.history = saved_slot.history.into();
-            slot.probes = saved_slot.probes.into();
-            slot.memory_peak = saved_slot.memory_peak;
-            slot.probe_failures = saved_slot.probe_failures;
+            let (slot, pipes) = Self::adopt_slot(id, saved_slot, fx, now)?;
+            if let (Some(pid), Some(pipes)) = (slot.current.instance.pid(), pipes) {
+                running.push((index, pid, pipes.0, pipes.1));
+            }
             slots.push(slot);
         }
         let watcher = Self::watcher(id, &spec, log_paths, fx)?;
@@ -197,6 +169,57 @@ impl App {
             app.watch_adopted(index, pid, start_time, pipes, fx);
         }
         Ok(app)
+    }
+
+    /// One slot of an adopted app, its instance in the state it was handed over in; for an online
+    /// one, its start time and pipes, to be watched.
+    fn adopt_slot(
+        id: AppId,
+        saved_slot: SavedSlot,
+        fx: &Effects,
+        now: Instant,
+    ) -> Result<(Slot, Option<Running>), AppError> {
+        let mut adopted = None;
+        let own = saved_slot.own.map(listener).transpose()?;
+        let mut saved_proc = saved_slot.proc;
+        let admin = saved_proc.admin.map(listener).transpose()?;
+        let mut proc = Self::new_proc(id, saved_proc.key, &saved_proc.spec, saved_slot.port, admin, fx)?;
+        let proc_policy = Policy::of(&saved_proc.spec);
+        let state = match saved_proc.state {
+            SavedState::Online { pid, start_time, uptime_ms, ready_ms, failures } => {
+                adopted = Some((start_time, std::mem::take(&mut saved_proc.pipes)));
+                let probe = proc_policy.health.as_ref().map_or(Probe::Never, |h| Probe::At(now + h.interval));
+                State::Online {
+                    pid: Pid::new(pid),
+                    since: now.checked_sub(Duration::from_millis(uptime_ms)).unwrap_or(now),
+                    ready_at: now.checked_sub(Duration::from_millis(ready_ms)).unwrap_or(now),
+                    failures,
+                    probe,
+                }
+            }
+            SavedState::Errored => State::Errored,
+            SavedState::Stopped => State::Stopped,
+        };
+        proc.instance = Instance {
+            state,
+            restarts: saved_proc.restarts,
+            spawned_once: saved_proc.spawned_once,
+            last_exit: saved_proc.last_exit,
+            note: saved_proc.note,
+            incidents: saved_proc.incidents,
+            unstable: saved_proc.unstable,
+        };
+        proc.tracked = match (saved_proc.cgroup, saved_proc.launch) {
+            (Some(dir), _) => Some(Tracked::Cgroup(dir)),
+            (None, Some(launch)) => Some(Tracked::Launch(launch)),
+            (None, None) => None,
+        };
+        let mut slot = Slot::new(proc, own, saved_slot.port);
+        slot.history = saved_slot.history.into();
+        slot.probes = saved_slot.probes.into();
+        slot.memory_peak = saved_slot.memory_peak;
+        slot.probe_failures = saved_slot.probe_failures;
+        Ok((slot, adopted))
     }
 
     /// Reads an adopted instance's pipes and waits for it to exit; one already gone is reported

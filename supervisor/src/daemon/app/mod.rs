@@ -329,20 +329,7 @@ impl App {
         }
         // A program passed its port that binds it itself fails the same way every time: its
         // output is watched, so that the exit says what to do instead of restarting in vain.
-        let mut pipes = Vec::new();
-        let outputs = [
-            (child.stdout.take().map(|o| crate::logs::pipe(o.into_owned_fd())), LogStream::Out),
-            (child.stderr.take().map(|e| crate::logs::pipe(e.into_owned_fd())), LogStream::Err),
-        ];
-        for (pipe, stream) in outputs {
-            match pipe {
-                Some(Ok(pipe)) => {
-                    pipes.push(self.logs.capture(pipe, stream, index, Some(pid.raw()), watch.clone(), Vec::new()))
-                }
-                Some(Err(e)) => tracing::error!(app = %self.spec.name, index, error = %e, "cannot read an output pipe"),
-                None => {}
-            }
-        }
+        let pipes = self.capture(&mut child, index, pid, watch.as_ref());
         let exited = async move {
             match child.wait().await {
                 Ok(status) => exit_kind(status),
@@ -358,6 +345,31 @@ impl App {
         }
         tracing::debug!(app = %self.spec.name, index, %pid, "spawned");
         Input::Spawned { pid }
+    }
+
+    /// Reads a new process's stdout and stderr into the app's logs.
+    fn capture(
+        &self,
+        child: &mut tokio::process::Child,
+        index: usize,
+        pid: Pid,
+        watch: Option<&Arc<crate::diagnose::BindWatch>>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let outputs = [
+            (child.stdout.take().map(|o| crate::logs::pipe(o.into_owned_fd())), LogStream::Out),
+            (child.stderr.take().map(|e| crate::logs::pipe(e.into_owned_fd())), LogStream::Err),
+        ];
+        let mut pipes = Vec::new();
+        for (pipe, stream) in outputs {
+            match pipe {
+                Some(Ok(pipe)) => {
+                    pipes.push(self.logs.capture(pipe, stream, index, Some(pid.raw()), watch.cloned(), Vec::new()))
+                }
+                Some(Err(e)) => tracing::error!(app = %self.spec.name, index, error = %e, "cannot read an output pipe"),
+                None => {}
+            }
+        }
+        pipes
     }
 
     /// A Node program that says it is ready the PM2 way (`process.send('ready')`) gets a channel
