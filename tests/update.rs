@@ -179,3 +179,32 @@ fn the_foreground_daemon_is_updated_in_place_too() {
     assert!(!crate::support::alive(ticker[0]), "its instance stopped with it");
     ticks_in_order(&env);
 }
+
+/// A stop asked for while an update is under way (here during the preflight) is not lost,
+/// whichever image takes it: the daemon stops, and its instances with it.
+#[test]
+fn a_stop_during_an_update_is_not_lost() {
+    let env = Env::new();
+    env.write("ecosystem.toml", &fixture_app("ticker", &["--tick", "20"], ""));
+    env.ok(&["start"]);
+    let ticker = env.online_pids("ticker", 1);
+    let daemon = env.daemon_pid().expect("the daemon's pid");
+    let slow = script(
+        &env,
+        "chatctl-slow",
+        &format!("if [ \"$2\" = --check ]; then sleep 1; fi\nexec {:?} \"$@\"", bin("chatctl")),
+    );
+    let mut update = env
+        .command()
+        .args(["update", "--binary", slow.to_str().expect("utf-8")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("chatctl update");
+    std::thread::sleep(Duration::from_millis(400));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGTERM)
+        .expect("SIGTERM");
+    wait_until("the daemon stopped", Duration::from_secs(20), || (!crate::support::alive(daemon)).then_some(()));
+    assert!(!crate::support::alive(ticker[0]), "its instance stopped with it");
+    wait_until("the update's answer", Duration::from_secs(70), || update.try_wait().ok().flatten());
+}

@@ -42,7 +42,8 @@ pub(crate) struct Bus {
 impl Daemon {
     /// Answers an update request (`SIGUSR2`): re-executes the requested binary on this daemon's
     /// state, or, when it cannot, says why in the result file and goes on serving.
-    pub(super) async fn update(&mut self, hosting: &Hosting) {
+    /// `stopping` says whether a stop was asked for meanwhile (then the update gives way).
+    pub(super) async fn update(&mut self, hosting: &Hosting, stopping: &mut dyn FnMut() -> bool) {
         let home = self.effects.home.dir().to_owned();
         let request: Request = match handover::read_json(&home.join(handover::REQUEST_FILE)) {
             Ok(request) => request,
@@ -52,7 +53,7 @@ impl Daemon {
             }
         };
         tracing::info!(binary = %request.binary.display(), "update requested");
-        let Err(why) = self.hand_over(&request, hosting).await;
+        let Err(why) = self.hand_over(&request, hosting, stopping).await;
         tracing::error!(why, "update refused: this daemon goes on serving");
         let outcome =
             Outcome { id: request.id, ok: false, message: why, version: handover::version(), pid: std::process::id() };
@@ -63,11 +64,16 @@ impl Daemon {
 
     /// Checks that now is a moment to hand over, has the new binary check the state, then hands
     /// every app's pipes over and re-executes; returns only when that did not happen.
-    async fn hand_over(&mut self, request: &Request, hosting: &Hosting) -> Result<std::convert::Infallible, String> {
+    async fn hand_over(
+        &mut self,
+        request: &Request,
+        hosting: &Hosting,
+        stopping: &mut dyn FnMut() -> bool,
+    ) -> Result<std::convert::Infallible, String> {
         self.quiet()?;
         // From here a stop signal waits for whichever image serves (see `hold_signals`).
         handover::hold_signals().map_err(|e| format!("cannot hold signals: {e}"))?;
-        let Err(why) = self.replace_image(request, hosting).await;
+        let Err(why) = self.replace_image(request, hosting, stopping).await;
         if let Err(e) = handover::release_signals() {
             tracing::error!(error = %e, "cannot release the signals held for the update");
         }
@@ -78,6 +84,7 @@ impl Daemon {
         &mut self,
         request: &Request,
         hosting: &Hosting,
+        stopping: &mut dyn FnMut() -> bool,
     ) -> Result<std::convert::Infallible, String> {
         let home = self.effects.home.dir().to_owned();
         let state_path = home.join(STATE_FILE);
@@ -109,7 +116,13 @@ impl Daemon {
         let result = handover::write_json(&home, STATE_FILE, &saved)
             .map_err(|e| format!("cannot write the state: {e}"))
             .and_then(|()| fds.iter().try_for_each(|fd| handover::set_cloexec(*fd, false)).map_err(|e| e.to_string()));
+        let result = result.and_then(|()| {
+            if stopping() { Err("a stop was asked for meanwhile: stopping instead".to_owned()) } else { Ok(()) }
+        });
         if let Err(why) = result {
+            for fd in &fds {
+                let _ = handover::set_cloexec(*fd, true);
+            }
             self.resume(handed);
             return Err(why);
         }

@@ -120,13 +120,22 @@ pub(crate) async fn run(
                 while let Ok(msg) = rx.try_recv() {
                     daemon.handle(msg);
                 }
-                daemon.update(&hosting).await;
+                // A stop signal another thread of this image took meanwhile would be lost at exec:
+                // the update looks, just before, and gives way to it.
+                let mut stop = false;
+                let mut stopping = || {
+                    stop = stop || (!signalled && done_now(shutdown.as_mut()));
+                    stop
+                };
+                daemon.update(&hosting, &mut stopping).await;
+                if stop {
+                    signalled = true;
+                    stop_by_signal(&mut daemon, notify_socket.as_deref());
+                }
             }
             () = &mut shutdown, if !signalled => {
                 signalled = true;
-                tracing::info!("stop requested by signal: stopping every app");
-                sd_notify(notify_socket.as_deref(), "STOPPING=1");
-                daemon.begin_kill(KilledBy::Signal);
+                stop_by_signal(&mut daemon, notify_socket.as_deref());
             }
         }
         let now = Instant::now();
@@ -252,6 +261,17 @@ fn adopt(
 
 fn adopt_error(source: std::io::Error) -> StartError {
     StartError { app: "(update)".into(), source: app::AppError::Adopt(source) }
+}
+
+fn stop_by_signal(daemon: &mut Daemon, notify_socket: Option<&std::path::Path>) {
+    tracing::info!("stop requested by signal: stopping every app");
+    sd_notify(notify_socket, "STOPPING=1");
+    daemon.begin_kill(KilledBy::Signal);
+}
+
+/// Whether `future` is done, polled once now (nobody is woken for it: the loop polls it again).
+fn done_now(future: std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
+    future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())).is_ready()
 }
 
 fn raise_nofile() {
