@@ -165,6 +165,26 @@ fn a_crowd_joining_and_leaving_at_once_is_told_once_each() {
     env.ok(&["kill"]);
 }
 
+/// A call that rings through a reload ends all the same: the worker it started on is gone, and
+/// the successor that took it in from the snapshot ends it after its ring timeout.
+#[test]
+fn a_call_ringing_through_a_reload_still_ends_unanswered() {
+    let (env, port, _) = cluster(2, r#"CALL_RING_TIMEOUT = "3s""#);
+    let out = crate::support::run_bounded(
+        std::process::Command::new("node")
+            .arg(crate::support::tests_dir().join("clients/call-reload.mjs"))
+            .arg(format!("http://127.0.0.1:{port}"))
+            .arg(crate::support::bin("chatctl"))
+            .env("CHATCTL_HOME", env.home())
+            .current_dir(env.dir.path()),
+        std::time::Duration::from_secs(60),
+    );
+    report_of("call through a reload", &out);
+    let logs = env.ok(&["logs", "chat", "-n", "2000"]);
+    assert!(logs.contains("ending a call whose worker is gone"), "ended by a successor:\n{logs}");
+    env.ok(&["kill"]);
+}
+
 /// Past 100 members the changes of a round come together, each still told exactly once: a crowd
 /// of 150 joining and leaving at once is told in fewer events than changes.
 #[test]

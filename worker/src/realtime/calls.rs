@@ -63,12 +63,27 @@ pub(super) struct Call {
     pub(super) participants: BTreeSet<String>,
     /// Who started it (it counts against that guest's calls).
     pub(super) caller: String,
-    /// When this worker learnt of it.
+    /// When it started (as near as this worker can tell: when it learnt of it, less the age a
+    /// snapshot gave).
     since: Instant,
     accepted: bool,
     /// Started on this worker, which ends it when it rings too long or lasts too long (the others
-    /// hear it as any end); a call whose worker is gone is dropped quietly after [`LONGEST`].
+    /// hear it as any end). Another worker's is ended here [`ORPHANED_AFTER`] later, if it still
+    /// rings or lasts: its worker is gone (a reload replaced it), and its guests must hear the end.
     here: bool,
+}
+
+/// How much later than its own worker another worker ends a call that rang or lasted too long.
+const ORPHANED_AFTER: Duration = Duration::from_secs(5);
+
+/// What a snapshot says of a call beside its participants (absent from earlier releases', which
+/// sent participants only: such a call counts as accepted and as new).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct Detail {
+    id: String,
+    caller: String,
+    age_ms: u64,
+    accepted: bool,
 }
 
 /// Why a call ended by itself.
@@ -146,16 +161,15 @@ impl Calls {
         let mut ended = Vec::new();
         calls.retain(|id, call| {
             let age = now.saturating_duration_since(call.since);
-            let expiry = match (call.here, call.accepted) {
-                (true, false) if age >= ring => Some(Expiry::NoAnswer),
-                (true, _) if age >= LONGEST => Some(Expiry::TooLong),
-                // Another worker's, which would have ended it by now: that worker is gone.
-                (false, _) if age >= LONGEST + ring => {
-                    tracing::debug!(call = %id, "dropping a call whose worker is gone");
-                    return false;
-                }
+            let late = if call.here { Duration::ZERO } else { ORPHANED_AFTER };
+            let expiry = match call.accepted {
+                false if age >= ring + late => Some(Expiry::NoAnswer),
+                _ if age >= LONGEST + late => Some(Expiry::TooLong),
                 _ => None,
             };
+            if expiry.is_some() && !call.here {
+                tracing::info!(call = %id, "ending a call whose worker is gone");
+            }
             if let Some(expiry) = expiry {
                 ended.push((id.clone(), call.participants.iter().cloned().collect(), expiry));
             }
@@ -191,20 +205,44 @@ impl Calls {
         &self.origin
     }
 
-    /// Every call, for a worker that starts later.
-    pub(super) fn dump(&self) -> Vec<(String, BTreeSet<String>)> {
+    /// Every call, for a worker that starts later: participants (what earlier releases read) and
+    /// the rest apart.
+    pub(super) fn dump(&self) -> (Vec<(String, BTreeSet<String>)>, Vec<Detail>) {
         let calls = self.lock();
-        calls.iter().take(MAX_CALLS).map(|(id, call)| (id.clone(), call.participants.clone())).collect()
+        let now = Instant::now();
+        calls
+            .iter()
+            .take(MAX_CALLS)
+            .map(|(id, call)| {
+                let detail = Detail {
+                    id: id.clone(),
+                    caller: call.caller.clone(),
+                    age_ms: now.saturating_duration_since(call.since).as_millis() as u64,
+                    accepted: call.accepted,
+                };
+                ((id.clone(), call.participants.clone()), detail)
+            })
+            .unzip()
     }
 
     /// Takes in another worker's calls; a call this worker already knows keeps its own state.
-    pub(super) fn merge(&self, dump: Vec<(String, BTreeSet<String>)>) {
+    pub(super) fn merge(&self, dump: Vec<(String, BTreeSet<String>)>, details: Vec<Detail>) {
+        let mut details: HashMap<String, Detail> = details.into_iter().map(|d| (d.id.clone(), d)).collect();
         let mut calls = self.lock();
         let now = Instant::now();
         for (id, participants) in dump.into_iter().take(MAX_CALLS.saturating_sub(calls.len())) {
-            // Its age and state are not in a snapshot: kept as another worker's, accepted.
-            let caller = participants.iter().next().cloned().unwrap_or_default();
-            calls.entry(id).or_insert(Call { participants, caller, since: now, accepted: true, here: false });
+            let call = match details.remove(&id) {
+                Some(Detail { caller, age_ms, accepted, .. }) => {
+                    let since = now.checked_sub(Duration::from_millis(age_ms)).unwrap_or(now);
+                    Call { participants, caller, since, accepted, here: false }
+                }
+                // From an earlier release: its age and state unknown, kept as accepted and new.
+                None => {
+                    let caller = participants.iter().next().cloned().unwrap_or_default();
+                    Call { participants, caller, since: now, accepted: true, here: false }
+                }
+            };
+            calls.entry(id).or_insert(call);
         }
     }
 
@@ -538,5 +576,26 @@ mod tests {
         there.apply(wire(Change::Leave { id: "c1".into(), guest: "b".into() }));
         assert_eq!(there.len(), 0, "one participant left: the call is over everywhere");
         assert!(here.of("c1", "a").is_err());
+    }
+
+    #[test]
+    fn a_call_taken_in_from_a_snapshot_keeps_its_caller_and_age_and_ends_if_its_worker_is_gone() {
+        let (here, there) = (Calls::shared(None, CALL_RING), Calls::shared(None, CALL_RING));
+        here.create("rings", "a", &["b".into()]).expect("created");
+        here.create("talks", "c", &["d".into()]).expect("created");
+        here.accept("talks");
+        let (calls, details) = here.dump();
+        there.merge(calls, details);
+        assert_eq!(there.of("rings", "b").expect("known").caller, "a", "the caller, not the first participant");
+        let now = Instant::now();
+        assert!(there.expire(now + CALL_RING).is_empty(), "its own worker ends it first");
+        let ended = there.expire(now + CALL_RING + ORPHANED_AFTER);
+        assert_eq!(ended.len(), 1, "then this one does: its worker is gone");
+        assert_eq!((ended[0].0.as_str(), ended[0].2), ("rings", Expiry::NoAnswer));
+        assert!(there.of("talks", "c").is_ok(), "an accepted call goes on");
+        // An earlier release's snapshot has no details: its calls count as accepted and new.
+        let old = Calls::shared(None, CALL_RING);
+        old.merge(vec![("c9".into(), ["x".into(), "y".into()].into())], Vec::new());
+        assert!(old.expire(Instant::now() + CALL_RING + ORPHANED_AFTER).is_empty());
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
-use super::calls::Calls;
+use super::calls::{Calls, Detail};
 use super::history::{History, RoomDump};
 use crate::bus::Channel;
 
@@ -26,8 +26,16 @@ const HELLOS_QUEUED: usize = 16;
 enum Said {
     /// A worker just started: whoever hears it answers with what it knows.
     Hello { from: String },
-    /// The first answer wins; a worker takes in one snapshot in its life.
-    Snapshot { to: String, calls: Vec<(String, BTreeSet<String>)>, history: Vec<RoomDump> },
+    /// The first answer wins; a worker takes in one snapshot in its life. `details`: each call's
+    /// caller, age and state, apart from `calls` so that earlier releases still read the snapshot
+    /// (and default to none from them).
+    Snapshot {
+        to: String,
+        calls: Vec<(String, BTreeSet<String>)>,
+        #[serde(default)]
+        details: Vec<Detail>,
+        history: Vec<RoomDump>,
+    },
 }
 
 pub(super) struct CatchUp {
@@ -63,12 +71,12 @@ impl CatchUp {
         // snapshot to every worker, N·(N-1) of up to 8 MiB each when N workers are reloaded.
         let mine = bus.named(&format!("{}:{me}", bus.name()));
         let take = |said: Said| {
-            if let Said::Snapshot { to, calls: called, history: rooms } = said
+            if let Said::Snapshot { to, calls: called, details, history: rooms } = said
                 && to == me
                 && !self.synced.swap(true, Ordering::SeqCst)
             {
                 tracing::info!(calls = called.len(), rooms = rooms.len(), "took in what the other workers know");
-                calls.merge(called);
+                calls.merge(called, details);
                 history.merge(rooms);
                 self.caught_up.notify_one();
             }
@@ -83,9 +91,11 @@ impl CatchUp {
             };
             bus.follow_then(HELLOS_QUEUED, hello, |said: Said| match said {
                 Said::Hello { from } if from != me => {
+                    let (called, details) = calls.dump();
                     bus.named(&format!("{}:{from}", bus.name())).tell(&Said::Snapshot {
                         to: from,
-                        calls: calls.dump(),
+                        calls: called,
+                        details,
                         history: history.dump(SNAPSHOT_BYTES),
                     });
                     // Two workers starting together: the other may have subscribed after our
