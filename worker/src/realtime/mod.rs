@@ -32,13 +32,15 @@
 //! Rooms span every worker linked to this one (see `bus`): the daemon's local bus on one host, Redis
 //! across hosts. With Redis, sessions and each room's recent messages are also kept there (`store`).
 //!
-//! One module per feature, each registering its events and owning its state as a small service
-//! that [`Chat`] holds: `guests` (who a socket is), `sessions` (joining, and coming back as the
-//! same guest), `rooms` (joins and leaves, typing), `presence` (who is in a room), `rules` (what
-//! may be named and joined), `messages` (room messages, their order and history), `direct` (DMs),
-//! `calls` (WebRTC signalling), `throttle` (rate limits as sockets meet them), `catch_up` (what a
-//! starting worker takes in from the others); `protocol` holds the event names, the error type and
-//! the handler helper they share.
+//! One module per feature, each owning its state as a small service that [`Chat`] holds, and
+//! registering its events with only the services they use (`RoomEvents`, `SessionEvents`, ...:
+//! no feature imports `Chat`): `guests` (who a socket is), `sessions` (joining, and coming back as
+//! the same guest; `Identity`: tokens and Redis's copy), `ice` (ICE servers for calls), `rooms`
+//! (joins and leaves, typing), `presence` (who is in a room), `rules` (what may be named and
+//! joined), `messages` (room messages, their order and history), `direct` (DMs), `calls` (WebRTC
+//! signalling), `throttle` (rate limits as sockets meet them), `catch_up` (what a starting worker
+//! takes in from the others); `protocol` holds the event names, the error type and the handler
+//! helper they share.
 
 mod calls;
 mod catch_up;
