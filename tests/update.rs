@@ -208,3 +208,31 @@ fn a_stop_during_an_update_is_not_lost() {
     assert!(!crate::support::alive(ticker[0]), "its instance stopped with it");
     wait_until("the update's answer", Duration::from_secs(70), || update.try_wait().ok().flatten());
 }
+
+/// An app in a crash loop (an instance waiting to be started again, or starting) does not hold an
+/// update back: the loop goes on in the new image, its count kept.
+#[test]
+fn an_update_carries_a_crash_loop_over() {
+    let env = Env::new();
+    env.write(
+        "ecosystem.toml",
+        &fixture_app(
+            "crashy",
+            &["--exit-after", "20", "--code", "1"],
+            "min_uptime = \"10s\"\nmax_restarts = 1000\nrestart_delay = \"500ms\"\nmax_restart_delay = \"500ms\"",
+        ),
+    );
+    env.ok(&["start", "--no-wait"]);
+    let restarts = || env.list()[0].instances[0].restarts;
+    wait_until("a few restarts", Duration::from_secs(10), || (restarts() >= 2).then_some(()));
+    // Between two runs: waiting for its next start.
+    wait_until("the instance waiting", Duration::from_secs(10), || {
+        (env.list()[0].instances[0].status == chat_shared::status::Phase::Waiting).then_some(())
+    });
+    let new = new_binary(&env, "9.9.9-loop-test");
+    let out = env.ok(&["update", "--binary", new.to_str().expect("utf-8")]);
+    assert!(out.contains("now runs chatctl 9.9.9-loop-test"), "{out}");
+    let after = restarts();
+    assert!(after >= 2, "the count is kept ({after})");
+    wait_until("the loop going on", Duration::from_secs(10), || (restarts() >= after + 2).then_some(()));
+}

@@ -224,12 +224,7 @@ impl Daemon {
         for app in saved.apps {
             let name = app.spec.name.clone();
             let paths = daemon.log_paths(&app.spec);
-            let pids: Vec<u32> = (app.slots.iter())
-                .filter_map(|s| match s.proc.state {
-                    handover::SavedState::Online { pid, .. } => Some(pid),
-                    _ => None,
-                })
-                .collect();
+            let pids: Vec<u32> = (app.slots.iter()).filter_map(|s| s.proc.state.pid()).collect();
             match App::adopt(app, &paths, &daemon.effects) {
                 Ok(app) => daemon.apps.push(app),
                 Err(e) => {

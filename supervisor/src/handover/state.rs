@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// The state format this binary writes. A new binary reads every format from
 /// [`OLDEST_FORMAT`] to its own; a state of a newer format (a downgrade across a format change) is
 /// refused by the preflight.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 pub const OLDEST_FORMAT: u32 = 1;
 // Bump FORMAT whenever a field is added to the state or to `AppSpec` that an older binary must
 // not drop silently (serde ignores fields it does not know): a downgrade is then refused.
@@ -104,12 +104,24 @@ pub struct SavedProc {
     pub pipes: Vec<SavedPipe>,
 }
 
-/// The states an instance may be handed over in; the others (starting, stopping, waiting to
-/// restart, a replacement under way) are in the middle of something, and an update waits for them.
+/// The states an instance may be handed over in; the others (stopping, a replacement under way)
+/// are in the middle of something that a new image could not finish, and an update waits for them.
+/// (`Waiting` and `Starting` came with format 2.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum SavedState {
     Stopped,
     Errored,
+    /// To be started again (a restart delay, a crash loop's backoff) in `in_ms`.
+    Waiting {
+        in_ms: u64,
+    },
+    /// Running, not ready yet: ready within `deadline_ms` or restarted.
+    Starting {
+        pid: u32,
+        start_time: u64,
+        uptime_ms: u64,
+        deadline_ms: u64,
+    },
     Online {
         pid: u32,
         /// The process's start time (clock ticks since boot, `/proc/PID/stat`): a pid that names
@@ -119,6 +131,16 @@ pub enum SavedState {
         ready_ms: u64,
         failures: u32,
     },
+}
+
+impl SavedState {
+    /// The process running, if any.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            SavedState::Starting { pid, .. } | SavedState::Online { pid, .. } => Some(*pid),
+            _ => None,
+        }
+    }
 }
 
 /// One of an instance's output pipes, with the start of a line it had not finished.

@@ -27,9 +27,8 @@ fn listener(fd: i32) -> Result<TcpListener, AppError> {
 type Running = (u64, Vec<SavedPipe>);
 
 impl App {
-    /// Why this app cannot be handed over right now, if it cannot: only instances that are
-    /// online, stopped or errored are (the others are in the middle of something that a new image
-    /// could not finish).
+    /// Why this app cannot be handed over right now, if it cannot: an instance stopping or being
+    /// replaced is in the middle of something that a new image could not finish.
     pub(in crate::daemon) fn busy(&self) -> Option<String> {
         if matches!(self.builder, crate::daemon::builder::Builder::Building { .. }) {
             return Some(format!("app {}: a build is running", self.spec.name));
@@ -38,9 +37,7 @@ impl App {
             if slot.successor.is_some() {
                 return Some(format!("app {} instance {index}: being replaced", self.spec.name));
             }
-            if let State::Waiting { .. } | State::Launching | State::Starting { .. } | State::Stopping { .. } =
-                slot.current.instance.state
-            {
+            if let State::Launching | State::Stopping { .. } = slot.current.instance.state {
                 let phase = slot.current.instance.phase();
                 return Some(format!("app {} instance {index}: {}", self.spec.name, phase.as_str()));
             }
@@ -64,6 +61,15 @@ impl App {
                         ready_ms: now.saturating_duration_since(ready_at).as_millis() as u64,
                         failures,
                     },
+                    State::Starting { pid, since, deadline, .. } => SavedState::Starting {
+                        pid: pid.raw(),
+                        start_time: handover::start_time(pid.raw()).unwrap_or(0),
+                        uptime_ms: now.saturating_duration_since(since).as_millis() as u64,
+                        deadline_ms: deadline.saturating_duration_since(now).as_millis() as u64,
+                    },
+                    State::Waiting { until } => {
+                        SavedState::Waiting { in_ms: until.saturating_duration_since(now).as_millis() as u64 }
+                    }
                     State::Errored => SavedState::Errored,
                     _ => SavedState::Stopped,
                 };
@@ -197,6 +203,21 @@ impl App {
                     probe,
                 }
             }
+            SavedState::Starting { pid, start_time, uptime_ms, deadline_ms } => {
+                adopted = Some((start_time, std::mem::take(&mut saved_proc.pipes)));
+                State::Starting {
+                    pid: Pid::new(pid),
+                    since: now.checked_sub(Duration::from_millis(uptime_ms)).unwrap_or(now),
+                    deadline: now + Duration::from_millis(deadline_ms),
+                    // As at its spawn: a notifying instance is not probed until it says it is
+                    // ready (on the notify socket bound again for it).
+                    probe: match proc_policy.readiness {
+                        Some(chat_shared::ecosystem::Readiness::Notify) => Probe::Never,
+                        _ => Probe::At(now),
+                    },
+                }
+            }
+            SavedState::Waiting { in_ms } => State::Waiting { until: now + Duration::from_millis(in_ms) },
             SavedState::Errored => State::Errored,
             SavedState::Stopped => State::Stopped,
         };
@@ -267,7 +288,7 @@ impl App {
 pub(in crate::daemon) fn add_pipes(saved: &mut SavedApp, handed: &[Handed]) -> Vec<i32> {
     let mut named = Vec::new();
     for slot in &mut saved.slots {
-        let SavedState::Online { pid, .. } = slot.proc.state else { continue };
+        let Some(pid) = slot.proc.state.pid() else { continue };
         slot.proc.pipes = handed
             .iter()
             .filter(|h| h.pid == pid)
