@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chat_shared::bus::{OP_PUB, OP_SUB, frame, put_str};
 
-use crate::support::{Env, fixture_app};
+use crate::support::{Env, fixture_app, wait_until};
 
 /// One timed `chatctl list --json`.
 fn list_once(env: &Env) -> Duration {
@@ -57,7 +57,6 @@ fn the_daemon_answers_as_fast_while_the_bus_is_flooded() {
             }
         }));
     }
-    std::thread::sleep(Duration::from_millis(100));
     let mut body = Vec::new();
     put_str(&mut body, "flood");
     body.extend_from_slice(&[b'x'; 200]);
@@ -77,6 +76,11 @@ fn the_daemon_answers_as_fast_while_the_bus_is_flooded() {
             }
         }));
     }
+    // The subscriptions are in once a publication comes back.
+    publishing.store(true, Ordering::Relaxed);
+    wait_until("the flood flowing", Duration::from_secs(5), || (received.load(Ordering::Relaxed) > 0).then_some(()));
+    publishing.store(false, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(200));
     let (mut idle, mut flooded) = (Vec::new(), Vec::new());
     let (mut flooding, mut delivered) = (Duration::ZERO, 0);
     for _ in 0..11 {

@@ -201,7 +201,10 @@ fn a_stop_during_an_update_is_not_lost() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("chatctl update");
-    std::thread::sleep(Duration::from_millis(400));
+    // The preflight (which takes a second) is under way.
+    wait_until("the update under way", Duration::from_secs(10), || {
+        env.daemon_log().contains("update requested").then_some(())
+    });
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon as i32), nix::sys::signal::Signal::SIGTERM)
         .expect("SIGTERM");
     wait_until("the daemon stopped", Duration::from_secs(20), || (!crate::support::alive(daemon)).then_some(()));

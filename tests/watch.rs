@@ -115,7 +115,9 @@ fn a_build_finished_during_another_reload_is_reloaded_after_it() {
     env.write("linger.txt", "2500");
     let mut operator =
         env.command().args(["reload", "dev"]).stdout(std::process::Stdio::null()).spawn().expect("reload");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the operator's reload under way", Duration::from_secs(10), || {
+        env.daemon_log().contains("reload begins").then_some(())
+    });
     env.write("src/version.txt", "v2");
     wait_until("the build's reload waiting", Duration::from_secs(10), || {
         env.daemon_log().contains("built; reloading once the reload under way ends").then_some(())
