@@ -21,6 +21,7 @@ mod memory;
 mod monit;
 mod node_app;
 mod redis;
+mod redis_cluster;
 mod reload;
 mod update;
 mod verbs;

@@ -11,7 +11,7 @@ use crate::support::{Env, bin, free_port, http_get, node, wait_until};
 
 /// One "host": a daemon with its own home running `instances` workers of the chat in cluster mode on
 /// `port`, linked through the Redis at `redis`.
-fn host(redis: &str, port: u16, instances: usize) -> Env {
+pub(crate) fn host(redis: &str, port: u16, instances: usize) -> Env {
     let env = Env::new();
     env.write(
         "ecosystem.toml",
@@ -33,13 +33,13 @@ env = {{ REDIS_URL = "{redis}", RUST_LOG = "info", STATS_INTERVAL = "200ms" }}
 }
 
 /// The health of the worker behind `port` (any instance).
-fn health(port: u16) -> Option<HealthBody> {
+pub(crate) fn health(port: u16) -> Option<HealthBody> {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let (_, body) = http_get(addr, "/health").ok()?;
     serde_json::from_str(&body).ok()
 }
 
-fn linked(port: u16) -> bool {
+pub(crate) fn linked(port: u16) -> bool {
     health(port)
         .is_some_and(|h| h.status == HealthStatus::Ok && h.cluster.is_some_and(|c| c.via == "redis" && c.connected))
 }
@@ -101,7 +101,7 @@ fn a_guest_returns_on_another_host_with_its_session_and_history_from_redis() {
     drop(c);
 }
 
-fn degraded(port: u16) -> bool {
+pub(crate) fn degraded(port: u16) -> bool {
     health(port).is_some_and(|h| {
         h.status == HealthStatus::Degraded
             && h.cluster.is_some_and(|c| c.via == "redis" && !c.connected && c.error.is_some())

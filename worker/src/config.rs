@@ -51,8 +51,9 @@ pub struct Config {
     /// The app's handoff directory (`CHATCTL_HANDOFF`, cluster mode): polling sessions work across
     /// the instances of the shared port.
     pub handoff: Option<std::path::PathBuf>,
-    /// Redis (`REDIS_URL`, Redis 7 or later): rooms, sessions and history shared with every worker
-    /// of every host; replaces the local bus. Checked at start; never logged (it may hold a password).
+    /// Redis (`REDIS_URL`, Redis 7 or later: one URL, or several comma-separated seed nodes of a
+    /// Redis Cluster, which one node's URL also finds): rooms, sessions and history shared with
+    /// every worker of every host; replaces the local bus. Checked at start; never logged (it may hold a password).
     pub redis_url: Option<String>,
     /// The app's name under chatctl (`CHATCTL_APP`): its channels on the bus, which every app of
     /// the daemon shares, so that two apps never see each other's rooms.
@@ -182,10 +183,11 @@ fn file_dir(lookup: &impl Fn(&str) -> Option<String>) -> std::path::PathBuf {
     data.unwrap_or_else(|| std::env::temp_dir().join(format!("chat-worker-{}", nix::unistd::getuid()))).join("files")
 }
 
-/// `REDIS_URL`, checked to be one (its password kept out of the error).
+/// `REDIS_URL`, checked to be one, or several comma-separated (seed nodes of a Redis Cluster; its
+/// password kept out of the error).
 fn redis_url(lookup: &impl Fn(&str) -> Option<String>) -> Result<Option<String>, ConfigError> {
     let Some(url) = lookup("REDIS_URL").filter(|u| !u.trim().is_empty()) else { return Ok(None) };
-    match redis::Client::open(url.trim()) {
+    match crate::redis_conn::Target::parse(url.trim()) {
         Ok(_) => Ok(Some(url.trim().to_owned())),
         Err(e) => Err(ConfigError { name: "REDIS_URL", value: redact(&url), why: e.to_string() }),
     }

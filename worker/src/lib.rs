@@ -29,7 +29,9 @@
 //! - `realtime`: Socket.IO guests, rooms, messages, presence, calls, recovery, rate limits.
 //! - `session`: signed guest session tokens (identity and rooms survive a reconnect).
 //! - `bus`: the Socket.IO adapter and its driver over Redis, the daemon's local bus, or nothing (a
-//!   bus of one), and the named channels the workers copy state through.
+//!   bus of one), and the named channels the workers copy state through; on a Redis Cluster, each
+//!   room's channels on its shard.
+//! - `redis_conn`: Redis as `REDIS_URL` names it, one server or a Redis Cluster.
 //! - `store`: sessions and history streams kept in Redis itself.
 //! - `cluster_stats`: live figures summed from every worker's reports, and the `stats` broadcast.
 //! - `web`: the chat's web client at `/`, compiled in.
@@ -47,6 +49,7 @@ pub mod limits;
 pub mod listeners;
 pub mod origins;
 pub mod realtime;
+mod redis_conn;
 pub mod session;
 pub mod store;
 pub mod web;
@@ -105,6 +108,9 @@ pub async fn build(config: &Config, shared_port: bool) -> std::io::Result<Worker
         .with_request_timeout(CLUSTER_REQUEST_TIMEOUT)
         .with_prefix(prefix.clone());
     let adapter = socketioxide_redis::RedisAdapterCtr::new_with_driver(driver.clone(), adapter_config);
+    // On a Redis Cluster each room's broadcasts (the adapter's channel for the namespace, named by
+    // socketioxide-redis) and messages travel on channels of their own, on one shard.
+    driver.shard_rooms_of(vec![format!("{prefix}-request#/#"), format!("{prefix}-history")]);
     // An oversized packet closes that one connection (engine.io's max payload), not the worker.
     let max = usize::try_from(config.max_payload).unwrap_or(usize::MAX);
     let (layer, io) = SocketIo::builder()
@@ -139,11 +145,13 @@ pub async fn build(config: &Config, shared_port: bool) -> std::io::Result<Worker
         history: channel("history"),
         sync: channel("sync"),
         rates: channel("rates"),
+        link: Some(driver.clone()),
         files: Some(files.clone()),
         store,
     };
     let chat = Arc::new(chat(config, sessions(), delivered.clone(), shared));
     followers.push(tokio::spawn(chat.clone().follow(io.clone())));
+    followers.push(tokio::spawn(sweep_rooms(driver.clone(), io.clone())));
     // Before any listener serves: a reload's successor must know the calls and history first.
     chat.catch_up(CATCH_UP).await;
     realtime::register(&io, chat, config.origins.clone()).await?;
@@ -172,6 +180,21 @@ pub async fn build(config: &Config, shared_port: bool) -> std::io::Result<Worker
     let router = public_router(config, &state, layer, files);
     let admin = http::admin_router(state.clone()).with_state(state.clone());
     Ok(Worker { router, admin, state, admission, handoff, incomings, followers })
+}
+
+/// Stops hearing the rooms this worker has no socket in any more (on a Redis Cluster, see `bus`).
+async fn sweep_rooms(driver: BusDriver, io: SocketIo<Adapter>) {
+    loop {
+        tokio::time::sleep(bus::SWEEP_EVERY).await;
+        let local = async {
+            match io.local().rooms().await {
+                Ok(rooms) => rooms.into_iter().map(|room| room.to_string()).collect(),
+                // Keep everything rather than drop a room in use.
+                Err(_) => std::collections::HashSet::from_iter(driver.followed()),
+            }
+        };
+        driver.sweep(local).await;
+    }
 }
 
 /// Redis spans every host, so it replaces the local bus, which stays as its stand-in for the

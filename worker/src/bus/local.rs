@@ -126,7 +126,7 @@ async fn keep(
             }
         };
         // Follow again everything this worker follows, before anything else is sent.
-        for chan in table.channels() {
+        for chan in table.channels().0 {
             let mut body = Vec::new();
             put_str(&mut body, &chan);
             if stream.write_all(&frame(OP_SUB, &body)).await.is_err() {

@@ -9,13 +9,18 @@
 //! away it publishes there, so the workers of one host keep sharing rooms (the hosts are split
 //! until Redis is back). It follows both all along, and publishes on one at a time (Redis whenever
 //! it is up), so nothing arrives twice.
+//!
+//! On a Redis Cluster, each room's traffic has channels of its own, on one shard (see `rooms`).
 
 mod local;
 mod redis_link;
+mod rooms;
 
 pub(crate) use redis_link::RedisLink;
+pub use rooms::Hearing;
+pub(crate) use rooms::SWEEP_EVERY;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,6 +50,7 @@ struct Inner {
     link: Link,
     table: Arc<Table>,
     state: Arc<LinkState>,
+    rooms: rooms::Rooms,
 }
 
 enum Link {
@@ -71,6 +77,8 @@ impl Fallback {
 struct Table {
     /// `std::sync::Mutex`: held for an insert or a lookup, never across an await.
     subscriptions: Mutex<HashMap<String, mpsc::Sender<ChanItem>>>,
+    /// Those of them that are rooms' channels (sharded pub/sub on a Redis Cluster).
+    sharded: Mutex<HashSet<String>>,
     /// Messages dropped because a follower fell behind (shown on `/health`).
     dropped: std::sync::atomic::AtomicU64,
 }
@@ -93,8 +101,10 @@ impl Table {
         self.subscriptions.locked().contains_key(chan)
     }
 
-    fn channels(&self) -> Vec<String> {
-        self.subscriptions.locked().keys().cloned().collect()
+    /// The channels followed: the classic ones, and the rooms' (sharded).
+    fn channels(&self) -> (Vec<String>, Vec<String>) {
+        let sharded = self.sharded.locked();
+        self.subscriptions.locked().keys().cloned().partition(|chan| !sharded.contains(chan))
     }
 }
 
@@ -143,8 +153,8 @@ impl LinkState {
         *logged = Some((Instant::now(), count));
         drop(logged);
         let why = match code {
-            "MOVED" | "ASK" | "CROSSSLOT" => {
-                "REDIS_URL names a node of a Redis Cluster, which this worker does not support yet: keys of the other nodes' slots are not kept"
+            "MOVED" | "ASK" | "CROSSSLOT" | "CLUSTERDOWN" => {
+                "the Redis Cluster did not take a key (resharding, or a master down): it is not kept"
             }
             "OOM" => "Redis is out of memory (maxmemory, noeviction): guest sessions and room history are not kept",
             _ => "what the chat keeps in Redis (guest sessions, room history) was not kept",
@@ -228,7 +238,103 @@ impl BusDriver {
     }
 
     fn with(link: Link, table: Arc<Table>, state: Arc<LinkState>) -> BusDriver {
-        BusDriver { inner: Arc::new(Inner { link, table, state }) }
+        BusDriver { inner: Arc::new(Inner { link, table, state, rooms: rooms::Rooms::default() }) }
+    }
+
+    /// Names the channels whose rooms get channels of their own on a Redis Cluster: the adapter's
+    /// broadcast channel first (its requests are read to find their room), then the others.
+    pub fn shard_rooms_of(&self, families: Vec<String>) {
+        *self.inner.rooms.families.locked() = families;
+    }
+
+    /// The Redis link, when it is up and to a cluster: rooms then have channels of their own.
+    fn cluster(&self) -> Option<&RedisLink> {
+        match &self.inner.link {
+            Link::Redis(link, _) if self.inner.state.is_up() && link.is_cluster() => Some(link),
+            _ => None,
+        }
+    }
+
+    /// Makes sure this worker hears `rooms` before a socket of its own joins them: on a Redis
+    /// Cluster, subscribes to their channels (and waits for Redis to confirm); elsewhere, nothing
+    /// to do. Hold the guard until the socket has joined (see `rooms::Rooms::gate`).
+    pub async fn follow(&self, rooms: &[String]) -> tokio::sync::MutexGuard<'_, ()> {
+        let gate = self.inner.rooms.gate.lock().await;
+        let Link::Redis(redis, _) = &self.inner.link else { return gate };
+        let new: Vec<&String> = {
+            let mut followed = self.inner.rooms.followed.locked();
+            rooms.iter().filter(|room| followed.insert((*room).clone())).collect()
+        };
+        for room in new {
+            let channels = self.room_channels(room);
+            {
+                let table = &self.inner.table;
+                let mut subscriptions = table.subscriptions.locked();
+                let mut sharded = table.sharded.locked();
+                for (family, chan) in self.families().iter().zip(&channels) {
+                    // A family nobody follows here (yet) has nothing to hear.
+                    if let Some(sender) = subscriptions.get(family).cloned() {
+                        subscriptions.insert(chan.clone(), sender);
+                        sharded.insert(chan.clone());
+                    }
+                }
+            }
+            // Only a cluster has them; a link that is down subscribes them once it is back.
+            if redis.is_cluster() {
+                redis.ssubscribe(&channels).await;
+            }
+        }
+        gate
+    }
+
+    /// Drops the rooms no socket of this worker is in (`local`: the rooms they are in, asked once
+    /// no socket can be joining one).
+    pub async fn sweep(&self, local: impl Future<Output = HashSet<String>>) {
+        let _gate = self.inner.rooms.gate.lock().await;
+        let Link::Redis(redis, _) = &self.inner.link else { return };
+        let local = local.await;
+        let gone: Vec<String> = {
+            let mut followed = self.inner.rooms.followed.locked();
+            let gone = followed.iter().filter(|room| !local.contains(*room)).cloned().collect();
+            followed.retain(|room| local.contains(room));
+            gone
+        };
+        for room in gone {
+            let channels = self.room_channels(&room);
+            {
+                let mut subscriptions = self.inner.table.subscriptions.locked();
+                let mut sharded = self.inner.table.sharded.locked();
+                for chan in &channels {
+                    subscriptions.remove(chan);
+                    sharded.remove(chan);
+                }
+            }
+            redis.sunsubscribe(&channels).await;
+        }
+    }
+
+    /// The rooms this worker hears on channels of their own.
+    pub fn followed(&self) -> Vec<String> {
+        self.inner.rooms.followed.locked().iter().cloned().collect()
+    }
+
+    fn families(&self) -> Vec<String> {
+        self.inner.rooms.families.locked().clone()
+    }
+
+    fn room_channels(&self, room: &str) -> Vec<String> {
+        self.families().iter().map(|family| rooms::channel(family, room)).collect()
+    }
+
+    /// Publishes on `family`'s channel, or on a cluster on `room`'s channel of that family.
+    pub fn publish_in(&self, family: &str, room: &str, val: Vec<u8>) -> Result<(), BusError> {
+        match self.cluster() {
+            Some(redis) if self.fallback().is_none() => {
+                redis.spublish(rooms::channel(family, room), val);
+                Ok(())
+            }
+            _ => self.publish_now(family.to_owned(), val),
+        }
     }
 
     /// No other worker can hear this one: run alone, or every link is down.
@@ -284,6 +390,13 @@ impl Driver for BusDriver {
     type Error = BusError;
 
     async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), BusError> {
+        // On a cluster, a broadcast to one room goes on that room's channel.
+        if self.cluster().is_some()
+            && self.inner.rooms.families.locked().first() == Some(&chan)
+            && let Some(room) = rooms::room_of(&val)
+        {
+            return self.publish_in(&chan, &room, val);
+        }
         self.publish_now(chan, val)
     }
 
@@ -372,9 +485,19 @@ impl Channel {
     }
 
     pub fn tell<T: serde::Serialize>(&self, value: &T) {
+        self.tell_with(value, |data| self.driver.publish_now(self.name.clone(), data));
+    }
+
+    /// [`Channel::tell`] what concerns `room` only: on a Redis Cluster it goes on the room's own
+    /// channel (the workers with a member there hear it, see `rooms`), elsewhere to every worker.
+    pub fn tell_in<T: serde::Serialize>(&self, room: &str, value: &T) {
+        self.tell_with(value, |data| self.driver.publish_in(&self.name, room, data));
+    }
+
+    fn tell_with<T: serde::Serialize>(&self, value: &T, publish: impl FnOnce(Vec<u8>) -> Result<(), BusError>) {
         match serde_json::to_vec(value) {
             Ok(data) => {
-                if let Err(e) = self.driver.publish_now(self.name.clone(), data) {
+                if let Err(e) = publish(data) {
                     tracing::warn!(channel = %self.name, error = %e, "cannot tell the other workers");
                 }
             }

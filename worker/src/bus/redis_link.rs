@@ -1,25 +1,29 @@
-//! The link to Redis: pub/sub for the adapter and the shared channels, plus the few keys this app
-//! keeps there (sessions, history streams).
+//! The link to Redis (one server or a Redis Cluster, see `redis_conn`): pub/sub for the adapter and
+//! the shared channels, plus the few keys this app keeps there (sessions, history streams).
 //!
 //! socketioxide-redis ships a Redis driver, but it takes one connection at start and has no way back
 //! when it drops: a worker could neither start while Redis is down nor rejoin when it returns, which
 //! the chat needs. Here one task owns the connection: it connects (RESP3, so subscriptions and
-//! commands share one multiplexed connection), subscribes to every channel in the table, watches
-//! the connection (the library's disconnection notice, and a PING a second), and on loss marks the
-//! link down and reconnects with a backoff up to 2 s. While down, the driver is a bus of one.
+//! commands share one multiplexed connection), subscribes to every channel in the table (a room's
+//! channels with sharded pub/sub on a cluster), watches the connection (the library's disconnection
+//! notice, and a PING a second, to every master of a cluster), and on loss marks the link down and
+//! reconnects with a backoff up to 2 s. While down, the driver is a bus of one. A cluster's master
+//! that fails is such a loss until its replica takes over: the same rules as a Redis outage.
 //!
 //! Writes leave through one queue, pipelined in batches: a worker's publications reach Redis in the
-//! order it made them, and a burst costs one round trip instead of one each.
+//! order it made them, and a burst costs one round trip instead of one each (on a cluster, one per
+//! slot of the batch, sent together: the order holds within each channel and key).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_shared::sync::Locked;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, FromRedisValue, ProtocolVersion, PushInfo, PushKind};
+use redis::{FromRedisValue, PushInfo, PushKind};
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::{LinkState, Table};
+use crate::redis_conn::{Conn, Settings, Target, slot_of};
 
 /// Longest wait for a connection attempt.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -32,29 +36,55 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const BATCH: usize = 512;
 
 pub(crate) struct RedisLink {
-    conn: Arc<Mutex<Option<MultiplexedConnection>>>,
+    conn: Slot,
     writes: mpsc::UnboundedSender<Write>,
     state: Arc<LinkState>,
+    /// Whether the connection is to a Redis Cluster (rooms then have channels of their own).
+    cluster: Arc<AtomicBool>,
 }
+
+type Slot = Arc<Mutex<Option<Conn>>>;
 
 enum Write {
     /// Kept apart from other commands: a publication that may not have reached Redis is still
-    /// delivered to this worker's own followers, as in a bus of one.
-    Publish(String, Vec<u8>),
+    /// delivered to this worker's own followers, as in a bus of one. `true`: sharded (`SPUBLISH`).
+    Publish(String, Vec<u8>, bool),
     Command(redis::Cmd),
+}
+
+impl Write {
+    fn command(&self) -> redis::Cmd {
+        match self {
+            Write::Publish(chan, data, sharded) => {
+                redis::cmd(if *sharded { "SPUBLISH" } else { "PUBLISH" }).arg(chan).arg(data.as_slice()).clone()
+            }
+            Write::Command(cmd) => cmd.clone(),
+        }
+    }
+
+    /// The cluster slot it goes to (`None`: any node).
+    fn slot(&self) -> Option<redis::cluster_routing::Slot> {
+        match self {
+            Write::Publish(chan, _, true) => Some(redis::cluster_routing::Slot::for_key(chan)),
+            Write::Publish(_, _, false) => None,
+            Write::Command(cmd) => slot_of(cmd),
+        }
+    }
 }
 
 impl RedisLink {
     pub(super) async fn start(url: &str, table: Arc<Table>, state: Arc<LinkState>, first_try: Duration) -> RedisLink {
-        let conn: Arc<Mutex<Option<MultiplexedConnection>>> = Arc::default();
+        let conn: Slot = Arc::default();
+        let cluster = Arc::new(AtomicBool::new(false));
         let (writes, queue) = mpsc::unbounded_channel();
         // `None` until the first attempt is over, then whether the link is up.
         let (up_tx, mut up_rx) = watch::channel(None);
         let write_failed = Arc::new(Notify::new());
         tokio::spawn(write(queue, conn.clone(), table.clone(), state.clone(), write_failed.clone()));
-        match client(url) {
-            Ok(client) => {
-                tokio::spawn(supervise(client, conn.clone(), table, state.clone(), write_failed, up_tx));
+        match Target::parse(url) {
+            Ok(target) => {
+                let link = Link { slot: conn.clone(), cluster: cluster.clone(), table, state: state.clone() };
+                tokio::spawn(supervise(target, link, write_failed, up_tx));
                 // Refused or not connected in time: start anyway, degraded; the task keeps trying.
                 let _ = tokio::time::timeout(first_try, up_rx.wait_for(Option::is_some)).await;
             }
@@ -64,15 +94,25 @@ impl RedisLink {
                 tracing::error!(error = %e, "cannot use REDIS_URL: rooms stay on this worker");
             }
         }
-        RedisLink { conn, writes, state }
+        RedisLink { conn, writes, state, cluster }
     }
 
-    fn connection(&self) -> Option<MultiplexedConnection> {
+    fn connection(&self) -> Option<Conn> {
         self.conn.locked().clone()
     }
 
+    /// Whether the link is to a Redis Cluster: rooms then have channels of their own.
+    pub(super) fn is_cluster(&self) -> bool {
+        self.cluster.load(Ordering::Relaxed)
+    }
+
     pub(super) fn publish(&self, chan: String, val: Vec<u8>) {
-        let _ = self.writes.send(Write::Publish(chan, val));
+        let _ = self.writes.send(Write::Publish(chan, val, false));
+    }
+
+    /// Publishes on a room's channel of a cluster, which only its shard carries.
+    pub(super) fn spublish(&self, chan: String, val: Vec<u8>) {
+        let _ = self.writes.send(Write::Publish(chan, val, true));
     }
 
     /// Queues a command after every write queued before it; its answer is ignored and a failure
@@ -100,7 +140,7 @@ impl RedisLink {
 
     pub(super) async fn subscribe(&self, chan: String) {
         let Some(mut conn) = self.connection() else { return };
-        if let Err(e) = conn.subscribe(&chan).await {
+        if let Err(e) = conn.subscribe(std::slice::from_ref(&chan)).await {
             // The supervising task resubscribes every channel when the connection comes back.
             tracing::debug!(channel = %chan, error = %e, "subscribing failed");
         }
@@ -108,7 +148,22 @@ impl RedisLink {
 
     pub(super) async fn unsubscribe(&self, chan: String) {
         let Some(mut conn) = self.connection() else { return };
-        let _ = conn.unsubscribe(&chan).await;
+        let _ = conn.unsubscribe(&[chan]).await;
+    }
+
+    /// Follows a room's channels (a cluster's sharded pub/sub; nothing on a single Redis, where
+    /// rooms share their namespace's channel). Returns once Redis confirmed, or failed: then the
+    /// supervising task subscribes them with everything else when the connection comes back.
+    pub(super) async fn ssubscribe(&self, channels: &[String]) {
+        let Some(mut conn) = self.connection() else { return };
+        if let Err(e) = conn.ssubscribe(channels).await {
+            tracing::debug!(?channels, error = %e, "subscribing to a room's channels failed");
+        }
+    }
+
+    pub(super) async fn sunsubscribe(&self, channels: &[String]) {
+        let Some(mut conn) = self.connection() else { return };
+        let _ = conn.sunsubscribe(channels).await;
     }
 
     pub(super) async fn listeners(&self, chan: &str) -> Option<u16> {
@@ -117,61 +172,73 @@ impl RedisLink {
     }
 }
 
-fn client(url: &str) -> redis::RedisResult<Client> {
-    let info = redis::IntoConnectionInfo::into_connection_info(url)?;
-    let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
-    Client::open(info.set_redis_settings(settings))
+/// What the supervising task keeps up to date.
+struct Link {
+    slot: Slot,
+    cluster: Arc<AtomicBool>,
+    table: Arc<Table>,
+    state: Arc<LinkState>,
+}
+
+impl Link {
+    /// Subscribes a new connection to every channel of the table, each room's on its shard.
+    async fn subscribe_all(&self, conn: &mut Conn) -> redis::RedisResult<()> {
+        let (classic, sharded) = self.table.channels();
+        if !classic.is_empty() {
+            conn.subscribe(&classic).await?;
+        }
+        if !sharded.is_empty() {
+            conn.ssubscribe(&sharded).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Owns the connection: connects, resubscribes, watches, and reconnects when it is lost.
-async fn supervise(
-    client: Client,
-    slot: Arc<Mutex<Option<MultiplexedConnection>>>,
-    table: Arc<Table>,
-    state: Arc<LinkState>,
-    write_failed: Arc<Notify>,
-    up: watch::Sender<Option<bool>>,
-) {
+async fn supervise(target: Target, link: Link, write_failed: Arc<Notify>, up: watch::Sender<Option<bool>>) {
     let mut backoff = Duration::from_millis(100);
     let mut attempts: u32 = 0;
-    let address = client.get_connection_info().addr().to_string();
+    let address = target.address();
     loop {
         let closed = Arc::new(Notify::new());
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_push_sender(pushes(table.clone(), closed.clone()));
-        let connected = match client.get_multiplexed_async_connection_with_config(&config).await {
+        let settings = Settings {
+            connect_timeout: CONNECT_TIMEOUT,
+            response_timeout: RESPONSE_TIMEOUT,
+            pushes: Some(pushes(link.table.clone(), closed.clone())),
+        };
+        let connected = match target.connect(&settings).await {
             Ok(mut conn) => {
-                *slot.locked() = Some(conn.clone());
+                link.cluster.store(conn.is_cluster(), Ordering::Relaxed);
+                *link.slot.locked() = Some(conn.clone());
                 // After the slot is set: a subscription made meanwhile is either in this list or
                 // made on the new connection by `subscribe` itself.
-                let channels = table.channels();
-                match if channels.is_empty() { Ok(()) } else { conn.subscribe(&channels).await } {
-                    Ok(()) => Ok(conn),
-                    Err(e) => Err(e),
+                match link.subscribe_all(&mut conn).await {
+                    // A cluster with a master down is not up yet (its replica has not taken over).
+                    Ok(()) => conn.check().await.map(|()| conn),
+                    Err(e) => Err(e.to_string()),
                 }
             }
-            Err(e) => Err(e),
+            Err(e) => Err(e.to_string()),
         };
         match connected {
             Ok(mut conn) => {
-                let was_down = state.down_for();
-                state.set_up();
+                let was_down = link.state.down_for();
+                link.state.set_up();
                 let _ = up.send(Some(true));
+                let kind = if conn.is_cluster() { "a Redis Cluster" } else { "Redis" };
                 match was_down {
                     Some(down) if attempts > 0 => tracing::info!(
                         redis = %address,
                         down_ms = down.as_millis() as u64,
-                        "Redis is back: rooms are shared with the other workers again"
+                        "{kind} is back: rooms are shared with the other workers again"
                     ),
-                    _ => tracing::info!(redis = %address, "connected to Redis: rooms are shared through it"),
+                    _ => tracing::info!(redis = %address, "connected to {kind}: rooms are shared through it"),
                 }
                 attempts = 0;
                 backoff = Duration::from_millis(100);
                 let why = watch_connection(&mut conn, &closed, &write_failed).await;
-                *slot.locked() = None;
-                state.set_down(why.clone());
+                *link.slot.locked() = None;
+                link.state.set_down(why.clone());
                 let _ = up.send(Some(false));
                 tracing::warn!(
                     redis = %address,
@@ -180,8 +247,8 @@ async fn supervise(
                 );
             }
             Err(e) => {
-                *slot.locked() = None;
-                state.set_down(e.to_string());
+                *link.slot.locked() = None;
+                link.state.set_down(e.clone());
                 let _ = up.send(Some(false));
                 // The first failure, then one line every ~minute: a long outage must not flood the log.
                 if attempts.is_multiple_of(30) {
@@ -197,46 +264,51 @@ async fn supervise(
 }
 
 /// Returns why the connection is no longer usable.
-async fn watch_connection(conn: &mut MultiplexedConnection, closed: &Notify, write_failed: &Notify) -> String {
+async fn watch_connection(conn: &mut Conn, closed: &Notify, write_failed: &Notify) -> String {
     loop {
         tokio::select! {
             () = closed.notified() => return "the connection closed".into(),
             () = write_failed.notified() => {}
             () = tokio::time::sleep(PING_EVERY) => {}
         }
-        if let Err(e) = redis::cmd("PING").query_async::<()>(conn).await {
-            return e.to_string();
+        if let Err(why) = conn.check().await {
+            return why;
         }
     }
 }
 
-/// Where the connection's push messages go: publications to the table, the library's disconnection
-/// notice to the supervising task.
-fn pushes(table: Arc<Table>, closed: Arc<Notify>) -> impl Fn(PushInfo) -> Result<(), std::convert::Infallible> {
-    move |push: PushInfo| {
-        match push.kind {
-            PushKind::Message => {
-                let mut data = push.data.into_iter();
-                if let (Some(chan), Some(message)) = (data.next(), data.next())
-                    && let (Ok(chan), Ok(message)) =
-                        (String::from_redis_value(chan), Vec::<u8>::from_redis_value(message))
-                {
-                    table.deliver(chan, message);
-                }
+/// Where the connection's push messages go: publications (sharded ones too) to the table, the
+/// library's disconnection notice to the supervising task.
+fn pushes(table: Arc<Table>, closed: Arc<Notify>) -> crate::redis_conn::Pushes {
+    Arc::new(move |push: PushInfo| match push.kind {
+        PushKind::Message | PushKind::SMessage => {
+            let mut data = push.data.into_iter();
+            if let (Some(chan), Some(message)) = (data.next(), data.next())
+                && let (Ok(chan), Ok(message)) = (String::from_redis_value(chan), Vec::<u8>::from_redis_value(message))
+            {
+                table.deliver(chan, message);
             }
-            PushKind::Disconnection => closed.notify_one(),
-            _ => {}
         }
-        Ok(())
-    }
+        PushKind::Disconnection => closed.notify_one(),
+        _ => {}
+    })
+}
+
+/// What became of one write.
+enum Outcome {
+    Done,
+    /// Redis answered with an error (out of memory, ...).
+    Refused(redis::RedisError),
+    /// No answer: the connection failed (or there is none).
+    Lost(String),
 }
 
 /// Sends queued writes in order, pipelined in batches. A command Redis refuses is noted (see
-/// `LinkState::refused`) and the others of its batch still count; a publication Redis refused is
-/// delivered here, as when the link is down.
+/// `LinkState::refused`) and the others of its batch still count; a publication that did not reach
+/// Redis is delivered here, as when the link is down.
 async fn write(
     mut queue: mpsc::UnboundedReceiver<Write>,
-    slot: Arc<Mutex<Option<MultiplexedConnection>>>,
+    slot: Slot,
     table: Arc<Table>,
     state: Arc<LinkState>,
     failed: Arc<Notify>,
@@ -244,46 +316,72 @@ async fn write(
     let mut batch = Vec::with_capacity(BATCH);
     while queue.recv_many(&mut batch, BATCH).await > 0 {
         let conn = slot.locked().clone();
-        let result = match conn {
-            Some(mut conn) => {
-                let mut pipe = redis::pipe();
-                // One result per command, refusals among them, rather than one error for all.
-                pipe.ignore_errors();
-                for write in &batch {
-                    match write {
-                        Write::Publish(chan, data) => pipe.cmd("PUBLISH").arg(chan).arg(data.as_slice()),
-                        Write::Command(cmd) => pipe.add_command(cmd.clone()),
-                    };
-                }
-                pipe.query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut conn).await.map_err(|e| e.to_string())
-            }
-            None => Err("not connected".to_owned()),
+        let outcomes = match conn {
+            Some(conn) => send(conn, &batch).await,
+            None => batch.iter().map(|_| Outcome::Lost("not connected".to_owned())).collect(),
         };
+        let mut lost = 0;
+        for (write, outcome) in batch.drain(..).zip(outcomes) {
+            match outcome {
+                Outcome::Done => continue,
+                Outcome::Refused(e) => state.refused(&command_name(&write.command()), &e),
+                Outcome::Lost(why) => {
+                    if lost == 0 {
+                        tracing::debug!(error = %why, "writes to Redis failed");
+                    }
+                    lost += 1;
+                }
+            }
+            if let Write::Publish(chan, data, _) = write {
+                table.deliver(chan, data);
+            }
+        }
+        if lost > 0 {
+            failed.notify_one();
+        }
+    }
+}
+
+/// Sends a batch as one pipeline, or on a cluster one pipeline per slot (sent together): each
+/// write's outcome, in the batch's order.
+async fn send(conn: Conn, batch: &[Write]) -> Vec<Outcome> {
+    let mut groups: Vec<(Option<redis::cluster_routing::Slot>, Vec<usize>)> = Vec::new();
+    for (i, write) in batch.iter().enumerate() {
+        let slot = if conn.is_cluster() { write.slot() } else { None };
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((slot, vec![i])),
+        }
+    }
+    let sent = futures_util::future::join_all(groups.iter().map(|(_, members)| {
+        let mut conn = conn.clone();
+        let mut pipe = redis::pipe();
+        // One result per command, refusals among them, rather than one error for all.
+        pipe.ignore_errors();
+        for &i in members {
+            pipe.add_command(batch[i].command());
+        }
+        async move { pipe.query_async::<Vec<redis::RedisResult<redis::Value>>>(&mut conn).await }
+    }))
+    .await;
+    let mut outcomes: Vec<Outcome> = batch.iter().map(|_| Outcome::Done).collect();
+    for ((_, members), result) in groups.iter().zip(sent) {
         match result {
             Ok(results) => {
-                for (write, result) in batch.drain(..).zip(results) {
-                    let Err(e) = result else { continue };
-                    match write {
-                        Write::Publish(chan, data) => {
-                            state.refused("PUBLISH", &e);
-                            table.deliver(chan, data);
-                        }
-                        Write::Command(cmd) => state.refused(&command_name(&cmd), &e),
+                for (&i, result) in members.iter().zip(results) {
+                    if let Err(e) = result {
+                        outcomes[i] = Outcome::Refused(e);
                     }
                 }
             }
             Err(e) => {
-                tracing::debug!(error = %e, writes = batch.len(), "writes to Redis failed");
-                failed.notify_one();
-                for write in batch.drain(..) {
-                    if let Write::Publish(chan, data) = write {
-                        table.deliver(chan, data);
-                    }
+                for &i in members {
+                    outcomes[i] = Outcome::Lost(e.to_string());
                 }
             }
         }
-        batch.clear();
     }
+    outcomes
 }
 
 /// A command's name, for what a refusal says.

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use futures_util::StreamExt;
-use redis::aio::MultiplexedConnection;
+
+use crate::redis_conn::{Conn, Settings, Target};
 
 use super::kept::{ByteStream, Lookup, Meta, Refused, Usage};
 
@@ -85,9 +86,9 @@ pub(super) struct InRedis {
 }
 
 struct Inner {
-    client: redis::Client,
+    target: Target,
     /// Connected on first use, dropped when it fails (the next use connects again).
-    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    conn: tokio::sync::Mutex<Option<Conn>>,
     prefix: String,
     grace_ms: u64,
 }
@@ -102,7 +103,7 @@ impl InRedis {
     pub(super) fn new(url: &str, app: &str, retention: Duration) -> redis::RedisResult<InRedis> {
         Ok(InRedis {
             inner: Arc::new(Inner {
-                client: redis::Client::open(url)?,
+                target: Target::parse(url)?,
                 conn: tokio::sync::Mutex::default(),
                 prefix: format!("chat:{app}"),
                 grace_ms: GRACE.min(retention).as_millis() as u64,
@@ -110,15 +111,13 @@ impl InRedis {
         })
     }
 
-    async fn conn(&self) -> std::io::Result<MultiplexedConnection> {
+    async fn conn(&self) -> std::io::Result<Conn> {
         let mut slot = self.inner.conn.lock().await;
         if let Some(conn) = slot.as_ref() {
             return Ok(conn.clone());
         }
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT));
-        let conn = self.inner.client.get_multiplexed_async_connection_with_config(&config).await.map_err(io)?;
+        let settings = Settings { connect_timeout: TIMEOUT, response_timeout: TIMEOUT, pushes: None };
+        let conn = self.inner.target.connect(&settings).await.map_err(io)?;
         *slot = Some(conn.clone());
         Ok(conn)
     }

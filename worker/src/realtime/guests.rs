@@ -6,7 +6,7 @@ use socketioxide::extract::SocketRef;
 
 use super::protocol::ChatError;
 use super::rules::{INTERNAL, MAX_NAME_CHARS, valid_name};
-use crate::bus::Adapter;
+use crate::bus::{Adapter, Hearing};
 
 /// A guest: who a socket is, once it has joined with a display name.
 #[derive(Clone, Debug, Serialize)]
@@ -25,7 +25,13 @@ pub(super) fn guest_room(id: &str) -> String {
     format!("{INTERNAL}guest:{id}")
 }
 
-pub(super) fn join_guest(socket: &SocketRef<Adapter>, join: JoinGuest) -> Result<Guest, ChatError> {
+/// Makes the socket a guest (or renames it): in its guest's room (DMs and calls reach it there)
+/// and the room that names it.
+pub(super) async fn join_guest(
+    socket: &SocketRef<Adapter>,
+    hearing: &Hearing,
+    join: JoinGuest,
+) -> Result<Guest, ChatError> {
     let name = join.name.trim();
     if !valid_name(name) {
         return Err(ChatError::BadName { max: MAX_NAME_CHARS });
@@ -38,7 +44,8 @@ pub(super) fn join_guest(socket: &SocketRef<Adapter>, join: JoinGuest) -> Result
         }
         None => Guest { id: format!("g_{}", socket.id), name: name.to_owned() },
     };
-    socket.join(guest_room(&guest.id));
+    hearing.join(socket, &[guest_room(&guest.id)]).await;
+    // Never broadcast to (only asked which rooms its sockets are in): not a room to hear.
     socket.join(who_room(&guest));
     socket.extensions.insert(guest.clone());
     Ok(guest)

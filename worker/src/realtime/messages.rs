@@ -187,7 +187,7 @@ impl Messages {
                 // worker could reach the bus first (a late joiner recovered the two the wrong way round).
                 let (tx, rx) = oneshot::channel();
                 self.ordering().insert(id.to_owned(), tx);
-                bus.tell(&ToldMessage { room: room.to_owned(), id: id.to_owned(), message });
+                bus.tell_in(room, &ToldMessage { room: room.to_owned(), id: id.to_owned(), message });
                 if tokio::time::timeout(ORDERED_WITHIN, rx).await.is_err() {
                     self.ordering().remove(id);
                     tracing::debug!(room, id, "a message did not come back from the bus in time: acknowledged anyway");

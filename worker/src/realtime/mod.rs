@@ -106,6 +106,8 @@ pub struct Shared {
     pub sync: Channel,
     /// Where workers tell each other what busy client addresses spent (see `limits`).
     pub rates: Channel,
+    /// The link itself, which must hear a room before a socket of this worker joins it.
+    pub link: Option<crate::bus::BusDriver>,
     /// Redis itself (sessions, history streams), when the app has `REDIS_URL`.
     pub store: Option<Store>,
     /// Shared files, which a message may carry.
@@ -123,12 +125,13 @@ impl Chat {
         ice: IceConfig,
         shared: Option<Shared>,
     ) -> Chat {
-        let (calls_bus, history_bus, sync_bus, rates_bus, store, files) = match shared {
-            Some(Shared { calls, history, sync, rates, store, files }) => {
-                (Some(calls), Some(history), Some(sync), Some(rates), store, files)
+        let (calls_bus, history_bus, sync_bus, rates_bus, link, store, files) = match shared {
+            Some(Shared { calls, history, sync, rates, link, store, files }) => {
+                (Some(calls), Some(history), Some(sync), Some(rates), link, store, files)
             }
-            None => (None, None, None, None, None, None),
+            None => (None, None, None, None, None, None, None),
         };
+        let hearing = crate::bus::Hearing(link);
         let throttle = Arc::new(Throttle::new(&limits, rates_bus));
         let messages = Arc::new(Messages::new(instance, history, history_bus, store.clone(), files, delivered));
         let calls = Arc::new(Calls::shared(calls_bus, limits.call_ring));
@@ -140,12 +143,14 @@ impl Chat {
                 throttle: throttle.clone(),
                 presence: presence.clone(),
                 messages: messages.clone(),
+                hearing: hearing.clone(),
             }),
             rooms: Arc::new(RoomEvents {
                 throttle: throttle.clone(),
                 presence: presence.clone(),
                 messages: messages.clone(),
                 identity: identity.clone(),
+                hearing,
             }),
             posts: Arc::new(MessageEvents { throttle: throttle.clone(), messages: messages.clone() }),
             calling: Arc::new(CallEvents {

@@ -15,7 +15,7 @@ use super::protocol::{self, ChatError, Reply, event};
 use super::rules::{INTERNAL, MAX_ROOM_CHARS, MAX_ROOMS, valid_room};
 use super::sessions::Identity;
 use super::throttle::{Spend, Throttle};
-use crate::bus::Adapter;
+use crate::bus::{Adapter, Hearing};
 
 #[derive(Debug, Deserialize)]
 struct RoomChange {
@@ -37,6 +37,7 @@ pub(super) struct RoomEvents {
     pub(super) presence: Arc<Presence>,
     pub(super) messages: Arc<Messages>,
     pub(super) identity: Arc<Identity>,
+    pub(super) hearing: Hearing,
 }
 
 impl RoomEvents {
@@ -67,7 +68,7 @@ async fn change(
         if mine >= MAX_ROOMS {
             return Err(ChatError::TooManyRooms { max: MAX_ROOMS });
         }
-        socket.join(room.clone());
+        ev.hearing.join(&socket, std::slice::from_ref(&room)).await;
     } else {
         socket.leave(room.clone());
     }

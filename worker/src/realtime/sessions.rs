@@ -18,7 +18,7 @@ use super::presence::Presence;
 use super::protocol::{self, ChatError, Reply, event};
 use super::rules::{INTERNAL, MAX_ROOMS, valid_room};
 use super::throttle::{Spend, Throttle};
-use crate::bus::Adapter;
+use crate::bus::{Adapter, Hearing};
 use crate::session::{Claims, Sessions, TokenError};
 use crate::store::Store;
 
@@ -96,6 +96,7 @@ pub(super) struct SessionEvents {
     pub(super) throttle: Arc<Throttle>,
     pub(super) presence: Arc<Presence>,
     pub(super) messages: Arc<Messages>,
+    pub(super) hearing: Hearing,
 }
 
 impl SessionEvents {
@@ -108,7 +109,7 @@ impl SessionEvents {
 /// which worker of a cluster serves it.
 async fn join(socket: SocketRef<Adapter>, ev: Arc<SessionEvents>, data: Result<JoinGuest, ParserError>) -> Reply {
     ev.throttle.spend(&socket, Spend::Join)?;
-    let guest = join_guest(&socket, protocol::payload(data, "{name}")?)?;
+    let guest = join_guest(&socket, &ev.hearing, protocol::payload(data, "{name}")?).await?;
     let token = ev.identity.send_session(&socket);
     Ok(json!({ "ok": true, "guest": guest, "instance": ev.identity.instance.as_deref(), "token": token }))
 }
@@ -121,7 +122,7 @@ pub(super) async fn admit(socket: &SocketRef<Adapter>, ev: &SessionEvents, auth:
     if let Some(token) = auth.token.as_deref() {
         match ev.identity.resume(token).await {
             Ok(claims) => {
-                socket.extensions.insert(resume_rooms(socket, claims, &ev.throttle));
+                socket.extensions.insert(resume_rooms(socket, claims, ev).await);
             }
             Err(e) => {
                 tracing::debug!(sid = %socket.id, error = %e, "session refused");
@@ -131,7 +132,7 @@ pub(super) async fn admit(socket: &SocketRef<Adapter>, ev: &SessionEvents, auth:
     }
     if let (Some(name), None) = (auth.name, socket.extensions.get::<Guest>()) {
         // A bad name in `auth` is ignored here; the client can still `guest:join`.
-        if join_guest(socket, JoinGuest { name }).is_ok() {
+        if join_guest(socket, &ev.hearing, JoinGuest { name }).await.is_ok() {
             socket.extensions.insert(Restored::default());
         }
     }
@@ -171,17 +172,16 @@ pub(super) async fn welcome(socket: &SocketRef<Adapter>, ev: &SessionEvents, sin
 }
 
 /// Puts a returning guest back: who it is and its rooms (within the restore budget).
-fn resume_rooms(socket: &SocketRef<Adapter>, claims: Claims, throttle: &Throttle) -> Restored {
+async fn resume_rooms(socket: &SocketRef<Adapter>, claims: Claims, ev: &SessionEvents) -> Restored {
     let guest = Guest { id: claims.id, name: claims.name };
     tracing::debug!(sid = %socket.id, guest = %guest.id, rooms = claims.rooms.len(), "session restored");
-    socket.join(guest_room(&guest.id));
+    let mut rooms: Vec<String> = claims.rooms.into_iter().filter(|r| valid_room(r)).take(MAX_ROOMS).collect();
+    let granted = ev.throttle.restores(&guest.id, rooms.len());
+    let skipped = rooms.split_off(granted.min(rooms.len()));
+    let mut heard = vec![guest_room(&guest.id)];
+    heard.extend(rooms.iter().cloned());
+    ev.hearing.join(socket, &heard).await;
     socket.join(who_room(&guest));
     socket.extensions.insert(guest.clone());
-    let mut rooms: Vec<String> = claims.rooms.into_iter().filter(|r| valid_room(r)).take(MAX_ROOMS).collect();
-    let granted = throttle.restores(&guest.id, rooms.len());
-    let skipped = rooms.split_off(granted.min(rooms.len()));
-    for room in &rooms {
-        socket.join(room.clone());
-    }
     Restored { rooms, skipped }
 }

@@ -1,0 +1,130 @@
+//! Rooms with channels of their own, on a Redis Cluster.
+//!
+//! socketioxide-redis publishes every broadcast of a namespace on one channel, and this app every
+//! room message on one more: on a cluster, classic pub/sub is forwarded to every node, so each node
+//! would carry every room, and adding shards would add no capacity. There, a room's traffic goes
+//! instead on channels of its own, through sharded pub/sub (`SPUBLISH`): one per *family* (the
+//! adapter's broadcasts, the room messages), named `{family}{room}` with the room as the hash
+//! tag, so that a room's channels live on one shard and rooms spread over the shards. A worker
+//! subscribes to a room's channels (`SSUBSCRIBE`) before its first socket joins the room, and drops
+//! them once no socket of its own is in it (a sweep, [`SWEEP_EVERY`]): a worker hears only the
+//! rooms its clients are in.
+//!
+//! What still goes on the namespace's channel: broadcasts to several rooms at once (a direct
+//! message: the two guests' rooms), to everyone, and the adapter's requests that expect answers
+//! from every worker (member lists, `fetch_sockets`): a receiver must answer them whether or not it
+//! has a member.
+//!
+//! Elsewhere (a single Redis, the local bus, a bus of one) nothing changes: rooms share their
+//! namespace's channel.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use socketioxide::extract::SocketRef;
+
+use super::{Adapter, BusDriver};
+
+/// How often rooms no socket of this worker is in any more are dropped.
+pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// This worker's link to the others, which must hear a room before a socket of its own joins it:
+/// on a Redis Cluster each room has channels of its own, subscribed to on the first join (see
+/// this module). Without a link (a worker of its own), joining is just joining.
+#[derive(Clone, Default)]
+pub struct Hearing(pub Option<BusDriver>);
+
+impl Hearing {
+    /// Puts `socket` in `rooms`, once this worker hears them.
+    pub async fn join(&self, socket: &SocketRef<Adapter>, rooms: &[String]) {
+        let _gate = match &self.0 {
+            Some(bus) => Some(bus.follow(rooms).await),
+            None => None,
+        };
+        for room in rooms {
+            socket.join(room.clone());
+        }
+    }
+}
+
+/// The channel of `room` in `family` (the hash tag: the room's channels share a shard).
+pub(super) fn channel(family: &str, room: &str) -> String {
+    format!("{family}{{{room}}}")
+}
+
+/// What this worker follows.
+#[derive(Default)]
+pub(super) struct Rooms {
+    /// The channels whose rooms have channels of their own: the adapter's broadcasts (set first:
+    /// its requests are read to find their room) and the room messages.
+    pub(super) families: Mutex<Vec<String>>,
+    /// The rooms whose channels this worker is subscribed to.
+    pub(super) followed: Mutex<HashSet<String>>,
+    /// Held while a socket joins a room (from before the subscription until the join) and while
+    /// the sweep runs, so that the sweep never drops a room a socket is joining.
+    pub(super) gate: tokio::sync::Mutex<()>,
+}
+
+/// The room an adapter request sent on `chan` is for, if it is a broadcast to exactly one room:
+/// then it may go on that room's channel instead. Requests that expect an answer from every
+/// worker, or go to several rooms or to all, stay on the namespace's channel.
+pub(super) fn room_of(request: &[u8]) -> Option<String> {
+    /// socketioxide-core's `RequestOut`, as MessagePack writes it (an array in field order):
+    /// node id, request id, type, packet, rooms, options, and sometimes an ack timeout.
+    #[derive(Deserialize)]
+    struct Request(IgnoredAny, IgnoredAny, u8, IgnoredAny, IgnoredAny, Option<Options>, #[serde(default)] IgnoredAny);
+    /// `BroadcastOptions`: flags, rooms, except, sid, server id.
+    #[derive(Deserialize)]
+    struct Options(IgnoredAny, Vec<String>, IgnoredAny, IgnoredAny, Option<IgnoredAny>);
+    /// `RequestTypeOut::Broadcast` (no acknowledgement: no answer expected).
+    const BROADCAST: u8 = 0;
+
+    let Request(_, _, kind, _, _, options, _) = rmp_serde::from_slice(request).ok()?;
+    let Options(_, mut rooms, _, _, server) = options?;
+    // A broadcast aimed at one worker (`server_id`) goes to that worker's channel.
+    if kind != BROADCAST || rooms.len() != 1 || server.is_some() {
+        return None;
+    }
+    rooms.pop()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+
+    use socketioxide_core::Uid;
+    use socketioxide_core::adapter::BroadcastOptions;
+    use socketioxide_core::adapter::remote_packet::{RequestOut, RequestTypeOut};
+    use socketioxide_core::packet::Packet;
+
+    use super::*;
+
+    fn encoded(kind: RequestTypeOut<'_>, rooms: &[&'static str]) -> Vec<u8> {
+        let mut opts = BroadcastOptions::default();
+        opts.rooms = rooms.iter().map(|r| Cow::Borrowed(*r)).collect();
+        let request = RequestOut::new(Uid::new(), kind, &opts);
+        rmp_serde::to_vec(&request).expect("encode")
+    }
+
+    #[test]
+    fn a_broadcast_to_one_room_is_read_as_that_rooms_and_nothing_else_is() {
+        let packet = Packet::event("/", socketioxide_core::Value::Str("hi".into(), None));
+        assert_eq!(room_of(&encoded(RequestTypeOut::Broadcast(&packet), &["lobby"])).as_deref(), Some("lobby"));
+        assert_eq!(room_of(&encoded(RequestTypeOut::Broadcast(&packet), &["a", "b"])), None, "a direct message");
+        assert_eq!(room_of(&encoded(RequestTypeOut::Broadcast(&packet), &[])), None, "to everyone");
+        assert_eq!(room_of(&encoded(RequestTypeOut::BroadcastWithAck(&packet), &["lobby"])), None, "answers expected");
+        assert_eq!(room_of(&encoded(RequestTypeOut::AllRooms, &["lobby"])), None, "a member list");
+        assert_eq!(room_of(&encoded(RequestTypeOut::FetchSockets, &["lobby"])), None);
+        assert_eq!(room_of(b"not msgpack"), None);
+    }
+
+    #[test]
+    fn a_rooms_channels_share_its_hash_tag() {
+        assert_eq!(channel("socket.io/chat-request#/#", "lobby"), "socket.io/chat-request#/#{lobby}");
+        let slot = |c: &str| redis::cluster_routing::Slot::for_key(c);
+        assert_eq!(slot(&channel("a-request#/#", "lobby")), slot(&channel("a-messages", "lobby")));
+    }
+}
