@@ -25,7 +25,10 @@ if (workers > 1 && cluster.isPrimary) {
       res.end();
     }
   });
-  const io = new Server(http, { transports: ["websocket"] });
+  // Websocket only, as the load rounds connect; SIO_TRANSPORTS=polling,websocket for the polling
+  // memory figure.
+  const transports = (process.env.SIO_TRANSPORTS ?? "websocket").split(",");
+  const io = new Server(http, { transports });
   if (workers > 1) {
     const { createAdapter } = await import("@socket.io/redis-adapter");
     const { createClient } = await import("redis");

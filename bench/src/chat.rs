@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -87,7 +87,7 @@ struct Server {
     _bench: Option<Bench>,
 }
 
-struct ChildGuard(Child);
+pub(crate) struct ChildGuard(pub(crate) Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
@@ -100,7 +100,7 @@ impl Drop for ChildGuard {
 /// Socket.IO connections, ours and Node's.
 pub(crate) fn memory() {
     raise_fd_limit();
-    let node_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
+    let node_dir = node_server();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     for kind in ["chat-worker x1", "node x1"] {
         for how in [Connecting::Guests, Connecting::Bare, Connecting::Browsers] {
@@ -110,17 +110,52 @@ pub(crate) fn memory() {
                 println!("failed: {e}");
             }
         }
+        let server = start(if kind == "node x1" { "node x1 (polling)" } else { kind }, &node_dir);
+        print!("long-polling guests: ");
+        if let Err(e) = runtime.block_on(idle_polling_memory(&server)) {
+            println!("failed: {e}");
+        }
     }
 }
 
-pub(crate) fn chat() {
-    raise_fd_limit();
+/// Resident memory the server grows by per idle long-polling session (a guest with a poll pending).
+async fn idle_polling_memory(server: &Server) -> Result<f64, String> {
+    let rss = || server.pids.iter().map(|p| harness::rss_kib(*p).0).sum::<u64>();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss();
+    let sessions: Vec<crate::polling::Session> = futures_util::stream::iter(0..IDLE_CONNECTIONS)
+        .map(|i| crate::polling::session(server.addr, format!("p{i}")))
+        .buffer_unordered(100)
+        .try_collect()
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss();
+    let per = after.saturating_sub(before) as f64 / IDLE_CONNECTIONS as f64;
+    println!(
+        "  {:<26} {IDLE_CONNECTIONS} idle polling sessions: {:.1} -> {:.1} MiB, {per:.1} KiB each",
+        server.name,
+        before as f64 / 1024.0,
+        after as f64 / 1024.0
+    );
+    drop(sessions);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(per)
+}
+
+/// The Node reference server's directory, its packages installed.
+fn node_server() -> std::path::PathBuf {
     let node_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
     if !node_dir.join("node_modules/socket.io").exists() {
         println!("(installing the Node reference server: npm ci --prefix bench/node)");
         let ok = Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--prefix"]).arg(&node_dir).status();
         assert!(ok.is_ok_and(|s| s.success()), "npm ci --prefix bench/node failed");
     }
+    node_dir
+}
+
+pub(crate) fn chat() {
+    raise_fd_limit();
+    let node_dir = node_server();
     let redis = which("redis-server");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mut kinds = vec!["chat-worker x1", "node x1", "chatctl x2 (local bus)"];
@@ -165,7 +200,7 @@ pub(crate) fn chat() {
 /// is told to the room as it fills): ours beside Node's, servers alternating, medians of 5.
 pub(crate) fn fill() {
     raise_fd_limit();
-    let node_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
+    let node_dir = node_server();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let kinds = ["chat-worker x1", "node x1", "chatctl x2 (local bus)"];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); kinds.len()];
@@ -249,14 +284,14 @@ fn which(program: &str) -> bool {
     Command::new(program).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
 }
 
-fn raise_fd_limit() {
+pub(crate) fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
@@ -288,8 +323,14 @@ fn start(kind: &'static str, node_dir: &std::path::Path) -> Server {
             let child = spawn(Command::new(release_bin("chat-worker")).env("PORT", port.to_string()).envs(OURS_ENV));
             Server { name: kind, addr, pids: vec![child.0.id()], _children: vec![child], _bench: None }
         }
-        "node x1" => {
-            let child = spawn(Command::new("node").arg(node_dir.join("server.mjs")).arg(port.to_string()));
+        "node x1" | "node x1 (polling)" => {
+            let transports = if kind.contains("polling") { "polling,websocket" } else { "websocket" };
+            let child = spawn(
+                Command::new("node")
+                    .arg(node_dir.join("server.mjs"))
+                    .arg(port.to_string())
+                    .env("SIO_TRANSPORTS", transports),
+            );
             Server { name: kind, addr, pids: vec![child.0.id()], _children: vec![child], _bench: None }
         }
         "node x2 (cluster + Redis)" => {
@@ -309,19 +350,7 @@ fn start(kind: &'static str, node_dir: &std::path::Path) -> Server {
             } else {
                 (None, None)
             };
-            let bench = Bench::new();
-            let mut env: Vec<String> = OURS_ENV.iter().map(|(k, v)| format!("{k} = \"{v}\"")).collect();
-            if let Some(url) = &url {
-                env.push(format!("REDIS_URL = \"{url}\""));
-            }
-            bench.config(&format!(
-                "[apps.chat]\nscript = \"{}\"\nport = {port}\ninstances = 2\nexec_mode = \"cluster\"\nenv = {{ {} }}\n",
-                release_bin("chat-worker").display(),
-                env.join(", ")
-            ));
-            bench.chatctl(&["start"]);
-            let mut pids = vec![bench.daemon_pid()];
-            pids.extend((0..2).filter_map(|i| bench.instance(i).pid));
+            let (bench, mut pids) = two_workers(port, url.as_deref());
             let mut children = Vec::new();
             if let Some(redis) = redis {
                 pids.push(redis.0.id());
@@ -334,7 +363,26 @@ fn start(kind: &'static str, node_dir: &std::path::Path) -> Server {
     server
 }
 
-fn wait(mut ready: impl FnMut() -> bool) {
+/// Two chat workers under chatctl in cluster mode on `port`, through the Redis at `redis` or the
+/// local bus: the bench and the pids whose CPU counts (the daemon's and the workers').
+pub(crate) fn two_workers(port: u16, redis: Option<&str>) -> (Bench, Vec<u32>) {
+    let bench = Bench::new();
+    let mut env: Vec<String> = OURS_ENV.iter().map(|(k, v)| format!("{k} = \"{v}\"")).collect();
+    if let Some(url) = redis {
+        env.push(format!("REDIS_URL = \"{url}\""));
+    }
+    bench.config(&format!(
+        "[apps.chat]\nscript = \"{}\"\nport = {port}\ninstances = 2\nexec_mode = \"cluster\"\nenv = {{ {} }}\n",
+        release_bin("chat-worker").display(),
+        env.join(", ")
+    ));
+    bench.chatctl(&["start"]);
+    let mut pids = vec![bench.daemon_pid()];
+    pids.extend((0..2).filter_map(|i| bench.instance(i).pid));
+    (bench, pids)
+}
+
+pub(crate) fn wait(mut ready: impl FnMut() -> bool) {
     let begun = Instant::now();
     while !ready() {
         assert!(begun.elapsed() < Duration::from_secs(15), "a server did not start within 15 s");
@@ -342,7 +390,7 @@ fn wait(mut ready: impl FnMut() -> bool) {
     }
 }
 
-fn health_ok(addr: SocketAddr) -> bool {
+pub(crate) fn health_ok(addr: SocketAddr) -> bool {
     use std::io::{Read, Write};
     let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else { return false };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
@@ -360,12 +408,12 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-fn now_us() -> u64 {
+pub(crate) fn now_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
 /// The send time a benchmark message carries in its text.
-fn sent_us(frame: &str) -> Option<u64> {
+pub(crate) fn sent_us(frame: &str) -> Option<u64> {
     let start = frame.find("\"text\":\"")? + 8;
     let digits = &frame[start..];
     digits[..digits.find('"')?].parse().ok()
@@ -426,30 +474,135 @@ async fn connect_all_as(
     room: Option<&str>,
     how: Connecting,
 ) -> Result<Vec<sio::Client>, String> {
-    let join = room.map(|r| format!("{{\"room\":\"{r}\"}}"));
+    let room = room.map(str::to_owned);
     let headers = if matches!(how, Connecting::Browsers) { browser_headers() } else { Vec::new() };
     let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     let headers = &headers;
     futures_util::stream::iter(0..count)
         .map(|i| {
-            let join = join.clone();
+            let room = room.clone();
             async move {
                 let name = if matches!(how, Connecting::Bare) { String::new() } else { format!("m{i}") };
                 let mut client = sio::connect(addr, &name, headers).await?;
-                if let Some(join) = join {
-                    let ack = client.call("room:join", &join).await?;
-                    if !ack.contains("\"ok\":true") {
-                        return Err(format!("room:join refused: {ack}"));
-                    }
+                if let Some(room) = room {
+                    client.join(&room).await?;
                 }
                 Ok(client)
             }
         })
         .buffer_unordered(100)
-        .collect::<Vec<Result<sio::Client, String>>>()
+        .try_collect()
         .await
-        .into_iter()
-        .collect()
+}
+
+/// Sends a message to `room` every `period` from `first` until `end`, each carrying its send time;
+/// returns how many it sent.
+pub(crate) async fn send_paced(
+    out: tokio::sync::mpsc::UnboundedSender<String>,
+    room: String,
+    first: tokio::time::Instant,
+    period: Duration,
+    end: tokio::time::Instant,
+) -> u64 {
+    let (mut due, mut sent) = (first, 0u64);
+    while due < end {
+        tokio::time::sleep_until(due).await;
+        // Every message due by now leaves (the timer is coarser than the period).
+        let now = tokio::time::Instant::now();
+        while due <= now && due < end {
+            let _ = out.send(format!("42[\"message\",{{\"room\":\"{room}\",\"text\":\"{}\"}}]", now_us()));
+            due += period;
+            sent += 1;
+        }
+    }
+    sent
+}
+
+/// What the clients of a round receive: each room message's arrival time and latency, counted.
+pub(crate) struct Deliveries {
+    /// (arrival µs since the epoch, latency µs), once the readers stopped.
+    samples: Arc<Mutex<Vec<(u64, u32)>>>,
+    pub(crate) received: Arc<std::sync::atomic::AtomicU64>,
+    stop: watch::Sender<bool>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Deliveries {
+    /// Reads every client's frames (answering pings) until [`Deliveries::stop`]; returns the
+    /// clients' senders, in their order.
+    pub(crate) fn read(clients: Vec<sio::Client>) -> (Deliveries, Vec<tokio::sync::mpsc::UnboundedSender<String>>) {
+        let samples: Arc<Mutex<Vec<(u64, u32)>>> = Arc::default();
+        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut outs = Vec::new();
+        let mut readers = Vec::new();
+        for client in clients {
+            let (out, mut frames) = (client.out, client.frames);
+            outs.push(out.clone());
+            let (samples, received, mut stop) = (samples.clone(), received.clone(), stop_rx.clone());
+            readers.push(tokio::spawn(async move {
+                let mut local = Vec::new();
+                loop {
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        frame = frames.next() => match frame {
+                            Some(Ok(Message::Text(text))) => {
+                                if text.as_str() == "2" {
+                                    let _ = out.send("3".into());
+                                } else if text.starts_with("42[\"message\"") && let Some(sent) = sent_us(text.as_str()) {
+                                    let now = now_us();
+                                    local.push((now, now.saturating_sub(sent) as u32));
+                                    received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                }
+                            }
+                            Some(Ok(_)) => {}
+                            _ => break,
+                        },
+                    }
+                }
+                if let Ok(mut all) = samples.lock() {
+                    all.extend(local);
+                }
+            }));
+        }
+        (Deliveries { samples, received, stop: stop_tx, readers }, outs)
+    }
+
+    /// Stops reading: what arrived within `window` (µs since the epoch).
+    pub(crate) async fn stop(self, window: std::ops::Range<u64>) -> Result<Window, String> {
+        let _ = self.stop.send(true);
+        for reader in self.readers {
+            let _ = reader.await;
+        }
+        let mut latencies: Vec<u32> = self
+            .samples
+            .lock()
+            .map_err(|_| "samples lock")?
+            .iter()
+            .filter(|(at, _)| window.contains(at))
+            .map(|(_, latency)| *latency)
+            .collect();
+        if latencies.is_empty() {
+            return Err("nothing delivered".into());
+        }
+        latencies.sort_unstable();
+        let percentile = |p: f64| f64::from(latencies[((latencies.len() - 1) as f64 * p) as usize]) / 1000.0;
+        let seconds = (window.end - window.start) as f64 / 1e6;
+        Ok(Window {
+            delivered: latencies.len() as f64 / seconds,
+            p50_ms: percentile(0.5),
+            p99_ms: percentile(0.99),
+            seconds,
+        })
+    }
+}
+
+/// Deliveries within a measured window.
+pub(crate) struct Window {
+    pub(crate) delivered: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) seconds: f64,
 }
 
 async fn run(server: &Server, scenario: &Scenario, round: usize) -> Result<Figures, String> {
@@ -457,40 +610,8 @@ async fn run(server: &Server, scenario: &Scenario, round: usize) -> Result<Figur
     let filling = Instant::now();
     let clients = connect_all(server.addr, scenario.members, Some(&room)).await?;
     let filled_ms = filling.elapsed().as_secs_f64() * 1e3;
-    let samples: Arc<Mutex<Vec<(u64, u32)>>> = Arc::default();
-    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut outs = Vec::new();
-    let mut readers = Vec::new();
-    for client in clients {
-        let (out, mut frames) = (client.out, client.frames);
-        outs.push(out.clone());
-        let (samples, received, mut stop) = (samples.clone(), received.clone(), stop_rx.clone());
-        readers.push(tokio::spawn(async move {
-            let mut local = Vec::new();
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    frame = frames.next() => match frame {
-                        Some(Ok(Message::Text(text))) => {
-                            if text.as_str() == "2" {
-                                let _ = out.send("3".into());
-                            } else if text.starts_with("42[\"message\"") && let Some(sent) = sent_us(text.as_str()) {
-                                let now = now_us();
-                                local.push((now, now.saturating_sub(sent) as u32));
-                                received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            }
-                        }
-                        Some(Ok(_)) => {}
-                        _ => break,
-                    },
-                }
-            }
-            if let Ok(mut all) = samples.lock() {
-                all.extend(local);
-            }
-        }));
-    }
+    let (deliveries, outs) = Deliveries::read(clients);
+    let received = deliveries.received.clone();
     let messages_per_s = scenario.offered / scenario.members as f64;
     let period = Duration::from_secs_f64(scenario.senders as f64 / messages_per_s);
     let begun = tokio::time::Instant::now() + Duration::from_millis(100);
@@ -499,21 +620,7 @@ async fn run(server: &Server, scenario: &Scenario, round: usize) -> Result<Figur
     for (i, out) in outs.iter().take(scenario.senders).enumerate() {
         let (out, room) = (out.clone(), room.clone());
         let offset = period.mul_f64(i as f64 / scenario.senders as f64);
-        senders.push(tokio::spawn(async move {
-            let mut due = begun + offset;
-            let mut sent = 0u64;
-            while due < end {
-                tokio::time::sleep_until(due).await;
-                // Every message due by now leaves (the timer is coarser than the period).
-                let now = tokio::time::Instant::now();
-                while due <= now && due < end {
-                    let _ = out.send(format!("42[\"message\",{{\"room\":\"{room}\",\"text\":\"{}\"}}]", now_us()));
-                    due += period;
-                    sent += 1;
-                }
-            }
-            sent
-        }));
+        senders.push(tokio::spawn(send_paced(out, room, begun + offset, period, end)));
     }
     // The servers' CPU over the measured window.
     tokio::time::sleep_until(begun + WARM_UP).await;
@@ -544,28 +651,13 @@ async fn run(server: &Server, scenario: &Scenario, round: usize) -> Result<Figur
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let lost = expected.saturating_sub(received.load(std::sync::atomic::Ordering::Relaxed));
-    let _ = stop_tx.send(true);
-    for reader in readers {
-        let _ = reader.await;
-    }
+    let window = deliveries.stop(window_start..window_end).await?;
     drop(outs);
-    let mut latencies: Vec<u32> = samples
-        .lock()
-        .map_err(|_| "samples lock")?
-        .iter()
-        .filter(|(at, _)| (window_start..window_end).contains(at))
-        .map(|(_, latency)| *latency)
-        .collect();
-    if latencies.is_empty() {
-        return Err("nothing delivered".into());
-    }
-    latencies.sort_unstable();
-    let percentile = |p: f64| f64::from(latencies[((latencies.len() - 1) as f64 * p) as usize]) / 1000.0;
-    let seconds = (window_end - window_start) as f64 / 1e6;
+    let seconds = window.seconds;
     let figures = Figures {
-        delivered: latencies.len() as f64 / seconds,
-        p50_ms: percentile(0.5),
-        p99_ms: percentile(0.99),
+        delivered: window.delivered,
+        p50_ms: window.p50_ms,
+        p99_ms: window.p99_ms,
         cpu: ticks_after.saturating_sub(ticks_before) as f64 / harness::ticks_per_second() / seconds * 100.0,
         lost: lost as f64 * 100.0 / expected.max(1) as f64,
     };

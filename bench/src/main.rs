@@ -1,17 +1,20 @@
 //! `chatctl-bench`: measures the supervisor with the real release binaries and prints figures beside
 //! PM2's (reference figures measured on the same kind of 2-core machine), as medians.
 //!
-//! usage: cargo build --release --workspace && ./target/release/chatctl-bench [start|crash|logs|rss|list|reload|reload-wrk|monit|chat|chat-memory|room-fill|files|all]
+//! usage: cargo build --release --workspace && ./target/release/chatctl-bench [start|crash|logs|rss|list|reload|reload-wrk|monit|chat|chat-memory|room-fill|files|redis-cluster|all]
 //!
 //! `chat` (the chat worker beside the Node Socket.IO server) needs Node.js and npm, and
-//! redis-server for its cluster rows; see `chat.rs`.
+//! redis-server for its cluster rows; see `chat.rs`. `redis-cluster` (one Redis beside a Redis
+//! Cluster of 3 masters) needs redis-server and redis-cli; see `shards.rs`.
 //!
 //! Every process it starts is stopped with `chatctl kill` (by its own home) before it exits.
 
 mod chat;
 mod files;
 mod harness;
+mod polling;
 mod reload_wrk;
+mod shards;
 mod sio;
 
 use std::net::SocketAddr;
@@ -72,6 +75,9 @@ fn main() {
     }
     if what == "room-fill" {
         chat::fill();
+    }
+    if what == "redis-cluster" {
+        shards::redis_cluster();
     }
 }
 

@@ -82,6 +82,15 @@ impl Client {
             .map_err(|_| format!("no acknowledgement of {event} within {ANSWER_WITHIN:?}"))?
     }
 
+    /// `room:join {room}`, acknowledged `ok`.
+    pub(crate) async fn join(&mut self, room: &str) -> Result<(), String> {
+        let ack = self.call("room:join", &format!("{{\"room\":\"{room}\"}}")).await?;
+        if !ack.contains("\"ok\":true") {
+            return Err(format!("room:join refused: {ack}"));
+        }
+        Ok(())
+    }
+
     async fn acknowledgement(&mut self) -> Result<String, String> {
         while let Some(frame) = self.frames.next().await {
             match frame.map_err(|e| e.to_string())? {
