@@ -35,7 +35,7 @@ use socketioxide::extract::SocketRef;
 use super::guests::{Guest, connected, guest_of, guest_room};
 use super::ice::{self, IceConfig};
 use super::messages::Messages;
-use super::protocol::{self, ChatError, Reply, event};
+use super::protocol::{self, ChatError, Dispatch, Reply, event};
 use super::throttle::{Spend, Throttle};
 use crate::bus::Adapter;
 use crate::bus::Channel;
@@ -394,13 +394,13 @@ pub(super) struct CallEvents {
 }
 
 impl CallEvents {
-    pub(super) fn register(self: &Arc<Self>, socket: &SocketRef<Adapter>) {
-        protocol::on(socket, self, event::CALL_INVITE, invite);
+    pub(super) fn register(self: &Arc<Self>, table: &mut Dispatch) {
+        table.on(self, event::CALL_INVITE, invite);
         for answer in [event::CALL_ACCEPT, event::CALL_REJECT, event::CALL_END] {
-            protocol::on(socket, self, answer, move |socket, ev, data| respond(socket, ev, data, answer));
+            table.on(self, answer, move |socket, ev, data| respond(socket, ev, data, answer));
         }
         for signal in event::SIGNALS {
-            protocol::on(socket, self, signal, move |socket, ev, data| relay(socket, ev, data, signal));
+            table.on(self, signal, move |socket, ev, data| relay(socket, ev, data, signal));
         }
     }
 }

@@ -12,7 +12,7 @@ use chat_shared::time::unix_millis;
 
 use super::guests::{connected, guest_of, guest_room};
 use super::messages::MessageEvents;
-use super::protocol::{self, ChatError, Reply, event};
+use super::protocol::{self, ChatError, Dispatch, Reply, event};
 use super::throttle::Spend;
 use crate::bus::Adapter;
 
@@ -27,8 +27,8 @@ struct Direct {
 
 /// A direct message uses what a room message does (the rate limits, the ids, shared files, the
 /// delivery count), but not the bus's ordering or the history.
-pub(super) fn register(socket: &SocketRef<Adapter>, ev: &Arc<MessageEvents>) {
-    protocol::on(socket, ev, event::DM, send);
+pub(super) fn register(table: &mut Dispatch, ev: &Arc<MessageEvents>) {
+    table.on(ev, event::DM, send);
 }
 
 /// `dm {to, text, file?}` → `{ok, id, time}`; the addressee's sockets and the sender's receive

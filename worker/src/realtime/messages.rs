@@ -19,7 +19,7 @@ use chat_shared::time::unix_millis;
 use super::guests::guest_of;
 use super::history::{self, History};
 use super::presence::is_member;
-use super::protocol::{self, ChatError, Reply, event};
+use super::protocol::{self, ChatError, Dispatch, Reply, event};
 use super::throttle::{Spend, Throttle};
 use crate::bus::Adapter;
 use crate::bus::Channel;
@@ -89,9 +89,9 @@ pub(super) struct MessageEvents {
 }
 
 impl MessageEvents {
-    pub(super) fn register(self: &Arc<Self>, socket: &SocketRef<Adapter>) {
-        protocol::on(socket, self, event::MESSAGE, send);
-        protocol::on(socket, self, event::ROOM_HISTORY, page);
+    pub(super) fn register(self: &Arc<Self>, table: &mut Dispatch) {
+        table.on(self, event::MESSAGE, send);
+        table.on(self, event::ROOM_HISTORY, page);
     }
 }
 

@@ -78,6 +78,7 @@ pub use messages::{HISTORY_AGE, HISTORY_COUNT};
 use messages::{MessageEvents, Messages};
 use presence::Presence;
 pub use protocol::ChatError;
+use protocol::Dispatch;
 use rooms::RoomEvents;
 use sessions::{Identity, SessionEvents};
 use throttle::Throttle;
@@ -91,11 +92,10 @@ pub struct Chat {
     presence: Arc<Presence>,
     identity: Arc<Identity>,
     catch_up: catch_up::CatchUp,
-    /// Each feature's events with the services they use (a socket's handlers hold one `Arc` each).
+    /// Arriving and returning, which the connection itself settles (`admit`, `welcome`).
     sessions: Arc<SessionEvents>,
-    rooms: Arc<RoomEvents>,
-    posts: Arc<MessageEvents>,
-    calling: Arc<CallEvents>,
+    /// Every feature's events with the services they use, which every socket's events go through.
+    dispatch: Arc<Dispatch>,
 }
 
 /// The bus channels a worker copies state through, and what Redis and the file store keep.
@@ -137,28 +137,36 @@ impl Chat {
         let calls = Arc::new(Calls::shared(calls_bus, limits.call_ring));
         let presence = Arc::new(Presence::default());
         let identity = Arc::new(Identity::new(instance, sessions, store, ice));
+        let sessions = Arc::new(SessionEvents {
+            identity: identity.clone(),
+            throttle: throttle.clone(),
+            presence: presence.clone(),
+            messages: messages.clone(),
+            hearing: hearing.clone(),
+        });
+        let rooms = Arc::new(RoomEvents {
+            throttle: throttle.clone(),
+            presence: presence.clone(),
+            messages: messages.clone(),
+            identity: identity.clone(),
+            hearing,
+        });
+        let posts = Arc::new(MessageEvents { throttle: throttle.clone(), messages: messages.clone() });
+        let calling = Arc::new(CallEvents {
+            throttle: throttle.clone(),
+            calls: calls.clone(),
+            ice: identity.ice.clone(),
+            messages: messages.clone(),
+        });
+        let mut dispatch = Dispatch::default();
+        sessions.register(&mut dispatch);
+        rooms.register(&mut dispatch);
+        posts.register(&mut dispatch);
+        direct::register(&mut dispatch, &posts);
+        calling.register(&mut dispatch);
         Chat {
-            sessions: Arc::new(SessionEvents {
-                identity: identity.clone(),
-                throttle: throttle.clone(),
-                presence: presence.clone(),
-                messages: messages.clone(),
-                hearing: hearing.clone(),
-            }),
-            rooms: Arc::new(RoomEvents {
-                throttle: throttle.clone(),
-                presence: presence.clone(),
-                messages: messages.clone(),
-                identity: identity.clone(),
-                hearing,
-            }),
-            posts: Arc::new(MessageEvents { throttle: throttle.clone(), messages: messages.clone() }),
-            calling: Arc::new(CallEvents {
-                throttle: throttle.clone(),
-                calls: calls.clone(),
-                ice: identity.ice.clone(),
-                messages: messages.clone(),
-            }),
+            sessions,
+            dispatch: Arc::new(dispatch),
             catch_up: catch_up::CatchUp::new(sync_bus),
             throttle,
             messages,
@@ -186,13 +194,9 @@ impl Chat {
         self.catch_up.wait(within).await;
     }
 
-    /// Registers every feature's events on a connected socket, and what its going away undoes.
+    /// Hands a connected socket's events to the features, and what its going away undoes.
     fn register(self: &Arc<Self>, socket: &SocketRef<Adapter>) {
-        self.sessions.register(socket);
-        self.rooms.register(socket);
-        self.posts.register(socket);
-        direct::register(socket, &self.posts);
-        self.calling.register(socket);
+        self.dispatch.attach(socket);
         let chat = self.clone();
         socket.on_disconnect(move |socket: SocketRef<Adapter>, reason: DisconnectReason| {
             let chat = chat.clone();

@@ -11,7 +11,7 @@ use socketioxide::extract::SocketRef;
 use super::guests::{Guest, guest_of};
 use super::messages::Messages;
 use super::presence::{Presence, is_member};
-use super::protocol::{self, ChatError, Reply, event};
+use super::protocol::{self, ChatError, Dispatch, Reply, event};
 use super::rules::{INTERNAL, MAX_ROOM_CHARS, MAX_ROOMS, valid_room};
 use super::sessions::Identity;
 use super::throttle::{Spend, Throttle};
@@ -41,10 +41,10 @@ pub(super) struct RoomEvents {
 }
 
 impl RoomEvents {
-    pub(super) fn register(self: &Arc<Self>, socket: &SocketRef<Adapter>) {
-        protocol::on(socket, self, event::ROOM_JOIN, |socket, ev, data| change(socket, ev, data, true));
-        protocol::on(socket, self, event::ROOM_LEAVE, |socket, ev, data| change(socket, ev, data, false));
-        protocol::on(socket, self, event::TYPING, typing);
+    pub(super) fn register(self: &Arc<Self>, table: &mut Dispatch) {
+        table.on(self, event::ROOM_JOIN, |socket, ev, data| change(socket, ev, data, true));
+        table.on(self, event::ROOM_LEAVE, |socket, ev, data| change(socket, ev, data, false));
+        table.on(self, event::TYPING, typing);
     }
 }
 

@@ -15,7 +15,7 @@ use super::guests::{Guest, JoinGuest, guest_room, join_guest, who_room};
 use super::ice::{self, IceConfig};
 use super::messages::Messages;
 use super::presence::Presence;
-use super::protocol::{self, ChatError, Reply, event};
+use super::protocol::{self, ChatError, Dispatch, Reply, event};
 use super::rules::{INTERNAL, MAX_ROOMS, valid_room};
 use super::throttle::{Spend, Throttle};
 use crate::bus::{Adapter, Hearing};
@@ -100,8 +100,8 @@ pub(super) struct SessionEvents {
 }
 
 impl SessionEvents {
-    pub(super) fn register(self: &Arc<Self>, socket: &SocketRef<Adapter>) {
-        protocol::on(socket, self, event::GUEST_JOIN, join);
+    pub(super) fn register(self: &Arc<Self>, table: &mut Dispatch) {
+        table.on(self, event::GUEST_JOIN, join);
     }
 }
 
