@@ -169,7 +169,21 @@ where
     // Pipe between websocket and internal socket channel.
     tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx));
 
-    // pipe between internal socket channel and websocket
+    // Pipe between the websocket and the handler, in a task of its own: this function's future is
+    // sized for its handshake (several times the reading loop), and a task's allocation is sized
+    // for its whole future for the session's life.
+    tokio::spawn(read_websocket(engine, rx, socket));
+    Ok(())
+}
+
+/// Reads the websocket until it closes or the session does, then closes the session.
+async fn read_websocket<H: EngineIoHandler, S>(
+    engine: Arc<EngineIo<H>>,
+    rx: SplitStream<WebSocketStream<S>>,
+    socket: Arc<Socket<H::Data>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     match forward_to_handler(&engine, rx, &socket)
         .with_cancellation_token(&socket.cancellation_token)
         .await
@@ -192,7 +206,6 @@ where
             tracing::debug!(sid = %socket.id, "socket is closing");
         }
     }
-    Ok(())
 }
 
 /// Forwards all packets received from a websocket to a EngineIo [`Socket`]
