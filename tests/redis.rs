@@ -183,3 +183,16 @@ fn a_redis_that_refuses_writes_is_not_silent() {
     assert!(again.status.success());
     wait_until("ok again once Redis takes writes", Duration::from_secs(20), || linked(port).then_some(()));
 }
+
+/// A Redis user that may not run `INFO` (an ACL) still links: asking whether Redis is a cluster is
+/// not a reason to refuse it.
+#[test]
+fn a_redis_user_without_info_still_links() {
+    let redis = RedisServer::start();
+    let acl = redis.command(&["ACL", "SETUSER", "chat", "on", ">s3cret", "~*", "&*", "+@all", "-info"]);
+    assert!(acl.starts_with("+OK"), "{acl}");
+    let url = redis.url().replace("redis://", "redis://chat:s3cret@");
+    let port = free_port();
+    let _host = host(&url, port, 1);
+    wait_until("linked through a user without INFO", Duration::from_secs(10), || linked(port).then_some(()));
+}

@@ -107,7 +107,12 @@ impl Target {
             .set_connection_timeout(Some(settings.connect_timeout))
             .set_response_timeout(Some(settings.response_timeout));
         let mut probe = client.get_multiplexed_async_connection_with_config(&plain).await?;
-        let about: String = redis::cmd("INFO").arg("cluster").query_async(&mut probe).await?;
+        // A user whose ACL refuses INFO talks to one server, as before clusters were supported.
+        let about: String = match redis::cmd("INFO").arg("cluster").query_async(&mut probe).await {
+            Ok(about) => about,
+            Err(e) if e.code().is_some() => String::new(),
+            Err(e) => return Err(e),
+        };
         if !about.lines().any(|line| line.trim() == "cluster_enabled:1") {
             // The probe has no push sender: subscribing needs a connection of its own.
             return match &settings.pushes {

@@ -162,7 +162,7 @@ impl Dispatch {
     where
         Ev: Send + Sync + 'static,
         T: DeserializeOwned + Send + Sync + 'static,
-        F: Fn(SocketRef<Adapter>, Arc<Ev>, Result<T, ParserError>) -> Fut + Clone + Send + Sync + 'static,
+        F: Fn(SocketRef<Adapter>, Arc<Ev>, Result<T, ParserError>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Reply> + Send + 'static,
     {
         let ev = ev.clone();
