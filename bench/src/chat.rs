@@ -304,18 +304,7 @@ fn start(kind: &'static str, node_dir: &std::path::Path) -> Server {
     let spawn =
         |command: &mut Command| ChildGuard(command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn"));
     let redis_server = || {
-        let redis_port = free_port();
-        let child = spawn(Command::new("redis-server").args([
-            "--port",
-            &redis_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]));
-        wait(|| std::net::TcpStream::connect(("127.0.0.1", redis_port)).is_ok());
+        let (child, redis_port) = redis_server(&[]);
         (child, format!("redis://127.0.0.1:{redis_port}"))
     };
     let server = match kind {
@@ -361,6 +350,53 @@ fn start(kind: &'static str, node_dir: &std::path::Path) -> Server {
     };
     wait(|| health_ok(server.addr));
     server
+}
+
+/// A redis-server on a free loopback port, nothing saved, with `extra` arguments; waits until it
+/// accepts connections. Stopped (by pid) when the guard drops.
+pub(crate) fn redis_server(extra: &[&std::ffi::OsStr]) -> (ChildGuard, u16) {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    let child = ChildGuard(child);
+    wait(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    (child, port)
+}
+
+/// `chatctl-bench idle ADDR COUNT SECONDS`: holds COUNT idle guests on a server started by hand
+/// (under a heap profiler, say: `vendor/README.md`), answering its pings, for SECONDS.
+pub(crate) fn idle(addr: SocketAddr, count: usize, hold: Duration) {
+    raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let clients = match connect_all(addr, count, None).await {
+            Ok(clients) => clients,
+            Err(e) => return println!("failed: {e}"),
+        };
+        println!("{count} idle guests connected to {addr}; holding them {hold:?}");
+        let keep: Vec<_> = clients.into_iter().map(answer_pings).collect();
+        tokio::time::sleep(hold).await;
+        for task in keep {
+            task.abort();
+        }
+    });
+}
+
+/// Answers a client's pings until it closes, as a browser would while idle.
+fn answer_pings(client: sio::Client) -> tokio::task::JoinHandle<()> {
+    let (out, mut frames) = (client.out, client.frames);
+    tokio::spawn(async move {
+        while let Some(Ok(frame)) = frames.next().await {
+            if matches!(&frame, Message::Text(t) if t.as_str() == "2") {
+                let _ = out.send("3".into());
+            }
+        }
+    })
 }
 
 /// Two chat workers under chatctl in cluster mode on `port`, through the Redis at `redis` or the
@@ -681,17 +717,7 @@ async fn idle_memory_as(server: &Server, how: Connecting) -> Result<f64, String>
     let before = rss();
     let clients = connect_all_as(server.addr, IDLE_CONNECTIONS, None, how).await?;
     // Answer pings while idle, as a browser would.
-    let mut keep = Vec::new();
-    for client in clients {
-        let (out, mut frames) = (client.out, client.frames);
-        keep.push(tokio::spawn(async move {
-            while let Some(Ok(frame)) = frames.next().await {
-                if matches!(&frame, Message::Text(t) if t.as_str() == "2") {
-                    let _ = out.send("3".into());
-                }
-            }
-        }));
-    }
+    let keep: Vec<_> = clients.into_iter().map(answer_pings).collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss();
     for task in &keep {

@@ -2,6 +2,7 @@
 //! PM2's (reference figures measured on the same kind of 2-core machine), as medians.
 //!
 //! usage: cargo build --release --workspace && ./target/release/chatctl-bench [start|crash|logs|rss|list|reload|reload-wrk|monit|chat|chat-memory|room-fill|files|redis-cluster|all]
+//!        ./target/release/chatctl-bench idle ADDR COUNT SECONDS   (idle guests held on a server started by hand)
 //!
 //! `chat` (the chat worker beside the Node Socket.IO server) needs Node.js and npm, and
 //! redis-server for its cluster rows; see `chat.rs`. `redis-cluster` (one Redis beside a Redis
@@ -78,6 +79,17 @@ fn main() {
     }
     if what == "redis-cluster" {
         shards::redis_cluster();
+    }
+    if what == "idle" {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        let parsed = match args.as_slice() {
+            [addr, count, seconds] => addr.parse().ok().zip(count.parse().ok()).zip(seconds.parse().ok()),
+            _ => None,
+        };
+        match parsed {
+            Some(((addr, count), seconds)) => chat::idle(addr, count, Duration::from_secs(seconds)),
+            None => println!("usage: chatctl-bench idle ADDR COUNT SECONDS (e.g. 127.0.0.1:3000 3000 5)"),
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_util::{StreamExt, TryStreamExt};
 
 use crate::chat::{
-    ChildGuard, Deliveries, free_port, health_ok, now_us, raise_fd_limit, send_paced, two_workers, wait,
+    ChildGuard, Deliveries, free_port, health_ok, now_us, raise_fd_limit, redis_server, send_paced, two_workers, wait,
 };
 use crate::harness::{self, Bench};
 use crate::sio;
@@ -128,17 +128,16 @@ fn start(cluster: bool) -> Setup {
     let mut redis = Vec::new();
     let mut dirs = Vec::new();
     for _ in 0..nodes {
-        let port = free_port();
-        let mut command = Command::new("redis-server");
-        command.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
         let dir = tempfile::tempdir().expect("temp dir");
-        command.arg("--dir").arg(dir.path());
+        let bus = free_port().to_string();
+        let mut args: Vec<&std::ffi::OsStr> = vec!["--dir".as_ref(), dir.path().as_os_str()];
         if cluster {
-            let bus = free_port().to_string();
-            command.args(["--cluster-enabled", "yes", "--cluster-port", &bus, "--cluster-config-file", "nodes.conf"]);
+            args.extend(
+                ["--cluster-enabled", "yes", "--cluster-port", &bus, "--cluster-config-file", "nodes.conf"]
+                    .map(std::ffi::OsStr::new),
+            );
         }
-        let child = ChildGuard(command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("redis-server"));
-        wait(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        let (child, port) = redis_server(&args);
         redis.push((port, child.0.id()));
         children.push(child);
         dirs.push(dir);
