@@ -57,23 +57,27 @@
 use std::{
     collections::VecDeque,
     fmt::Debug,
+    sync::PoisonError,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU8, Ordering},
     },
+    task::{Context, Poll},
     time::Duration,
 };
+
+use tokio::time::Instant;
 
 use crate::{config::EngineIoConfig, errors::Error};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
 use futures_util::FutureExt;
+use futures_util::task::AtomicWaker;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
 use tokio::sync::{
-    Mutex,
+    Mutex, Notify,
     mpsc::{self, Receiver, error::TrySendError},
-    watch,
 };
 
 pub use engineioxide_core::Sid;
@@ -161,19 +165,49 @@ impl Permit<'_> {
 #[derive(Debug)]
 pub(crate) struct InternalRx {
     pub buffered_rx: Receiver<Queued>,
-    pub peeked_packet: Option<PacketBuf>,
-    pub volatile_rx: watch::Receiver<Option<Queued>>,
+    /// Boxed: a packet is rarely peeked, and a session would otherwise carry an empty buffer of
+    /// about 170 bytes for its whole life.
+    pub peeked_packet: Option<Queued>,
 }
 
 impl InternalRx {
-    fn new(
-        buffered_rx: Receiver<Queued>,
-        volatile_rx: watch::Receiver<Option<Queued>>,
-    ) -> Self {
+    fn new(buffered_rx: Receiver<Queued>) -> Self {
         Self {
             buffered_rx,
             peeked_packet: None,
-            volatile_rx,
+        }
+    }
+}
+
+/// The latest volatile packets of a session, until its transport takes them: a newer send
+/// replaces packets not yet taken.
+///
+/// A slot and a waker in the session: the `watch` channel it replaces allocated about 350 bytes
+/// per session, and kept the last packets (cloned for each send) after they were sent.
+#[derive(Debug, Default)]
+pub(crate) struct Volatile {
+    packets: std::sync::Mutex<Option<Queued>>,
+    waker: AtomicWaker,
+}
+
+impl Volatile {
+    fn put(&self, packets: Queued) {
+        *self.packets.lock().unwrap_or_else(PoisonError::into_inner) = Some(packets);
+        self.waker.wake();
+    }
+
+    /// Takes the latest packets. Only the holder of the session's `internal_rx` lock (its
+    /// transport) calls it: the slot wakes one task.
+    pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Queued> {
+        self.waker.register(cx.waker());
+        match self
+            .packets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            Some(packets) => Poll::Ready(packets),
+            None => Poll::Pending,
         }
     }
 }
@@ -220,17 +254,16 @@ where
     /// Channel to send [PacketBuf] to the internal connection
     pub(crate) internal_tx: mpsc::Sender<Queued>,
 
-    /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
-    /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
-    /// message is retained; subsequent volatile sends overwrite the previous one.
-    volatile_tx: watch::Sender<Option<Queued>>,
+    /// Volatile [PacketBuf]s that bypass the internal buffer.
+    /// Only the latest volatile message is retained; subsequent volatile sends overwrite the
+    /// previous one.
+    pub(crate) volatile: Volatile,
 
-    /// Internal channel to receive Pong [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) in the heartbeat job
-    /// which is running in a separate task
-    heartbeat_rx: Mutex<Receiver<()>>,
-    /// Channel to send Ping [`Packets`](Packet) (v4 protocol) or Ping (v3 protocol) from the connexion to the heartbeat job
-    /// which is running in a separate task
-    pub(crate) heartbeat_tx: mpsc::Sender<()>,
+    /// Tells the heartbeat job that a Pong (v4 protocol) or a Ping (v3 protocol) came in.
+    ///
+    /// A [`Notify`] keeps at most one permit, as the bounded channel of one slot it replaces did,
+    /// without that channel's allocations (about 0.6 KiB per session).
+    pub(crate) heartbeat: Notify,
 
     /// A cancellation token that will be triggered when the socket is being closed.
     pub(crate) cancellation_token: CancellationToken,
@@ -260,22 +293,18 @@ where
         supports_binary: bool,
     ) -> Self {
         let (internal_tx, internal_rx) = mpsc::channel(config.max_buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
-
         Self {
             id: Sid::new(),
             protocol,
             transport: AtomicU8::new(transport as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
 
-            volatile_tx,
+            volatile: Volatile::default(),
 
-            heartbeat_rx: Mutex::new(heartbeat_rx),
-            heartbeat_tx,
+            heartbeat: Notify::new(),
             cancellation_token: CancellationToken::new(),
 
             close_fn,
@@ -333,7 +362,11 @@ where
     ///
     /// If the client or server does not respond within the timeout, the connection is closed.
     #[cfg(feature = "v3")]
-    async fn heartbeat_job(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
+    pub(crate) async fn heartbeat_job(
+        &self,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<(), Error> {
         match self.protocol {
             ProtocolVersion::V3 => self.heartbeat_job_v3(interval, timeout).await,
             ProtocolVersion::V4 => self.heartbeat_job_v4(interval, timeout).await,
@@ -344,77 +377,88 @@ where
     ///
     /// If the client does not respond within the timeout, the connection is closed.
     #[cfg(not(feature = "v3"))]
-    async fn heartbeat_job(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
+    pub(crate) async fn heartbeat_job(
+        &self,
+        interval: Duration,
+        timeout: Duration,
+    ) -> Result<(), Error> {
         self.heartbeat_job_v4(interval, timeout).await
     }
 
     /// Heartbeat is sent every `interval` milliseconds and the client is expected to respond within `timeout` milliseconds.
     ///
     /// If the client does not respond within the timeout, the connection is closed.
+    ///
+    /// One timer serves both waits (the next ping, the pong's deadline): the job lives as long as
+    /// its session, and an `Interval` and a `Timeout` cost two timers and a boxed one.
     async fn heartbeat_job_v4(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        let mut heartbeat_rx = self
-            .heartbeat_rx
-            .try_lock()
-            .expect("Pong rx should be locked only once");
-
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
 
-        let mut interval_tick = tokio::time::interval(interval);
-        interval_tick.tick().await;
+        let mut next_ping = Instant::now();
+        let timer = tokio::time::sleep_until(next_ping);
+        tokio::pin!(timer);
         // Some clients send the pong packet in first. If that happens, we should consume it.
-        heartbeat_rx.try_recv().ok();
+        self.heartbeat.notified().now_or_never();
         loop {
+            // Pings keep the pace an `Interval` would: `interval` apart, whatever the pong's delay.
+            next_ping += interval;
+
             // If we are currently upgrading we should pause the heartbeat process
-            if self.is_upgrading() {
-                interval_tick.tick().await;
-                continue;
+            if !self.is_upgrading() {
+                #[cfg(feature = "tracing")]
+                tracing::trace!(sid = ?self.id, "emitting ping");
+
+                self.internal_tx
+                    .try_send(Box::new(smallvec![Packet::Ping]))
+                    .map_err(|_| Error::HeartbeatTimeout)?;
+
+                #[cfg(feature = "tracing")]
+                tracing::trace!(sid = ?self.id, "waiting for pong");
+
+                timer.as_mut().reset(Instant::now() + timeout);
+                tokio::select! {
+                    biased;
+                    _ = self.heartbeat.notified() => {}
+                    _ = timer.as_mut() => return Err(Error::HeartbeatTimeout),
+                }
+
+                #[cfg(feature = "tracing")]
+                tracing::trace!(sid = ?self.id, "pong received");
             }
 
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "emitting ping");
-
-            self.internal_tx
-                .try_send(Box::new(smallvec![Packet::Ping]))
-                .map_err(|_| Error::HeartbeatTimeout)?;
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "waiting for pong");
-
-            tokio::time::timeout(timeout, heartbeat_rx.recv())
-                .await
-                .map_err(|_| Error::HeartbeatTimeout)?
-                .ok_or(Error::HeartbeatTimeout)?;
-
-            #[cfg(feature = "tracing")]
-            tracing::trace!(sid = ?self.id, "pong received");
-
-            interval_tick.tick().await;
+            timer.as_mut().reset(next_ping);
+            timer.as_mut().await;
         }
     }
 
     #[cfg(feature = "v3")]
     async fn heartbeat_job_v3(&self, interval: Duration, timeout: Duration) -> Result<(), Error> {
-        let mut heartbeat_rx = self
-            .heartbeat_rx
-            .try_lock()
-            .expect("Pong rx should be locked only once");
-
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat receiver routine started");
 
+        let timer = tokio::time::sleep(interval + timeout);
+        tokio::pin!(timer);
         loop {
-            tokio::time::timeout(interval + timeout, heartbeat_rx.recv())
-                .await
-                .map_err(|_| Error::HeartbeatTimeout)?
-                .ok_or(Error::HeartbeatTimeout)?;
+            tokio::select! {
+                biased;
+                _ = self.heartbeat.notified() => {}
+                _ = timer.as_mut() => return Err(Error::HeartbeatTimeout),
+            }
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");
             self.internal_tx
                 .try_send(Box::new(smallvec![Packet::Pong]))
                 .map_err(|_| Error::HeartbeatTimeout)?;
+            timer.as_mut().reset(Instant::now() + interval + timeout);
         }
+    }
+
+    /// Tells the heartbeat job that the client answered (v4) or pinged (v3).
+    pub(crate) fn heartbeat_received(&self) {
+        // One stored permit at most: a second pong before the job looks is the same news.
+        self.heartbeat.notify_one();
     }
 
     /// Returns true if the [`Socket`] has a websocket [`TransportType`]
@@ -550,7 +594,11 @@ where
     }
 
     pub(crate) fn send_volatile(&self, packets: PacketBuf) -> bool {
-        self.volatile_tx.send(Some(Box::new(packets))).is_ok()
+        if self.cancellation_token.is_cancelled() {
+            return false;
+        }
+        self.volatile.put(Box::new(packets));
+        true
     }
 }
 
@@ -562,8 +610,7 @@ impl<D: Default + Send + Sync + 'static> std::fmt::Debug for Socket<D> {
             .field("conn", &self.transport)
             .field("internal_rx", &self.internal_rx)
             .field("internal_tx", &self.internal_tx)
-            .field("heartbeat_rx", &self.heartbeat_rx)
-            .field("heartbeat_tx", &self.heartbeat_tx)
+            .field("heartbeat", &self.heartbeat)
             .field("cancellation_token", &self.cancellation_token)
             .field("req_data", &self.req_parts)
             .finish()
@@ -611,22 +658,18 @@ where
         buffer_size: usize,
     ) -> (Arc<Socket<D>>, tokio::sync::mpsc::Receiver<Packet>) {
         let (internal_tx, internal_rx) = mpsc::channel(buffer_size);
-        let (heartbeat_tx, heartbeat_rx) = mpsc::channel(1);
-        let (volatile_tx, volatile_rx) = watch::channel(None);
-
         let sock = Self {
             id: sid,
             protocol: ProtocolVersion::V4,
             transport: AtomicU8::new(TransportType::Websocket as u8),
             upgrading: AtomicBool::new(false),
 
-            internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
+            internal_rx: Mutex::new(InternalRx::new(internal_rx)),
             internal_tx,
 
-            volatile_tx,
+            volatile: Volatile::default(),
 
-            heartbeat_rx: Mutex::new(heartbeat_rx),
-            heartbeat_tx,
+            heartbeat: Notify::new(),
             cancellation_token: CancellationToken::new(),
             close_fn,
 

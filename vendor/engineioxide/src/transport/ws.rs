@@ -6,10 +6,9 @@
 
 use std::sync::Arc;
 
-use futures_util::{
-    SinkExt, StreamExt, TryStreamExt,
-    stream::{SplitSink, SplitStream},
-};
+use std::task::{Context, Poll};
+
+use futures_util::{SinkExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, request::Parts};
 use smallvec::smallvec;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -23,7 +22,7 @@ use tokio_tungstenite::{
 };
 use tokio_util::future::FutureExt as _;
 
-use engineioxide_core::{Packet, ProtocolVersion, Sid, Str, TransportType};
+use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Sid, Str, TransportType};
 
 use crate::{
     DisconnectReason, Socket, body::ResponseBody, config::EngineIoConfig, engine::EngineIo,
@@ -159,209 +158,273 @@ where
 
         let mut ws = ws_init().await;
         init_handshake(socket.id, &mut ws, &engine.config).await?;
-        socket
-            .clone()
-            .spawn_heartbeat(engine.config.ping_interval, engine.config.ping_timeout);
         (socket, ws)
     };
-    let (tx, rx) = ws.split();
 
-    // Pipe between websocket and internal socket channel.
-    tokio::spawn(forward_to_socket::<H, S>(socket.clone(), tx));
-
-    // Pipe between the websocket and the handler, in a task of its own: this function's future is
-    // sized for its handshake (several times the reading loop), and a task's allocation is sized
-    // for its whole future for the session's life.
-    tokio::spawn(read_websocket(engine, rx, socket));
+    // A session opened on this websocket keeps its heartbeat in the websocket's task; one upgraded
+    // from polling has had its heartbeat task since it opened.
+    let heartbeat = sid.is_none();
+    // In a task of its own: this function's future is sized for its handshake (several times the
+    // session's loop), and a task's allocation is sized for its whole future for the session's life.
+    tokio::spawn(run_websocket(engine, socket, ws, heartbeat));
     Ok(())
 }
 
-/// Reads the websocket until it closes or the session does, then closes the session.
-async fn read_websocket<H: EngineIoHandler, S>(
-    engine: Arc<EngineIo<H>>,
-    rx: SplitStream<WebSocketStream<S>>,
-    socket: Arc<Socket<H::Data>>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    match forward_to_handler(&engine, rx, &socket)
-        .with_cancellation_token(&socket.cancellation_token)
-        .await
-    {
-        Some(Err(ref e)) => {
-            let reason =
-                Option::<DisconnectReason>::from(e).unwrap_or(DisconnectReason::TransportError);
-
-            #[cfg(feature = "tracing")]
-            tracing::debug!("error when handling packet: {:?}", e);
-            engine.close_session(socket.id, reason);
-        }
-        Some(Ok(())) => {
-            #[cfg(feature = "tracing")]
-            tracing::debug!(sid = %socket.id, "ws transport was closed");
-            engine.close_session(socket.id, DisconnectReason::TransportClose);
-        }
-        None => {
-            #[cfg(feature = "tracing")]
-            tracing::debug!(sid = %socket.id, "socket is closing");
-        }
-    }
+/// What happened on the websocket itself.
+enum Wire {
+    /// A message came in, or the stream ended (`None`), or failed.
+    Read(Option<Result<Message, tungstenite::Error>>),
+    /// What was written is flushed to the connection, or could not be.
+    Flushed(Result<(), tungstenite::Error>),
 }
 
-/// Forwards all packets received from a websocket to a EngineIo [`Socket`]
-async fn forward_to_handler<H: EngineIoHandler, S>(
-    engine: &Arc<EngineIo<H>>,
-    mut rx: SplitStream<WebSocketStream<S>>,
-    socket: &Arc<Socket<H::Data>>,
-) -> Result<(), Error>
+/// Why a websocket session's loop ended.
+enum End {
+    /// The session was closed elsewhere: by the server, the handler or the heartbeat.
+    Cancelled,
+    /// The transport ended: the session is closed for this reason.
+    Closed(DisconnectReason),
+}
+
+/// Runs a websocket session in one task: reads the websocket for the handler, writes the
+/// session's queued packets to it and, for a session opened on this websocket, keeps the
+/// heartbeat.
+///
+/// One task rather than three (a reader, a writer, a heartbeat): each task is an allocation sized
+/// for its whole future and kept for the session's life, and a split websocket shares its halves
+/// through a lock. Reading goes on while written packets are being flushed; the next packets are
+/// taken from the session's channel once the previous ones are flushed, as the writer task did.
+///
+/// Not an `async fn`: its arguments would be stored twice in its future (rust-lang/rust#62958),
+/// and the websocket is the largest of them.
+fn run_websocket<H: EngineIoHandler, S>(
+    engine: Arc<EngineIo<H>>,
+    socket: Arc<Socket<H::Data>>,
+    mut ws: WebSocketStream<S>,
+    heartbeat: bool,
+) -> impl Future<Output = ()> + Send + 'static
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    while let Some(msg) = rx.try_next().await? {
-        match msg {
-            Message::Text(msg) => match Packet::parse(socket.protocol, ws_bytes_to_str(msg))? {
+    async move {
+        // A polling request that was in progress during the upgrade may still hold the lock.
+        let lock = socket.internal_rx.lock();
+        let Some(mut internal_rx) = lock
+            .with_cancellation_token(&socket.cancellation_token)
+            .await
+        else {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = %socket.id, "session closed before the ws transport started");
+            return;
+        };
+        let end = serve(&engine, &socket, &mut ws, &mut internal_rx, heartbeat).await;
+
+        // The session's close waits for this lock before it tells the handler.
+        drop(internal_rx);
+        if let End::Closed(reason) = end {
+            engine.close_session(socket.id, reason);
+        }
+
+        #[cfg(feature = "tracing")]
+        tracing::trace!(sid = %socket.id, "ws closing flush");
+        // Bounded: a peer that reads nothing must not keep the task and its connection forever.
+        let closing = async {
+            ws.flush().await.ok();
+            ws.close(None).await.ok();
+        };
+        tokio::time::timeout(engine.config.ping_timeout, closing)
+            .await
+            .ok();
+    }
+}
+
+/// The session's loop, until the session or its transport ends.
+///
+/// A function of its own: its future (the heartbeat's timer, the branches' futures) is then held
+/// only while it runs, not beside the session's closing flush.
+async fn serve<H: EngineIoHandler, S>(
+    engine: &Arc<EngineIo<H>>,
+    socket: &Arc<Socket<H::Data>>,
+    ws: &mut WebSocketStream<S>,
+    internal_rx: &mut InternalRx,
+    heartbeat: bool,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let InternalRx { buffered_rx, .. } = internal_rx;
+
+    let config = &engine.config;
+    let mut beating = heartbeat;
+    let heartbeat = socket.heartbeat_job(config.ping_interval, config.ping_timeout);
+    tokio::pin!(heartbeat);
+    // Packets written to the websocket and not yet flushed to the connection.
+    let mut unflushed = false;
+
+    loop {
+        tokio::select! {
+            biased;
+            packets = buffered_rx.recv(), if !unflushed => {
+                let Some(packets) = packets else { break End::Cancelled };
+                write_packets(ws, socket, *packets);
+                while let Ok(packets) = buffered_rx.try_recv() {
+                    write_packets(ws, socket, *packets);
+                }
+                unflushed = true;
+            }
+            _ = socket.cancellation_token.cancelled() => break End::Cancelled,
+            packets = std::future::poll_fn(|cx| socket.volatile.poll_take(cx)), if !unflushed => {
+                #[cfg(feature = "tracing")]
+                tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
+                write_packets(ws, socket, *packets);
+                unflushed = true;
+            }
+            Err(_e) = &mut heartbeat, if beating => {
+                #[cfg(feature = "tracing")]
+                tracing::debug!(sid = ?socket.id, "heartbeat error: {_e}");
+                beating = false;
+                // Queues a close packet and cancels the session: the next turns write it and end.
+                socket.close(DisconnectReason::HeartbeatTimeout);
+            }
+            wire = std::future::poll_fn(|cx| poll_wire(ws, &mut unflushed, cx)) => match wire {
+                Wire::Read(Some(Ok(msg))) => {
+                    if let Err(reason) = on_message(engine, socket, msg) {
+                        break End::Closed(reason);
+                    }
+                }
+                Wire::Read(Some(Err(_e))) => {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(sid = %socket.id, "ws transport error: {_e}");
+                    break End::Closed(DisconnectReason::TransportError);
+                }
+                Wire::Read(None) => {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(sid = %socket.id, "ws transport was closed");
+                    break End::Closed(DisconnectReason::TransportClose);
+                }
+                Wire::Flushed(Ok(())) => {}
+                Wire::Flushed(Err(_e)) => {
+                    #[cfg(feature = "tracing")]
+                    tracing::debug!(sid = %socket.id, "error sending packets: {_e}");
+                }
+            },
+        }
+    }
+}
+
+/// Flushes what was written (when there is some) and reads the next message.
+///
+/// A completed flush is told even when nothing came in, so that the session's loop takes the next
+/// packets; a flush that fails is told before anything is read.
+fn poll_wire<S>(
+    ws: &mut WebSocketStream<S>,
+    unflushed: &mut bool,
+    cx: &mut Context<'_>,
+) -> Poll<Wire>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut flushed = false;
+    if *unflushed {
+        if let Poll::Ready(res) = ws.poll_flush_unpin(cx) {
+            *unflushed = false;
+            if res.is_err() {
+                return Poll::Ready(Wire::Flushed(res));
+            }
+            flushed = true;
+        }
+    }
+    match ws.poll_next_unpin(cx) {
+        Poll::Ready(msg) => Poll::Ready(Wire::Read(msg)),
+        Poll::Pending if flushed => Poll::Ready(Wire::Flushed(Ok(()))),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// Hands a websocket message to the session; `Err` ends the session for that reason.
+fn on_message<H: EngineIoHandler>(
+    engine: &Arc<EngineIo<H>>,
+    socket: &Arc<Socket<H::Data>>,
+    msg: Message,
+) -> Result<(), DisconnectReason> {
+    let bad_packet = |e: Error| {
+        #[cfg(feature = "tracing")]
+        tracing::debug!("error when handling packet: {:?}", e);
+        Option::<DisconnectReason>::from(&e).unwrap_or(DisconnectReason::TransportError)
+    };
+    match msg {
+        Message::Text(msg) => {
+            match Packet::parse(socket.protocol, ws_bytes_to_str(msg))
+                .map_err(|e| bad_packet(e.into()))?
+            {
                 Packet::Close => {
                     #[cfg(feature = "tracing")]
                     tracing::debug!("[sid={}] closing session", socket.id);
-                    engine.close_session(socket.id, DisconnectReason::TransportClose);
-                    break;
+                    return Err(DisconnectReason::TransportClose);
                 }
-                Packet::Pong | Packet::Ping => {
-                    // A full channel means that the client is already known to be alive.
-                    socket.heartbeat_tx.try_send(()).ok();
-                    Ok::<(), Error>(())
-                }
-                Packet::Message(msg) => {
-                    engine.handler.on_message(msg, socket.clone());
-                    Ok(())
-                }
-                p => return Err(Error::BadPacket(p)),
-            },
-            Message::Binary(mut data) => {
-                if socket.protocol == ProtocolVersion::V3 && !data.is_empty() {
-                    // The first byte is the message type, which we don't need.
-                    data = data.split_off(1);
-                }
-                engine.handler.on_binary(data, socket.clone());
-                Ok(())
+                Packet::Pong | Packet::Ping => socket.heartbeat_received(),
+                Packet::Message(msg) => engine.handler.on_message(msg, socket.clone()),
+                p => return Err(bad_packet(Error::BadPacket(p))),
             }
-            Message::Close(_) => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!("websocket closed, closing session");
-                engine.close_session(socket.id, DisconnectReason::TransportClose);
-                break;
+        }
+        Message::Binary(mut data) => {
+            if socket.protocol == ProtocolVersion::V3 && !data.is_empty() {
+                // The first byte is the message type, which we don't need.
+                data = data.split_off(1);
             }
-            _ => {
-                #[cfg(feature = "tracing")]
-                tracing::debug!(sid = ?socket.id, "unexpected ws message");
-                Ok(())
-            }
-        }?
+            engine.handler.on_binary(data, socket.clone());
+        }
+        Message::Close(_) => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!("websocket closed, closing session");
+            return Err(DisconnectReason::TransportClose);
+        }
+        _ => {
+            #[cfg(feature = "tracing")]
+            tracing::debug!(sid = ?socket.id, "unexpected ws message");
+        }
     }
     Ok(())
 }
 
-/// Forwards all packets waiting to be sent to the websocket
-///
-/// The websocket stream is flushed only when the internal channel is drained
-async fn forward_to_socket<H: EngineIoHandler, S>(
-    socket: Arc<Socket<H::Data>>,
-    mut tx: SplitSink<WebSocketStream<S>, Message>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+/// Writes a session's packets to the websocket's buffer; the session's loop flushes them.
+fn write_packets<D, S>(ws: &mut WebSocketStream<S>, socket: &Socket<D>, packets: PacketBuf)
+where
+    D: Default + Send + Sync + 'static,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
-    // A polling request that was in progress during the upgrade may still hold the lock.
-    let lock = socket.internal_rx.lock();
-    let Some(mut internal_rx) = lock
-        .with_cancellation_token(&socket.cancellation_token)
-        .await
-    else {
-        #[cfg(feature = "tracing")]
-        tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
-        return;
-    };
-    let InternalRx {
-        buffered_rx,
-        volatile_rx,
-        ..
-    } = &mut *internal_rx;
-
-    // map a packet to a websocket message
-    // It is declared as a macro rather than a closure to avoid ownership issues
-    macro_rules! map_fn {
-            ($item:ident) => {
-                let res = match $item {
-                    Packet::Binary(bin) | Packet::BinaryV3(bin) => {
-                        if socket.protocol == ProtocolVersion::V3 {
-                            // v3 protocol requires packet type as the first byte.
-                            // This requires a new buffer. This is OK as it is only for the V3 protocol.
-                            let mut buff = Vec::with_capacity(bin.len() + 1);
-                            buff.push(0x04);
-                            buff.extend(bin);
-                            tx.feed(Message::Binary(buff.into())).await
-                        } else {
-                            tx.feed(Message::Binary(bin)).await
-                        }
-                    }
-                    // A Noop Packet maybe sent by the server to upgrade from a polling connection
-                    // In the case that the packet was not poll in time it will remain in the buffer and therefore
-                    // it should be discarded here
-                    Packet::Noop => Ok(()),
-                    _ => {
-                        let packet: String = $item.try_into().unwrap();
-                        tx.feed(Message::Text(packet.into())).await
-                    }
-                };
-                if let Err(_e) = res {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
-                }
-            };
-        }
-
-    // Forward buffered packets until the channel is closed or the session is cancelled.
-    loop {
-        tokio::select! {
-            biased;
-            items = buffered_rx.recv() => {
-                match items {
-                    Some(packets) => {
-                        for item in *packets {
-                            map_fn!(item);
-                        }
-                        while let Ok(packets) = buffered_rx.try_recv() {
-                            for item in *packets {
-                                map_fn!(item);
-                            }
-                        }
-                    }
-                    None => break
+    for packet in packets {
+        let msg = match packet {
+            Packet::Binary(bin) | Packet::BinaryV3(bin) => {
+                if socket.protocol == ProtocolVersion::V3 {
+                    // v3 protocol requires packet type as the first byte.
+                    // This requires a new buffer. This is OK as it is only for the V3 protocol.
+                    let mut buff = Vec::with_capacity(bin.len() + 1);
+                    buff.push(0x04);
+                    buff.extend(bin);
+                    Message::Binary(buff.into())
+                } else {
+                    Message::Binary(bin)
                 }
             }
-            _ = socket.cancellation_token.cancelled() => break,
-            Ok(()) = volatile_rx.changed() => {
-                let val = volatile_rx.borrow_and_update().clone();
-                if let Some(packets) = val {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    for item in *packets {
-                        map_fn!(item);
-                    }
-                }
-            },
+            // A Noop Packet maybe sent by the server to upgrade from a polling connection
+            // In the case that the packet was not poll in time it will remain in the buffer and therefore
+            // it should be discarded here
+            Packet::Noop => continue,
+            packet => {
+                let packet: String = packet.try_into().unwrap();
+                Message::Text(packet.into())
+            }
+        };
+        // The websocket takes the frame whatever the connection's state (a full connection
+        // only delays the flush), within the session's channel's bound.
+        if let Err(_e) = ws.start_send_unpin(msg) {
+            #[cfg(feature = "tracing")]
+            tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
         }
-
-        #[cfg(feature = "tracing")]
-        tracing::trace!(sid = %socket.id, "ws flush");
-        tx.flush().await.ok();
     }
-
-    #[cfg(feature = "tracing")]
-    tracing::trace!(sid = %socket.id, "ws closing flush");
-
-    tx.flush().await.ok();
-    tx.close().await.ok();
 }
+
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
 async fn init_handshake<S>(
     sid: Sid,
@@ -518,17 +581,26 @@ mod tests {
         )
     }
 
+    fn engine() -> Arc<EngineIo<StubHandler>> {
+        Arc::new(EngineIo::new(
+            Arc::new(StubHandler),
+            EngineIoConfig::default(),
+        ))
+    }
+
     /// A polling request can still hold the lock at the end of an upgrade.
     #[tokio::test]
     async fn writer_waits_for_the_lock_of_a_polling_request() {
         let socket = socket();
         let (server, mut client) = ws_pair().await;
-        let (tx, _rx) = server.split();
 
         let polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let session = tokio::spawn(run_websocket(engine(), socket.clone(), server, false));
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!writer.is_finished(), "the writer should wait for the lock");
+        assert!(
+            !session.is_finished(),
+            "the session should wait for the lock"
+        );
 
         drop(polling);
         socket.emit(Str::from("hello")).unwrap();
@@ -544,16 +616,88 @@ mod tests {
     async fn writer_waiting_for_the_lock_stops_with_the_session() {
         let socket = socket();
         let (server, _client) = ws_pair().await;
-        let (tx, _rx) = server.split();
 
         let _polling = socket.internal_rx.lock().await;
-        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        let session = tokio::spawn(run_websocket(engine(), socket.clone(), server, false));
         tokio::time::sleep(Duration::from_millis(20)).await;
 
         socket.cancellation_token.cancel();
-        tokio::time::timeout(TIMEOUT, writer)
+        tokio::time::timeout(TIMEOUT, session)
             .await
-            .expect("the writer should stop")
+            .expect("the session should stop")
+            .unwrap();
+    }
+
+    /// Remembers the messages it is given.
+    #[derive(Debug, Default)]
+    struct Recorder(std::sync::Mutex<Vec<Str>>);
+    impl EngineIoHandler for Recorder {
+        type Data = ();
+        fn on_connect(self: Arc<Self>, _: Arc<Socket<()>>) {}
+        fn on_disconnect(&self, _: Arc<Socket<()>>, _: DisconnectReason) {}
+        fn on_message(self: &Arc<Self>, msg: Str, _: Arc<Socket<()>>) {
+            self.0.lock().unwrap().push(msg);
+        }
+        fn on_binary(self: &Arc<Self>, _: Bytes, _: Arc<Socket<()>>) {}
+    }
+
+    /// The one task reads what the client sends while its writes wait for the client to read, and
+    /// a client that reads nothing does not keep the session's end waiting.
+    #[tokio::test]
+    async fn one_task_reads_while_it_writes() {
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let recorder = Arc::new(Recorder::default());
+        // The closing flush is bounded by the ping timeout.
+        let config = EngineIoConfig::builder()
+            .ping_timeout(Duration::from_millis(200))
+            .build();
+        let engine = Arc::new(EngineIo::new(recorder.clone(), config));
+        let session = tokio::spawn(run_websocket(engine, socket.clone(), server, false));
+
+        // More than the duplex pipe holds (1 KiB): the flush waits for the client to read.
+        for i in 0..100 {
+            socket
+                .emit(Str::from(format!("message number {i:03}")))
+                .unwrap();
+        }
+        client
+            .send(Message::text("4from the client"))
+            .await
+            .unwrap();
+        tokio::time::timeout(TIMEOUT, async {
+            while recorder.0.lock().unwrap().is_empty() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the message should be read while the flush waits");
+        assert_eq!(recorder.0.lock().unwrap()[0], "from the client");
+
+        for i in 0..100 {
+            let msg = tokio::time::timeout(TIMEOUT, client.next())
+                .await
+                .expect("every packet should arrive")
+                .unwrap()
+                .unwrap();
+            assert_eq!(msg, Message::text(format!("4message number {i:03}")));
+        }
+
+        // A pong is news for the heartbeat.
+        client.send(Message::text("3")).await.unwrap();
+        tokio::time::timeout(TIMEOUT, socket.heartbeat.notified())
+            .await
+            .expect("the pong should reach the heartbeat");
+
+        // The client stops reading; the server closes the session.
+        for i in 0..100 {
+            socket.emit(Str::from(format!("unread {i:03}"))).ok();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        socket.cancellation_token.cancel();
+        tokio::time::timeout(TIMEOUT, session)
+            .await
+            .expect("the session should end within its closing bound")
             .unwrap();
     }
 }
