@@ -96,18 +96,57 @@ impl Drop for ChildGuard {
     }
 }
 
+/// The memory budget of one idle websocket guest of ours (issue 14's goal: about half of Node's),
+/// checked by `chat-memory` and `chat`.
+const IDLE_BUDGET_KIB: f64 = 8.0;
+
+/// Says whether ours is within [`IDLE_BUDGET_KIB`]: the bench's regression check (a figure, not a
+/// timed test: `chat-memory` exits with 1 when it is over).
+fn budget_check(what: &str, kib: Option<f64>) -> bool {
+    let within = kib.is_some_and(|k| k <= IDLE_BUDGET_KIB);
+    let figure = kib.map_or("failed".to_owned(), |k| format!("{k:.1} KiB"));
+    let verdict = if within { "within" } else { "OVER BUDGET" };
+    println!("memory check: {what}: {figure}, budget {IDLE_BUDGET_KIB:.1} KiB: {verdict}");
+    within
+}
+
+/// The most idle connections this bench holds on one server: what the descriptor limit allows
+/// (the server and this process each hold one per connection), at most 18,000.
+fn largest_idle_count() -> usize {
+    use nix::sys::resource::{Resource, getrlimit};
+    let limit = getrlimit(Resource::RLIMIT_NOFILE).map_or(0, |(soft, _)| soft);
+    usize::try_from(limit.saturating_sub(2_000)).unwrap_or(0).clamp(IDLE_CONNECTIONS, 18_000)
+}
+
 /// `chatctl-bench chat-memory`: memory per idle connection only, guests (with a name) and bare
-/// Socket.IO connections, ours and Node's.
+/// Socket.IO connections, ours and Node's, at 10,000 and at the most this box allows.
 pub(crate) fn memory() {
     raise_fd_limit();
     let node_dir = node_server();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let largest = largest_idle_count();
+    let mut ours = (None, None);
     for kind in ["chat-worker x1", "node x1"] {
         for how in [Connecting::Guests, Connecting::Bare, Connecting::Browsers] {
             let server = start(kind, &node_dir);
             print!("{}: ", how.label());
-            if let Err(e) = runtime.block_on(idle_memory_as(&server, how)) {
+            let kib = runtime.block_on(idle_memory_as(&server, how, IDLE_CONNECTIONS));
+            if let Err(e) = &kib {
                 println!("failed: {e}");
+            }
+            if kind == "chat-worker x1" && matches!(how, Connecting::Guests) {
+                ours.0 = kib.ok();
+            }
+        }
+        if largest > IDLE_CONNECTIONS {
+            let server = start(kind, &node_dir);
+            print!("guests, the most this box allows: ");
+            let kib = runtime.block_on(idle_memory_as(&server, Connecting::Guests, largest));
+            if let Err(e) = &kib {
+                println!("failed: {e}");
+            }
+            if kind == "chat-worker x1" {
+                ours.1 = kib.ok();
             }
         }
         let server = start(if kind == "node x1" { "node x1 (polling)" } else { kind }, &node_dir);
@@ -115,6 +154,13 @@ pub(crate) fn memory() {
         if let Err(e) = runtime.block_on(idle_polling_memory(&server)) {
             println!("failed: {e}");
         }
+    }
+    let mut within = budget_check(&format!("chat-worker x1, idle websocket guest at {IDLE_CONNECTIONS}"), ours.0);
+    if largest > IDLE_CONNECTIONS {
+        within &= budget_check(&format!("chat-worker x1, idle websocket guest at {largest}"), ours.1);
+    }
+    if !within {
+        std::process::exit(1);
     }
 }
 
@@ -276,6 +322,9 @@ fn report(results: &[Measured]) {
     println!("memory per idle connection ({IDLE_CONNECTIONS} connections), KiB; reference node x1: 15.4");
     for (kind, _, memory) in results {
         println!("  {kind:<28} {}", memory.map_or("failed".to_owned(), |m| format!("{m:.1}")));
+    }
+    for (kind, _, memory) in results.iter().filter(|(kind, ..)| !kind.starts_with("node")) {
+        budget_check(&format!("{kind}, idle websocket guest at {IDLE_CONNECTIONS}"), *memory);
     }
     println!("(latency ratios are node/ours: above 1 means ours is faster; per core-s: deliveries per CPU-second)");
 }
@@ -708,14 +757,14 @@ async fn run(server: &Server, scenario: &Scenario, round: usize) -> Result<Figur
 
 /// Resident memory the server grows by per idle connection (connected, named, in no room).
 async fn idle_memory(server: &Server) -> Result<f64, String> {
-    idle_memory_as(server, Connecting::Guests).await
+    idle_memory_as(server, Connecting::Guests, IDLE_CONNECTIONS).await
 }
 
-async fn idle_memory_as(server: &Server, how: Connecting) -> Result<f64, String> {
+async fn idle_memory_as(server: &Server, how: Connecting, count: usize) -> Result<f64, String> {
     let rss = || server.pids.iter().map(|p| harness::rss_kib(*p).0).sum::<u64>();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss();
-    let clients = connect_all_as(server.addr, IDLE_CONNECTIONS, None, how).await?;
+    let clients = connect_all_as(server.addr, count, None, how).await?;
     // Answer pings while idle, as a browser would.
     let keep: Vec<_> = clients.into_iter().map(answer_pings).collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -723,9 +772,9 @@ async fn idle_memory_as(server: &Server, how: Connecting) -> Result<f64, String>
     for task in &keep {
         task.abort();
     }
-    let per = after.saturating_sub(before) as f64 / IDLE_CONNECTIONS as f64;
+    let per = after.saturating_sub(before) as f64 / count as f64;
     println!(
-        "  {:<26} {IDLE_CONNECTIONS} idle connections: {:.1} -> {:.1} MiB, {per:.1} KiB each",
+        "  {:<26} {count} idle connections: {:.1} -> {:.1} MiB, {per:.1} KiB each",
         server.name,
         before as f64 / 1024.0,
         after as f64 / 1024.0
