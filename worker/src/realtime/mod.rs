@@ -242,12 +242,14 @@ pub async fn register(
             }
         }
     };
-    // Who the client is is settled in a middleware (after the origin check: a middleware added
-    // later runs first), before socket.io tells the client it is
-    // connected: the connect handler runs only after the CONNECT packet went out, so whatever it
-    // awaited before registering the event handlers let the client's first events through to no
-    // handler at all (a message sent the moment a client reconnected was lost: the restore awaited
-    // the cluster's member list first).
+    // Who the client is is settled, and its events handed to the features, in a middleware (the
+    // last to run: a middleware added later runs first, and the origin check may refuse), before
+    // socket.io tells the client it is connected. The connect handler runs only after the CONNECT
+    // packet went out, in a task of its own: events registered there let the client's first
+    // events through to no handler at all whenever the client answered the CONNECT before that
+    // task ran (a message sent the moment a client reconnected was lost: the restore awaited the
+    // cluster's member list first; later, a `room:join` sent the moment a guest connected, with
+    // the socket's one task reading while it writes).
     let c = chat.clone();
     let admit = move |socket: SocketRef<Adapter>, TryData(auth): TryData<sessions::Auth>| {
         let chat = c.clone();
@@ -255,6 +257,7 @@ pub async fn register(
             chat.throttle.admit(&socket);
             socket.extensions.insert(protocol::Unread::default());
             sessions::admit(&socket, &chat.sessions, auth.unwrap_or_default()).await;
+            chat.register(&socket);
             Ok::<(), std::convert::Infallible>(())
         }
     };
@@ -262,7 +265,6 @@ pub async fn register(
         let chat = chat.clone();
         async move {
             tracing::debug!(sid = %socket.id, "socket connected");
-            chat.register(&socket);
             let since = auth.map(|a| a.since).unwrap_or_default();
             sessions::welcome(&socket, &chat.sessions, &since).await;
         }
