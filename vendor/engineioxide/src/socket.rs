@@ -395,12 +395,16 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(sid = ?self.id, "heartbeat sender routine started");
 
-        let mut next_ping = Instant::now();
+        // The first ping goes out `interval` after the session opens, as the protocol says (and
+        // Node's engine.io does): one sent at once could reach a client in the same read as the
+        // open packet, before it listens for pings (the official test suite's clients do that).
+        let mut next_ping = Instant::now() + interval;
         let timer = tokio::time::sleep_until(next_ping);
         tokio::pin!(timer);
         // Some clients send the pong packet in first. If that happens, we should consume it.
         self.heartbeat.notified().now_or_never();
         loop {
+            timer.as_mut().await;
             // Pings keep the pace an `Interval` would: `interval` apart, whatever the pong's delay.
             next_ping += interval;
 
@@ -428,7 +432,6 @@ where
             }
 
             timer.as_mut().reset(next_ping);
-            timer.as_mut().await;
         }
     }
 
