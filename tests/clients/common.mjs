@@ -14,7 +14,8 @@ export function deadline(seconds) {
 export async function until(what, check, ms = 5000) {
   const end = Date.now() + ms;
   while (!check()) {
-    if (Date.now() > end) fail(`waited ${ms} ms for: ${what}`);
+    // `what` may be a function, so that a failure says what was seen by then.
+    if (Date.now() > end) fail(`waited ${ms} ms for: ${typeof what === "function" ? what() : what}`);
     await new Promise((r) => setTimeout(r, 10));
   }
 }

@@ -60,7 +60,12 @@ if (early.length) fail(`a guest whose other tab is still in the room was told as
 const before = presence.length;
 for (const g of crowd) g.socket.disconnect();
 const left = () => changes(presence.slice(before)).filter((p) => !p.joined);
-await until("the watcher told of every leave", () => left().length >= count, 10_000);
+const missing = () => crowd.filter((g) => !left().some((p) => p.guest.id === g.id)).map((g) => g.name);
+await until(
+  () => `the watcher told of every leave (told ${left().length} of ${count}; not told: ${missing().slice(0, 5).join(", ")})`,
+  () => left().length >= count,
+  10_000,
+);
 await new Promise((r) => setTimeout(r, 300));
 const ids = left().map((p) => p.guest.id);
 if (ids.length !== count || new Set(ids).size !== count) fail(`told of ${ids.length} leaves (${new Set(ids).size} guests), expected ${count}`);

@@ -57,16 +57,13 @@
 use std::{
     collections::VecDeque,
     fmt::Debug,
-    sync::PoisonError,
     sync::{
-        Arc,
+        Arc, PoisonError,
         atomic::{AtomicBool, AtomicU8, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
 };
-
-use tokio::time::Instant;
 
 use crate::{config::EngineIoConfig, errors::Error};
 use bytes::Bytes;
@@ -75,9 +72,12 @@ use futures_util::FutureExt;
 use futures_util::task::AtomicWaker;
 use http::request::Parts;
 use smallvec::{SmallVec, smallvec};
-use tokio::sync::{
-    Mutex, Notify,
-    mpsc::{self, Receiver, error::TrySendError},
+use tokio::{
+    sync::{
+        Mutex, Notify,
+        mpsc::{self, Receiver, error::TrySendError},
+    },
+    time::Instant,
 };
 
 pub use engineioxide_core::Sid;

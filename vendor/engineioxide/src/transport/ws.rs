@@ -80,8 +80,9 @@ pub fn new_req<R: Send + 'static, B, H: EngineIoHandler>(
 
         match res {
             Ok(_) => {
+                // The session runs on in a task of its own (`run_websocket`).
                 #[cfg(feature = "tracing")]
-                tracing::debug!(?sid, "ws closed")
+                tracing::debug!(?sid, "ws session started")
             }
             Err(Error::MultipleWebsocketRequests) => {}
             Err(_e) => {
