@@ -208,13 +208,14 @@ impl Chat {
     /// its rooms, which are told.
     async fn gone(&self, socket: &SocketRef<Adapter>, reason: DisconnectReason) {
         tracing::debug!(sid = %socket.id, ?reason, "socket disconnected");
+        let rooms = rooms::joined(socket);
         let guest = socket.extensions.get::<Guest>();
         if let Some(guest) = &guest {
             self.identity.touch(guest);
             socket.leave(guests::guest_room(&guest.id));
             calls::left(socket, &self.calls, guest).await;
         }
-        rooms::leave_all(socket, &self.presence, guest.as_ref()).await;
+        rooms::leave_all(socket, &self.presence, guest.as_ref(), rooms).await;
     }
 }
 

@@ -95,11 +95,24 @@ async fn typing(socket: SocketRef<Adapter>, ev: Arc<RoomEvents>, data: Result<Ty
     Ok(json!({ "ok": true }))
 }
 
+/// The chat rooms `socket` is in (not its internal ones), for [`leave_all`].
+///
+/// Read as soon as a socket is gone, before anything is awaited: socket.io removes a socket from
+/// every room without waiting for its disconnect handler when the socket is closed a second time
+/// (its transport closing right after the client's DISCONNECT), and a handler that read them after
+/// an await found none, and told no one that the guest left.
+pub(super) fn joined(socket: &SocketRef<Adapter>) -> Vec<String> {
+    socket.rooms().into_iter().filter(|r| !r.starts_with(INTERNAL)).map(|r| r.to_string()).collect()
+}
+
 /// A socket going away leaves all its rooms; they are told once it no longer counts.
-pub(super) async fn leave_all(socket: &SocketRef<Adapter>, presence: &Arc<Presence>, guest: Option<&Guest>) {
+pub(super) async fn leave_all(
+    socket: &SocketRef<Adapter>,
+    presence: &Arc<Presence>,
+    guest: Option<&Guest>,
+    rooms: Vec<String>,
+) {
     // Leave first, so that the member lists (asked of every worker) no longer count us.
-    let rooms: Vec<String> =
-        socket.rooms().into_iter().filter(|r| !r.starts_with(INTERNAL)).map(|r| r.to_string()).collect();
     socket.leave_all();
     if let Some(guest) = guest {
         for room in rooms {
