@@ -81,6 +81,7 @@ fn main() {
         shards::redis_cluster();
     }
     if what == "idle" {
+        // The arguments after the program's name and `idle`.
         let args: Vec<String> = std::env::args().skip(2).collect();
         let parsed = match args.as_slice() {
             [addr, count, seconds] => addr.parse().ok().zip(count.parse().ok()).zip(seconds.parse().ok()),
@@ -88,7 +89,10 @@ fn main() {
         };
         match parsed {
             Some(((addr, count), seconds)) => chat::idle(addr, count, Duration::from_secs(seconds)),
-            None => println!("usage: chatctl-bench idle ADDR COUNT SECONDS (e.g. 127.0.0.1:3000 3000 5)"),
+            None => {
+                eprintln!("usage: chatctl-bench idle ADDR COUNT SECONDS (e.g. 127.0.0.1:3000 3000 5)");
+                std::process::exit(2);
+            }
         }
     }
 }

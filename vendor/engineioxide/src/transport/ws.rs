@@ -690,11 +690,19 @@ mod tests {
             .await
             .expect("the pong should reach the heartbeat");
 
-        // The client stops reading; the server closes the session.
+        // The client stops reading (more than the pipe holds); once the session's task has taken
+        // every packet, its flush waits for the client, and the server closes the session.
         for i in 0..100 {
             socket.emit(Str::from(format!("unread {i:03}"))).ok();
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let channel = &socket.internal_tx;
+        tokio::time::timeout(TIMEOUT, async {
+            while channel.capacity() < channel.max_capacity() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the session should take every packet");
         socket.cancellation_token.cancel();
         tokio::time::timeout(TIMEOUT, session)
             .await
