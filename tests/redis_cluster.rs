@@ -117,3 +117,47 @@ fn a_master_failing_over_mid_chat_loses_nothing_recovery_returns() {
     assert_eq!(report["recovered_on_b"], report["down"], "{report}");
     eprintln!("failover: {report}");
 }
+
+/// `REDIS_URL` names a single Redis first and a cluster's node next: the hosts link to the single
+/// server (which needs no per-room subscriptions, so the workers note none), and when it dies they
+/// link to the cluster, where each room has channels of its own. The rooms their guests are already
+/// in are then followed at once, on their shard: cross-host chat resumes without anyone rejoining.
+#[test]
+fn rooms_joined_on_a_single_redis_are_followed_when_the_link_comes_back_to_a_cluster() {
+    let mut single = crate::support::redis::RedisServer::start();
+    let cluster = RedisCluster::start(3);
+    let room = "lobby";
+    let master = cluster.master_of(room);
+    let url = format!("{},{}", single.url(), cluster.url());
+    let (port_a, port_b) = (free_port(), free_port());
+    let _a = host(&url, port_a, 1);
+    let _b = host(&url, port_b, 1);
+    wait_until("both hosts linked to the single Redis", Duration::from_secs(10), || {
+        (linked(port_a) && linked(port_b)).then_some(())
+    });
+    let mut client = Scripted::start(
+        "outage.mjs",
+        &[&format!("http://127.0.0.1:{port_a}"), &format!("http://127.0.0.1:{port_b}"), room],
+    );
+    assert_eq!(client.next_line(), "ready");
+    assert_eq!(calls(&cluster, master, "ssubscribe"), 0, "nothing on the cluster while the single Redis serves");
+    single.kill();
+    // Both hosts subscribe the room's channels on its master (the adapter's and the history's).
+    wait_until("both hosts following the room on its shard", Duration::from_secs(15), || {
+        (calls(&cluster, master, "ssubscribe") >= 2).then_some(())
+    });
+    wait_until("both hosts linked to the cluster", Duration::from_secs(10), || {
+        (linked(port_a) && linked(port_b)).then_some(())
+    });
+    client.say("down");
+    assert_eq!(client.next_line(), "restart");
+    let before = calls(&cluster, master, "spublish");
+    client.say("up");
+    let report = client.next_line();
+    drop(client);
+    let report: serde_json::Value = serde_json::from_str(&report).unwrap_or_else(|_| panic!("switch report: {report}"));
+    assert_eq!(report["ok"], true, "{report}");
+    let carried = calls(&cluster, master, "spublish") - before;
+    assert!(carried >= 2, "the room's master carried {carried} SPUBLISH after the switch");
+    eprintln!("single to cluster: {report}");
+}

@@ -184,10 +184,14 @@ pub async fn build(config: &Config, shared_port: bool) -> std::io::Result<Worker
     Ok(Worker { router, admin, state, admission, handoff, incomings, followers })
 }
 
-/// Stops hearing the rooms this worker has no socket in any more (on a Redis Cluster, see `bus`).
+/// Stops hearing the rooms this worker has no socket in any more, and starts hearing those it has
+/// sockets in but does not hear (on a Redis Cluster, see `bus`).
 async fn sweep_rooms(driver: BusDriver, io: SocketIo<Adapter>) {
     loop {
-        tokio::time::sleep(bus::SWEEP_EVERY).await;
+        tokio::select! {
+            () = tokio::time::sleep(bus::SWEEP_EVERY) => {}
+            () = driver.resync() => {}
+        }
         let local = async {
             match io.local().rooms().await {
                 Ok(rooms) => rooms.into_iter().map(|room| room.to_string()).collect(),

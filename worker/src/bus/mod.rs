@@ -16,6 +16,7 @@ mod local;
 mod redis_link;
 mod rooms;
 
+use redis_link::Kind;
 pub(crate) use redis_link::RedisLink;
 pub use rooms::Hearing;
 pub(crate) use rooms::SWEEP_EVERY;
@@ -50,7 +51,6 @@ struct Inner {
     link: Link,
     table: Arc<Table>,
     state: Arc<LinkState>,
-    rooms: rooms::Rooms,
 }
 
 enum Link {
@@ -77,15 +77,22 @@ impl Fallback {
 struct Table {
     /// `std::sync::Mutex`: held for an insert or a lookup, never across an await.
     subscriptions: Mutex<HashMap<String, mpsc::Sender<ChanItem>>>,
-    /// Those of them that are rooms' channels (sharded pub/sub on a Redis Cluster).
-    sharded: Mutex<HashSet<String>>,
+    /// The rooms with channels of their own (on a Redis Cluster), whose messages go to their
+    /// family's follower.
+    rooms: rooms::Rooms,
     /// Messages dropped because a follower fell behind (shown on `/health`).
     dropped: std::sync::atomic::AtomicU64,
 }
 
 impl Table {
     fn deliver(&self, chan: String, data: Vec<u8>) {
-        let sender = self.subscriptions.locked().get(&chan).cloned();
+        let sender = {
+            let subscriptions = self.subscriptions.locked();
+            match subscriptions.get(&chan) {
+                Some(sender) => Some(sender.clone()),
+                None => self.rooms.family_of(&chan).and_then(|family| subscriptions.get(&family).cloned()),
+            }
+        };
         if let Some(sender) = sender
             && sender.try_send((chan, data)).is_err()
         {
@@ -103,8 +110,8 @@ impl Table {
 
     /// The channels followed: the classic ones, and the rooms' (sharded).
     fn channels(&self) -> (Vec<String>, Vec<String>) {
-        let sharded = self.sharded.locked();
-        self.subscriptions.locked().keys().cloned().partition(|chan| !sharded.contains(chan))
+        let classic = self.subscriptions.locked().keys().cloned().collect();
+        (classic, self.rooms.channels(self.rooms.followed.locked().iter()))
     }
 }
 
@@ -238,13 +245,13 @@ impl BusDriver {
     }
 
     fn with(link: Link, table: Arc<Table>, state: Arc<LinkState>) -> BusDriver {
-        BusDriver { inner: Arc::new(Inner { link, table, state, rooms: rooms::Rooms::default() }) }
+        BusDriver { inner: Arc::new(Inner { link, table, state }) }
     }
 
     /// Names the channels whose rooms get channels of their own on a Redis Cluster: the adapter's
     /// broadcast channel first (its requests are read to find their room), then the others.
     pub fn shard_rooms_of(&self, families: Vec<String>) {
-        *self.inner.rooms.families.locked() = families;
+        *self.inner.table.rooms.families.locked() = families;
     }
 
     /// The Redis link, when it is up and to a cluster: rooms then have channels of their own.
@@ -259,71 +266,63 @@ impl BusDriver {
     /// Cluster, subscribes to their channels (and waits for Redis to confirm); elsewhere, nothing
     /// to do. Hold the guard until the socket has joined (see `rooms::Rooms::gate`).
     pub async fn follow(&self, rooms: &[String]) -> tokio::sync::MutexGuard<'_, ()> {
-        let gate = self.inner.rooms.gate.lock().await;
+        let noted = &self.inner.table.rooms;
+        let gate = noted.gate.lock().await;
         let Link::Redis(redis, _) = &self.inner.link else { return gate };
-        let new: Vec<&String> = {
-            let mut followed = self.inner.rooms.followed.locked();
-            rooms.iter().filter(|room| followed.insert((*room).clone())).collect()
+        if redis.kind() == Kind::Single {
+            return gate;
+        }
+        let new: Vec<String> = {
+            let mut followed = noted.followed.locked();
+            rooms.iter().filter(|room| followed.insert((*room).clone())).cloned().collect()
         };
-        for room in new {
-            let channels = self.room_channels(room);
-            {
-                let table = &self.inner.table;
-                let mut subscriptions = table.subscriptions.locked();
-                let mut sharded = table.sharded.locked();
-                for (family, chan) in self.families().iter().zip(&channels) {
-                    // A family nobody follows here (yet) has nothing to hear.
-                    if let Some(sender) = subscriptions.get(family).cloned() {
-                        subscriptions.insert(chan.clone(), sender);
-                        sharded.insert(chan.clone());
-                    }
-                }
-            }
-            // Only a cluster has them; a link that is down subscribes them once it is back.
-            if redis.is_cluster() {
-                redis.ssubscribe(&channels).await;
-            }
+        // After noting them: a link coming up as a cluster meanwhile subscribes them either in its
+        // list or here. A link that is down subscribes them once it is back.
+        if !new.is_empty() && redis.is_cluster() {
+            redis.ssubscribe(&noted.channels(&new)).await;
         }
         gate
     }
 
-    /// Drops the rooms no socket of this worker is in (`local`: the rooms they are in, asked once
-    /// no socket can be joining one).
+    /// Drops the rooms no socket of this worker is in, and follows the rooms its sockets are in
+    /// but it does not follow yet (a single Redis turned into a cluster). `local`: the rooms they
+    /// are in, asked once no socket can be joining one, and only where rooms are followed.
     pub async fn sweep(&self, local: impl Future<Output = HashSet<String>>) {
-        let _gate = self.inner.rooms.gate.lock().await;
+        let noted = &self.inner.table.rooms;
+        let _gate = noted.gate.lock().await;
         let Link::Redis(redis, _) = &self.inner.link else { return };
-        let local = local.await;
-        let gone: Vec<String> = {
-            let mut followed = self.inner.rooms.followed.locked();
-            let gone = followed.iter().filter(|room| !local.contains(*room)).cloned().collect();
-            followed.retain(|room| local.contains(room));
-            gone
-        };
-        for room in gone {
-            let channels = self.room_channels(&room);
-            {
-                let mut subscriptions = self.inner.table.subscriptions.locked();
-                let mut sharded = self.inner.table.sharded.locked();
-                for chan in &channels {
-                    subscriptions.remove(chan);
-                    sharded.remove(chan);
-                }
-            }
-            redis.sunsubscribe(&channels).await;
+        if redis.kind() == Kind::Single {
+            // Noted while the link's kind was being learnt.
+            *noted.followed.locked() = HashSet::new();
+            return;
         }
+        let local = local.await;
+        let (gone, new) = {
+            let mut followed = noted.followed.locked();
+            let gone: Vec<String> = followed.iter().filter(|room| !local.contains(*room)).cloned().collect();
+            followed.retain(|room| local.contains(room));
+            let new: Vec<String> = local.iter().filter(|room| followed.insert((*room).clone())).cloned().collect();
+            (gone, new)
+        };
+        if redis.is_cluster() {
+            if !gone.is_empty() {
+                redis.sunsubscribe(&noted.channels(&gone)).await;
+            }
+            if !new.is_empty() {
+                tracing::info!(rooms = new.len(), "following the rooms of this worker on the Redis Cluster");
+                redis.ssubscribe(&noted.channels(&new)).await;
+            }
+        }
+    }
+
+    /// Waits until the rooms this worker follows must be swept at once (see `rooms::Rooms::resync`).
+    pub async fn resync(&self) {
+        self.inner.table.rooms.resync.notified().await;
     }
 
     /// The rooms this worker hears on channels of their own.
     pub fn followed(&self) -> Vec<String> {
-        self.inner.rooms.followed.locked().iter().cloned().collect()
-    }
-
-    fn families(&self) -> Vec<String> {
-        self.inner.rooms.families.locked().clone()
-    }
-
-    fn room_channels(&self, room: &str) -> Vec<String> {
-        self.families().iter().map(|family| rooms::channel(family, room)).collect()
+        self.inner.table.rooms.followed.locked().iter().cloned().collect()
     }
 
     /// Publishes on `family`'s channel, or on a cluster on `room`'s channel of that family.
@@ -392,7 +391,7 @@ impl Driver for BusDriver {
     async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), BusError> {
         // On a cluster, a broadcast to one room goes on that room's channel.
         if self.cluster().is_some()
-            && self.inner.rooms.families.locked().first() == Some(&chan)
+            && self.inner.table.rooms.families.locked().first() == Some(&chan)
             && let Some(room) = rooms::room_of(&val)
         {
             return self.publish_in(&chan, &room, val);

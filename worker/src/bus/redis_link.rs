@@ -14,7 +14,7 @@
 //! order it made them, and a burst costs one round trip instead of one each (on a cluster, one per
 //! slot of the batch, sent together: the order holds within each channel and key).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,8 +39,32 @@ pub(crate) struct RedisLink {
     conn: Slot,
     writes: mpsc::UnboundedSender<Write>,
     state: Arc<LinkState>,
-    /// Whether the connection is to a Redis Cluster (rooms then have channels of their own).
-    cluster: Arc<AtomicBool>,
+    /// What the last connection was to (rooms have channels of their own on a cluster).
+    kind: Arc<AtomicU8>,
+}
+
+/// What a link connects to, as its last connection found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum Kind {
+    /// Not connected yet.
+    Unknown,
+    Single,
+    Cluster,
+}
+
+impl Kind {
+    fn of(conn: &Conn) -> Kind {
+        if conn.is_cluster() { Kind::Cluster } else { Kind::Single }
+    }
+
+    fn load(cell: &AtomicU8) -> Kind {
+        match cell.load(Ordering::Relaxed) {
+            1 => Kind::Single,
+            2 => Kind::Cluster,
+            _ => Kind::Unknown,
+        }
+    }
 }
 
 type Slot = Arc<Mutex<Option<Conn>>>;
@@ -75,7 +99,7 @@ impl Write {
 impl RedisLink {
     pub(super) async fn start(url: &str, table: Arc<Table>, state: Arc<LinkState>, first_try: Duration) -> RedisLink {
         let conn: Slot = Arc::default();
-        let cluster = Arc::new(AtomicBool::new(false));
+        let kind = Arc::new(AtomicU8::new(Kind::Unknown as u8));
         let (writes, queue) = mpsc::unbounded_channel();
         // `None` until the first attempt is over, then whether the link is up.
         let (up_tx, mut up_rx) = watch::channel(None);
@@ -83,7 +107,7 @@ impl RedisLink {
         tokio::spawn(write(queue, conn.clone(), table.clone(), state.clone(), write_failed.clone()));
         match Target::parse(url) {
             Ok(target) => {
-                let link = Link { slot: conn.clone(), cluster: cluster.clone(), table, state: state.clone() };
+                let link = Link { slot: conn.clone(), kind: kind.clone(), table, state: state.clone() };
                 tokio::spawn(supervise(target, link, write_failed, up_tx));
                 // Refused or not connected in time: start anyway, degraded; the task keeps trying.
                 let _ = tokio::time::timeout(first_try, up_rx.wait_for(Option::is_some)).await;
@@ -94,16 +118,21 @@ impl RedisLink {
                 tracing::error!(error = %e, "cannot use REDIS_URL: rooms stay on this worker");
             }
         }
-        RedisLink { conn, writes, state, cluster }
+        RedisLink { conn, writes, state, kind }
     }
 
     fn connection(&self) -> Option<Conn> {
         self.conn.locked().clone()
     }
 
+    /// What the link is to, as its last connection found.
+    pub(super) fn kind(&self) -> Kind {
+        Kind::load(&self.kind)
+    }
+
     /// Whether the link is to a Redis Cluster: rooms then have channels of their own.
     pub(super) fn is_cluster(&self) -> bool {
-        self.cluster.load(Ordering::Relaxed)
+        self.kind() == Kind::Cluster
     }
 
     pub(super) fn publish(&self, chan: String, val: Vec<u8>) {
@@ -175,7 +204,7 @@ impl RedisLink {
 /// What the supervising task keeps up to date.
 struct Link {
     slot: Slot,
-    cluster: Arc<AtomicBool>,
+    kind: Arc<AtomicU8>,
     table: Arc<Table>,
     state: Arc<LinkState>,
 }
@@ -208,7 +237,17 @@ async fn supervise(target: Target, link: Link, write_failed: Arc<Notify>, up: wa
         };
         let connected = match target.connect(&settings).await {
             Ok(mut conn) => {
-                link.cluster.store(conn.is_cluster(), Ordering::Relaxed);
+                let kind = Kind::of(&conn);
+                let was = Kind::load(&link.kind);
+                link.kind.store(kind as u8, Ordering::Relaxed);
+                match kind {
+                    // Rooms noted before the link knew (see `rooms`): a single Redis needs none.
+                    Kind::Single => *link.table.rooms.followed.locked() = std::collections::HashSet::new(),
+                    // Rooms joined meanwhile were not noted: follow them (they are not in the list
+                    // `subscribe_all` is about to send).
+                    Kind::Cluster if was == Kind::Single => link.table.rooms.resync.notify_one(),
+                    _ => {}
+                }
                 *link.slot.locked() = Some(conn.clone());
                 // After the slot is set: a subscription made meanwhile is either in this list or
                 // made on the new connection by `subscribe` itself.
