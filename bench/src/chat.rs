@@ -419,10 +419,25 @@ pub(crate) fn redis_server(extra: &[&std::ffi::OsStr]) -> (ChildGuard, u16) {
 
 /// `chatctl-bench idle ADDR COUNT SECONDS`: holds COUNT idle guests on a server started by hand
 /// (under a heap profiler, say: `vendor/README.md`), answering its pings, for SECONDS.
-pub(crate) fn idle(addr: SocketAddr, count: usize, hold: Duration) {
+pub(crate) fn idle(addr: SocketAddr, count: usize, hold: Duration, polling: bool) {
     raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(async {
+        if polling {
+            let sessions: Result<Vec<crate::polling::Session>, String> = futures_util::stream::iter(0..count)
+                .map(|i| crate::polling::session(addr, format!("p{i}")))
+                .buffer_unordered(100)
+                .try_collect()
+                .await;
+            return match sessions {
+                Ok(sessions) => {
+                    println!("{count} idle long-polling guests connected to {addr}; holding them {hold:?}");
+                    tokio::time::sleep(hold).await;
+                    drop(sessions);
+                }
+                Err(e) => println!("failed: {e}"),
+            };
+        }
         let clients = match connect_all(addr, count, None).await {
             Ok(clients) => clients,
             Err(e) => return println!("failed: {e}"),

@@ -2,7 +2,8 @@
 //! PM2's (reference figures measured on the same kind of 2-core machine), as medians.
 //!
 //! usage: cargo build --release --workspace && ./target/release/chatctl-bench [start|crash|logs|rss|list|reload|reload-wrk|monit|chat|chat-memory|room-fill|files|redis-cluster|all]
-//!        ./target/release/chatctl-bench idle ADDR COUNT SECONDS   (idle guests held on a server started by hand)
+//!        ./target/release/chatctl-bench idle ADDR COUNT SECONDS [websocket|polling]
+//!                                                         (idle guests held on a server started by hand)
 //!
 //! `chat` (the chat worker beside the Node Socket.IO server) needs Node.js and npm, and
 //! redis-server for its cluster rows; see `chat.rs`. `redis-cluster` (one Redis beside a Redis
@@ -84,13 +85,22 @@ fn main() {
         // The arguments after the program's name and `idle`.
         let args: Vec<String> = std::env::args().skip(2).collect();
         let parsed = match args.as_slice() {
-            [addr, count, seconds] => addr.parse().ok().zip(count.parse().ok()).zip(seconds.parse().ok()),
+            [addr, count, seconds, transport @ ..] if transport.len() <= 1 => {
+                let polling = match transport.first().map(String::as_str) {
+                    None | Some("websocket") => Some(false),
+                    Some("polling") => Some(true),
+                    Some(_) => None,
+                };
+                addr.parse().ok().zip(count.parse().ok()).zip(seconds.parse().ok()).zip(polling)
+            }
             _ => None,
         };
         match parsed {
-            Some(((addr, count), seconds)) => chat::idle(addr, count, Duration::from_secs(seconds)),
+            Some((((addr, count), seconds), polling)) => chat::idle(addr, count, Duration::from_secs(seconds), polling),
             None => {
-                eprintln!("usage: chatctl-bench idle ADDR COUNT SECONDS (e.g. 127.0.0.1:3000 3000 5)");
+                eprintln!(
+                    "usage: chatctl-bench idle ADDR COUNT SECONDS [websocket|polling] (e.g. 127.0.0.1:3000 3000 5)"
+                );
                 std::process::exit(2);
             }
         }
