@@ -12,7 +12,8 @@
 //! under chatctl (2 workers on the daemon's local bus, and 2 workers through Redis when
 //! redis-server is installed); Node's `bench/node/server.mjs` alone and with Node's cluster module
 //! and the Redis adapter (2 workers, as the original ran under PM2). The CPU of the daemon (its bus)
-//! or of redis-server is counted with the workers'.
+//! or of redis-server is counted with the workers'. Beside them, the floor of this stack: a bare
+//! relay on tokio and tokio-tungstenite (`floor.rs`), the yardstick for CPU per delivery.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -29,6 +30,8 @@ use crate::sio;
 const WARM_UP: Duration = Duration::from_secs(1);
 const WINDOW: Duration = Duration::from_secs(5);
 const IDLE_CONNECTIONS: usize = 10_000;
+/// The yardstick beside the servers: a bare relay on the worker's stack (see `floor.rs`).
+const RELAY: &str = "relay floor x1";
 
 struct Scenario {
     label: &'static str,
@@ -204,7 +207,7 @@ pub(crate) fn chat() {
     let node_dir = node_server();
     let redis = which("redis-server");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let mut kinds = vec!["chat-worker x1", "node x1", "chatctl x2 (local bus)"];
+    let mut kinds = vec!["chat-worker x1", "node x1", RELAY, "chatctl x2 (local bus)"];
     if redis {
         kinds.extend(["chatctl x2 (Redis)", "node x2 (cluster + Redis)"]);
     } else {
@@ -279,14 +282,14 @@ type Measured = (&'static str, Vec<Option<Figures>>, Option<f64>);
 fn report(results: &[Measured]) {
     println!();
     println!(
-        "{:<30} {:<26} {:>12} {:>9} {:>9} {:>7} {:>13} {:>7}",
+        "{:<30} {:<36} {:>12} {:>9} {:>9} {:>7} {:>13} {:>7}",
         "scenario", "server", "delivered/s", "p50 ms", "p99 ms", "CPU %", "per core-s", "lost %"
     );
     for (i, scenario) in SCENARIOS.iter().enumerate() {
         for (kind, figures, _) in results {
             match figures[i] {
                 Some(f) => println!(
-                    "{:<30} {:<26} {:>12.0} {:>9.2} {:>9.2} {:>7.0} {:>13.0} {:>7.2}",
+                    "{:<30} {:<36} {:>12.0} {:>9.2} {:>9.2} {:>7.0} {:>13.0} {:>7.2}",
                     scenario.label,
                     kind,
                     f.delivered,
@@ -296,19 +299,25 @@ fn report(results: &[Measured]) {
                     f.delivered / (f.cpu / 100.0).max(0.01),
                     f.lost
                 ),
-                None => println!("{:<30} {kind:<26} failed", scenario.label),
+                None => println!("{:<30} {kind:<36} failed", scenario.label),
             }
         }
         if let Some((d, p50, p99)) = scenario.reference {
-            println!("{:<30} {:<26} {d:>12.0} {p50:>9.2} {p99:>9.2}", scenario.label, "(reference: node x1)");
+            println!("{:<30} {:<36} {d:>12.0} {p50:>9.2} {p99:>9.2}", scenario.label, "(reference: node x1)");
         }
-        for (ours, theirs) in [("chat-worker x1", "node x1"), ("chatctl x2 (Redis)", "node x2 (cluster + Redis)")] {
+        for (ours, theirs) in [
+            ("chat-worker x1", "node x1"),
+            (RELAY, "node x1"),
+            ("chat-worker x1", RELAY),
+            ("chatctl x2 (Redis)", "node x2 (cluster + Redis)"),
+            ("chatctl x2 (local bus)", "chatctl x2 (Redis)"),
+        ] {
             let find = |k: &str| results.iter().find(|(kind, _, _)| *kind == k).and_then(|(_, f, _)| f[i]);
             if let (Some(a), Some(b)) = (find(ours), find(theirs)) {
                 println!(
-                    "{:<30} {:<26} {:>11.1}x {:>8.1}x {:>8.1}x {:>7} {:>12.1}x",
+                    "{:<30} {:<36} {:>11.1}x {:>8.1}x {:>8.1}x {:>7} {:>12.1}x",
                     "",
-                    format!("ratio {ours} / {theirs}").chars().take(26).collect::<String>(),
+                    format!("{ours} / {theirs}").chars().take(36).collect::<String>(),
                     a.delivered / b.delivered,
                     b.p50_ms / a.p50_ms.max(0.001),
                     b.p99_ms / a.p99_ms.max(0.001),
@@ -323,10 +332,13 @@ fn report(results: &[Measured]) {
     for (kind, _, memory) in results {
         println!("  {kind:<28} {}", memory.map_or("failed".to_owned(), |m| format!("{m:.1}")));
     }
-    for (kind, _, memory) in results.iter().filter(|(kind, ..)| !kind.starts_with("node")) {
+    for (kind, _, memory) in results.iter().filter(|(kind, ..)| !kind.starts_with("node") && *kind != RELAY) {
         budget_check(&format!("{kind}, idle websocket guest at {IDLE_CONNECTIONS}"), *memory);
     }
-    println!("(latency ratios are node/ours: above 1 means ours is faster; per core-s: deliveries per CPU-second)");
+    println!(
+        "(ratio lines: A / B; latency ratios are B's over A's, above 1 means A is faster; per core-s: deliveries per \
+         CPU-second; {RELAY}: the floor of this stack, see floor.rs)"
+    );
 }
 
 fn which(program: &str) -> bool {
@@ -359,6 +371,11 @@ fn start(kind: &'static str, node_dir: &std::path::Path) -> Server {
     let server = match kind {
         "chat-worker x1" => {
             let child = spawn(Command::new(release_bin("chat-worker")).env("PORT", port.to_string()).envs(OURS_ENV));
+            Server { name: kind, addr, pids: vec![child.0.id()], _children: vec![child], _bench: None }
+        }
+        RELAY => {
+            let bench = std::env::current_exe().expect("this program's path");
+            let child = spawn(Command::new(bench).args(["__relay", &port.to_string()]));
             Server { name: kind, addr, pids: vec![child.0.id()], _children: vec![child], _bench: None }
         }
         "node x1" | "node x1 (polling)" => {

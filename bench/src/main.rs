@@ -13,6 +13,7 @@
 
 mod chat;
 mod files;
+mod floor;
 mod harness;
 mod polling;
 mod reload_wrk;
@@ -80,6 +81,11 @@ fn main() {
     }
     if what == "redis-cluster" {
         shards::redis_cluster();
+    }
+    if what == "__relay" {
+        // The chat bench's yardstick server (see `floor.rs`), started by `chat` as a process of its own.
+        let port = std::env::args().nth(2).and_then(|p| p.parse().ok()).expect("usage: chatctl-bench __relay PORT");
+        floor::serve(port);
     }
     if what == "idle" {
         // The arguments after the program's name and `idle`.
