@@ -14,6 +14,7 @@
 
 mod local;
 mod redis_link;
+mod requests;
 mod rooms;
 
 use redis_link::Kind;
@@ -82,10 +83,16 @@ struct Table {
     rooms: rooms::Rooms,
     /// Messages dropped because a follower fell behind (shown on `/health`).
     dropped: std::sync::atomic::AtomicU64,
+    /// This worker's adapter's id, as its requests begin with it: they are dropped on their way
+    /// back (see `requests`).
+    adapter: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl Table {
     fn deliver(&self, chan: String, data: Vec<u8>) {
+        if self.adapter.get().is_some_and(|me| requests::sent_by(&data, me)) && self.rooms.carries_requests(&chan) {
+            return;
+        }
         let sender = {
             let subscriptions = self.subscriptions.locked();
             match subscriptions.get(&chan) {
@@ -392,7 +399,7 @@ impl Driver for BusDriver {
         // On a cluster, a broadcast to one room goes on that room's channel.
         if self.cluster().is_some()
             && self.inner.table.rooms.families.locked().first() == Some(&chan)
-            && let Some(room) = rooms::room_of(&val)
+            && let Some(room) = requests::room_of(&val)
         {
             return self.publish_in(&chan, &room, val);
         }
@@ -401,6 +408,11 @@ impl Driver for BusDriver {
 
     async fn subscribe(&self, chan: String, size: usize) -> Result<MessageStream<ChanItem>, BusError> {
         let (tx, rx) = mpsc::channel(size.max(1));
+        let requests = self.inner.table.rooms.families.locked().first().cloned();
+        if let Some(me) = requests.and_then(|requests| requests::sender_of_channel(&requests, &chan)) {
+            tracing::debug!(channel = %chan, "the adapter's own requests are dropped on their way back");
+            let _ = self.inner.table.adapter.set(me);
+        }
         self.inner.table.subscriptions.locked().insert(chan.clone(), tx);
         match &self.inner.link {
             Link::Solo => {}

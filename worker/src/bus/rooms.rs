@@ -28,8 +28,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chat_shared::sync::Locked;
-use serde::Deserialize;
-use serde::de::IgnoredAny;
 use socketioxide::extract::SocketRef;
 
 use super::{Adapter, BusDriver};
@@ -54,6 +52,11 @@ impl Hearing {
             socket.join(room.clone());
         }
     }
+}
+
+/// What follows a family's name in a room's channel: `{room}`.
+fn is_room_suffix(rest: &str) -> bool {
+    rest.len() >= 2 && rest.starts_with('{') && rest.ends_with('}')
 }
 
 /// The channel of `room` in `family` (the hash tag: the room's channels share a shard).
@@ -85,70 +88,24 @@ impl Rooms {
         rooms.into_iter().flat_map(|room| families.iter().map(move |family| channel(family, room))).collect()
     }
 
+    /// Whether `chan` carries the adapter's requests: its namespace's channel, or a room's of it.
+    pub(super) fn carries_requests(&self, chan: &str) -> bool {
+        let families = self.families.locked();
+        families.first().is_some_and(|requests| {
+            chan.strip_prefix(requests.as_str()).is_some_and(|rest| rest.is_empty() || is_room_suffix(rest))
+        })
+    }
+
     /// The family of a room's channel (`{family}{room}`), if `chan` is one.
     pub(super) fn family_of(&self, chan: &str) -> Option<String> {
         let families = self.families.locked();
-        families
-            .iter()
-            .find(|family| {
-                chan.strip_prefix(family.as_str()).is_some_and(|rest| rest.starts_with('{') && rest.ends_with('}'))
-            })
-            .cloned()
+        families.iter().find(|family| chan.strip_prefix(family.as_str()).is_some_and(is_room_suffix)).cloned()
     }
-}
-
-/// The room an adapter request sent on `chan` is for, if it is a broadcast to exactly one room:
-/// then it may go on that room's channel instead. Requests that expect an answer from every
-/// worker, or go to several rooms or to all, stay on the namespace's channel.
-pub(super) fn room_of(request: &[u8]) -> Option<String> {
-    /// socketioxide-core's `RequestOut`, as MessagePack writes it (an array in field order):
-    /// node id, request id, type, packet, rooms, options, and sometimes an ack timeout.
-    #[derive(Deserialize)]
-    struct Request(IgnoredAny, IgnoredAny, u8, IgnoredAny, IgnoredAny, Option<Options>, #[serde(default)] IgnoredAny);
-    /// `BroadcastOptions`: flags, rooms, except, sid, server id.
-    #[derive(Deserialize)]
-    struct Options(IgnoredAny, Vec<String>, IgnoredAny, IgnoredAny, Option<IgnoredAny>);
-    /// `RequestTypeOut::Broadcast` (no acknowledgement: no answer expected).
-    const BROADCAST: u8 = 0;
-
-    let Request(_, _, kind, _, _, options, _) = rmp_serde::from_slice(request).ok()?;
-    let Options(_, mut rooms, _, _, server) = options?;
-    // A broadcast aimed at one worker (`server_id`) goes to that worker's channel.
-    if kind != BROADCAST || rooms.len() != 1 || server.is_some() {
-        return None;
-    }
-    rooms.pop()
 }
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-
-    use socketioxide_core::Uid;
-    use socketioxide_core::adapter::BroadcastOptions;
-    use socketioxide_core::adapter::remote_packet::{RequestOut, RequestTypeOut};
-    use socketioxide_core::packet::Packet;
-
     use super::*;
-
-    fn encoded(kind: RequestTypeOut<'_>, rooms: &[&'static str]) -> Vec<u8> {
-        let mut opts = BroadcastOptions::default();
-        opts.rooms = rooms.iter().map(|r| Cow::Borrowed(*r)).collect();
-        let request = RequestOut::new(Uid::new(), kind, &opts);
-        rmp_serde::to_vec(&request).expect("encode")
-    }
-
-    #[test]
-    fn a_broadcast_to_one_room_is_read_as_that_rooms_and_nothing_else_is() {
-        let packet = Packet::event("/", socketioxide_core::Value::Str("hi".into(), None));
-        assert_eq!(room_of(&encoded(RequestTypeOut::Broadcast(&packet), &["lobby"])).as_deref(), Some("lobby"));
-        assert_eq!(room_of(&encoded(RequestTypeOut::Broadcast(&packet), &["a", "b"])), None, "a direct message");
-        assert_eq!(room_of(&encoded(RequestTypeOut::Broadcast(&packet), &[])), None, "to everyone");
-        assert_eq!(room_of(&encoded(RequestTypeOut::BroadcastWithAck(&packet), &["lobby"])), None, "answers expected");
-        assert_eq!(room_of(&encoded(RequestTypeOut::AllRooms, &["lobby"])), None, "a member list");
-        assert_eq!(room_of(&encoded(RequestTypeOut::FetchSockets, &["lobby"])), None);
-        assert_eq!(room_of(b"not msgpack"), None);
-    }
 
     #[test]
     fn a_rooms_channel_is_read_back_as_its_family_and_nothing_else_is() {
