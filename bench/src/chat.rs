@@ -496,7 +496,8 @@ fn answer_pings(client: sio::Client) -> tokio::task::JoinHandle<()> {
 }
 
 /// Two chat workers under chatctl in cluster mode on `port`, through the Redis at `redis` or the
-/// local bus: the bench and the pids whose CPU counts (the daemon's and the workers').
+/// local bus: the bench and the pids whose CPU counts (the daemon's and every child of it: the
+/// workers, the host's bus `chatctl __bus`, the reaper).
 pub(crate) fn two_workers(port: u16, redis: Option<&str>) -> (Bench, Vec<u32>) {
     let bench = Bench::new();
     let mut env: Vec<String> = OURS_ENV.iter().map(|(k, v)| format!("{k} = \"{v}\"")).collect();
@@ -509,8 +510,14 @@ pub(crate) fn two_workers(port: u16, redis: Option<&str>) -> (Bench, Vec<u32>) {
         env.join(", ")
     ));
     bench.chatctl(&["start"]);
-    let mut pids = vec![bench.daemon_pid()];
+    let daemon = bench.daemon_pid();
+    let mut pids = vec![daemon];
     pids.extend((0..2).filter_map(|i| bench.instance(i).pid));
+    for child in children(daemon) {
+        if !pids.contains(&child) {
+            pids.push(child);
+        }
+    }
     (bench, pids)
 }
 
@@ -538,6 +545,20 @@ fn children(pid: u32) -> Vec<u32> {
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
         .collect()
+}
+
+/// What a process of a server is, for the CPU split: its program, or chatctl's role.
+fn process_name(pid: u32) -> String {
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let mut args = cmdline.split('\0');
+    let program = args.next().unwrap_or_default().rsplit('/').next().unwrap_or_default().to_owned();
+    match args.next() {
+        Some(role) if program == "chatctl" && role.starts_with("__") => {
+            format!("chatctl {}", role.trim_start_matches('_'))
+        }
+        _ if program == "chatctl" => "chatctl daemon".to_owned(),
+        _ => std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or(program, |c| c.trim().to_owned()),
+    }
 }
 
 pub(crate) fn now_us() -> u64 {
@@ -757,9 +778,10 @@ async fn run(server: &Server, scenario: &Scenario, round: usize) -> Result<Figur
     // The servers' CPU over the measured window.
     tokio::time::sleep_until(begun + WARM_UP).await;
     let window_start = now_us();
-    let ticks_before: u64 = server.pids.iter().map(|p| harness::cpu_ticks(*p)).sum();
+    let ticks_before: Vec<u64> = server.pids.iter().map(|p| harness::cpu_ticks(*p)).collect();
     tokio::time::sleep_until(end).await;
-    let ticks_after: u64 = server.pids.iter().map(|p| harness::cpu_ticks(*p)).sum();
+    let ticks_after: Vec<u64> = server.pids.iter().map(|p| harness::cpu_ticks(*p)).collect();
+    let spent: Vec<u64> = ticks_after.iter().zip(&ticks_before).map(|(a, b)| a.saturating_sub(*b)).collect();
     let window_end = now_us();
     let mut sent = 0;
     for sender in senders {
@@ -790,11 +812,27 @@ async fn run(server: &Server, scenario: &Scenario, round: usize) -> Result<Figur
         delivered: window.delivered,
         p50_ms: window.p50_ms,
         p99_ms: window.p99_ms,
-        cpu: ticks_after.saturating_sub(ticks_before) as f64 / harness::ticks_per_second() / seconds * 100.0,
+        cpu: spent.iter().sum::<u64>() as f64 / harness::ticks_per_second() / seconds * 100.0,
         lost: lost as f64 * 100.0 / expected.max(1) as f64,
     };
+    // Whose CPU it was, when the server is several processes.
+    let mut by_process: Vec<(String, u64)> = Vec::new();
+    for (pid, ticks) in server.pids.iter().zip(&spent) {
+        let name = process_name(*pid);
+        match by_process.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, sum)) => *sum += ticks,
+            None => by_process.push((name, *ticks)),
+        }
+    }
+    let split = if server.pids.len() > 1 {
+        let percent = |t: u64| t as f64 / harness::ticks_per_second() / seconds * 100.0;
+        let parts: Vec<String> = by_process.iter().map(|(n, t)| format!("{n} {:.0}%", percent(*t))).collect();
+        format!("  [{}]", parts.join(", "))
+    } else {
+        String::new()
+    };
     println!(
-        "  {:<26} {:<30} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  CPU {:>4.0}%  lost {:.2}%  (room filled in {filled_ms:.0} ms)",
+        "  {:<26} {:<30} {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  CPU {:>4.0}%  lost {:.2}%  (room filled in {filled_ms:.0} ms){split}",
         server.name, scenario.label, figures.delivered, figures.p50_ms, figures.p99_ms, figures.cpu, figures.lost
     );
     // Give the server a moment to close the room's sockets before the next round.
