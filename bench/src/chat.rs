@@ -80,6 +80,27 @@ struct Figures {
     lost: f64,
 }
 
+impl Figures {
+    /// The median of each figure over `runs` (`None`: no run succeeded).
+    fn median(runs: &[Figures]) -> Option<Figures> {
+        if runs.is_empty() {
+            return None;
+        }
+        let of = |field: fn(&Figures) -> f64| {
+            let mut values: Vec<f64> = runs.iter().map(field).collect();
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        Some(Figures {
+            delivered: of(|f| f.delivered),
+            p50_ms: of(|f| f.p50_ms),
+            p99_ms: of(|f| f.p99_ms),
+            cpu: of(|f| f.cpu),
+            lost: of(|f| f.lost),
+        })
+    }
+}
+
 /// A server under test; stopped (by pid, or `chatctl kill`) when dropped.
 struct Server {
     name: &'static str,
@@ -217,30 +238,36 @@ pub(crate) fn chat() {
     if let Ok(only) = std::env::var("CHAT_BENCH_ONLY") {
         kinds.retain(|k| k.to_lowercase().contains(&only.to_lowercase()));
     }
-    let mut results: Vec<Measured> = Vec::new();
-    for kind in kinds {
-        let server = start(kind, &node_dir);
-        // Memory first, on a fresh server: what the load rounds leave in the allocator would count.
-        let memory = match runtime.block_on(idle_memory(&server)) {
-            Ok(kib) => Some(kib),
-            Err(e) => {
-                println!("  {kind}, idle connections: failed: {e}");
-                None
-            }
-        };
-        let figures: Vec<Option<Figures>> = SCENARIOS
-            .iter()
-            .enumerate()
-            .map(|(round, scenario)| match runtime.block_on(run(&server, scenario, round)) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    println!("  {kind}, {}: failed: {e}", scenario.label);
-                    None
+    // `CHAT_BENCH_REPEAT=3`: every server measured 3 times, servers alternating, medians shown.
+    let repeat: usize = std::env::var("CHAT_BENCH_REPEAT").ok().and_then(|n| n.parse().ok()).unwrap_or(1).max(1);
+    let mut samples: Vec<(&'static str, Vec<Vec<Figures>>, Option<Memory>)> =
+        kinds.iter().map(|kind| (*kind, vec![Vec::new(); SCENARIOS.len()], None)).collect();
+    for pass in 0..repeat {
+        for (kind, figures, memory) in &mut samples {
+            let server = start(kind, &node_dir);
+            // Memory first, on a fresh server: what the load rounds leave in the allocator would
+            // count. Once: it varies far less than the load rounds.
+            if pass == 0 {
+                match runtime.block_on(idle_memory(&server)) {
+                    Ok(kib) => *memory = Some(kib),
+                    Err(e) => println!("  {kind}, idle connections: failed: {e}"),
                 }
-            })
-            .collect();
-        results.push((kind, figures, memory));
-        drop(server);
+            }
+            for (round, scenario) in SCENARIOS.iter().enumerate() {
+                match runtime.block_on(run(&server, scenario, round)) {
+                    Ok(f) => figures[round].push(f),
+                    Err(e) => println!("  {kind}, {}: failed: {e}", scenario.label),
+                }
+            }
+            drop(server);
+        }
+    }
+    let results: Vec<Measured> = samples
+        .into_iter()
+        .map(|(kind, figures, memory)| (kind, figures.into_iter().map(|runs| Figures::median(&runs)).collect(), memory))
+        .collect();
+    if repeat > 1 {
+        println!("\n(each figure below is the median of {repeat} runs of its own)");
     }
     report(&results);
 }
