@@ -240,7 +240,7 @@ pub(crate) fn chat() {
     }
     // `CHAT_BENCH_REPEAT=3`: every server measured 3 times, servers alternating, medians shown.
     let repeat: usize = std::env::var("CHAT_BENCH_REPEAT").ok().and_then(|n| n.parse().ok()).unwrap_or(1).max(1);
-    let mut samples: Vec<(&'static str, Vec<Vec<Figures>>, Option<Memory>)> =
+    let mut samples: Vec<Sampled> =
         kinds.iter().map(|kind| (*kind, vec![Vec::new(); SCENARIOS.len()], None)).collect();
     for pass in 0..repeat {
         for (kind, figures, memory) in &mut samples {
@@ -302,6 +302,9 @@ pub(crate) fn fill() {
         println!("room of 1000 filled, {kind:<24} {ms:>8.0} ms  ({:.2}x Node's time)", ms / medians[1]);
     }
 }
+
+/// One server's runs: per scenario, its figures in every pass, and KiB per idle connection.
+type Sampled = (&'static str, Vec<Vec<Figures>>, Option<Memory>);
 
 /// One server's figures: per scenario (`None`: that round failed), and KiB per idle connection.
 type Measured = (&'static str, Vec<Option<Figures>>, Option<Memory>);
