@@ -11,9 +11,10 @@
 //! Servers: ours with rate limits off (`MESSAGE_RATE`/`ADDRESS_RATE`), run alone (1 worker) and
 //! under chatctl (2 workers on the daemon's local bus, and 2 workers through Redis when
 //! redis-server is installed); Node's `bench/node/server.mjs` alone and with Node's cluster module
-//! and the Redis adapter (2 workers, as the original ran under PM2). The CPU of the daemon (its bus)
-//! or of redis-server is counted with the workers'. Beside them, the floor of this stack: a bare
-//! relay on tokio and tokio-tungstenite (`floor.rs`), the yardstick for CPU per delivery.
+//! and the Redis adapter (2 workers, as the original ran under PM2). The CPU of the daemon and its
+//! other children (the host's bus process) or of redis-server is counted with the workers', and
+//! each round says whose it was. Beside them, the floor of this stack: a bare relay on tokio and
+//! tokio-tungstenite (`floor.rs`), the yardstick for CPU per delivery.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -240,8 +241,7 @@ pub(crate) fn chat() {
     }
     // `CHAT_BENCH_REPEAT=3`: every server measured 3 times, servers alternating, medians shown.
     let repeat: usize = std::env::var("CHAT_BENCH_REPEAT").ok().and_then(|n| n.parse().ok()).unwrap_or(1).max(1);
-    let mut samples: Vec<Sampled> =
-        kinds.iter().map(|kind| (*kind, vec![Vec::new(); SCENARIOS.len()], None)).collect();
+    let mut samples: Vec<Sampled> = kinds.iter().map(|kind| (*kind, vec![Vec::new(); SCENARIOS.len()], None)).collect();
     for pass in 0..repeat {
         for (kind, figures, memory) in &mut samples {
             let server = start(kind, &node_dir);
