@@ -101,6 +101,55 @@ fn a_guest_returns_on_another_host_with_its_session_and_history_from_redis() {
     drop(c);
 }
 
+/// Two one-worker hosts linked through the Redis at `url`, and `outage.mjs` chatting between them
+/// in `room` (see that script), started once both hosts are linked (`link`: what to wait for).
+pub(crate) struct OutageChat {
+    ports: (u16, u16),
+    client: crate::support::Scripted,
+    _hosts: (Env, Env),
+}
+
+impl OutageChat {
+    pub(crate) fn start(url: &str, room: &str, link: &str) -> OutageChat {
+        let (port_a, port_b) = (free_port(), free_port());
+        let hosts = (host(url, port_a, 1), host(url, port_b, 1));
+        wait_until(link, Duration::from_secs(10), || (linked(port_a) && linked(port_b)).then_some(()));
+        let client = crate::support::Scripted::start(
+            "outage.mjs",
+            &[&format!("http://127.0.0.1:{port_a}"), &format!("http://127.0.0.1:{port_b}"), room],
+        );
+        assert_eq!(client.next_line(), "ready");
+        OutageChat { ports: (port_a, port_b), client, _hosts: hosts }
+    }
+
+    /// Both hosts are cut from Redis: the script chats through the outage, then waits for `up`.
+    pub(crate) fn down(&mut self) {
+        self.client.say("down");
+        assert_eq!(self.client.next_line(), "restart");
+    }
+
+    /// Both hosts are linked again: the script's report, which says the chat went on.
+    pub(crate) fn up(mut self) -> serde_json::Value {
+        self.client.say("up");
+        let line = self.client.next_line();
+        let report: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("outage report: {line}"));
+        assert_eq!(report["ok"], true, "{report}");
+        report
+    }
+
+    /// Waits until `/health` says both hosts lost Redis.
+    pub(crate) fn wait_degraded(&self, what: &str, within: Duration) {
+        let (a, b) = self.ports;
+        wait_until(what, within, || (degraded(a) && degraded(b)).then_some(()));
+    }
+
+    /// Waits until `/health` says both hosts are linked.
+    pub(crate) fn wait_linked(&self, what: &str, within: Duration) {
+        let (a, b) = self.ports;
+        wait_until(what, within, || (linked(a) && linked(b)).then_some(()));
+    }
+}
+
 pub(crate) fn degraded(port: u16) -> bool {
     health(port).is_some_and(|h| {
         h.status == HealthStatus::Degraded
@@ -111,25 +160,13 @@ pub(crate) fn degraded(port: u16) -> bool {
 #[test]
 fn redis_stopped_and_restarted_under_traffic() {
     let mut redis = RedisServer::start();
-    let (port_a, port_b) = (free_port(), free_port());
-    let _a = host(&redis.url(), port_a, 1);
-    let _b = host(&redis.url(), port_b, 1);
-    let mut client = crate::support::Scripted::start(
-        "outage.mjs",
-        &[&format!("http://127.0.0.1:{port_a}"), &format!("http://127.0.0.1:{port_b}"), "lobby"],
-    );
-    assert_eq!(client.next_line(), "ready");
+    let mut chat = OutageChat::start(&redis.url(), "lobby", "both hosts linked");
     redis.kill();
-    wait_until("both hosts degraded", Duration::from_secs(10), || (degraded(port_a) && degraded(port_b)).then_some(()));
-    client.say("down");
-    assert_eq!(client.next_line(), "restart");
+    chat.wait_degraded("both hosts degraded", Duration::from_secs(10));
+    chat.down();
     redis.resume();
-    wait_until("both hosts linked again", Duration::from_secs(10), || (linked(port_a) && linked(port_b)).then_some(()));
-    client.say("up");
-    let report = client.next_line();
-    drop(client);
-    let report: serde_json::Value = serde_json::from_str(&report).unwrap_or_else(|_| panic!("outage report: {report}"));
-    assert_eq!(report["ok"], true, "{report}");
+    chat.wait_linked("both hosts linked again", Duration::from_secs(10));
+    let report = chat.up();
     assert_eq!(report["b_heard_during_outage"], 0, "{report}");
     eprintln!("outage: {report}");
 }

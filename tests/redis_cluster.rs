@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use crate::redis::{degraded, health, host, linked};
+use crate::redis::{OutageChat, health, host, linked};
 use crate::support::redis::RedisCluster;
-use crate::support::{Scripted, free_port, node, wait_until};
+use crate::support::{free_port, node, wait_until};
 
 /// How many `cmd` calls a node has served (`INFO commandstats`).
 fn calls(cluster: &RedisCluster, node: usize, cmd: &str) -> u64 {
@@ -85,35 +85,14 @@ fn a_master_failing_over_mid_chat_loses_nothing_recovery_returns() {
     // REDIS_URL names the very master that will die: the hosts find the cluster through the
     // nodes it listed.
     let master = cluster.master_of(room);
-    let url = cluster.nodes[master].url();
-    let (port_a, port_b) = (free_port(), free_port());
-    let _a = host(&url, port_a, 1);
-    let _b = host(&url, port_b, 1);
-    wait_until("both hosts linked to the cluster", Duration::from_secs(10), || {
-        (linked(port_a) && linked(port_b)).then_some(())
-    });
-    let mut client = Scripted::start(
-        "outage.mjs",
-        &[&format!("http://127.0.0.1:{port_a}"), &format!("http://127.0.0.1:{port_b}"), room],
-    );
-    assert_eq!(client.next_line(), "ready");
+    let mut chat = OutageChat::start(&cluster.nodes[master].url(), room, "both hosts linked to the cluster");
     cluster.nodes[master].kill();
-    wait_until("both hosts degraded while the master is down", Duration::from_secs(10), || {
-        (degraded(port_a) && degraded(port_b)).then_some(())
-    });
-    client.say("down");
-    assert_eq!(client.next_line(), "restart");
+    chat.wait_degraded("both hosts degraded while the master is down", Duration::from_secs(10));
+    chat.down();
     // Nothing to restart: the replica takes over by itself.
-    wait_until("both hosts linked again once the replica took over", Duration::from_secs(20), || {
-        (linked(port_a) && linked(port_b)).then_some(())
-    });
+    chat.wait_linked("both hosts linked again once the replica took over", Duration::from_secs(20));
     assert_ne!(cluster.master_of(room), master, "the room's slot has a new master");
-    client.say("up");
-    let report = client.next_line();
-    drop(client);
-    let report: serde_json::Value =
-        serde_json::from_str(&report).unwrap_or_else(|_| panic!("failover report: {report}"));
-    assert_eq!(report["ok"], true, "{report}");
+    let report = chat.up();
     assert_eq!(report["recovered_on_b"], report["down"], "{report}");
     eprintln!("failover: {report}");
 }
@@ -129,34 +108,17 @@ fn rooms_joined_on_a_single_redis_are_followed_when_the_link_comes_back_to_a_clu
     let room = "lobby";
     let master = cluster.master_of(room);
     let url = format!("{},{}", single.url(), cluster.url());
-    let (port_a, port_b) = (free_port(), free_port());
-    let _a = host(&url, port_a, 1);
-    let _b = host(&url, port_b, 1);
-    wait_until("both hosts linked to the single Redis", Duration::from_secs(10), || {
-        (linked(port_a) && linked(port_b)).then_some(())
-    });
-    let mut client = Scripted::start(
-        "outage.mjs",
-        &[&format!("http://127.0.0.1:{port_a}"), &format!("http://127.0.0.1:{port_b}"), room],
-    );
-    assert_eq!(client.next_line(), "ready");
+    let mut chat = OutageChat::start(&url, room, "both hosts linked to the single Redis");
     assert_eq!(calls(&cluster, master, "ssubscribe"), 0, "nothing on the cluster while the single Redis serves");
     single.kill();
     // Both hosts subscribe the room's channels on its master (the adapter's and the history's).
     wait_until("both hosts following the room on its shard", Duration::from_secs(15), || {
         (calls(&cluster, master, "ssubscribe") >= 2).then_some(())
     });
-    wait_until("both hosts linked to the cluster", Duration::from_secs(10), || {
-        (linked(port_a) && linked(port_b)).then_some(())
-    });
-    client.say("down");
-    assert_eq!(client.next_line(), "restart");
+    chat.wait_linked("both hosts linked to the cluster", Duration::from_secs(10));
+    chat.down();
     let before = calls(&cluster, master, "spublish");
-    client.say("up");
-    let report = client.next_line();
-    drop(client);
-    let report: serde_json::Value = serde_json::from_str(&report).unwrap_or_else(|_| panic!("switch report: {report}"));
-    assert_eq!(report["ok"], true, "{report}");
+    let report = chat.up();
     let carried = calls(&cluster, master, "spublish") - before;
     assert!(carried >= 2, "the room's master carried {carried} SPUBLISH after the switch");
     eprintln!("single to cluster: {report}");

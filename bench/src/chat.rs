@@ -194,11 +194,7 @@ async fn idle_polling_memory(server: &Server) -> Result<f64, String> {
     let rss = || server.pids.iter().map(|p| harness::rss_kib(*p).0).sum::<u64>();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss();
-    let sessions: Vec<crate::polling::Session> = futures_util::stream::iter(0..IDLE_CONNECTIONS)
-        .map(|i| crate::polling::session(server.addr, format!("p{i}")))
-        .buffer_unordered(100)
-        .try_collect()
-        .await?;
+    let sessions = crate::polling::sessions(server.addr, IDLE_CONNECTIONS).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss();
     let per = after.saturating_sub(before) as f64 / IDLE_CONNECTIONS as f64;
@@ -486,12 +482,7 @@ pub(crate) fn idle(addr: SocketAddr, count: usize, hold: Duration, polling: bool
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(async {
         if polling {
-            let sessions: Result<Vec<crate::polling::Session>, String> = futures_util::stream::iter(0..count)
-                .map(|i| crate::polling::session(addr, format!("p{i}")))
-                .buffer_unordered(100)
-                .try_collect()
-                .await;
-            return match sessions {
+            return match crate::polling::sessions(addr, count).await {
                 Ok(sessions) => {
                     println!("{count} idle long-polling guests connected to {addr}; holding them {hold:?}");
                     tokio::time::sleep(hold).await;

@@ -13,7 +13,17 @@ pub(crate) struct Session {
     _stream: TcpStream,
 }
 
-pub(crate) async fn session(addr: SocketAddr, name: String) -> Result<Session, String> {
+/// `count` sessions (guests `p0`, `p1`...), opened 100 at a time.
+pub(crate) async fn sessions(addr: SocketAddr, count: usize) -> Result<Vec<Session>, String> {
+    use futures_util::{StreamExt, TryStreamExt};
+    futures_util::stream::iter(0..count)
+        .map(|i| session(addr, format!("p{i}")))
+        .buffer_unordered(100)
+        .try_collect()
+        .await
+}
+
+async fn session(addr: SocketAddr, name: String) -> Result<Session, String> {
     let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
     let open = request(&mut stream, "GET", "", "").await?;
     let sid = open
